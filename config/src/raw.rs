@@ -1,0 +1,82 @@
+//! The TOML file as written, before validation: what serde can fill in without judging values.
+//! Required fields are `Option`, numbers `i64` and addresses strings so that a missing field, an
+//! out-of-range number or a bad address becomes one of many collected errors instead of the first
+//! and only serde error. Only `validate` turns these into `Model`.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a TOML document")]
+pub(crate) struct RawModel {
+    pub node: Option<RawNode>,
+    #[serde(default)]
+    pub bgp: RawBgp,
+    #[serde(default)]
+    pub services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawNode {
+    pub name: Option<String>,
+    pub asn: Option<i64>,
+    pub router_id: Option<String>,
+    #[serde(default)]
+    pub uplinks: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawBgp {
+    #[serde(default)]
+    pub peers: Vec<RawPeer>,
+    #[serde(default)]
+    pub announce: Vec<RawAnnounce>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawPeer {
+    pub address: Option<String>,
+    pub asn: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawAnnounce {
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawService {
+    pub name: Option<String>,
+    pub vip: Option<String>,
+    pub port: Option<i64>,
+    pub protocol: Option<String>,
+    pub mode: Option<String>,
+    pub backends: Option<Vec<RawBackend>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawBackend {
+    pub address: Option<String>,
+    pub port: Option<i64>,
+    pub weight: Option<i64>,
+}
+
+/// Keys each table accepts, for "did you mean" hints on unknown keys. Indexed by the path's keys
+/// without array indices (`services.backends`). Must list the fields of the structs above.
+pub(crate) fn known_keys(table: &[&str]) -> &'static [&'static str] {
+    match table {
+        [] => &["node", "bgp", "services"],
+        ["node"] => &["name", "asn", "router_id", "uplinks"],
+        ["bgp"] => &["peers", "announce"],
+        ["bgp", "peers"] => &["address", "asn"],
+        ["bgp", "announce"] => &["prefix"],
+        ["services"] => &["name", "vip", "port", "protocol", "mode", "backends"],
+        ["services", "backends"] => &["address", "port", "weight"],
+        _ => &[],
+    }
+}

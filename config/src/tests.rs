@@ -1,0 +1,652 @@
+//! Behaviour of `parse`/`load_file` as a user sees it: accepted configs, and for each rule the
+//! rejected value's field path, FILE:LINE:COL and message.
+
+use std::path::Path;
+
+use super::*;
+
+const NODE: &str = r#"[node]
+name = "node1"
+asn = 65101
+router_id = "192.0.2.11"
+"#;
+
+/// A valid config with one service, for tests that change one line of it.
+const WEB: &str = r#"[node]
+name = "node1"
+asn = 65101
+router_id = "192.0.2.11"
+
+[[services]]
+name = "web"
+vip = "2001:db8:200::10"
+port = 80
+protocol = "tcp"
+mode = "dsr"
+backends = [ { address = "2001:db8:300::21", port = 80 } ]
+"#;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match parse("t.toml", text) {
+        Ok(m) => panic!("accepted invalid config:\n{text}\nas {m:?}"),
+        Err(e) => {
+            assert!(!e.is_empty());
+            e.errors
+        }
+    }
+}
+
+/// Exactly one error, or the test fails listing what was reported.
+fn one_error(text: &str) -> ConfigError {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "expected one error, got:\n{}", ConfigErrors { errors: errs.clone() });
+    errs.into_iter().next().unwrap()
+}
+
+fn ok(text: &str) -> Model {
+    parse("t.toml", text).unwrap_or_else(|e| panic!("rejected valid config:\n{e}\n---\n{text}"))
+}
+
+/// 1-based line and column where `needle` first occurs in `text` (`nth` = 0 for the first).
+fn at(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    let offset = text.match_indices(needle).nth(nth).unwrap_or_else(|| panic!("{needle:?} not in text")).0;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn assert_error(e: &ConfigError, path: &str, pos: (usize, usize), message_part: &str) {
+    assert_eq!(e.path, path, "{e}");
+    assert_eq!((e.line, e.col), pos, "{e}");
+    assert!(e.message.contains(message_part), "{e}\nexpected to contain: {message_part}");
+    assert_eq!(e.source, "t.toml");
+}
+
+fn examples() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))
+}
+
+// ---- accepted configs -----------------------------------------------------------------------
+
+#[test]
+fn loads_full_example_file() {
+    let (model, text) = load_file(&examples().join("node1.toml")).unwrap();
+    assert!(text.contains("[node]"));
+    assert_eq!(model.node.name, "node1");
+    assert_eq!(model.node.asn, 65101);
+    assert_eq!(model.node.router_id, "192.0.2.11".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(model.node.uplinks, vec!["eth0", "eth1"]);
+    assert_eq!(model.bgp.peers.len(), 2);
+    assert_eq!(model.bgp.peers[0].address, "2001:db8:1::1".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(model.bgp.announce[1].prefix, "198.51.100.0/24".parse::<ipnet::IpNet>().unwrap());
+    let web = &model.services[0];
+    assert_eq!((web.port, web.protocol, web.mode), (80, Protocol::Tcp, Mode::Dsr));
+    assert_eq!(web.backends[0].weight, 2);
+    assert_eq!(web.backends[1].weight, 1, "weight defaults to 1");
+    let api = &model.services[2];
+    assert_eq!(api.mode, Mode::Nat);
+    assert_eq!(api.backends[0].port, 8443);
+    assert_eq!(
+        model.summary(),
+        "node node1 AS65101 router-id 192.0.2.11: 2 uplinks, 2 BGP peers, 2 announced prefixes, 3 services (4 backends)"
+    );
+}
+
+#[test]
+fn three_mistakes_example_reports_exactly_three_errors_in_order() {
+    let path = examples().join("three-mistakes.toml");
+    let err = match load_file(&path) {
+        Err(LoadError::Invalid(e)) => e,
+        other => panic!("expected Invalid, got {other:?}"),
+    };
+    let got: Vec<(usize, usize, &str)> = err.iter().map(|e| (e.line, e.col, e.path.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![(8, 7, "node.asn"), (16, 10, "bgp.announce[0].prefix"), (24, 66, "services[0].backends[0].weight"),]
+    );
+    let file = path.display().to_string();
+    assert!(err.errors.iter().all(|e| e.source == file));
+    assert!(err.errors[1].message.contains("did you mean 2001:db8:100::/64?"));
+    // The Display of the load error is exactly the error list.
+    assert_eq!(LoadError::Invalid(err.clone()).to_string(), err.to_string());
+}
+
+#[test]
+fn minimal_config_has_empty_bgp_services_and_uplinks() {
+    let m = ok(NODE);
+    assert!(m.node.uplinks.is_empty());
+    assert_eq!(m.bgp, Bgp::default());
+    assert!(m.services.is_empty());
+    assert_eq!(
+        m.summary(),
+        "node node1 AS65101 router-id 192.0.2.11: 0 uplinks, 0 BGP peers, 0 announced prefixes, 0 services (0 backends)"
+    );
+}
+
+#[test]
+fn summary_uses_singular_for_one() {
+    let text = format!(
+        "{}\n[[bgp.peers]]\naddress = \"2001:db8:1::1\"\nasn = 65000\n[[bgp.announce]]\nprefix = \"2001:db8:100::/64\"\n",
+        WEB.replace("[node]\n", "[node]\nuplinks = [\"eth0\"]\n")
+    );
+    let m = ok(&text);
+    assert_eq!(
+        m.summary(),
+        "node node1 AS65101 router-id 192.0.2.11: 1 uplink, 1 BGP peer, 1 announced prefix, 1 service (1 backend)"
+    );
+}
+
+#[test]
+fn model_round_trips_through_json_and_toml() {
+    let (model, _) = load_file(&examples().join("node1.toml")).unwrap();
+    let json = serde_json::to_string(&model).unwrap();
+    assert!(json.contains(r#""protocol":"udp""#), "{json}");
+    assert!(json.contains(r#""mode":"nat""#), "{json}");
+    let back: Model = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, model);
+
+    // A model rendered as TOML passes the same validation, so an API taking JSON can reuse parse.
+    let text = toml::to_string(&model).unwrap();
+    assert_eq!(ok(&text), model);
+}
+
+#[test]
+fn json_backend_weight_defaults_to_one() {
+    let b: Backend = serde_json::from_str(r#"{"address":"2001:db8::1","port":80}"#).unwrap();
+    assert_eq!(b.weight, 1);
+}
+
+// ---- error formatting -------------------------------------------------------------------------
+
+#[test]
+fn error_display_is_file_line_col_path_message() {
+    let e = one_error(&NODE.replace("asn = 65101", "asn = 0"));
+    assert_eq!(
+        e.to_string(),
+        "t.toml:3:7: node.asn: ASN 0 is reserved (RFC 7607); use a private ASN such as 64512-65534 or 4200000000-4294967294"
+    );
+}
+
+#[test]
+fn error_list_display_is_one_line_per_error_without_summary() {
+    let text = NODE.replace("asn = 65101", "asn = 0").replace("192.0.2.11", "0.0.0.0");
+    let errs = parse("t.toml", &text).unwrap_err();
+    let shown = errs.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(lines[0].starts_with("t.toml:3:7: node.asn: "));
+    assert!(lines[1].starts_with("t.toml:4:13: node.router_id: "));
+    assert!(!shown.ends_with('\n'));
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let path = examples().join("does-not-exist.toml");
+    let err = load_file(&path).unwrap_err();
+    assert!(matches!(err, LoadError::Io { .. }));
+    let msg = err.to_string();
+    assert!(msg.starts_with(&format!("cannot read config file {}: ", path.display())), "{msg}");
+}
+
+#[test]
+fn source_name_is_used_in_errors() {
+    let err = parse("PUT /v1/config", &NODE.replace("asn = 65101", "asn = 0")).unwrap_err();
+    assert!(err.to_string().starts_with("PUT /v1/config:3:7: node.asn: "), "{err}");
+}
+
+// ---- syntax, type and unknown-key errors ------------------------------------------------------
+
+#[test]
+fn syntax_error_has_position_and_no_field() {
+    let e = one_error("[node]\nname = \"node1\nasn = 1\n");
+    assert_eq!(e.path, "");
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.to_string().starts_with("t.toml:2:"), "{e}");
+    assert!(!e.to_string().contains(": : "), "{e}");
+}
+
+#[test]
+fn duplicate_key_is_a_syntax_error_at_the_second_key() {
+    let e = one_error(&NODE.replace("asn = 65101\n", "asn = 65101\nasn = 65102\n"));
+    assert_eq!(e.line, 4, "{e}");
+}
+
+#[test]
+fn wrong_type_names_field_and_position() {
+    let text = NODE.replace("asn = 65101", "asn = \"65101\"");
+    let e = one_error(&text);
+    assert_error(&e, "node.asn", (3, 7), "expected an integer");
+}
+
+#[test]
+fn wrong_type_inside_inline_table_names_the_nested_field() {
+    let text = WEB.replace("port = 80 }", "port = \"eighty\" }");
+    let e = one_error(&text);
+    assert_error(&e, "services[0].backends[0].port", at(&text, "\"eighty\"", 0), "invalid type");
+}
+
+#[test]
+fn unknown_keys_are_reported_at_the_key_with_a_suggestion() {
+    let text = WEB.replace("router_id", "routerid").replace("port = 80 }", "port = 80, wieght = 2 }");
+    let errs = errors(&text);
+    // The misspelt router_id also makes router_id missing: both are reported, the missing one at
+    // the [node] header.
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, vec!["node.router_id", "node.routerid", "services[0].backends[0].wieght"]);
+    assert_error(&errs[0], "node.router_id", (1, 1), "missing `router_id`");
+    assert_error(&errs[1], "node.routerid", (4, 1), "did you mean `router_id`?");
+    assert_error(&errs[2], "services[0].backends[0].wieght", at(&text, "wieght", 0), "did you mean `weight`?");
+}
+
+#[test]
+fn unknown_key_without_close_match_lists_allowed_keys() {
+    let text = format!("{NODE}colour = \"blue\"\n");
+    let e = one_error(&text);
+    assert_error(&e, "node.colour", (5, 1), "keys allowed here: name, asn, router_id, uplinks");
+}
+
+#[test]
+fn unknown_top_level_table_is_reported() {
+    let text = format!("{NODE}\n[bfd]\ninterval = 300\n");
+    let e = one_error(&text);
+    assert_error(&e, "bfd", (6, 2), "unknown key `bfd`");
+}
+
+#[test]
+fn unknown_keys_are_collected_with_validation_errors() {
+    let text = WEB.replace("asn = 65101", "asn = 0\nfoo = 1").replace("port = 80\n", "port = 0\n");
+    let errs = errors(&text);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, vec!["node.asn", "node.foo", "services[0].port"]);
+}
+
+// ---- node -------------------------------------------------------------------------------------
+
+#[test]
+fn rejects_missing_node_table() {
+    let e = one_error("[[bgp.peers]]\naddress = \"2001:db8:1::1\"\nasn = 65000\n");
+    assert_error(&e, "node", (1, 1), "missing [node] table");
+}
+
+#[test]
+fn missing_required_field_points_at_its_table() {
+    let text = format!("# comment\n{}", NODE.replace("asn = 65101\n", ""));
+    let e = one_error(&text);
+    assert_error(&e, "node.asn", (2, 1), "missing `asn`; add e.g. `asn = 65101`");
+}
+
+#[test]
+fn accepts_valid_node_names() {
+    for name in ["node1", "rack-12.node_3", &"a".repeat(63)] {
+        ok(&NODE.replace("\"node1\"", &format!("\"{name}\"")));
+    }
+}
+
+#[test]
+fn rejects_invalid_node_names() {
+    for (name, why) in [
+        ("", "must not be empty"),
+        ("node/1", "contains '/'"),
+        ("node 1", "contains ' '"),
+        ("..", "not usable as a directory name"),
+        (&"a".repeat(64), "use at most 63"),
+    ] {
+        let text = NODE.replace("\"node1\"", &format!("\"{name}\""));
+        assert_error(&one_error(&text), "node.name", (2, 8), why);
+    }
+}
+
+#[test]
+fn rejects_reserved_node_asns() {
+    for (asn, why) in [
+        ("0", "RFC 7607"),
+        ("23456", "AS_TRANS"),
+        ("65535", "RFC 7300"),
+        ("4294967295", "RFC 7300"),
+        ("4294967296", "out of range"),
+        ("-5", "out of range"),
+    ] {
+        let text = NODE.replace("65101", asn);
+        assert_error(&one_error(&text), "node.asn", (3, 7), why);
+    }
+}
+
+#[test]
+fn accepts_four_byte_asn() {
+    assert_eq!(ok(&NODE.replace("65101", "4200000001")).node.asn, 4_200_000_001);
+}
+
+#[test]
+fn rejects_ipv6_router_id() {
+    let text = NODE.replace("192.0.2.11", "2001:db8::11");
+    assert_error(&one_error(&text), "node.router_id", (4, 13), "router_id must be an IPv4 address");
+}
+
+#[test]
+fn rejects_zero_and_malformed_router_id() {
+    let e = one_error(&NODE.replace("192.0.2.11", "0.0.0.0"));
+    assert_error(&e, "node.router_id", (4, 13), "0.0.0.0 is not a valid BGP identifier");
+    let e = one_error(&NODE.replace("192.0.2.11", "192.0.2"));
+    assert_error(&e, "node.router_id", (4, 13), "is not an IP address");
+}
+
+#[test]
+fn accepts_linux_interface_names_as_uplinks() {
+    let text = format!("{NODE}uplinks = [\"eth0\", \"enp3s0f1np1\", \"bond0.100\"]\n");
+    assert_eq!(ok(&text).node.uplinks.len(), 3);
+}
+
+#[test]
+fn rejects_invalid_uplink_names() {
+    for (name, why) in [
+        ("", "must not be empty"),
+        ("averyveryverylongif", "at most 15"),
+        ("eth/0", "contains '/'"),
+        ("eth 0", "contains ' '"),
+    ] {
+        let text = format!("{NODE}uplinks = [\"eth0\", \"{name}\"]\n");
+        let e = one_error(&text);
+        assert_error(&e, "node.uplinks[1]", at(&text, &format!("\"{name}\""), 0), why);
+    }
+}
+
+#[test]
+fn rejects_duplicate_uplink_pointing_at_first() {
+    let text = format!("{NODE}uplinks = [\"eth0\", \"eth1\", \"eth0\"]\n");
+    let e = one_error(&text);
+    assert_error(&e, "node.uplinks[2]", (5, 28), "listed twice (first at t.toml:5:12)");
+}
+
+// ---- bgp --------------------------------------------------------------------------------------
+
+fn with_peers(peers: &[(&str, &str)]) -> String {
+    let mut text = NODE.to_owned();
+    for (address, asn) in peers {
+        text.push_str(&format!("\n[[bgp.peers]]\naddress = \"{address}\"\nasn = {asn}\n"));
+    }
+    text
+}
+
+#[test]
+fn accepts_ipv4_and_ipv6_peers() {
+    let m = ok(&with_peers(&[("2001:db8:1::1", "65000"), ("192.0.2.1", "4200000000")]));
+    assert_eq!(m.bgp.peers[1].asn, 4_200_000_000);
+}
+
+#[test]
+fn rejects_reserved_peer_asn() {
+    for asn in ["0", "23456", "65535", "4294967295"] {
+        let text = with_peers(&[("2001:db8:1::1", asn)]);
+        assert_error(&one_error(&text), "bgp.peers[0].asn", (8, 7), asn);
+    }
+}
+
+#[test]
+fn rejects_duplicate_peer_address() {
+    let text = with_peers(&[("2001:db8:1::1", "65000"), ("2001:db8:1::1", "65001")]);
+    let e = one_error(&text);
+    assert_error(&e, "bgp.peers[1].address", (11, 11), "peer 2001:db8:1::1 is already defined at t.toml:7:11");
+}
+
+#[test]
+fn rejects_unspecified_multicast_and_malformed_peer_address() {
+    for (address, why) in [
+        ("::", "unspecified"),
+        ("0.0.0.0", "unspecified"),
+        ("ff02::5", "multicast"),
+        ("224.0.0.5", "multicast"),
+        ("tor1", "is not an IP address"),
+        ("2001:db8::/64", "is a prefix, not an address"),
+    ] {
+        let text = with_peers(&[(address, "65000")]);
+        assert_error(&one_error(&text), "bgp.peers[0].address", (7, 11), why);
+    }
+}
+
+#[test]
+fn rejects_peer_without_asn() {
+    let text = format!("{NODE}\n[[bgp.peers]]\naddress = \"2001:db8:1::1\"\n");
+    assert_error(&one_error(&text), "bgp.peers[0].asn", (6, 1), "missing `asn`");
+}
+
+fn with_announce(prefixes: &[&str]) -> String {
+    let mut text = NODE.to_owned();
+    for p in prefixes {
+        text.push_str(&format!("\n[[bgp.announce]]\nprefix = \"{p}\"\n"));
+    }
+    text
+}
+
+#[test]
+fn accepts_ipv4_and_ipv6_prefixes() {
+    let m = ok(&with_announce(&["2001:db8:100::/64", "198.51.100.0/24", "2001:db8::1/128"]));
+    assert_eq!(m.bgp.announce.len(), 3);
+}
+
+#[test]
+fn rejects_prefix_with_host_bits() {
+    let e = one_error(&with_announce(&["2001:db8:100::1/64"]));
+    assert_eq!(
+        e.to_string(),
+        "t.toml:7:10: bgp.announce[0].prefix: 2001:db8:100::1/64 has host bits set; did you mean 2001:db8:100::/64?"
+    );
+    let e = one_error(&with_announce(&["198.51.100.7/24"]));
+    assert_error(&e, "bgp.announce[0].prefix", (7, 10), "did you mean 198.51.100.0/24?");
+}
+
+#[test]
+fn rejects_duplicate_prefix() {
+    let e = one_error(&with_announce(&["2001:db8:100::/64", "2001:db8:100:0::/64"]));
+    assert_error(&e, "bgp.announce[1].prefix", (10, 10), "already announced at t.toml:7:10");
+}
+
+#[test]
+fn rejects_prefix_without_length_or_malformed() {
+    let e = one_error(&with_announce(&["2001:db8:100::1"]));
+    assert_error(&e, "bgp.announce[0].prefix", (7, 10), "`2001:db8:100::1/128`");
+    let e = one_error(&with_announce(&["2001:db8:100::/129"]));
+    assert_error(&e, "bgp.announce[0].prefix", (7, 10), "not an IP prefix");
+}
+
+// ---- services ---------------------------------------------------------------------------------
+
+#[test]
+fn accepts_web_service() {
+    let m = ok(WEB);
+    let s = &m.services[0];
+    assert_eq!(s.name, "web");
+    assert_eq!(s.backends, vec![Backend { address: "2001:db8:300::21".parse().unwrap(), port: 80, weight: 1 }]);
+}
+
+#[test]
+fn rejects_empty_and_duplicate_service_names() {
+    let e = one_error(&WEB.replace("name = \"web\"", "name = \"\""));
+    assert_error(&e, "services[0].name", (7, 8), "must not be empty");
+
+    let second = WEB[WEB.find("[[services]]").unwrap()..].replace("port = 80\n", "port = 443\n");
+    let text = format!("{WEB}\n{second}");
+    let e = one_error(&text);
+    assert_error(&e, "services[1].name", (15, 8), "`web` is already used at t.toml:7:8");
+}
+
+#[test]
+fn rejects_duplicate_frontend_naming_the_other_service() {
+    let second = WEB[WEB.find("[[services]]").unwrap()..].replace("\"web\"", "\"web2\"");
+    let text = format!("{WEB}\n{second}");
+    let e = one_error(&text);
+    assert_eq!(
+        e.to_string(),
+        "t.toml:16:7: services[1].vip: duplicate VIP 2001:db8:200::10 port 80/tcp, also used by service `web` at t.toml:8:7; give this service a different VIP, port or protocol"
+    );
+}
+
+#[test]
+fn same_vip_and_port_with_other_protocol_is_allowed() {
+    let second =
+        WEB[WEB.find("[[services]]").unwrap()..].replace("\"web\"", "\"web-quic\"").replace("\"tcp\"", "\"udp\"");
+    assert_eq!(ok(&format!("{WEB}\n{second}")).services.len(), 2);
+}
+
+#[test]
+fn rejects_port_zero_and_out_of_range() {
+    let e = one_error(&WEB.replace("port = 80\n", "port = 0\n"));
+    assert_error(&e, "services[0].port", (9, 8), "port 0");
+    let e = one_error(&WEB.replace("port = 80\n", "port = 65536\n"));
+    assert_error(&e, "services[0].port", (9, 8), "out of range");
+}
+
+#[test]
+fn rejects_unknown_protocol_and_mode() {
+    let e = one_error(&WEB.replace("\"tcp\"", "\"sctp\""));
+    assert_error(&e, "services[0].protocol", (10, 12), "use \"tcp\" or \"udp\"");
+    let e = one_error(&WEB.replace("\"dsr\"", "\"tunnel\""));
+    assert_error(&e, "services[0].mode", (11, 8), "use \"dsr\"");
+}
+
+#[test]
+fn rejects_service_without_backends() {
+    let text = WEB.replace("backends = [ { address = \"2001:db8:300::21\", port = 80 } ]\n", "");
+    let e = one_error(&text);
+    assert_error(&e, "services[0].backends", (6, 1), "at least one backend");
+
+    let text = WEB.replace("[ { address = \"2001:db8:300::21\", port = 80 } ]", "[]");
+    let e = one_error(&text);
+    assert_error(&e, "services[0].backends", (12, 12), "at least one backend");
+}
+
+#[test]
+fn rejects_backend_weight_zero_with_hint_to_remove_it() {
+    let text = WEB.replace("port = 80 }", "port = 80, weight = 0 }");
+    let e = one_error(&text);
+    assert_error(&e, "services[0].backends[0].weight", at(&text, "0 }", 0), "remove it from `backends`");
+}
+
+#[test]
+fn accepts_explicit_backend_weight() {
+    let text = WEB.replace("port = 80 }", "port = 80, weight = 7 }");
+    assert_eq!(ok(&text).services[0].backends[0].weight, 7);
+}
+
+#[test]
+fn rejects_backend_port_zero() {
+    let text = WEB.replace("port = 80 }", "port = 0 }");
+    let e = one_error(&text);
+    assert_error(&e, "services[0].backends[0].port", at(&text, "0 }", 0), "port 0");
+}
+
+#[test]
+fn rejects_duplicate_backend_in_a_service() {
+    let text =
+        WEB.replace("port = 80 } ]", "port = 80 },\n  { address = \"2001:db8:300::21\", port = 80, weight = 2 } ]");
+    let e = one_error(&text);
+    assert_error(
+        &e,
+        "services[0].backends[1].address",
+        (13, 15),
+        "backend [2001:db8:300::21]:80 is already listed at t.toml:12:26",
+    );
+}
+
+#[test]
+fn same_backend_address_on_other_port_is_allowed() {
+    let text = WEB.replace("port = 80 } ]", "port = 80 }, { address = \"2001:db8:300::21\", port = 8080 } ]");
+    assert_eq!(ok(&text).services[0].backends.len(), 2);
+}
+
+#[test]
+fn rejects_unusable_vips() {
+    for (vip, why) in [
+        ("::", "unspecified"),
+        ("0.0.0.0", "unspecified"),
+        ("ff0e::1", "multicast"),
+        ("239.1.1.1", "multicast"),
+        ("::1", "loopback"),
+        ("127.0.0.1", "loopback"),
+        ("web.example", "not an IP address"),
+    ] {
+        // Keep the backend family compatible so only the VIP rule fires.
+        let text = WEB.replace("2001:db8:200::10", vip);
+        assert_error(&one_error(&text), "services[0].vip", (8, 7), why);
+    }
+}
+
+fn service(vip: &str, mode: &str, backend: &str) -> String {
+    WEB.replace("2001:db8:200::10", vip).replace("\"dsr\"", &format!("\"{mode}\"")).replace("2001:db8:300::21", backend)
+}
+
+#[test]
+fn nat_requires_backend_in_vip_family() {
+    ok(&service("198.51.100.10", "nat", "203.0.113.21"));
+    ok(&service("2001:db8:200::10", "nat", "2001:db8:300::21"));
+    let text = service("198.51.100.10", "nat", "2001:db8:300::21");
+    assert_error(&one_error(&text), "services[0].backends[0].address", (12, 26), "different address families");
+    let text = service("2001:db8:200::10", "nat", "203.0.113.21");
+    assert_error(&one_error(&text), "services[0].backends[0].address", (12, 26), "different address families");
+}
+
+#[test]
+fn dsr_allows_ipv4_vip_over_ipv6_backend_but_not_the_reverse() {
+    ok(&service("198.51.100.10", "dsr", "2001:db8:300::21"));
+    ok(&service("198.51.100.10", "dsr", "203.0.113.21"));
+    let text = service("2001:db8:200::10", "dsr", "203.0.113.21");
+    assert_error(&one_error(&text), "services[0].backends[0].address", (12, 26), "use an IPv6 backend address");
+}
+
+#[test]
+fn rejects_multicast_backend() {
+    let text = service("2001:db8:200::10", "dsr", "ff02::1");
+    assert_error(&one_error(&text), "services[0].backends[0].address", (12, 26), "not a unicast address");
+}
+
+#[test]
+fn backend_as_array_of_tables_is_located() {
+    let text = WEB.replace(
+        "backends = [ { address = \"2001:db8:300::21\", port = 80 } ]\n",
+        "\n[[services.backends]]\naddress = \"2001:db8:300::21\"\nport = 80\nweight = 0\n",
+    );
+    let e = one_error(&text);
+    assert_error(&e, "services[0].backends[0].weight", (16, 10), "weight 0");
+}
+
+#[test]
+fn collects_errors_from_every_section_in_file_order() {
+    let text = r#"[node]
+name = "node 1"
+asn = 23456
+router_id = "2001:db8::1"
+uplinks = ["eth0", "eth0"]
+
+[[bgp.peers]]
+address = "ff02::1"
+asn = 0
+
+[[bgp.announce]]
+prefix = "198.51.100.1/24"
+
+[[services]]
+name = "web"
+vip = "2001:db8:200::10"
+port = 0
+protocol = "tcp"
+mode = "nat"
+backends = [ { address = "192.0.2.1", port = 80, weight = 0 } ]
+"#;
+    let errs = errors(text);
+    let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.path.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (2, "node.name"),
+            (3, "node.asn"),
+            (4, "node.router_id"),
+            (5, "node.uplinks[1]"),
+            (8, "bgp.peers[0].address"),
+            (9, "bgp.peers[0].asn"),
+            (12, "bgp.announce[0].prefix"),
+            (17, "services[0].port"),
+            (20, "services[0].backends[0].address"),
+            (20, "services[0].backends[0].weight"),
+        ]
+    );
+}

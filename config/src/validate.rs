@@ -1,0 +1,556 @@
+//! Turns the raw TOML structs into a `Model`, collecting every problem with its location.
+//! The rules live here and only here (the model boundary); the checks are pure functions on
+//! values, and the `Validator` attaches paths and positions. No I/O.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ipnet::IpNet;
+
+use crate::error::ConfigError;
+use crate::locate::{FieldPath, Locator};
+use crate::model::{Announce, Backend, Bgp, Mode, Model, Node, Peer, Protocol, Service};
+use crate::raw::{known_keys, RawBackend, RawBgp, RawModel, RawNode, RawService};
+
+const PRIVATE_ASN_HINT: &str = "use a private ASN such as 64512-65534 or 4200000000-4294967294";
+
+pub(crate) struct Validator<'a> {
+    loc: &'a Locator<'a>,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Validator<'a> {
+    pub(crate) fn new(loc: &'a Locator<'a>) -> Self {
+        Validator { loc, errors: Vec::new() }
+    }
+
+    pub(crate) fn into_errors(self) -> Vec<ConfigError> {
+        self.errors
+    }
+
+    fn error(&mut self, path: &FieldPath, message: String) {
+        self.errors.push(self.loc.error_at_value(path, message));
+    }
+
+    /// Records `Err` as an error at `path`.
+    fn check<T>(&mut self, path: &FieldPath, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(message) => {
+                self.error(path, message);
+                None
+            }
+        }
+    }
+
+    /// A required field: reports it missing (at the enclosing table), else runs `check` on it.
+    fn required<T, U>(
+        &mut self,
+        path: &FieldPath,
+        value: Option<T>,
+        example: &str,
+        check: impl FnOnce(T) -> Result<U, String>,
+    ) -> Option<U> {
+        match value {
+            Some(v) => self.check(path, check(v)),
+            None => {
+                let key = path.last_key().unwrap_or_default();
+                self.error(path, format!("missing `{key}`; add e.g. `{key} = {example}`"));
+                None
+            }
+        }
+    }
+
+    /// A key serde skipped: a typo or a key from a newer version. Reported at the key itself.
+    pub(crate) fn unknown_key(&mut self, path: &FieldPath) {
+        let key = path.last_key().unwrap_or_default();
+        let table = path.parent().unwrap_or_default();
+        let known = known_keys(&table.schema_keys());
+        let message = match closest_key(key, known) {
+            Some(k) => format!("unknown key `{key}`; did you mean `{k}`?"),
+            None if known.is_empty() => format!("unknown key `{key}`; remove it"),
+            None => format!("unknown key `{key}`; remove it (keys allowed here: {})", known.join(", ")),
+        };
+        self.errors.push(self.loc.error_at_key(path, message));
+    }
+
+    /// The whole model, or `None` if anything was reported (callers then return the errors).
+    pub(crate) fn model(&mut self, raw: RawModel) -> Option<Model> {
+        let root = FieldPath::root();
+        let node = self.node(&root.key("node"), raw.node);
+        let bgp = self.bgp(&root.key("bgp"), raw.bgp);
+        let services = self.services(&root.key("services"), raw.services);
+        Some(Model { node: node?, bgp: bgp?, services: services? })
+    }
+
+    fn node(&mut self, path: &FieldPath, raw: Option<RawNode>) -> Option<Node> {
+        let Some(raw) = raw else {
+            self.error(path, "missing [node] table; add one with `name`, `asn` and `router_id`".to_owned());
+            return None;
+        };
+        let name = self.required(&path.key("name"), raw.name, "\"node1\"", check_node_name);
+        let asn = self.required(&path.key("asn"), raw.asn, "65101", check_asn);
+        let router_id = self.required(&path.key("router_id"), raw.router_id, "\"192.0.2.11\"", |s| check_router_id(&s));
+        let uplinks = self.uplinks(&path.key("uplinks"), raw.uplinks);
+        Some(Node { name: name?, asn: asn?, router_id: router_id?, uplinks: uplinks? })
+    }
+
+    fn uplinks(&mut self, path: &FieldPath, raw: Vec<String>) -> Option<Vec<String>> {
+        let mut ok = true;
+        let mut seen: HashMap<&str, FieldPath> = HashMap::new();
+        for (i, name) in raw.iter().enumerate() {
+            let p = path.index(i);
+            if let Err(message) = check_ifname(name) {
+                self.error(&p, message);
+                ok = false;
+            } else if let Some(first) = seen.get(name.as_str()) {
+                let message =
+                    format!("uplink `{name}` is listed twice (first at {}); remove one", self.loc.describe(first));
+                self.error(&p, message);
+                ok = false;
+            } else {
+                seen.insert(name, p);
+            }
+        }
+        ok.then_some(raw)
+    }
+
+    fn bgp(&mut self, path: &FieldPath, raw: RawBgp) -> Option<Bgp> {
+        let mut ok = true;
+
+        let mut peers = Vec::new();
+        let mut seen_peers: HashMap<IpAddr, FieldPath> = HashMap::new();
+        for (i, peer) in raw.peers.into_iter().enumerate() {
+            let p = path.key("peers").index(i);
+            let address_path = p.key("address");
+            let address = self.required(&address_path, peer.address, "\"2001:db8:1::1\"", |s| check_peer_address(&s));
+            let asn = self.required(&p.key("asn"), peer.asn, "65000", check_asn);
+            if let Some(address) = address {
+                if let Some(first) = seen_peers.get(&address) {
+                    let message = format!(
+                        "peer {address} is already defined at {}; keep one [[bgp.peers]] entry per address",
+                        self.loc.describe(first)
+                    );
+                    self.error(&address_path, message);
+                    ok = false;
+                } else {
+                    seen_peers.insert(address, address_path);
+                }
+            }
+            match (address, asn) {
+                (Some(address), Some(asn)) => peers.push(Peer { address, asn }),
+                _ => ok = false,
+            }
+        }
+
+        let mut announce = Vec::new();
+        let mut seen_prefixes: HashMap<IpNet, FieldPath> = HashMap::new();
+        for (i, a) in raw.announce.into_iter().enumerate() {
+            let p = path.key("announce").index(i).key("prefix");
+            let Some(prefix) = self.required(&p, a.prefix, "\"2001:db8:100::/64\"", |s| check_prefix(&s)) else {
+                ok = false;
+                continue;
+            };
+            if let Some(first) = seen_prefixes.get(&prefix) {
+                let message = format!(
+                    "prefix {prefix} is already announced at {}; remove the duplicate",
+                    self.loc.describe(first)
+                );
+                self.error(&p, message);
+                ok = false;
+            } else {
+                seen_prefixes.insert(prefix, p);
+                announce.push(Announce { prefix });
+            }
+        }
+
+        ok.then_some(Bgp { peers, announce })
+    }
+
+    fn services(&mut self, path: &FieldPath, raw: Vec<RawService>) -> Option<Vec<Service>> {
+        let mut ok = true;
+        let mut services = Vec::new();
+        let mut names: HashMap<String, FieldPath> = HashMap::new();
+        // (vip, port, protocol) -> (service name, path of its vip)
+        let mut frontends: HashMap<(IpAddr, u16, Protocol), (String, FieldPath)> = HashMap::new();
+
+        for (i, raw) in raw.into_iter().enumerate() {
+            let p = path.index(i);
+            let name_path = p.key("name");
+            let name = raw.name.clone();
+            let service = self.service(&p, raw);
+
+            if let Some(name) = name.filter(|n| !n.is_empty()) {
+                if let Some(first) = names.get(&name) {
+                    let message = format!(
+                        "service name `{name}` is already used at {}; service names must be unique",
+                        self.loc.describe(first)
+                    );
+                    self.error(&name_path, message);
+                    ok = false;
+                } else {
+                    names.insert(name, name_path);
+                }
+            }
+
+            let Some(service) = service else {
+                ok = false;
+                continue;
+            };
+            let vip_path = p.key("vip");
+            let key = (service.vip, service.port, service.protocol);
+            if let Some((other, other_vip)) = frontends.get(&key) {
+                let message = format!(
+                    "duplicate VIP {} port {}/{}, also used by service `{other}` at {}; give this service a different VIP, port or protocol",
+                    service.vip,
+                    service.port,
+                    service.protocol,
+                    self.loc.describe(other_vip)
+                );
+                self.error(&vip_path, message);
+                ok = false;
+            } else {
+                frontends.insert(key, (service.name.clone(), vip_path));
+            }
+            services.push(service);
+        }
+        ok.then_some(services)
+    }
+
+    fn service(&mut self, path: &FieldPath, raw: RawService) -> Option<Service> {
+        let name = self.required(&path.key("name"), raw.name, "\"web\"", |s| {
+            if s.is_empty() {
+                Err("service name must not be empty; name it, e.g. `web`".to_owned())
+            } else {
+                Ok(s)
+            }
+        });
+        let vip = self.required(&path.key("vip"), raw.vip, "\"2001:db8:200::10\"", |s| check_vip(&s));
+        let port = self.required(&path.key("port"), raw.port, "80", check_port);
+        let protocol = self.required(&path.key("protocol"), raw.protocol, "\"tcp\"", |s| check_protocol(&s));
+        let mode = self.required(&path.key("mode"), raw.mode, "\"dsr\"", |s| check_mode(&s));
+        let backends = self.backends(&path.key("backends"), raw.backends, vip, mode);
+        Some(Service { name: name?, vip: vip?, port: port?, protocol: protocol?, mode: mode?, backends: backends? })
+    }
+
+    fn backends(
+        &mut self,
+        path: &FieldPath,
+        raw: Option<Vec<RawBackend>>,
+        vip: Option<IpAddr>,
+        mode: Option<Mode>,
+    ) -> Option<Vec<Backend>> {
+        let raw = raw.unwrap_or_default();
+        if raw.is_empty() {
+            self.error(
+                path,
+                "a service needs at least one backend; add e.g. `backends = [ { address = \"2001:db8:300::21\", port = 80 } ]`"
+                    .to_owned(),
+            );
+            return None;
+        }
+        let mut ok = true;
+        let mut backends = Vec::new();
+        let mut seen: HashMap<(IpAddr, u16), FieldPath> = HashMap::new();
+        for (i, b) in raw.into_iter().enumerate() {
+            let p = path.index(i);
+            let address_path = p.key("address");
+            let address =
+                self.required(&address_path, b.address, "\"2001:db8:300::21\"", |s| check_backend_address(&s));
+            let port = self.required(&p.key("port"), b.port, "80", check_port);
+            let weight = match b.weight {
+                Some(w) => self.check(&p.key("weight"), check_weight(w)),
+                None => Some(crate::model::default_weight()),
+            };
+            if let (Some(address), Some(vip), Some(mode)) = (address, vip, mode) {
+                if let Err(message) = check_family(vip, address, mode) {
+                    self.error(&address_path, message);
+                    ok = false;
+                }
+            }
+            let (Some(address), Some(port), Some(weight)) = (address, port, weight) else {
+                ok = false;
+                continue;
+            };
+            if let Some(first) = seen.get(&(address, port)) {
+                let message = format!(
+                    "backend {} is already listed at {}; remove one (use `weight` to give it a larger share)",
+                    SocketAddr::new(address, port),
+                    self.loc.describe(first)
+                );
+                self.error(&address_path, message);
+                ok = false;
+            } else {
+                seen.insert((address, port), address_path);
+            }
+            backends.push(Backend { address, port, weight });
+        }
+        ok.then_some(backends)
+    }
+}
+
+/// The known key closest to a misspelt one, if it is close enough to be a likely typo.
+fn closest_key<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let key = key.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&key, k), *k))
+        .filter(|(d, _)| *d <= 2 && *d < key.chars().count())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn check_node_name(name: String) -> Result<String, String> {
+    if name.is_empty() {
+        return Err("node name must not be empty; use this host's name, e.g. `node1`".to_owned());
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!(
+            "node name `{name}` contains {c:?}; use only letters, digits, `.`, `_` and `-` (the name becomes a directory under /sys/fs/bpf/ferrule/)"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!(
+            "node name `{name}` is not usable as a directory name; use this host's name, e.g. `node1`"
+        ));
+    }
+    let len = name.len();
+    if len > 63 {
+        return Err(format!(
+            "node name is {len} characters long; use at most 63 (it becomes a directory under /sys/fs/bpf/ferrule/)"
+        ));
+    }
+    Ok(name)
+}
+
+/// BGP AS numbers: reject the ones RFCs reserve, since a peer would refuse the session or
+/// misinterpret the UPDATEs.
+fn check_asn(asn: i64) -> Result<u32, String> {
+    match asn {
+        0 => Err(format!("ASN 0 is reserved (RFC 7607); {PRIVATE_ASN_HINT}")),
+        23456 => Err(format!(
+            "ASN 23456 is AS_TRANS (RFC 6793), a placeholder for 4-byte ASNs, not a real ASN; {PRIVATE_ASN_HINT}"
+        )),
+        65535 | 4_294_967_295 => Err(format!("ASN {asn} is reserved (RFC 7300); {PRIVATE_ASN_HINT}")),
+        _ => u32::try_from(asn)
+            .map_err(|_| format!("ASN {asn} is out of range; ASNs are 1-4294967294, {PRIVATE_ASN_HINT}")),
+    }
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>().map_err(|_| {
+        if s.contains('/') {
+            format!("`{s}` is a prefix, not an address; drop the `/LENGTH`")
+        } else {
+            format!("`{s}` is not an IP address; write one like 2001:db8::1 or 192.0.2.1")
+        }
+    })
+}
+
+fn check_router_id(s: &str) -> Result<Ipv4Addr, String> {
+    match parse_ip(s)? {
+        IpAddr::V6(_) => Err(format!(
+            "router_id must be an IPv4 address (a BGP identifier is 32 bits, even on IPv6-only nodes), not `{s}`; use e.g. the node's IPv4 loopback such as 192.0.2.11"
+        )),
+        IpAddr::V4(ip) if ip.is_unspecified() => Err(
+            "router_id 0.0.0.0 is not a valid BGP identifier; use a non-zero IPv4 address unique in the fabric, e.g. 192.0.2.11"
+                .to_owned(),
+        ),
+        IpAddr::V4(ip) => Ok(ip),
+    }
+}
+
+/// Linux accepts an interface name if it fits IFNAMSIZ (15 bytes plus NUL), is not `.` or `..`,
+/// and has no `/`, `:` or whitespace (`dev_valid_name`).
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("uplink name must not be empty; use the NIC name shown by `ip link`, e.g. `eth0`".to_owned());
+    }
+    if name.len() > 15 {
+        return Err(format!(
+            "uplink `{name}` is {} bytes long; Linux interface names are at most 15, check `ip link`",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("uplink `{name}` is not a valid interface name; use the NIC name shown by `ip link`"));
+    }
+    if let Some(c) = name.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace()) {
+        return Err(format!(
+            "uplink `{name}` contains {c:?}, which Linux does not allow in interface names; use the NIC name shown by `ip link`"
+        ));
+    }
+    Ok(())
+}
+
+fn check_peer_address(s: &str) -> Result<IpAddr, String> {
+    let ip = parse_ip(s)?;
+    if ip.is_unspecified() {
+        return Err(format!("peer address {ip} is the unspecified address; use the neighbor's interface address"));
+    }
+    if ip.is_multicast() {
+        return Err(format!("peer address {ip} is multicast; a BGP neighbor needs a unicast address"));
+    }
+    Ok(ip)
+}
+
+fn check_prefix(s: &str) -> Result<IpNet, String> {
+    let prefix = s.parse::<IpNet>().map_err(|_| {
+        if s.parse::<IpAddr>().is_ok() {
+            let len = if s.contains(':') { 128 } else { 32 };
+            format!("`{s}` has no prefix length; write it as `{s}/{len}` for a single address")
+        } else {
+            format!("`{s}` is not an IP prefix; write ADDRESS/LENGTH, e.g. 2001:db8:100::/64")
+        }
+    })?;
+    let network = prefix.trunc();
+    if network != prefix {
+        return Err(format!("{prefix} has host bits set; did you mean {network}?"));
+    }
+    Ok(prefix)
+}
+
+fn check_vip(s: &str) -> Result<IpAddr, String> {
+    let ip = parse_ip(s)?;
+    let problem = if ip.is_unspecified() {
+        "the unspecified address"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if ip.is_loopback() {
+        "a loopback address, which traffic from the network never reaches"
+    } else {
+        return Ok(ip);
+    };
+    Err(format!("VIP {ip} is {problem}; use a unicast address this node announces, e.g. from [[bgp.announce]]"))
+}
+
+fn check_backend_address(s: &str) -> Result<IpAddr, String> {
+    let ip = parse_ip(s)?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("backend address {ip} is not a unicast address; use the address the backend listens on"));
+    }
+    Ok(ip)
+}
+
+fn check_port(port: i64) -> Result<u16, String> {
+    match u16::try_from(port) {
+        Ok(0) => Err("port 0 is not a usable port; use 1-65535".to_owned()),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("port {port} is out of range; use 1-65535")),
+    }
+}
+
+fn check_weight(weight: i64) -> Result<u32, String> {
+    match u32::try_from(weight) {
+        Ok(0) => {
+            Err("weight 0 is not allowed; to stop sending traffic to this backend, remove it from `backends`"
+                .to_owned())
+        }
+        Ok(w) => Ok(w),
+        Err(_) => Err(format!("weight {weight} is out of range; use 1-4294967295 (omit it for the default of 1)")),
+    }
+}
+
+fn check_protocol(s: &str) -> Result<Protocol, String> {
+    match s {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err(format!("unknown protocol `{s}`; use \"tcp\" or \"udp\"")),
+    }
+}
+
+fn check_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "dsr" => Ok(Mode::Dsr),
+        "nat" => Ok(Mode::Nat),
+        _ => Err(format!("unknown mode `{s}`; use \"dsr\" (direct server return) or \"nat\"")),
+    }
+}
+
+/// NAT rewrites the destination in place, so the families must match. DSR encapsulates the
+/// unchanged packet: an IPv4 packet fits in an IPv6 tunnel, but not the other way round.
+fn check_family(vip: IpAddr, backend: IpAddr, mode: Mode) -> Result<(), String> {
+    match (mode, vip, backend) {
+        (Mode::Nat, IpAddr::V4(_), IpAddr::V6(_)) | (Mode::Nat, IpAddr::V6(_), IpAddr::V4(_)) => {
+            Err(format!(
+                "backend {backend} and VIP {vip} are different address families; mode \"nat\" rewrites the address in place, so use a backend of the VIP's family (or mode \"dsr\" for an IPv4 VIP)"
+            ))
+        }
+        (Mode::Dsr, IpAddr::V6(_), IpAddr::V4(_)) => Err(format!(
+            "backend {backend} is IPv4 but VIP {vip} is IPv6; mode \"dsr\" cannot tunnel IPv6 packets in IPv4, so use an IPv6 backend address"
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("weight", "weight"), 0);
+        assert_eq!(edit_distance("wieght", "weight"), 2);
+        assert_eq!(edit_distance("routerid", "router_id"), 1);
+        assert_eq!(edit_distance("", "asn"), 3);
+    }
+
+    #[test]
+    fn suggests_only_close_keys() {
+        let known = ["address", "port", "weight"];
+        assert_eq!(closest_key("wieght", &known), Some("weight"));
+        assert_eq!(closest_key("Port", &known), Some("port"));
+        assert_eq!(closest_key("colour", &known), None);
+    }
+
+    #[test]
+    fn asn_rules() {
+        assert_eq!(check_asn(65101), Ok(65101));
+        assert_eq!(check_asn(4_200_000_000), Ok(4_200_000_000));
+        assert_eq!(check_asn(1), Ok(1));
+        assert_eq!(check_asn(4_294_967_294), Ok(4_294_967_294));
+        for bad in [0, 23456, 65535, 4_294_967_295, -1, 4_294_967_296] {
+            let err = check_asn(bad).unwrap_err();
+            assert!(err.contains(&bad.to_string()), "{err}");
+            assert!(err.contains("64512-65534"), "{err}");
+        }
+    }
+
+    #[test]
+    fn family_rules_per_mode() {
+        let v4: IpAddr = "192.0.2.10".parse().unwrap();
+        let v6: IpAddr = "2001:db8::10".parse().unwrap();
+        assert!(check_family(v4, v4, Mode::Nat).is_ok());
+        assert!(check_family(v6, v6, Mode::Nat).is_ok());
+        assert!(check_family(v4, v6, Mode::Nat).is_err());
+        assert!(check_family(v6, v4, Mode::Nat).is_err());
+        assert!(check_family(v4, v4, Mode::Dsr).is_ok());
+        assert!(check_family(v6, v6, Mode::Dsr).is_ok());
+        assert!(check_family(v4, v6, Mode::Dsr).is_ok());
+        assert!(check_family(v6, v4, Mode::Dsr).is_err());
+    }
+
+    #[test]
+    fn ifname_rules() {
+        assert!(check_ifname("eth0").is_ok());
+        assert!(check_ifname("enp3s0f1np1.100").is_ok());
+        for bad in ["", "a234567890123456", "eth/0", "eth:0", "eth 0", ".", ".."] {
+            assert!(check_ifname(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
