@@ -1,0 +1,839 @@
+//! Loads the embedded objects with aya, pins maps, programs and links under
+//! `<bpffs>/ferrule/<node>/`, and keeps the set of uplinks running `xdp_lb` equal to what it is
+//! told. The decision of what to attach/detach is the pure [`plan_uplinks`]; `Datapath` only applies
+//! it. It never decides *which* interfaces are uplinks (that comes from the model).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+    os::fd::{AsFd as _, BorrowedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{MapInfo, PerCpuHashMap},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, Xdp, XdpMode,
+    },
+    Ebpf, EbpfLoader,
+};
+
+use crate::{abi::IfaceStats, error::chain_to_string, objects, sys, EbpfError};
+
+/// The XDP program on uplinks, and the object (`ebpf/bpf/xdp_lb.bpf.c`) that holds it.
+const XDP_PROGRAM: &str = "xdp_lb";
+const XDP_OBJECT: &str = "xdp_lb";
+const IFACE_STATS_MAP: &str = "fr_iface_stats";
+/// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
+/// Where the kernel and every tool expect bpffs.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+/// `IFNAMSIZ` includes the terminating NUL.
+const IFNAMSIZ: usize = 16;
+
+/// How an XDP program is attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AttachMode {
+    /// In the driver (`XDP_FLAGS_DRV_MODE`): the fast path.
+    Native,
+    /// In the generic network stack (`XDP_FLAGS_SKB_MODE`), for drivers without XDP support.
+    Generic,
+}
+
+impl AttachMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "native" => Some(Self::Native),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
+
+    const fn xdp_mode(self) -> XdpMode {
+        match self {
+            Self::Native => XdpMode::Driver,
+            Self::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of one uplink, as `ferrule show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UplinkStatus {
+    pub name: String,
+    pub ifindex: Option<u32>,
+    /// Whether `xdp_lb` (this build's or, after a failed swap, the previous one) runs on it.
+    pub attached: bool,
+    /// `"native"` or `"generic"` when attached.
+    pub mode: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Counters of one interface, summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InterfaceStats {
+    pub ifindex: u32,
+    /// `None` when the interface no longer exists (its counters stay until the map is removed).
+    pub name: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What a pinned link is doing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LinkHealth {
+    /// Attached to the interface of that name, running this process's program.
+    Current,
+    /// Attached to the interface of that name, running another (older) program.
+    Stale,
+    /// Not attached to an interface of that name any more (deleted, recreated or renamed).
+    Defunct,
+}
+
+/// A link found pinned under `links/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedUplink {
+    pub name: String,
+    pub mode: AttachMode,
+    pub health: LinkHealth,
+}
+
+/// One step that brings the attached set to the desired set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkOp {
+    /// The name cannot be an interface name; nothing is done for it.
+    Reject { name: String, reason: &'static str },
+    /// Already runs this program: nothing to do.
+    Keep { name: String, mode: AttachMode },
+    /// Swap this program into the pinned link atomically (no packet sees no program).
+    Update { name: String, mode: AttachMode },
+    /// Attach anew (native first, generic as fallback) and pin the link.
+    Attach { name: String },
+    /// The pinned link is defunct: unpin it, then attach anew.
+    Replace { name: String, mode: AttachMode },
+    /// Not an uplink any more: unpin the link, which detaches the program.
+    Detach { name: String, mode: AttachMode },
+}
+
+/// Decides how to go from the `pinned` links to XDP on exactly the `desired` interfaces.
+///
+/// Detaches come first, so a name never has two pins at once. Desired names keep their order and
+/// duplicates are ignored. If a name has several pins (only possible after manual tinkering), the
+/// healthiest is used and the others are detached.
+pub fn plan_uplinks(desired: &[String], pinned: &[PinnedUplink]) -> Vec<UplinkOp> {
+    let mut detaches = Vec::new();
+    let mut others = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut kept = BTreeSet::new();
+    for name in desired {
+        if !seen.insert(name.as_str()) {
+            continue;
+        }
+        if let Err(reason) = validate_ifname(name) {
+            others.push(UplinkOp::Reject { name: name.clone(), reason });
+            continue;
+        }
+        let best = pinned.iter().filter(|p| &p.name == name).min_by_key(|p| (p.health, p.mode));
+        let name = name.clone();
+        others.push(match best {
+            None => UplinkOp::Attach { name },
+            Some(p) => {
+                kept.insert((p.name.as_str(), p.mode));
+                match p.health {
+                    LinkHealth::Current => UplinkOp::Keep { name, mode: p.mode },
+                    LinkHealth::Stale => UplinkOp::Update { name, mode: p.mode },
+                    LinkHealth::Defunct => UplinkOp::Replace { name, mode: p.mode },
+                }
+            }
+        });
+    }
+    let mut stale: Vec<_> = pinned.iter().filter(|p| !kept.contains(&(p.name.as_str(), p.mode))).collect();
+    stale.sort_by(|a, b| (&a.name, a.mode).cmp(&(&b.name, b.mode)));
+    for p in stale {
+        detaches.push(UplinkOp::Detach { name: p.name.clone(), mode: p.mode });
+    }
+    detaches.extend(others);
+    detaches
+}
+
+/// Rejects what the kernel would never accept as an interface name (and what would escape the
+/// pin directory), following the kernel's `dev_valid_name`.
+fn validate_ifname(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty interface name");
+    }
+    if name.len() >= IFNAMSIZ {
+        return Err("interface names are at most 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return Err("`.` and `..` are not interface names");
+    }
+    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err("interface names cannot contain `/`, `:` or whitespace");
+    }
+    Ok(())
+}
+
+fn validate_node(node: &str) -> Result<(), EbpfError> {
+    let reason = if node.is_empty() {
+        Some("it is empty")
+    } else if node == "." || node == ".." {
+        Some("`.` and `..` are not allowed")
+    } else if node.contains(['/', ':', '\0']) {
+        Some("it contains `/`, `:` or a NUL byte")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(EbpfError::InvalidNode { node: node.to_owned(), reason }),
+        None => Ok(()),
+    }
+}
+
+/// The loaded datapath of one node, with its pins.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    /// Kernel id of the `xdp_lb` program this process loaded; links running another id are stale.
+    prog_id: u32,
+    /// Result of the last `set_uplinks` (or, before it, what was found pinned at open).
+    statuses: Vec<UplinkStatus>,
+}
+
+impl fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Datapath")
+            .field("pin_dir", &self.pin_dir)
+            .field("prog_id", &self.prog_id)
+            .field("statuses", &self.statuses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    /// Loads the embedded objects, mounting bpffs at /sys/fs/bpf if absent, pinning maps by name
+    /// under `<bpffs>/ferrule/<node>/maps/` (re-using ones already pinned there, so counters
+    /// survive restarts), programs under `.../progs/` and links under `.../links/`.
+    ///
+    /// Links pinned by a previous run keep forwarding with the previous program until
+    /// [`Datapath::set_uplinks`] swaps this one in.
+    pub fn open(node: &str) -> Result<Datapath, EbpfError> {
+        let root = Path::new(DEFAULT_BPFFS);
+        ensure_bpffs(root)?;
+        Self::open_at(root, node)
+    }
+
+    /// Like [`Datapath::open`] with bpffs mounted at `bpffs_root` (which must already be one).
+    pub fn open_at(bpffs_root: &Path, node: &str) -> Result<Datapath, EbpfError> {
+        let pin_dir = node_pin_dir(bpffs_root, node)?;
+        if !is_bpffs(bpffs_root)? {
+            return Err(EbpfError::NotBpffs { path: bpffs_root.to_owned() });
+        }
+        for sub in ["maps", "progs", "links"] {
+            let dir = pin_dir.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|e| EbpfError::pin_path("creating pin directory", dir, e))?;
+        }
+        let maps_dir = pin_dir.join("maps");
+        check_pinned_maps(XDP_OBJECT, objects::XDP_LB, &maps_dir)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(objects::XDP_LB)
+            .map_err(|e| EbpfError::load(XDP_OBJECT, e))?;
+        let xdp = xdp_program_mut(&mut ebpf)?;
+        xdp.load().map_err(|e| EbpfError::program(XDP_PROGRAM, "loading", e))?;
+        let prog_id = xdp.info().map_err(|e| EbpfError::program(XDP_PROGRAM, "reading program info", e))?.id();
+
+        // The pin names the program the next set_uplinks will put on the links, so it always
+        // refers to the newest build; links still running the old one keep it alive.
+        let prog_pin = pin_dir.join("progs").join(XDP_PROGRAM);
+        remove_pin(&prog_pin)?;
+        xdp.pin(&prog_pin).map_err(|e| EbpfError::Pin { path: prog_pin.clone(), source: Box::new(e) })?;
+
+        let mut datapath = Datapath { ebpf, pin_dir, prog_id, statuses: Vec::new() };
+        datapath.statuses = datapath.adopted_statuses()?;
+        Ok(datapath)
+    }
+
+    /// `<bpffs>/ferrule/<node>`.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.pin_dir.join("links")
+    }
+
+    fn link_pin(&self, name: &str, mode: AttachMode) -> PathBuf {
+        self.links_dir().join(link_pin_name(name, mode))
+    }
+
+    /// The loaded `xdp_lb` program, for `BPF_PROG_TEST_RUN` ([`crate::test_run_xdp`]).
+    pub fn xdp_program_fd(&self) -> Result<BorrowedFd<'_>, EbpfError> {
+        let program = self.ebpf.program(XDP_PROGRAM).ok_or(EbpfError::MissingFromObject {
+            object: XDP_OBJECT,
+            what: "program",
+            name: XDP_PROGRAM,
+        })?;
+        let xdp: &Xdp = program.try_into().map_err(|e| EbpfError::program(XDP_PROGRAM, "using as XDP", e))?;
+        let fd = xdp.fd().map_err(|e| EbpfError::program(XDP_PROGRAM, "getting its fd", e))?;
+        Ok(fd.as_fd())
+    }
+
+    /// Makes the set of interfaces with our XDP program equal to `uplinks`: pinned links are
+    /// re-used and get this build's program atomically; new interfaces are attached (native
+    /// first, generic as fallback) and their links pinned; links for interfaces no longer listed
+    /// are unpinned, which detaches them. A problem with one interface is reported in its entry
+    /// and does not stop the others.
+    pub fn set_uplinks(&mut self, uplinks: &[String]) -> Vec<UplinkStatus> {
+        let mut statuses = Vec::new();
+        let pinned = match self.scan_links() {
+            Ok(pinned) => pinned,
+            Err(e) => {
+                // Without knowing what is pinned nothing can be planned safely.
+                let error = chain_to_string(&e);
+                statuses = uplinks
+                    .iter()
+                    .map(|name| UplinkStatus {
+                        name: name.clone(),
+                        ifindex: ifindex_of(name),
+                        attached: false,
+                        mode: None,
+                        error: Some(error.clone()),
+                    })
+                    .collect();
+                self.statuses = statuses.clone();
+                return statuses;
+            }
+        };
+        let plan_input: Vec<PinnedUplink> = pinned.iter().map(|p| p.uplink.clone()).collect();
+        for op in plan_uplinks(uplinks, &plan_input) {
+            match op {
+                UplinkOp::Detach { name, mode } => {
+                    if let Err(e) = remove_pin(&self.link_pin(&name, mode)) {
+                        statuses.push(UplinkStatus {
+                            ifindex: ifindex_of(&name),
+                            name,
+                            attached: true,
+                            mode: Some(mode.to_string()),
+                            error: Some(format!("still attached: unpinning its link failed: {}", chain_to_string(&e))),
+                        });
+                    }
+                }
+                UplinkOp::Reject { name, reason } => statuses.push(UplinkStatus {
+                    name,
+                    ifindex: None,
+                    attached: false,
+                    mode: None,
+                    error: Some(reason.to_owned()),
+                }),
+                UplinkOp::Keep { name, mode } => statuses.push(UplinkStatus {
+                    ifindex: ifindex_of(&name),
+                    name,
+                    attached: true,
+                    mode: Some(mode.to_string()),
+                    error: None,
+                }),
+                UplinkOp::Update { name, mode } => statuses.push(self.update(&name, mode)),
+                UplinkOp::Attach { name } => statuses.push(self.attach(&name)),
+                UplinkOp::Replace { name, mode } => {
+                    statuses.push(match remove_pin(&self.link_pin(&name, mode)) {
+                        Ok(()) => self.attach(&name),
+                        Err(e) => UplinkStatus {
+                            ifindex: ifindex_of(&name),
+                            name,
+                            attached: false,
+                            mode: None,
+                            error: Some(format!("removing its defunct link failed: {}", chain_to_string(&e))),
+                        },
+                    });
+                }
+            }
+        }
+        self.statuses = statuses.clone();
+        statuses
+    }
+
+    /// The uplinks as of the last [`Datapath::set_uplinks`], or as found pinned at open.
+    pub fn uplinks(&self) -> Vec<UplinkStatus> {
+        self.statuses.clone()
+    }
+
+    /// Per-interface counters summed over CPUs, with the interface name when it still exists.
+    pub fn interface_stats(&self) -> Result<Vec<InterfaceStats>, EbpfError> {
+        let map = self.ebpf.map(IFACE_STATS_MAP).ok_or(EbpfError::MissingFromObject {
+            object: XDP_OBJECT,
+            what: "map",
+            name: IFACE_STATS_MAP,
+        })?;
+        let map: PerCpuHashMap<_, u32, IfaceStats> =
+            PerCpuHashMap::try_from(map).map_err(|e| EbpfError::map(IFACE_STATS_MAP, "opening as per-CPU hash", e))?;
+        let names: HashMap<u32, String> = nix::net::if_::if_nameindex()
+            .map(|list| list.iter().map(|i| (i.index(), i.name().to_string_lossy().into_owned())).collect())
+            .unwrap_or_default();
+        let mut stats = Vec::new();
+        for entry in map.iter() {
+            let (ifindex, per_cpu) = entry.map_err(|e| EbpfError::map(IFACE_STATS_MAP, "reading", e))?;
+            let (packets, bytes) =
+                per_cpu.iter().fold((0u64, 0u64), |(p, b), v| (p.wrapping_add(v.packets), b.wrapping_add(v.bytes)));
+            stats.push(InterfaceStats { ifindex, name: names.get(&ifindex).cloned(), packets, bytes });
+        }
+        stats.sort_by_key(|s| s.ifindex);
+        Ok(stats)
+    }
+
+    /// Removes everything pinned for this node, which detaches its links and frees its maps.
+    pub fn unpin_all(self) -> Result<(), EbpfError> {
+        for sub in ["links", "progs", "maps"] {
+            let dir = self.pin_dir.join(sub);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(EbpfError::pin_path("listing", dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| EbpfError::pin_path("listing", dir.clone(), e))?;
+                remove_pin(&entry.path())?;
+            }
+            remove_dir(&dir)?;
+        }
+        remove_dir(&self.pin_dir)?;
+        // Other nodes' directories may share the parent; leaving it is harmless.
+        if let Some(parent) = self.pin_dir.parent() {
+            let _not_empty_is_fine = std::fs::remove_dir(parent);
+        }
+        Ok(())
+    }
+
+    /// Statuses for the links found pinned when opening, before anything is changed.
+    fn adopted_statuses(&self) -> Result<Vec<UplinkStatus>, EbpfError> {
+        Ok(self
+            .scan_links()?
+            .into_iter()
+            .map(|p| UplinkStatus {
+                ifindex: p.ifindex,
+                attached: p.uplink.health != LinkHealth::Defunct,
+                mode: Some(p.uplink.mode.to_string()),
+                error: (p.uplink.health == LinkHealth::Defunct)
+                    .then(|| "pinned link is no longer attached to this interface".to_owned()),
+                name: p.uplink.name,
+            })
+            .collect())
+    }
+
+    /// The XDP links pinned for this node, with what each is doing now.
+    fn scan_links(&self) -> Result<Vec<ScannedLink>, EbpfError> {
+        let dir = self.links_dir();
+        let entries = std::fs::read_dir(&dir).map_err(|e| EbpfError::pin_path("listing", dir.clone(), e))?;
+        let mut links = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| EbpfError::pin_path("listing", dir.clone(), e))?;
+            let file_name = entry.file_name();
+            let Some((name, mode)) = file_name.to_str().and_then(parse_link_pin_name) else {
+                continue; // another program's link
+            };
+            let ifindex = ifindex_of(&name);
+            let info = sys::obj_get(&entry.path()).and_then(|fd| sys::link_info(fd.as_fd()));
+            let health = match info {
+                Ok(info)
+                    if info.link_type == sys::BPF_LINK_TYPE_XDP
+                        && info.xdp_ifindex != 0
+                        && Some(info.xdp_ifindex) == ifindex =>
+                {
+                    if info.prog_id == self.prog_id {
+                        LinkHealth::Current
+                    } else {
+                        LinkHealth::Stale
+                    }
+                }
+                _ => LinkHealth::Defunct,
+            };
+            links.push(ScannedLink { uplink: PinnedUplink { name, mode, health }, ifindex });
+        }
+        links.sort_by(|a, b| a.uplink.name.cmp(&b.uplink.name));
+        Ok(links)
+    }
+
+    /// Swaps this build's program into the pinned link of `name`; a link that turns out defunct
+    /// is replaced by a fresh attachment.
+    fn update(&mut self, name: &str, mode: AttachMode) -> UplinkStatus {
+        let pin = self.link_pin(name, mode);
+        let swapped = (|| -> Result<(), String> {
+            let link = PinnedLink::from_pin(&pin).map_err(|e| chain_to_string(&e))?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| chain_to_string(&e))?;
+            let xdp = xdp_program_mut(&mut self.ebpf).map_err(|e| chain_to_string(&e))?;
+            let id = xdp.attach_to_link(link).map_err(|e| chain_to_string(&e))?;
+            // Dropping our handle closes its fd; the pin keeps the link attached. Holding it
+            // would keep the link alive after a later unpin.
+            drop(xdp.take_link(id).map_err(|e| chain_to_string(&e))?);
+            Ok(())
+        })();
+        match swapped {
+            Ok(()) => UplinkStatus {
+                name: name.to_owned(),
+                ifindex: ifindex_of(name),
+                attached: true,
+                mode: Some(mode.to_string()),
+                error: None,
+            },
+            Err(error) => {
+                // The link may have gone defunct since the scan (interface deleted meanwhile).
+                if self
+                    .scan_links()
+                    .ok()
+                    .and_then(|links| links.into_iter().find(|l| l.uplink.name == name && l.uplink.mode == mode))
+                    .is_some_and(|l| l.uplink.health == LinkHealth::Defunct)
+                {
+                    if let Err(e) = remove_pin(&pin) {
+                        return failed(name, format!("removing its defunct link failed: {}", chain_to_string(&e)));
+                    }
+                    return self.attach(name);
+                }
+                UplinkStatus {
+                    name: name.to_owned(),
+                    ifindex: ifindex_of(name),
+                    attached: true,
+                    mode: Some(mode.to_string()),
+                    error: Some(format!("still running the previous program: swapping in the new one failed: {error}")),
+                }
+            }
+        }
+    }
+
+    /// Attaches to `name` (native, else generic) and pins the link.
+    fn attach(&mut self, name: &str) -> UplinkStatus {
+        let Some(ifindex) = ifindex_of(name) else {
+            return failed(name, format!("no interface named {name:?} in this network namespace"));
+        };
+        let xdp = match xdp_program_mut(&mut self.ebpf) {
+            Ok(xdp) => xdp,
+            Err(e) => return failed(name, chain_to_string(&e)),
+        };
+        let attempt =
+            |xdp: &mut Xdp, mode: AttachMode| xdp.attach_to_if_index(ifindex, mode.xdp_mode()).map(|id| (id, mode));
+        let (id, mode) = match attempt(xdp, AttachMode::Native) {
+            Ok(attached) => attached,
+            Err(native) => match attempt(xdp, AttachMode::Generic) {
+                Ok(attached) => {
+                    tracing::info!(
+                        interface = name,
+                        reason = %chain_to_string(&native),
+                        "native XDP unavailable, attached in generic mode"
+                    );
+                    attached
+                }
+                Err(generic) => {
+                    return UplinkStatus {
+                        ifindex: Some(ifindex),
+                        ..failed(
+                            name,
+                            format!(
+                                "attaching failed in native mode ({}) and in generic mode ({})",
+                                chain_to_string(&native),
+                                chain_to_string(&generic)
+                            ),
+                        )
+                    }
+                }
+            },
+        };
+        let status = |error: Option<String>| UplinkStatus {
+            name: name.to_owned(),
+            ifindex: Some(ifindex),
+            attached: true,
+            mode: Some(mode.to_string()),
+            error,
+        };
+        let link = match xdp.take_link(id) {
+            Ok(link) => link,
+            Err(e) => return status(Some(program_error_text("taking the link", &e))),
+        };
+        let fd_link = match FdLink::try_from(link) {
+            Ok(link) => link,
+            // aya falls back to netlink when the kernel has no XDP bpf_link (before 5.9); such an
+            // attachment stays but cannot be pinned.
+            Err(e) => {
+                return status(Some(format!(
+                    "attached through netlink, which cannot be pinned ({e}); it will not be \
+                     adopted after a restart: remove it with `ip link set dev {name} xdp off`"
+                )))
+            }
+        };
+        let pin = self.link_pin(name, mode);
+        match fd_link.pin(&pin) {
+            // Dropping the returned handle closes our fd; the pin keeps the link.
+            Ok(_pinned) => status(None),
+            // `pin` consumed the only fd, so the link is already detached again.
+            Err(e) => UplinkStatus {
+                attached: false,
+                mode: None,
+                ..status(Some(format!("pinning its link at {} failed: {}", pin.display(), chain_to_string(&e))))
+            },
+        }
+    }
+}
+
+struct ScannedLink {
+    uplink: PinnedUplink,
+    ifindex: Option<u32>,
+}
+
+fn failed(name: &str, error: String) -> UplinkStatus {
+    UplinkStatus { name: name.to_owned(), ifindex: ifindex_of(name), attached: false, mode: None, error: Some(error) }
+}
+
+fn program_error_text(action: &str, e: &ProgramError) -> String {
+    format!("{action}: {}", chain_to_string(e))
+}
+
+/// Link pins are `<program>:<mode>:<ifname>`: the mode is only known at attach time and must
+/// survive restarts, and bpffs holds nothing but pins and directories. bpffs refuses names with
+/// `.` (reserved by the kernel), so the dots of an interface name (`bond0.100`) are stored as `:`,
+/// which interface names cannot contain.
+fn link_pin_name(ifname: &str, mode: AttachMode) -> String {
+    format!("{XDP_PROGRAM}:{mode}:{}", ifname.replace('.', ":"))
+}
+
+fn parse_link_pin_name(file_name: &str) -> Option<(String, AttachMode)> {
+    let mut parts = file_name.splitn(3, ':');
+    if parts.next()? != XDP_PROGRAM {
+        return None;
+    }
+    let mode = AttachMode::parse(parts.next()?)?;
+    let ifname = parts.next()?.replace(':', ".");
+    validate_ifname(&ifname).ok()?;
+    Some((ifname, mode))
+}
+
+/// `<bpffs_root>/ferrule/<node>`, where the node's maps, programs and links are pinned. The
+/// dots of a node name (`node1.dc1`) are stored as `:` because bpffs refuses `.` in names.
+pub fn node_pin_dir(bpffs_root: &Path, node: &str) -> Result<PathBuf, EbpfError> {
+    validate_node(node)?;
+    Ok(bpffs_root.join("ferrule").join(node.replace('.', ":")))
+}
+
+fn ifindex_of(name: &str) -> Option<u32> {
+    validate_ifname(name).ok()?;
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+fn xdp_program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
+    ebpf.program_mut(XDP_PROGRAM)
+        .ok_or(EbpfError::MissingFromObject { object: XDP_OBJECT, what: "program", name: XDP_PROGRAM })?
+        .try_into()
+        .map_err(|e| EbpfError::program(XDP_PROGRAM, "using as XDP", e))
+}
+
+/// Removes a pin; one that is already gone is fine.
+fn remove_pin(path: &Path) -> Result<(), EbpfError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(EbpfError::pin_path("removing pin", path.to_owned(), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<(), EbpfError> {
+    match std::fs::remove_dir(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(EbpfError::pin_path("removing directory", path.to_owned(), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Mounts bpffs at `path` unless one is already mounted there.
+pub fn ensure_bpffs(path: &Path) -> Result<(), EbpfError> {
+    // Two threads that both find it absent would stack two separate bpffs instances.
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serialised = MOUNTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !is_bpffs(path)? {
+        mount_bpffs(path)?;
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> Result<bool, EbpfError> {
+    let stat = nix::sys::statfs::statfs(path)
+        .map_err(|e| EbpfError::pin_path("checking the filesystem of", path.to_owned(), e.into()))?;
+    // `fs_type_t` differs in width between libcs; the magic fits in 32 bits.
+    Ok(stat.filesystem_type().0 as u32 == BPF_FS_MAGIC)
+}
+
+fn mount_bpffs(path: &Path) -> Result<(), EbpfError> {
+    tracing::info!(path = %path.display(), "mounting bpffs");
+    nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).map_err(|source| {
+        if source == nix::Error::EPERM {
+            EbpfError::PermissionDenied {
+                action: format!("mounting bpffs at {}", path.display()),
+                source: Box::new(source),
+            }
+        } else {
+            EbpfError::MountBpffs { path: path.to_owned(), source }
+        }
+    })
+}
+
+/// Refuses to re-use a pinned map whose shape differs from this build's definition: aya would
+/// silently adopt it, and the program would then read and write it with the wrong layout.
+fn check_pinned_maps(object: &'static str, bytes: &[u8], maps_dir: &Path) -> Result<(), EbpfError> {
+    let parsed = aya_obj::Object::parse(bytes).map_err(|e| EbpfError::load(object, aya::EbpfError::ParseError(e)))?;
+    let mut maps: BTreeMap<&str, &aya_obj::Map> = BTreeMap::new();
+    for (name, map) in &parsed.maps {
+        if map.pinning() == aya_obj::maps::PinningType::ByName {
+            maps.insert(name, map);
+        }
+    }
+    for (name, map) in maps {
+        let path = maps_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|e| EbpfError::map(name, "opening pinned", e))?;
+        let mut diffs = Vec::new();
+        let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        for (what, pinned, ours) in [
+            ("type", pinned_type, map.map_type()),
+            ("key size", info.key_size(), map.key_size()),
+            ("value size", info.value_size(), map.value_size()),
+            ("max entries", info.max_entries(), map.max_entries()),
+        ] {
+            if pinned != ours {
+                diffs.push(format!("{what} {pinned} pinned, {ours} in this build"));
+            }
+        }
+        if !diffs.is_empty() {
+            return Err(EbpfError::IncompatiblePinnedMap { path, detail: diffs.join(", ") });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pinned(name: &str, mode: AttachMode, health: LinkHealth) -> PinnedUplink {
+        PinnedUplink { name: name.to_owned(), mode, health }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn attaches_every_uplink_when_nothing_is_pinned() {
+        assert_eq!(
+            plan_uplinks(&names(&["eth0", "eth1"]), &[]),
+            vec![UplinkOp::Attach { name: "eth0".into() }, UplinkOp::Attach { name: "eth1".into() },]
+        );
+    }
+
+    #[test]
+    fn keeps_current_links_and_swaps_program_into_stale_ones() {
+        let pins = [
+            pinned("eth0", AttachMode::Native, LinkHealth::Current),
+            pinned("eth1", AttachMode::Generic, LinkHealth::Stale),
+        ];
+        assert_eq!(
+            plan_uplinks(&names(&["eth0", "eth1"]), &pins),
+            vec![
+                UplinkOp::Keep { name: "eth0".into(), mode: AttachMode::Native },
+                UplinkOp::Update { name: "eth1".into(), mode: AttachMode::Generic },
+            ]
+        );
+    }
+
+    #[test]
+    fn detaches_links_of_interfaces_no_longer_listed_before_anything_else() {
+        let pins = [
+            pinned("eth0", AttachMode::Native, LinkHealth::Current),
+            pinned("eth9", AttachMode::Native, LinkHealth::Stale),
+        ];
+        assert_eq!(
+            plan_uplinks(&names(&["eth1", "eth0"]), &pins),
+            vec![
+                UplinkOp::Detach { name: "eth9".into(), mode: AttachMode::Native },
+                UplinkOp::Attach { name: "eth1".into() },
+                UplinkOp::Keep { name: "eth0".into(), mode: AttachMode::Native },
+            ]
+        );
+        assert_eq!(
+            plan_uplinks(&[], &pins),
+            vec![
+                UplinkOp::Detach { name: "eth0".into(), mode: AttachMode::Native },
+                UplinkOp::Detach { name: "eth9".into(), mode: AttachMode::Native },
+            ]
+        );
+    }
+
+    #[test]
+    fn replaces_defunct_links_of_recreated_interfaces() {
+        let pins = [pinned("veth0", AttachMode::Generic, LinkHealth::Defunct)];
+        assert_eq!(
+            plan_uplinks(&names(&["veth0"]), &pins),
+            vec![UplinkOp::Replace { name: "veth0".into(), mode: AttachMode::Generic }]
+        );
+    }
+
+    #[test]
+    fn uses_the_healthiest_of_duplicate_pins_and_detaches_the_rest() {
+        let pins = [
+            pinned("eth0", AttachMode::Generic, LinkHealth::Defunct),
+            pinned("eth0", AttachMode::Native, LinkHealth::Stale),
+        ];
+        assert_eq!(
+            plan_uplinks(&names(&["eth0"]), &pins),
+            vec![
+                UplinkOp::Detach { name: "eth0".into(), mode: AttachMode::Generic },
+                UplinkOp::Update { name: "eth0".into(), mode: AttachMode::Native },
+            ]
+        );
+    }
+
+    #[test]
+    fn ignores_duplicate_names_and_rejects_invalid_ones_without_touching_others() {
+        let plan = plan_uplinks(&names(&["eth0", "", "eth0", "../etc", "a-very-long-name-x", "eth 1"]), &[]);
+        assert_eq!(plan.len(), 5);
+        assert_eq!(plan[0], UplinkOp::Attach { name: "eth0".into() });
+        for op in &plan[1..] {
+            assert!(matches!(op, UplinkOp::Reject { .. }), "{op:?}");
+        }
+    }
+
+    #[test]
+    fn link_pin_names_round_trip_including_dotted_interface_names() {
+        for (name, mode) in [("eth0", AttachMode::Native), ("bond0.100", AttachMode::Generic)] {
+            let pin = link_pin_name(name, mode);
+            assert!(!pin.contains('.'), "bpffs refuses dots: {pin}");
+            assert_eq!(parse_link_pin_name(&pin), Some((name.to_owned(), mode)));
+        }
+        assert_eq!(parse_link_pin_name("tc_ingress:native:eth0"), None);
+        assert_eq!(parse_link_pin_name("xdp_lb:turbo:eth0"), None);
+    }
+
+    #[test]
+    fn rejects_node_names_that_escape_the_pin_directory() {
+        for node in ["", ".", "..", "a/b", "a:b"] {
+            assert!(matches!(validate_node(node), Err(EbpfError::InvalidNode { .. })), "{node:?}");
+        }
+        let dir = node_pin_dir(Path::new("/sys/fs/bpf"), "node-1.dc1").unwrap();
+        assert_eq!(dir, Path::new("/sys/fs/bpf/ferrule/node-1:dc1"));
+    }
+}
