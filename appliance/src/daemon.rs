@@ -1,0 +1,224 @@
+//! `ferrule daemon`: start-up and the task wiring of the design's runtime diagram.
+//!
+//! ```text
+//!  SIGHUP (file) ─┐                                   ┌──▶ datapath thread (aya: maps, XDP links)
+//!  PUT /v1/config ┼─▶ ModelStore ──watch──▶ reconcile ┤
+//!                 │   (validate, redb)                └──▶ observed ──watch──▶ API, metrics
+//!  SIGTERM ───────┴─▶ shutdown: stop serving; pinned datapath state stays in place
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::api;
+use crate::cli::{DaemonArgs, LogFormat};
+use crate::datapath::DatapathHandle;
+use crate::metrics::Metrics;
+use crate::model::{Accepted, ModelStore, Origin, Outcome};
+use crate::reconcile::{self, Observed};
+use crate::store::Store;
+
+pub fn main(args: DaemonArgs) -> Result<()> {
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(args: DaemonArgs) -> Result<()> {
+    let started = Instant::now();
+    let store = Store::open(&args.state)?;
+    let initial = initial_config(&args, &store)?;
+    let metrics = Metrics::new();
+    metrics.config_change(initial.origin.label(), if initial.resumed { "resumed" } else { "accepted" });
+
+    let node = initial.model.node.name.clone();
+    let pin_dir = ferrule_ebpf::node_pin_dir(&args.bpffs, &node)?;
+    let bpffs = args.bpffs.clone();
+    let datapath = DatapathHandle::spawn(pin_dir.clone(), move || {
+        ferrule_ebpf::Datapath::open_at(&bpffs, &node).map_err(anyhow::Error::from)
+    })
+    .context("loading the eBPF datapath (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")?;
+    info!(pin_dir = %pin_dir.display(), "datapath loaded; pinned state re-used where present");
+
+    let models = ModelStore::new(Arc::new(initial), store, metrics.clone());
+    let (observed_tx, observed_rx) = watch::channel(Observed::default());
+    tokio::spawn(reconcile::run(models.subscribe(), datapath.clone(), observed_tx, metrics.clone()));
+
+    let api_listener = bind_socket(&args.socket)?;
+    let metrics_listener = TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {} (use --metrics-listen)", args.metrics_listen))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let app = api::router(api::AppState {
+        models: models.clone(),
+        observed: observed_rx,
+        datapath: datapath.clone(),
+        started,
+    });
+    let api_task = tokio::spawn(serve(api_listener, app, shutdown_rx.clone()));
+    let metrics_app = metrics_router(metrics.clone(), datapath.clone());
+    let metrics_task = tokio::spawn(serve_tcp(metrics_listener, metrics_app, shutdown_rx));
+    info!(socket = %args.socket.display(), metrics = %args.metrics_listen, "ferrule daemon ready");
+
+    wait_for_signals(&models, args.config.as_deref()).await?;
+    info!("shutting down; pinned programs, links and maps stay in place");
+    let _ = shutdown_tx.send(true);
+    for task in [api_task, metrics_task] {
+        if let Ok(Err(err)) = task.await {
+            warn!(error = %format!("{err:#}"), "server ended with an error");
+        }
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
+
+/// The config to start from: `--resume` takes the state store's last accepted config, otherwise
+/// (or when the store has none) the `--config` file, which is then persisted.
+fn initial_config(args: &DaemonArgs, store: &Store) -> Result<Accepted> {
+    if args.resume {
+        if let Some(stored) = store.load_config()? {
+            info!(generation = stored.generation, origin = %stored.origin, state = %store.path().display(),
+                "resuming from the last accepted config in the state store");
+            return Ok(stored);
+        }
+        warn!(state = %store.path().display(), "--resume: the state store holds no config yet");
+    }
+    let Some(path) = args.config.as_deref() else {
+        bail!("no config: pass --config FILE (or --resume with a state store that holds one)");
+    };
+    let (model, text) = ferrule_config::load_file(path).map_err(|err| anyhow::anyhow!("{err}"))?;
+    // Generations continue from the store, so they only ever grow on this node.
+    let generation = store.load_config().ok().flatten().map_or(0, |s| s.generation) + 1;
+    let accepted = Accepted {
+        model,
+        text,
+        origin: Origin::File(path.display().to_string()),
+        generation,
+        accepted_at: SystemTime::now(),
+        resumed: false,
+    };
+    store.save_config(&accepted)?;
+    info!(config = %path.display(), generation, "starting from the config file");
+    Ok(accepted)
+}
+
+/// Binds the API socket with mode 0600. A stale socket file is replaced; a live one is an error.
+fn bind_socket(path: &Path) -> Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another ferrule daemon is serving {}; stop it or pass --socket", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    // Create under a umask-independent mode: bind, then restrict before anyone is told it exists.
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind the API socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set mode 0600 on {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn serve(listener: UnixListener, app: axum::Router, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("API server")
+}
+
+async fn serve_tcp(listener: TcpListener, app: axum::Router, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("metrics server")
+}
+
+fn metrics_router(metrics: Metrics, datapath: DatapathHandle) -> axum::Router {
+    use axum::http::header;
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (metrics, datapath) = (metrics.clone(), datapath.clone());
+            async move {
+                let stats = datapath.interface_stats().await.unwrap_or_else(|err| {
+                    warn!(error = %format!("{err:#}"), "reading interface counters for metrics");
+                    Vec::new()
+                });
+                (
+                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    metrics.encode(stats),
+                )
+            }
+        }),
+    )
+}
+
+/// Runs until SIGTERM or SIGINT. SIGHUP re-reads the `--config` file through the same validation;
+/// a rejected file is logged and changes nothing.
+async fn wait_for_signals(models: &ModelStore, config: Option<&Path>) -> Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(models, config).await,
+        }
+    }
+}
+
+async fn reload(models: &ModelStore, config: Option<&Path>) {
+    let Some(path) = config.map(PathBuf::from) else {
+        warn!("SIGHUP: no --config file to re-read (started with --resume only)");
+        return;
+    };
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(text) => text,
+        Err(err) => {
+            error!(config = %path.display(), %err, "SIGHUP: cannot read the config file; running config unchanged");
+            models.metrics_rejected("sighup");
+            return;
+        }
+    };
+    let models = models.clone();
+    let name = path.display().to_string();
+    let result = tokio::task::spawn_blocking(move || models.accept(Origin::Sighup(name.clone()), &name, text)).await;
+    match result {
+        Ok(Ok(Outcome::Changed { accepted, .. })) => {
+            info!(generation = accepted.generation, "SIGHUP: config reloaded")
+        }
+        Ok(Ok(Outcome::Unchanged(_))) => info!("SIGHUP: config file unchanged"),
+        Ok(Err(err)) => error!("SIGHUP: config rejected; running config unchanged:\n{err}"),
+        Err(err) => error!(%err, "SIGHUP: reload task failed"),
+    }
+}

@@ -1,0 +1,45 @@
+//! `ferrule`: the node daemon and its command-line client, in one binary.
+//!
+//! Read top to bottom, the daemon is the data flow of the design:
+//! sources (the config file, SIGHUP, `PUT /v1/config`) → the validated [`ferrule_config::Model`]
+//! held by the [`model::ModelStore`] (persisted in the redb [`store::Store`]) → the
+//! [`reconcile`] loop → the datapath ([`datapath`], eBPF maps and XDP links) → observed state →
+//! the HTTP API on a unix socket ([`api`]), Prometheus metrics ([`metrics`]) and `ferrule show …`.
+//! The client subcommands only talk to the socket ([`client`], [`show`]).
+
+mod api;
+mod cli;
+mod client;
+mod daemon;
+mod datapath;
+mod metrics;
+mod model;
+mod reconcile;
+mod show;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, ShowCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config, json } => return show::check(&config, json),
+        Command::Daemon(args) => daemon::main(args),
+        Command::Apply { config, client } => return client::run(client::apply(config, client)),
+        Command::Show { what } => match what {
+            ShowCommand::Status(args) => return client::run(show::status(args)),
+            ShowCommand::Interfaces(args) => return client::run(show::interfaces(args)),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ferrule: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

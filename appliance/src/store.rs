@@ -1,0 +1,153 @@
+//! Node-local persistent state in redb: what must survive a restart and cannot be re-derived.
+//! Today that is the last accepted config (text, origin, generation); later issues add identity
+//! and egress allocations and graceful-restart bookkeeping. It never interprets a config.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Accepted, Origin};
+
+const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
+const LAST_ACCEPTED: &str = "last_accepted";
+
+/// The stored form of an accepted config. The model is not stored: it is re-derived from the text
+/// on load, through the same validation, so a newer binary never trusts an old serialisation.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredConfig {
+    text: String,
+    origin: Origin,
+    generation: u64,
+    accepted_at_unix_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        }
+        let db = Database::create(path).with_context(|| {
+            format!(
+                "cannot open the state store {} (is another ferrule daemon using it? pass --state to use another)",
+                path.display()
+            )
+        })?;
+        Ok(Store { db: Arc::new(db), path: path.to_owned() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn save_config(&self, accepted: &Accepted) -> Result<()> {
+        let stored = StoredConfig {
+            text: accepted.text.clone(),
+            origin: accepted.origin.clone(),
+            generation: accepted.generation,
+            accepted_at_unix_ms: accepted
+                .accepted_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        let bytes = serde_json::to_vec(&stored)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(CONFIG)?;
+            table.insert(LAST_ACCEPTED, bytes.as_slice())?;
+        }
+        txn.commit().context("committing the accepted config to the state store")?;
+        Ok(())
+    }
+
+    /// The last accepted config, re-validated. `Ok(None)` when the store has none yet.
+    pub fn load_config(&self) -> Result<Option<Accepted>> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(CONFIG) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        let Some(value) = table.get(LAST_ACCEPTED)? else {
+            return Ok(None);
+        };
+        let stored: StoredConfig = serde_json::from_slice(value.value())
+            .context("the stored config record is unreadable (written by an incompatible version?)")?;
+        let source_name = format!("{} (stored config)", self.path.display());
+        let model = ferrule_config::parse(&source_name, &stored.text).map_err(|errors| {
+            anyhow::anyhow!(
+                "the config kept in the state store no longer validates; start with --config FILE instead of --resume:\n{errors}"
+            )
+        })?;
+        Ok(Some(Accepted {
+            model,
+            text: stored.text,
+            origin: stored.origin,
+            generation: stored.generation,
+            accepted_at: UNIX_EPOCH + Duration::from_millis(stored.accepted_at_unix_ms),
+            resumed: true,
+        }))
+    }
+}
+
+pub fn unix_time_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG_TEXT: &str = "[node]\nname = \"node1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n";
+
+    fn accepted(generation: u64) -> Accepted {
+        Accepted {
+            model: ferrule_config::parse("t.toml", CONFIG_TEXT).unwrap(),
+            text: CONFIG_TEXT.to_owned(),
+            origin: Origin::Api("t.toml".into()),
+            generation,
+            accepted_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            resumed: false,
+        }
+    }
+
+    #[test]
+    fn empty_store_has_no_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        assert!(store.load_config().unwrap().is_none());
+    }
+
+    #[test]
+    fn saved_config_survives_reopen_with_origin_and_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.redb");
+        Store::open(&path).unwrap().save_config(&accepted(7)).unwrap();
+        let loaded = Store::open(&path).unwrap().load_config().unwrap().unwrap();
+        assert_eq!(loaded.generation, 7);
+        assert_eq!(loaded.text, CONFIG_TEXT);
+        assert_eq!(loaded.origin, Origin::Api("t.toml".into()));
+        assert_eq!(unix_time_ms(loaded.accepted_at), 1_700_000_000_123);
+        assert!(loaded.resumed);
+    }
+
+    #[test]
+    fn second_open_of_the_same_store_fails_with_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let _first = Store::open(&path).unwrap();
+        let err = Store::open(&path).err().expect("redb locks the file");
+        assert!(format!("{err:#}").contains("another ferrule daemon"), "{err:#}");
+    }
+}
