@@ -20,6 +20,8 @@ pub struct ModelDiff {
     pub peers_changed: Vec<Peer>,
     pub announce_added: Vec<Announce>,
     pub announce_removed: Vec<Announce>,
+    /// New value of announcements whose prefix is in both models but whose attributes differ.
+    pub announce_changed: Vec<Announce>,
     pub services_added: Vec<Service>,
     pub services_removed: Vec<Service>,
     /// New value of services whose name is in both models but whose definition differs.
@@ -33,12 +35,15 @@ impl ModelDiff {
 }
 
 pub fn diff(old: &Model, new: &Model) -> ModelDiff {
-    let node_changed =
-        old.node.name != new.node.name || old.node.asn != new.node.asn || old.node.router_id != new.node.router_id;
+    let node_changed = old.node.name != new.node.name
+        || old.node.asn != new.node.asn
+        || old.node.router_id != new.node.router_id
+        || old.bgp.listen_port != new.bgp.listen_port;
 
     let (uplinks_added, uplinks_removed, _) = keyed(&old.node.uplinks, &new.node.uplinks, |u| u.clone());
     let (peers_added, peers_removed, peers_changed) = keyed(&old.bgp.peers, &new.bgp.peers, |p| p.address);
-    let (announce_added, announce_removed, _) = keyed(&old.bgp.announce, &new.bgp.announce, |a| a.prefix);
+    let (announce_added, announce_removed, announce_changed) =
+        keyed(&old.bgp.announce, &new.bgp.announce, |a| a.prefix);
     let (services_added, services_removed, services_changed) = keyed(&old.services, &new.services, |s| s.name.clone());
 
     ModelDiff {
@@ -50,6 +55,7 @@ pub fn diff(old: &Model, new: &Model) -> ModelDiff {
         peers_changed,
         announce_added,
         announce_removed,
+        announce_changed,
         services_added,
         services_removed,
         services_changed,
@@ -87,11 +93,12 @@ mod tests {
                 uplinks: vec!["eth0".into(), "eth1".into()],
             },
             bgp: Bgp {
+                listen_port: 179,
                 peers: vec![
-                    Peer { address: "2001:db8:1::1".parse().unwrap(), asn: 65000 },
-                    Peer { address: "2001:db8:2::1".parse().unwrap(), asn: 65000 },
+                    Peer::new("2001:db8:1::1".parse().unwrap(), 65000),
+                    Peer::new("2001:db8:2::1".parse().unwrap(), 65000),
                 ],
-                announce: vec![Announce { prefix: "2001:db8:100::/64".parse().unwrap() }],
+                announce: vec![Announce::new("2001:db8:100::/64".parse().unwrap())],
             },
             services: vec![service("web", 80), service("dns", 53)],
         }
@@ -149,7 +156,7 @@ mod tests {
         let mut new = model();
         new.bgp.peers[0].asn = 65001; // changed
         let removed = new.bgp.peers.remove(1);
-        let added = Peer { address: "192.0.2.1".parse().unwrap(), asn: 65002 };
+        let added = Peer::new("192.0.2.1".parse().unwrap(), 65002);
         new.bgp.peers.push(added.clone());
         let d = diff(&old, &new);
         assert_eq!(d.peers_changed, vec![new.bgp.peers[0].clone()]);
@@ -162,7 +169,7 @@ mod tests {
     fn announcements_keyed_by_prefix() {
         let old = model();
         let mut new = model();
-        new.bgp.announce = vec![Announce { prefix: "2001:db8:101::/64".parse().unwrap() }];
+        new.bgp.announce = vec![Announce::new("2001:db8:101::/64".parse().unwrap())];
         let d = diff(&old, &new);
         assert_eq!(d.announce_added, new.bgp.announce);
         assert_eq!(d.announce_removed, old.bgp.announce);

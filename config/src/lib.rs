@@ -2,6 +2,7 @@
 //! Every source turns its input into a `Model` through `parse`, so validation happens once, here,
 //! with errors naming FILE:LINE:COL and the field. No I/O beyond reading one file in `load_file`.
 
+mod bgp_types;
 mod diff;
 mod error;
 mod locate;
@@ -11,9 +12,10 @@ mod validate;
 
 use std::path::Path;
 
+pub use bgp_types::{Community, LargeCommunity, PrefixFilter};
 pub use diff::{diff, ModelDiff};
 pub use error::{ConfigError, ConfigErrors, LoadError};
-pub use model::{Announce, Backend, Bgp, Mode, Model, Node, Peer, Protocol, Service};
+pub use model::{Announce, Backend, Bgp, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Peer, Protocol, Service};
 
 use locate::{FieldPath, Locator};
 use raw::RawModel;

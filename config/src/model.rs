@@ -8,6 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::bgp_types::{Community, LargeCommunity, PrefixFilter};
+
 /// Everything this node should be doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Model {
@@ -30,23 +32,107 @@ pub struct Node {
     pub uplinks: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bgp {
+    /// TCP port for incoming sessions; 0 = accept none (every peer is then active-only).
+    #[serde(default = "default_bgp_port")]
+    pub listen_port: u16,
     #[serde(default)]
     pub peers: Vec<Peer>,
     #[serde(default)]
     pub announce: Vec<Announce>,
 }
 
+impl Default for Bgp {
+    fn default() -> Self {
+        Bgp { listen_port: default_bgp_port(), peers: Vec::new(), announce: Vec::new() }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub address: IpAddr,
     pub asn: u32,
+    /// The peer's TCP port for our outgoing connection.
+    #[serde(default = "default_bgp_port")]
+    pub port: u16,
+    /// Only wait for the peer to connect; never connect out.
+    #[serde(default)]
+    pub passive: bool,
+    /// Proposed hold time in seconds (0 = no keepalives, else at least 3).
+    #[serde(default = "default_hold_time")]
+    pub hold_time: u16,
+    /// Prefix list of the routes accepted from this peer; empty = accept nothing (a server is not
+    /// a transit and takes only what it is told to, e.g. `["0.0.0.0/0", "::/0"]`).
+    #[serde(default)]
+    pub import: Vec<PrefixFilter>,
+    #[serde(default)]
+    pub max_prefix: Option<MaxPrefix>,
+}
+
+/// What to do when a peer sends more accepted prefixes than `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaxPrefix {
+    pub limit: u32,
+    #[serde(default = "default_max_prefix_action")]
+    pub action: MaxPrefixAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaxPrefixAction {
+    /// Log and count, keep the session.
+    Warn,
+    /// Close the session with a Cease NOTIFICATION (RFC 4486 subcode 1).
+    Teardown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announce {
     pub prefix: IpNet,
+    #[serde(default)]
+    pub communities: Vec<Community>,
+    #[serde(default)]
+    pub large_communities: Vec<LargeCommunity>,
+    #[serde(default)]
+    pub med: Option<u32>,
+    /// Sent to iBGP peers only (LOCAL_PREF is not carried over eBGP).
+    #[serde(default)]
+    pub local_pref: Option<u32>,
+}
+
+impl Peer {
+    /// A peer with every optional key at its default.
+    pub fn new(address: IpAddr, asn: u32) -> Peer {
+        Peer {
+            address,
+            asn,
+            port: default_bgp_port(),
+            passive: false,
+            hold_time: default_hold_time(),
+            import: Vec::new(),
+            max_prefix: None,
+        }
+    }
+}
+
+impl Announce {
+    /// An announcement with no communities, MED or local preference.
+    pub fn new(prefix: IpNet) -> Announce {
+        Announce { prefix, communities: Vec::new(), large_communities: Vec::new(), med: None, local_pref: None }
+    }
+}
+
+pub(crate) fn default_bgp_port() -> u16 {
+    179
+}
+
+pub(crate) fn default_hold_time() -> u16 {
+    90
+}
+
+pub(crate) fn default_max_prefix_action() -> MaxPrefixAction {
+    MaxPrefixAction::Teardown
 }
 
 /// An L4 load-balanced service: traffic to `vip:port/protocol` is spread over `backends`.

@@ -28,6 +28,7 @@ pub(crate) struct RawNode {
 #[derive(Debug, Default, Deserialize)]
 #[serde(expecting = "a table")]
 pub(crate) struct RawBgp {
+    pub listen_port: Option<i64>,
     #[serde(default)]
     pub peers: Vec<RawPeer>,
     #[serde(default)]
@@ -39,12 +40,31 @@ pub(crate) struct RawBgp {
 pub(crate) struct RawPeer {
     pub address: Option<String>,
     pub asn: Option<i64>,
+    pub port: Option<i64>,
+    pub passive: Option<bool>,
+    pub hold_time: Option<i64>,
+    #[serde(default)]
+    pub import: Vec<String>,
+    pub max_prefix: Option<RawMaxPrefix>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawMaxPrefix {
+    pub limit: Option<i64>,
+    pub action: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(expecting = "a table")]
 pub(crate) struct RawAnnounce {
     pub prefix: Option<String>,
+    #[serde(default)]
+    pub communities: Vec<String>,
+    #[serde(default)]
+    pub large_communities: Vec<String>,
+    pub med: Option<i64>,
+    pub local_pref: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,9 +92,10 @@ pub(crate) fn known_keys(table: &[&str]) -> &'static [&'static str] {
     match table {
         [] => &["node", "bgp", "services"],
         ["node"] => &["name", "asn", "router_id", "uplinks"],
-        ["bgp"] => &["peers", "announce"],
-        ["bgp", "peers"] => &["address", "asn"],
-        ["bgp", "announce"] => &["prefix"],
+        ["bgp"] => &["listen_port", "peers", "announce"],
+        ["bgp", "peers"] => &["address", "asn", "port", "passive", "hold_time", "import", "max_prefix"],
+        ["bgp", "peers", "max_prefix"] => &["limit", "action"],
+        ["bgp", "announce"] => &["prefix", "communities", "large_communities", "med", "local_pref"],
         ["services"] => &["name", "vip", "port", "protocol", "mode", "backends"],
         ["services", "backends"] => &["address", "port", "weight"],
         _ => &[],

@@ -650,3 +650,91 @@ backends = [ { address = "192.0.2.1", port = 80, weight = 0 } ]
         ]
     );
 }
+
+const BGP_FULL: &str = r#"[node]
+name = "node1"
+asn = 65101
+router_id = "192.0.2.11"
+
+[bgp]
+listen_port = 1179
+
+[[bgp.peers]]
+address = "2001:db8:1::1"
+asn = 65000
+port = 1179
+passive = true
+hold_time = 9
+import = ["0.0.0.0/0", "::/0", "203.0.113.0/24 le 32"]
+max_prefix = { limit = 1000, action = "warn" }
+
+[[bgp.announce]]
+prefix = "2001:db8:100::/64"
+communities = ["65101:100", "no-export"]
+large_communities = ["65101:1:2"]
+med = 10
+local_pref = 200
+"#;
+
+#[test]
+fn accepts_every_bgp_key_and_keeps_defaults_when_absent() {
+    let m = ok(BGP_FULL);
+    assert_eq!(m.bgp.listen_port, 1179);
+    let peer = &m.bgp.peers[0];
+    assert_eq!((peer.port, peer.passive, peer.hold_time), (1179, true, 9));
+    let import: Vec<String> = peer.import.iter().map(ToString::to_string).collect();
+    assert_eq!(import, ["0.0.0.0/0", "::/0", "203.0.113.0/24 le 32"]);
+    assert_eq!(peer.max_prefix, Some(MaxPrefix { limit: 1000, action: MaxPrefixAction::Warn }));
+    let a = &m.bgp.announce[0];
+    assert_eq!(a.communities, vec!["65101:100".parse().unwrap(), "no-export".parse().unwrap()]);
+    assert_eq!((a.med, a.local_pref, a.large_communities[0].to_string().as_str()), (Some(10), Some(200), "65101:1:2"));
+
+    let defaults = ok(&with_peers(&[("2001:db8:1::1", "65000")]));
+    let peer = &defaults.bgp.peers[0];
+    assert_eq!(defaults.bgp.listen_port, 179);
+    assert_eq!(
+        (peer.port, peer.passive, peer.hold_time, peer.import.is_empty(), peer.max_prefix),
+        (179, false, 90, true, None)
+    );
+}
+
+#[test]
+fn bgp_keys_round_trip_through_json() {
+    let m = ok(BGP_FULL);
+    let json = serde_json::to_string(&m).unwrap();
+    assert!(json.contains("\"203.0.113.0/24 le 32\"") && json.contains("\"no-export\""), "{json}");
+    assert_eq!(serde_json::from_str::<Model>(&json).unwrap(), m);
+}
+
+#[test]
+fn rejects_bad_bgp_values_each_at_its_location() {
+    let text = BGP_FULL
+        .replace("hold_time = 9", "hold_time = 2")
+        .replace("\"203.0.113.0/24 le 32\"", "\"203.0.113.0/24 le 33\"")
+        .replace("action = \"warn\"", "action = \"drop\"")
+        .replace("\"65101:100\"", "\"65101:70000\"")
+        .replace("med = 10", "med = -1");
+    let errs = errors(&text);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "bgp.peers[0].hold_time",
+            "bgp.peers[0].import[2]",
+            "bgp.peers[0].max_prefix.action",
+            "bgp.announce[0].communities[0]",
+            "bgp.announce[0].med"
+        ],
+        "{}",
+        ConfigErrors { errors: errs.clone() }
+    );
+    assert_error(&errs[0], "bgp.peers[0].hold_time", at(&text, "2\nimport", 0), "use 0 to disable keepalives");
+    assert_error(&errs[1], "bgp.peers[0].import[2]", at(&text, "\"203.0.113.0/24 le 33\"", 0), "le 33");
+    assert!(errs[2].message.contains("\"warn\" or \"teardown\""), "{}", errs[2]);
+}
+
+#[test]
+fn unknown_peer_key_suggests_the_bgp_key() {
+    let e = one_error(&with_peers(&[("2001:db8:1::1", "65000")]).replace("asn = 65000", "asn = 65000\nhold_tme = 3"));
+    assert!(e.message.contains("did you mean `hold_time`"), "{e}");
+}

@@ -7,10 +7,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
 
+use crate::bgp_types::{Community, LargeCommunity, PrefixFilter};
 use crate::error::ConfigError;
 use crate::locate::{FieldPath, Locator};
-use crate::model::{Announce, Backend, Bgp, Mode, Model, Node, Peer, Protocol, Service};
-use crate::raw::{known_keys, RawBackend, RawBgp, RawModel, RawNode, RawService};
+use crate::model::{
+    default_bgp_port, default_hold_time, default_max_prefix_action, Announce, Backend, Bgp, MaxPrefix, MaxPrefixAction,
+    Mode, Model, Node, Peer, Protocol, Service,
+};
+use crate::raw::{known_keys, RawAnnounce, RawBackend, RawBgp, RawMaxPrefix, RawModel, RawNode, RawPeer, RawService};
 
 const PRIVATE_ASN_HINT: &str = "use a private ASN such as 64512-65534 or 4200000000-4294967294";
 
@@ -123,6 +127,7 @@ impl<'a> Validator<'a> {
         for (i, peer) in raw.peers.into_iter().enumerate() {
             let p = path.key("peers").index(i);
             let address_path = p.key("address");
+            let settings = self.peer_settings(&p, &peer);
             let address = self.required(&address_path, peer.address, "\"2001:db8:1::1\"", |s| check_peer_address(&s));
             let asn = self.required(&p.key("asn"), peer.asn, "65000", check_asn);
             if let Some(address) = address {
@@ -137,8 +142,16 @@ impl<'a> Validator<'a> {
                     seen_peers.insert(address, address_path);
                 }
             }
-            match (address, asn) {
-                (Some(address), Some(asn)) => peers.push(Peer { address, asn }),
+            match (address, asn, settings) {
+                (Some(address), Some(asn), Some(s)) => peers.push(Peer {
+                    address,
+                    asn,
+                    port: s.port,
+                    passive: s.passive,
+                    hold_time: s.hold_time,
+                    import: s.import,
+                    max_prefix: s.max_prefix,
+                }),
                 _ => ok = false,
             }
         }
@@ -146,8 +159,14 @@ impl<'a> Validator<'a> {
         let mut announce = Vec::new();
         let mut seen_prefixes: HashMap<IpNet, FieldPath> = HashMap::new();
         for (i, a) in raw.announce.into_iter().enumerate() {
-            let p = path.key("announce").index(i).key("prefix");
+            let entry = path.key("announce").index(i);
+            let p = entry.key("prefix");
+            let attributes = self.announce_attributes(&entry, &a);
             let Some(prefix) = self.required(&p, a.prefix, "\"2001:db8:100::/64\"", |s| check_prefix(&s)) else {
+                ok = false;
+                continue;
+            };
+            let Some((communities, large_communities, med, local_pref)) = attributes else {
                 ok = false;
                 continue;
             };
@@ -160,11 +179,109 @@ impl<'a> Validator<'a> {
                 ok = false;
             } else {
                 seen_prefixes.insert(prefix, p);
-                announce.push(Announce { prefix });
+                announce.push(Announce { prefix, communities, large_communities, med, local_pref });
             }
         }
 
-        ok.then_some(Bgp { peers, announce })
+        let listen_port = match raw.listen_port {
+            None => Some(default_bgp_port()),
+            Some(port) => self.check(&path.key("listen_port"), check_listen_port(port)),
+        };
+        let listen_port = listen_port?;
+        ok.then_some(Bgp { listen_port, peers, announce })
+    }
+
+    /// The optional per-peer keys, with their defaults.
+    fn peer_settings(&mut self, p: &FieldPath, raw: &RawPeer) -> Option<PeerSettings> {
+        let port = match raw.port {
+            None => Some(default_bgp_port()),
+            Some(port) => self.check(&p.key("port"), check_port(port)),
+        };
+        let hold_time = match raw.hold_time {
+            None => Some(default_hold_time()),
+            Some(h) => self.check(&p.key("hold_time"), check_hold_time(h)),
+        };
+        let mut import = Some(Vec::new());
+        for (i, entry) in raw.import.iter().enumerate() {
+            match self.check(&p.key("import").index(i), entry.parse::<PrefixFilter>()) {
+                Some(f) => {
+                    if let Some(list) = import.as_mut() {
+                        list.push(f)
+                    }
+                }
+                None => import = None,
+            }
+        }
+        let max_prefix = match &raw.max_prefix {
+            None => Some(None),
+            Some(m) => self.max_prefix(&p.key("max_prefix"), m).map(Some),
+        };
+        Some(PeerSettings {
+            port: port?,
+            passive: raw.passive.unwrap_or(false),
+            hold_time: hold_time?,
+            import: import?,
+            max_prefix: max_prefix?,
+        })
+    }
+
+    fn max_prefix(&mut self, p: &FieldPath, raw: &RawMaxPrefix) -> Option<MaxPrefix> {
+        let limit = self.required(&p.key("limit"), raw.limit, "1000", |l| {
+            u32::try_from(l).ok().filter(|l| *l > 0).ok_or_else(|| {
+                format!("max_prefix limit {l} is out of range; use 1 to 4294967295 (remove max_prefix for no limit)")
+            })
+        });
+        let action = match raw.action.as_deref() {
+            None => Some(default_max_prefix_action()),
+            Some("warn") => Some(MaxPrefixAction::Warn),
+            Some("teardown") => Some(MaxPrefixAction::Teardown),
+            Some(other) => {
+                self.error(
+                    &p.key("action"),
+                    format!("unknown max_prefix action `{other}`; use \"warn\" or \"teardown\""),
+                );
+                None
+            }
+        };
+        Some(MaxPrefix { limit: limit?, action: action? })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn announce_attributes(
+        &mut self,
+        p: &FieldPath,
+        raw: &RawAnnounce,
+    ) -> Option<(Vec<Community>, Vec<LargeCommunity>, Option<u32>, Option<u32>)> {
+        let mut ok = true;
+        let mut communities = Vec::new();
+        for (i, c) in raw.communities.iter().enumerate() {
+            match self.check(&p.key("communities").index(i), c.parse::<Community>()) {
+                Some(c) => communities.push(c),
+                None => ok = false,
+            }
+        }
+        let mut large = Vec::new();
+        for (i, c) in raw.large_communities.iter().enumerate() {
+            match self.check(&p.key("large_communities").index(i), c.parse::<LargeCommunity>()) {
+                Some(c) => large.push(c),
+                None => ok = false,
+            }
+        }
+        let mut u32_field = |key: &str, value: Option<i64>| match value {
+            None => Some(None),
+            Some(v) => self
+                .check(
+                    &p.key(key),
+                    u32::try_from(v).map_err(|_| format!("{key} {v} is out of range; use 0 to 4294967295")),
+                )
+                .map(Some),
+        };
+        let med = u32_field("med", raw.med);
+        let local_pref = u32_field("local_pref", raw.local_pref);
+        if !ok {
+            return None;
+        }
+        Some((communities, large, med?, local_pref?))
     }
 
     fn services(&mut self, path: &FieldPath, raw: Vec<RawService>) -> Option<Vec<Service>> {
@@ -286,6 +403,27 @@ impl<'a> Validator<'a> {
             backends.push(Backend { address, port, weight });
         }
         ok.then_some(backends)
+    }
+}
+
+/// The optional keys of one `[[bgp.peers]]` entry, validated.
+struct PeerSettings {
+    port: u16,
+    passive: bool,
+    hold_time: u16,
+    import: Vec<PrefixFilter>,
+    max_prefix: Option<MaxPrefix>,
+}
+
+fn check_listen_port(port: i64) -> Result<u16, String> {
+    u16::try_from(port)
+        .map_err(|_| format!("listen_port {port} is out of range; use 1-65535, or 0 to accept no incoming sessions"))
+}
+
+fn check_hold_time(hold: i64) -> Result<u16, String> {
+    match hold {
+        1 | 2 => Err(format!("hold_time {hold} is not allowed (RFC 4271): use 0 to disable keepalives, or 3 or more")),
+        h => u16::try_from(h).map_err(|_| format!("hold_time {h} is out of range; use 0 or 3 to 65535 seconds")),
     }
 }
 
