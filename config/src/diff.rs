@@ -112,6 +112,9 @@ mod tests {
             protocol: Protocol::Tcp,
             mode: Mode::Dsr,
             backends: vec![Backend { address: "2001:db8:300::21".parse().unwrap(), port, weight: 1 }],
+            health: None,
+            announce: Default::default(),
+            maglev_table_size: 65537,
         }
     }
 

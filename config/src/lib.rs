@@ -15,7 +15,10 @@ use std::path::Path;
 pub use bgp_types::{Community, LargeCommunity, PrefixFilter};
 pub use diff::{diff, ModelDiff};
 pub use error::{ConfigError, ConfigErrors, LoadError};
-pub use model::{Announce, Backend, Bgp, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Peer, Protocol, Service};
+pub use model::{
+    Announce, AnnounceWhen, Backend, Bgp, HealthCheck, HealthKind, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Peer,
+    Protocol, Service,
+};
 
 use locate::{FieldPath, Locator};
 use raw::RawModel;

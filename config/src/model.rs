@@ -144,6 +144,57 @@ pub struct Service {
     pub protocol: Protocol,
     pub mode: Mode,
     pub backends: Vec<Backend>,
+    /// How backends are checked; `None` = every backend is taken as healthy.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+    /// When the VIP is announced over BGP.
+    #[serde(default)]
+    pub announce: AnnounceWhen,
+    /// Entries of the Maglev lookup table: a prime, at least 100 times the number of backends
+    /// for an even spread. Default 65537.
+    #[serde(default = "default_maglev_table_size")]
+    pub maglev_table_size: u32,
+}
+
+/// Backend health check of a service. A backend turns unhealthy after `fall` failed checks in a
+/// row and healthy again after `rise` good ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub rise: u32,
+    pub fall: u32,
+    /// HTTP only: the path requested (`GET`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// HTTP only: the status that counts as healthy.
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// A TCP connection to the backend's address and port completes.
+    Tcp,
+    /// `GET path` answers `expect_status`.
+    Http,
+}
+
+/// When a service's VIP is announced to the BGP peers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnounceWhen {
+    /// While the service has at least one healthy backend anywhere.
+    #[default]
+    Healthy,
+    /// Only while a backend on this node is healthy.
+    Local,
+}
+
+pub(crate) fn default_maglev_table_size() -> u32 {
+    65537
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

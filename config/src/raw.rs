@@ -76,6 +76,21 @@ pub(crate) struct RawService {
     pub protocol: Option<String>,
     pub mode: Option<String>,
     pub backends: Option<Vec<RawBackend>>,
+    pub health: Option<RawHealth>,
+    pub announce: Option<String>,
+    pub maglev_table_size: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawHealth {
+    pub kind: Option<String>,
+    pub interval_ms: Option<i64>,
+    pub timeout_ms: Option<i64>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+    pub path: Option<String>,
+    pub expect_status: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,7 +111,10 @@ pub(crate) fn known_keys(table: &[&str]) -> &'static [&'static str] {
         ["bgp", "peers"] => &["address", "asn", "port", "passive", "hold_time", "import", "max_prefix"],
         ["bgp", "peers", "max_prefix"] => &["limit", "action"],
         ["bgp", "announce"] => &["prefix", "communities", "large_communities", "med", "local_pref"],
-        ["services"] => &["name", "vip", "port", "protocol", "mode", "backends"],
+        ["services"] => {
+            &["name", "vip", "port", "protocol", "mode", "backends", "health", "announce", "maglev_table_size"]
+        }
+        ["services", "health"] => &["kind", "interval_ms", "timeout_ms", "rise", "fall", "path", "expect_status"],
         ["services", "backends"] => &["address", "port", "weight"],
         _ => &[],
     }

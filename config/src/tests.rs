@@ -738,3 +738,56 @@ fn unknown_peer_key_suggests_the_bgp_key() {
     let e = one_error(&with_peers(&[("2001:db8:1::1", "65000")]).replace("asn = 65000", "asn = 65000\nhold_tme = 3"));
     assert!(e.message.contains("did you mean `hold_time`"), "{e}");
 }
+
+#[test]
+fn service_health_announce_and_table_size_default_and_parse() {
+    let m = ok(WEB);
+    let web = &m.services[0];
+    assert_eq!((web.health.clone(), web.announce, web.maglev_table_size), (None, AnnounceWhen::Healthy, 65537));
+
+    let text = WEB.replace(
+        "mode = \"dsr\"",
+        "mode = \"dsr\"\nannounce = \"local\"\nmaglev_table_size = 655373\nhealth = { kind = \"http\", interval_ms = 200, rise = 3, fall = 2, path = \"/healthz\" }",
+    );
+    let web = ok(&text).services.remove(0);
+    assert_eq!(web.announce, AnnounceWhen::Local);
+    assert_eq!(web.maglev_table_size, 655373);
+    assert_eq!(
+        web.health,
+        Some(HealthCheck {
+            kind: HealthKind::Http,
+            interval_ms: 200,
+            timeout_ms: 1000,
+            rise: 3,
+            fall: 2,
+            path: Some("/healthz".into()),
+            expect_status: Some(200)
+        })
+    );
+}
+
+#[test]
+fn rejects_bad_health_announce_and_table_size() {
+    let text = WEB.replace(
+        "mode = \"dsr\"",
+        "mode = \"dsr\"\nannounce = \"always\"\nmaglev_table_size = 65536\nhealth = { kind = \"tcp\", interval_ms = 5, path = \"/x\" }",
+    );
+    let errs = errors(&text);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "services[0].announce",
+            "services[0].maglev_table_size",
+            "services[0].health.interval_ms",
+            "services[0].health.path"
+        ],
+        "{}",
+        ConfigErrors { errors: errs.clone() }
+    );
+    assert!(errs[1].message.contains("must be a prime"), "{}", errs[1]);
+    assert!(errs[3].message.contains("kind = \"http\" only"), "{}", errs[3]);
+
+    let small = WEB.replace("mode = \"dsr\"", "mode = \"dsr\"\nmaglev_table_size = 7");
+    assert!(one_error(&small).message.contains("too small for 1 backends"));
+}

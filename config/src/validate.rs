@@ -11,10 +11,12 @@ use crate::bgp_types::{Community, LargeCommunity, PrefixFilter};
 use crate::error::ConfigError;
 use crate::locate::{FieldPath, Locator};
 use crate::model::{
-    default_bgp_port, default_hold_time, default_max_prefix_action, Announce, Backend, Bgp, MaxPrefix, MaxPrefixAction,
-    Mode, Model, Node, Peer, Protocol, Service,
+    default_bgp_port, default_hold_time, default_maglev_table_size, default_max_prefix_action, Announce, AnnounceWhen,
+    Backend, Bgp, HealthCheck, HealthKind, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Peer, Protocol, Service,
 };
-use crate::raw::{known_keys, RawAnnounce, RawBackend, RawBgp, RawMaxPrefix, RawModel, RawNode, RawPeer, RawService};
+use crate::raw::{
+    known_keys, RawAnnounce, RawBackend, RawBgp, RawHealth, RawMaxPrefix, RawModel, RawNode, RawPeer, RawService,
+};
 
 const PRIVATE_ASN_HINT: &str = "use a private ASN such as 64512-65534 or 4200000000-4294967294";
 
@@ -347,7 +349,96 @@ impl<'a> Validator<'a> {
         let protocol = self.required(&path.key("protocol"), raw.protocol, "\"tcp\"", |s| check_protocol(&s));
         let mode = self.required(&path.key("mode"), raw.mode, "\"dsr\"", |s| check_mode(&s));
         let backends = self.backends(&path.key("backends"), raw.backends, vip, mode);
-        Some(Service { name: name?, vip: vip?, port: port?, protocol: protocol?, mode: mode?, backends: backends? })
+        let health = match &raw.health {
+            None => Some(None),
+            Some(h) => self.health(&path.key("health"), h).map(Some),
+        };
+        let announce = match raw.announce.as_deref() {
+            None | Some("healthy") => Some(AnnounceWhen::Healthy),
+            Some("local") => Some(AnnounceWhen::Local),
+            Some(other) => {
+                let message = format!("unknown announce `{other}`; use \"healthy\" (default) or \"local\"");
+                self.error(&path.key("announce"), message);
+                None
+            }
+        };
+        let table = match raw.maglev_table_size {
+            None => Some(default_maglev_table_size()),
+            Some(n) => {
+                self.check(&path.key("maglev_table_size"), check_maglev_size(n, backends.as_ref().map(Vec::len)))
+            }
+        };
+        Some(Service {
+            name: name?,
+            vip: vip?,
+            port: port?,
+            protocol: protocol?,
+            mode: mode?,
+            backends: backends?,
+            health: health?,
+            announce: announce?,
+            maglev_table_size: table?,
+        })
+    }
+
+    fn health(&mut self, p: &FieldPath, raw: &RawHealth) -> Option<HealthCheck> {
+        let kind = self.required(&p.key("kind"), raw.kind.clone(), "\"tcp\"", |k| match k.as_str() {
+            "tcp" => Ok(HealthKind::Tcp),
+            "http" => Ok(HealthKind::Http),
+            other => {
+                Err(format!("unknown health check kind `{other}`; use \"tcp\" or \"http\" (remove `health` for none)"))
+            }
+        });
+        let mut bounded = |key: &str, value: Option<i64>, default: u32, lo: i64, hi: i64| match value {
+            None => Some(default),
+            Some(v) if (lo..=hi).contains(&v) => Some(v as u32),
+            Some(v) => {
+                self.error(&p.key(key), format!("{key} {v} is out of range; use {lo} to {hi}"));
+                None
+            }
+        };
+        let interval_ms = bounded("interval_ms", raw.interval_ms, 1000, 10, 3_600_000);
+        let timeout_ms = bounded("timeout_ms", raw.timeout_ms, 1000, 1, 3_600_000);
+        let rise = bounded("rise", raw.rise, 2, 1, 100);
+        let fall = bounded("fall", raw.fall, 2, 1, 100);
+        let expect_status = match raw.expect_status {
+            None => None,
+            Some(s) if (100..=599).contains(&s) => Some(s as u16),
+            Some(s) => {
+                self.error(&p.key("expect_status"), format!("expect_status {s} is not an HTTP status; use 100 to 599"));
+                return None;
+            }
+        };
+        let kind = kind?;
+        let (path, expect_status) = match kind {
+            HealthKind::Http => {
+                let path = raw.path.clone().unwrap_or_else(|| "/".to_owned());
+                if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    self.error(&p.key("path"), format!("health path `{path}` must start with `/` and have no spaces"));
+                    return None;
+                }
+                (Some(path), Some(expect_status.unwrap_or(200)))
+            }
+            HealthKind::Tcp => {
+                for key in ["path", "expect_status"] {
+                    let set = if key == "path" { raw.path.is_some() } else { raw.expect_status.is_some() };
+                    if set {
+                        self.error(&p.key(key), format!("`{key}` applies to kind = \"http\" only; remove it"));
+                        return None;
+                    }
+                }
+                (None, None)
+            }
+        };
+        Some(HealthCheck {
+            kind,
+            interval_ms: interval_ms?,
+            timeout_ms: timeout_ms?,
+            rise: rise?,
+            fall: fall?,
+            path,
+            expect_status,
+        })
     }
 
     fn backends(
@@ -404,6 +495,28 @@ impl<'a> Validator<'a> {
         }
         ok.then_some(backends)
     }
+}
+
+/// Maglev needs a prime table size (every backend's permutation then visits every slot), large
+/// against the number of backends so each gets close to its weighted share.
+fn check_maglev_size(n: i64, backends: Option<usize>) -> Result<u32, String> {
+    const MAX: i64 = 16_777_213; // largest prime below 2^24: bounds the per-service map size
+    if !(7..=MAX).contains(&n) || !is_prime(n as u64) {
+        return Err(format!("maglev_table_size {n} must be a prime between 7 and {MAX}, e.g. 65537 or 655373"));
+    }
+    if let Some(b) = backends {
+        if (n as usize) < b * 100 {
+            return Err(format!(
+                "maglev_table_size {n} is too small for {b} backends: use a prime of at least {} for an even spread",
+                b * 100
+            ));
+        }
+    }
+    Ok(n as u32)
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
 /// The optional keys of one `[[bgp.peers]]` entry, validated.
