@@ -1,0 +1,555 @@
+#!/usr/bin/env bash
+# Ferrule lab: a small virtual datacenter in network namespaces on one machine.
+#
+#   usage: lab.sh up | status | down | deps
+#
+#   up      build the topology, start the ToR daemons and one `ferrule daemon` per node, wait
+#           until each answers, then print `status`. Idempotent: a second `up` re-uses what runs.
+#   status  namespaces, links, daemons alive, `ferrule show status` per node, the ToRs' BGP view.
+#           Exits 1 when a daemon is dead or a node does not answer.
+#   down    stop the daemons this script started (by the PIDs it recorded), delete the
+#           namespaces, remove pinned bpffs state of node1/node2 and the run dir.
+#   deps    install the Debian packages the lab (and the integration tests) need.
+#
+# The ferrule binary is $FERRULE_BIN, else target/release/ferrule, else built with
+# `cargo build --release -p ferrule` from the repository root. Run as root.
+#
+# Topology (each name is a namespace, each line a veth pair):
+#
+#                               fr-client
+#                             /           \
+#         fr-tor1 (FRR, AS 65000)          fr-tor2 (BIRD, AS 65001)
+#                |            \          /            |
+#                |              \      /              |
+#                |              /      \              |
+#         fr-node1 (AS 65101)                fr-node2 (AS 65102)     each runs `ferrule daemon`
+#                |                                   |
+#             fr-be1                              fr-be2             backend hosts
+#
+# An interface is named after the namespace it leads to: in fr-node1, `tor1` faces fr-tor1; in
+# fr-tor1, `node1` faces fr-node1; in fr-be1, `node1` faces fr-node1.
+#
+# Address plan. The ToR (towards a backend: the node) takes ::1 and the lower IPv4 address.
+#
+#   link              IPv6 prefix          lower / upper      IPv4         lower / upper
+#   tor1 - node1      2001:db8:f:11::/64   tor ::1 node ::2   192.0.2.64/31  tor .64 node .65
+#   tor2 - node1      2001:db8:f:12::/64   tor ::1 node ::2   192.0.2.66/31  tor .66 node .67
+#   tor1 - node2      2001:db8:f:21::/64   tor ::1 node ::2   192.0.2.68/31  tor .68 node .69
+#   tor2 - node2      2001:db8:f:22::/64   tor ::1 node ::2   192.0.2.70/31  tor .70 node .71
+#   tor1 - client     2001:db8:f:c1::/64   tor ::1 cli  ::2   192.0.2.72/31  tor .72 cli  .73
+#   tor2 - client     2001:db8:f:c2::/64   tor ::1 cli  ::2   192.0.2.74/31  tor .74 cli  .75
+#   node1 - be1       fd00:be:1::/64       node ::1 be ::2    198.51.100.0/30 node .1 be .2
+#   node2 - be2       fd00:be:2::/64       node ::1 be ::2    198.51.100.4/30 node .5 be .6
+#
+#   router ids        tor1 192.0.2.1, tor2 192.0.2.2, node1 192.0.2.11, node2 192.0.2.12
+#   announced         node1 2001:db8:100::/64, node2 2001:db8:101::/64
+#   203.0.113.0/24    reserved for IPv4 service VIPs and egress addresses (later)
+#
+# The ToRs peer with the nodes' link addresses (IPv6 sessions carrying IPv4 and IPv6 unicast,
+# RFC 8950 next hops). Until ferrule speaks BGP those sessions stay Active/Connect: expected.
+#
+# Everything the lab writes lives in /run/ferrule-lab (configs, logs, pid files, sockets); it
+# never touches /etc/frr, /etc/bird or the system's FRR/BIRD services. All traffic stays between
+# these namespaces, on documentation and ULA prefixes.
+
+set -euo pipefail
+
+RUN=/run/ferrule-lab
+PIDS="$RUN/pids"
+BPFFS_HOST=/sys/fs/bpf
+# A second mount point of the host's bpffs. `ip netns exec` gives the daemon its own mount
+# namespace with a fresh /sys, hiding /sys/fs/bpf; a bind mount outside /sys stays visible there,
+# so `ferrule daemon --bpffs $BPFFS_LAB` pins into the host's bpffs and the pins outlive a
+# daemon restart, as they would on a real node.
+BPFFS_LAB="$RUN/bpffs"
+FRR_LIBEXEC=/usr/lib/frr
+READY_TRIES=60      # readiness polls, 0.5 s apart: at most 30 s per daemon
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
+
+NAMESPACES=(fr-tor1 fr-tor2 fr-node1 fr-node2 fr-be1 fr-be2 fr-client)
+NODES=(node1 node2)
+
+log() { echo "lab: $*" >&2; }
+die() { echo "lab: error: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Dependencies
+
+deps_missing() {
+    local cmd
+    for cmd in ip sysctl ping vtysh "$FRR_LIBEXEC/zebra" "$FRR_LIBEXEC/bgpd" bird birdc \
+               gobgpd gobgp clang llc bpftool nft iperf3; do
+        if [[ "$cmd" == /* ]]; then
+            [[ -x "$cmd" ]] || return 0
+        else
+            command -v "$cmd" >/dev/null 2>&1 || return 0
+        fi
+    done
+    [[ -e /usr/include/bpf/bpf_helpers.h ]] || return 0
+    return 1
+}
+
+install_deps() {
+    if ! deps_missing; then
+        return 0
+    fi
+    [[ $EUID -eq 0 ]] || die "missing tools and not root: run as root to install them"
+    log "installing packages (apt-get)"
+    # Installing frr or bird2 would start their system services. policy-rc.d answering 101
+    # ("action forbidden") stops that during this install only; an existing one is left alone.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made_policy=1
+    fi
+    local rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get update -q || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            iproute2 procps iputils-ping frr bird2 gobgpd clang llvm libbpf-dev bpftool \
+            nftables iperf3 linux-libc-dev || rc=$?
+    fi
+    if [[ $made_policy -eq 1 ]]; then
+        rm -f "$policy"
+    fi
+    [[ $rc -eq 0 ]] || die "apt-get failed (exit $rc)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes: every daemon is started by this script, its PID kept in $PIDS/<name>.pid together
+# with the program it must be, so `down` never signals a recycled PID.
+
+pid_of() { [[ -f "$PIDS/$1.pid" ]] && cat "$PIDS/$1.pid"; }
+
+# alive NAME: the recorded PID exists, is not a zombie, and its argv[0] is still the recorded
+# program (so a recycled PID is never taken for ours).
+alive() {
+    local pid prog argv0 state
+    pid="$(pid_of "$1")" || return 1
+    prog="$(cat "$PIDS/$1.prog" 2>/dev/null)" || return 1
+    [[ -n "$pid" && -r /proc/$pid/cmdline ]] || return 1
+    state="$(sed 's/.*) \(.\).*/\1/' /proc/"$pid"/stat 2>/dev/null)" || return 1
+    [[ $state != Z ]] || return 1
+    argv0="$(tr '\0' '\n' </proc/"$pid"/cmdline | head -n 1)"
+    [[ $argv0 == "$prog" ]]
+}
+
+# start NAME NS LOG PROGRAM ARGS...: runs PROGRAM inside NS in the background, detached from the
+# terminal, all output to LOG. `ip netns exec` and `setsid` (not a process-group leader here)
+# both exec in place, so $! is the daemon's own PID.
+start() {
+    local name=$1 ns=$2 logfile=$3
+    shift 3
+    setsid ip netns exec "$ns" "$@" </dev/null >>"$logfile" 2>&1 &
+    local pid=$! i
+    echo "$pid" >"$PIDS/$name.pid"
+    echo "$1" >"$PIDS/$name.prog"
+    # Until the two execs have happened, argv[0] is still bash's or setsid's: wait (bounded)
+    # so `alive` does not mistake a starting daemon for a dead one.
+    for ((i = 0; i < 100; i++)); do
+        if alive "$name" || [[ ! -e /proc/$pid ]]; then
+            break
+        fi
+        sleep 0.02
+    done
+}
+
+# wait_ready NAME LOG CHECK...: polls CHECK (a command) until it succeeds, bounded; fails with
+# the log tail if the daemon dies or never answers.
+wait_ready() {
+    local name=$1 logfile=$2 i
+    shift 2
+    for ((i = 0; i < READY_TRIES; i++)); do
+        if ! alive "$name"; then
+            sleep 0.2
+            tail -n 30 "$logfile" >&2 || true
+            die "$name exited during startup (log: $logfile)"
+        fi
+        if "$@" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    tail -n 30 "$logfile" >&2 || true
+    die "$name not ready after $((READY_TRIES / 2)) s (log: $logfile; check: $*)"
+}
+
+# stop NAME: SIGTERM, up to 5 s, then SIGKILL; only if the PID is still our program.
+stop() {
+    local name=$1 pid i
+    pid="$(pid_of "$name")" || return 0
+    if alive "$name"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            alive "$name" || break
+            sleep 0.1
+        done
+        if alive "$name"; then
+            log "$name (pid $pid) ignored SIGTERM; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    # FRR leaves a per-PID crash-log directory behind.
+    if [[ $name == tor1-* ]]; then
+        rm -rf "/var/tmp/frr/${name#tor1-}.$pid"
+    fi
+    rm -f "$PIDS/$name.pid" "$PIDS/$name.prog"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Topology
+
+ensure_ns() {
+    local ns=$1
+    [[ -e /run/netns/$ns ]] || ip netns add "$ns"
+    ip -n "$ns" link set lo up
+}
+
+# ensure_veth NS_A IF_A NS_B IF_B: creates the pair once; turns DAD off (fresh veth ends cannot
+# collide, and tentative addresses make BGP daemons back off) and brings both ends up.
+ensure_veth() {
+    local ns_a=$1 if_a=$2 ns_b=$3 if_b=$4
+    if ! ip -n "$ns_a" link show "$if_a" >/dev/null 2>&1; then
+        ip link add "$if_a" netns "$ns_a" type veth peer name "$if_b" netns "$ns_b"
+    fi
+    ip netns exec "$ns_a" sysctl -qw "net.ipv6.conf.$if_a.accept_dad=0"
+    ip netns exec "$ns_b" sysctl -qw "net.ipv6.conf.$if_b.accept_dad=0"
+    ip -n "$ns_a" link set "$if_a" up
+    ip -n "$ns_b" link set "$if_b" up
+}
+
+# addr NS IF CIDR: `replace` makes a second `up` a no-op instead of an error.
+addr() {
+    local extra=()
+    [[ $3 == *:* ]] && extra=(nodad)
+    ip -n "$1" addr replace "$3" dev "$2" "${extra[@]}"
+}
+
+forwarding() {
+    ip netns exec "$1" sysctl -qw net.ipv4.ip_forward=1
+    ip netns exec "$1" sysctl -qw net.ipv6.conf.all.forwarding=1
+}
+
+build_topology() {
+    local ns
+    for ns in "${NAMESPACES[@]}"; do
+        ensure_ns "$ns"
+    done
+    for ns in fr-tor1 fr-tor2 fr-node1 fr-node2; do
+        forwarding "$ns"
+    done
+
+    # ToR <-> node links: "<n><t>" in the IPv6 prefix is node n, tor t.
+    local n t v4=64
+    for n in 1 2; do
+        for t in 1 2; do
+            ensure_veth "fr-node$n" "tor$t" "fr-tor$t" "node$n"
+            addr "fr-tor$t" "node$n" "2001:db8:f:$n$t::1/64"
+            addr "fr-node$n" "tor$t" "2001:db8:f:$n$t::2/64"
+            addr "fr-tor$t" "node$n" "192.0.2.$v4/31"
+            addr "fr-node$n" "tor$t" "192.0.2.$((v4 + 1))/31"
+            v4=$((v4 + 2))
+        done
+    done
+
+    # Client <-> ToRs, with an ECMP default route over both.
+    for t in 1 2; do
+        ensure_veth fr-client "tor$t" "fr-tor$t" client
+        addr "fr-tor$t" client "2001:db8:f:c$t::1/64"
+        addr fr-client "tor$t" "2001:db8:f:c$t::2/64"
+        addr "fr-tor$t" client "192.0.2.$((70 + 2 * t))/31"
+        addr fr-client "tor$t" "192.0.2.$((71 + 2 * t))/31"
+    done
+    ip -n fr-client -6 route replace default \
+        nexthop via 2001:db8:f:c1::1 dev tor1 nexthop via 2001:db8:f:c2::1 dev tor2
+    ip -n fr-client -4 route replace default \
+        nexthop via 192.0.2.72 dev tor1 nexthop via 192.0.2.74 dev tor2
+
+    # Node <-> backend host; the backend's default route points at its node.
+    for n in 1 2; do
+        ensure_veth "fr-node$n" "be$n" "fr-be$n" "node$n"
+        addr "fr-node$n" "be$n" "fd00:be:$n::1/64"
+        addr "fr-be$n" "node$n" "fd00:be:$n::2/64"
+        addr "fr-node$n" "be$n" "198.51.100.$((4 * n - 3))/30"
+        addr "fr-be$n" "node$n" "198.51.100.$((4 * n - 2))/30"
+        ip -n "fr-be$n" -6 route replace default via "fd00:be:$n::1" dev "node$n"
+        ip -n "fr-be$n" -4 route replace default via "198.51.100.$((4 * n - 3))" dev "node$n"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# ToR daemons
+
+start_tor1_frr() {
+    local dir=$RUN/tor1
+    mkdir -p "$dir"
+    # FRR daemons drop to user frr; their sockets and pid files go into this directory.
+    chown frr:frr "$dir"
+    chmod 750 "$dir"
+    echo "hostname fr-tor1" >"$dir/zebra.conf"
+    cat >"$dir/bgpd.conf" <<EOF
+frr defaults datacenter
+hostname fr-tor1
+!
+router bgp 65000
+ bgp router-id 192.0.2.1
+ ! Lab fabric: exchange routes without route-maps (RFC 8212 would otherwise block eBGP).
+ no bgp ebgp-requires-policy
+ no bgp default ipv4-unicast
+ neighbor 2001:db8:f:11::2 remote-as 65101
+ neighbor 2001:db8:f:11::2 description node1
+ neighbor 2001:db8:f:11::2 capability extended-nexthop
+ neighbor 2001:db8:f:21::2 remote-as 65102
+ neighbor 2001:db8:f:21::2 description node2
+ neighbor 2001:db8:f:21::2 capability extended-nexthop
+ address-family ipv4 unicast
+  neighbor 2001:db8:f:11::2 activate
+  neighbor 2001:db8:f:21::2 activate
+ exit-address-family
+ address-family ipv6 unicast
+  neighbor 2001:db8:f:11::2 activate
+  neighbor 2001:db8:f:21::2 activate
+ exit-address-family
+!
+EOF
+    local daemon
+    for daemon in zebra bgpd; do
+        if alive "tor1-$daemon"; then
+            log "fr-tor1: $daemon already running (pid $(pid_of "tor1-$daemon"))"
+            continue
+        fi
+        log "fr-tor1: starting $daemon"
+        # -P 0: no TCP vty; the unix sockets in $dir are the only way in.
+        start "tor1-$daemon" fr-tor1 "$dir/$daemon.log" "$FRR_LIBEXEC/$daemon" \
+            -f "$dir/$daemon.conf" -i "$dir/$daemon.pid" -z "$dir/zserv.api" \
+            --vty_socket "$dir" -P 0 --log stdout
+        wait_ready "tor1-$daemon" "$dir/$daemon.log" \
+            ip netns exec fr-tor1 vtysh --vty_socket "$dir" -d "$daemon" -c "show version"
+    done
+    wait_ready tor1-bgpd "$dir/bgpd.log" \
+        ip netns exec fr-tor1 vtysh --vty_socket "$dir" -c "show bgp summary"
+}
+
+start_tor2_bird() {
+    local dir=$RUN/tor2
+    mkdir -p "$dir"
+    cat >"$dir/bird.conf" <<'EOF'
+router id 192.0.2.2;
+log stderr all;
+protocol device { }
+# Install what BGP learns into fr-tor2's kernel tables, so the ToR forwards to the nodes.
+protocol kernel kernel4 { ipv4 { export all; }; }
+protocol kernel kernel6 { ipv6 { export all; }; }
+# eBGP needs explicit filters in BIRD (RFC 8212); the lab fabric passes everything.
+template bgp node {
+  local as 65001;
+  ipv6 { import all; export all; };
+  ipv4 { import all; export all; extended next hop on; };
+}
+protocol bgp node1 from node { neighbor 2001:db8:f:12::2 as 65101; }
+protocol bgp node2 from node { neighbor 2001:db8:f:22::2 as 65102; }
+EOF
+    if alive tor2-bird; then
+        log "fr-tor2: bird already running (pid $(pid_of tor2-bird))"
+        return 0
+    fi
+    log "fr-tor2: starting bird"
+    start tor2-bird fr-tor2 "$dir/bird.log" bird -f -c "$dir/bird.conf" -s "$dir/bird.ctl"
+    wait_ready tor2-bird "$dir/bird.log" bird_up
+}
+
+bird_up() {
+    ip netns exec fr-tor2 birdc -s "$RUN/tor2/bird.ctl" show status | grep -q "Daemon is up and running"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Ferrule on the nodes
+
+find_ferrule() {
+    if [[ -n "${FERRULE_BIN:-}" ]]; then
+        [[ -x "$FERRULE_BIN" ]] || die "FERRULE_BIN=$FERRULE_BIN is not an executable"
+        FERRULE="$(cd "$(dirname "$FERRULE_BIN")" && pwd)/$(basename "$FERRULE_BIN")"
+    elif [[ -x "$REPO_ROOT/target/release/ferrule" ]]; then
+        FERRULE="$REPO_ROOT/target/release/ferrule"
+    else
+        log "building ferrule (cargo build --release -p ferrule)"
+        (cd "$REPO_ROOT" && cargo build --release -p ferrule) >&2
+        FERRULE="$REPO_ROOT/target/release/ferrule"
+    fi
+}
+
+# The host's bpffs (mounted at its standard place when absent) and the bind mount described at
+# BPFFS_LAB; `down` removes the bind mount and the lab's pins, not the standard mount.
+ensure_bpffs() {
+    if ! mountpoint -q "$BPFFS_HOST"; then
+        mount -t bpf bpf "$BPFFS_HOST"
+    fi
+    mkdir -p "$BPFFS_LAB"
+    if ! mountpoint -q "$BPFFS_LAB"; then
+        mount --bind "$BPFFS_HOST" "$BPFFS_LAB"
+    fi
+}
+
+write_node_config() {
+    local n=$1
+    cat >"$RUN/node$n.toml" <<EOF
+# Written by deploy/lab/lab.sh for fr-node$n.
+[node]
+name = "node$n"
+asn = $((65100 + n))
+router_id = "192.0.2.$((10 + n))"
+uplinks = ["tor1", "tor2"]
+
+[[bgp.peers]]
+address = "2001:db8:f:${n}1::1"
+asn = 65000
+
+[[bgp.peers]]
+address = "2001:db8:f:${n}2::1"
+asn = 65001
+
+[[bgp.announce]]
+prefix = "2001:db8:$((99 + n))::/64"
+EOF
+}
+
+node_status() {
+    "$FERRULE" show status --socket "$RUN/$1.sock" "${@:2}"
+}
+
+start_node() {
+    local node=$1 n=${1#node}
+    write_node_config "$n"
+    mkdir -p "$RUN/$node"
+    if alive "$node"; then
+        log "fr-$node: ferrule already running (pid $(pid_of "$node"))"
+        return 0
+    fi
+    local extra=()
+    if "$FERRULE" daemon --help 2>/dev/null | grep -q -- --bpffs; then
+        extra=(--bpffs "$BPFFS_LAB")
+    fi
+    log "fr-$node: starting ferrule daemon"
+    rm -f "$RUN/$node.sock"
+    start "$node" "fr-$node" "$RUN/$node.log" "$FERRULE" daemon \
+        --config "$RUN/$node.toml" --state "$RUN/$node/state.redb" --socket "$RUN/$node.sock" \
+        --metrics-listen 127.0.0.1:9641 --log-format text "${extra[@]}"
+    wait_ready "$node" "$RUN/$node.log" node_status "$node"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+cmd_up() {
+    [[ $EUID -eq 0 ]] || die "lab.sh up needs root (namespaces, veth, bpffs)"
+    install_deps
+    find_ferrule
+    mkdir -p "$RUN" "$PIDS"
+    chmod 755 "$RUN"
+    build_topology
+    start_tor1_frr
+    start_tor2_bird
+    ensure_bpffs
+    local node
+    for node in "${NODES[@]}"; do
+        start_node "$node"
+    done
+    log "up: done"
+    cmd_status
+}
+
+cmd_status() {
+    local ok=0 ns name
+    if [[ ! -d $RUN ]]; then
+        echo "lab is down ($RUN does not exist)"
+        return 1
+    fi
+    [[ -n "${FERRULE:-}" ]] || find_ferrule_quiet
+    echo "== namespaces"
+    for ns in "${NAMESPACES[@]}"; do
+        if [[ -e /run/netns/$ns ]]; then echo "  $ns"; else echo "  $ns MISSING"; ok=1; fi
+    done
+    echo "== links"
+    for ns in "${NAMESPACES[@]}"; do
+        [[ -e /run/netns/$ns ]] || continue
+        ip -n "$ns" -br addr show | { grep -v '^lo ' || true; } | sed "s/^/  $ns: /"
+    done
+    echo "== daemons"
+    for name in tor1-zebra tor1-bgpd tor2-bird "${NODES[@]}"; do
+        if alive "$name"; then
+            echo "  $name pid $(pid_of "$name") running"
+        else
+            echo "  $name NOT RUNNING"
+            ok=1
+        fi
+    done
+    for name in "${NODES[@]}"; do
+        echo "== fr-$name: ferrule show status"
+        if [[ -z "${FERRULE:-}" ]] || ! node_status "$name" 2>&1 | sed 's/^/  /'; then
+            echo "  (no answer)"
+            ok=1
+        fi
+    done
+    echo "== fr-tor1: vtysh show bgp summary"
+    ip netns exec fr-tor1 vtysh --vty_socket "$RUN/tor1" -c "show bgp summary" 2>&1 \
+        | sed 's/^/  /' || ok=1
+    echo "== fr-tor2: birdc show protocols"
+    ip netns exec fr-tor2 birdc -s "$RUN/tor2/bird.ctl" show protocols 2>&1 \
+        | sed 's/^/  /' || ok=1
+    return $ok
+}
+
+# status must work without building anything: use whichever binary exists.
+find_ferrule_quiet() {
+    local candidate
+    for candidate in "${FERRULE_BIN:-}" "$REPO_ROOT/target/release/ferrule" \
+                     "$REPO_ROOT/target/debug/ferrule"; do
+        if [[ -n "$candidate" && -x "$candidate" ]]; then
+            FERRULE=$candidate
+            return 0
+        fi
+    done
+}
+
+cmd_down() {
+    [[ $EUID -eq 0 ]] || die "lab.sh down needs root"
+    local name ns
+    # Nodes first (they peer with the ToRs), then bgpd before zebra.
+    for name in "${NODES[@]}" tor2-bird tor1-bgpd tor1-zebra; do
+        stop "$name"
+    done
+    for ns in "${NAMESPACES[@]}"; do
+        if [[ -e /run/netns/$ns ]]; then
+            local left
+            left="$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
+            [[ -z "$left" ]] || log "$ns: processes not started by the lab remain: $left"
+            ip netns delete "$ns"
+        fi
+    done
+    # Pinned programs and maps outlive the daemon by design; the lab's are removed here.
+    for name in "${NODES[@]}"; do
+        rm -rf "$BPFFS_HOST/ferrule/$name"
+    done
+    rmdir "$BPFFS_HOST/ferrule" 2>/dev/null || true
+    if mountpoint -q "$BPFFS_LAB" 2>/dev/null; then
+        umount "$BPFFS_LAB"
+    fi
+    # The bpffs at /sys/fs/bpf itself stays mounted even if `up` mounted it: it is the system's
+    # standard mount (systemd makes it at boot), and tests or daemons outside the lab may be
+    # using it right now.
+    rm -rf "$RUN"
+    log "down: done"
+}
+
+case "${1:-}" in
+    up) cmd_up ;;
+    status) cmd_status ;;
+    down) cmd_down ;;
+    deps) install_deps ;;
+    *)
+        echo "usage: $0 up | status | down | deps" >&2
+        exit 2
+        ;;
+esac

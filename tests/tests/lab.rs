@@ -1,0 +1,147 @@
+//! The netns lab (`deploy/lab/lab.sh`) end to end: `up` twice without duplicating anything,
+//! `status`, then `down` leaving no namespace, process or pinned state behind. Privileged, and it
+//! needs the ferrule binary built beforehand (`cargo build -p ferrule`), which CI does.
+//!
+//! The lab uses fixed names (fr-*, /run/ferrule-lab), so this test tears down any lab already
+//! running on the machine before it starts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use ferrule_tests::cmd;
+
+const RUN_DIR: &str = "/run/ferrule-lab";
+const NODES: [&str; 2] = ["node1", "node2"];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits inside the repository").to_path_buf()
+}
+
+/// `FERRULE_BIN`, else the workspace's debug build. The binary belongs to another crate, so cargo
+/// does not build it for this one.
+fn ferrule_bin() -> PathBuf {
+    let bin =
+        std::env::var_os("FERRULE_BIN").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/debug/ferrule"));
+    assert!(
+        bin.is_file(),
+        "ferrule binary not found at {}: run `cargo build -p ferrule` first (or set FERRULE_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+fn lab(action: &str, bin: &Path) -> Result<String> {
+    let script = repo_root().join("deploy/lab/lab.sh");
+    let out = cmd::run(Command::new("bash").arg(&script).arg(action).env("FERRULE_BIN", bin))
+        .with_context(|| format!("lab.sh {action}"))?;
+    println!("--- lab.sh {action} ---\n{out}");
+    Ok(out)
+}
+
+/// Brings the lab down even when an assertion fails half-way, so a failed run leaves no lab.
+struct LabGuard<'a> {
+    bin: &'a Path,
+    armed: bool,
+}
+
+impl Drop for LabGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = lab("down", self.bin) {
+                eprintln!("cleanup after failure: {e:#}");
+            }
+        }
+    }
+}
+
+fn lab_namespaces() -> Result<Vec<String>> {
+    let list = cmd::run(Command::new("ip").args(["netns", "list"]))?;
+    Ok(list
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with("fr-"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The PIDs the lab recorded, by daemon name.
+fn recorded_pids() -> Result<Vec<(String, u32)>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(Path::new(RUN_DIR).join("pids"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "pid") {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let pid = std::fs::read_to_string(&path)?.trim().parse()?;
+            pids.push((name, pid));
+        }
+    }
+    pids.sort();
+    Ok(pids)
+}
+
+/// `ferrule show status --json` from a node must answer and name that node.
+fn node_answers(bin: &Path, node: &str) -> Result<()> {
+    let socket = format!("{RUN_DIR}/{node}.sock");
+    let out = cmd::run(Command::new(bin).args(["show", "status", "--socket", &socket, "--json"]))?;
+    let status: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("status of {node} is not JSON: {out}"))?;
+    ensure!(status["node"] == node, "{socket} answered for node {} instead of {node}: {out}", status["node"]);
+    Ok(())
+}
+
+fn addresses(ns: &str) -> Result<String> {
+    cmd::run(Command::new("ip").args(["-n", ns, "-br", "addr", "show"]))
+}
+
+#[test]
+fn lab_comes_up_idempotently_and_goes_down_cleanly() -> Result<()> {
+    if !ferrule_tests::privileged() {
+        return Ok(());
+    }
+    let bin = ferrule_bin();
+    lab("down", &bin)?;
+    let mut guard = LabGuard { bin: &bin, armed: true };
+
+    lab("up", &bin)?;
+    for node in NODES {
+        node_answers(&bin, node)?;
+    }
+    let pids_first = recorded_pids()?;
+    ensure!(pids_first.len() == 5, "expected zebra, bgpd, bird and two ferrule daemons, recorded {pids_first:?}");
+    let addrs_first = addresses("fr-node1")?;
+
+    // Idempotent: the same daemons (nothing restarted) and the same addresses (nothing doubled).
+    lab("up", &bin)?;
+    ensure!(recorded_pids()? == pids_first, "second up changed the daemons' PIDs");
+    let addrs_second = addresses("fr-node1")?;
+    ensure!(addrs_first == addrs_second, "second up changed fr-node1's addresses:\n{addrs_first}\nvs\n{addrs_second}");
+    for node in NODES {
+        node_answers(&bin, node)?;
+    }
+
+    let status = lab("status", &bin)?;
+    ensure!(status.contains("BGP router identifier 192.0.2.1"), "{status}");
+    ensure!(status.contains("node1      BGP"), "{status}");
+    ensure!(status.contains("node node2"), "{status}");
+
+    guard.armed = false;
+    lab("down", &bin)?;
+    let left = lab_namespaces()?;
+    ensure!(left.is_empty(), "namespaces left after down: {left:?}");
+    for (name, pid) in pids_first {
+        // A PID may be recycled by now; it must at least not be running our daemon.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        ensure!(
+            !cmdline.contains("ferrule") && !cmdline.contains("/usr/lib/frr") && !cmdline.starts_with("bird"),
+            "{name} (pid {pid}) still running after down: {cmdline}"
+        );
+    }
+    ensure!(!Path::new(RUN_DIR).exists(), "{RUN_DIR} left after down");
+    for node in NODES {
+        let pins = Path::new("/sys/fs/bpf/ferrule").join(node);
+        ensure!(!pins.exists(), "{} left after down", pins.display());
+    }
+    Ok(())
+}
