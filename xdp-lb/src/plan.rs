@@ -1,0 +1,521 @@
+//! The load-balancer reconciler: desired services + backend health + what the datapath holds now →
+//! an ordered list of map operations. Pure: the appliance applies the ops, in order, to the pinned
+//! maps; `LbState::apply` applies them to an in-memory copy with the same invariants checked.
+//!
+//! Ids. A backend is identified by (address, port) and keeps its id while any service lists it; a
+//! service by (vip, port, protocol) and keeps its id while it exists. Ids come from `observed`, so a
+//! restarted daemon adopts what the pinned maps hold. New ids are the lowest ones free, from 1 (0
+//! means "none" in the datapath). An id freed in this pass is reused only in a later pass, after
+//! its removal was applied, so no op ever re-points an id that a table may still hold.
+//!
+//! Health. Only healthy backends enter a Maglev table; an unhealthy one keeps its backend entry so
+//! the datapath's conntrack can drain the flows already on it. A service with no healthy backend
+//! keeps its entry with an **empty table**: the datapath drops its new flows and counts them (the
+//! VIP is withdrawn from BGP at the same time, see `vips_to_announce`).
+//!
+//! Order. `UpsertBackend`s first, then `UpsertService`s, `RemoveService`s, and `RemoveBackend`s
+//! last, so a table never references a backend that is not in the backend map.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ferrule_config::{Mode, Service};
+use thiserror::Error;
+
+use crate::maglev::{build_prime, is_prime, MaglevBackend, DEFAULT_TABLE_SIZE};
+use crate::{HealthView, ServiceKey};
+
+/// A backend as the datapath's backend map holds it, under its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendEntry {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+/// A service as the datapath holds it, under its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub id: u32,
+    pub mode: Mode,
+    /// Maglev lookup table of backend ids; empty = no healthy backend.
+    pub table: Arc<Vec<u32>>,
+}
+
+/// What the datapath holds now. After a daemon restart the appliance fills it from the pinned maps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbState {
+    pub services: BTreeMap<ServiceKey, ServiceEntry>,
+    pub backends: BTreeMap<u32, BackendEntry>,
+}
+
+/// One change to the datapath's maps. Apply them in the order `plan` returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LbOp {
+    /// Create backend `id` (the plan never re-points an existing id to another address).
+    UpsertBackend { id: u32, address: IpAddr, port: u16 },
+    /// Create or replace a service: its id, forwarding mode and whole lookup table. Emitted only
+    /// when the service is new or its mode or table changed.
+    UpsertService { id: u32, key: ServiceKey, mode: Mode, table: Arc<Vec<u32>> },
+    /// Delete the service and its table (`id` is the one it had, for maps keyed by id).
+    RemoveService { id: u32, key: ServiceKey },
+    /// Delete backend `id`; no service table references it any more.
+    RemoveBackend { id: u32 },
+}
+
+/// An op that would break the datapath's invariants; `plan` never produces one.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ApplyError {
+    #[error("service {key} (id {service_id}) would point to backend id {backend_id}, which is not in the backend map")]
+    UnknownBackend { key: ServiceKey, service_id: u32, backend_id: u32 },
+    #[error("backend id {id} cannot be removed or re-pointed: the table of service {key} still references it")]
+    BackendInUse { id: u32, key: ServiceKey },
+}
+
+impl LbState {
+    /// Applies one op in memory, refusing what would make a table reference a missing or re-pointed
+    /// backend. The in-memory model of the datapath maps, for tests and dry runs.
+    pub fn apply(&mut self, op: &LbOp) -> Result<(), ApplyError> {
+        match op {
+            LbOp::UpsertBackend { id, address, port } => {
+                let entry = BackendEntry { address: *address, port: *port };
+                if self.backends.get(id).is_some_and(|old| *old != entry) {
+                    self.ensure_unused(*id)?;
+                }
+                self.backends.insert(*id, entry);
+            }
+            LbOp::UpsertService { id, key, mode, table } => {
+                if let Some(&missing) = table.iter().find(|b| !self.backends.contains_key(b)) {
+                    return Err(ApplyError::UnknownBackend { key: *key, service_id: *id, backend_id: missing });
+                }
+                self.services.insert(*key, ServiceEntry { id: *id, mode: *mode, table: table.clone() });
+            }
+            LbOp::RemoveService { key, .. } => {
+                self.services.remove(key);
+            }
+            LbOp::RemoveBackend { id } => {
+                self.ensure_unused(*id)?;
+                self.backends.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_unused(&self, id: u32) -> Result<(), ApplyError> {
+        match self.services.iter().find(|(_, s)| s.table.contains(&id)) {
+            Some((key, _)) => Err(ApplyError::BackendInUse { id, key: *key }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The ops that take the datapath from `observed` to `desired` under `health`. Applying them and
+/// planning again gives no op. Of two services with one key only the first counts (the config
+/// validation rejects such a pair).
+pub fn plan(desired: &[Service], health: &HealthView, observed: &LbState) -> Vec<LbOp> {
+    let mut services: BTreeMap<ServiceKey, &Service> = BTreeMap::new();
+    for service in desired {
+        services.entry(ServiceKey::of(service)).or_insert(service);
+    }
+
+    let wanted: BTreeSet<SocketAddr> =
+        services.values().flat_map(|s| s.backends.iter().map(|b| SocketAddr::new(b.address, b.port))).collect();
+    let mut backend_ids: BTreeMap<SocketAddr, u32> = BTreeMap::new();
+    // Ascending ids: if the maps hold one backend twice, the lower id is adopted, the other removed.
+    for (&id, entry) in &observed.backends {
+        let addr = SocketAddr::new(entry.address, entry.port);
+        if id != 0 && wanted.contains(&addr) {
+            backend_ids.entry(addr).or_insert(id);
+        }
+    }
+
+    let mut ops = Vec::new();
+    let mut free_backend_ids = FreeIds::new(observed.backends.keys().copied());
+    for addr in &wanted {
+        if !backend_ids.contains_key(addr) {
+            let id = free_backend_ids.take();
+            backend_ids.insert(*addr, id);
+            ops.push(LbOp::UpsertBackend { id, address: addr.ip(), port: addr.port() });
+        }
+    }
+
+    let mut free_service_ids = FreeIds::new(observed.services.values().map(|s| s.id));
+    let mut adopted_service_ids = BTreeSet::new();
+    for (key, service) in &services {
+        let current = observed.services.get(key);
+        let id = match current {
+            Some(s) if s.id != 0 && adopted_service_ids.insert(s.id) => s.id,
+            _ => free_service_ids.take(),
+        };
+        let table = table_for(key, service, health, &backend_ids);
+        let unchanged = current.is_some_and(|s| s.id == id && s.mode == service.mode && *s.table == table);
+        if !unchanged {
+            ops.push(LbOp::UpsertService { id, key: *key, mode: service.mode, table: Arc::new(table) });
+        }
+    }
+
+    for (key, entry) in &observed.services {
+        if !services.contains_key(key) {
+            ops.push(LbOp::RemoveService { id: entry.id, key: *key });
+        }
+    }
+    let kept: BTreeSet<u32> = backend_ids.values().copied().collect();
+    for &id in observed.backends.keys() {
+        if !kept.contains(&id) {
+            ops.push(LbOp::RemoveBackend { id });
+        }
+    }
+    ops
+}
+
+fn table_for(
+    key: &ServiceKey,
+    service: &Service,
+    health: &HealthView,
+    backend_ids: &BTreeMap<SocketAddr, u32>,
+) -> Vec<u32> {
+    let healthy: Vec<MaglevBackend> = service
+        .backends
+        .iter()
+        .map(|b| (SocketAddr::new(b.address, b.port), b.weight))
+        .filter(|(addr, _)| health.is_healthy(key, *addr))
+        .map(|(addr, weight)| MaglevBackend { id: backend_ids[&addr], address: addr.ip(), port: addr.port(), weight })
+        .collect();
+    let size = if is_prime(service.maglev_table_size) {
+        service.maglev_table_size
+    } else {
+        // Unreachable through a validated model; a table must still be built, so fall back.
+        tracing::error!(
+            service = %key,
+            name = %service.name,
+            "maglev_table_size {} is not a prime; using {DEFAULT_TABLE_SIZE}",
+            service.maglev_table_size
+        );
+        DEFAULT_TABLE_SIZE
+    };
+    build_prime(&healthy, size)
+}
+
+/// Lowest-first allocation among ids ≥ 1 not in use.
+struct FreeIds {
+    used: BTreeSet<u32>,
+    next: u32,
+}
+
+impl FreeIds {
+    fn new(used: impl IntoIterator<Item = u32>) -> FreeIds {
+        FreeIds { used: used.into_iter().collect(), next: 1 }
+    }
+
+    fn take(&mut self) -> u32 {
+        while self.used.contains(&self.next) {
+            self.next += 1;
+        }
+        self.used.insert(self.next);
+        self.next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferrule_config::{AnnounceWhen, Backend, Protocol};
+
+    use super::*;
+    use crate::maglev::build_table;
+    use crate::BackendHealth;
+
+    const SIZE: u32 = 1009;
+
+    fn svc(vip: &str, port: u16, backends: &[&str]) -> Service {
+        Service {
+            name: format!("{vip}:{port}"),
+            vip: vip.parse().unwrap(),
+            port,
+            protocol: Protocol::Tcp,
+            mode: Mode::Dsr,
+            backends: backends.iter().map(|a| Backend { address: a.parse().unwrap(), port: 8080, weight: 1 }).collect(),
+            health: None,
+            announce: AnnounceWhen::Healthy,
+            maglev_table_size: SIZE,
+        }
+    }
+
+    fn web(backends: &[&str]) -> Service {
+        svc("192.0.2.10", 80, backends)
+    }
+
+    fn sock(a: &str) -> SocketAddr {
+        SocketAddr::new(a.parse().unwrap(), 8080)
+    }
+
+    fn key_of(s: &Service) -> ServiceKey {
+        ServiceKey::of(s)
+    }
+
+    /// Applies `ops` in order, failing the test on the first invariant they break.
+    fn applied(state: &LbState, ops: &[LbOp]) -> LbState {
+        let mut next = state.clone();
+        for op in ops {
+            next.apply(op).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        }
+        next
+    }
+
+    /// Plans, applies, and checks the result is a fixed point.
+    fn converge(desired: &[Service], health: &HealthView, state: &LbState) -> (Vec<LbOp>, LbState) {
+        let ops = plan(desired, health, state);
+        let next = applied(state, &ops);
+        assert_eq!(plan(desired, health, &next), vec![], "planning again after applying must be a no-op");
+        (ops, next)
+    }
+
+    fn backend_id(state: &LbState, a: &str) -> u32 {
+        let addr = sock(a);
+        let found = state.backends.iter().find(|(_, b)| SocketAddr::new(b.address, b.port) == addr);
+        *found.unwrap_or_else(|| panic!("no backend {a}")).0
+    }
+
+    fn table_ids(state: &LbState, key: &ServiceKey) -> BTreeSet<u32> {
+        state.services[key].table.iter().copied().collect()
+    }
+
+    fn down(health: &mut HealthView, s: &Service, a: &str) {
+        health.set(key_of(s), sock(a), BackendHealth::Unhealthy { reason: "refused".to_owned() });
+    }
+
+    #[test]
+    fn new_service_creates_backends_then_its_table_with_ids_from_one() {
+        let s = web(&["198.51.100.1", "198.51.100.2"]);
+        let ops = plan(std::slice::from_ref(&s), &HealthView::default(), &LbState::default());
+        assert_eq!(ops.len(), 3);
+        assert_eq!(ops[0], LbOp::UpsertBackend { id: 1, address: "198.51.100.1".parse().unwrap(), port: 8080 });
+        assert_eq!(ops[1], LbOp::UpsertBackend { id: 2, address: "198.51.100.2".parse().unwrap(), port: 8080 });
+        let LbOp::UpsertService { id, key, mode, table } = &ops[2] else { panic!("{:?}", ops[2]) };
+        assert_eq!((*id, *key, *mode), (1, key_of(&s), Mode::Dsr));
+        assert_eq!(table.len(), SIZE as usize);
+        assert_eq!(table.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([1, 2]));
+    }
+
+    #[test]
+    fn plan_is_idempotent_after_applying_it() {
+        let health = HealthView::default();
+        let first = [web(&["198.51.100.1", "198.51.100.2"]), svc("2001:db8:200::10", 443, &["2001:db8:300::21"])];
+        let (_, state) = converge(&first, &health, &LbState::default());
+        let second = [web(&["198.51.100.2", "198.51.100.3"]), svc("192.0.2.11", 53, &["198.51.100.3"])];
+        converge(&second, &health, &state);
+    }
+
+    #[test]
+    fn unhealthy_backend_leaves_table_but_keeps_entry() {
+        let s = web(&["198.51.100.1", "198.51.100.2", "198.51.100.3"]);
+        let (_, state) = converge(std::slice::from_ref(&s), &HealthView::default(), &LbState::default());
+        let mut health = HealthView::default();
+        down(&mut health, &s, "198.51.100.2");
+        let (ops, next) = converge(std::slice::from_ref(&s), &health, &state);
+
+        assert!(matches!(ops.as_slice(), [LbOp::UpsertService { .. }]), "only the table changes: {ops:?}");
+        let drained = backend_id(&next, "198.51.100.2");
+        assert!(next.backends.contains_key(&drained), "entry kept for conntrack to drain");
+        assert!(!table_ids(&next, &key_of(&s)).contains(&drained));
+        assert_eq!(table_ids(&next, &key_of(&s)).len(), 2);
+    }
+
+    #[test]
+    fn recovered_backend_gets_its_old_slots_back() {
+        let s = web(&["198.51.100.1", "198.51.100.2", "198.51.100.3"]);
+        let (_, healthy) = converge(std::slice::from_ref(&s), &HealthView::default(), &LbState::default());
+        let mut health = HealthView::default();
+        down(&mut health, &s, "198.51.100.2");
+        let (_, degraded) = converge(std::slice::from_ref(&s), &health, &healthy);
+        let (_, recovered) = converge(std::slice::from_ref(&s), &HealthView::default(), &degraded);
+        assert_eq!(recovered, healthy);
+    }
+
+    #[test]
+    fn all_backends_unhealthy_leaves_service_with_empty_table() {
+        let s = web(&["198.51.100.1", "198.51.100.2"]);
+        let (_, state) = converge(std::slice::from_ref(&s), &HealthView::default(), &LbState::default());
+        let mut health = HealthView::default();
+        down(&mut health, &s, "198.51.100.1");
+        down(&mut health, &s, "198.51.100.2");
+        let (_, next) = converge(std::slice::from_ref(&s), &health, &state);
+        assert!(next.services[&key_of(&s)].table.is_empty());
+        assert_eq!(next.backends.len(), 2);
+    }
+
+    #[test]
+    fn restart_adopts_existing_ids() {
+        // The pinned maps hold ids a previous process allocated: backends 7 and 3, service 4.
+        let s = web(&["198.51.100.1", "198.51.100.2"]);
+        let mut observed = LbState::default();
+        observed.backends.insert(7, BackendEntry { address: "198.51.100.1".parse().unwrap(), port: 8080 });
+        observed.backends.insert(3, BackendEntry { address: "198.51.100.2".parse().unwrap(), port: 8080 });
+        let table = build_table(
+            &[
+                MaglevBackend { id: 7, address: "198.51.100.1".parse().unwrap(), port: 8080, weight: 1 },
+                MaglevBackend { id: 3, address: "198.51.100.2".parse().unwrap(), port: 8080, weight: 1 },
+            ],
+            SIZE,
+        )
+        .unwrap();
+        observed.services.insert(key_of(&s), ServiceEntry { id: 4, mode: Mode::Dsr, table: Arc::new(table) });
+        assert_eq!(plan(std::slice::from_ref(&s), &HealthView::default(), &observed), vec![]);
+
+        // A new backend takes the lowest free id; the others and the service keep theirs.
+        let grown = web(&["198.51.100.1", "198.51.100.2", "198.51.100.9"]);
+        let (ops, next) = converge(std::slice::from_ref(&grown), &HealthView::default(), &observed);
+        assert_eq!(ops[0], LbOp::UpsertBackend { id: 1, address: "198.51.100.9".parse().unwrap(), port: 8080 });
+        assert!(matches!(ops[1], LbOp::UpsertService { id: 4, .. }));
+        assert_eq!(table_ids(&next, &key_of(&grown)), BTreeSet::from([1, 3, 7]));
+    }
+
+    #[test]
+    fn duplicate_backend_in_observed_maps_adopts_lower_id_and_removes_the_other() {
+        let s = web(&["198.51.100.1"]);
+        let mut observed = LbState::default();
+        for id in [5, 2] {
+            observed.backends.insert(id, BackendEntry { address: "198.51.100.1".parse().unwrap(), port: 8080 });
+        }
+        let (ops, next) = converge(std::slice::from_ref(&s), &HealthView::default(), &observed);
+        assert_eq!(ops.last(), Some(&LbOp::RemoveBackend { id: 5 }));
+        assert_eq!(table_ids(&next, &key_of(&s)), BTreeSet::from([2]));
+    }
+
+    #[test]
+    fn backend_shared_by_two_services_has_one_entry() {
+        let a = svc("192.0.2.10", 80, &["198.51.100.1"]);
+        let b = svc("192.0.2.11", 80, &["198.51.100.1", "198.51.100.2"]);
+        let (_, state) = converge(&[a.clone(), b.clone()], &HealthView::default(), &LbState::default());
+        assert_eq!(state.backends.len(), 2);
+        let shared = backend_id(&state, "198.51.100.1");
+        assert!(table_ids(&state, &key_of(&a)).contains(&shared));
+        assert!(table_ids(&state, &key_of(&b)).contains(&shared));
+    }
+
+    #[test]
+    fn backend_keeps_its_id_while_any_service_uses_it() {
+        let a = svc("192.0.2.10", 80, &["198.51.100.1"]);
+        let b = svc("192.0.2.11", 80, &["198.51.100.1"]);
+        let (_, state) = converge(&[a, b.clone()], &HealthView::default(), &LbState::default());
+        let id = backend_id(&state, "198.51.100.1");
+        let (ops, next) = converge(std::slice::from_ref(&b), &HealthView::default(), &state);
+        assert!(ops.iter().all(|op| !matches!(op, LbOp::RemoveBackend { .. } | LbOp::UpsertBackend { .. })), "{ops:?}");
+        assert_eq!(backend_id(&next, "198.51.100.1"), id);
+    }
+
+    #[test]
+    fn ops_order_adds_backends_before_tables_and_removes_them_last() {
+        // Every backend of `web` is replaced and another service disappears in one pass.
+        let health = HealthView::default();
+        let other = svc("192.0.2.11", 80, &["198.51.100.5"]);
+        let (_, state) =
+            converge(&[web(&["198.51.100.1", "198.51.100.2"]), other.clone()], &health, &LbState::default());
+        let ops = plan(&[web(&["198.51.100.3", "198.51.100.4"])], &health, &state);
+
+        let rank = |op: &LbOp| match op {
+            LbOp::UpsertBackend { .. } => 0,
+            LbOp::UpsertService { .. } => 1,
+            LbOp::RemoveService { .. } => 2,
+            LbOp::RemoveBackend { .. } => 3,
+        };
+        let ranks: Vec<u8> = ops.iter().map(rank).collect();
+        assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{ops:?}");
+        assert_eq!(ranks, [0, 0, 1, 2, 3, 3, 3]);
+        assert!(ops.contains(&LbOp::RemoveService { id: 2, key: key_of(&other) }));
+        // Applying them one at a time never leaves a table pointing at a missing backend.
+        let next = applied(&state, &ops);
+        assert_eq!(plan(&[web(&["198.51.100.3", "198.51.100.4"])], &health, &next), vec![]);
+    }
+
+    #[test]
+    fn freed_ids_are_reused_lowest_first_but_not_in_the_same_pass() {
+        let health = HealthView::default();
+        let (_, state) =
+            converge(&[web(&["198.51.100.1", "198.51.100.2", "198.51.100.3"])], &health, &LbState::default());
+        // 198.51.100.1 (id 1) goes and 198.51.100.4 comes in the same pass: id 1 is still in the maps.
+        let (ops, state) = converge(&[web(&["198.51.100.2", "198.51.100.3", "198.51.100.4"])], &health, &state);
+        assert_eq!(ops[0], LbOp::UpsertBackend { id: 4, address: "198.51.100.4".parse().unwrap(), port: 8080 });
+        assert_eq!(ops.last(), Some(&LbOp::RemoveBackend { id: 1 }));
+        // The next new backend gets the freed id 1.
+        let (ops, _) =
+            converge(&[web(&["198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.5"])], &health, &state);
+        assert_eq!(ops[0], LbOp::UpsertBackend { id: 1, address: "198.51.100.5".parse().unwrap(), port: 8080 });
+    }
+
+    #[test]
+    fn changed_port_is_a_new_service_with_a_new_id() {
+        let health = HealthView::default();
+        let old = svc("192.0.2.10", 80, &["198.51.100.1"]);
+        let new = svc("192.0.2.10", 8080, &["198.51.100.1"]);
+        let (_, state) = converge(std::slice::from_ref(&old), &health, &LbState::default());
+        let (ops, next) = converge(std::slice::from_ref(&new), &health, &state);
+        assert!(matches!(&ops[0], LbOp::UpsertService { id: 2, key, .. } if *key == key_of(&new)), "{ops:?}");
+        assert_eq!(ops[1], LbOp::RemoveService { id: 1, key: key_of(&old) });
+        assert_eq!(ops.len(), 2, "the backend stays: {ops:?}");
+        assert_eq!(next.services.len(), 1);
+    }
+
+    #[test]
+    fn mode_change_updates_only_that_service() {
+        let health = HealthView::default();
+        let a = svc("192.0.2.10", 80, &["198.51.100.1"]);
+        let b = svc("192.0.2.11", 80, &["198.51.100.2"]);
+        let (_, state) = converge(&[a.clone(), b.clone()], &health, &LbState::default());
+        let mut nat = a.clone();
+        nat.mode = Mode::Nat;
+        let (ops, _) = converge(&[nat, b], &health, &state);
+        assert_eq!(ops.len(), 1);
+        assert!(matches!(&ops[0], LbOp::UpsertService { id: 1, key, mode: Mode::Nat, .. } if *key == key_of(&a)));
+    }
+
+    #[test]
+    fn health_change_in_one_service_leaves_the_other_untouched() {
+        let a = svc("192.0.2.10", 80, &["198.51.100.1", "198.51.100.2"]);
+        let b = svc("192.0.2.11", 80, &["198.51.100.1", "198.51.100.2"]);
+        let (_, state) = converge(&[a.clone(), b.clone()], &HealthView::default(), &LbState::default());
+        let mut health = HealthView::default();
+        down(&mut health, &a, "198.51.100.1");
+        let (ops, _) = converge(&[a.clone(), b], &health, &state);
+        assert_eq!(ops.len(), 1);
+        assert!(matches!(&ops[0], LbOp::UpsertService { key, .. } if *key == key_of(&a)));
+    }
+
+    #[test]
+    fn weights_and_table_size_come_from_the_service() {
+        let mut s = web(&["198.51.100.1", "198.51.100.2"]);
+        s.backends[1].weight = 3;
+        s.maglev_table_size = 65537;
+        let (_, state) = converge(std::slice::from_ref(&s), &HealthView::default(), &LbState::default());
+        let table = &state.services[&key_of(&s)].table;
+        assert_eq!(table.len(), 65537);
+        let heavy = backend_id(&state, "198.51.100.2");
+        let share = table.iter().filter(|&&id| id == heavy).count() as f64 / table.len() as f64;
+        assert!((share - 0.75).abs() < 0.001, "{share}");
+    }
+
+    #[test]
+    fn removing_every_service_removes_every_entry() {
+        let health = HealthView::default();
+        let (_, state) = converge(&[web(&["198.51.100.1", "198.51.100.2"])], &health, &LbState::default());
+        let (_, next) = converge(&[], &health, &state);
+        assert_eq!(next, LbState::default());
+    }
+
+    #[test]
+    fn in_memory_maps_reject_a_table_with_an_unknown_backend() {
+        let key = key_of(&web(&[]));
+        let mut state = LbState::default();
+        let op = LbOp::UpsertService { id: 1, key, mode: Mode::Dsr, table: Arc::new(vec![1, 2]) };
+        assert_eq!(state.apply(&op), Err(ApplyError::UnknownBackend { key, service_id: 1, backend_id: 1 }));
+    }
+
+    #[test]
+    fn in_memory_maps_reject_removing_or_repointing_a_backend_in_use() {
+        let s = web(&["198.51.100.1"]);
+        let (_, mut state) = converge(std::slice::from_ref(&s), &HealthView::default(), &LbState::default());
+        let in_use = ApplyError::BackendInUse { id: 1, key: key_of(&s) };
+        assert_eq!(state.apply(&LbOp::RemoveBackend { id: 1 }), Err(in_use.clone()));
+        let repoint = LbOp::UpsertBackend { id: 1, address: "198.51.100.9".parse().unwrap(), port: 8080 };
+        assert_eq!(state.apply(&repoint), Err(in_use));
+    }
+}
