@@ -7,6 +7,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod policy;
+pub mod rib;
+pub mod session;
 #[cfg(feature = "testutil")]
 pub mod testutil;
 pub mod wire;
