@@ -18,6 +18,7 @@ use crate::datapath::DatapathHandle;
 use crate::model::{AcceptError, ModelStore, Origin, Outcome};
 use crate::reconcile::Observed;
 use crate::store::unix_time_ms;
+use ferrule_bgp::driver::{RouteQuery, Speaker};
 
 /// Request header naming the config's source for error messages (the CLI sends the file path), so
 /// `ferrule apply` prints the same `FILE:LINE:COL` errors as `ferrule check`.
@@ -29,6 +30,7 @@ pub struct AppState {
     pub models: ModelStore,
     pub observed: watch::Receiver<Observed>,
     pub datapath: DatapathHandle,
+    pub speaker: Speaker,
     pub started: Instant,
 }
 
@@ -37,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/config", get(get_config).put(put_config))
         .route("/v1/interfaces", get(interfaces))
+        .route("/v1/bgp/summary", get(bgp_summary))
+        .route("/v1/bgp/routes", get(bgp_routes))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API path; see `ferrule --help`") })
         .with_state(state)
 }
@@ -72,6 +76,12 @@ pub struct DatapathStatus {
     pub pin_dir: String,
     pub applied_generation: Option<u64>,
     pub uplinks: Vec<ferrule_ebpf::UplinkStatus>,
+    /// Generation whose `[bgp]` section the speaker runs.
+    #[serde(default)]
+    pub bgp_generation: Option<u64>,
+    /// Why the speaker refused the running `[bgp]` section, if it did.
+    #[serde(default)]
+    pub bgp_error: Option<String>,
 }
 
 async fn status(State(state): State<AppState>) -> Json<Status> {
@@ -99,6 +109,8 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
             pin_dir: state.datapath.pin_dir().display().to_string(),
             applied_generation: observed.applied_generation,
             uplinks: observed.uplinks,
+            bgp_generation: observed.bgp_generation,
+            bgp_error: observed.bgp_error,
         },
     })
 }
@@ -173,6 +185,48 @@ async fn interfaces(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /v1/bgp/summary`: one entry per configured neighbor.
+async fn bgp_summary(State(state): State<AppState>) -> Response {
+    match state.speaker.summary().await {
+        Ok(summary) => Json(summary).into_response(),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RoutesQuery {
+    prefix: Option<String>,
+}
+
+/// `GET /v1/bgp/routes[?prefix=P]`: every path of every prefix, of exactly `P` when it is a
+/// prefix, or of the longest prefix containing `P` when it is an address.
+async fn bgp_routes(State(state): State<AppState>, Query(query): Query<RoutesQuery>) -> Response {
+    let query = match query.prefix.as_deref() {
+        None | Some("") => RouteQuery::All,
+        Some(text) => match parse_route_query(text) {
+            Ok(q) => q,
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        },
+    };
+    match state.speaker.routes(query).await {
+        Ok(routes) => Json(routes).into_response(),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+    }
+}
+
+pub fn parse_route_query(text: &str) -> Result<RouteQuery, String> {
+    if let Ok(addr) = text.parse::<std::net::IpAddr>() {
+        return Ok(RouteQuery::Address(addr));
+    }
+    let net: ipnet::IpNet = text
+        .parse()
+        .map_err(|_| format!("`{text}` is neither a prefix (2001:db8::/32) nor an address (2001:db8::1)"))?;
+    if net.trunc() != net {
+        return Err(format!("{net} has host bits set; did you mean {}?", net.trunc()));
+    }
+    Ok(RouteQuery::Prefix(crate::bgp::prefix(net)))
+}
+
 fn error(code: StatusCode, message: &str) -> Response {
     (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n")).into_response()
 }
@@ -215,7 +269,13 @@ mod tests {
         let datapath =
             DatapathHandle::spawn("/sys/fs/bpf/ferrule/node1".into(), || Ok(InMemoryDatapath::new(&["eth0"]))).unwrap();
         let (_tx, observed) = watch::channel(Observed::default());
-        let app = router(AppState { models: models.clone(), observed, datapath, started: Instant::now() });
+        let app = router(AppState {
+            models: models.clone(),
+            observed,
+            datapath,
+            speaker: Speaker::spawn(),
+            started: Instant::now(),
+        });
         Fixture { app, store_path, _dir: dir, models }
     }
 
@@ -294,6 +354,20 @@ mod tests {
         let (code, body) = call(&f.app, "GET", "/v1/config?format=yaml", "", None).await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
         assert!(body.contains("toml or json"));
+    }
+
+    #[tokio::test]
+    async fn bgp_summary_and_routes_of_an_idle_speaker() {
+        let f = fixture();
+        let (code, body) = call(&f.app, "GET", "/v1/bgp/summary", "", None).await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, "[]"));
+        let (code, body) = call(&f.app, "GET", "/v1/bgp/routes?prefix=2001:db8::/32", "", None).await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, "[]"));
+        let (code, body) = call(&f.app, "GET", "/v1/bgp/routes?prefix=2001:db8::1/32", "", None).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(body.contains("host bits"), "{body}");
+        let (code, _) = call(&f.app, "GET", "/v1/bgp/routes?prefix=nonsense", "", None).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

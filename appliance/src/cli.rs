@@ -50,6 +50,22 @@ pub enum ShowCommand {
     Status(ClientArgs),
     /// Per-interface packet and byte counters of the XDP datapath.
     Interfaces(ClientArgs),
+    /// BGP neighbors and routes.
+    #[command(subcommand)]
+    Bgp(BgpShow),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BgpShow {
+    /// One line per neighbor: AS, state, uptime, prefixes received/accepted/sent, last error.
+    Summary(ClientArgs),
+    /// Every path of every prefix (best and alternatives), or of one prefix or address.
+    Routes {
+        /// A prefix (exact match) or an address (longest match).
+        prefix: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

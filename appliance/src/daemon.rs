@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::{Accepted, ModelStore, Origin, Outcome};
 use crate::reconcile::{self, Observed};
 use crate::store::Store;
+use ferrule_bgp::driver::Speaker;
 
 pub fn main(args: DaemonArgs) -> Result<()> {
     init_logging(args.log_format);
@@ -62,8 +63,9 @@ async fn run(args: DaemonArgs) -> Result<()> {
     info!(pin_dir = %pin_dir.display(), "datapath loaded; pinned state re-used where present");
 
     let models = ModelStore::new(Arc::new(initial), store, metrics.clone());
+    let speaker = Speaker::spawn();
     let (observed_tx, observed_rx) = watch::channel(Observed::default());
-    tokio::spawn(reconcile::run(models.subscribe(), datapath.clone(), observed_tx, metrics.clone()));
+    tokio::spawn(reconcile::run(models.subscribe(), datapath.clone(), speaker.clone(), observed_tx, metrics.clone()));
 
     let api_listener = bind_socket(&args.socket)?;
     let metrics_listener = TcpListener::bind(args.metrics_listen)
@@ -75,10 +77,11 @@ async fn run(args: DaemonArgs) -> Result<()> {
         models: models.clone(),
         observed: observed_rx,
         datapath: datapath.clone(),
+        speaker: speaker.clone(),
         started,
     });
     let api_task = tokio::spawn(serve(api_listener, app, shutdown_rx.clone()));
-    let metrics_app = metrics_router(metrics.clone(), datapath.clone());
+    let metrics_app = metrics_router(metrics.clone(), datapath.clone(), speaker.clone());
     let metrics_task = tokio::spawn(serve_tcp(metrics_listener, metrics_app, shutdown_rx));
     info!(socket = %args.socket.display(), metrics = %args.metrics_listen, "ferrule daemon ready");
 
@@ -162,20 +165,21 @@ async fn serve_tcp(listener: TcpListener, app: axum::Router, mut shutdown: watch
         .context("metrics server")
 }
 
-fn metrics_router(metrics: Metrics, datapath: DatapathHandle) -> axum::Router {
+fn metrics_router(metrics: Metrics, datapath: DatapathHandle, speaker: Speaker) -> axum::Router {
     use axum::http::header;
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (metrics, datapath) = (metrics.clone(), datapath.clone());
+            let (metrics, datapath, speaker) = (metrics.clone(), datapath.clone(), speaker.clone());
             async move {
                 let stats = datapath.interface_stats().await.unwrap_or_else(|err| {
                     warn!(error = %format!("{err:#}"), "reading interface counters for metrics");
                     Vec::new()
                 });
+                let neighbors = speaker.summary().await.unwrap_or_default();
                 (
                     [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    metrics.encode(stats),
+                    metrics.encode(stats, neighbors),
                 )
             }
         }),

@@ -8,6 +8,7 @@
 //! The client subcommands only talk to the socket ([`client`], [`show`]).
 
 mod api;
+mod bgp;
 mod cli;
 mod client;
 mod daemon;
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ShowCommand};
+use cli::{BgpShow, Cli, Command, ShowCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,6 +34,10 @@ fn main() -> ExitCode {
         Command::Show { what } => match what {
             ShowCommand::Status(args) => return client::run(show::status(args)),
             ShowCommand::Interfaces(args) => return client::run(show::interfaces(args)),
+            ShowCommand::Bgp(BgpShow::Summary(args)) => return client::run(show::bgp_summary(args)),
+            ShowCommand::Bgp(BgpShow::Routes { prefix, client }) => {
+                return client::run(show::bgp_routes(prefix, client))
+            }
         },
     };
     match result {

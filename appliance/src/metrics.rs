@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use ferrule_bgp::driver::NeighborSummary;
 use ferrule_ebpf::InterfaceStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -28,6 +29,7 @@ pub struct Metrics {
     pub reconcile_passes: Counter,
     pub reconcile_errors: Counter,
     interfaces: Arc<InterfaceCollector>,
+    bgp: Arc<BgpCollector>,
 }
 
 impl Metrics {
@@ -58,6 +60,8 @@ impl Metrics {
         );
         let interfaces = Arc::new(InterfaceCollector::default());
         registry.register_collector(Box::new(interfaces.clone()));
+        let bgp = Arc::new(BgpCollector::default());
+        registry.register_collector(Box::new(bgp.clone()));
         Metrics {
             registry: Arc::new(registry),
             config_generation,
@@ -65,6 +69,7 @@ impl Metrics {
             reconcile_passes,
             reconcile_errors,
             interfaces,
+            bgp,
         }
     }
 
@@ -72,9 +77,11 @@ impl Metrics {
         self.config_changes.get_or_create(&ConfigChangeLabels { source: source.into(), result: result.into() }).inc();
     }
 
-    /// Renders the OpenMetrics text, with the interface counters of `stats`.
-    pub fn encode(&self, stats: Vec<InterfaceStats>) -> String {
+    /// Renders the OpenMetrics text, with the interface counters of `stats` and the BGP
+    /// neighbors' state and counters.
+    pub fn encode(&self, stats: Vec<InterfaceStats>, neighbors: Vec<NeighborSummary>) -> String {
         *self.interfaces.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+        *self.bgp.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = neighbors;
         let mut out = String::new();
         // Encoding into a String cannot fail but for a fmt::Error from our own collectors.
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -121,6 +128,59 @@ impl Collector for InterfaceCollector {
     }
 }
 
+/// Per-neighbor BGP series read at scrape time from the speaker's summary.
+#[derive(Debug, Default)]
+struct BgpCollector {
+    snapshot: Mutex<Vec<NeighborSummary>>,
+}
+
+/// RFC 4271 state as a number (1 Idle … 6 Established), as BGP MIBs and exporters report it.
+fn state_number(state: &str) -> i64 {
+    ["Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established"]
+        .iter()
+        .position(|s| *s == state)
+        .map_or(0, |i| i as i64 + 1)
+}
+
+impl Collector for BgpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let neighbors = self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let labels = |n: &NeighborSummary| vec![("peer", n.address.to_string()), ("peer_asn", n.asn.to_string())];
+        type Count = fn(&NeighborSummary) -> u64;
+        type Level = fn(&NeighborSummary) -> i64;
+        let counters: [(&str, &str, Count); 3] = [
+            ("ferrule_bgp_messages_received", "BGP messages received from the neighbor", |n| n.messages_in),
+            ("ferrule_bgp_messages_sent", "BGP messages sent to the neighbor", |n| n.messages_out),
+            ("ferrule_bgp_session_flaps", "Times the session left Established", |n| n.flaps),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for n in &neighbors {
+                ConstCounter::new(value(n)).encode(family.encode_family(&labels(n))?)?;
+            }
+        }
+        let gauges: [(&str, &str, Level); 3] = [
+            (
+                "ferrule_bgp_session_state",
+                "RFC 4271 state: 1 Idle, 2 Connect, 3 Active, 4 OpenSent, 5 OpenConfirm, 6 Established",
+                |n| state_number(&n.state),
+            ),
+            ("ferrule_bgp_prefixes_accepted", "Prefixes in the neighbor's Adj-RIB-In after import policy", |n| {
+                n.accepted as i64
+            }),
+            ("ferrule_bgp_prefixes_sent", "Prefixes in the neighbor's Adj-RIB-Out", |n| n.sent as i64),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for n in &neighbors {
+                prometheus_client::metrics::gauge::ConstGauge::new(value(n))
+                    .encode(family.encode_family(&labels(n))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,8 +190,35 @@ mod tests {
         let metrics = Metrics::new();
         metrics.config_change("api", "rejected");
         metrics.config_generation.set(3);
-        let text =
-            metrics.encode(vec![InterfaceStats { ifindex: 2, name: Some("eth0".into()), packets: 5, bytes: 640 }]);
+        let neighbor = NeighborSummary {
+            address: "2001:db8:1::1".parse().unwrap(),
+            asn: 65000,
+            state: "Established".into(),
+            uptime_s: Some(1),
+            received: 4,
+            accepted: 3,
+            rejected: 1,
+            sent: 2,
+            messages_in: 7,
+            messages_out: 8,
+            flaps: 1,
+            hold_time: Some(90),
+            families: vec![],
+            last_error: None,
+        };
+        let text = metrics.encode(
+            vec![InterfaceStats { ifindex: 2, name: Some("eth0".into()), packets: 5, bytes: 640 }],
+            vec![neighbor],
+        );
+        let peer = "{peer=\"2001:db8:1::1\",peer_asn=\"65000\"}";
+        for series in [
+            format!("ferrule_bgp_session_state{peer} 6"),
+            format!("ferrule_bgp_messages_received_total{peer} 7"),
+            format!("ferrule_bgp_session_flaps_total{peer} 1"),
+            format!("ferrule_bgp_prefixes_accepted{peer} 3"),
+        ] {
+            assert!(text.contains(&series), "missing {series}:\n{text}");
+        }
         assert!(text.contains("ferrule_config_changes_total{source=\"api\",result=\"rejected\"} 1"), "{text}");
         assert!(text.contains("ferrule_config_generation 3"), "{text}");
         assert!(text.contains("ferrule_interface_rx_packets_total{interface=\"eth0\",ifindex=\"2\"} 5"), "{text}");

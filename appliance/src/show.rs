@@ -13,6 +13,7 @@ use ferrule_ebpf::InterfaceStats;
 use crate::api::Status;
 use crate::cli::ClientArgs;
 use crate::client::{get_json, Done};
+use ferrule_bgp::driver::{NeighborSummary, RouteEntry};
 
 /// `ferrule check --config FILE`: exit 0 with a one-line summary, 2 with every error, 1 when the
 /// file cannot be read.
@@ -66,6 +67,131 @@ pub async fn interfaces(args: ClientArgs) -> Result<Done> {
         print!("{}", render_interfaces(&stats));
     }
     Ok(Done::Ok)
+}
+
+pub async fn bgp_summary(args: ClientArgs) -> Result<Done> {
+    let (neighbors, raw): (Vec<NeighborSummary>, String) = get_json(&args.socket, "/v1/bgp/summary").await?;
+    if args.json {
+        println!("{}", raw.trim_end());
+    } else {
+        let (status, _): (Status, String) = get_json(&args.socket, "/v1/status").await?;
+        print!("{}", render_bgp_summary(&status, &neighbors));
+    }
+    Ok(Done::Ok)
+}
+
+pub async fn bgp_routes(prefix: Option<String>, args: ClientArgs) -> Result<Done> {
+    let path = match &prefix {
+        // Validated here too, so a typo gets the same message without a round trip.
+        Some(p) => {
+            crate::api::parse_route_query(p).map_err(|e| anyhow::anyhow!(e))?;
+            format!("/v1/bgp/routes?prefix={p}")
+        }
+        None => "/v1/bgp/routes".to_string(),
+    };
+    let (routes, raw): (Vec<RouteEntry>, String) = get_json(&args.socket, &path).await?;
+    if args.json {
+        println!("{}", raw.trim_end());
+    } else {
+        print!("{}", render_bgp_routes(&routes));
+        if routes.is_empty() {
+            if let Some(p) = prefix {
+                println!("% Network not in table: {p}");
+            }
+        }
+    }
+    Ok(Done::Ok)
+}
+
+/// `show bgp summary`, laid out as vtysh prints it: counters for Established neighbors, the
+/// state for the others, and the last error at the end of the line.
+pub fn render_bgp_summary(status: &Status, neighbors: &[NeighborSummary]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "BGP router identifier {}, local AS number {}", status.router_id, status.asn);
+    if let Some(err) = &status.datapath.bgp_error {
+        let _ = writeln!(out, "% BGP configuration not applied: {err}");
+    }
+    let _ = writeln!(out, "Neighbors: {}\n", neighbors.len());
+    let _ = writeln!(
+        out,
+        "{:<39} {:>10} {:>8} {:>8} {:>10} {:<12} {:>7} {:>7} {:>7}  Last error",
+        "Neighbor", "AS", "MsgRcvd", "MsgSent", "Up/Down", "State", "PfxRcd", "PfxAcc", "PfxSnt"
+    );
+    for n in neighbors {
+        let up = n.uptime_s.map_or("never".to_string(), hms);
+        let _ = writeln!(
+            out,
+            "{:<39} {:>10} {:>8} {:>8} {:>10} {:<12} {:>7} {:>7} {:>7}  {}",
+            n.address,
+            n.asn,
+            n.messages_in,
+            n.messages_out,
+            up,
+            n.state,
+            n.received,
+            n.accepted,
+            n.sent,
+            n.last_error.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// `show bgp routes`: one line per path with the status codes of `show ip bgp`.
+pub fn render_bgp_routes(routes: &[RouteEntry]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Status codes: * valid, > best, = multipath, S stale; origin i IGP, e EGP, ? incomplete\n");
+    let _ = writeln!(out, "   {:<24} {:<40} {:>6} {:>6}  {:<24} From", "Network", "Next Hop", "MED", "LocPrf", "Path");
+    for route in routes {
+        for (i, p) in route.paths.iter().enumerate() {
+            let code = format!(
+                "{}{}{}",
+                if p.stale { "S" } else { "*" },
+                if p.best {
+                    ">"
+                } else if p.multipath {
+                    "="
+                } else {
+                    " "
+                },
+                " "
+            );
+            let origin = match p.origin.as_str() {
+                "igp" => "i",
+                "egp" => "e",
+                _ => "?",
+            };
+            let path = if p.as_path.is_empty() { origin.to_string() } else { format!("{} {origin}", p.as_path) };
+            let network = if i == 0 { route.prefix.as_str() } else { "" };
+            let _ = writeln!(
+                out,
+                "{code}{:<24} {:<40} {:>6} {:>6}  {:<24} {}",
+                network,
+                p.next_hop.as_deref().unwrap_or("(self)"),
+                p.med.map_or(String::new(), |m| m.to_string()),
+                p.local_pref,
+                path,
+                p.from
+            );
+            let communities: Vec<&str> = p.communities.iter().chain(&p.large_communities).map(String::as_str).collect();
+            if !communities.is_empty() {
+                let _ = writeln!(out, "      Communities: {}", communities.join(" "));
+            }
+        }
+    }
+    let paths: usize = routes.iter().map(|r| r.paths.len()).sum();
+    let _ = writeln!(out, "\nDisplayed {} prefixes ({paths} paths)", routes.len());
+    out
+}
+
+/// `hh:mm:ss`, or `NdHHhMMm` past a day, as vtysh prints uptimes.
+fn hms(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h{m:02}m")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}")
+    }
 }
 
 pub fn render_status(s: &Status) -> String {
@@ -124,9 +250,8 @@ mod tests {
     use crate::api::{ConfigStatus, DatapathStatus};
     use ferrule_ebpf::UplinkStatus;
 
-    #[test]
-    fn status_table_shows_node_config_and_uplinks() {
-        let status = Status {
+    fn sample_status() -> Status {
+        Status {
             version: "0.1.0".into(),
             pid: 42,
             uptime_s: 3723,
@@ -160,9 +285,15 @@ mod tests {
                         error: Some("no such interface".into()),
                     },
                 ],
+                bgp_generation: Some(3),
+                bgp_error: None,
             },
-        };
-        let text = render_status(&status);
+        }
+    }
+
+    #[test]
+    fn status_table_shows_node_config_and_uplinks() {
+        let text = render_status(&sample_status());
         assert!(text.contains("node node1, local AS 65101, router-id 192.0.2.11"), "{text}");
         assert!(text.contains("up 1h 2m 3s"), "{text}");
         assert!(
@@ -175,6 +306,68 @@ mod tests {
         assert_eq!(eth0.split_whitespace().collect::<Vec<_>>(), ["eth0", "2", "attached", "native"]);
         let eth9 = text.lines().find(|l| l.starts_with("eth9")).unwrap();
         assert!(eth9.contains("down") && eth9.ends_with("no such interface"), "{eth9}");
+    }
+
+    fn neighbor(state: &str, uptime: Option<u64>) -> NeighborSummary {
+        NeighborSummary {
+            address: "2001:db8:1::1".parse().unwrap(),
+            asn: 65000,
+            state: state.into(),
+            uptime_s: uptime,
+            received: 3,
+            accepted: 2,
+            rejected: 1,
+            sent: 1,
+            messages_in: 12,
+            messages_out: 14,
+            flaps: 0,
+            hold_time: Some(90),
+            families: vec!["IPv6 unicast".into()],
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn bgp_summary_lists_each_neighbor_with_counters() {
+        let mut down = neighbor("Active", None);
+        down.address = "192.0.2.1".parse().unwrap();
+        down.last_error = Some("hold timer expired".into());
+        let text = render_bgp_summary(&sample_status(), &[neighbor("Established", Some(3723)), down]);
+        assert!(text.starts_with("BGP router identifier 192.0.2.11, local AS number 65101"), "{text}");
+        let up = text.lines().find(|l| l.starts_with("2001:db8:1::1")).unwrap();
+        assert_eq!(
+            up.split_whitespace().collect::<Vec<_>>(),
+            ["2001:db8:1::1", "65000", "12", "14", "01:02:03", "Established", "3", "2", "1"]
+        );
+        let active = text.lines().find(|l| l.starts_with("192.0.2.1 ")).unwrap();
+        assert!(active.contains("never") && active.ends_with("hold timer expired"), "{active}");
+    }
+
+    #[test]
+    fn bgp_routes_mark_best_and_multipath_paths() {
+        let path = |from: &str, best: bool, multipath: bool| ferrule_bgp::driver::PathEntry {
+            from: from.into(),
+            next_hop: Some(from.into()),
+            as_path: "65000".into(),
+            origin: "igp".into(),
+            med: None,
+            local_pref: 100,
+            communities: vec!["65000:1".into()],
+            large_communities: vec![],
+            best,
+            multipath,
+            stale: false,
+            age_s: 5,
+        };
+        let routes = vec![RouteEntry {
+            prefix: "0.0.0.0/0".into(),
+            paths: vec![path("192.0.2.1", true, true), path("198.51.100.1", false, true)],
+        }];
+        let text = render_bgp_routes(&routes);
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('*')).collect();
+        assert!(lines[0].starts_with("*> 0.0.0.0/0") && lines[0].contains("65000 i"), "{text}");
+        assert!(lines[1].starts_with("*=  ") && lines[1].ends_with("198.51.100.1"), "{text}");
+        assert!(text.contains("Communities: 65000:1") && text.contains("Displayed 1 prefixes (2 paths)"), "{text}");
     }
 
     #[test]

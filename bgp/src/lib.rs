@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod driver;
 pub mod policy;
 pub mod rib;
 pub mod session;

@@ -54,6 +54,9 @@ impl GoBgp {
                 api.as_ref(),
                 "--pprof-disable".as_ref(),
                 "--log-plain".as_ref(),
+                // Debug level logs received NOTIFICATIONs with their codes, which tests check.
+                "--log-level".as_ref(),
+                "debug".as_ref(),
             ],
             &dir.join("gobgpd.log"),
         )?;

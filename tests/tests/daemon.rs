@@ -2,35 +2,17 @@
 //! store across restarts, SIGHUP, and the pinned XDP datapath that keeps counting while the daemon
 //! is down. Each test builds its own namespaces and its own node name (so its own pin directory).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use ferrule_tests::{cmd, net, Daemon, NetNs, TestDir};
+use anyhow::{Context, Result};
+use ferrule_tests::ferrule::{cli as ferrule, text};
+use ferrule_tests::{cmd, net, Ferrule, NetNs, TestDir};
 use serde_json::Value;
-
-/// The `ferrule` binary under test: `$FERRULE_BIN`, else the workspace's debug build
-/// (`cargo test --workspace` builds it before running any test).
-fn ferrule_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("FERRULE_BIN") {
-        return PathBuf::from(bin);
-    }
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ferrule");
-    assert!(bin.is_file(), "{} is missing: run `cargo build -p ferrule` first (or set FERRULE_BIN)", bin.display());
-    bin
-}
-
-fn ferrule(args: &[&str]) -> Output {
-    Command::new(ferrule_bin()).args(args).output().expect("running ferrule")
-}
 
 fn repo_file(rel: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).display().to_string()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The lines of `out` that are `FILE:LINE:COL: …` errors about `file`.
@@ -77,27 +59,12 @@ fn client_says_how_to_start_the_daemon_when_none_runs() {
     assert!(stderr.contains("daemon not running") && stderr.contains("ferrule daemon --config"), "{stderr}");
 }
 
-/// A node namespace with one uplink (`up0`) joined by a veth to a peer namespace, and a running
+/// A node namespace with one uplink (`up0`) joined by a veth to a peer namespace, and a
 /// `ferrule daemon` whose XDP program is attached to `up0`.
 struct Node {
-    dir: TestDir,
-    node: NetNs,
+    _dir: TestDir,
+    f: Ferrule,
     peer: NetNs,
-    name: String,
-    config: PathBuf,
-    socket: PathBuf,
-    state: PathBuf,
-    daemon: Option<Daemon>,
-    pins: PinDir,
-}
-
-/// Removes the node's pinned datapath state at the end of a test (the daemon leaves it on purpose).
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 const NODE_ADDR: &str = "2001:db8:10::1";
@@ -112,7 +79,6 @@ fn node_config(name: &str, asn: u32) -> String {
 
 impl Node {
     fn new(label: &str) -> Result<Node> {
-        ferrule_tests::bpffs::ensure_host_bpffs()?;
         let dir = TestDir::new(label)?;
         let node = NetNs::new("fnode")?;
         let peer = NetNs::new("fpeer")?;
@@ -120,71 +86,16 @@ impl Node {
         net::add_addr(&node, "up0", &format!("{NODE_ADDR}/64"))?;
         net::add_addr(&peer, "down0", &format!("{PEER_ADDR}/64"))?;
         let name = format!("{label}{}", std::process::id());
-        let config = dir.path().join("node.toml");
-        std::fs::write(&config, node_config(&name, 65101))?;
-        Ok(Node {
-            socket: dir.path().join("api.sock"),
-            state: dir.path().join("state/state.redb"),
-            pins: PinDir(PathBuf::from("/sys/fs/bpf/ferrule").join(&name)),
-            name,
-            config,
-            dir,
-            node,
-            peer,
-            daemon: None,
-        })
-    }
-
-    fn start(&mut self, extra: &[&str]) -> Result<()> {
-        let log = self.dir.path().join(format!("ferrule-{}.log", self.daemon.is_some() as u8));
-        let mut args = vec![
-            "daemon".to_string(),
-            "--config".into(),
-            self.config.display().to_string(),
-            "--state".into(),
-            self.state.display().to_string(),
-            "--socket".into(),
-            self.socket.display().to_string(),
-            "--metrics-listen".into(),
-            "127.0.0.1:9641".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        // `ip netns exec` gives the process a mount namespace whose /sys is remounted, without the
-        // host's /sys/fs/bpf; pins made there would vanish with it. Re-entering this test's own
-        // mount namespace (nsenter execs in place, so the PID stays ferrule's) keeps the network
-        // namespace and the real bpffs, as for a daemon on a real node.
-        let mut nsenter = vec![format!("--mount=/proc/{}/ns/mnt", std::process::id()), "--".into()];
-        nsenter.push(ferrule_bin().display().to_string());
-        nsenter.extend(args);
-        let mut daemon = Daemon::spawn(&self.node, "ferrule", "nsenter", &nsenter, &log)?;
-        let socket = self.socket.clone();
-        daemon.wait_ready(Duration::from_secs(20), || {
-            let status = show_status(&socket)?;
-            Ok(status["datapath"]["applied_generation"].is_u64())
-        })?;
-        self.daemon = Some(daemon);
-        Ok(())
-    }
-
-    fn stop(&mut self) -> Result<()> {
-        let mut daemon = self.daemon.take().context("no daemon running")?;
-        let status = daemon.stop()?;
-        if !status.success() {
-            bail!("ferrule exited with {status} on SIGTERM:\n{}", daemon.log_tail());
-        }
-        Ok(())
+        let f = Ferrule::new(&node, dir.path(), &name, &node_config(&name, 65101))?;
+        Ok(Node { _dir: dir, f, peer })
     }
 
     fn status(&self) -> Result<Value> {
-        show_status(&self.socket)
+        self.f.show(&["status"])
     }
 
     fn up0_packets(&self) -> Result<u64> {
-        let out = ferrule(&["show", "interfaces", "--json", "--socket", self.socket.to_str().unwrap()]);
-        if !out.status.success() {
-            bail!("show interfaces failed: {}", text(&out.stderr));
-        }
-        let stats: Value = serde_json::from_slice(&out.stdout)?;
+        let stats = self.f.show(&["interfaces"])?;
         Ok(stats
             .as_array()
             .context("interfaces is a list")?
@@ -196,7 +107,7 @@ impl Node {
 
     /// Whether `up0` still carries an XDP program, asked of the kernel, not of the daemon.
     fn xdp_attached(&self) -> Result<bool> {
-        let out = self.node.run("ip", ["-d", "link", "show", "up0"])?;
+        let out = self.f.ns.run("ip", ["-d", "link", "show", "up0"])?;
         Ok(out.contains("xdp"))
     }
 
@@ -205,30 +116,22 @@ impl Node {
     }
 }
 
-fn show_status(socket: &Path) -> Result<Value> {
-    let out = ferrule(&["show", "status", "--json", "--socket", socket.to_str().unwrap()]);
-    if !out.status.success() {
-        bail!("show status: {}", text(&out.stderr).trim());
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 #[test]
 fn api_rejects_bad_config_and_restart_resumes_with_pinned_counters() {
     if !ferrule_tests::privileged() {
         return;
     }
     let mut n = Node::new("e2e").unwrap();
-    n.start(&[]).unwrap();
+    n.f.start(&[]).unwrap();
 
     // The socket is root-only.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&n.socket).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&n.f.socket).unwrap().permissions().mode() & 0o777;
     println!("API socket mode: expected 600, saw {mode:o}");
     assert_eq!(mode, 0o600);
 
     let status = n.status().unwrap();
-    assert_eq!(status["node"], n.name.as_str());
+    assert_eq!(status["node"], n.f.name.as_str());
     assert_eq!(status["config"]["source"], "file");
     let uplink = &status["datapath"]["uplinks"][0];
     println!("uplink up0: expected attached, saw {uplink}");
@@ -244,7 +147,7 @@ fn api_rejects_bad_config_and_restart_resumes_with_pinned_counters() {
     // exits 2, and the running config stays as it was.
     let bad = repo_file("config/examples/three-mistakes.toml");
     let check = ferrule(&["check", "--config", &bad]);
-    let apply = ferrule(&["apply", "--config", &bad, "--socket", n.socket.to_str().unwrap()]);
+    let apply = ferrule(&["apply", "--config", &bad, "--socket", n.f.socket.to_str().unwrap()]);
     assert_eq!(apply.status.code(), Some(2), "{}", text(&apply.stderr));
     let errors = |o: &Output| located_errors(&text(&o.stderr), &bad).into_iter().map(String::from).collect::<Vec<_>>();
     println!("apply errors: expected the 3 of check, saw {:?}", errors(&apply));
@@ -254,15 +157,16 @@ fn api_rejects_bad_config_and_restart_resumes_with_pinned_counters() {
     assert_eq!((running["asn"].as_u64(), running["config"]["generation"].as_u64()), (Some(65101), Some(1)));
 
     // A good config through the API becomes generation 2 and is kept in the state store.
-    let new = n.dir.path().join("new.toml");
-    std::fs::write(&new, node_config(&n.name, 65199)).unwrap();
-    let apply = ferrule(&["apply", "--config", new.to_str().unwrap(), "--socket", n.socket.to_str().unwrap()]);
+    let new = n.f.config.parent().unwrap().join("new.toml");
+    std::fs::write(&new, node_config(&n.f.name, 65199)).unwrap();
+    let apply = ferrule(&["apply", "--config", new.to_str().unwrap(), "--socket", n.f.socket.to_str().unwrap()]);
     assert!(apply.status.success(), "{}", text(&apply.stderr));
     assert!(text(&apply.stdout).starts_with("accepted: generation 2"), "{}", text(&apply.stdout));
 
     // Metrics are served inside the node's namespace (bash's /dev/tcp: no extra client needed).
     let metrics = n
-        .node
+        .f
+        .ns
         .run("bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/9641; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"])
         .unwrap();
     for series in ["ferrule_config_generation 2", "ferrule_config_changes_total{source=\"api\",result=\"rejected\"} 1"]
@@ -272,13 +176,13 @@ fn api_rejects_bad_config_and_restart_resumes_with_pinned_counters() {
     assert!(metrics.contains("ferrule_interface_rx_packets_total{interface=\"up0\""), "{metrics}");
 
     // SIGTERM: the daemon exits cleanly and leaves the datapath in place; it keeps counting.
-    n.stop().unwrap();
-    assert!(!n.socket.exists(), "the socket is removed on shutdown");
+    n.f.stop().unwrap();
+    assert!(!n.f.socket.exists(), "the socket is removed on shutdown");
     assert!(n.xdp_attached().unwrap(), "XDP must stay attached after the daemon stops");
     n.ping_from_peer(3).unwrap();
 
     // Back with --resume: the config accepted through the API, the same pinned maps.
-    n.start(&["--resume"]).unwrap();
+    n.f.start(&["--resume"]).unwrap();
     let status = n.status().unwrap();
     println!(
         "after --resume: expected asn 65199 generation 2 from api, saw asn {} generation {} from {}",
@@ -291,8 +195,7 @@ fn api_rejects_bad_config_and_restart_resumes_with_pinned_counters() {
     let after = n.up0_packets().unwrap();
     println!("up0 packets across the restart: expected >= {} (before + 3 while down), saw {after}", before + 3);
     assert!(after >= before + 3, "counters were reset: before {before}, after {after}");
-    n.stop().unwrap();
-    drop(n.pins);
+    n.f.stop().unwrap();
 }
 
 #[test]
@@ -301,13 +204,13 @@ fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
         return;
     }
     let mut n = Node::new("hup").unwrap();
-    n.start(&[]).unwrap();
-    let pid = nix::unistd::Pid::from_raw(n.daemon.as_ref().unwrap().pid() as i32);
+    n.f.start(&[]).unwrap();
+    let pid = nix::unistd::Pid::from_raw(n.f.daemon().unwrap().pid() as i32);
     let generation = |n: &Node| n.status().unwrap()["config"]["generation"].as_u64().unwrap();
 
-    std::fs::write(&n.config, "[node]\nname = \"broken\"\nasn = 23456\n").unwrap();
+    std::fs::write(&n.f.config, "[node]\nname = \"broken\"\nasn = 23456\n").unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    let log = n.daemon.as_ref().unwrap().log_path().to_owned();
+    let log = n.f.daemon().unwrap().log_path().to_owned();
     cmd::poll_until(
         "the daemon to log the rejected reload",
         Duration::from_secs(10),
@@ -317,7 +220,7 @@ fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
     .unwrap();
     assert_eq!(generation(&n), 1, "a rejected file must not change the running config");
 
-    std::fs::write(&n.config, node_config(&n.name, 65120)).unwrap();
+    std::fs::write(&n.f.config, node_config(&n.f.name, 65120)).unwrap();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     cmd::poll_until("generation 2 after SIGHUP", Duration::from_secs(10), Duration::from_millis(100), || {
         Ok(generation(&n) == 2)
@@ -325,5 +228,5 @@ fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
     .unwrap();
     let status = n.status().unwrap();
     assert_eq!((status["asn"].as_u64(), status["config"]["source"].as_str()), (Some(65120), Some("sighup")));
-    n.stop().unwrap();
+    n.f.stop().unwrap();
 }

@@ -1,0 +1,126 @@
+//! The model's `[bgp]` section as the speaker's configuration. Pure translation: the config crate
+//! has validated every value, so a conversion that fails here is a bug, reported as such.
+
+use std::time::Duration;
+
+use ferrule_bgp::driver::{PeerConfig, SpeakerConfig};
+use ferrule_bgp::policy::{self, ImportPolicy, PrefixList, PrefixListEntry};
+use ferrule_bgp::rib::LocalRoute;
+use ferrule_bgp::wire::{Community, LargeCommunity, Prefix};
+use ferrule_config::{MaxPrefixAction, Model};
+use ipnet::IpNet;
+
+/// How long one outbound connection attempt may take, and the pause between attempts.
+const CONNECT_RETRY: Duration = Duration::from_secs(5);
+
+pub fn speaker_config(model: &Model) -> SpeakerConfig {
+    SpeakerConfig {
+        local_asn: model.node.asn,
+        router_id: model.node.router_id,
+        listen_port: model.bgp.listen_port,
+        peers: model
+            .bgp
+            .peers
+            .iter()
+            .map(|p| PeerConfig {
+                address: p.address,
+                port: p.port,
+                asn: p.asn,
+                passive: p.passive,
+                hold_time: p.hold_time,
+                connect_retry: CONNECT_RETRY,
+                import: ImportPolicy {
+                    prefixes: PrefixList {
+                        entries: p
+                            .import
+                            .iter()
+                            .map(|f| PrefixListEntry { prefix: prefix(f.prefix), ge: f.ge, le: f.le })
+                            .collect(),
+                    },
+                    rules: Vec::new(),
+                    max_prefix: p.max_prefix.map(|m| policy::MaxPrefix {
+                        limit: m.limit,
+                        action: match m.action {
+                            MaxPrefixAction::Warn => policy::MaxPrefixAction::Warn,
+                            MaxPrefixAction::Teardown => policy::MaxPrefixAction::Teardown,
+                        },
+                    }),
+                },
+            })
+            .collect(),
+        announcements: model
+            .bgp
+            .announce
+            .iter()
+            .map(|a| LocalRoute {
+                prefix: prefix(a.prefix),
+                communities: a.communities.iter().map(|c| Community(c.0)).collect(),
+                large_communities: a
+                    .large_communities
+                    .iter()
+                    .map(|c| LargeCommunity { global_admin: c.global, local_data1: c.local1, local_data2: c.local2 })
+                    .collect(),
+                med: a.med,
+                local_pref: a.local_pref,
+            })
+            .collect(),
+    }
+}
+
+/// A validated prefix (no host bits) as the codec's type.
+pub fn prefix(net: IpNet) -> Prefix {
+    Prefix::new(net.addr(), net.prefix_len()).expect("the config crate rejects prefixes with host bits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_bgp_section_becomes_speaker_config() {
+        let text = r#"[node]
+name = "n1"
+asn = 65101
+router_id = "192.0.2.11"
+[bgp]
+listen_port = 1179
+[[bgp.peers]]
+address = "2001:db8:1::1"
+asn = 65000
+hold_time = 9
+passive = true
+import = ["0.0.0.0/0", "203.0.113.0/24 le 32"]
+max_prefix = { limit = 10, action = "warn" }
+[[bgp.announce]]
+prefix = "2001:db8:100::/64"
+communities = ["65101:100"]
+large_communities = ["65101:1:2"]
+med = 5
+"#;
+        let model = ferrule_config::parse("t.toml", text).unwrap();
+        let c = speaker_config(&model);
+        assert_eq!((c.local_asn, c.listen_port), (65101, 1179));
+        let peer = &c.peers[0];
+        assert_eq!((peer.asn, peer.hold_time, peer.passive, peer.port), (65000, 9, true, 179));
+        let entries: Vec<String> = peer.import.prefixes.entries.iter().map(ToString::to_string).collect();
+        assert_eq!(entries, ["0.0.0.0/0", "203.0.113.0/24 le 32"]);
+        assert!(peer.import.admits(&"203.0.113.7/32".parse::<IpNet>().map(prefix).unwrap()));
+        assert!(!peer.import.admits(&"198.51.100.0/24".parse::<IpNet>().map(prefix).unwrap()));
+        assert_eq!(
+            peer.import.max_prefix,
+            Some(policy::MaxPrefix { limit: 10, action: policy::MaxPrefixAction::Warn })
+        );
+        let route = &c.announcements[0];
+        assert_eq!(route.prefix.to_string(), "2001:db8:100::/64");
+        assert_eq!(route.communities[0].to_string(), "65101:100");
+        assert_eq!(route.large_communities[0].to_string(), "65101:1:2");
+        assert_eq!(route.med, Some(5));
+    }
+
+    #[test]
+    fn no_import_list_imports_nothing() {
+        let text = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n[[bgp.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\n";
+        let c = speaker_config(&ferrule_config::parse("t.toml", text).unwrap());
+        assert!(!c.peers[0].import.admits(&"0.0.0.0/0".parse::<IpNet>().map(prefix).unwrap()));
+    }
+}

@@ -1,0 +1,26 @@
+//! The tokio driver of the speaker: the only part of this crate that owns sockets, tasks and
+//! the clock. It runs each peer's sans-IO [`crate::session::Session`] against real TCP
+//! connections and feeds one [`crate::rib::Rib`].
+//!
+//! ```text
+//!   appliance (reconcile loop, API)
+//!        │ Speaker::set_config / summary / routes          (mpsc + oneshot replies)
+//!        ▼
+//!   ┌─────────── speaker task ────────────┐   PeerCmd (mpsc)    ┌──── peer task × N ────┐
+//!   │ owns the Rib, the peer table and    │ ──────────────────▶ │ owns one Session FSM, │
+//!   │ the listener; decodes UPDATEs into  │                     │ its TCP connections   │
+//!   │ the RIB, exports local routes       │ ◀────────────────── │ and timers            │
+//!   └─────────────────────────────────────┘   PeerEvent (mpsc)  └───────────────────────┘
+//!        ▲ accepted TcpStream (mpsc)              peer status (watch) ──▶ speaker (summary)
+//!   listener task (port `listen_port`)
+//! ```
+//!
+//! Tasks share nothing mutable: commands and events travel on channels, and each peer task
+//! publishes its FSM state on a `watch` that the speaker reads for `show bgp summary`.
+
+pub mod peer;
+mod speaker;
+
+pub use speaker::{
+    NeighborSummary, PathEntry, PeerConfig, RouteEntry, RouteQuery, Speaker, SpeakerConfig, SpeakerError,
+};

@@ -1,0 +1,447 @@
+//! One task per configured peer: it owns the peer's [`Session`] FSM and its TCP connections
+//! (outbound attempts, the accepted inbound one, a reader task per connection), sleeps until
+//! the FSM's next deadline, and turns FSM outputs into socket writes and events for the
+//! speaker. It never looks at routes: UPDATEs go to the speaker as [`PeerEvent::Update`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::session::{ConnId, Counters, DownReason, Input, Negotiated, Output, Session, State};
+use crate::wire::{decode_message, DecodeOptions, Family, Notification};
+
+/// What a peer task tells the speaker.
+#[derive(Debug)]
+pub enum PeerEvent {
+    Established {
+        peer: IpAddr,
+        negotiated: Box<Negotiated>,
+        local: SocketAddr,
+    },
+    /// One received UPDATE accepted by the FSM: the whole message and the options to decode it.
+    Update {
+        peer: IpAddr,
+        message: Vec<u8>,
+        opts: DecodeOptions,
+    },
+    /// The peer asked for our routes of a family again.
+    RouteRefresh {
+        peer: IpAddr,
+        family: Option<Family>,
+    },
+    Down {
+        peer: IpAddr,
+        reason: DownReason,
+        was_established: bool,
+    },
+}
+
+/// What the speaker tells a peer task.
+#[derive(Debug)]
+pub enum PeerCmd {
+    /// An accepted TCP connection from this peer's address.
+    Inbound(TcpStream),
+    /// UPDATEs encoded with the negotiated options: `count` messages in `bytes`.
+    SendUpdates { bytes: Vec<u8>, count: u64 },
+    /// Close the session with this NOTIFICATION and restart after the idle hold (e.g. max-prefix).
+    AutomaticStop { notification: Notification, reason: String },
+}
+
+/// The peer's state as `show bgp summary` reads it.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub state: State,
+    pub counters: Counters,
+    pub last_error: Option<String>,
+    pub negotiated: Option<Negotiated>,
+    pub local: Option<SocketAddr>,
+}
+
+/// Static addressing of a peer task.
+#[derive(Debug, Clone)]
+pub struct PeerAddressing {
+    pub remote: SocketAddr,
+    /// How long one outbound connect may take before it counts as failed.
+    pub connect_timeout: Duration,
+}
+
+/// What the reader and connect tasks report back to the peer task.
+enum Io {
+    Connected(ConnId, TcpStream),
+    ConnectFailed(ConnId, std::io::Error),
+    Bytes(ConnId, Vec<u8>),
+    Closed(ConnId, Option<std::io::Error>),
+}
+
+struct Conn {
+    writer: OwnedWriteHalf,
+    reader: JoinHandle<()>,
+    /// Received bytes; `buffer[start..]` is not yet decoded (consumed bytes are dropped on the
+    /// next read, so decoding never moves memory).
+    buffer: Vec<u8>,
+    start: usize,
+    local: Option<SocketAddr>,
+}
+
+pub struct PeerTask {
+    session: Session,
+    addressing: PeerAddressing,
+    events: mpsc::Sender<PeerEvent>,
+    status: watch::Sender<PeerStatus>,
+    conns: HashMap<ConnId, Conn>,
+    connecting: Option<(ConnId, JoinHandle<()>)>,
+    next_conn: u64,
+    io_tx: mpsc::Sender<Io>,
+    io_rx: mpsc::Receiver<Io>,
+}
+
+/// Largest read per syscall; a full-table burst is read in 64 KiB pieces.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl PeerTask {
+    pub fn new(
+        session: Session,
+        addressing: PeerAddressing,
+        events: mpsc::Sender<PeerEvent>,
+    ) -> (PeerTask, watch::Receiver<PeerStatus>) {
+        let (status, status_rx) = watch::channel(PeerStatus {
+            state: session.state(),
+            counters: session.counters().clone(),
+            last_error: None,
+            negotiated: None,
+            local: None,
+        });
+        let (io_tx, io_rx) = mpsc::channel(64);
+        let task = PeerTask {
+            session,
+            addressing,
+            events,
+            status,
+            conns: HashMap::new(),
+            connecting: None,
+            next_conn: 1,
+            io_tx,
+            io_rx,
+        };
+        (task, status_rx)
+    }
+
+    fn peer(&self) -> IpAddr {
+        self.addressing.remote.ip()
+    }
+
+    /// Runs until `cmds` closes (the peer was removed from the config): then stops the session
+    /// with Cease / Administrative Shutdown.
+    pub async fn run(mut self, mut cmds: mpsc::Receiver<PeerCmd>) {
+        let outputs = self.session.handle(Instant::now(), Input::Start);
+        self.perform(outputs).await;
+        loop {
+            let deadline = self.session.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => self.command(cmd).await,
+                    None => break,
+                },
+                Some(io) = self.io_rx.recv() => self.io(io).await,
+                _ = sleep => {
+                    let outputs = self.session.handle(Instant::now(), Input::Tick);
+                    self.perform(outputs).await;
+                }
+            }
+        }
+        let outputs = self.session.handle(Instant::now(), Input::Stop);
+        self.perform(outputs).await;
+        for (_, conn) in self.conns.drain() {
+            conn.reader.abort();
+        }
+        if let Some((_, task)) = self.connecting.take() {
+            task.abort();
+        }
+    }
+
+    async fn command(&mut self, cmd: PeerCmd) {
+        let now = Instant::now();
+        match cmd {
+            PeerCmd::Inbound(stream) => {
+                let conn = self.adopt(stream);
+                let outputs = self.session.handle(now, Input::Connected { conn, inbound: true });
+                self.perform(outputs).await;
+            }
+            PeerCmd::SendUpdates { bytes, count } => match self.session.send_encoded_updates(now, bytes, count) {
+                Ok(output) => self.perform(vec![output]).await,
+                Err(err) => debug!(peer = %self.peer(), %err, "UPDATE not sent"),
+            },
+            PeerCmd::AutomaticStop { notification, reason } => {
+                let outputs = self.session.handle(now, Input::AutomaticStop { notification, reason });
+                self.perform(outputs).await;
+            }
+        }
+    }
+
+    async fn io(&mut self, io: Io) {
+        let now = Instant::now();
+        match io {
+            Io::Connected(conn, stream) => {
+                if self.connecting.as_ref().map(|(id, _)| *id) != Some(conn) {
+                    return; // cancelled meanwhile: dropping the stream closes it
+                }
+                self.connecting = None;
+                let conn = self.adopt_as(conn, stream);
+                let outputs = self.session.handle(now, Input::Connected { conn, inbound: false });
+                self.perform(outputs).await;
+            }
+            Io::ConnectFailed(conn, err) => {
+                if self.connecting.as_ref().map(|(id, _)| *id) == Some(conn) {
+                    self.connecting = None;
+                    debug!(peer = %self.peer(), %err, "connect failed");
+                    let outputs = self.session.handle(now, Input::ConnectFailed { conn });
+                    self.perform(outputs).await;
+                }
+            }
+            Io::Closed(conn, err) => {
+                if self.conns.contains_key(&conn) {
+                    if let Some(err) = err {
+                        debug!(peer = %self.peer(), %err, "connection error");
+                    }
+                    self.drop_conn(conn);
+                    let outputs = self.session.handle(now, Input::Closed { conn });
+                    self.perform(outputs).await;
+                }
+            }
+            Io::Bytes(conn, bytes) => self.received(conn, &bytes).await,
+        }
+    }
+
+    /// Decodes every whole message now buffered on `conn` and feeds it to the FSM.
+    async fn received(&mut self, conn: ConnId, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.start > 0 {
+            c.buffer.drain(..c.start);
+            c.start = 0;
+        }
+        c.buffer.extend_from_slice(bytes);
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else { return };
+            // The options change once this connection's OPEN is accepted: ask before each one.
+            let opts = self.session.decode_options(conn);
+            let now = Instant::now();
+            let data = &c.buffer[c.start..];
+            let (events, owned) = match decode_message(data, &opts) {
+                Ok(None) => return,
+                Ok(Some((msg, used))) => {
+                    // An accepted UPDATE goes to the speaker as its raw bytes (the RIB decodes
+                    // it there, borrowing them); the FSM has checked it belongs to this state.
+                    let raw = &data[..used];
+                    c.start += used;
+                    let outputs = self.session.handle(now, Input::Message { conn, msg });
+                    split_outputs(self.addressing.remote.ip(), outputs, Some((raw, opts)))
+                }
+                Err(err) => {
+                    c.start = c.buffer.len();
+                    warn!(peer = %self.addressing.remote.ip(), reason = err.reason, notification = %err.notification, "malformed message");
+                    let outputs = self.session.handle(now, Input::DecodeError { conn, err });
+                    split_outputs(self.addressing.remote.ip(), outputs, None)
+                }
+            };
+            self.send_events(events).await;
+            self.perform(owned).await;
+        }
+    }
+
+    /// Sends events to the speaker, completing `Established` with the connection's local address.
+    async fn send_events(&mut self, events: Vec<PeerEvent>) {
+        for mut event in events {
+            if let PeerEvent::Established { local, .. } = &mut event {
+                let conn = self.session.established_conn().and_then(|c| self.conns.get(&c));
+                if let Some(addr) = conn.and_then(|c| c.local) {
+                    *local = addr;
+                }
+            }
+            let _ = self.events.send(event).await;
+        }
+    }
+
+    fn adopt(&mut self, stream: TcpStream) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.adopt_as(id, stream)
+    }
+
+    fn adopt_as(&mut self, id: ConnId, stream: TcpStream) -> ConnId {
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
+        let (mut read, writer) = stream.into_split();
+        let tx = self.io_tx.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; READ_CHUNK];
+            loop {
+                match read.read(&mut buf).await {
+                    Ok(0) => {
+                        let _ = tx.send(Io::Closed(id, None)).await;
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx.send(Io::Bytes(id, buf[..n].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Io::Closed(id, Some(err))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        self.conns.insert(id, Conn { writer, reader, buffer: Vec::new(), start: 0, local });
+        id
+    }
+
+    fn drop_conn(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.remove(&conn) {
+            c.reader.abort();
+        }
+    }
+
+    /// Performs owned outputs in order (sockets, events, status).
+    async fn perform(&mut self, outputs: Vec<Output<'_>>) {
+        let (events, owned) = split_outputs(self.peer(), outputs, None);
+        self.send_events(events).await;
+        let mut pending = owned;
+        while !pending.is_empty() {
+            let mut next = Vec::new();
+            for output in pending {
+                next.extend(self.perform_one(output).await);
+            }
+            pending = next;
+        }
+        self.publish_status();
+    }
+
+    /// One output; returns what the FSM answered if a socket failure had to be reported.
+    async fn perform_one(&mut self, output: Output<'static>) -> Vec<Output<'static>> {
+        let now = Instant::now();
+        match output {
+            Output::Connect => {
+                if let Some((_, task)) = self.connecting.take() {
+                    task.abort();
+                }
+                let id = ConnId(self.next_conn);
+                self.next_conn += 1;
+                let (remote, timeout, tx) =
+                    (self.addressing.remote, self.addressing.connect_timeout, self.io_tx.clone());
+                let task = tokio::spawn(async move {
+                    let result = tokio::time::timeout(timeout, TcpStream::connect(remote)).await;
+                    let io = match result {
+                        Ok(Ok(stream)) => Io::Connected(id, stream),
+                        Ok(Err(err)) => Io::ConnectFailed(id, err),
+                        Err(_) => Io::ConnectFailed(id, std::io::Error::from(std::io::ErrorKind::TimedOut)),
+                    };
+                    let _ = tx.send(io).await;
+                });
+                self.connecting = Some((id, task));
+                Vec::new()
+            }
+            Output::CancelConnect => {
+                if let Some((_, task)) = self.connecting.take() {
+                    task.abort();
+                }
+                Vec::new()
+            }
+            Output::Send { conn, bytes } => {
+                let Some(c) = self.conns.get_mut(&conn) else { return Vec::new() };
+                if let Err(err) = c.writer.write_all(&bytes).await {
+                    debug!(peer = %self.peer(), %err, "write failed");
+                    self.drop_conn(conn);
+                    return owned_only(self.session.handle(now, Input::Closed { conn }));
+                }
+                Vec::new()
+            }
+            Output::Close { conn } => {
+                if let Some(mut c) = self.conns.remove(&conn) {
+                    let _ = c.writer.shutdown().await;
+                    c.reader.abort();
+                }
+                Vec::new()
+            }
+            Output::StateChanged { from, to } => {
+                info!(peer = %self.peer(), %from, %to, "BGP state");
+                Vec::new()
+            }
+            // Events are split off before; nothing else remains.
+            _ => Vec::new(),
+        }
+    }
+
+    fn publish_status(&self) {
+        let local = self.session.established_conn().and_then(|c| self.conns.get(&c)).and_then(|c| c.local);
+        self.status.send_replace(PeerStatus {
+            state: self.session.state(),
+            counters: self.session.counters().clone(),
+            last_error: self.session.last_error().map(ToString::to_string),
+            negotiated: self.session.negotiated().cloned(),
+            local,
+        });
+    }
+}
+
+/// Separates outputs that are events for the speaker (converted to owned form here, while the
+/// message buffer is still borrowed) from the socket work the task performs itself.
+fn split_outputs(
+    peer: IpAddr,
+    outputs: Vec<Output<'_>>,
+    raw: Option<(&[u8], DecodeOptions)>,
+) -> (Vec<PeerEvent>, Vec<Output<'static>>) {
+    let mut events = Vec::new();
+    let mut owned = Vec::new();
+    for output in outputs {
+        match output {
+            Output::Update(_) => {
+                if let Some((message, opts)) = raw {
+                    events.push(PeerEvent::Update { peer, message: message.to_vec(), opts });
+                }
+            }
+            Output::RouteRefresh(rr) => {
+                events.push(PeerEvent::RouteRefresh { peer, family: Family::from_afi_safi(rr.afi, rr.safi) })
+            }
+            Output::Established(negotiated) => {
+                // The local address is filled in by `send_events`, which knows the connection.
+                events.push(PeerEvent::Established {
+                    peer,
+                    negotiated: Box::new(negotiated),
+                    local: SocketAddr::new(peer, 0),
+                })
+            }
+            Output::Down { reason, was_established } => {
+                if was_established {
+                    warn!(%peer, %reason, "BGP session down");
+                } else {
+                    info!(%peer, %reason, "BGP session failed");
+                }
+                events.push(PeerEvent::Down { peer, reason, was_established })
+            }
+            Output::Connect => owned.push(Output::Connect),
+            Output::CancelConnect => owned.push(Output::CancelConnect),
+            Output::Send { conn, bytes } => owned.push(Output::Send { conn, bytes }),
+            Output::Close { conn } => owned.push(Output::Close { conn }),
+            Output::StateChanged { from, to } => owned.push(Output::StateChanged { from, to }),
+        }
+    }
+    (events, owned)
+}
+
+fn owned_only(outputs: Vec<Output<'_>>) -> Vec<Output<'static>> {
+    split_outputs(IpAddr::from([0, 0, 0, 0]), outputs, None).1
+}
