@@ -42,11 +42,12 @@
 #   node2 - be2       fd00:be:2::/64       node ::1 be ::2    198.51.100.4/30 node .5 be .6
 #
 #   router ids        tor1 192.0.2.1, tor2 192.0.2.2, node1 192.0.2.11, node2 192.0.2.12
-#   announced         node1 2001:db8:100::/64, node2 2001:db8:101::/64
+#   announced         node1 2001:db8:100::/64 and its backend link 198.51.100.0/30,
+#                     node2 2001:db8:101::/64 and 198.51.100.4/30; the ToRs send a default route
 #   203.0.113.0/24    reserved for IPv4 service VIPs and egress addresses (later)
 #
-# The ToRs peer with the nodes' link addresses (IPv6 sessions carrying IPv4 and IPv6 unicast,
-# RFC 8950 next hops). Until ferrule speaks BGP those sessions stay Active/Connect: expected.
+# The ToRs peer with the nodes' link addresses: IPv6 sessions carrying IPv4 and IPv6 unicast
+# (RFC 8950 next hops). Each node imports the default routes and the other node's prefixes.
 #
 # Everything the lab writes lives in /run/ferrule-lab (configs, logs, pid files, sockets); it
 # never touches /etc/frr, /etc/bird or the system's FRR/BIRD services. All traffic stays between
@@ -306,11 +307,15 @@ router bgp 65000
  neighbor 2001:db8:f:21::2 capability extended-nexthop
  address-family ipv4 unicast
   neighbor 2001:db8:f:11::2 activate
+  neighbor 2001:db8:f:11::2 default-originate
   neighbor 2001:db8:f:21::2 activate
+  neighbor 2001:db8:f:21::2 default-originate
  exit-address-family
  address-family ipv6 unicast
   neighbor 2001:db8:f:11::2 activate
+  neighbor 2001:db8:f:11::2 default-originate
   neighbor 2001:db8:f:21::2 activate
+  neighbor 2001:db8:f:21::2 default-originate
  exit-address-family
 !
 EOF
@@ -339,9 +344,13 @@ start_tor2_bird() {
 router id 192.0.2.2;
 log stderr all;
 protocol device { }
-# Install what BGP learns into fr-tor2's kernel tables, so the ToR forwards to the nodes.
-protocol kernel kernel4 { ipv4 { export all; }; }
-protocol kernel kernel6 { ipv6 { export all; }; }
+# Install what BGP learns into fr-tor2's kernel tables, so the ToR forwards to the nodes (the
+# default routes below are for the nodes only).
+protocol kernel kernel4 { ipv4 { export where source = RTS_BGP; }; }
+protocol kernel kernel6 { ipv6 { export where source = RTS_BGP; }; }
+# The default routes the ToR offers the nodes.
+protocol static defaults4 { ipv4; route 0.0.0.0/0 unreachable; }
+protocol static defaults6 { ipv6; route ::/0 unreachable; }
 # eBGP needs explicit filters in BIRD (RFC 8212); the lab fabric passes everything.
 template bgp node {
   local as 65001;
@@ -402,16 +411,24 @@ asn = $((65100 + n))
 router_id = "192.0.2.$((10 + n))"
 uplinks = ["tor1", "tor2"]
 
+# Both ToRs: the default route, and the other node's prefixes.
 [[bgp.peers]]
 address = "2001:db8:f:${n}1::1"
 asn = 65000
+import = ["0.0.0.0/0", "::/0", "2001:db8:100::/63 le 64", "198.51.100.0/29 le 30"]
 
 [[bgp.peers]]
 address = "2001:db8:f:${n}2::1"
 asn = 65001
+import = ["0.0.0.0/0", "::/0", "2001:db8:100::/63 le 64", "198.51.100.0/29 le 30"]
 
 [[bgp.announce]]
 prefix = "2001:db8:$((99 + n))::/64"
+communities = ["$((65100 + n)):100"]
+
+[[bgp.announce]]
+prefix = "198.51.100.$((4 * (n - 1)))/30"
+communities = ["$((65100 + n)):100"]
 EOF
 }
 
@@ -492,12 +509,27 @@ cmd_status() {
             ok=1
         fi
     done
+    for name in "${NODES[@]}"; do
+        echo "== fr-$name: ferrule show bgp summary"
+        if [[ -z "${FERRULE:-}" ]] || ! "$FERRULE" show bgp summary --socket "$RUN/$name.sock" 2>&1 | sed 's/^/  /'; then
+            echo "  (no answer)"
+            ok=1
+        fi
+    done
     echo "== fr-tor1: vtysh show bgp summary"
     ip netns exec fr-tor1 vtysh --vty_socket "$RUN/tor1" -c "show bgp summary" 2>&1 \
         | sed 's/^/  /' || ok=1
+    echo "== fr-tor1: vtysh show bgp ipv6 unicast / ipv4 unicast (the nodes' prefixes)"
+    ip netns exec fr-tor1 vtysh --vty_socket "$RUN/tor1" -c "show bgp ipv6 unicast" \
+        -c "show bgp ipv4 unicast" 2>&1 | sed 's/^/  /' || ok=1
     echo "== fr-tor2: birdc show protocols"
     ip netns exec fr-tor2 birdc -s "$RUN/tor2/bird.ctl" show protocols 2>&1 \
         | sed 's/^/  /' || ok=1
+    echo "== fr-tor2: birdc show route protocol node1 / node2"
+    for name in "${NODES[@]}"; do
+        ip netns exec fr-tor2 birdc -s "$RUN/tor2/bird.ctl" show route protocol "$name" 2>&1 \
+            | sed 's/^/  /' || ok=1
+    done
     return $ok
 }
 

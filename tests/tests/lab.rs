@@ -120,6 +120,36 @@ fn lab_comes_up_idempotently_and_goes_down_cleanly() -> Result<()> {
         node_answers(&bin, node)?;
     }
 
+    // Both ToRs learn both nodes' prefixes over BGP (bounded wait: sessions take a few seconds).
+    let expected = ["2001:db8:100::/64", "2001:db8:101::/64", "198.51.100.0/30", "198.51.100.4/30"];
+    let tor_routes = || -> Result<(String, String)> {
+        let frr = cmd::run(
+            Command::new("ip")
+                .args(["netns", "exec", "fr-tor1", "vtysh", "--vty_socket"])
+                .arg(format!("{RUN_DIR}/tor1"))
+                .args(["-c", "show bgp ipv6 unicast", "-c", "show bgp ipv4 unicast"]),
+        )?;
+        let bird = cmd::run(
+            Command::new("ip")
+                .args(["netns", "exec", "fr-tor2", "birdc", "-s"])
+                .arg(format!("{RUN_DIR}/tor2/bird.ctl"))
+                .args(["show", "route"]),
+        )?;
+        Ok((frr, bird))
+    };
+    let mut seen = (String::new(), String::new());
+    let learned = cmd::poll_until(
+        "both ToRs to learn both nodes' prefixes",
+        std::time::Duration::from_secs(40),
+        std::time::Duration::from_millis(500),
+        || {
+            seen = tor_routes()?;
+            Ok(expected.iter().all(|p| seen.0.contains(p) && seen.1.contains(p)))
+        },
+    );
+    println!("ToR routes: expected {expected:?} on FRR and BIRD, saw:\n--- FRR\n{}\n--- BIRD\n{}", seen.0, seen.1);
+    learned?;
+
     let status = lab("status", &bin)?;
     ensure!(status.contains("BGP router identifier 192.0.2.1"), "{status}");
     ensure!(status.contains("node1      BGP"), "{status}");
