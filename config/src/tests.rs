@@ -791,3 +791,13 @@ fn rejects_bad_health_announce_and_table_size() {
     let small = WEB.replace("mode = \"dsr\"", "mode = \"dsr\"\nmaglev_table_size = 7");
     assert!(one_error(&small).message.contains("too small for 1 backends"));
 }
+
+/// Inputs the fuzzer found that made toml_edit 0.24 panic while locating errors (fixed by 0.25).
+#[test]
+fn malformed_documents_found_by_fuzzing_are_rejected_without_panic() {
+    for text in ["==00\n[..S", "==00\n[.,S", "a=1\n[a.b]\n"] {
+        let result = std::panic::catch_unwind(|| parse("fuzz.toml", text));
+        let errors = result.expect("parse must not panic").expect_err("not a valid config");
+        assert!(errors.errors.iter().all(|e| e.line >= 1 && e.col >= 1), "{errors}");
+    }
+}
