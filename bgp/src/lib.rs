@@ -1,9 +1,13 @@
 //! Ferrule's BGP speaker.
 //!
-//! Today this crate owns the BGP-4 wire codec ([`wire`]): sans-IO decoding and encoding of
-//! every message with RFC 7606 error handling. The session FSM, the RIBs, policy, BFD and the
-//! tokio driver that owns sockets and timers are still to be written; they will live here
-//! and consume [`wire`]. This crate never touches a socket or a clock in protocol logic.
+//! * [`wire`]: sans-IO decoding and encoding of every message, with RFC 7606 error handling;
+//! * [`session`]: the RFC 4271 session FSM, `handle(now, input) -> outputs`;
+//! * [`rib`] and [`policy`]: Adj-RIBs-In, the Loc-RIB decision process with ECMP, import and
+//!   export policy, Adj-RIBs-Out;
+//! * [`driver`]: the tokio tasks that own the sockets and timers and run the rest.
+//!
+//! Protocol logic never touches a socket or reads a clock: only `driver` does. BFD and graceful
+//! restart procedures come with the datacenter-fabric work.
 
 #![forbid(unsafe_code)]
 
