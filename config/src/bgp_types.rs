@@ -9,32 +9,13 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One entry of a prefix list: routes whose prefix lies inside `prefix` and whose length is in
-/// `ge..=le` match. Without `ge`/`le` only `prefix` itself matches.
+/// `ge..=le` match. Without `ge`/`le` only `prefix` itself matches. Matching is the BGP policy's
+/// business (`ferrule_bgp::policy::PrefixListEntry`); this is the validated text form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PrefixFilter {
     pub prefix: IpNet,
     pub ge: Option<u8>,
     pub le: Option<u8>,
-}
-
-impl PrefixFilter {
-    /// The inclusive range of prefix lengths this entry matches.
-    pub fn length_range(&self) -> (u8, u8) {
-        let len = self.prefix.prefix_len();
-        match (self.ge, self.le) {
-            (None, None) => (len, len),
-            (Some(ge), None) => (ge, self.prefix.max_prefix_len()),
-            (None, Some(le)) => (len, le),
-            (Some(ge), Some(le)) => (ge, le),
-        }
-    }
-
-    /// Whether a route for `route` matches this entry.
-    pub fn matches(&self, route: &IpNet) -> bool {
-        let (lo, hi) = self.length_range();
-        let len = route.prefix_len();
-        self.prefix.contains(route) && (lo..=hi).contains(&len)
-    }
 }
 
 impl FromStr for PrefixFilter {
@@ -177,31 +158,6 @@ serde_as_string!(PrefixFilter, Community, LargeCommunity);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn exact_entry_matches_only_itself() {
-        let f: PrefixFilter = "203.0.113.0/24".parse().unwrap();
-        assert!(f.matches(&net("203.0.113.0/24")));
-        assert!(!f.matches(&net("203.0.113.0/25")));
-        assert!(!f.matches(&net("203.0.0.0/16")));
-    }
-
-    #[test]
-    fn le_and_ge_bound_the_length_inclusively() {
-        let le: PrefixFilter = "203.0.113.0/24 le 32".parse().unwrap();
-        assert!(le.matches(&net("203.0.113.0/24")) && le.matches(&net("203.0.113.7/32")));
-        assert!(!le.matches(&net("198.51.100.0/24")));
-        let ge: PrefixFilter = "2001:db8::/32 ge 48 le 64".parse().unwrap();
-        assert!(!ge.matches(&net("2001:db8::/47")));
-        assert!(ge.matches(&net("2001:db8:1::/48")) && ge.matches(&net("2001:db8:1:2::/64")));
-        assert!(!ge.matches(&net("2001:db8:1:2::/65")));
-        let default_v6: PrefixFilter = "::/0".parse().unwrap();
-        assert!(default_v6.matches(&net("::/0")) && !default_v6.matches(&net("2001:db8::/32")));
-    }
 
     #[test]
     fn rejects_malformed_entries_with_the_reason() {

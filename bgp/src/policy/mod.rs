@@ -5,30 +5,11 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use crate::wire::{AsPath, Community, LargeCommunity, PathAttributes, Prefix, SegmentType};
 
 #[cfg(test)]
-mod tests;
-
-/// A prefix-list text that cannot be used, with the text and what to write instead.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PolicyError {
-    #[error("prefix-list entry `{entry}`: {reason}; write PREFIX/LEN, optionally followed by `ge N` and/or `le N`, e.g. \"203.0.113.0/24 le 32\"")]
-    Syntax { entry: String, reason: String },
-    #[error("prefix-list entry `{entry}`: `{word} {value}` must lie between the prefix length {len} and {max}")]
-    LengthOutOfRange { entry: String, word: &'static str, value: u8, len: u8, max: u8 },
-    #[error("prefix-list entry `{entry}`: `ge {ge}` is larger than `le {le}`, so nothing would match; swap them")]
-    EmptyRange { entry: String, ge: u8, le: u8 },
-    /// Prefixed with the entry's index so the caller can name the key, e.g. `import[2]`.
-    #[error("[{index}]: {source}")]
-    InList {
-        index: usize,
-        #[source]
-        source: Box<PolicyError>,
-    },
-}
+pub(crate) mod tests;
 
 /// One prefix-list entry: a route matches when its prefix lies inside `prefix` and its length
 /// is in `ge..=le`. Without `ge`/`le` only `prefix` itself matches; `ge` alone means up to the
@@ -78,43 +59,6 @@ pub(crate) fn covers(net: &Prefix, route: &Prefix) -> bool {
     }
 }
 
-impl FromStr for PrefixListEntry {
-    type Err = PolicyError;
-
-    fn from_str(s: &str) -> Result<Self, PolicyError> {
-        let syntax = |reason: String| PolicyError::Syntax { entry: s.to_string(), reason };
-        let mut words = s.split_whitespace();
-        let text = words.next().ok_or_else(|| syntax("the entry is empty".into()))?;
-        let (addr, len) = text.split_once('/').ok_or_else(|| syntax(format!("`{text}` has no /LEN")))?;
-        let addr: IpAddr = addr.parse().map_err(|_| syntax(format!("`{addr}` is not an IP address")))?;
-        let len: u8 = len.parse().map_err(|_| syntax(format!("`{len}` is not a prefix length")))?;
-        let prefix = Prefix::new(addr, len).map_err(|e| syntax(e.to_string()))?;
-        let (mut ge, mut le) = (None, None);
-        while let Some(word) = words.next() {
-            // `ge` must come first, as in every router's prefix-list syntax.
-            let slot = match word {
-                "ge" if ge.is_none() && le.is_none() => &mut ge,
-                "le" if le.is_none() => &mut le,
-                _ => return Err(syntax(format!("unexpected `{word}`"))),
-            };
-            let value = words.next().ok_or_else(|| syntax(format!("`{word}` needs a length")))?;
-            *slot = Some(value.parse::<u8>().map_err(|_| syntax(format!("`{value}` is not a prefix length")))?);
-        }
-        let max = prefix.family().max_len();
-        for (word, value) in [("ge", ge), ("le", le)] {
-            if let Some(value) = value.filter(|v| *v < len || *v > max) {
-                return Err(PolicyError::LengthOutOfRange { entry: s.to_string(), word, value, len, max });
-            }
-        }
-        if let (Some(ge), Some(le)) = (ge, le) {
-            if ge > le {
-                return Err(PolicyError::EmptyRange { entry: s.to_string(), ge, le });
-            }
-        }
-        Ok(PrefixListEntry { prefix, ge, le })
-    }
-}
-
 impl fmt::Display for PrefixListEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.prefix)?;
@@ -136,16 +80,6 @@ pub struct PrefixList {
 }
 
 impl PrefixList {
-    /// Parses the config's `import = [...]` strings; an error names the index of the bad entry.
-    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, PolicyError> {
-        let entries = entries
-            .iter()
-            .enumerate()
-            .map(|(index, s)| s.as_ref().parse().map_err(|e| PolicyError::InList { index, source: Box::new(e) }))
-            .collect::<Result<_, _>>()?;
-        Ok(PrefixList { entries })
-    }
-
     /// Every IPv4 and IPv6 prefix (`0.0.0.0/0 le 32`, `::/0 le 128`).
     pub fn any() -> Self {
         let v4 = Prefix::new(IpAddr::from([0, 0, 0, 0]), 0).expect("0.0.0.0/0 is valid");

@@ -2,7 +2,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::policy::{Action, Match, MaxPrefix, PolicyRule, PrefixList};
+use crate::policy::{Action, Match, MaxPrefix, PolicyRule};
 use crate::testutil::malformed::{update_bytes, AS_PATH4, NEXT_HOP, ORIGIN};
 use crate::wire::{
     decode_message, AsPath, AsSegment, Community, DecodeOptions, EncodeOptions, LargeCommunity, Message, MpReach,
@@ -501,7 +501,7 @@ fn prefix_list_admits_only_matching_prefixes() {
     let mut rib = rib();
     let a = peer(1, 65001, true);
     let import = ImportPolicy {
-        prefixes: PrefixList::parse(&["0.0.0.0/0", "::/0", "203.0.113.0/24 le 32"]).unwrap(),
+        prefixes: crate::policy::tests::list(&["0.0.0.0/0", "::/0", "203.0.113.0/24 le 32"]),
         ..ImportPolicy::default()
     };
     rib.peer_up(a, import, ExportPolicy::default(), session_v4());
@@ -831,7 +831,7 @@ fn export_policy_and_negotiated_families_filter_announcements() {
     assert_eq!(diff.announce.iter().flat_map(|a| a.prefixes.clone()).collect::<Vec<_>>(), vec![p("198.51.100.0/24")]);
     assert_eq!(diff.skipped[0].prefix, p("2001:db8:100::/64"));
     let b = peer(2, 65002, true);
-    let policy = ExportPolicy { prefixes: Some(PrefixList::parse(&["2001:db8::/32 le 64"]).unwrap()) };
+    let policy = ExportPolicy { prefixes: Some(crate::policy::tests::list(&["2001:db8::/32 le 64"])) };
     rib.peer_up(b, ImportPolicy::accept_all(), policy, session_v4());
     let diff = rib.export(b.id).unwrap();
     assert_eq!(diff.announce.iter().flat_map(|a| a.prefixes.clone()).collect::<Vec<_>>(), vec![p("2001:db8:100::/64")]);
