@@ -2,9 +2,11 @@
 //!
 //! ```text
 //!  SIGHUP (file) ─┐                                   ┌──▶ datapath thread (aya: maps, XDP links)
-//!  PUT /v1/config ┼─▶ ModelStore ──watch──▶ reconcile ┤
-//!                 │   (validate, redb)                └──▶ observed ──watch──▶ API, metrics
-//!  SIGTERM ───────┴─▶ shutdown: stop serving; pinned datapath state stays in place
+//!  PUT /v1/config ┼─▶ ModelStore ──watch──▶ reconcile ┼──▶ BGP speaker ──fib (watch)──▶ routes
+//!                 │   (validate, redb)                │                      (kernel routes, proto 196)
+//!                 │                                   └──▶ observed ──watch──▶ API, metrics
+//!  SIGTERM ───────┴─▶ shutdown: stop serving, remove our kernel routes; pinned datapath state
+//!                     stays in place
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use crate::datapath::DatapathHandle;
 use crate::metrics::Metrics;
 use crate::model::{Accepted, ModelStore, Origin, Outcome};
 use crate::reconcile::{self, Observed};
+use crate::routes::{self, NetlinkRouteTable};
 use crate::store::Store;
 use ferrule_bgp::driver::Speaker;
 
@@ -64,6 +67,9 @@ async fn run(args: DaemonArgs) -> Result<()> {
 
     let models = ModelStore::new(Arc::new(initial), store, metrics.clone());
     let speaker = Speaker::spawn();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let route_table = NetlinkRouteTable::open().context("kernel routes (needs CAP_NET_ADMIN)")?;
+    let installer = tokio::spawn(routes::run(speaker.fib(), route_table, shutdown_rx.clone()));
     let (observed_tx, observed_rx) = watch::channel(Observed::default());
     tokio::spawn(reconcile::run(models.subscribe(), datapath.clone(), speaker.clone(), observed_tx, metrics.clone()));
 
@@ -71,7 +77,6 @@ async fn run(args: DaemonArgs) -> Result<()> {
     let metrics_listener = TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("cannot listen for metrics on {} (use --metrics-listen)", args.metrics_listen))?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let app = api::router(api::AppState {
         models: models.clone(),
@@ -94,6 +99,16 @@ async fn run(args: DaemonArgs) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&args.socket);
+    // The installer stops first, so nothing re-adds what the flush removes.
+    match installer.await {
+        Ok(mut table) => match routes::flush_on_shutdown(&mut table).await {
+            Ok(removed) => info!(removed, "kernel routes removed"),
+            Err(err) => {
+                warn!(error = %format!("{err:#}"), "removing our kernel routes (ip route show proto {})", routes::RTPROT_FERRULE)
+            }
+        },
+        Err(err) => warn!(%err, "the kernel-route installer failed; its routes stay in place"),
+    }
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 //! Read top to bottom, the daemon is the data flow of the design:
 //! sources (the config file, SIGHUP, `PUT /v1/config`) → the validated [`ferrule_config::Model`]
 //! held by the [`model::ModelStore`] (persisted in the redb [`store::Store`]) → the
-//! [`reconcile`] loop → the datapath ([`datapath`], eBPF maps and XDP links) → observed state →
+//! [`reconcile`] loop → the datapath ([`datapath`], eBPF maps and XDP links) and the BGP speaker,
+//! whose learned routes [`routes`] installs in the kernel → observed state →
 //! the HTTP API on a unix socket ([`api`]), Prometheus metrics ([`metrics`]) and `ferrule show …`.
 //! The client subcommands only talk to the socket ([`client`], [`show`]).
 
@@ -16,6 +17,7 @@ mod datapath;
 mod metrics;
 mod model;
 mod reconcile;
+mod routes;
 mod show;
 mod store;
 

@@ -11,16 +11,20 @@
 //!   │ the listener; decodes UPDATEs into  │                     │ its TCP connections   │
 //!   │ the RIB, exports local routes       │ ◀────────────────── │ and timers            │
 //!   └─────────────────────────────────────┘   PeerEvent (mpsc)  └───────────────────────┘
-//!        ▲ accepted TcpStream (mpsc)              peer status (watch) ──▶ speaker (summary)
-//!   listener task (port `listen_port`)
+//!        ▲ accepted TcpStream (mpsc)  │          peer status (watch) ──▶ speaker (summary)
+//!   listener task (port `listen_port`)│
+//!                                     └──▶ Fib (watch: Arc<Fib>) ──▶ appliance's kernel-route
+//!                                          installer (Speaker::fib)
 //! ```
 //!
 //! Tasks share nothing mutable: commands and events travel on channels, and each peer task
 //! publishes its FSM state on a `watch` that the speaker reads for `show bgp summary`.
 
+pub mod fib;
 pub mod peer;
 mod speaker;
 
+pub use fib::{Fib, FibNextHop};
 pub use speaker::{
     NeighborSummary, PathEntry, PeerConfig, RouteEntry, RouteQuery, Speaker, SpeakerConfig, SpeakerError,
 };

@@ -1,10 +1,12 @@
 //! The speaker task: owns the RIB and the table of peer tasks, applies configuration changes
 //! (peers added, removed or changed; announcements), decodes accepted UPDATEs into the RIB,
-//! exports the node's own routes to every established peer and answers `show` queries.
-//! It never reads a socket itself: peer tasks and the listener do.
+//! exports the node's own routes to every established peer, publishes the forwarding table
+//! for the kernel-route installer ([`Speaker::fib`]) and answers `show` queries.
+//! It never reads a socket itself (peer tasks and the listener do), nor writes a kernel route.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -13,9 +15,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
+use super::fib::{is_link_local, Fib};
 use super::peer::{PeerAddressing, PeerCmd, PeerEvent, PeerStatus, PeerTask};
 use crate::policy::{ExportPolicy, ImportPolicy, MaxPrefixAction};
-use crate::rib::{ExportSession, LocalRoute, PeerId, PeerInfo, PrefixView, Rib, RibConfig, Source};
+use crate::rib::{ExportSession, LocalRoute, PeerId, PeerInfo, PrefixView, Rib, RibConfig, RouteChange, Source};
 use crate::session::{Negotiated, Session, SessionConfig, State};
 use crate::wire::{decode_message, DecodeOptions, Family, Message, NextHop, Prefix};
 
@@ -121,14 +124,22 @@ enum Command {
 #[derive(Clone)]
 pub struct Speaker {
     tx: mpsc::Sender<Command>,
+    fib: watch::Receiver<Arc<Fib>>,
 }
 
 impl Speaker {
     /// Starts an idle speaker (no peers) on the current tokio runtime.
     pub fn spawn() -> Speaker {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(SpeakerTask::new().run(rx));
-        Speaker { tx }
+        let (fib_tx, fib) = watch::channel(Arc::new(Fib::new()));
+        tokio::spawn(SpeakerTask::new(fib_tx).run(rx));
+        Speaker { tx, fib }
+    }
+
+    /// The forwarding table to install: every Loc-RIB best path learned from a peer with its
+    /// ECMP next hops. Level-triggered: a receiver sees the latest table, not every step.
+    pub fn fib(&self) -> watch::Receiver<Arc<Fib>> {
+        self.fib.clone()
     }
 
     /// Applies a whole configuration (level-triggered). Peers whose settings did not change keep
@@ -162,6 +173,9 @@ struct PeerSlot {
     up: bool,
     /// For ROUTE-REFRESH: how the session was registered with the RIB.
     registered: Option<(PeerInfo, ExportSession, Negotiated)>,
+    /// The interface holding the session's local address: link-local next hops learned on
+    /// this session are reachable only through it.
+    ifindex: Option<u32>,
 }
 
 struct Listener {
@@ -179,10 +193,12 @@ struct SpeakerTask {
     events_rx: mpsc::Receiver<PeerEvent>,
     accept_tx: mpsc::Sender<(TcpStream, SocketAddr)>,
     accept_rx: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    /// The forwarding table, updated in place from every batch of Loc-RIB changes.
+    fib: watch::Sender<Arc<Fib>>,
 }
 
 impl SpeakerTask {
-    fn new() -> SpeakerTask {
+    fn new(fib: watch::Sender<Arc<Fib>>) -> SpeakerTask {
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (accept_tx, accept_rx) = mpsc::channel(16);
         SpeakerTask {
@@ -195,7 +211,21 @@ impl SpeakerTask {
             events_rx,
             accept_tx,
             accept_rx,
+            fib,
         }
+    }
+
+    /// Folds Loc-RIB changes into the published forwarding table. The table is edited in place:
+    /// `make_mut` copies it only while the installer still holds the previous snapshot, so a
+    /// server's few hundred routes cost little. (A node taking a full table would want the
+    /// installer fed deltas instead of snapshots.)
+    fn publish(&self, changes: &[RouteChange]) {
+        if changes.is_empty() {
+            return;
+        }
+        let peers = &self.peers;
+        let ifindex = |id: PeerId| peers.values().find(|s| s.id == id).and_then(|s| s.ifindex);
+        self.fib.send_if_modified(|fib| Arc::make_mut(fib).apply(changes, ifindex));
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -239,6 +269,7 @@ impl SpeakerTask {
             }
             self.stop_all_peers();
             self.rib = Some(Rib::new(RibConfig::new(config.local_asn, config.router_id)));
+            self.fib.send_if_modified(|fib| Arc::make_mut(fib).clear());
         }
         self.listen(config.listen_port).await?;
 
@@ -270,6 +301,7 @@ impl SpeakerTask {
         if !changes.is_empty() {
             info!(prefixes = changes.len(), "announcements changed");
         }
+        self.publish(&changes);
         self.config = Some(config);
         self.export_all().await;
         Ok(())
@@ -335,8 +367,10 @@ impl SpeakerTask {
         let span = tracing::info_span!("bgp_peer", peer = %config.address);
         let handle = tokio::spawn(task.run(cmd_rx).instrument(span));
         info!(peer = %config.address, asn = config.asn, "BGP peer added");
-        self.peers
-            .insert(config.address, PeerSlot { id, config, cmd, status, task: handle, up: false, registered: None });
+        self.peers.insert(
+            config.address,
+            PeerSlot { id, config, cmd, status, task: handle, up: false, registered: None, ifindex: None },
+        );
     }
 
     async fn remove_peer(&mut self, addr: IpAddr) {
@@ -347,7 +381,9 @@ impl SpeakerTask {
             warn!(peer = %addr, "peer task did not stop within 2 s");
         }
         if let Some(rib) = self.rib.as_mut() {
-            let _ = rib.remove_peer(slot.id);
+            if let Ok(changes) = rib.remove_peer(slot.id) {
+                self.publish(&changes);
+            }
         }
     }
 
@@ -380,7 +416,10 @@ impl SpeakerTask {
                     slot.registered = None;
                     if let Some(rib) = self.rib.as_mut() {
                         match rib.peer_down(slot.id) {
-                            Ok(changes) => debug!(%peer, withdrawn = changes.len(), "routes of the peer removed"),
+                            Ok(changes) => {
+                                debug!(%peer, withdrawn = changes.len(), "routes of the peer removed");
+                                self.publish(&changes);
+                            }
                             Err(err) => debug!(%peer, %err, "peer down"),
                         }
                     }
@@ -406,6 +445,14 @@ impl SpeakerTask {
         rib.peer_up(info, slot.config.import.clone(), ExportPolicy::default(), session.clone());
         slot.up = true;
         slot.registered = Some((info, session, negotiated.clone()));
+        slot.ifindex = match local {
+            // A link-local session names its interface in the scope id.
+            SocketAddr::V6(a) if a.scope_id() != 0 => Some(a.scope_id()),
+            _ => interface_index(local.ip().to_canonical()),
+        };
+        if slot.ifindex.is_none() {
+            debug!(%peer, local = %local.ip(), "no interface holds the session's local address; link-local next hops from this peer cannot be installed");
+        }
         self.export_to(peer, &negotiated).await;
     }
 
@@ -422,6 +469,7 @@ impl SpeakerTask {
         };
         match rib.apply_update(slot.id, &update, Instant::now()) {
             Ok(outcome) => {
+                self.publish(&outcome.changes);
                 if let Some(family) = outcome.end_of_rib {
                     debug!(%peer, %family, "End-of-RIB received");
                 }
@@ -598,24 +646,99 @@ fn export_session(local: IpAddr, negotiated: &Negotiated) -> ExportSession {
     session
 }
 
-fn is_link_local(a: Ipv6Addr) -> bool {
-    a.segments()[0] & 0xffc0 == 0xfe80
+/// The index of the interface that holds `addr`.
+fn interface_index(addr: IpAddr) -> Option<u32> {
+    let (name, _) = all_addresses().into_iter().find(|(_, ip)| *ip == addr)?;
+    nix::net::if_::if_nametoindex(name.as_str()).ok()
 }
 
 /// Every address of the interface that holds `addr` (empty if none does).
 fn interface_addresses(addr: IpAddr) -> Vec<IpAddr> {
-    let Ok(all) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
-    let all: Vec<(String, IpAddr)> = all
-        .filter_map(|ifa| {
-            let sa = ifa.address?;
-            let ip = if let Some(v4) = sa.as_sockaddr_in() {
-                IpAddr::V4(v4.ip())
-            } else {
-                IpAddr::V6(sa.as_sockaddr_in6()?.ip())
-            };
-            Some((ifa.interface_name, ip))
-        })
-        .collect();
+    let all = all_addresses();
     let Some((ifname, _)) = all.iter().find(|(_, ip)| *ip == addr) else { return Vec::new() };
     all.iter().filter(|(name, ip)| name == ifname && *ip != addr).map(|(_, ip)| *ip).collect()
+}
+
+/// Every IP address of the namespace with its interface's name (empty if they cannot be read).
+fn all_addresses() -> Vec<(String, IpAddr)> {
+    let Ok(all) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    all.filter_map(|ifa| {
+        let sa = ifa.address?;
+        let ip = if let Some(v4) = sa.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else {
+            IpAddr::V6(sa.as_sockaddr_in6()?.ip())
+        };
+        Some((ifa.interface_name, ip))
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::FibNextHop;
+    use crate::policy::{PrefixList, PrefixListEntry};
+
+    fn default_v4() -> Prefix {
+        Prefix::new(Ipv4Addr::UNSPECIFIED.into(), 0).unwrap()
+    }
+
+    fn config(asn: u32, router_id: &str, listen_port: u16, peer: PeerConfig, announce: bool) -> SpeakerConfig {
+        SpeakerConfig {
+            local_asn: asn,
+            router_id: router_id.parse().unwrap(),
+            listen_port,
+            peers: vec![peer],
+            announcements: if announce { vec![LocalRoute::new(default_v4())] } else { Vec::new() },
+        }
+    }
+
+    fn peer(asn: u32, port: u16, passive: bool, import: &[Prefix]) -> PeerConfig {
+        PeerConfig {
+            address: Ipv4Addr::LOCALHOST.into(),
+            port,
+            asn,
+            passive,
+            hold_time: 3,
+            connect_retry: Duration::from_millis(200),
+            import: ImportPolicy {
+                prefixes: PrefixList {
+                    entries: import.iter().map(|p| PrefixListEntry { prefix: *p, ge: None, le: None }).collect(),
+                },
+                ..ImportPolicy::default()
+            },
+        }
+    }
+
+    /// Two speakers on loopback: the "ToR" announces a default route, the "node" imports it
+    /// and publishes it in its forwarding table; the ToR's withdraw empties the table again.
+    #[tokio::test]
+    async fn learned_route_is_published_in_the_fib_and_its_withdraw_removes_it() {
+        // A free port for the ToR's listener (released at once; loopback only).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tor = Speaker::spawn();
+        let node = Speaker::spawn();
+        tor.set_config(config(65001, "192.0.2.2", port, peer(65101, 0, true, &[]), true)).await.unwrap();
+        node.set_config(config(65101, "192.0.2.1", 0, peer(65001, port, false, &[default_v4()]), false)).await.unwrap();
+
+        let fib = node.fib();
+        let wait = |fib: &watch::Receiver<Arc<Fib>>, empty: bool| {
+            let mut fib = fib.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), fib.wait_for(|f| f.is_empty() == empty))
+                    .await
+                    .expect("the node's FIB did not change within 10 s")
+                    .unwrap()
+                    .clone()
+            }
+        };
+        let learned = wait(&fib, false).await;
+        let hop = FibNextHop { gateway: Ipv4Addr::LOCALHOST.into(), ifindex: None };
+        assert_eq!(learned.get(&default_v4()), Some(&[hop][..]), "{learned:?}");
+        assert_eq!(learned.len(), 1);
+
+        tor.set_config(config(65001, "192.0.2.2", port, peer(65101, 0, true, &[]), false)).await.unwrap();
+        assert!(wait(&fib, true).await.is_empty());
+    }
 }
