@@ -1,6 +1,7 @@
 //! The model's `[bgp]` section as the speaker's configuration. Pure translation: the config crate
 //! has validated every value, so a conversion that fails here is a bug, reported as such.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ferrule_bgp::driver::{PeerConfig, SpeakerConfig};
@@ -13,7 +14,32 @@ use ipnet::IpNet;
 /// How long one outbound connection attempt may take, and the pause between attempts.
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
 
-pub fn speaker_config(model: &Model) -> SpeakerConfig {
+/// The speaker's configuration: the model's `[bgp]` section, plus `vips` (service VIPs with a
+/// healthy backend) announced as host routes. A VIP that is also in `[[bgp.announce]]` keeps the
+/// attributes given there.
+pub fn speaker_config(model: &Model, vips: &BTreeSet<IpNet>) -> SpeakerConfig {
+    let mut announcements: Vec<LocalRoute> = model
+        .bgp
+        .announce
+        .iter()
+        .map(|a| LocalRoute {
+            prefix: prefix(a.prefix),
+            communities: a.communities.iter().map(|c| Community(c.0)).collect(),
+            large_communities: a
+                .large_communities
+                .iter()
+                .map(|c| LargeCommunity { global_admin: c.global, local_data1: c.local1, local_data2: c.local2 })
+                .collect(),
+            med: a.med,
+            local_pref: a.local_pref,
+        })
+        .collect();
+    for vip in vips {
+        let route = LocalRoute::new(prefix(*vip));
+        if !announcements.iter().any(|a| a.prefix == route.prefix) {
+            announcements.push(route);
+        }
+    }
     SpeakerConfig {
         local_asn: model.node.asn,
         router_id: model.node.router_id,
@@ -48,22 +74,7 @@ pub fn speaker_config(model: &Model) -> SpeakerConfig {
                 },
             })
             .collect(),
-        announcements: model
-            .bgp
-            .announce
-            .iter()
-            .map(|a| LocalRoute {
-                prefix: prefix(a.prefix),
-                communities: a.communities.iter().map(|c| Community(c.0)).collect(),
-                large_communities: a
-                    .large_communities
-                    .iter()
-                    .map(|c| LargeCommunity { global_admin: c.global, local_data1: c.local1, local_data2: c.local2 })
-                    .collect(),
-                med: a.med,
-                local_pref: a.local_pref,
-            })
-            .collect(),
+        announcements,
     }
 }
 
@@ -98,7 +109,7 @@ large_communities = ["65101:1:2"]
 med = 5
 "#;
         let model = ferrule_config::parse("t.toml", text).unwrap();
-        let c = speaker_config(&model);
+        let c = speaker_config(&model, &BTreeSet::new());
         assert_eq!((c.local_asn, c.listen_port), (65101, 1179));
         let peer = &c.peers[0];
         assert_eq!((peer.asn, peer.hold_time, peer.passive, peer.port), (65000, 9, true, 179));
@@ -118,9 +129,22 @@ med = 5
     }
 
     #[test]
+    fn healthy_vips_are_announced_as_host_routes_once() {
+        let text = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n\
+                    [[bgp.announce]]\nprefix = \"203.0.113.10/32\"\nmed = 7\n";
+        let model = ferrule_config::parse("t.toml", text).unwrap();
+        let vips: BTreeSet<IpNet> =
+            ["203.0.113.10/32", "2001:db8:200::10/128"].iter().map(|s| s.parse().unwrap()).collect();
+        let c = speaker_config(&model, &vips);
+        let routes: Vec<(String, Option<u32>)> =
+            c.announcements.iter().map(|r| (r.prefix.to_string(), r.med)).collect();
+        assert_eq!(routes, [("203.0.113.10/32".to_string(), Some(7)), ("2001:db8:200::10/128".to_string(), None)]);
+    }
+
+    #[test]
     fn no_import_list_imports_nothing() {
         let text = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n[[bgp.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\n";
-        let c = speaker_config(&ferrule_config::parse("t.toml", text).unwrap());
+        let c = speaker_config(&ferrule_config::parse("t.toml", text).unwrap(), &BTreeSet::new());
         assert!(!c.peers[0].import.admits(&"0.0.0.0/0".parse::<IpNet>().map(prefix).unwrap()));
     }
 }

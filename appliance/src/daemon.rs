@@ -71,7 +71,21 @@ async fn run(args: DaemonArgs) -> Result<()> {
     let route_table = NetlinkRouteTable::open().context("kernel routes (needs CAP_NET_ADMIN)")?;
     let installer = tokio::spawn(routes::run(speaker.fib(), route_table, shutdown_rx.clone()));
     let (observed_tx, observed_rx) = watch::channel(Observed::default());
-    tokio::spawn(reconcile::run(models.subscribe(), datapath.clone(), speaker.clone(), observed_tx, metrics.clone()));
+    // Backend health checks follow the model's services; their verdicts drive VIP announcements.
+    let (health_tx, health_rx) = watch::channel(ferrule_xdp_lb::HealthView::default());
+    tokio::spawn(ferrule_xdp_lb::run_health_checker(
+        models.subscribe(),
+        |accepted: &Arc<Accepted>| accepted.model.services.as_slice(),
+        health_tx,
+    ));
+    tokio::spawn(reconcile::run(
+        models.subscribe(),
+        health_rx,
+        datapath.clone(),
+        speaker.clone(),
+        observed_tx,
+        metrics.clone(),
+    ));
 
     let api_listener = bind_socket(&args.socket)?;
     let metrics_listener = TcpListener::bind(args.metrics_listen)

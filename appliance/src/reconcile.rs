@@ -1,6 +1,7 @@
-//! The reconcile loop: level-triggered. On every model change, and on a periodic tick so a missed
-//! event or an interface that appears later heals by itself, it plans from (desired, observed) and
-//! applies the ops. `plan` is pure; `run` is the thin part that talks to the datapath task.
+//! The reconcile loop: level-triggered. On every model change, every change of backend health,
+//! and on a periodic tick so a missed event or an interface that appears later heals by itself, it
+//! plans from (desired, observed) and applies the ops. `plan` is pure; `run` is the thin part that
+//! talks to the datapath task and the BGP speaker.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,7 +14,9 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::datapath::DatapathHandle;
 use crate::metrics::Metrics;
 use crate::model::Accepted;
-use ferrule_bgp::driver::Speaker;
+use ferrule_bgp::driver::{Speaker, SpeakerConfig};
+use ferrule_xdp_lb::HealthView;
+use ipnet::IpNet;
 
 /// How often the loop re-checks even when nothing changed.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
@@ -26,6 +29,11 @@ pub struct Observed {
     pub applied_generation: Option<u64>,
     /// Generation whose `[bgp]` section the speaker runs; `None` until it accepted one.
     pub bgp_generation: Option<u64>,
+    /// What the speaker runs (peers and announcements, service VIPs included).
+    #[serde(skip)]
+    pub bgp_applied: Option<SpeakerConfig>,
+    /// Service VIPs announced now (while they have a healthy backend).
+    pub announced_vips: Vec<String>,
     /// Why the speaker refused the last `[bgp]` section (e.g. the listen port is taken).
     pub bgp_error: Option<String>,
     #[serde(skip)]
@@ -36,27 +44,50 @@ pub struct Observed {
 pub enum Op {
     /// Make the set of interfaces carrying the XDP program exactly this list.
     SetUplinks(Vec<String>),
-    /// Give the BGP speaker the model's `[bgp]` section (peers, announcements).
-    ConfigureBgp,
+    /// Give the BGP speaker the model's `[bgp]` section plus the VIPs to announce.
+    ConfigureBgp(Box<SpeakerConfig>),
+}
+
+/// Everything the daemon should be doing right now: the model, and what it derives from
+/// observed backend health.
+pub struct Desired<'a> {
+    pub accepted: &'a Accepted,
+    pub health: &'a HealthView,
+    /// Networks directly connected to this node, for `announce = "local"` services.
+    pub connected: &'a [IpNet],
+}
+
+impl Desired<'_> {
+    /// VIPs (as /32 or /128) with a healthy backend, per each service's `announce` rule.
+    pub fn vips(&self) -> std::collections::BTreeSet<IpNet> {
+        let local = |addr: std::net::IpAddr| self.connected.iter().any(|net| net.contains(&addr));
+        ferrule_xdp_lb::vips_to_announce(&self.accepted.model.services, self.health, local)
+    }
+
+    pub fn speaker_config(&self) -> SpeakerConfig {
+        crate::bgp::speaker_config(&self.accepted.model, &self.vips())
+    }
 }
 
 /// Ops that take `observed` to `desired`. Uplinks that failed to attach are retried every pass.
-pub fn plan(desired: &Accepted, observed: &Observed) -> Vec<Op> {
-    let wanted = &desired.model.node.uplinks;
+pub fn plan(desired: &Desired<'_>, observed: &Observed) -> Vec<Op> {
+    let wanted = &desired.accepted.model.node.uplinks;
     let in_place = observed.uplinks.len() == wanted.len()
         && observed.uplinks.iter().zip(wanted).all(|(seen, name)| seen.attached && &seen.name == name);
     let mut ops = Vec::new();
     if !(in_place && observed.applied_generation.is_some()) {
         ops.push(Op::SetUplinks(wanted.clone()));
     }
-    if observed.bgp_generation != Some(desired.generation) {
-        ops.push(Op::ConfigureBgp);
+    let speaker = desired.speaker_config();
+    if observed.bgp_applied.as_ref() != Some(&speaker) {
+        ops.push(Op::ConfigureBgp(Box::new(speaker)));
     }
     ops
 }
 
 pub async fn run(
     mut model_rx: watch::Receiver<Arc<Accepted>>,
+    mut health_rx: watch::Receiver<HealthView>,
     datapath: DatapathHandle,
     speaker: Speaker,
     observed_tx: watch::Sender<Observed>,
@@ -66,31 +97,53 @@ pub async fn run(
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
     loop {
         let desired = model_rx.borrow_and_update().clone();
+        let health = health_rx.borrow_and_update().clone();
         if let Some(prev) = previous.as_ref().filter(|p| p.generation != desired.generation) {
             let diff = ferrule_config::diff(&prev.model, &desired.model);
             info!(generation = desired.generation, origin = %desired.origin, ?diff, "config changed");
         }
         let span = info_span!("reconcile", generation = desired.generation);
-        pass(&desired, &datapath, &speaker, &observed_tx, &metrics).instrument(span).await;
+        let connected = connected_networks();
+        let want = Desired { accepted: &desired, health: &health, connected: &connected };
+        pass(&want, &datapath, &speaker, &observed_tx, &metrics).instrument(span).await;
         previous = Some(desired);
         tokio::select! {
             changed = model_rx.changed() => if changed.is_err() { return },
+            changed = health_rx.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
         }
     }
 }
 
+/// Networks of this node's interfaces (address and prefix length), read from the kernel.
+fn connected_networks() -> Vec<IpNet> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addrs
+        .filter_map(|ifa| {
+            let (addr, mask) = (ifa.address?, ifa.netmask?);
+            let (ip, len) = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                (std::net::IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones())
+            } else {
+                let (a, m) = (addr.as_sockaddr_in6()?, mask.as_sockaddr_in6()?);
+                (std::net::IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones())
+            };
+            IpNet::new(ip, len as u8).ok().map(|n| n.trunc())
+        })
+        .collect()
+}
+
 async fn pass(
-    desired: &Accepted,
+    want: &Desired<'_>,
     datapath: &DatapathHandle,
     speaker: &Speaker,
     observed_tx: &watch::Sender<Observed>,
     metrics: &Metrics,
 ) {
     metrics.reconcile_passes.inc();
+    let desired = want.accepted;
     let mut observed = observed_tx.borrow().clone();
     let mut failed = false;
-    for op in plan(desired, &observed) {
+    for op in plan(want, &observed) {
         match op {
             Op::SetUplinks(uplinks) => match datapath.set_uplinks(uplinks).await {
                 Ok(statuses) => {
@@ -109,9 +162,15 @@ async fn pass(
                     warn!(error = %format!("{err:#}"), "datapath unavailable");
                 }
             },
-            Op::ConfigureBgp => match speaker.set_config(crate::bgp::speaker_config(&desired.model)).await {
+            Op::ConfigureBgp(config) => match speaker.set_config((*config).clone()).await {
                 Ok(()) => {
+                    let vips: Vec<String> = want.vips().iter().map(ToString::to_string).collect();
+                    if vips != observed.announced_vips {
+                        info!(?vips, "service VIPs announced");
+                    }
+                    observed.announced_vips = vips;
                     observed.bgp_generation = Some(desired.generation);
+                    observed.bgp_applied = Some(*config);
                     observed.bgp_error = None;
                 }
                 Err(err) => {
@@ -156,11 +215,23 @@ mod tests {
         UplinkStatus { name: name.into(), ifindex: Some(2), attached: true, mode: Some("native".into()), error: None }
     }
 
-    fn observed(uplinks: Vec<UplinkStatus>, generation: u64) -> Observed {
+    /// Plans for `accepted` with every backend healthy (an empty health view) and no
+    /// connected networks.
+    fn plan_for(accepted: &Accepted, observed: &Observed) -> Vec<Op> {
+        plan(&Desired { accepted, health: &HealthView::default(), connected: &[] }, observed)
+    }
+
+    fn speaker_of(accepted: &Accepted) -> SpeakerConfig {
+        crate::bgp::speaker_config(&accepted.model, &Default::default())
+    }
+
+    fn observed_for(uplinks: Vec<UplinkStatus>, accepted: &Accepted) -> Observed {
         Observed {
             uplinks,
-            applied_generation: Some(generation),
-            bgp_generation: Some(generation),
+            applied_generation: Some(accepted.generation),
+            bgp_generation: Some(accepted.generation),
+            bgp_applied: Some(speaker_of(accepted)),
+            announced_vips: Vec::new(),
             bgp_error: None,
             last_pass: None,
         }
@@ -168,41 +239,101 @@ mod tests {
 
     #[test]
     fn first_pass_sets_uplinks_and_bgp() {
+        let a = accepted(&["eth0"], 1);
         assert_eq!(
-            plan(&accepted(&["eth0"], 1), &Observed::default()),
-            vec![Op::SetUplinks(vec!["eth0".into()]), Op::ConfigureBgp]
+            plan_for(&a, &Observed::default()),
+            vec![Op::SetUplinks(vec!["eth0".into()]), Op::ConfigureBgp(Box::new(speaker_of(&a)))]
         );
     }
 
     #[test]
     fn nothing_to_do_when_every_uplink_is_attached_and_bgp_is_current() {
-        assert!(plan(&accepted(&["eth0"], 1), &observed(vec![attached("eth0")], 1)).is_empty());
+        let a = accepted(&["eth0"], 1);
+        assert!(plan_for(&a, &observed_for(vec![attached("eth0")], &a)).is_empty());
     }
 
     #[test]
-    fn new_generation_reconfigures_bgp_and_a_refused_one_is_retried() {
-        let mut seen = observed(vec![attached("eth0")], 1);
-        assert_eq!(plan(&accepted(&["eth0"], 2), &seen), vec![Op::ConfigureBgp]);
-        seen.bgp_generation = None;
+    fn changed_bgp_section_reconfigures_and_a_refused_one_is_retried() {
+        let a = accepted(&["eth0"], 1);
+        let mut seen = observed_for(vec![attached("eth0")], &a);
+        let b = Accepted {
+            model: {
+                let mut m = a.model.clone();
+                m.node.asn = 65199;
+                m
+            },
+            ..accepted(&["eth0"], 2)
+        };
+        assert_eq!(plan_for(&b, &seen), vec![Op::ConfigureBgp(Box::new(speaker_of(&b)))]);
+        seen.bgp_applied = None;
         seen.bgp_error = Some("cannot listen".into());
-        assert_eq!(plan(&accepted(&["eth0"], 1), &seen), vec![Op::ConfigureBgp]);
+        assert_eq!(plan_for(&a, &seen), vec![Op::ConfigureBgp(Box::new(speaker_of(&a)))]);
+    }
+
+    fn with_service(generation: u64, announce: &str) -> Accepted {
+        let text = format!(
+            "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n[bgp]\nlisten_port = 0\n\
+             [[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"nat\"\n\
+             announce = \"{announce}\"\nbackends = [ {{ address = \"198.51.100.2\", port = 8080 }} ]\n"
+        );
+        Accepted { model: ferrule_config::parse("t.toml", &text).unwrap(), text, ..accepted(&[], generation) }
+    }
+
+    fn announced(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::ConfigureBgp(c) => Some(c.announcements.iter().map(|r| r.prefix.to_string()).collect()),
+                _ => None,
+            })
+            .next()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn vip_is_announced_while_a_backend_is_healthy_and_withdrawn_when_none_is() {
+        let a = with_service(1, "healthy");
+        let healthy = HealthView::default();
+        let ops = plan(&Desired { accepted: &a, health: &healthy, connected: &[] }, &Observed::default());
+        assert_eq!(announced(&ops), ["203.0.113.10/32"]);
+
+        let mut down = HealthView::default();
+        let key = ferrule_xdp_lb::ServiceKey::of(&a.model.services[0]);
+        down.set(
+            key,
+            "198.51.100.2:8080".parse().unwrap(),
+            ferrule_xdp_lb::BackendHealth::Unhealthy { reason: "refused".into() },
+        );
+        let vip = ["203.0.113.10/32".parse().unwrap()].into();
+        let seen = Observed { bgp_applied: Some(crate::bgp::speaker_config(&a.model, &vip)), ..Default::default() };
+        let ops = plan(&Desired { accepted: &a, health: &down, connected: &[] }, &seen);
+        assert_eq!(announced(&ops), Vec::<String>::new(), "withdrawn when no backend is healthy");
+    }
+
+    #[test]
+    fn local_announce_needs_the_backend_on_a_connected_network() {
+        let a = with_service(1, "local");
+        let health = HealthView::default();
+        let far = plan(&Desired { accepted: &a, health: &health, connected: &[] }, &Observed::default());
+        assert!(announced(&far).is_empty());
+        let connected = ["198.51.100.0/30".parse().unwrap()];
+        let near = plan(&Desired { accepted: &a, health: &health, connected: &connected }, &Observed::default());
+        assert_eq!(announced(&near), ["203.0.113.10/32"]);
     }
 
     #[test]
     fn retries_an_uplink_that_failed_to_attach() {
         let mut failed = attached("eth1");
         failed.attached = false;
-        let observed = observed(vec![attached("eth0"), failed], 1);
-        assert_eq!(
-            plan(&accepted(&["eth0", "eth1"], 1), &observed),
-            vec![Op::SetUplinks(vec!["eth0".into(), "eth1".into()])]
-        );
+        let a = accepted(&["eth0", "eth1"], 1);
+        let observed = observed_for(vec![attached("eth0"), failed], &a);
+        assert_eq!(plan_for(&a, &observed), vec![Op::SetUplinks(vec!["eth0".into(), "eth1".into()])]);
     }
 
     #[test]
     fn removed_uplink_is_detached() {
-        let observed = observed(vec![attached("eth0"), attached("eth1")], 2);
-        assert_eq!(plan(&accepted(&["eth0"], 2), &observed), vec![Op::SetUplinks(vec!["eth0".into()])]);
+        let a = accepted(&["eth0"], 2);
+        let observed = observed_for(vec![attached("eth0"), attached("eth1")], &a);
+        assert_eq!(plan_for(&a, &observed), vec![Op::SetUplinks(vec!["eth0".into()])]);
     }
 
     #[tokio::test]
@@ -211,7 +342,8 @@ mod tests {
             DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&["eth0", "eth1"]))).unwrap();
         let (model_tx, model_rx) = watch::channel(Arc::new(accepted(&["eth0"], 1)));
         let (observed_tx, mut observed_rx) = watch::channel(Observed::default());
-        let task = tokio::spawn(run(model_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()));
+        let (_health_tx, health_rx) = watch::channel(HealthView::default());
+        let task = tokio::spawn(run(model_rx, health_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()));
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
         assert_eq!(seen.bgp_generation, Some(1));
         assert_eq!(seen.uplinks, vec![UplinkStatus { ifindex: Some(2), ..attached("eth0") }]);

@@ -1,0 +1,127 @@
+//! Service VIPs over BGP, end to end: a VIP is announced to the ToR (FRR) while its backend passes
+//! the health check, withdrawn when no backend is healthy, and announced again when one recovers.
+//! The backend is a TCP listener on a thread inside the backend's network namespace.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ferrule_tests::bgp::{BgpConfig, Family, Neighbor};
+use ferrule_tests::{cmd, net, Ferrule, Frr, NetNs, TestDir};
+use nix::sched::{setns, CloneFlags};
+
+const VIP: &str = "203.0.113.10/32";
+
+/// Accepts (and closes) connections on `addr` inside `ns` until dropped.
+struct Backend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn listen(ns: &NetNs, addr: &'static str) -> Result<Backend> {
+        let netns = File::open(format!("/run/netns/{}", ns.name()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // This thread alone moves into the backend's namespace.
+            let listener = setns(&netns, CloneFlags::CLONE_NEWNET)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| Ok(TcpListener::bind(addr)?))
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                });
+            let listener = match listener {
+                Ok(l) => {
+                    let _ = ready_tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            // Bounded by the stop flag, which Drop sets; each idle round sleeps 20 ms.
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        ready_rx.recv()??;
+        Ok(Backend { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn frr_has(frr: &Frr, prefix: &str) -> Result<bool> {
+    let out = frr.vtysh(&[&format!("show bgp ipv4 unicast {prefix}")])?;
+    Ok(!out.contains("Network not in table"))
+}
+
+#[test]
+fn vip_follows_backend_health_on_the_tor() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let dir = TestDir::new("vip").unwrap();
+    let node = NetNs::new("vipn").unwrap();
+    let tor = NetNs::new("vipt").unwrap();
+    let be = NetNs::new("vipb").unwrap();
+    net::veth(&node, "tor0", &tor, "srv0").unwrap();
+    net::add_addr(&node, "tor0", "192.0.2.1/24").unwrap();
+    net::add_addr(&tor, "srv0", "192.0.2.2/24").unwrap();
+    net::veth(&node, "be0", &be, "up0").unwrap();
+    net::add_addr(&node, "be0", "198.51.100.1/30").unwrap();
+    net::add_addr(&be, "up0", "198.51.100.2/30").unwrap();
+
+    let name = format!("vip{}", std::process::id());
+    let config = format!(
+        "[node]\nname = \"{name}\"\nasn = 65101\nrouter_id = \"192.0.2.1\"\n\n\
+         [[bgp.peers]]\naddress = \"192.0.2.2\"\nasn = 65000\nhold_time = 9\n\n\
+         [[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"nat\"\n\
+         announce = \"local\"\n\
+         health = {{ kind = \"tcp\", interval_ms = 200, timeout_ms = 200, rise = 1, fall = 2 }}\n\
+         backends = [ {{ address = \"198.51.100.2\", port = 8080 }} ]\n"
+    );
+    let backend = Backend::listen(&be, "198.51.100.2:8080").unwrap();
+    let mut ferrule = Ferrule::new(&node, dir.path(), &name, &config).unwrap();
+    ferrule.start(&[]).unwrap();
+    let neighbor = Neighbor::new("ferrule", "192.0.2.1".parse().unwrap(), 65101).families(&[Family::Ipv4Unicast]);
+    let frr =
+        Frr::start(&tor, dir.path(), &BgpConfig::new("192.0.2.2".parse().unwrap(), 65000).neighbor(neighbor)).unwrap();
+    ferrule_tests::wait_established(&frr, "192.0.2.1".parse().unwrap(), Duration::from_secs(30)).unwrap();
+
+    let wait = |want: bool, what: &str| {
+        let started = Instant::now();
+        cmd::poll_until(what, Duration::from_secs(15), Duration::from_millis(100), || Ok(frr_has(&frr, VIP)? == want))
+            .unwrap_or_else(|e| panic!("{e:#}\nferrule log:\n{}", ferrule.log_tail()));
+        started.elapsed()
+    };
+    let t = wait(true, "the VIP on the ToR while the backend is healthy");
+    println!("healthy backend: expected {VIP} on the ToR, saw it after {t:.1?}");
+
+    drop(backend);
+    let t = wait(false, "the VIP withdrawn once the backend fails");
+    println!("backend down: expected {VIP} withdrawn (fall 2 x 200 ms), saw it gone after {t:.1?}");
+
+    let _backend = Backend::listen(&be, "198.51.100.2:8080").unwrap();
+    let t = wait(true, "the VIP announced again once the backend recovers");
+    println!("backend back: expected {VIP} announced again (rise 1), saw it after {t:.1?}");
+    ferrule.stop().unwrap();
+}
