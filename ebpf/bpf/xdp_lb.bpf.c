@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * XDP entry point on the uplinks. For now it only counts packets and bytes per ingress interface
- * and passes every packet to the stack; the L4 load balancer grows here. It must never drop a
- * packet it has not explicitly decided to drop.
+ * XDP entry point on the uplinks: counts every packet per ingress interface, then runs the L4
+ * load balancer (include/lib/lb.h), which passes everything that is not for a VIP. It must never
+ * drop a packet it has not explicitly decided to drop.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
 #include "lib/iface_stats.h"
+#include "lib/lb.h"
 
 SEC("xdp")
 int xdp_lb(struct xdp_md *ctx)
@@ -16,7 +17,7 @@ int xdp_lb(struct xdp_md *ctx)
 	__u64 len = (__u64)ctx->data_end - (__u64)ctx->data;
 
 	fr_iface_stats_count(ctx->ingress_ifindex, len);
-	return XDP_PASS;
+	return lb_process(ctx);
 }
 
 /*

@@ -90,6 +90,17 @@ pub enum EbpfError {
 
     #[error("BPF_PROG_TEST_RUN input rejected: {0}")]
     TestRunInput(String),
+
+    #[error("load balancer: {0}")]
+    LbInput(String),
+
+    #[error("interface {interface:?}: {action} failed")]
+    Interface {
+        interface: String,
+        action: &'static str,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
 }
 
 impl EbpfError {

@@ -6,16 +6,21 @@
 pub mod abi;
 pub mod btf;
 mod error;
+mod lb;
 mod loader;
 mod sys;
 mod test_run;
 
 pub use error::EbpfError;
+pub use lb::{
+    BackendEntry, Decap, DecapEvents, L4Proto, LbCounters, LbDrops, LbEvents, LbMaps, LbMode, ServiceKey,
+    MAX_TABLE_SIZE,
+};
 pub use loader::{
     ensure_bpffs, node_pin_dir, plan_uplinks, AttachMode, Datapath, InterfaceStats, LinkHealth, PinnedUplink, UplinkOp,
     UplinkStatus, DEFAULT_BPFFS,
 };
-pub use test_run::{test_run_xdp, TestRunOutput, XDP_PASS};
+pub use test_run::{test_run_skb, test_run_xdp, TestRunOutput, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
 /// The compiled BPF objects, 8-byte aligned as aya requires.
 pub mod objects {

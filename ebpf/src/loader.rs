@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::{
-    maps::{MapInfo, PerCpuHashMap},
+    maps::{HashOfMaps, Map, MapData, MapInfo, PerCpuHashMap},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -273,6 +273,26 @@ impl Datapath {
     /// `<bpffs>/ferrule/<node>`.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// The loaded `xdp_lb` object, for the LB map accessors in `lb.rs`.
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The kernel's statistics of the loaded `xdp_lb` program (verifier instruction count, ...).
+    pub fn xdp_program_info(&self) -> Result<aya::programs::ProgramInfo, EbpfError> {
+        let program = self.ebpf.program(XDP_PROGRAM).ok_or(EbpfError::MissingFromObject {
+            object: XDP_OBJECT,
+            what: "program",
+            name: XDP_PROGRAM,
+        })?;
+        let xdp: &Xdp = program.try_into().map_err(|e| EbpfError::program(XDP_PROGRAM, "using as XDP", e))?;
+        xdp.info().map_err(|e| EbpfError::program(XDP_PROGRAM, "reading program info", e))
     }
 
     fn links_dir(&self) -> PathBuf {
@@ -691,8 +711,10 @@ fn mount_bpffs(path: &Path) -> Result<(), EbpfError> {
 }
 
 /// Refuses to re-use a pinned map whose shape differs from this build's definition: aya would
-/// silently adopt it, and the program would then read and write it with the wrong layout.
-fn check_pinned_maps(object: &'static str, bytes: &[u8], maps_dir: &Path) -> Result<(), EbpfError> {
+/// silently adopt it, and the program would then read and write it with the wrong layout. For a
+/// map of maps the inner maps it holds are checked too (BPF_F_INNER_MAP lets their sizes differ,
+/// so everything but max_entries).
+pub(crate) fn check_pinned_maps(object: &'static str, bytes: &[u8], maps_dir: &Path) -> Result<(), EbpfError> {
     let parsed = aya_obj::Object::parse(bytes).map_err(|e| EbpfError::load(object, aya::EbpfError::ParseError(e)))?;
     let mut maps: BTreeMap<&str, &aya_obj::Map> = BTreeMap::new();
     for (name, map) in &parsed.maps {
@@ -713,9 +735,15 @@ fn check_pinned_maps(object: &'static str, bytes: &[u8], maps_dir: &Path) -> Res
             ("key size", info.key_size(), map.key_size()),
             ("value size", info.value_size(), map.value_size()),
             ("max entries", info.max_entries(), map.max_entries()),
+            ("flags", info.map_flags(), map.map_flags()),
         ] {
             if pinned != ours {
                 diffs.push(format!("{what} {pinned} pinned, {ours} in this build"));
+            }
+        }
+        if diffs.is_empty() {
+            if let Some(inner) = map.inner() {
+                diffs.extend(inner_map_diffs(name, &path, &inner)?);
             }
         }
         if !diffs.is_empty() {
@@ -723,6 +751,34 @@ fn check_pinned_maps(object: &'static str, bytes: &[u8], maps_dir: &Path) -> Res
         }
     }
     Ok(())
+}
+
+/// Differences between the first inner map held by the pinned map of maps at `path` and this
+/// build's inner definition; none when it holds no inner map.
+fn inner_map_diffs(name: &str, path: &Path, inner: &aya_obj::Map) -> Result<Vec<String>, EbpfError> {
+    let data = MapData::from_pin(path).map_err(|e| EbpfError::map(name, "opening pinned", e))?;
+    let outer = match data.info().map_err(|e| EbpfError::map(name, "reading info", e))?.map_type() {
+        Ok(aya::maps::MapType::HashOfMaps) => Map::HashOfMaps(data),
+        // Only hashes of maps are used; another outer type was already reported as a type change.
+        _ => return Ok(Vec::new()),
+    };
+    let outer: HashOfMaps<_, u32, MapData> =
+        HashOfMaps::try_from(outer).map_err(|e| EbpfError::map(name, "opening as hash of maps", e))?;
+    let Some(key) = outer.keys().next() else { return Ok(Vec::new()) };
+    let key = key.map_err(|e| EbpfError::map(name, "listing keys", e))?;
+    let held = outer.get(&key, 0).map_err(|e| EbpfError::map(name, "reading an inner map", e))?;
+    let info = held.info().map_err(|e| EbpfError::map(name, "reading inner map info", e))?;
+    let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+    Ok([
+        ("inner map type", pinned_type, inner.map_type()),
+        ("inner key size", info.key_size(), inner.key_size()),
+        ("inner value size", info.value_size(), inner.value_size()),
+        ("inner flags", info.map_flags(), inner.map_flags()),
+    ]
+    .into_iter()
+    .filter(|(_, pinned, ours)| pinned != ours)
+    .map(|(what, pinned, ours)| format!("{what} {pinned} pinned, {ours} in this build"))
+    .collect())
 }
 
 #[cfg(test)]

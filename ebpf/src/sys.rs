@@ -142,7 +142,8 @@ pub(crate) fn prog_test_run(
         data_out: data_out.as_mut_ptr() as u64,
         repeat,
         ctx_size_in: len(ctx_in.len())?,
-        ctx_in: ctx_in.as_ptr() as u64,
+        // No context at all (tc programs under test) must be a null pointer, not a dangling one.
+        ctx_in: if ctx_in.is_empty() { 0 } else { ctx_in.as_ptr() as u64 },
         ..Default::default()
     };
     // SAFETY: `attr` is the BPF_PROG_TEST_RUN layout; `data_in`/`ctx_in` are readable and
@@ -150,4 +151,44 @@ pub(crate) fn prog_test_run(
     // most `data_size_out` bytes and reports the full size in `data_size_out`.
     unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr)? };
     Ok(TestRunRaw { retval: attr.retval, data_len: attr.data_size_out as usize, duration_ns: attr.duration })
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// `union bpf_attr`'s `batch` member (BPF_MAP_*_BATCH commands).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes `values[i]` at `keys[i]` in one syscall (`BPF_MAP_UPDATE_BATCH`): filling a Maglev
+/// table of 65537 slots one element at a time would take as many syscalls.
+pub(crate) fn map_update_batch_u32(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
+    if keys.len() != values.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "keys and values differ in length"));
+    }
+    let count =
+        u32::try_from(keys.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "batch too large"))?;
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is the batch layout; `keys` and `values` hold `count` readable u32s each,
+    // matching the map's 4-byte key and value sizes, and outlive the call.
+    unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr)? };
+    if attr.count != count {
+        return Err(io::Error::other(format!("batch update stopped after {} of {count} elements", attr.count)));
+    }
+    Ok(())
 }

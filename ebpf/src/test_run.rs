@@ -6,8 +6,13 @@ use std::os::fd::BorrowedFd;
 
 use crate::{sys, EbpfError};
 
-/// `XDP_PASS` from `enum xdp_action`.
+/// Verdicts from `enum xdp_action`.
+pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+/// `TC_ACT_OK` from include/uapi/linux/pkt_cls.h.
+pub const TC_ACT_OK: u32 = 0;
 
 /// What one `BPF_PROG_TEST_RUN` of an XDP program produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +53,22 @@ pub fn test_run_xdp(
     let raw = sys::prog_test_run(prog_fd, packet, &mut out, &ctx, repeat.max(1))
         .map_err(|source| EbpfError::syscall("BPF_PROG_TEST_RUN", source))?;
     // The kernel fails with ENOSPC rather than overflow `out`; `min` only guards that contract.
+    out.truncate(raw.data_len.min(out.len()));
+    Ok(TestRunOutput { retval: raw.retval, data: out, duration_ns: raw.duration_ns })
+}
+
+/// Runs the tc program `prog_fd` once on `packet` (an Ethernet frame) and returns its verdict and
+/// the packet as it left it.
+pub fn test_run_skb(prog_fd: BorrowedFd<'_>, packet: &[u8]) -> Result<TestRunOutput, EbpfError> {
+    if packet.len() < MIN_PACKET {
+        return Err(EbpfError::TestRunInput(format!(
+            "packet is {} bytes; tc needs at least an Ethernet header ({MIN_PACKET})",
+            packet.len()
+        )));
+    }
+    let mut out = vec![0u8; packet.len() + OUTPUT_HEADROOM];
+    let raw = sys::prog_test_run(prog_fd, packet, &mut out, &[], 1)
+        .map_err(|source| EbpfError::syscall("BPF_PROG_TEST_RUN", source))?;
     out.truncate(raw.data_len.min(out.len()));
     Ok(TestRunOutput { retval: raw.retval, data: out, duration_ns: raw.duration_ns })
 }

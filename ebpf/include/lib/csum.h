@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Internet checksum helpers (RFC 1071 sums, RFC 1624 incremental updates) over values read from
+ * the packet as they are stored there. The one's-complement sum does not depend on byte order as
+ * long as every word is loaded the same way, so nothing here swaps bytes. No packet access here.
+ */
+#ifndef FERRULE_LIB_CSUM_H
+#define FERRULE_LIB_CSUM_H
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+static __always_inline __u16 csum_fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for one 16-bit word m changed to m'. */
+static __always_inline __u16 csum_replace16(__u16 check, __u16 from, __u16 to)
+{
+	__u32 sum = (__u16)~check;
+
+	sum += (__u16)~from;
+	sum += to;
+	return (__u16)~csum_fold(sum);
+}
+
+static __always_inline __u16 csum_replace32(__u16 check, __u32 from, __u32 to)
+{
+	check = csum_replace16(check, (__u16)from, (__u16)to);
+	return csum_replace16(check, (__u16)(from >> 16), (__u16)(to >> 16));
+}
+
+/* A 16-byte address changed; IPv4 addresses (first 4 bytes) pass `words` = 1. */
+static __always_inline __u16 csum_replace_addr(__u16 check, const __u8 *from, const __u8 *to, int words)
+{
+	const __u32 *f = (const __u32 *)from;
+	const __u32 *t = (const __u32 *)to;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (i < words)
+			check = csum_replace32(check, f[i], t[i]);
+	}
+	return check;
+}
+
+/* Checksum of a 20-byte IPv4 header without options whose `check` field is zero. */
+static __always_inline __u16 csum_ipv4_header(const void *hdr)
+{
+	const __u16 *w = hdr;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	return (__u16)~csum_fold(sum);
+}
+
+#endif /* FERRULE_LIB_CSUM_H */

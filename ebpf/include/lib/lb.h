@@ -1,0 +1,1031 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The L4 load balancer's fast path, run by xdp_lb on every packet of an uplink: parse, service
+ * lookup, backend choice (conntrack, else Maglev), then DSR encapsulation or NAT, and forwarding
+ * through bpf_fib_lookup. Everything it does not handle goes to the stack (XDP_PASS) with a
+ * counter; it drops only for the reasons of `enum fr_lb_drop`, counted per service.
+ *
+ * Defined behaviours (each has a datapath test):
+ * - IPv4 options (IHL > 5): handled; L4 is found at IHL * 4 and the options travel untouched.
+ * - IPv6 extension headers: hop-by-hop, routing, destination options and fragment headers are
+ *   walked, at most LB_MAX_EXT_HDRS of them; more → XDP_PASS + FR_LB_EV_EXT_HDR_LIMIT.
+ * - Fragments: the first (offset 0, has the L4 header) is balanced by its 5-tuple like any packet
+ *   and recorded in fr_lb_frags under (src, dst, id, proto); later ones are sent to the recorded
+ *   backend, or passed with FR_LB_EV_FRAG_UNKNOWN. NAT-mode services do not handle fragments:
+ *   XDP_PASS + FR_LB_EV_NAT_UNHANDLED.
+ * - ICMP errors (IPv4 type 3/11, ICMPv6 type 1/2/3) quoting a packet *from* a VIP (a backend's
+ *   DSR reply) go to the backend of that flow (conntrack with the quoted tuple reversed, else
+ *   Maglev), encapsulated like the flow, so a PMTU signal reaches the host that sends too big.
+ * - Malformed headers (truncated, IHL < 5, lengths beyond the frame): XDP_PASS +
+ *   FR_LB_EV_MALFORMED; the stack's own checks then discard them.
+ * - Tagged frames (one 802.1Q/802.1ad tag) are handled; the tag is kept, so they are sent back
+ *   out (XDP_TX) only when the route's egress is the ingress interface, else passed.
+ */
+#ifndef FERRULE_LIB_LB_H
+#define FERRULE_LIB_LB_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ferrule_abi.h"
+#include "lib/csum.h"
+#include "lib/lb_maps.h"
+
+#define LB_CONTINUE (-1)
+#define LB_MAX_EXT_HDRS 4
+/* Upper bound of any header offset, for the verifier; real headers end long before. */
+#define LB_MAX_OFF 1024
+#define LB_AF_INET 2
+#define LB_AF_INET6 10
+#define LB_IP_MF 0x2000
+#define LB_IP_OFFSET 0x1fff
+#define LB_IP_DF 0x4000
+#define LB_NH_HOPOPTS 0
+#define LB_NH_ROUTING 43
+#define LB_NH_FRAGMENT 44
+#define LB_NH_DSTOPTS 60
+#define LB_NH_ICMPV6 58
+#define LB_TTL 64
+#define LB_SEED_MAGLEV 0x6d61676cu
+#define LB_SEED_NAT 0x6e617470u
+#define LB_REFRESH_NS 1000000000ull
+
+enum lb_frag { LB_FRAG_NONE = 0, LB_FRAG_FIRST = 1, LB_FRAG_LATER = 2 };
+
+/* What parsing learnt about the packet. Aligned so address words can be read as __u32. */
+struct lb_pkt {
+	struct fr_lb_flow flow;
+	__u64 frame_len;
+	__u32 l4_off;
+	__u32 l3_len; /* IP header + payload, as the IP header says */
+	__u32 frag_id;
+	__be32 v6_word0; /* IPv6 version / traffic class / flow label */
+	__be16 v4_id;
+	__be16 v4_frag_off;
+	__u8 frag; /* enum lb_frag */
+	__u8 tos;
+	__u8 vlan;
+	__u8 pad;
+} __attribute__((aligned(8)));
+
+/* Where a rewritten or encapsulated packet goes: its new L3 (and, for NAT, L4) endpoints. */
+struct lb_fwd {
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport;
+	__be16 dport;
+	__u32 l3_len;
+	__u8 family;
+	__u8 vlan;
+	__u8 pad[6];
+} __attribute__((aligned(8)));
+
+struct lb_vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct lb_frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
+
+struct lb_icmp_hdr {
+	__u8 type;
+	__u8 code;
+	__u16 check;
+	__u32 rest;
+};
+
+/*
+ * Per-CPU scratch space for the larger temporaries: the BPF stack is 512 bytes for the whole call
+ * chain. Each field has one user at a time (a callee never uses its caller's field), and XDP runs
+ * to completion on its CPU, so one copy per CPU suffices.
+ */
+struct lb_scratch {
+	struct lb_pkt pkt;
+	struct lb_fwd fwd;
+	struct bpf_fib_lookup fib;
+	struct fr_lb_service_key sk;
+	struct fr_lb_flow flow;
+	struct fr_lb_flow nat_key;
+	struct fr_lb_nat_entry nat;
+	struct fr_lb_frag_key frag;
+	struct fr_lb_ct_entry ct;
+} __attribute__((aligned(8)));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_scratch);
+} lb_scratch_map SEC(".maps");
+
+static __always_inline struct lb_scratch *lb_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&lb_scratch_map, &zero);
+}
+
+static __always_inline __u32 lb_l2_len(const struct lb_pkt *p)
+{
+	return p->vlan ? ETH_HLEN + sizeof(struct lb_vlan_hdr) : ETH_HLEN;
+}
+
+static __always_inline void lb_event(__u32 event)
+{
+	__u64 *count = bpf_map_lookup_elem(&fr_lb_events, &event);
+
+	if (count)
+		*count += 1;
+}
+
+static __always_inline int lb_pass_event(__u32 event)
+{
+	lb_event(event);
+	return XDP_PASS;
+}
+
+/* The counters of `id` in `map`, created on first use; NULL only when the map is full. */
+/* The initial value of counters, in read-only global data rather than on the small BPF stack. */
+static const struct fr_lb_counters lb_zero_counters;
+
+static __attribute__((noinline)) struct fr_lb_counters *lb_counters(void *map, __u32 id)
+{
+	struct fr_lb_counters *c = bpf_map_lookup_elem(map, &id);
+
+	if (c)
+		return c;
+	/* BPF_NOEXIST: another CPU may have created it since the lookup. */
+	bpf_map_update_elem(map, &id, &lb_zero_counters, BPF_NOEXIST);
+	return bpf_map_lookup_elem(map, &id);
+}
+
+static __always_inline int lb_drop(struct fr_lb_counters *sc, __u32 reason)
+{
+	if (sc && reason < FR_LB_DROP_MAX)
+		sc->drops[reason] += 1;
+	return XDP_DROP;
+}
+
+static __always_inline int lb_addr_eq(const __u8 *a, const __u8 *b, int words)
+{
+	const __u32 *x = (const __u32 *)a;
+	const __u32 *y = (const __u32 *)b;
+	int eq = 1;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (i < words && x[i] != y[i])
+			eq = 0;
+	}
+	return eq;
+}
+
+/* Address equality for `family`, with the word count fixed per branch (no loop-carried
+ * branches for the verifier to explore). */
+static __always_inline int lb_addr_eq_family(const __u8 *a, const __u8 *b, __u8 family)
+{
+	if (family == FR_FAMILY_IPV4)
+		return lb_addr_eq(a, b, 1);
+	return lb_addr_eq(a, b, 4);
+}
+
+/* A 32-bit multiply-rotate mix (MurmurHash3's round and finaliser constants). */
+static __always_inline __u32 lb_mix(__u32 h, __u32 w)
+{
+	w *= 0xcc9e2d51u;
+	w = (w << 15) | (w >> 17);
+	w *= 0x1b873593u;
+	h ^= w;
+	h = (h << 13) | (h >> 19);
+	return h * 5 + 0xe6546b64u;
+}
+
+static __always_inline __u32 lb_hash_flow(const struct fr_lb_flow *f, __u32 seed)
+{
+	const __u32 *w = (const __u32 *)f;
+	__u32 h = seed;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*f) / 4); i++)
+		h = lb_mix(h, w[i]);
+	h ^= sizeof(*f);
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
+
+/* ---- parsing ---------------------------------------------------------------------------- */
+
+static __always_inline int lb_parse_ipv4(void *data, void *data_end, struct lb_pkt *p, __u32 l3)
+{
+	struct iphdr *ip = data + l3;
+	__u32 ihl_len, tot;
+	__u16 fo;
+
+	if ((void *)(ip + 1) > data_end)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	ihl_len = ip->ihl * 4;
+	tot = bpf_ntohs(ip->tot_len);
+	if (ihl_len < sizeof(*ip) || tot < ihl_len || l3 + tot > p->frame_len)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	p->l3_len = tot;
+	p->tos = ip->tos;
+	p->v4_id = ip->id;
+	p->v4_frag_off = ip->frag_off;
+	*(__u32 *)p->flow.src = ip->saddr;
+	*(__u32 *)p->flow.dst = ip->daddr;
+	p->flow.family = FR_FAMILY_IPV4;
+	p->flow.proto = ip->protocol;
+	fo = bpf_ntohs(ip->frag_off);
+	if (fo & LB_IP_OFFSET)
+		p->frag = LB_FRAG_LATER;
+	else if (fo & LB_IP_MF)
+		p->frag = LB_FRAG_FIRST;
+	p->frag_id = ip->id;
+	p->l4_off = l3 + ihl_len;
+	return LB_CONTINUE;
+}
+
+static __always_inline int lb_parse_ipv6(void *data, void *data_end, struct lb_pkt *p, __u32 l3)
+{
+	struct ipv6hdr *ip6 = data + l3;
+	__u32 off = l3 + sizeof(*ip6);
+	__u32 plen;
+	__u8 nh;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	plen = bpf_ntohs(ip6->payload_len);
+	/* payload_len 0 is a jumbogram (hop-by-hop option), which an uplink never carries. */
+	if (plen == 0 || off + plen > p->frame_len)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	p->l3_len = sizeof(*ip6) + plen;
+	p->v6_word0 = *(__be32 *)ip6;
+	p->tos = (bpf_ntohl(p->v6_word0) >> 20) & 0xff;
+	__builtin_memcpy(p->flow.src, &ip6->saddr, 16);
+	__builtin_memcpy(p->flow.dst, &ip6->daddr, 16);
+	p->flow.family = FR_FAMILY_IPV6;
+	nh = ip6->nexthdr;
+
+#pragma unroll
+	for (int i = 0; i < LB_MAX_EXT_HDRS; i++) {
+		if (off > LB_MAX_OFF)
+			return lb_pass_event(FR_LB_EV_MALFORMED);
+		if (nh == LB_NH_HOPOPTS || nh == LB_NH_ROUTING || nh == LB_NH_DSTOPTS) {
+			__u8 *h = data + off;
+
+			if ((void *)(h + 2) > data_end)
+				return lb_pass_event(FR_LB_EV_MALFORMED);
+			nh = h[0];
+			off += (h[1] + 1) * 8;
+		} else if (nh == LB_NH_FRAGMENT) {
+			struct lb_frag_hdr *f = data + off;
+			__u16 fo;
+
+			if ((void *)(f + 1) > data_end)
+				return lb_pass_event(FR_LB_EV_MALFORMED);
+			fo = bpf_ntohs(f->frag_off);
+			nh = f->nexthdr;
+			p->frag_id = f->id;
+			/* offset 0 without M is an "atomic fragment": a whole datagram. */
+			if (fo & 0xfff8)
+				p->frag = LB_FRAG_LATER;
+			else if (fo & 1)
+				p->frag = LB_FRAG_FIRST;
+			off += sizeof(*f);
+		} else {
+			break;
+		}
+	}
+	if (nh == LB_NH_HOPOPTS || nh == LB_NH_ROUTING || nh == LB_NH_DSTOPTS || nh == LB_NH_FRAGMENT)
+		return lb_pass_event(FR_LB_EV_EXT_HDR_LIMIT);
+	if (off > l3 + p->l3_len)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	p->flow.proto = nh;
+	p->l4_off = off;
+	return LB_CONTINUE;
+}
+
+/* Ethernet (+ one VLAN tag) and IP. XDP_PASS for anything that is not IP. */
+static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__be16 proto;
+
+	p->frame_len = data_end - data;
+	if ((void *)(eth + 1) > data_end)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct lb_vlan_hdr *vh = (void *)(eth + 1);
+
+		if ((void *)(vh + 1) > data_end)
+			return lb_pass_event(FR_LB_EV_MALFORMED);
+		proto = vh->proto;
+		p->vlan = 1;
+	}
+	if (proto == bpf_htons(ETH_P_IP))
+		return lb_parse_ipv4(data, data_end, p, lb_l2_len(p));
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return lb_parse_ipv6(data, data_end, p, lb_l2_len(p));
+	return XDP_PASS;
+}
+
+/* The TCP/UDP ports; the whole fixed L4 header must be there (NAT rewrites its checksum). */
+static __always_inline int lb_parse_ports(struct xdp_md *ctx, struct lb_pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 off = p->l4_off;
+	__u32 need = p->flow.proto == IPPROTO_TCP ? 20 : 8;
+	__be16 *ports;
+
+	if (off > LB_MAX_OFF)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	ports = data + off;
+	if ((void *)ports + need > data_end || off + need > lb_l2_len(p) + p->l3_len)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	p->flow.sport = ports[0];
+	p->flow.dport = ports[1];
+	return LB_CONTINUE;
+}
+
+/* ---- choosing a backend ------------------------------------------------------------------ */
+
+static __always_inline const struct fr_lb_backend *lb_backend(__u32 id)
+{
+	struct fr_lb_backend *be;
+
+	if (id == 0)
+		return NULL;
+	be = bpf_map_lookup_elem(&fr_lb_backends, &id);
+	if (!be || be->family == 0)
+		return NULL;
+	return be;
+}
+
+/* The backend id at `hash` in the service's Maglev table; 0 when it has none. */
+static __always_inline __u32 lb_maglev(__u32 service_id, __u32 hash)
+{
+	void *table = bpf_map_lookup_elem(&fr_lb_tables, &service_id);
+	__u32 zero = 0, slot;
+	__u32 *len, *id;
+
+	if (!table)
+		return 0;
+	len = bpf_map_lookup_elem(table, &zero);
+	if (!len || *len == 0)
+		return 0;
+	slot = hash % *len + 1;
+	id = bpf_map_lookup_elem(table, &slot);
+	return id ? *id : 0;
+}
+
+static __always_inline void lb_node_addr(const struct fr_lb_config *cfg, __u8 family, __u8 *out)
+{
+	if (family == FR_FAMILY_IPV4)
+		__builtin_memcpy(out, cfg->node_v4, 4);
+	else
+		__builtin_memcpy(out, cfg->node_v6, 16);
+}
+
+static __always_inline int lb_have_node_addr(const struct fr_lb_config *cfg, __u8 family)
+{
+	return cfg->flags & (family == FR_FAMILY_IPV4 ? FR_LB_CFG_HAVE_V4 : FR_LB_CFG_HAVE_V6);
+}
+
+/* ---- forwarding ------------------------------------------------------------------------- */
+
+/*
+ * Sets the MACs for the next hop towards `dst` and sends the packet there: XDP_TX when that is
+ * the ingress interface, a redirect otherwise. No route or neighbour yet: the stack gets the
+ * (already rewritten) packet, forwards it and resolves the neighbour for the next ones.
+ */
+static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_fwd *f)
+{
+	struct lb_scratch *s = lb_scratch();
+	struct bpf_fib_lookup *fib;
+	void *data, *data_end;
+	struct ethhdr *eth;
+	long rc;
+
+	if (!s)
+		return XDP_PASS;
+	fib = &s->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->ifindex = ctx->ingress_ifindex;
+	fib->tot_len = f->l3_len;
+	if (f->family == FR_FAMILY_IPV4) {
+		fib->family = LB_AF_INET;
+		fib->ipv4_src = *(const __u32 *)f->src;
+		fib->ipv4_dst = *(const __u32 *)f->dst;
+	} else {
+		fib->family = LB_AF_INET6;
+		__builtin_memcpy(fib->ipv6_src, f->src, 16);
+		__builtin_memcpy(fib->ipv6_dst, f->dst, 16);
+	}
+	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return lb_pass_event(rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? FR_LB_EV_MTU_PASS : FR_LB_EV_FIB_PASS);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	if (fib->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	if (f->vlan)
+		return lb_pass_event(FR_LB_EV_VLAN_REDIRECT);
+	return bpf_redirect(fib->ifindex, 0);
+}
+
+/* Writes the saved L2 header in front of a new outer header of `ethertype`; returns the L3
+ * offset, or 0 if the packet is too short for `l3_room` bytes after it. */
+static __always_inline __u32 lb_write_l2(struct xdp_md *ctx, const __u8 *saved, int vlan, __be16 ethertype,
+					 __u32 l3_room)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (vlan) {
+		if (data + 18 + l3_room > data_end)
+			return 0;
+		__builtin_memcpy(data, saved, 16);
+		*(__be16 *)(data + 16) = ethertype;
+		return 18;
+	}
+	if (data + ETH_HLEN + l3_room > data_end)
+		return 0;
+	__builtin_memcpy(data, saved, 12);
+	*(__be16 *)(data + 12) = ethertype;
+	return ETH_HLEN;
+}
+
+/*
+ * DSR: puts an outer IP header from the node's address to the backend in front of the IP packet
+ * (IPIP / 6in4 with an IPv4 backend, IP6IP6 / 4in6 with an IPv6 one) and forwards it. The inner
+ * packet is untouched. Outer fields: TOS / traffic class copied from the inner header; IPv4 outer
+ * copies the inner IPv4 id and DF (DF set for an inner IPv6 packet, which routers never
+ * fragment); IPv6 outer copies an inner IPv6 flow label (0 for inner IPv4); TTL / hop limit 64.
+ */
+static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt *p, const struct fr_lb_backend *be,
+				    const struct fr_lb_config *cfg, struct fr_lb_counters *sc)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 saved[18] __attribute__((aligned(8)));
+	struct lb_scratch *s = lb_scratch();
+	struct lb_fwd *f;
+	int inner_v4 = p->flow.family == FR_FAMILY_IPV4;
+	__u8 inner_proto = inner_v4 ? IPPROTO_IPIP : IPPROTO_IPV6;
+	__u32 inner_len = p->l3_len;
+	int vlan = p->vlan;
+	__u8 family = be->family;
+	__u32 l3;
+
+	if (!s)
+		return XDP_PASS;
+	f = &s->fwd;
+	__builtin_memset(f, 0, sizeof(*f));
+	if (!lb_have_node_addr(cfg, family))
+		return lb_drop(sc, FR_LB_DROP_NO_NODE_ADDRESS);
+	if (data + sizeof(saved) > data_end)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	__builtin_memcpy(saved, data, sizeof(saved));
+	__builtin_memcpy(f->dst, be->addr, 16);
+	lb_node_addr(cfg, family, f->src);
+	f->family = family;
+	f->vlan = vlan;
+
+	if (family == FR_FAMILY_IPV4) {
+		struct iphdr *o;
+
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
+			return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+		l3 = lb_write_l2(ctx, saved, vlan, bpf_htons(ETH_P_IP), sizeof(*o));
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		if (l3 == 0 || l3 > 18)
+			return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+		o = data + l3;
+		if ((void *)(o + 1) > data_end)
+			return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+		o->version = 4;
+		o->ihl = 5;
+		o->tos = p->tos;
+		o->tot_len = bpf_htons(inner_len + sizeof(*o));
+		o->id = inner_v4 ? p->v4_id : 0;
+		o->frag_off = inner_v4 ? (p->v4_frag_off & bpf_htons(LB_IP_DF)) : bpf_htons(LB_IP_DF);
+		o->ttl = LB_TTL;
+		o->protocol = inner_proto;
+		o->check = 0;
+		o->saddr = *(__u32 *)f->src;
+		o->daddr = *(__u32 *)f->dst;
+		o->check = csum_ipv4_header(o);
+		f->l3_len = inner_len + sizeof(*o);
+		return lb_fib(ctx, f);
+	}
+
+	struct ipv6hdr *o6;
+	__u32 word0 = (6u << 28) | ((__u32)p->tos << 20);
+
+	if (!inner_v4)
+		word0 |= bpf_ntohl(p->v6_word0) & 0xfffff;
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr)))
+		return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+	l3 = lb_write_l2(ctx, saved, vlan, bpf_htons(ETH_P_IPV6), sizeof(*o6));
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (l3 == 0 || l3 > 18)
+		return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+	o6 = data + l3;
+	if ((void *)(o6 + 1) > data_end)
+		return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+	*(__be32 *)o6 = bpf_htonl(word0);
+	o6->payload_len = bpf_htons(inner_len);
+	o6->nexthdr = inner_proto;
+	o6->hop_limit = LB_TTL;
+	__builtin_memcpy(&o6->saddr, f->src, 16);
+	__builtin_memcpy(&o6->daddr, f->dst, 16);
+	f->l3_len = inner_len + sizeof(*o6);
+	return lb_fib(ctx, f);
+}
+
+static __always_inline __u16 lb_l4_csum_ports(__u16 c, const __be16 *ports, __be16 sport, __be16 dport, int udp)
+{
+	c = csum_replace16(c, ports[0], sport);
+	c = csum_replace16(c, ports[1], dport);
+	/* For UDP 0 means "no checksum"; a computed 0 is sent as its other form. */
+	return udp && c == 0 ? 0xffff : c;
+}
+
+/*
+ * NAT: rewrites addresses and ports of a TCP/UDP packet to (src:sport → dst:dport), fixing the
+ * IPv4 header checksum and the L4 checksum incrementally (a UDP/IPv4 checksum of 0, "none",
+ * stays 0).
+ */
+static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fwd *to)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 old_src[16] __attribute__((aligned(8)));
+	__u8 old_dst[16] __attribute__((aligned(8)));
+	__u32 l3 = lb_l2_len(p);
+	__u32 off = p->l4_off;
+	__be16 *ports;
+	__u16 *check;
+	__u16 c;
+	int udp = p->flow.proto == IPPROTO_UDP;
+	const __u8 *src = to->src, *dst = to->dst;
+	__be16 sport = to->sport, dport = to->dport;
+
+	if (off > LB_MAX_OFF)
+		return -1;
+	ports = data + off;
+	if ((void *)ports + 20 > data_end && !(udp && (void *)ports + 8 <= data_end))
+		return -1;
+	check = udp ? (void *)ports + 6 : (void *)ports + 16;
+	if ((void *)(check + 1) > data_end)
+		return -1;
+	__builtin_memcpy(old_src, p->flow.src, 16);
+	__builtin_memcpy(old_dst, p->flow.dst, 16);
+
+	if (p->flow.family == FR_FAMILY_IPV4) {
+		struct iphdr *ip = data + l3;
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		c = csum_replace_addr(ip->check, old_src, src, 1);
+		ip->check = csum_replace_addr(c, old_dst, dst, 1);
+		ip->saddr = *(const __u32 *)src;
+		ip->daddr = *(const __u32 *)dst;
+		if (!(udp && *check == 0)) {
+			c = csum_replace_addr(*check, old_src, src, 1);
+			c = csum_replace_addr(c, old_dst, dst, 1);
+			*check = lb_l4_csum_ports(c, ports, sport, dport, udp);
+		}
+	} else {
+		struct ipv6hdr *ip6 = data + l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		__builtin_memcpy(&ip6->saddr, src, 16);
+		__builtin_memcpy(&ip6->daddr, dst, 16);
+		c = csum_replace_addr(*check, old_src, src, 4);
+		c = csum_replace_addr(c, old_dst, dst, 4);
+		*check = lb_l4_csum_ports(c, ports, sport, dport, udp);
+	}
+	ports[0] = sport;
+	ports[1] = dport;
+	return 0;
+}
+
+/*
+ * Chooses the SNAT port of a new NAT flow from its hash and claims the reverse entry
+ * (backend → node:port). A taken port is probed a few times; the same client flow finding its
+ * own entry (conntrack evicted first) re-uses it. Returns the port, or 0 when none is free.
+ */
+static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, const struct fr_lb_backend *be,
+							const struct fr_lb_config *cfg, __u32 bid, __u32 sid)
+{
+	struct lb_scratch *s = lb_scratch();
+	__u32 h = lb_hash_flow(&p->flow, LB_SEED_NAT);
+	__u8 family = p->flow.family;
+	struct fr_lb_nat_entry *ne;
+	struct fr_lb_flow *rk;
+
+	if (!s)
+		return 0;
+	rk = &s->nat_key;
+	ne = &s->nat;
+	__builtin_memset(rk, 0, sizeof(*rk));
+	__builtin_memset(ne, 0, sizeof(*ne));
+
+	__builtin_memcpy(rk->src, be->addr, 16);
+	lb_node_addr(cfg, p->flow.family, rk->dst);
+	rk->sport = be->port;
+	rk->proto = p->flow.proto;
+	rk->family = p->flow.family;
+	__builtin_memcpy(ne->client, p->flow.src, 16);
+	__builtin_memcpy(ne->vip, p->flow.dst, 16);
+	ne->client_port = p->flow.sport;
+	ne->vip_port = p->flow.dport;
+	ne->service_id = sid;
+	ne->backend_id = bid;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		struct fr_lb_nat_entry *old;
+
+		rk->dport = bpf_htons(FR_LB_NAT_PORT_MIN + (h + i * 7919u) % FR_LB_NAT_PORT_COUNT);
+		if (bpf_map_update_elem(&fr_lb_nat, rk, ne, BPF_NOEXIST) == 0)
+			return rk->dport;
+		old = bpf_map_lookup_elem(&fr_lb_nat, rk);
+		if (old && old->client_port == ne->client_port && old->vip_port == ne->vip_port &&
+		    lb_addr_eq_family(old->client, ne->client, family) && lb_addr_eq_family(old->vip, ne->vip, family))
+			return rk->dport;
+	}
+	return 0;
+}
+
+static __always_inline void lb_frag_key(const struct lb_pkt *p, struct fr_lb_frag_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->src, p->flow.src, 16);
+	__builtin_memcpy(k->dst, p->flow.dst, 16);
+	k->id = p->frag_id;
+	k->proto = p->flow.proto;
+	k->family = p->flow.family;
+}
+
+static __always_inline void lb_count(struct fr_lb_counters *c, __u64 bytes)
+{
+	if (c) {
+		c->packets += 1;
+		c->bytes += bytes;
+	}
+}
+
+/* The first fragment of a datagram to a service: later ones follow it to `bid`. */
+static __attribute__((noinline)) void lb_frag_record(const struct lb_pkt *p, __u32 bid, __u32 sid)
+{
+	struct fr_lb_frag_entry fe = { .backend_id = bid, .service_id = sid };
+	struct lb_scratch *s = lb_scratch();
+
+	if (!s)
+		return;
+	lb_frag_key(p, &s->frag);
+	bpf_map_update_elem(&fr_lb_frags, &s->frag, &fe, BPF_ANY);
+}
+
+/* NAT forward direction: client:port → VIP:port becomes node:nat_port → backend:port. */
+static __attribute__((noinline)) int lb_nat_forward(struct xdp_md *ctx, const struct lb_pkt *p,
+						    const struct fr_lb_backend *be, const struct fr_lb_config *cfg,
+						    __be16 nat_port)
+{
+	struct lb_scratch *s = lb_scratch();
+	struct lb_fwd *f;
+
+	if (!s)
+		return XDP_PASS;
+	f = &s->fwd;
+	__builtin_memset(f, 0, sizeof(*f));
+	lb_node_addr(cfg, p->flow.family, f->src);
+	__builtin_memcpy(f->dst, be->addr, 16);
+	f->sport = nat_port;
+	f->dport = be->port;
+	f->l3_len = p->l3_len;
+	f->family = p->flow.family;
+	f->vlan = p->vlan;
+	if (lb_rewrite(ctx, p, f))
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	return lb_fib(ctx, f);
+}
+
+/* A TCP/UDP packet to a service. */
+static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pkt *p, const struct fr_lb_service *svc)
+{
+	__u32 sid = svc->id;
+	__u8 mode = svc->mode;
+	struct fr_lb_counters *sc = lb_counters(&fr_lb_service_stats, sid);
+	struct fr_lb_counters *bc;
+	const struct fr_lb_backend *be = NULL;
+	struct fr_lb_ct_entry *ct;
+	struct fr_lb_config *cfg;
+	__u32 zero = 0, bid = 0;
+	__be16 nat_port = 0;
+	__u64 now;
+
+	lb_count(sc, p->frame_len);
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	if (mode == FR_LB_MODE_NAT && p->frag != LB_FRAG_NONE)
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+
+	now = bpf_ktime_get_ns();
+	ct = bpf_map_lookup_elem(&fr_lb_ct, &p->flow);
+	if (ct) {
+		bid = ct->backend_id;
+		be = lb_backend(bid);
+		/* A flow of a removed backend, or of an id now used by another service, starts over. */
+		if (!be || ct->service_id != sid || (mode == FR_LB_MODE_NAT && ct->nat_port == 0)) {
+			ct = NULL;
+		} else {
+			nat_port = ct->nat_port;
+			/* Refresh rarely: a write per packet would bounce the line between CPUs. */
+			if (now - ct->last_seen_ns > LB_REFRESH_NS)
+				ct->last_seen_ns = now;
+		}
+	}
+	if (!ct) {
+		struct lb_scratch *s = lb_scratch();
+		struct fr_lb_ct_entry *entry;
+
+		if (!s)
+			return XDP_PASS;
+		entry = &s->ct;
+		__builtin_memset(entry, 0, sizeof(*entry));
+		bid = lb_maglev(sid, lb_hash_flow(&p->flow, LB_SEED_MAGLEV));
+		be = lb_backend(bid);
+		if (!be)
+			return lb_drop(sc, FR_LB_DROP_NO_BACKEND);
+		if (mode == FR_LB_MODE_NAT) {
+			if (be->family != p->flow.family)
+				return lb_drop(sc, FR_LB_DROP_NAT_FAMILY);
+			if (!lb_have_node_addr(cfg, p->flow.family))
+				return lb_drop(sc, FR_LB_DROP_NO_NODE_ADDRESS);
+			nat_port = lb_nat_claim(p, be, cfg, bid, sid);
+			if (nat_port == 0)
+				return lb_drop(sc, FR_LB_DROP_NAT_PORTS);
+		}
+		entry->created_ns = now;
+		entry->last_seen_ns = now;
+		entry->backend_id = bid;
+		entry->service_id = sid;
+		entry->nat_port = nat_port;
+		bpf_map_update_elem(&fr_lb_ct, &p->flow, entry, BPF_ANY);
+		if (sc)
+			sc->new_flows += 1;
+		bc = lb_counters(&fr_lb_backend_stats, bid);
+		if (bc)
+			bc->new_flows += 1;
+	} else {
+		bc = lb_counters(&fr_lb_backend_stats, bid);
+	}
+	lb_count(bc, p->frame_len);
+
+	if (p->frag == LB_FRAG_FIRST)
+		lb_frag_record(p, bid, sid);
+	if (mode == FR_LB_MODE_NAT)
+		return lb_nat_forward(ctx, p, be, cfg, nat_port);
+	return lb_encap(ctx, p, be, cfg, sc);
+}
+
+/* A reply of a NAT flow (backend → node:SNAT port): translated back to VIP → client. */
+static __attribute__((noinline)) int lb_nat_reply(struct xdp_md *ctx, struct lb_pkt *p)
+{
+	struct lb_scratch *s = lb_scratch();
+	struct fr_lb_nat_entry *ne;
+	struct lb_fwd *f;
+	struct fr_lb_config *cfg;
+	__u32 zero = 0;
+
+	if ((__u16)(bpf_ntohs(p->flow.dport) - FR_LB_NAT_PORT_MIN) >= FR_LB_NAT_PORT_COUNT)
+		return XDP_PASS;
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!cfg || !lb_have_node_addr(cfg, p->flow.family))
+		return XDP_PASS;
+	if (p->flow.family == FR_FAMILY_IPV4 ? !lb_addr_eq(cfg->node_v4, p->flow.dst, 1)
+					     : !lb_addr_eq(cfg->node_v6, p->flow.dst, 4))
+		return XDP_PASS;
+	if (p->frag != LB_FRAG_NONE)
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	ne = bpf_map_lookup_elem(&fr_lb_nat, &p->flow);
+	if (!ne || !s)
+		return XDP_PASS;
+	f = &s->fwd;
+	__builtin_memset(f, 0, sizeof(*f));
+	__builtin_memcpy(f->src, ne->vip, 16);
+	__builtin_memcpy(f->dst, ne->client, 16);
+	f->sport = ne->vip_port;
+	f->dport = ne->client_port;
+	f->l3_len = p->l3_len;
+	f->family = p->flow.family;
+	f->vlan = p->vlan;
+	if (lb_rewrite(ctx, p, f))
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	lb_event(FR_LB_EV_NAT_REPLY);
+	return lb_fib(ctx, f);
+}
+
+/* A non-first fragment: to its first fragment's backend, if that was seen. */
+static __attribute__((noinline)) int lb_frag_later(struct xdp_md *ctx, struct lb_pkt *p)
+{
+	struct lb_scratch *s = lb_scratch();
+	const struct fr_lb_backend *be;
+	struct fr_lb_counters *sc;
+	struct fr_lb_frag_entry *fe;
+	struct fr_lb_config *cfg;
+	__u32 zero = 0;
+
+	if (!s)
+		return XDP_PASS;
+	lb_frag_key(p, &s->frag);
+	fe = bpf_map_lookup_elem(&fr_lb_frags, &s->frag);
+	if (!fe)
+		return lb_pass_event(FR_LB_EV_FRAG_UNKNOWN);
+	sc = lb_counters(&fr_lb_service_stats, fe->service_id);
+	lb_count(sc, p->frame_len);
+	lb_count(lb_counters(&fr_lb_backend_stats, fe->backend_id), p->frame_len);
+	be = lb_backend(fe->backend_id);
+	if (!be)
+		return lb_drop(sc, FR_LB_DROP_NO_BACKEND);
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	lb_event(FR_LB_EV_FRAG_FORWARDED);
+	return lb_encap(ctx, p, be, cfg, sc);
+}
+
+/*
+ * An ICMP error. If it quotes a packet from a service (src = VIP:port, a backend's DSR reply),
+ * it belongs to the flow client → VIP and goes to that flow's backend.
+ */
+static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb_pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct lb_scratch *s = lb_scratch();
+	struct fr_lb_service_key *sk;
+	struct fr_lb_flow *flow;
+	const struct fr_lb_backend *be;
+	struct fr_lb_counters *sc;
+	struct fr_lb_service *svc;
+	struct fr_lb_ct_entry *ct;
+	struct fr_lb_config *cfg;
+	struct lb_icmp_hdr *icmp;
+	__u32 off = p->l4_off, bid = 0, zero = 0;
+	__be16 *ports;
+
+	if (!s)
+		return XDP_PASS;
+	sk = &s->sk;
+	flow = &s->flow;
+	__builtin_memset(sk, 0, sizeof(*sk));
+	__builtin_memset(flow, 0, sizeof(*flow));
+	if (off > LB_MAX_OFF)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	icmp = data + off;
+	if ((void *)(icmp + 1) > data_end)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	off += sizeof(*icmp);
+	if (p->flow.family == FR_FAMILY_IPV4) {
+		struct iphdr *in;
+		__u32 ihl_len;
+
+		if (icmp->type != 3 && icmp->type != 11)
+			return XDP_PASS;
+		in = data + off;
+		if ((void *)(in + 1) > data_end)
+			return lb_pass_event(FR_LB_EV_MALFORMED);
+		ihl_len = in->ihl * 4;
+		if (ihl_len < sizeof(*in))
+			return lb_pass_event(FR_LB_EV_MALFORMED);
+		if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
+			return XDP_PASS;
+		*(__u32 *)sk->vip = in->saddr;
+		*(__u32 *)flow->src = in->daddr;
+		*(__u32 *)flow->dst = in->saddr;
+		sk->proto = in->protocol;
+		off += ihl_len;
+	} else {
+		struct ipv6hdr *in6;
+
+		if (icmp->type < 1 || icmp->type > 3)
+			return XDP_PASS;
+		in6 = data + off;
+		if ((void *)(in6 + 1) > data_end)
+			return lb_pass_event(FR_LB_EV_MALFORMED);
+		if (in6->nexthdr != IPPROTO_TCP && in6->nexthdr != IPPROTO_UDP)
+			return XDP_PASS;
+		__builtin_memcpy(sk->vip, &in6->saddr, 16);
+		__builtin_memcpy(flow->src, &in6->daddr, 16);
+		__builtin_memcpy(flow->dst, &in6->saddr, 16);
+		sk->proto = in6->nexthdr;
+		off += sizeof(*in6);
+	}
+	if (off > LB_MAX_OFF)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	ports = data + off;
+	if ((void *)(ports + 2) > data_end)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	sk->port = ports[0];
+	sk->family = p->flow.family;
+	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
+	if (!svc)
+		return XDP_PASS;
+	sc = lb_counters(&fr_lb_service_stats, svc->id);
+	lb_count(sc, p->frame_len);
+	if (svc->mode == FR_LB_MODE_NAT)
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	flow->sport = ports[1];
+	flow->dport = ports[0];
+	flow->proto = sk->proto;
+	flow->family = sk->family;
+	ct = bpf_map_lookup_elem(&fr_lb_ct, flow);
+	if (ct && ct->service_id == svc->id) {
+		bid = ct->backend_id;
+	} else {
+		lb_event(FR_LB_EV_ICMP_NO_FLOW);
+		bid = lb_maglev(svc->id, lb_hash_flow(flow, LB_SEED_MAGLEV));
+	}
+	be = lb_backend(bid);
+	if (!be)
+		return lb_drop(sc, FR_LB_DROP_NO_BACKEND);
+	lb_count(lb_counters(&fr_lb_backend_stats, bid), p->frame_len);
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	lb_event(FR_LB_EV_ICMP_FORWARDED);
+	return lb_encap(ctx, p, be, cfg, sc);
+}
+
+/* The load balancer's verdict for one packet. */
+static __always_inline int lb_process(struct xdp_md *ctx)
+{
+	struct lb_scratch *s = lb_scratch();
+	struct fr_lb_service_key *sk;
+	struct fr_lb_service *svc;
+	struct lb_pkt *p;
+	int rc;
+
+	if (!s)
+		return XDP_PASS;
+	p = &s->pkt;
+	sk = &s->sk;
+	__builtin_memset(p, 0, sizeof(*p));
+	rc = lb_parse(ctx, p);
+	if (rc != LB_CONTINUE)
+		return rc;
+	if (p->frag == LB_FRAG_LATER)
+		return lb_frag_later(ctx, p);
+	if (p->flow.proto == IPPROTO_ICMP && p->flow.family == FR_FAMILY_IPV4)
+		return lb_icmp_error(ctx, p);
+	if (p->flow.proto == LB_NH_ICMPV6 && p->flow.family == FR_FAMILY_IPV6)
+		return lb_icmp_error(ctx, p);
+	if (p->flow.proto != IPPROTO_TCP && p->flow.proto != IPPROTO_UDP)
+		return XDP_PASS;
+	rc = lb_parse_ports(ctx, p);
+	if (rc != LB_CONTINUE)
+		return rc;
+
+	__builtin_memset(sk, 0, sizeof(*sk));
+	__builtin_memcpy(sk->vip, p->flow.dst, 16);
+	sk->port = p->flow.dport;
+	sk->proto = p->flow.proto;
+	sk->family = p->flow.family;
+	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
+	if (!svc)
+		return lb_nat_reply(ctx, p);
+	return lb_service(ctx, p, svc);
+}
+
+#endif /* FERRULE_LIB_LB_H */

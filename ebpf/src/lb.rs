@@ -1,0 +1,653 @@
+//! The L4 load balancer's maps as a small typed API for the control plane (services, backends,
+//! Maglev tables, node addresses, counters), and the DSR decapsulation program for backends
+//! ([`Decap`]). It translates between Rust types and the ABI structs; it holds no policy (which
+//! backends a table holds comes from the caller, `ferrule-xdp-lb`).
+//!
+//! Atomicity: a service's Maglev table is a separate inner map, swapped into `fr_lb_tables` in
+//! one map update, so a packet sees the old table or the new one, never a mix.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd as _, BorrowedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    programs::{links::FdLink, tc::TcAttachType, SchedClassifier},
+    Ebpf, EbpfLoader,
+};
+
+use crate::{
+    abi::{self, DecapAddr, LbBackend, LbConfig, LbCountersRaw, LbService, LbServiceKey},
+    error::chain_to_string,
+    loader::{check_pinned_maps, ensure_bpffs, node_pin_dir, Datapath, DEFAULT_BPFFS},
+    objects, sys, EbpfError,
+};
+
+const SERVICES: &str = "fr_lb_services";
+const TABLES: &str = "fr_lb_tables";
+const BACKENDS: &str = "fr_lb_backends";
+const CONFIG: &str = "fr_lb_config";
+const SERVICE_STATS: &str = "fr_lb_service_stats";
+const BACKEND_STATS: &str = "fr_lb_backend_stats";
+const EVENTS: &str = "fr_lb_events";
+const DECAP_OBJECT: &str = "tc_decap";
+const DECAP_PROGRAM: &str = "tc_decap";
+const DECAP_ADDRS: &str = "fr_decap_addrs";
+const DECAP_EVENTS: &str = "fr_decap_events";
+/// `BPF_MAP_TYPE_ARRAY` and `BPF_F_INNER_MAP` from include/uapi/linux/bpf.h.
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// Far above any Maglev table worth having (65537 is the usual size); bounds kernel memory.
+pub const MAX_TABLE_SIZE: usize = 1 << 20;
+
+/// The transport protocol of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+}
+
+impl L4Proto {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+
+    const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            6 => Some(Self::Tcp),
+            17 => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+/// How a service's packets reach its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LbMode {
+    /// Encapsulated (IPIP, IP6IP6, 4in6, 6in4) from the node's address; the backend, running
+    /// [`Decap`], answers the client directly.
+    Dsr,
+    /// DNAT to the backend's address and port, SNAT to the node's address; replies come back
+    /// through the node and are translated back.
+    Nat,
+}
+
+impl LbMode {
+    const fn raw(self) -> u8 {
+        match self {
+            Self::Dsr => abi::LB_MODE_DSR,
+            Self::Nat => abi::LB_MODE_NAT,
+        }
+    }
+
+    const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            abi::LB_MODE_DSR => Some(Self::Dsr),
+            abi::LB_MODE_NAT => Some(Self::Nat),
+            _ => None,
+        }
+    }
+}
+
+/// What packets are matched on: destination address, port and protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: L4Proto,
+}
+
+/// A backend under its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendEntry {
+    pub address: IpAddr,
+    /// Destination port after DNAT in NAT mode; DSR keeps the client's destination port.
+    pub port: u16,
+}
+
+/// Packets dropped for a service, by reason (`enum fr_lb_drop`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LbDrops {
+    /// The service's table is empty (no healthy backend) or names no existing backend.
+    pub no_backend: u64,
+    /// No node address of the family the tunnel or SNAT needs: call `set_node_addresses`.
+    pub no_node_address: u64,
+    /// No headroom to add the outer header (driver without XDP headroom).
+    pub encap_failed: u64,
+    /// NAT: no free SNAT port for a new flow.
+    pub nat_ports: u64,
+    /// NAT between an IPv4 VIP and an IPv6 backend or the reverse (not supported).
+    pub nat_family: u64,
+}
+
+/// Counters of one service or one backend, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LbCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Conntrack misses that chose a backend.
+    pub new_flows: u64,
+    pub drops: LbDrops,
+}
+
+/// Node-wide load-balancer events (`enum fr_lb_event`), summed over CPUs. All were passed to
+/// the stack except the `*_forwarded` / `nat_reply` ones, which were sent on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LbEvents {
+    pub malformed: u64,
+    pub ext_hdr_limit: u64,
+    pub frag_unknown: u64,
+    pub fib_pass: u64,
+    pub mtu_pass: u64,
+    pub nat_unhandled: u64,
+    pub icmp_forwarded: u64,
+    pub icmp_no_flow: u64,
+    pub frag_forwarded: u64,
+    pub nat_reply: u64,
+    pub vlan_redirect: u64,
+}
+
+/// Decapsulation counters of [`Decap`], summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecapEvents {
+    pub decapsulated: u64,
+    /// Tunnel packets to an address not allowed with [`Decap::allow_address`], left alone.
+    pub not_local: u64,
+    pub failed: u64,
+}
+
+fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, abi::FAMILY_IPV4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), abi::FAMILY_IPV6),
+    }
+}
+
+fn addr_from(raw: &[u8; 16], family: u8) -> Option<IpAddr> {
+    match family {
+        abi::FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        abi::FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(*raw))),
+        _ => None,
+    }
+}
+
+impl ServiceKey {
+    fn raw(&self) -> LbServiceKey {
+        let (vip, family) = addr16(self.vip);
+        // Network byte order in memory, as on the wire.
+        LbServiceKey { vip, port: self.port.to_be(), proto: self.proto.number(), family }
+    }
+
+    fn from_raw(raw: &LbServiceKey) -> Option<Self> {
+        Some(ServiceKey {
+            vip: addr_from(&raw.vip, raw.family)?,
+            port: u16::from_be(raw.port),
+            proto: L4Proto::from_number(raw.proto)?,
+        })
+    }
+}
+
+fn sum_counters(per_cpu: &[LbCountersRaw]) -> LbCounters {
+    let mut c = LbCounters::default();
+    for v in per_cpu {
+        c.packets = c.packets.wrapping_add(v.packets);
+        c.bytes = c.bytes.wrapping_add(v.bytes);
+        c.new_flows = c.new_flows.wrapping_add(v.new_flows);
+        let d = &mut c.drops;
+        for (total, slot) in [
+            (&mut d.no_backend, abi::LB_DROP_NO_BACKEND),
+            (&mut d.no_node_address, abi::LB_DROP_NO_NODE_ADDRESS),
+            (&mut d.encap_failed, abi::LB_DROP_ENCAP_FAILED),
+            (&mut d.nat_ports, abi::LB_DROP_NAT_PORTS),
+            (&mut d.nat_family, abi::LB_DROP_NAT_FAMILY),
+        ] {
+            *total = total.wrapping_add(v.drops[slot]);
+        }
+    }
+    c
+}
+
+fn input(msg: impl Into<String>) -> EbpfError {
+    EbpfError::LbInput(msg.into())
+}
+
+/// Typed access to the load balancer's pinned maps of a loaded [`Datapath`].
+pub struct LbMaps<'a> {
+    ebpf: &'a mut Ebpf,
+}
+
+impl Datapath {
+    /// The load balancer's maps (shared by every program instance through their pins).
+    pub fn lb(&mut self) -> LbMaps<'_> {
+        LbMaps { ebpf: self.ebpf_mut() }
+    }
+
+    /// Node-wide LB events, without needing `&mut` (see [`LbMaps::events`]).
+    pub fn lb_events(&self) -> Result<LbEvents, EbpfError> {
+        read_events(self.ebpf())
+    }
+}
+
+fn map<'e>(ebpf: &'e Ebpf, name: &'static str) -> Result<&'e Map, EbpfError> {
+    ebpf.map(name).ok_or(EbpfError::MissingFromObject { object: "xdp_lb", what: "map", name })
+}
+
+fn map_mut<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Map, EbpfError> {
+    ebpf.map_mut(name).ok_or(EbpfError::MissingFromObject { object: "xdp_lb", what: "map", name })
+}
+
+fn per_cpu_u64_sum(ebpf: &Ebpf, name: &'static str, index: u32) -> Result<u64, EbpfError> {
+    let array: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(map(ebpf, name)?).map_err(|e| EbpfError::map(name, "opening as per-CPU array", e))?;
+    let values = array.get(&index, 0).map_err(|e| EbpfError::map(name, "reading", e))?;
+    Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+}
+
+fn read_events(ebpf: &Ebpf) -> Result<LbEvents, EbpfError> {
+    let ev = |i| per_cpu_u64_sum(ebpf, EVENTS, i);
+    Ok(LbEvents {
+        malformed: ev(abi::LB_EV_MALFORMED)?,
+        ext_hdr_limit: ev(abi::LB_EV_EXT_HDR_LIMIT)?,
+        frag_unknown: ev(abi::LB_EV_FRAG_UNKNOWN)?,
+        fib_pass: ev(abi::LB_EV_FIB_PASS)?,
+        mtu_pass: ev(abi::LB_EV_MTU_PASS)?,
+        nat_unhandled: ev(abi::LB_EV_NAT_UNHANDLED)?,
+        icmp_forwarded: ev(abi::LB_EV_ICMP_FORWARDED)?,
+        icmp_no_flow: ev(abi::LB_EV_ICMP_NO_FLOW)?,
+        frag_forwarded: ev(abi::LB_EV_FRAG_FORWARDED)?,
+        nat_reply: ev(abi::LB_EV_NAT_REPLY)?,
+        vlan_redirect: ev(abi::LB_EV_VLAN_REDIRECT)?,
+    })
+}
+
+/// `Ok(None)` for a missing key, so removals are idempotent.
+fn absent_ok<T>(r: Result<T, MapError>) -> Result<Option<T>, MapError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl LbMaps<'_> {
+    /// The node's addresses: outer source of DSR tunnels and SNAT source of NAT mode. A family
+    /// left `None` makes services that need it drop (counted as `no_node_address`).
+    pub fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<(), EbpfError> {
+        let mut cfg = LbConfig::default();
+        if let Some(v4) = v4 {
+            cfg.node_v4 = v4.octets();
+            cfg.flags |= abi::LB_CFG_HAVE_V4;
+        }
+        if let Some(v6) = v6 {
+            cfg.node_v6 = v6.octets();
+            cfg.flags |= abi::LB_CFG_HAVE_V6;
+        }
+        let mut array: Array<_, LbConfig> =
+            Array::try_from(map_mut(self.ebpf, CONFIG)?).map_err(|e| EbpfError::map(CONFIG, "opening as array", e))?;
+        array.set(0, cfg, 0).map_err(|e| EbpfError::map(CONFIG, "writing", e))
+    }
+
+    fn check_backend_id(id: u32) -> Result<(), EbpfError> {
+        if id == 0 || id >= abi::LB_MAX_BACKENDS {
+            return Err(input(format!(
+                "backend id {id} is out of range: ids are 1..={} (0 means none)",
+                abi::LB_MAX_BACKENDS - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates or re-points backend `id` (1..=65535). Flows already on it follow the change.
+    pub fn upsert_backend(&mut self, id: u32, backend: &BackendEntry) -> Result<(), EbpfError> {
+        Self::check_backend_id(id)?;
+        let (addr, family) = addr16(backend.address);
+        let value = LbBackend { addr, port: backend.port.to_be(), family, flags: 0 };
+        self.backends_array()?.set(id, value, 0).map_err(|e| EbpfError::map(BACKENDS, "writing", e))
+    }
+
+    /// Removes backend `id`: flows on it are re-balanced through their service's table, and tables
+    /// still naming it drop what hashes there (`no_backend`). Its counters are cleared.
+    pub fn remove_backend(&mut self, id: u32) -> Result<(), EbpfError> {
+        Self::check_backend_id(id)?;
+        self.backends_array()?.set(id, LbBackend::default(), 0).map_err(|e| EbpfError::map(BACKENDS, "clearing", e))?;
+        remove_counters(self.ebpf, BACKEND_STATS, id)
+    }
+
+    fn backends_array(&mut self) -> Result<Array<&mut MapData, LbBackend>, EbpfError> {
+        Array::try_from(map_mut(self.ebpf, BACKENDS)?).map_err(|e| EbpfError::map(BACKENDS, "opening as array", e))
+    }
+
+    /// Every backend in the map (for adopting state after a restart).
+    pub fn backends(&self) -> Result<Vec<(u32, BackendEntry)>, EbpfError> {
+        let array: Array<_, LbBackend> =
+            Array::try_from(map(self.ebpf, BACKENDS)?).map_err(|e| EbpfError::map(BACKENDS, "opening as array", e))?;
+        let mut out = Vec::new();
+        for id in 1..array.len() {
+            let b = array.get(&id, 0).map_err(|e| EbpfError::map(BACKENDS, "reading", e))?;
+            if let Some(address) = addr_from(&b.addr, b.family) {
+                out.push((id, BackendEntry { address, port: u16::from_be(b.port) }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates or updates a service: its id (1.., unique per service), mode and whole Maglev
+    /// `table` of backend ids (its length, usually a prime such as 65537, is the table size). The
+    /// table is swapped in atomically; an empty table makes new flows drop (`no_backend`) while
+    /// established ones keep their backend. Backends must be upserted first.
+    pub fn upsert_service(&mut self, key: &ServiceKey, id: u32, mode: LbMode, table: &[u32]) -> Result<(), EbpfError> {
+        if id == 0 || id > abi::LB_MAX_SERVICES {
+            return Err(input(format!(
+                "service {}:{} has id {id}: ids are 1..={}",
+                key.vip,
+                key.port,
+                abi::LB_MAX_SERVICES
+            )));
+        }
+        if table.len() > MAX_TABLE_SIZE {
+            return Err(input(format!(
+                "the table of service {}:{} has {} slots, more than the {MAX_TABLE_SIZE} allowed",
+                key.vip,
+                key.port,
+                table.len()
+            )));
+        }
+        if table.is_empty() {
+            let mut tables = self.tables()?;
+            absent_ok(tables.remove(&id)).map_err(|e| EbpfError::map(TABLES, "removing", e))?;
+        } else {
+            let inner = new_table(table)?;
+            let mut tables = self.tables()?;
+            tables.insert(id, &inner, 0).map_err(|e| EbpfError::map(TABLES, "swapping in a table", e))?;
+        }
+        let value = LbService { id, mode: mode.raw(), flags: 0, pad: 0 };
+        let mut services: HashMap<_, LbServiceKey, LbService> = HashMap::try_from(map_mut(self.ebpf, SERVICES)?)
+            .map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
+        services.insert(key.raw(), value, 0).map_err(|e| EbpfError::map(SERVICES, "writing", e))
+    }
+
+    fn tables(&mut self) -> Result<HashOfMaps<&mut MapData, u32, MapData>, EbpfError> {
+        HashOfMaps::try_from(map_mut(self.ebpf, TABLES)?)
+            .map_err(|e| EbpfError::map(TABLES, "opening as hash of maps", e))
+    }
+
+    /// Removes a service, its table and its counters; a missing service is not an error.
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), EbpfError> {
+        let mut services: HashMap<_, LbServiceKey, LbService> = HashMap::try_from(map_mut(self.ebpf, SERVICES)?)
+            .map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
+        let Some(value) = absent_ok(services.get(&key.raw(), 0)).map_err(|e| EbpfError::map(SERVICES, "reading", e))?
+        else {
+            return Ok(());
+        };
+        // The key first: from then on no packet looks the table up.
+        absent_ok(services.remove(&key.raw())).map_err(|e| EbpfError::map(SERVICES, "removing", e))?;
+        absent_ok(self.tables()?.remove(&value.id)).map_err(|e| EbpfError::map(TABLES, "removing", e))?;
+        remove_counters(self.ebpf, SERVICE_STATS, value.id)
+    }
+
+    /// The services in the map now, with their id and mode (for adopting state after a restart).
+    pub fn services(&self) -> Result<Vec<(ServiceKey, u32, LbMode)>, EbpfError> {
+        let services: HashMap<_, LbServiceKey, LbService> =
+            HashMap::try_from(map(self.ebpf, SERVICES)?).map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
+        let mut out = Vec::new();
+        for entry in services.iter() {
+            let (k, v) = entry.map_err(|e| EbpfError::map(SERVICES, "reading", e))?;
+            if let (Some(key), Some(mode)) = (ServiceKey::from_raw(&k), LbMode::from_raw(v.mode)) {
+                out.push((key, v.id, mode));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The Maglev table of service `id` as installed (empty when it has none).
+    pub fn service_table(&self, id: u32) -> Result<Vec<u32>, EbpfError> {
+        let tables: HashOfMaps<_, u32, MapData> = HashOfMaps::try_from(map(self.ebpf, TABLES)?)
+            .map_err(|e| EbpfError::map(TABLES, "opening as hash of maps", e))?;
+        let Some(inner) = absent_ok(tables.get(&id, 0)).map_err(|e| EbpfError::map(TABLES, "reading", e))? else {
+            return Ok(Vec::new());
+        };
+        let inner: Array<_, u32> =
+            Array::try_from(Map::Array(inner)).map_err(|e| EbpfError::map(TABLES, "opening a table", e))?;
+        let len = inner.get(&0, 0).map_err(|e| EbpfError::map(TABLES, "reading a table", e))?;
+        (1..=len).map(|slot| inner.get(&slot, 0).map_err(|e| EbpfError::map(TABLES, "reading a table", e))).collect()
+    }
+
+    /// Counters of service `id` (zero when it has seen no packet).
+    pub fn service_counters(&self, id: u32) -> Result<LbCounters, EbpfError> {
+        read_counters(self.ebpf, SERVICE_STATS, id)
+    }
+
+    /// Counters of backend `id` (zero when it has seen no packet).
+    pub fn backend_counters(&self, id: u32) -> Result<LbCounters, EbpfError> {
+        read_counters(self.ebpf, BACKEND_STATS, id)
+    }
+
+    /// Node-wide events: packets passed to the stack and why, ICMP errors and fragments forwarded.
+    pub fn events(&self) -> Result<LbEvents, EbpfError> {
+        read_events(self.ebpf)
+    }
+}
+
+/// A new inner array for `fr_lb_tables`: slot 0 = length, slots 1..=len = `table`.
+fn new_table(table: &[u32]) -> Result<MapData, EbpfError> {
+    let len = u32::try_from(table.len()).map_err(|_| input("table too large"))?;
+    let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_ARRAY, 4, 4, len + 1, BPF_F_INNER_MAP);
+    let inner = MapData::create(obj, "fr_lb_table", None).map_err(|e| EbpfError::map(TABLES, "creating a table", e))?;
+    let keys: Vec<u32> = (0..=len).collect();
+    let values: Vec<u32> = std::iter::once(len).chain(table.iter().copied()).collect();
+    sys::map_update_batch_u32(inner.fd().as_fd(), &keys, &values)
+        .map_err(|source| EbpfError::syscall("BPF_MAP_UPDATE_BATCH (filling a Maglev table)", source))?;
+    Ok(inner)
+}
+
+fn read_counters(ebpf: &Ebpf, name: &'static str, id: u32) -> Result<LbCounters, EbpfError> {
+    let stats: PerCpuHashMap<_, u32, LbCountersRaw> =
+        PerCpuHashMap::try_from(map(ebpf, name)?).map_err(|e| EbpfError::map(name, "opening as per-CPU hash", e))?;
+    match absent_ok(stats.get(&id, 0)).map_err(|e| EbpfError::map(name, "reading", e))? {
+        Some(per_cpu) => Ok(sum_counters(&per_cpu)),
+        None => Ok(LbCounters::default()),
+    }
+}
+
+fn remove_counters(ebpf: &mut Ebpf, name: &'static str, id: u32) -> Result<(), EbpfError> {
+    let mut stats: PerCpuHashMap<_, u32, LbCountersRaw> = PerCpuHashMap::try_from(map_mut(ebpf, name)?)
+        .map_err(|e| EbpfError::map(name, "opening as per-CPU hash", e))?;
+    absent_ok(stats.remove(&id)).map_err(|e| EbpfError::map(name, "removing", e))?;
+    Ok(())
+}
+
+/// The DSR decapsulation program for backends (`ebpf/bpf/tc_decap.bpf.c`): loaded with its maps
+/// pinned under `<bpffs>/ferrule/<node>/maps/`, attached with tcx on interface ingress, links
+/// pinned as `links/tc_decap:ingress:<ifname>` so they survive a restart of the process.
+pub struct Decap {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Decap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decap").field("pin_dir", &self.pin_dir).finish_non_exhaustive()
+    }
+}
+
+impl Decap {
+    /// Loads `tc_decap` for `node` under /sys/fs/bpf (mounted if needed).
+    pub fn open(node: &str) -> Result<Decap, EbpfError> {
+        let root = Path::new(DEFAULT_BPFFS);
+        ensure_bpffs(root)?;
+        Self::open_at(root, node)
+    }
+
+    /// Like [`Decap::open`] with bpffs at `bpffs_root` (which must already be one).
+    pub fn open_at(bpffs_root: &Path, node: &str) -> Result<Decap, EbpfError> {
+        let pin_dir = node_pin_dir(bpffs_root, node)?;
+        for sub in ["maps", "links"] {
+            let dir = pin_dir.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|e| EbpfError::pin_path("creating pin directory", dir, e))?;
+        }
+        let maps_dir = pin_dir.join("maps");
+        check_pinned_maps(DECAP_OBJECT, objects::TC_DECAP, &maps_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(objects::TC_DECAP)
+            .map_err(|e| EbpfError::load(DECAP_OBJECT, e))?;
+        program_mut(&mut ebpf)?.load().map_err(|e| EbpfError::program(DECAP_PROGRAM, "loading", e))?;
+        Ok(Decap { ebpf, pin_dir })
+    }
+
+    /// Lets tunnels addressed to `addr` (a local address of this backend) be decapsulated.
+    pub fn allow_address(&mut self, addr: IpAddr) -> Result<(), EbpfError> {
+        let mut allowed = self.addrs()?;
+        allowed.insert(decap_key(addr), 1u8, 0).map_err(|e| EbpfError::map(DECAP_ADDRS, "writing", e))
+    }
+
+    /// Stops decapsulating tunnels addressed to `addr`; not allowed before is fine.
+    pub fn disallow_address(&mut self, addr: IpAddr) -> Result<(), EbpfError> {
+        let mut allowed = self.addrs()?;
+        absent_ok(allowed.remove(&decap_key(addr))).map_err(|e| EbpfError::map(DECAP_ADDRS, "removing", e))?;
+        Ok(())
+    }
+
+    fn addrs(&mut self) -> Result<HashMap<&mut MapData, DecapAddr, u8>, EbpfError> {
+        let map = self.ebpf.map_mut(DECAP_ADDRS).ok_or(EbpfError::MissingFromObject {
+            object: DECAP_OBJECT,
+            what: "map",
+            name: DECAP_ADDRS,
+        })?;
+        HashMap::try_from(map).map_err(|e| EbpfError::map(DECAP_ADDRS, "opening as hash", e))
+    }
+
+    fn link_pin(&self, ifname: &str) -> PathBuf {
+        // bpffs refuses `.` in names; interface names cannot contain `:`.
+        self.pin_dir.join("links").join(format!("{DECAP_PROGRAM}:ingress:{}", ifname.replace('.', ":")))
+    }
+
+    /// Attaches to the ingress of `ifname` (tcx, in the caller's network namespace) and pins the
+    /// link, replacing a link pinned by a previous run (whose program is detached with it).
+    pub fn attach(&mut self, ifname: &str) -> Result<(), EbpfError> {
+        let pin = self.link_pin(ifname);
+        let interface_error = |action, e: &(dyn std::error::Error + 'static)| EbpfError::Interface {
+            interface: ifname.to_owned(),
+            action,
+            source: chain_to_string(e).into(),
+        };
+        let program = program_mut(&mut self.ebpf)?;
+        let id = program
+            .attach(ifname, TcAttachType::Ingress)
+            .map_err(|e| interface_error("attaching tc_decap (tcx ingress)", &e))?;
+        let link = program.take_link(id).map_err(|e| interface_error("taking the tc link", &e))?;
+        let link = FdLink::try_from(link).map_err(|e| interface_error("using the tc link as a bpf link", &e))?;
+        if pin.exists() {
+            std::fs::remove_file(&pin)
+                .map_err(|e| EbpfError::pin_path("removing the previous link pin", pin.clone(), e))?;
+        }
+        link.pin(&pin).map_err(|e| EbpfError::Pin { path: pin, source: Box::new(e) })?;
+        Ok(())
+    }
+
+    /// Detaches from `ifname` by removing the pinned link; not attached is fine.
+    pub fn detach(&mut self, ifname: &str) -> Result<(), EbpfError> {
+        let pin = self.link_pin(ifname);
+        // Removing the pin drops the last reference to the link, which detaches it.
+        match std::fs::remove_file(&pin) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EbpfError::pin_path("removing link pin", pin, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The loaded program, for `BPF_PROG_TEST_RUN` ([`crate::test_run_skb`]).
+    pub fn program_fd(&self) -> Result<BorrowedFd<'_>, EbpfError> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(DECAP_PROGRAM)
+            .ok_or(EbpfError::MissingFromObject { object: DECAP_OBJECT, what: "program", name: DECAP_PROGRAM })?
+            .try_into()
+            .map_err(|e| EbpfError::program(DECAP_PROGRAM, "using as tc classifier", e))?;
+        let fd = program.fd().map_err(|e| EbpfError::program(DECAP_PROGRAM, "getting its fd", e))?;
+        Ok(fd.as_fd())
+    }
+
+    /// The kernel's statistics of the loaded program (verifier instruction count, ...).
+    pub fn program_info(&self) -> Result<aya::programs::ProgramInfo, EbpfError> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(DECAP_PROGRAM)
+            .ok_or(EbpfError::MissingFromObject { object: DECAP_OBJECT, what: "program", name: DECAP_PROGRAM })?
+            .try_into()
+            .map_err(|e| EbpfError::program(DECAP_PROGRAM, "using as tc classifier", e))?;
+        program.info().map_err(|e| EbpfError::program(DECAP_PROGRAM, "reading program info", e))
+    }
+
+    /// Decapsulation counters.
+    pub fn events(&self) -> Result<DecapEvents, EbpfError> {
+        let map = self.ebpf.map(DECAP_EVENTS).ok_or(EbpfError::MissingFromObject {
+            object: DECAP_OBJECT,
+            what: "map",
+            name: DECAP_EVENTS,
+        })?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| EbpfError::map(DECAP_EVENTS, "opening as per-CPU array", e))?;
+        let ev = |i: u32| -> Result<u64, EbpfError> {
+            let values = array.get(&i, 0).map_err(|e| EbpfError::map(DECAP_EVENTS, "reading", e))?;
+            Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+        };
+        Ok(DecapEvents {
+            decapsulated: ev(abi::DECAP_EV_DECAPSULATED)?,
+            not_local: ev(abi::DECAP_EV_NOT_LOCAL)?,
+            failed: ev(abi::DECAP_EV_FAILED)?,
+        })
+    }
+}
+
+fn decap_key(addr: IpAddr) -> DecapAddr {
+    let (addr, family) = addr16(addr);
+    DecapAddr { addr, family, pad: [0; 3] }
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, EbpfError> {
+    ebpf.program_mut(DECAP_PROGRAM)
+        .ok_or(EbpfError::MissingFromObject { object: DECAP_OBJECT, what: "program", name: DECAP_PROGRAM })?
+        .try_into()
+        .map_err(|e| EbpfError::program(DECAP_PROGRAM, "using as tc classifier", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_keys_store_addresses_and_ports_in_network_order() {
+        let key = ServiceKey { vip: "192.0.2.10".parse().unwrap(), port: 443, proto: L4Proto::Tcp };
+        let raw = key.raw();
+        assert_eq!(&raw.vip[..4], &[192, 0, 2, 10]);
+        assert_eq!(&raw.vip[4..], &[0; 12]);
+        assert_eq!(raw.port.to_ne_bytes(), [0x01, 0xbb]);
+        assert_eq!((raw.proto, raw.family), (6, abi::FAMILY_IPV4));
+        assert_eq!(ServiceKey::from_raw(&raw), Some(key));
+        let v6 = ServiceKey { vip: "2001:db8::10".parse().unwrap(), port: 53, proto: L4Proto::Udp };
+        assert_eq!(ServiceKey::from_raw(&v6.raw()), Some(v6));
+    }
+
+    #[test]
+    fn counters_sum_over_cpus_by_drop_reason() {
+        let mut a = LbCountersRaw { packets: 1, bytes: 100, new_flows: 1, ..Default::default() };
+        a.drops[abi::LB_DROP_NO_BACKEND] = 2;
+        let mut b = LbCountersRaw { packets: 2, bytes: 50, ..Default::default() };
+        b.drops[abi::LB_DROP_NAT_PORTS] = 1;
+        let c = sum_counters(&[a, b]);
+        assert_eq!((c.packets, c.bytes, c.new_flows), (3, 150, 1));
+        assert_eq!(c.drops, LbDrops { no_backend: 2, nat_ports: 1, ..Default::default() });
+    }
+}

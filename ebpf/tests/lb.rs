@@ -1,0 +1,787 @@
+//! The load balancer in `xdp_lb` through `BPF_PROG_TEST_RUN`: packet in → exact packet out and
+//! verdict, for every path (DSR IPIP / IP6IP6 / 4in6, conntrack, NAT both ways, ICMP errors,
+//! fragments, pass-through and malformed input), plus `tc_decap`. Each test builds its own netns
+//! with a veth whose routes and permanent neighbours make `bpf_fib_lookup` succeed, and runs the
+//! program on a thread inside it (ingress = that veth). Needs root.
+
+mod common;
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    process::Command,
+};
+
+use common::{bpffs, privileged, run, unique_node, PinGuard};
+use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice};
+use ferrule_ebpf::{
+    test_run_skb, test_run_xdp, BackendEntry, Datapath, Decap, L4Proto, LbMode, ServiceKey, TestRunOutput, TC_ACT_OK,
+    XDP_DROP, XDP_PASS, XDP_TX,
+};
+use nix::sched::{setns, CloneFlags};
+
+const MAC_DEV: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const MAC_PEER: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x02];
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 0x07];
+
+const NODE4: [u8; 4] = [198, 51, 100, 1];
+const BACKEND_A4: [u8; 4] = [198, 51, 100, 10];
+const BACKEND_B4: [u8; 4] = [198, 51, 100, 11];
+const CLIENT4: [u8; 4] = [203, 0, 113, 7];
+const VIP4: [u8; 4] = [192, 0, 2, 80];
+const NODE6: [u8; 16] = v6(0x100, 1);
+const BACKEND_A6: [u8; 16] = v6(0x100, 0x10);
+const BACKEND_B6: [u8; 16] = v6(0x100, 0x11);
+const CLIENT6: [u8; 16] = v6(0x7, 7);
+const VIP6: [u8; 16] = v6(0x80, 0x80);
+
+const ID_A4: u32 = 1;
+const ID_B4: u32 = 2;
+const ID_A6: u32 = 3;
+const ID_B6: u32 = 4;
+const TABLE_SIZE: usize = 251;
+
+/// `2001:db8:<net>::<host>`.
+const fn v6(net: u16, host: u16) -> [u8; 16] {
+    let n = net.to_be_bytes();
+    let h = host.to_be_bytes();
+    [0x20, 0x01, 0x0d, 0xb8, n[0], n[1], 0, 0, 0, 0, 0, 0, 0, 0, h[0], h[1]]
+}
+
+fn ip4(a: [u8; 4]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(a))
+}
+
+fn ip6(a: [u8; 16]) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(a))
+}
+
+/// A namespace with veth `dev` (MAC_DEV, 198.51.100.1/24, 2001:db8:100::1/64) whose routes
+/// reach the backends (198.51.100.10/.11, 2001:db8:100::10/::11) and the clients (203.0.113.7,
+/// 2001:db8:7::7) through permanent neighbours, with forwarding on so bpf_fib_lookup answers.
+struct LbNet {
+    ns: String,
+    dev: String,
+}
+
+impl LbNet {
+    fn new(tag: &str) -> Self {
+        let pid = std::process::id();
+        let net = LbNet { ns: format!("frlb-{tag}-{pid}"), dev: format!("frl{tag}{pid}") };
+        let peer = format!("{}p", net.dev);
+        run("ip", &["netns", "add", &net.ns]);
+        let ip = |args: &[&str]| {
+            let mut all = vec!["-n", net.ns.as_str()];
+            all.extend_from_slice(args);
+            run("ip", &all)
+        };
+        ip(&["link", "add", &net.dev, "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &net.dev, "up"]);
+        ip(&["link", "set", &peer, "up"]);
+        ip(&["addr", "add", "198.51.100.1/24", "dev", &net.dev]);
+        ip(&["addr", "add", "2001:db8:100::1/64", "dev", &net.dev, "nodad"]);
+        ip(&["route", "add", "203.0.113.0/24", "dev", &net.dev]);
+        ip(&["route", "add", "2001:db8:7::/64", "dev", &net.dev]);
+        for (addr, mac) in [
+            ("198.51.100.10", "02:00:00:00:00:0a"),
+            ("198.51.100.11", "02:00:00:00:00:0b"),
+            ("2001:db8:100::10", "02:00:00:00:00:0a"),
+            ("2001:db8:100::11", "02:00:00:00:00:0b"),
+            ("203.0.113.7", "02:00:00:00:00:07"),
+            ("2001:db8:7::7", "02:00:00:00:00:07"),
+        ] {
+            ip(&["neigh", "add", addr, "lladdr", mac, "dev", &net.dev, "nud", "permanent"]);
+        }
+        run(
+            "ip",
+            &["netns", "exec", &net.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        );
+        net
+    }
+
+    /// Runs `f` with the ifindex of `dev` on a thread inside the namespace.
+    fn run<T: Send>(&self, f: impl FnOnce(u32) -> T + Send) -> T {
+        let ns = File::open(format!("/run/netns/{}", self.ns)).expect("netns file");
+        let dev = self.dev.clone();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                setns(ns, CloneFlags::CLONE_NEWNET).expect("setns");
+                let ifindex = nix::net::if_::if_nametoindex(dev.as_str()).expect("veth ifindex");
+                f(ifindex)
+            })
+            .join()
+            .expect("test thread panicked")
+        })
+    }
+}
+
+impl Drop for LbNet {
+    fn drop(&mut self) {
+        let _gone_already_is_fine = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A loaded datapath with node addresses, four backends (A/B in each family) and helpers.
+struct Lb {
+    dp: Datapath,
+    _guard: PinGuard,
+    ifindex: u32,
+}
+
+impl Lb {
+    fn open(tag: &str, ifindex: u32) -> Lb {
+        let root = bpffs();
+        let node = unique_node(tag);
+        let guard = PinGuard::new(&root, &node);
+        let mut dp = Datapath::open_at(&root, &node).unwrap();
+        let mut lb = dp.lb();
+        lb.set_node_addresses(Some(NODE4.into()), Some(NODE6.into())).unwrap();
+        for (id, addr, port) in [
+            (ID_A4, ip4(BACKEND_A4), 8080),
+            (ID_B4, ip4(BACKEND_B4), 8080),
+            (ID_A6, ip6(BACKEND_A6), 8080),
+            (ID_B6, ip6(BACKEND_B6), 8080),
+        ] {
+            lb.upsert_backend(id, &BackendEntry { address: addr, port }).unwrap();
+        }
+        Lb { dp, _guard: guard, ifindex }
+    }
+
+    /// A service whose whole table points at `backend`.
+    fn service(&mut self, vip: IpAddr, port: u16, proto: L4Proto, id: u32, mode: LbMode, backend: u32) -> ServiceKey {
+        let key = ServiceKey { vip, port, proto };
+        self.dp.lb().upsert_service(&key, id, mode, &[backend; TABLE_SIZE]).unwrap();
+        key
+    }
+
+    fn run(&self, packet: &[u8]) -> TestRunOutput {
+        test_run_xdp(self.dp.xdp_program_fd().unwrap(), packet, self.ifindex, 1).unwrap()
+    }
+}
+
+fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&dst);
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&ethertype.to_be_bytes());
+    out
+}
+
+/// client:40000 → VIP:80 TCP (SYN when `syn`), IPv4, in an Ethernet frame to the node.
+fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_PEER, MAC_DEV).ipv4(src, dst, 64);
+    let b = if syn { b.tcp(sport, dport, 1000, 64240).syn() } else { b.tcp(sport, dport, 1001, 64240).ack(5000) };
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_PEER, MAC_DEV).ipv4(src, dst, 64).udp(sport, dport).write(&mut out, payload).unwrap();
+    out
+}
+
+fn tcp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_PEER, MAC_DEV).ipv6(src, dst, 64);
+    let b = if syn { b.tcp(sport, dport, 1000, 64240).syn() } else { b.tcp(sport, dport, 1001, 64240).ack(5000) };
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_PEER, MAC_DEV).ipv6(src, dst, 64).udp(sport, dport).write(&mut out, payload).unwrap();
+    out
+}
+
+/// What xdp_lb must emit for DSR over IPv4: Ethernet to `mac` from the veth, then an outer IPv4
+/// header node → backend (id and DF copied from an inner IPv4 header, DF set for inner IPv6),
+/// then the client's IP packet unchanged.
+fn expect_ipip(mac: [u8; 6], backend: [u8; 4], inner_ip: &[u8]) -> Vec<u8> {
+    let inner_v4 = inner_ip[0] >> 4 == 4;
+    let protocol = if inner_v4 { 4 } else { 41 };
+    let mut outer = Ipv4Header::new(inner_ip.len() as u16, 64, IpNumber(protocol), NODE4, backend).unwrap();
+    if inner_v4 {
+        let inner = etherparse::Ipv4HeaderSlice::from_slice(inner_ip).unwrap();
+        outer.identification = inner.identification();
+        outer.dont_fragment = inner.dont_fragment();
+    }
+    outer.header_checksum = outer.calc_header_checksum();
+    let mut out = eth(mac, MAC_DEV, 0x0800);
+    out.extend_from_slice(&outer.to_bytes());
+    out.extend_from_slice(inner_ip);
+    out
+}
+
+/// DSR over IPv6 (IP6IP6 or 4in6): the inner flow label is copied, hop limit 64.
+fn expect_ip6_tunnel(mac: [u8; 6], backend: [u8; 16], inner_ip: &[u8]) -> Vec<u8> {
+    let inner_v4 = inner_ip[0] >> 4 == 4;
+    let flow_label = if inner_v4 { 0 } else { u32::from_be_bytes(inner_ip[..4].try_into().unwrap()) & 0xfffff };
+    let outer = Ipv6Header {
+        traffic_class: 0,
+        flow_label: Ipv6FlowLabel::try_new(flow_label).unwrap(),
+        payload_length: inner_ip.len() as u16,
+        next_header: IpNumber(if inner_v4 { 4 } else { 41 }),
+        hop_limit: 64,
+        source: NODE6,
+        destination: backend,
+    };
+    let mut out = eth(mac, MAC_DEV, 0x86dd);
+    outer.write(&mut out).unwrap();
+    out.extend_from_slice(inner_ip);
+    out
+}
+
+fn assert_tx(out: &TestRunOutput, expected: &[u8], what: &str) {
+    assert_eq!(out.retval, XDP_TX, "{what}: verdict");
+    assert_eq!(hex(&out.data), hex(expected), "{what}: packet");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn dsr_ipv4_tcp_encapsulates_in_ipip_and_conntrack_keeps_the_backend() {
+    if !privileged("dsr_ipv4_tcp_encapsulates_in_ipip_and_conntrack_keeps_the_backend") {
+        return;
+    }
+    let net = LbNet::new("a");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("dsr4", ifindex);
+        let key = lb.service(ip4(VIP4), 80, L4Proto::Tcp, 7, LbMode::Dsr, ID_A4);
+
+        let syn = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+        let out = lb.run(&syn);
+        assert_tx(&out, &expect_ipip(MAC_A, BACKEND_A4, &syn[14..]), "SYN (conntrack miss)");
+
+        // The table now sends every new flow to B; the established flow stays on A.
+        lb.dp.lb().upsert_service(&key, 7, LbMode::Dsr, &[ID_B4; TABLE_SIZE]).unwrap();
+        let ack = tcp4(CLIENT4, 40000, VIP4, 80, false, b"GET / HTTP/1.0\r\n\r\n");
+        assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), "ACK (conntrack hit)");
+        let other = tcp4(CLIENT4, 40001, VIP4, 80, true, b"");
+        assert_tx(&lb.run(&other), &expect_ipip(MAC_B, BACKEND_B4, &other[14..]), "new flow after the swap");
+
+        let lbm = lb.dp.lb();
+        let service = lbm.service_counters(7).unwrap();
+        assert_eq!((service.packets, service.new_flows), (3, 2));
+        assert_eq!(service.bytes, (syn.len() + ack.len() + other.len()) as u64);
+        assert_eq!(lbm.backend_counters(ID_A4).unwrap().packets, 2);
+        assert_eq!(lbm.backend_counters(ID_B4).unwrap().new_flows, 1);
+        assert_eq!(lbm.service_table(7).unwrap(), vec![ID_B4; TABLE_SIZE]);
+    });
+}
+
+#[test]
+fn dsr_ipv4_udp_miss_then_hit_uses_one_backend_of_a_mixed_table() {
+    if !privileged("dsr_ipv4_udp_miss_then_hit_uses_one_backend_of_a_mixed_table") {
+        return;
+    }
+    let net = LbNet::new("b");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("udp4", ifindex);
+        let key = ServiceKey { vip: ip4(VIP4), port: 53, proto: L4Proto::Udp };
+        let table: Vec<u32> = (0..TABLE_SIZE).map(|i| if i % 2 == 0 { ID_A4 } else { ID_B4 }).collect();
+        lb.dp.lb().upsert_service(&key, 9, LbMode::Dsr, &table).unwrap();
+        for sport in 1000..1032u16 {
+            let q = udp4(CLIENT4, sport, VIP4, 53, b"query");
+            let first = lb.run(&q);
+            assert_eq!(first.retval, XDP_TX);
+            let (mac, backend) = if first.data[..6] == MAC_A { (MAC_A, BACKEND_A4) } else { (MAC_B, BACKEND_B4) };
+            assert_eq!(first.data, expect_ipip(mac, backend, &q[14..]), "sport {sport}");
+            assert_eq!(lb.run(&q).data, first.data, "the second datagram of sport {sport} follows the first");
+        }
+        let lbm = lb.dp.lb();
+        let (a, b) = (lbm.backend_counters(ID_A4).unwrap(), lbm.backend_counters(ID_B4).unwrap());
+        assert_eq!(a.new_flows + b.new_flows, 32);
+        assert!(a.new_flows > 0 && b.new_flows > 0, "32 flows over a 50/50 table use both: {a:?} {b:?}");
+    });
+}
+
+#[test]
+fn dsr_ipv6_encapsulates_in_ip6ip6_for_tcp_and_udp() {
+    if !privileged("dsr_ipv6_encapsulates_in_ip6ip6_for_tcp_and_udp") {
+        return;
+    }
+    let net = LbNet::new("c");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("dsr6", ifindex);
+        let key = lb.service(ip6(VIP6), 443, L4Proto::Tcp, 11, LbMode::Dsr, ID_A6);
+        lb.service(ip6(VIP6), 443, L4Proto::Udp, 12, LbMode::Dsr, ID_B6);
+
+        let syn = tcp6(CLIENT6, 50000, VIP6, 443, true, b"");
+        assert_tx(&lb.run(&syn), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &syn[14..]), "TCP SYN");
+        lb.dp.lb().upsert_service(&key, 11, LbMode::Dsr, &[ID_B6; TABLE_SIZE]).unwrap();
+        let ack = tcp6(CLIENT6, 50000, VIP6, 443, false, b"data");
+        assert_tx(&lb.run(&ack), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &ack[14..]), "TCP ACK (conntrack hit)");
+
+        let quic = udp6(CLIENT6, 50001, VIP6, 443, b"initial");
+        assert_tx(&lb.run(&quic), &expect_ip6_tunnel(MAC_B, BACKEND_B6, &quic[14..]), "UDP");
+        assert_eq!(lb.dp.lb().service_counters(12).unwrap().new_flows, 1);
+    });
+}
+
+#[test]
+fn dsr_ipv4_vip_with_ipv6_backend_uses_4in6() {
+    if !privileged("dsr_ipv4_vip_with_ipv6_backend_uses_4in6") {
+        return;
+    }
+    let net = LbNet::new("d");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("4in6", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 5, LbMode::Dsr, ID_A6);
+        let syn = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+        assert_tx(&lb.run(&syn), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &syn[14..]), "4in6");
+    });
+}
+
+/// Checks that a packet's IPv4 and L4 checksums are right, by recomputing them.
+fn assert_checksums_valid(frame: &[u8]) {
+    let sliced = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &sliced.net else { panic!("not IPv4") };
+    let header = ip.header().to_header();
+    assert_eq!(header.header_checksum, header.calc_header_checksum(), "IPv4 header checksum");
+    let payload = ip.payload().payload;
+    match &sliced.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let expected = tcp.to_header().calc_checksum_ipv4(&header, tcp.payload()).unwrap();
+            assert_eq!(tcp.checksum(), expected, "TCP checksum");
+        }
+        Some(TransportSlice::Udp(udp)) => {
+            let expected = udp.to_header().calc_checksum_ipv4(&header, udp.payload()).unwrap();
+            assert_eq!(udp.checksum(), expected, "UDP checksum");
+        }
+        other => panic!("unexpected transport {other:?} ({} bytes)", payload.len()),
+    }
+}
+
+#[test]
+fn nat_translates_both_directions_with_valid_checksums() {
+    if !privileged("nat_translates_both_directions_with_valid_checksums") {
+        return;
+    }
+    let net = LbNet::new("e");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("nat", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 21, LbMode::Nat, ID_A4);
+        let request = tcp4(CLIENT4, 40000, VIP4, 80, false, b"GET / HTTP/1.0\r\n\r\n");
+        let out = lb.run(&request);
+        assert_eq!(out.retval, XDP_TX);
+        // The SNAT port comes from the flow's hash; everything else is fixed.
+        let nat_port = u16::from_be_bytes([out.data[34], out.data[35]]);
+        assert!((10_000..32_768).contains(&nat_port), "SNAT port {nat_port} in the NAT range");
+        let mut expected = Vec::new();
+        PacketBuilder::ethernet2(MAC_DEV, MAC_A)
+            .ipv4(NODE4, BACKEND_A4, 64)
+            .tcp(nat_port, 8080, 1001, 64240)
+            .ack(5000)
+            .write(&mut expected, b"GET / HTTP/1.0\r\n\r\n")
+            .unwrap();
+        // The builder writes src MAC second: put the veth's MAC as source and A's as destination.
+        expected[..6].copy_from_slice(&MAC_A);
+        expected[6..12].copy_from_slice(&MAC_DEV);
+        assert_eq!(hex(&out.data), hex(&expected), "forward: DNAT + SNAT");
+        assert_checksums_valid(&out.data);
+        assert_eq!(lb.run(&request).data, out.data, "the same flow keeps its SNAT port");
+
+        let reply = tcp4(BACKEND_A4, 8080, NODE4, nat_port, false, b"HTTP/1.0 200 OK\r\n\r\n");
+        let back = lb.run(&reply);
+        assert_eq!(back.retval, XDP_TX);
+        let mut expected = Vec::new();
+        PacketBuilder::ethernet2(MAC_DEV, MAC_CLIENT)
+            .ipv4(VIP4, CLIENT4, 64)
+            .tcp(80, 40000, 1001, 64240)
+            .ack(5000)
+            .write(&mut expected, b"HTTP/1.0 200 OK\r\n\r\n")
+            .unwrap();
+        expected[..6].copy_from_slice(&MAC_CLIENT);
+        expected[6..12].copy_from_slice(&MAC_DEV);
+        assert_eq!(hex(&back.data), hex(&expected), "reverse: back to VIP → client");
+        assert_checksums_valid(&back.data);
+        assert_eq!(lb.dp.lb().events().unwrap().nat_reply, 1);
+
+        // A packet to the node's address on a NAT port with no flow is the node's own business.
+        let stray = tcp4(BACKEND_B4, 8080, NODE4, nat_port, false, b"");
+        let out = lb.run(&stray);
+        assert_eq!((out.retval, out.data), (XDP_PASS, stray));
+    });
+}
+
+#[test]
+fn nat_udp_checksum_stays_valid() {
+    if !privileged("nat_udp_checksum_stays_valid") {
+        return;
+    }
+    let net = LbNet::new("f");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("natudp", ifindex);
+        lb.service(ip4(VIP4), 53, L4Proto::Udp, 22, LbMode::Nat, ID_B4);
+        let out = lb.run(&udp4(CLIENT4, 5353, VIP4, 53, b"query"));
+        assert_eq!(out.retval, XDP_TX);
+        assert_eq!(&out.data[..6], &MAC_B);
+        assert_eq!(&out.data[26..34], &[NODE4, BACKEND_B4].concat());
+        assert_eq!(&out.data[36..38], &8080u16.to_be_bytes());
+        assert_checksums_valid(&out.data);
+    });
+}
+
+/// An ICMP error from a router on the path back to the client: it quotes the backend's DSR reply
+/// (VIP:80 → client:sport) and is addressed to the VIP.
+fn icmp4_frag_needed(quoted: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_PEER, MAC_DEV)
+        .ipv4([198, 51, 100, 254], VIP4, 64)
+        .icmpv4_raw(3, 4, [0, 0, 0x05, 0xdc])
+        .write(&mut out, quoted)
+        .unwrap();
+    out
+}
+
+fn reply4(sport: u16, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(VIP4, CLIENT4, 64).tcp(sport, dport, 5000, 64240).ack(1001).write(&mut out, &[0; 8]).unwrap();
+    out
+}
+
+#[test]
+fn icmp_errors_for_a_flow_go_to_the_flows_backend() {
+    if !privileged("icmp_errors_for_a_flow_go_to_the_flows_backend") {
+        return;
+    }
+    let net = LbNet::new("g");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("icmp", ifindex);
+        let key = lb.service(ip4(VIP4), 80, L4Proto::Tcp, 31, LbMode::Dsr, ID_A4);
+        let key6 = lb.service(ip6(VIP6), 80, L4Proto::Tcp, 32, LbMode::Dsr, ID_A6);
+        assert_eq!(lb.run(&tcp4(CLIENT4, 40000, VIP4, 80, true, b"")).retval, XDP_TX);
+        assert_eq!(lb.run(&tcp6(CLIENT6, 40000, VIP6, 80, true, b"")).retval, XDP_TX);
+        // New flows would now go to B: the ICMP error must still reach A, which sent the reply.
+        lb.dp.lb().upsert_service(&key, 31, LbMode::Dsr, &[ID_B4; TABLE_SIZE]).unwrap();
+        lb.dp.lb().upsert_service(&key6, 32, LbMode::Dsr, &[ID_B6; TABLE_SIZE]).unwrap();
+
+        let icmp = icmp4_frag_needed(&reply4(80, 40000));
+        assert_tx(&lb.run(&icmp), &expect_ipip(MAC_A, BACKEND_A4, &icmp[14..]), "frag-needed");
+
+        let mut quoted = Vec::new();
+        PacketBuilder::ipv6(VIP6, CLIENT6, 64)
+            .tcp(80, 40000, 5000, 64240)
+            .ack(1001)
+            .write(&mut quoted, &[0; 8])
+            .unwrap();
+        let mut ptb = Vec::new();
+        PacketBuilder::ethernet2(MAC_PEER, MAC_DEV)
+            .ipv6(v6(0x100, 0xfe), VIP6, 64)
+            .icmpv6_raw(2, 0, 1280u32.to_be_bytes())
+            .write(&mut ptb, &quoted)
+            .unwrap();
+        assert_tx(&lb.run(&ptb), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &ptb[14..]), "packet too big");
+
+        // An error for a flow conntrack never saw goes where Maglev sends that flow (B now).
+        let unknown = icmp4_frag_needed(&reply4(80, 41234));
+        assert_tx(&lb.run(&unknown), &expect_ipip(MAC_B, BACKEND_B4, &unknown[14..]), "unknown flow");
+        let events = lb.dp.lb().events().unwrap();
+        assert_eq!((events.icmp_forwarded, events.icmp_no_flow), (3, 1));
+
+        // An error quoting something that is not a service is the stack's.
+        let other = icmp4_frag_needed(&reply4(22, 40000));
+        let out = lb.run(&other);
+        assert_eq!((out.retval, out.data), (XDP_PASS, other));
+    });
+}
+
+/// An IPv4 fragment of a UDP datagram: `l4` is the bytes at `offset` (8-byte units).
+fn fragment4(id: u16, offset: u16, more: bool, l4: &[u8]) -> Vec<u8> {
+    let mut h = Ipv4Header::new(l4.len() as u16, 64, IpNumber(17), CLIENT4, VIP4).unwrap();
+    h.identification = id;
+    h.dont_fragment = false;
+    h.more_fragments = more;
+    h.fragment_offset = etherparse::IpFragOffset::try_new(offset).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    let mut out = eth(MAC_DEV, MAC_PEER, 0x0800);
+    out.extend_from_slice(&h.to_bytes());
+    out.extend_from_slice(l4);
+    out
+}
+
+#[test]
+fn later_fragments_follow_the_first_and_unknown_ones_pass() {
+    if !privileged("later_fragments_follow_the_first_and_unknown_ones_pass") {
+        return;
+    }
+    let net = LbNet::new("h");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("frag", ifindex);
+        let key = lb.service(ip4(VIP4), 53, L4Proto::Udp, 41, LbMode::Dsr, ID_A4);
+        // UDP header (5353 → 53, length 8 + 24) + the first 8 payload bytes.
+        let mut first_l4 = Vec::new();
+        first_l4.extend_from_slice(&5353u16.to_be_bytes());
+        first_l4.extend_from_slice(&53u16.to_be_bytes());
+        first_l4.extend_from_slice(&32u16.to_be_bytes());
+        first_l4.extend_from_slice(&[0, 0]);
+        first_l4.extend_from_slice(&[1; 8]);
+        let first = fragment4(0x4242, 0, true, &first_l4);
+        assert_tx(&lb.run(&first), &expect_ipip(MAC_A, BACKEND_A4, &first[14..]), "first fragment");
+
+        lb.dp.lb().upsert_service(&key, 41, LbMode::Dsr, &[ID_B4; TABLE_SIZE]).unwrap();
+        let later = fragment4(0x4242, 2, false, &[2; 16]);
+        assert_tx(&lb.run(&later), &expect_ipip(MAC_A, BACKEND_A4, &later[14..]), "later fragment");
+
+        let orphan = fragment4(0x9999, 2, false, &[3; 16]);
+        let out = lb.run(&orphan);
+        assert_eq!((out.retval, out.data), (XDP_PASS, orphan), "a fragment whose first was not seen");
+        let events = lb.dp.lb().events().unwrap();
+        assert_eq!((events.frag_forwarded, events.frag_unknown), (1, 1));
+    });
+}
+
+#[test]
+fn traffic_that_is_not_for_a_service_passes_untouched() {
+    if !privileged("traffic_that_is_not_for_a_service_passes_untouched") {
+        return;
+    }
+    let net = LbNet::new("i");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("pass", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 51, LbMode::Dsr, ID_A4);
+        for (what, packet) in [
+            ("another address", tcp4(CLIENT4, 40000, [192, 0, 2, 81], 80, true, b"")),
+            ("the VIP on an unknown port", tcp4(CLIENT4, 40000, VIP4, 81, true, b"")),
+            ("the VIP over UDP", udp4(CLIENT4, 40000, VIP4, 80, b"x")),
+            ("IPv6", tcp6(CLIENT6, 40000, VIP6, 80, true, b"")),
+            ("ARP", [eth([0xff; 6], MAC_PEER, 0x0806), vec![0; 28]].concat()),
+        ] {
+            let out = lb.run(&packet);
+            assert_eq!(out.retval, XDP_PASS, "{what}");
+            assert_eq!(out.data, packet, "{what}");
+        }
+        let counters = lb.dp.lb().service_counters(51).unwrap();
+        assert_eq!(counters.packets, 0);
+        assert_eq!(lb.dp.lb().events().unwrap().malformed, 0);
+    });
+}
+
+#[test]
+fn malformed_headers_pass_with_a_counter() {
+    if !privileged("malformed_headers_pass_with_a_counter") {
+        return;
+    }
+    let net = LbNet::new("j");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("bad", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 61, LbMode::Dsr, ID_A4);
+        let good = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+        let truncated_tcp = good[..14 + 20 + 10].to_vec();
+        let mut truncated_tcp_fixed = truncated_tcp.clone();
+        // Keep the IP header consistent with the shorter frame: only the TCP header is short.
+        truncated_tcp_fixed[16..18].copy_from_slice(&30u16.to_be_bytes());
+        let truncated_ip = good[..14 + 12].to_vec();
+        let mut bad_ihl = good.clone();
+        bad_ihl[14] = 0x44; // IHL 4 (16 bytes) is below the minimum of 5
+        let mut long_total = good.clone();
+        long_total[16..18].copy_from_slice(&1500u16.to_be_bytes());
+        for (what, packet) in [
+            ("truncated TCP header", truncated_tcp_fixed),
+            ("truncated IPv4 header", truncated_ip),
+            ("IHL below 5", bad_ihl),
+            ("total length beyond the frame", long_total),
+        ] {
+            let out = lb.run(&packet);
+            assert_eq!(out.retval, XDP_PASS, "{what}");
+            assert_eq!(out.data, packet, "{what}");
+        }
+        assert_eq!(lb.dp.lb().events().unwrap().malformed, 4);
+        assert_eq!(lb.dp.lb().service_counters(61).unwrap().packets, 0);
+    });
+}
+
+#[test]
+fn vlan_tagged_and_ipv4_options_and_ipv6_extension_headers_are_handled() {
+    if !privileged("vlan_tagged_and_ipv4_options_and_ipv6_extension_headers_are_handled") {
+        return;
+    }
+    let net = LbNet::new("k");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("hdrs", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 71, LbMode::Dsr, ID_A4);
+        lb.service(ip6(VIP6), 80, L4Proto::Udp, 72, LbMode::Dsr, ID_A6);
+
+        // VLAN 100: the tag stays in front of the outer header.
+        let mut tagged = Vec::new();
+        PacketBuilder::ethernet2(MAC_PEER, MAC_DEV)
+            .single_vlan(etherparse::VlanId::try_new(100).unwrap())
+            .ipv4(CLIENT4, VIP4, 64)
+            .tcp(40000, 80, 1000, 64240)
+            .syn()
+            .write(&mut tagged, b"")
+            .unwrap();
+        let plain = expect_ipip(MAC_A, BACKEND_A4, &tagged[18..]);
+        let expected = [&plain[..12], &tagged[12..16], &plain[12..]].concat();
+        assert_tx(&lb.run(&tagged), &expected, "802.1Q tagged");
+
+        // IPv4 with a 4-byte option (NOP NOP NOP EOL): L4 found after it, options carried inside.
+        let mut h = Ipv4Header::new(20, 64, IpNumber(6), CLIENT4, VIP4).unwrap();
+        h.options = [1u8, 1, 1, 0][..].try_into().unwrap();
+        h.total_len = 24 + 20;
+        h.header_checksum = h.calc_header_checksum();
+        let tcp = etherparse::TcpHeader::new(40001, 80, 1000, 64240);
+        let mut with_options = eth(MAC_DEV, MAC_PEER, 0x0800);
+        with_options.extend_from_slice(&h.to_bytes());
+        with_options.extend_from_slice(&tcp.to_bytes());
+        assert_tx(&lb.run(&with_options), &expect_ipip(MAC_A, BACKEND_A4, &with_options[14..]), "IPv4 options");
+
+        // IPv6 with a destination-options header before UDP.
+        let udp = {
+            let mut u = Vec::new();
+            PacketBuilder::ipv6(CLIENT6, VIP6, 64).udp(40000, 80).write(&mut u, b"hi").unwrap();
+            u[40..].to_vec()
+        };
+        let ext = |next: u8| vec![next, 0, 1, 4, 0, 0, 0, 0]; // PadN option filling 8 bytes
+        let v6_with = |exts: &[Vec<u8>], last_next: u8| {
+            let mut payload = Vec::new();
+            for (i, e) in exts.iter().enumerate() {
+                let mut e = e.clone();
+                e[0] = if i + 1 == exts.len() { last_next } else { 60 };
+                payload.extend_from_slice(&e);
+            }
+            payload.extend_from_slice(&udp);
+            let header = Ipv6Header {
+                traffic_class: 0,
+                flow_label: Ipv6FlowLabel::ZERO,
+                payload_length: payload.len() as u16,
+                next_header: IpNumber(if exts.is_empty() { 17 } else { 60 }),
+                hop_limit: 64,
+                source: CLIENT6,
+                destination: VIP6,
+            };
+            let mut out = eth(MAC_DEV, MAC_PEER, 0x86dd);
+            header.write(&mut out).unwrap();
+            out.extend_from_slice(&payload);
+            out
+        };
+        let one = v6_with(&[ext(17)], 17);
+        assert_tx(&lb.run(&one), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &one[14..]), "IPv6 destination options");
+        let five = v6_with(&[ext(60), ext(60), ext(60), ext(60), ext(17)], 17);
+        let out = lb.run(&five);
+        assert_eq!((out.retval, out.data), (XDP_PASS, five), "more extension headers than walked");
+        assert_eq!(lb.dp.lb().events().unwrap().ext_hdr_limit, 1);
+    });
+}
+
+#[test]
+fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
+    if !privileged("empty_table_drops_new_flows_and_state_is_adopted_after_restart") {
+        return;
+    }
+    let net = LbNet::new("l");
+    net.run(|ifindex| {
+        let root = bpffs();
+        let node = unique_node("adopt");
+        let _guard = PinGuard::new(&root, &node);
+        let key = ServiceKey { vip: ip4(VIP4), port: 80, proto: L4Proto::Tcp };
+        let syn = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+        {
+            let mut dp = Datapath::open_at(&root, &node).unwrap();
+            let mut lb = dp.lb();
+            lb.set_node_addresses(Some(NODE4.into()), None).unwrap();
+            lb.upsert_backend(ID_A4, &BackendEntry { address: ip4(BACKEND_A4), port: 80 }).unwrap();
+            lb.upsert_service(&key, 81, LbMode::Dsr, &[ID_A4; 13]).unwrap();
+            assert_eq!(test_run_xdp(dp.xdp_program_fd().unwrap(), &syn, ifindex, 1).unwrap().retval, XDP_TX);
+        } // restart: nothing unpinned
+        let mut dp = Datapath::open_at(&root, &node).unwrap();
+        let mut lb = dp.lb();
+        assert_eq!(lb.services().unwrap(), vec![(key, 81, LbMode::Dsr)]);
+        assert_eq!(lb.service_table(81).unwrap(), vec![ID_A4; 13]);
+        assert_eq!(lb.backends().unwrap(), vec![(ID_A4, BackendEntry { address: ip4(BACKEND_A4), port: 80 })]);
+        assert_eq!(lb.service_counters(81).unwrap().packets, 1, "counters survive");
+
+        lb.upsert_service(&key, 81, LbMode::Dsr, &[]).unwrap();
+        let fd = dp.xdp_program_fd().unwrap();
+        let ack = tcp4(CLIENT4, 40000, VIP4, 80, false, b"");
+        assert_eq!(test_run_xdp(fd, &ack, ifindex, 1).unwrap().retval, XDP_TX, "conntrack survives the restart");
+        let new = tcp4(CLIENT4, 40001, VIP4, 80, true, b"");
+        assert_eq!(test_run_xdp(fd, &new, ifindex, 1).unwrap().retval, XDP_DROP, "no backend for a new flow");
+        // IPv6 VIP with no node IPv6 address: dropped and counted, not sent with a bad source.
+        let mut lb = dp.lb();
+        let key6 = ServiceKey { vip: ip6(VIP6), port: 80, proto: L4Proto::Tcp };
+        lb.upsert_backend(ID_A6, &BackendEntry { address: ip6(BACKEND_A6), port: 80 }).unwrap();
+        lb.upsert_service(&key6, 82, LbMode::Dsr, &[ID_A6; 13]).unwrap();
+        let syn6 = tcp6(CLIENT6, 40000, VIP6, 80, true, b"");
+        assert_eq!(test_run_xdp(dp.xdp_program_fd().unwrap(), &syn6, ifindex, 1).unwrap().retval, XDP_DROP);
+        let lb = dp.lb();
+        assert_eq!(lb.service_counters(81).unwrap().drops.no_backend, 1);
+        assert_eq!(lb.service_counters(82).unwrap().drops.no_node_address, 1);
+
+        let mut lb = dp.lb();
+        lb.remove_service(&key).unwrap();
+        lb.remove_service(&key).unwrap();
+        assert_eq!(lb.services().unwrap(), vec![(key6, 82, LbMode::Dsr)]);
+        assert_eq!(lb.service_counters(81).unwrap().packets, 0, "counters go with the service");
+        let out = test_run_xdp(dp.xdp_program_fd().unwrap(), &new, ifindex, 1).unwrap();
+        assert_eq!(out.retval, XDP_PASS, "a removed service's traffic is the stack's");
+        assert!(dp.lb().upsert_backend(0, &BackendEntry { address: ip4(BACKEND_A4), port: 1 }).is_err());
+        dp.unpin_all().unwrap();
+    });
+}
+
+#[test]
+fn fib_miss_passes_the_encapsulated_packet_to_the_stack() {
+    if !privileged("fib_miss_passes_the_encapsulated_packet_to_the_stack") {
+        return;
+    }
+    let net = LbNet::new("m");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("fibmiss", ifindex);
+        // 198.51.100.99 is on-link but has no neighbour entry yet.
+        lb.dp.lb().upsert_backend(9, &BackendEntry { address: ip4([198, 51, 100, 99]), port: 80 }).unwrap();
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 91, LbMode::Dsr, 9);
+        let syn = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+        let out = lb.run(&syn);
+        assert_eq!(out.retval, XDP_PASS);
+        // Still addressed to us at L2: the stack routes the tunnel packet and resolves the neighbour.
+        let mut expected = expect_ipip(MAC_DEV, [198, 51, 100, 99], &syn[14..]);
+        expected[6..12].copy_from_slice(&MAC_PEER);
+        assert_eq!(hex(&out.data), hex(&expected));
+        assert_eq!(lb.dp.lb().events().unwrap().fib_pass, 1);
+    });
+}
+
+#[test]
+fn tc_decap_strips_tunnels_to_allowed_addresses_only() {
+    if !privileged("tc_decap_strips_tunnels_to_allowed_addresses_only") {
+        return;
+    }
+    let root = bpffs();
+    let node = unique_node("decap");
+    let _guard = PinGuard::new(&root, &node);
+    let mut decap = Decap::open_at(&root, &node).unwrap();
+    decap.allow_address(ip4(BACKEND_A4)).unwrap();
+    decap.allow_address(ip6(BACKEND_A6)).unwrap();
+
+    let inner4 = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+    let inner6 = tcp6(CLIENT6, 40000, VIP6, 80, true, b"x");
+    for (what, tunnel, inner) in [
+        ("IPIP", expect_ipip(MAC_A, BACKEND_A4, &inner4[14..]), &inner4),
+        ("IP6IP6", expect_ip6_tunnel(MAC_A, BACKEND_A6, &inner6[14..]), &inner6),
+        ("4in6", expect_ip6_tunnel(MAC_A, BACKEND_A6, &inner4[14..]), &inner4),
+        ("6in4", expect_ipip(MAC_A, BACKEND_A4, &inner6[14..]), &inner6),
+    ] {
+        let out = test_run_skb(decap.program_fd().unwrap(), &tunnel).unwrap();
+        assert_eq!(out.retval, TC_ACT_OK, "{what}");
+        let mut expected = inner.clone();
+        expected[..12].copy_from_slice(&tunnel[..12]);
+        assert_eq!(hex(&out.data), hex(&expected), "{what}: the client's packet with the tunnel's MACs");
+    }
+    let elsewhere = expect_ipip(MAC_A, BACKEND_B4, &inner4[14..]);
+    let out = test_run_skb(decap.program_fd().unwrap(), &elsewhere).unwrap();
+    assert_eq!((out.retval, out.data), (TC_ACT_OK, elsewhere), "not our address: untouched");
+    let events = decap.events().unwrap();
+    assert_eq!((events.decapsulated, events.not_local), (4, 1));
+}
