@@ -31,6 +31,7 @@ pub struct AppState {
     pub observed: watch::Receiver<Observed>,
     pub datapath: DatapathHandle,
     pub speaker: Speaker,
+    pub health: watch::Receiver<ferrule_xdp_lb::HealthView>,
     pub started: Instant,
 }
 
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/interfaces", get(interfaces))
         .route("/v1/bgp/summary", get(bgp_summary))
         .route("/v1/bgp/routes", get(bgp_routes))
+        .route("/v1/lb/services", get(lb_services))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API path; see `ferrule --help`") })
         .with_state(state)
 }
@@ -185,6 +187,94 @@ async fn interfaces(State(state): State<AppState>) -> Response {
     }
 }
 
+/// One load-balanced service as `show lb services` prints it. JSON keys are documented in the README.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LbService {
+    pub name: String,
+    pub vip: String,
+    pub port: u16,
+    pub protocol: String,
+    pub mode: String,
+    /// The service's id in the datapath maps; `None` until installed.
+    pub id: Option<u32>,
+    /// The VIP is announced over BGP (it has a healthy backend).
+    pub announced: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub backends: Vec<LbBackend>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LbBackend {
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    pub healthy: bool,
+    pub id: Option<u32>,
+    pub packets: u64,
+    pub new_flows: u64,
+}
+
+/// `GET /v1/lb/services`: every configured service with its datapath id, health and counters.
+async fn lb_services(State(state): State<AppState>) -> Response {
+    let current = state.models.current();
+    let observed = state.observed.borrow().clone();
+    let health = state.health.borrow().clone();
+    let lb = observed.lb.unwrap_or_default();
+    let backend_id = |addr: std::net::IpAddr, port: u16| {
+        lb.backends.iter().find(|(_, b)| b.address == addr && b.port == port).map(|(id, _)| *id)
+    };
+    let mut services: Vec<LbService> = current
+        .model
+        .services
+        .iter()
+        .map(|s| {
+            let key = ferrule_xdp_lb::ServiceKey::of(s);
+            let vip_net = ipnet::IpNet::from(s.vip).to_string();
+            LbService {
+                name: s.name.clone(),
+                vip: s.vip.to_string(),
+                port: s.port,
+                protocol: s.protocol.to_string(),
+                mode: s.mode.to_string(),
+                id: lb.services.get(&key).map(|e| e.id),
+                announced: observed.announced_vips.contains(&vip_net),
+                packets: 0,
+                bytes: 0,
+                new_flows: 0,
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| LbBackend {
+                        address: b.address.to_string(),
+                        port: b.port,
+                        weight: b.weight,
+                        healthy: health.is_healthy(&key, std::net::SocketAddr::new(b.address, b.port)),
+                        id: backend_id(b.address, b.port),
+                        packets: 0,
+                        new_flows: 0,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let service_ids: Vec<u32> = services.iter().filter_map(|s| s.id).collect();
+    let backend_ids: Vec<u32> = services.iter().flat_map(|s| s.backends.iter().filter_map(|b| b.id)).collect();
+    if let Ok((sc, bc)) = state.datapath.lb_counters(service_ids.clone(), backend_ids.clone()).await {
+        for (s, c) in services.iter_mut().filter(|s| s.id.is_some()).zip(sc) {
+            (s.packets, s.bytes, s.new_flows) = (c.packets, c.bytes, c.new_flows);
+        }
+        let mut bc = bc.into_iter();
+        for b in services.iter_mut().flat_map(|s| s.backends.iter_mut()).filter(|b| b.id.is_some()) {
+            if let Some(c) = bc.next() {
+                (b.packets, b.new_flows) = (c.packets, c.new_flows);
+            }
+        }
+    }
+    Json(services).into_response()
+}
+
 /// `GET /v1/bgp/summary`: one entry per configured neighbor.
 async fn bgp_summary(State(state): State<AppState>) -> Response {
     match state.speaker.summary().await {
@@ -274,6 +364,7 @@ mod tests {
             observed,
             datapath,
             speaker: Speaker::spawn(),
+            health: watch::channel(Default::default()).1,
             started: Instant::now(),
         });
         Fixture { app, store_path, _dir: dir, models }
@@ -354,6 +445,23 @@ mod tests {
         let (code, body) = call(&f.app, "GET", "/v1/config?format=yaml", "", None).await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
         assert!(body.contains("toml or json"));
+    }
+
+    #[tokio::test]
+    async fn lb_services_lists_configured_services_with_backends() {
+        let f = fixture();
+        let web = format!(
+            "{GOOD}[[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"nat\"\n\
+             backends = [ {{ address = \"198.51.100.2\", port = 8080, weight = 3 }} ]\n"
+        );
+        assert_eq!(call(&f.app, "PUT", "/v1/config", &web, None).await.0, StatusCode::OK);
+        let (code, body) = call(&f.app, "GET", "/v1/lb/services", "", None).await;
+        assert_eq!(code, StatusCode::OK);
+        let services: Vec<LbService> = serde_json::from_str(&body).unwrap();
+        assert_eq!(services.len(), 1);
+        let (s, b) = (&services[0], &services[0].backends[0]);
+        assert_eq!((s.name.as_str(), s.vip.as_str(), s.mode.as_str(), s.id), ("web", "203.0.113.10", "nat", None));
+        assert_eq!((b.address.as_str(), b.port, b.weight, b.healthy), ("198.51.100.2", 8080, 3, true));
     }
 
     #[tokio::test]

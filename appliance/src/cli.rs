@@ -53,6 +53,15 @@ pub enum ShowCommand {
     /// BGP neighbors and routes.
     #[command(subcommand)]
     Bgp(BgpShow),
+    /// Load-balanced services: VIP, mode, announcement, backends with health, counters.
+    #[command(subcommand)]
+    Lb(LbShow),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LbShow {
+    /// One block per service with its backends.
+    Services(ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]

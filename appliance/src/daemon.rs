@@ -80,7 +80,7 @@ async fn run(args: DaemonArgs) -> Result<()> {
     ));
     tokio::spawn(reconcile::run(
         models.subscribe(),
-        health_rx,
+        health_rx.clone(),
         datapath.clone(),
         speaker.clone(),
         observed_tx,
@@ -97,6 +97,7 @@ async fn run(args: DaemonArgs) -> Result<()> {
         observed: observed_rx,
         datapath: datapath.clone(),
         speaker: speaker.clone(),
+        health: health_rx,
         started,
     });
     let api_task = tokio::spawn(serve(api_listener, app, shutdown_rx.clone()));

@@ -4,15 +4,43 @@
 
 use std::path::PathBuf;
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
 use anyhow::{anyhow, Context, Result};
-use ferrule_ebpf::{InterfaceStats, UplinkStatus};
+use ferrule_config::{Mode, Protocol};
+use ferrule_ebpf::{InterfaceStats, LbCounters, UplinkStatus};
+use ferrule_xdp_lb::{BackendEntry, LbOp, LbState, ServiceEntry, ServiceKey};
 use tokio::sync::{mpsc, oneshot};
 
-/// What the daemon needs from a datapath. Kept small: later issues add LB and policy map ops.
+/// What the daemon needs from a datapath: uplinks, their counters, and the load balancer's maps.
 pub trait Datapath {
     /// Makes the interfaces carrying our XDP program exactly `uplinks`; idempotent.
     fn set_uplinks(&mut self, uplinks: &[String]) -> Vec<UplinkStatus>;
     fn interface_stats(&self) -> Result<Vec<InterfaceStats>>;
+    /// What the load balancer's maps hold now (after a restart: what the previous run left).
+    fn lb_state(&mut self) -> Result<LbState>;
+    /// Applies load-balancer ops in order; stops at the first failure.
+    fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()>;
+    /// Outer source addresses of DSR tunnels and NAT.
+    fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<()>;
+    /// Counters of each service id and backend id asked for.
+    fn lb_counters(&mut self, services: &[u32], backends: &[u32]) -> Result<(Vec<LbCounters>, Vec<LbCounters>)>;
+}
+
+fn ebpf_key(key: &ServiceKey) -> ferrule_ebpf::ServiceKey {
+    let proto = match key.protocol {
+        Protocol::Tcp => ferrule_ebpf::L4Proto::Tcp,
+        Protocol::Udp => ferrule_ebpf::L4Proto::Udp,
+    };
+    ferrule_ebpf::ServiceKey { vip: key.vip, port: key.port, proto }
+}
+
+fn ebpf_mode(mode: Mode) -> ferrule_ebpf::LbMode {
+    match mode {
+        Mode::Dsr => ferrule_ebpf::LbMode::Dsr,
+        Mode::Nat => ferrule_ebpf::LbMode::Nat,
+    }
 }
 
 impl Datapath for ferrule_ebpf::Datapath {
@@ -23,11 +51,68 @@ impl Datapath for ferrule_ebpf::Datapath {
     fn interface_stats(&self) -> Result<Vec<InterfaceStats>> {
         Ok(ferrule_ebpf::Datapath::interface_stats(self)?)
     }
+
+    fn lb_state(&mut self) -> Result<LbState> {
+        let lb = self.lb();
+        let mut state = LbState::default();
+        for (id, b) in lb.backends()? {
+            state.backends.insert(id, BackendEntry { address: b.address, port: b.port });
+        }
+        for (key, id, mode) in lb.services()? {
+            let protocol = match key.proto {
+                ferrule_ebpf::L4Proto::Tcp => Protocol::Tcp,
+                ferrule_ebpf::L4Proto::Udp => Protocol::Udp,
+            };
+            let mode = match mode {
+                ferrule_ebpf::LbMode::Dsr => Mode::Dsr,
+                ferrule_ebpf::LbMode::Nat => Mode::Nat,
+            };
+            let table = Arc::new(lb.service_table(id)?);
+            state
+                .services
+                .insert(ServiceKey { vip: key.vip, port: key.port, protocol }, ServiceEntry { id, mode, table });
+        }
+        Ok(state)
+    }
+
+    fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()> {
+        let mut lb = self.lb();
+        for op in ops {
+            match op {
+                LbOp::UpsertBackend { id, address, port } => {
+                    lb.upsert_backend(*id, &ferrule_ebpf::BackendEntry { address: *address, port: *port })?
+                }
+                LbOp::UpsertService { id, key, mode, table } => {
+                    lb.upsert_service(&ebpf_key(key), *id, ebpf_mode(*mode), table)?
+                }
+                LbOp::RemoveService { key, .. } => lb.remove_service(&ebpf_key(key))?,
+                LbOp::RemoveBackend { id } => lb.remove_backend(*id)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<()> {
+        Ok(self.lb().set_node_addresses(v4, v6)?)
+    }
+
+    fn lb_counters(&mut self, services: &[u32], backends: &[u32]) -> Result<(Vec<LbCounters>, Vec<LbCounters>)> {
+        let lb = self.lb();
+        let s = services.iter().map(|id| lb.service_counters(*id)).collect::<Result<_, _>>()?;
+        let b = backends.iter().map(|id| lb.backend_counters(*id)).collect::<Result<_, _>>()?;
+        Ok((s, b))
+    }
 }
+
+type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Command {
     SetUplinks(Vec<String>, oneshot::Sender<Vec<UplinkStatus>>),
-    InterfaceStats(oneshot::Sender<Result<Vec<InterfaceStats>>>),
+    InterfaceStats(Reply<Vec<InterfaceStats>>),
+    LbState(Reply<LbState>),
+    ApplyLb(Vec<LbOp>, Reply<()>),
+    NodeAddresses(Option<Ipv4Addr>, Option<Ipv6Addr>, Reply<()>),
+    LbCounters(Vec<u32>, Vec<u32>, Reply<(Vec<LbCounters>, Vec<LbCounters>)>),
 }
 
 /// A cheap, cloneable handle to the datapath thread.
@@ -69,6 +154,18 @@ impl DatapathHandle {
                         Command::InterfaceStats(reply) => {
                             let _ = reply.send(datapath.interface_stats());
                         }
+                        Command::LbState(reply) => {
+                            let _ = reply.send(datapath.lb_state());
+                        }
+                        Command::ApplyLb(ops, reply) => {
+                            let _ = reply.send(datapath.apply_lb(&ops));
+                        }
+                        Command::NodeAddresses(v4, v6, reply) => {
+                            let _ = reply.send(datapath.set_node_addresses(v4, v6));
+                        }
+                        Command::LbCounters(services, backends, reply) => {
+                            let _ = reply.send(datapath.lb_counters(&services, &backends));
+                        }
                     }
                 }
             })
@@ -92,6 +189,32 @@ impl DatapathHandle {
         self.tx.send(Command::InterfaceStats(reply)).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
+
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(command(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    pub async fn lb_state(&self) -> Result<LbState> {
+        self.ask(Command::LbState).await
+    }
+
+    pub async fn apply_lb(&self, ops: Vec<LbOp>) -> Result<()> {
+        self.ask(|reply| Command::ApplyLb(ops, reply)).await
+    }
+
+    pub async fn set_node_addresses(&self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<()> {
+        self.ask(|reply| Command::NodeAddresses(v4, v6, reply)).await
+    }
+
+    pub async fn lb_counters(
+        &self,
+        services: Vec<u32>,
+        backends: Vec<u32>,
+    ) -> Result<(Vec<LbCounters>, Vec<LbCounters>)> {
+        self.ask(|reply| Command::LbCounters(services, backends, reply)).await
+    }
 }
 
 fn gone() -> anyhow::Error {
@@ -105,6 +228,8 @@ pub struct InMemoryDatapath {
     pub existing: Vec<String>,
     attached: Vec<String>,
     reads: std::cell::Cell<u64>,
+    /// The load balancer's maps, with the consistency checks of `LbState::apply`.
+    lb: LbState,
 }
 
 #[cfg(test)]
@@ -114,6 +239,7 @@ impl InMemoryDatapath {
             existing: existing.iter().map(|s| s.to_string()).collect(),
             attached: Vec::new(),
             reads: std::cell::Cell::new(0),
+            lb: LbState::default(),
         }
     }
 }
@@ -149,5 +275,24 @@ impl Datapath for InMemoryDatapath {
                 bytes: self.reads.get() * 100,
             })
             .collect())
+    }
+
+    fn lb_state(&mut self) -> Result<LbState> {
+        Ok(self.lb.clone())
+    }
+
+    fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()> {
+        for op in ops {
+            self.lb.apply(op).map_err(|e| anyhow!("{e:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn set_node_addresses(&mut self, _v4: Option<Ipv4Addr>, _v6: Option<Ipv6Addr>) -> Result<()> {
+        Ok(())
+    }
+
+    fn lb_counters(&mut self, services: &[u32], backends: &[u32]) -> Result<(Vec<LbCounters>, Vec<LbCounters>)> {
+        Ok((vec![LbCounters::default(); services.len()], vec![LbCounters::default(); backends.len()]))
     }
 }

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{BgpShow, Cli, Command, ShowCommand};
+use cli::{BgpShow, Cli, Command, LbShow, ShowCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             ShowCommand::Status(args) => return client::run(show::status(args)),
             ShowCommand::Interfaces(args) => return client::run(show::interfaces(args)),
             ShowCommand::Bgp(BgpShow::Summary(args)) => return client::run(show::bgp_summary(args)),
+            ShowCommand::Lb(LbShow::Services(args)) => return client::run(show::lb_services(args)),
             ShowCommand::Bgp(BgpShow::Routes { prefix, client }) => {
                 return client::run(show::bgp_routes(prefix, client))
             }

@@ -15,8 +15,9 @@ use crate::datapath::DatapathHandle;
 use crate::metrics::Metrics;
 use crate::model::Accepted;
 use ferrule_bgp::driver::{Speaker, SpeakerConfig};
-use ferrule_xdp_lb::HealthView;
+use ferrule_xdp_lb::{HealthView, LbOp, LbState};
 use ipnet::IpNet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// How often the loop re-checks even when nothing changed.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
@@ -34,6 +35,13 @@ pub struct Observed {
     pub bgp_applied: Option<SpeakerConfig>,
     /// Service VIPs announced now (while they have a healthy backend).
     pub announced_vips: Vec<String>,
+    /// What the load balancer's maps hold; `None` until read from the (maybe pinned) maps.
+    #[serde(skip)]
+    pub lb: Option<LbState>,
+    /// Outer source addresses given to the datapath (DSR tunnels, NAT).
+    pub node_addresses: Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
+    /// Why the last load-balancer change failed, if it did.
+    pub lb_error: Option<String>,
     /// Why the speaker refused the last `[bgp]` section (e.g. the listen port is taken).
     pub bgp_error: Option<String>,
     #[serde(skip)]
@@ -46,6 +54,12 @@ pub enum Op {
     SetUplinks(Vec<String>),
     /// Give the BGP speaker the model's `[bgp]` section plus the VIPs to announce.
     ConfigureBgp(Box<SpeakerConfig>),
+    /// Read what the load balancer's maps hold (after a restart: adopt it, don't rebuild it).
+    AdoptLb,
+    /// Change the load balancer's maps (backends, services, Maglev tables), in this order.
+    ApplyLb(Vec<LbOp>),
+    /// Set the node's addresses used as outer source by DSR and NAT.
+    SetNodeAddresses(Option<Ipv4Addr>, Option<Ipv6Addr>),
 }
 
 /// Everything the daemon should be doing right now: the model, and what it derives from
@@ -55,6 +69,8 @@ pub struct Desired<'a> {
     pub health: &'a HealthView,
     /// Networks directly connected to this node, for `announce = "local"` services.
     pub connected: &'a [IpNet],
+    /// The first global IPv4 and IPv6 addresses of the uplinks, in uplink order.
+    pub node_addresses: (Option<Ipv4Addr>, Option<Ipv6Addr>),
 }
 
 impl Desired<'_> {
@@ -82,6 +98,18 @@ pub fn plan(desired: &Desired<'_>, observed: &Observed) -> Vec<Op> {
     if observed.bgp_applied.as_ref() != Some(&speaker) {
         ops.push(Op::ConfigureBgp(Box::new(speaker)));
     }
+    if observed.node_addresses != Some(desired.node_addresses) {
+        ops.push(Op::SetNodeAddresses(desired.node_addresses.0, desired.node_addresses.1));
+    }
+    match &observed.lb {
+        None => ops.push(Op::AdoptLb),
+        Some(lb) => {
+            let lb_ops = ferrule_xdp_lb::plan(&desired.accepted.model.services, desired.health, lb);
+            if !lb_ops.is_empty() {
+                ops.push(Op::ApplyLb(lb_ops));
+            }
+        }
+    }
     ops
 }
 
@@ -104,7 +132,8 @@ pub async fn run(
         }
         let span = info_span!("reconcile", generation = desired.generation);
         let connected = connected_networks();
-        let want = Desired { accepted: &desired, health: &health, connected: &connected };
+        let node_addresses = uplink_addresses(&desired.model.node.uplinks);
+        let want = Desired { accepted: &desired, health: &health, connected: &connected, node_addresses };
         pass(&want, &datapath, &speaker, &observed_tx, &metrics).instrument(span).await;
         previous = Some(desired);
         tokio::select! {
@@ -113,6 +142,38 @@ pub async fn run(
             _ = tick.tick() => {}
         }
     }
+}
+
+/// The first global IPv4 and IPv6 address found on the uplinks, in uplink order.
+fn uplink_addresses(uplinks: &[String]) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return (None, None) };
+    let addrs: Vec<(String, IpAddr)> = addrs
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            let ip = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                (Some(v4), _) => IpAddr::V4(v4.ip()),
+                (_, Some(v6)) => IpAddr::V6(v6.ip()),
+                _ => return None,
+            };
+            Some((ifa.interface_name, ip))
+        })
+        .collect();
+    let mut found = (None, None);
+    for uplink in uplinks {
+        for (name, ip) in addrs.iter().filter(|(n, _)| n == uplink) {
+            match ip {
+                IpAddr::V4(a) if !a.is_loopback() && !a.is_link_local() => {
+                    found.0.get_or_insert(*a);
+                }
+                IpAddr::V6(a) if !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80 => {
+                    found.1.get_or_insert(*a);
+                }
+                _ => {}
+            }
+            let _ = name;
+        }
+    }
+    found
 }
 
 /// Networks of this node's interfaces (address and prefix length), read from the kernel.
@@ -179,6 +240,54 @@ async fn pass(
                     observed.bgp_error = Some(err.to_string());
                 }
             },
+            Op::AdoptLb => match datapath.lb_state().await {
+                Ok(state) => {
+                    if !state.services.is_empty() {
+                        info!(
+                            services = state.services.len(),
+                            backends = state.backends.len(),
+                            "load balancer state adopted from the pinned maps"
+                        );
+                    }
+                    observed.lb = Some(state);
+                }
+                Err(err) => {
+                    failed = true;
+                    warn!(error = %format!("{err:#}"), "cannot read the load balancer's maps");
+                    observed.lb_error = Some(format!("{err:#}"));
+                }
+            },
+            Op::ApplyLb(ops) => {
+                let result = datapath.apply_lb(ops.clone()).await;
+                // On a failure part of the ops may have landed: read the maps back next pass.
+                match result {
+                    Ok(()) => {
+                        let lb = observed.lb.get_or_insert_with(LbState::default);
+                        for op in &ops {
+                            if let Err(err) = lb.apply(op) {
+                                warn!(?err, "load balancer state out of step; re-reading the maps");
+                                observed.lb = None;
+                                break;
+                            }
+                        }
+                        info!(ops = ops.len(), "load balancer maps updated");
+                        observed.lb_error = None;
+                    }
+                    Err(err) => {
+                        failed = true;
+                        warn!(error = %format!("{err:#}"), "load balancer maps not updated; retrying");
+                        observed.lb_error = Some(format!("{err:#}"));
+                        observed.lb = None;
+                    }
+                }
+            }
+            Op::SetNodeAddresses(v4, v6) => match datapath.set_node_addresses(v4, v6).await {
+                Ok(()) => observed.node_addresses = Some((v4, v6)),
+                Err(err) => {
+                    failed = true;
+                    warn!(error = %format!("{err:#}"), "cannot set the node's addresses in the datapath");
+                }
+            },
         }
     }
     if failed {
@@ -218,7 +327,10 @@ mod tests {
     /// Plans for `accepted` with every backend healthy (an empty health view) and no
     /// connected networks.
     fn plan_for(accepted: &Accepted, observed: &Observed) -> Vec<Op> {
-        plan(&Desired { accepted, health: &HealthView::default(), connected: &[] }, observed)
+        plan(
+            &Desired { accepted, health: &HealthView::default(), connected: &[], node_addresses: (None, None) },
+            observed,
+        )
     }
 
     fn speaker_of(accepted: &Accepted) -> SpeakerConfig {
@@ -232,6 +344,9 @@ mod tests {
             bgp_generation: Some(accepted.generation),
             bgp_applied: Some(speaker_of(accepted)),
             announced_vips: Vec::new(),
+            lb: Some(LbState::default()),
+            node_addresses: Some((None, None)),
+            lb_error: None,
             bgp_error: None,
             last_pass: None,
         }
@@ -242,7 +357,12 @@ mod tests {
         let a = accepted(&["eth0"], 1);
         assert_eq!(
             plan_for(&a, &Observed::default()),
-            vec![Op::SetUplinks(vec!["eth0".into()]), Op::ConfigureBgp(Box::new(speaker_of(&a)))]
+            vec![
+                Op::SetUplinks(vec!["eth0".into()]),
+                Op::ConfigureBgp(Box::new(speaker_of(&a))),
+                Op::SetNodeAddresses(None, None),
+                Op::AdoptLb
+            ]
         );
     }
 
@@ -293,7 +413,10 @@ mod tests {
     fn vip_is_announced_while_a_backend_is_healthy_and_withdrawn_when_none_is() {
         let a = with_service(1, "healthy");
         let healthy = HealthView::default();
-        let ops = plan(&Desired { accepted: &a, health: &healthy, connected: &[] }, &Observed::default());
+        let ops = plan(
+            &Desired { accepted: &a, health: &healthy, connected: &[], node_addresses: (None, None) },
+            &Observed::default(),
+        );
         assert_eq!(announced(&ops), ["203.0.113.10/32"]);
 
         let mut down = HealthView::default();
@@ -305,7 +428,7 @@ mod tests {
         );
         let vip = ["203.0.113.10/32".parse().unwrap()].into();
         let seen = Observed { bgp_applied: Some(crate::bgp::speaker_config(&a.model, &vip)), ..Default::default() };
-        let ops = plan(&Desired { accepted: &a, health: &down, connected: &[] }, &seen);
+        let ops = plan(&Desired { accepted: &a, health: &down, connected: &[], node_addresses: (None, None) }, &seen);
         assert_eq!(announced(&ops), Vec::<String>::new(), "withdrawn when no backend is healthy");
     }
 
@@ -313,10 +436,16 @@ mod tests {
     fn local_announce_needs_the_backend_on_a_connected_network() {
         let a = with_service(1, "local");
         let health = HealthView::default();
-        let far = plan(&Desired { accepted: &a, health: &health, connected: &[] }, &Observed::default());
+        let far = plan(
+            &Desired { accepted: &a, health: &health, connected: &[], node_addresses: (None, None) },
+            &Observed::default(),
+        );
         assert!(announced(&far).is_empty());
         let connected = ["198.51.100.0/30".parse().unwrap()];
-        let near = plan(&Desired { accepted: &a, health: &health, connected: &connected }, &Observed::default());
+        let near = plan(
+            &Desired { accepted: &a, health: &health, connected: &connected, node_addresses: (None, None) },
+            &Observed::default(),
+        );
         assert_eq!(announced(&near), ["203.0.113.10/32"]);
     }
 
@@ -348,11 +477,22 @@ mod tests {
         assert_eq!(seen.bgp_generation, Some(1));
         assert_eq!(seen.uplinks, vec![UplinkStatus { ifindex: Some(2), ..attached("eth0") }]);
 
+        assert_eq!(seen.lb, Some(LbState::default()), "the (empty) maps were adopted");
+
         model_tx.send_replace(Arc::new(accepted(&["eth1", "eth9"], 2)));
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(2)).await.unwrap().clone();
         let names: Vec<_> = seen.uplinks.iter().map(|s| (s.name.as_str(), s.attached)).collect();
         assert_eq!(names, vec![("eth1", true), ("eth9", false)]);
         assert!(seen.uplinks[1].error.as_deref().unwrap().contains("eth9"));
+
+        // A service in the model reaches the load balancer's maps: its backend and its table.
+        model_tx.send_replace(Arc::new(with_service(3, "healthy")));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(3)).await.unwrap().clone();
+        let lb = seen.lb.expect("lb state");
+        let entry = lb.services.values().next().expect("the service is installed");
+        assert_eq!(entry.table.len(), 65537);
+        assert!(entry.table.iter().all(|id| lb.backends.contains_key(id)));
+        assert_eq!(seen.announced_vips, ["203.0.113.10/32"]);
         task.abort();
     }
 }

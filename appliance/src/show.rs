@@ -103,6 +103,52 @@ pub async fn bgp_routes(prefix: Option<String>, args: ClientArgs) -> Result<Done
     Ok(Done::Ok)
 }
 
+pub async fn lb_services(args: ClientArgs) -> Result<Done> {
+    let (services, raw): (Vec<crate::api::LbService>, String) = get_json(&args.socket, "/v1/lb/services").await?;
+    if args.json {
+        println!("{}", raw.trim_end());
+    } else {
+        print!("{}", render_lb_services(&services));
+    }
+    Ok(Done::Ok)
+}
+
+/// `show lb services`: a header line per service, then its backends, like `ipvsadm -Ln`.
+pub fn render_lb_services(services: &[crate::api::LbService]) -> String {
+    let mut out = String::new();
+    for s in services {
+        let id = s.id.map_or("-".to_string(), |i| i.to_string());
+        let _ = writeln!(
+            out,
+            "{} {}:{}/{} {} id {id} {} packets {} bytes {} new flows {}",
+            s.name,
+            s.vip,
+            s.port,
+            s.protocol,
+            s.mode,
+            if s.announced { "announced" } else { "not announced" },
+            s.packets,
+            s.bytes,
+            s.new_flows
+        );
+        for b in &s.backends {
+            let _ = writeln!(
+                out,
+                "  -> {:<40} weight {:>4} {:<9} packets {} new flows {}",
+                format!("{}:{}", b.address, b.port),
+                b.weight,
+                if b.healthy { "healthy" } else { "unhealthy" },
+                b.packets,
+                b.new_flows
+            );
+        }
+    }
+    if services.is_empty() {
+        let _ = writeln!(out, "(no services configured)");
+    }
+    out
+}
+
 /// `show bgp summary`, laid out as vtysh prints it: counters for Established neighbors, the
 /// state for the others, and the last error at the end of the line.
 pub fn render_bgp_summary(status: &Status, neighbors: &[NeighborSummary]) -> String {

@@ -116,9 +116,19 @@ fn vip_follows_backend_health_on_the_tor() {
     let t = wait(true, "the VIP on the ToR while the backend is healthy");
     println!("healthy backend: expected {VIP} on the ToR, saw it after {t:.1?}");
 
+    // The service is in the XDP load balancer's (pinned) maps, with its backend.
+    let services = ferrule.show(&["lb", "services"]).unwrap();
+    let web = &services[0];
+    println!("show lb services: expected web installed with an id and a healthy backend with an id, saw {web}");
+    assert!(web["id"].as_u64().is_some() && web["announced"] == true, "{web}");
+    assert!(web["backends"][0]["id"].as_u64().is_some() && web["backends"][0]["healthy"] == true, "{web}");
+
     drop(backend);
     let t = wait(false, "the VIP withdrawn once the backend fails");
     println!("backend down: expected {VIP} withdrawn (fall 2 x 200 ms), saw it gone after {t:.1?}");
+    let web = ferrule.show(&["lb", "services"]).unwrap()[0].clone();
+    println!("show lb services: expected the backend unhealthy and the VIP not announced, saw {web}");
+    assert!(web["announced"] == false && web["backends"][0]["healthy"] == false, "{web}");
 
     let _backend = Backend::listen(&be, "198.51.100.2:8080").unwrap();
     let t = wait(true, "the VIP announced again once the backend recovers");
