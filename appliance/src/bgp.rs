@@ -63,7 +63,7 @@ pub fn speaker_config(model: &Model, vips: &BTreeSet<IpNet>) -> SpeakerConfig {
                             .map(|f| PrefixListEntry { prefix: prefix(f.prefix), ge: f.ge, le: f.le })
                             .collect(),
                     },
-                    rules: Vec::new(),
+                    rules: p.import_rules.iter().map(import_rule).collect(),
                     max_prefix: p.max_prefix.map(|m| policy::MaxPrefix {
                         limit: m.limit,
                         action: match m.action {
@@ -76,6 +76,34 @@ pub fn speaker_config(model: &Model, vips: &BTreeSet<IpNet>) -> SpeakerConfig {
             .collect(),
         announcements,
     }
+}
+
+/// A config import rule as a policy rule: every condition given must hold.
+fn import_rule(rule: &ferrule_config::ImportRule) -> policy::PolicyRule {
+    let mut all = Vec::new();
+    if let Some(asn) = rule.as_path_contains {
+        all.push(policy::Match::AsPathContains(asn));
+    }
+    if let Some(asn) = rule.origin_as {
+        all.push(policy::Match::OriginAs(asn));
+    }
+    if let Some(c) = rule.community {
+        all.push(policy::Match::Community(Community(c.0)));
+    }
+    if let Some(c) = rule.large_community {
+        all.push(policy::Match::LargeCommunity(LargeCommunity {
+            global_admin: c.global,
+            local_data1: c.local1,
+            local_data2: c.local2,
+        }));
+    }
+    let action = match rule.action {
+        ferrule_config::ImportAction::Accept => policy::Action::Accept,
+        ferrule_config::ImportAction::Reject => policy::Action::Reject,
+        ferrule_config::ImportAction::LocalPref(v) => policy::Action::SetLocalPref(v),
+        ferrule_config::ImportAction::Med(v) => policy::Action::SetMed(v),
+    };
+    policy::PolicyRule::new(policy::Match::All(all), action)
 }
 
 /// A validated prefix (no host bits) as the codec's type.
@@ -139,6 +167,31 @@ med = 5
         let routes: Vec<(String, Option<u32>)> =
             c.announcements.iter().map(|r| (r.prefix.to_string(), r.med)).collect();
         assert_eq!(routes, [("203.0.113.10/32".to_string(), Some(7)), ("2001:db8:200::10/128".to_string(), None)]);
+    }
+
+    #[test]
+    fn import_rules_reject_by_as_path_and_community_and_set_local_pref() {
+        use ferrule_bgp::wire::{AsPath, PathAttributes};
+        let text = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n\
+            [[bgp.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\nimport = [\"0.0.0.0/0 le 32\"]\n\
+            import_rules = [ { as_path_contains = 64666, action = \"reject\" },\n\
+              { community = \"65000:666\", action = \"reject\" },\n\
+              { origin_as = 65010, action = \"local_pref\", value = 200 } ]\n";
+        let c = speaker_config(&ferrule_config::parse("t.toml", text).unwrap(), &BTreeSet::new());
+        let policy = &c.peers[0].import;
+        let route = prefix("203.0.113.0/24".parse().unwrap());
+        let path = |asns: &[u32], communities: &[u32]| PathAttributes {
+            as_path: Some(AsPath::sequence(asns)),
+            communities: communities.iter().map(|c| Community(*c)).collect(),
+            ..PathAttributes::default()
+        };
+        assert_eq!(policy.evaluate(&route, &path(&[65000, 64666, 65010], &[])), policy::Verdict::Reject);
+        assert_eq!(policy.evaluate(&route, &path(&[65000], &[(65000 << 16) | 666])), policy::Verdict::Reject);
+        match policy.evaluate(&route, &path(&[65000, 65010], &[])) {
+            policy::Verdict::Accept(Some(changed)) => assert_eq!(changed.local_pref, Some(200)),
+            other => panic!("expected local_pref 200, got {other:?}"),
+        }
+        assert_eq!(policy.evaluate(&route, &path(&[65000, 65020], &[])), policy::Verdict::Accept(None));
     }
 
     #[test]

@@ -68,6 +68,35 @@ pub struct Peer {
     pub import: Vec<PrefixFilter>,
     #[serde(default)]
     pub max_prefix: Option<MaxPrefix>,
+    /// Applied in order to routes the prefix list let in: the first `accept`/`reject` that
+    /// matches decides; `local_pref` / `med` change the route and go on.
+    #[serde(default)]
+    pub import_rules: Vec<ImportRule>,
+}
+
+/// One import rule: a route matches when every condition given holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportRule {
+    #[serde(default)]
+    pub as_path_contains: Option<u32>,
+    /// The AS that originated the route (last AS of the path).
+    #[serde(default)]
+    pub origin_as: Option<u32>,
+    #[serde(default)]
+    pub community: Option<Community>,
+    #[serde(default)]
+    pub large_community: Option<LargeCommunity>,
+    #[serde(flatten)]
+    pub action: ImportAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action", content = "value")]
+pub enum ImportAction {
+    Accept,
+    Reject,
+    LocalPref(u32),
+    Med(u32),
 }
 
 /// What to do when a peer sends more accepted prefixes than `limit`.
@@ -112,6 +141,7 @@ impl Peer {
             hold_time: default_hold_time(),
             import: Vec::new(),
             max_prefix: None,
+            import_rules: Vec::new(),
         }
     }
 }

@@ -46,6 +46,19 @@ pub(crate) struct RawPeer {
     #[serde(default)]
     pub import: Vec<String>,
     pub max_prefix: Option<RawMaxPrefix>,
+    #[serde(default)]
+    pub import_rules: Vec<RawImportRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawImportRule {
+    pub as_path_contains: Option<i64>,
+    pub origin_as: Option<i64>,
+    pub community: Option<String>,
+    pub large_community: Option<String>,
+    pub action: Option<String>,
+    pub value: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,7 +121,10 @@ pub(crate) fn known_keys(table: &[&str]) -> &'static [&'static str] {
         [] => &["node", "bgp", "services"],
         ["node"] => &["name", "asn", "router_id", "uplinks"],
         ["bgp"] => &["listen_port", "peers", "announce"],
-        ["bgp", "peers"] => &["address", "asn", "port", "passive", "hold_time", "import", "max_prefix"],
+        ["bgp", "peers"] => &["address", "asn", "port", "passive", "hold_time", "import", "max_prefix", "import_rules"],
+        ["bgp", "peers", "import_rules"] => {
+            &["as_path_contains", "origin_as", "community", "large_community", "action", "value"]
+        }
         ["bgp", "peers", "max_prefix"] => &["limit", "action"],
         ["bgp", "announce"] => &["prefix", "communities", "large_communities", "med", "local_pref"],
         ["services"] => {

@@ -801,3 +801,42 @@ fn malformed_documents_found_by_fuzzing_are_rejected_without_panic() {
         assert!(errors.errors.iter().all(|e| e.line >= 1 && e.col >= 1), "{errors}");
     }
 }
+
+#[test]
+fn import_rules_parse_and_bad_ones_are_located() {
+    let base = with_peers(&[("192.0.2.1", "65000")]);
+    let good = format!(
+        "{base}import_rules = [ {{ as_path_contains = 64666, action = \"reject\" }}, {{ origin_as = 65010, community = \"65000:1\", action = \"local_pref\", value = 200 }} ]\n"
+    );
+    let rules = ok(&good).bgp.peers[0].import_rules.clone();
+    assert_eq!(
+        rules[0],
+        ImportRule {
+            as_path_contains: Some(64666),
+            origin_as: None,
+            community: None,
+            large_community: None,
+            action: ImportAction::Reject
+        }
+    );
+    assert_eq!(rules[1].action, ImportAction::LocalPref(200));
+    let json = serde_json::to_string(&rules[1]).unwrap();
+    assert!(json.contains("\"action\":\"local_pref\"") && json.contains("\"value\":200"), "{json}");
+
+    let bad = format!(
+        "{base}import_rules = [ {{ action = \"reject\" }}, {{ origin_as = 65010, action = \"local_pref\" }}, {{ community = \"x\", action = \"reject\" }}, {{ origin_as = 1, action = \"drop\" }} ]\n"
+    );
+    let errs = errors(&bad);
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "bgp.peers[0].import_rules[0]",
+            "bgp.peers[0].import_rules[1].value",
+            "bgp.peers[0].import_rules[2].community",
+            "bgp.peers[0].import_rules[3].action"
+        ],
+        "{}",
+        ConfigErrors { errors: errs.clone() }
+    );
+}

@@ -12,10 +12,12 @@ use crate::error::ConfigError;
 use crate::locate::{FieldPath, Locator};
 use crate::model::{
     default_bgp_port, default_hold_time, default_maglev_table_size, default_max_prefix_action, Announce, AnnounceWhen,
-    Backend, Bgp, HealthCheck, HealthKind, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Peer, Protocol, Service,
+    Backend, Bgp, HealthCheck, HealthKind, ImportAction, ImportRule, MaxPrefix, MaxPrefixAction, Mode, Model, Node,
+    Peer, Protocol, Service,
 };
 use crate::raw::{
-    known_keys, RawAnnounce, RawBackend, RawBgp, RawHealth, RawMaxPrefix, RawModel, RawNode, RawPeer, RawService,
+    known_keys, RawAnnounce, RawBackend, RawBgp, RawHealth, RawImportRule, RawMaxPrefix, RawModel, RawNode, RawPeer,
+    RawService,
 };
 
 const PRIVATE_ASN_HINT: &str = "use a private ASN such as 64512-65534 or 4200000000-4294967294";
@@ -153,6 +155,7 @@ impl<'a> Validator<'a> {
                     hold_time: s.hold_time,
                     import: s.import,
                     max_prefix: s.max_prefix,
+                    import_rules: s.import_rules,
                 }),
                 _ => ok = false,
             }
@@ -218,13 +221,75 @@ impl<'a> Validator<'a> {
             None => Some(None),
             Some(m) => self.max_prefix(&p.key("max_prefix"), m).map(Some),
         };
+        let mut import_rules = Some(Vec::new());
+        for (i, rule) in raw.import_rules.iter().enumerate() {
+            match self.import_rule(&p.key("import_rules").index(i), rule) {
+                Some(r) => {
+                    if let Some(list) = import_rules.as_mut() {
+                        list.push(r)
+                    }
+                }
+                None => import_rules = None,
+            }
+        }
         Some(PeerSettings {
+            import_rules: import_rules?,
             port: port?,
             passive: raw.passive.unwrap_or(false),
             hold_time: hold_time?,
             import: import?,
             max_prefix: max_prefix?,
         })
+    }
+
+    fn import_rule(&mut self, p: &FieldPath, raw: &RawImportRule) -> Option<ImportRule> {
+        // Absent: Some(None); a valid AS: Some(Some(asn)); anything else: None (an error).
+        let asn = |v: Option<i64>| match v {
+            None => Some(None),
+            Some(n) => u32::try_from(n).ok().filter(|n| *n != 0).map(Some),
+        };
+        let as_path_contains = match asn(raw.as_path_contains) {
+            Some(v) => v,
+            None => return self.check(&p.key("as_path_contains"), Err("not an AS number (1 to 4294967295)".into())),
+        };
+        let origin_as = match asn(raw.origin_as) {
+            Some(v) => v,
+            None => return self.check(&p.key("origin_as"), Err("not an AS number (1 to 4294967295)".into())),
+        };
+        let community = match raw.community.as_deref().map(str::parse::<Community>).transpose() {
+            Ok(c) => c,
+            Err(e) => return self.check(&p.key("community"), Err(e)),
+        };
+        let large_community = match raw.large_community.as_deref().map(str::parse::<LargeCommunity>).transpose() {
+            Ok(c) => c,
+            Err(e) => return self.check(&p.key("large_community"), Err(e)),
+        };
+        if as_path_contains.is_none() && origin_as.is_none() && community.is_none() && large_community.is_none() {
+            self.error(
+                p,
+                "an import rule needs a condition: as_path_contains, origin_as, community or large_community".into(),
+            );
+            return None;
+        }
+        let value = |this: &mut Self| match raw.value.map(u32::try_from) {
+            Some(Ok(v)) => Some(v),
+            _ => {
+                this.error(&p.key("value"), "this action needs `value`, 0 to 4294967295".into());
+                None
+            }
+        };
+        let action = match raw.action.as_deref() {
+            Some("accept") => ImportAction::Accept,
+            Some("reject") => ImportAction::Reject,
+            Some("local_pref") => ImportAction::LocalPref(value(self)?),
+            Some("med") => ImportAction::Med(value(self)?),
+            other => {
+                let what = other.map_or("missing `action`".to_string(), |o| format!("unknown action `{o}`"));
+                self.error(&p.key("action"), format!("{what}; use accept, reject, local_pref or med"));
+                return None;
+            }
+        };
+        Some(ImportRule { as_path_contains, origin_as, community, large_community, action })
     }
 
     fn max_prefix(&mut self, p: &FieldPath, raw: &RawMaxPrefix) -> Option<MaxPrefix> {
@@ -526,6 +591,7 @@ struct PeerSettings {
     hold_time: u16,
     import: Vec<PrefixFilter>,
     max_prefix: Option<MaxPrefix>,
+    import_rules: Vec<ImportRule>,
 }
 
 fn check_listen_port(port: i64) -> Result<u16, String> {
