@@ -567,27 +567,23 @@ impl Decap {
         }
     }
 
-    /// The loaded program, for `BPF_PROG_TEST_RUN` ([`crate::test_run_skb`]).
-    pub fn program_fd(&self) -> Result<BorrowedFd<'_>, EbpfError> {
-        let program: &SchedClassifier = self
-            .ebpf
+    fn program(&self) -> Result<&SchedClassifier, EbpfError> {
+        self.ebpf
             .program(DECAP_PROGRAM)
             .ok_or(EbpfError::MissingFromObject { object: DECAP_OBJECT, what: "program", name: DECAP_PROGRAM })?
             .try_into()
-            .map_err(|e| EbpfError::program(DECAP_PROGRAM, "using as tc classifier", e))?;
-        let fd = program.fd().map_err(|e| EbpfError::program(DECAP_PROGRAM, "getting its fd", e))?;
+            .map_err(|e| EbpfError::program(DECAP_PROGRAM, "using as tc classifier", e))
+    }
+
+    /// The loaded program, for `BPF_PROG_TEST_RUN` ([`crate::test_run_skb`]).
+    pub fn program_fd(&self) -> Result<BorrowedFd<'_>, EbpfError> {
+        let fd = self.program()?.fd().map_err(|e| EbpfError::program(DECAP_PROGRAM, "getting its fd", e))?;
         Ok(fd.as_fd())
     }
 
     /// The kernel's statistics of the loaded program (verifier instruction count, ...).
     pub fn program_info(&self) -> Result<aya::programs::ProgramInfo, EbpfError> {
-        let program: &SchedClassifier = self
-            .ebpf
-            .program(DECAP_PROGRAM)
-            .ok_or(EbpfError::MissingFromObject { object: DECAP_OBJECT, what: "program", name: DECAP_PROGRAM })?
-            .try_into()
-            .map_err(|e| EbpfError::program(DECAP_PROGRAM, "using as tc classifier", e))?;
-        program.info().map_err(|e| EbpfError::program(DECAP_PROGRAM, "reading program info", e))
+        self.program()?.info().map_err(|e| EbpfError::program(DECAP_PROGRAM, "reading program info", e))
     }
 
     /// Decapsulation counters.
