@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use aya::EbpfLoader;
-use common::{bpffs, privileged, unique_node, PinGuard};
+use common::{bpffs, unique_node, PinGuard};
 use ferrule_ebpf::{test_run_xdp, Datapath, EbpfError, InterfaceStats, XDP_PASS};
 
 const LO: u32 = 1;
@@ -32,7 +32,7 @@ fn stats_of(datapath: &Datapath, ifindex: u32) -> Option<InterfaceStats> {
 
 #[test]
 fn passes_packets_unchanged_and_counts_them_per_ingress_interface() {
-    if !privileged("passes_packets_unchanged_and_counts_them_per_ingress_interface") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let root = bpffs();
@@ -59,7 +59,7 @@ fn passes_packets_unchanged_and_counts_them_per_ingress_interface() {
 
 #[test]
 fn repeat_runs_the_program_that_many_times() {
-    if !privileged("repeat_runs_the_program_that_many_times") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let root = bpffs();
@@ -76,7 +76,7 @@ fn repeat_runs_the_program_that_many_times() {
 
 #[test]
 fn rejects_a_packet_shorter_than_an_ethernet_header() {
-    if !privileged("rejects_a_packet_shorter_than_an_ethernet_header") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let root = bpffs();
@@ -90,7 +90,7 @@ fn rejects_a_packet_shorter_than_an_ethernet_header() {
 
 #[test]
 fn counters_survive_a_restart_through_pinned_maps() {
-    if !privileged("counters_survive_a_restart_through_pinned_maps") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let root = bpffs();
@@ -118,7 +118,7 @@ fn counters_survive_a_restart_through_pinned_maps() {
 
 #[test]
 fn refuses_a_pinned_map_whose_layout_differs_from_this_build() {
-    if !privileged("refuses_a_pinned_map_whose_layout_differs_from_this_build") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let root = bpffs();

@@ -12,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use common::{bpffs, privileged, run, unique_node, PinGuard};
+use common::{bpffs, run, unique_node, PinGuard};
 use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice};
 use ferrule_ebpf::{
     test_run_skb, test_run_xdp, BackendEntry, Datapath, Decap, L4Proto, LbMode, ServiceKey, TestRunOutput, TC_ACT_OK,
@@ -251,7 +251,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn dsr_ipv4_tcp_encapsulates_in_ipip_and_conntrack_keeps_the_backend() {
-    if !privileged("dsr_ipv4_tcp_encapsulates_in_ipip_and_conntrack_keeps_the_backend") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("a");
@@ -282,7 +282,7 @@ fn dsr_ipv4_tcp_encapsulates_in_ipip_and_conntrack_keeps_the_backend() {
 
 #[test]
 fn dsr_ipv4_udp_miss_then_hit_uses_one_backend_of_a_mixed_table() {
-    if !privileged("dsr_ipv4_udp_miss_then_hit_uses_one_backend_of_a_mixed_table") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("b");
@@ -308,7 +308,7 @@ fn dsr_ipv4_udp_miss_then_hit_uses_one_backend_of_a_mixed_table() {
 
 #[test]
 fn dsr_ipv6_encapsulates_in_ip6ip6_for_tcp_and_udp() {
-    if !privileged("dsr_ipv6_encapsulates_in_ip6ip6_for_tcp_and_udp") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("c");
@@ -331,7 +331,7 @@ fn dsr_ipv6_encapsulates_in_ip6ip6_for_tcp_and_udp() {
 
 #[test]
 fn dsr_ipv4_vip_with_ipv6_backend_uses_4in6() {
-    if !privileged("dsr_ipv4_vip_with_ipv6_backend_uses_4in6") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("d");
@@ -365,7 +365,7 @@ fn assert_checksums_valid(frame: &[u8]) {
 
 #[test]
 fn nat_translates_both_directions_with_valid_checksums() {
-    if !privileged("nat_translates_both_directions_with_valid_checksums") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("e");
@@ -417,7 +417,7 @@ fn nat_translates_both_directions_with_valid_checksums() {
 
 #[test]
 fn nat_udp_checksum_stays_valid() {
-    if !privileged("nat_udp_checksum_stays_valid") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("f");
@@ -453,7 +453,7 @@ fn reply4(sport: u16, dport: u16) -> Vec<u8> {
 
 #[test]
 fn icmp_errors_for_a_flow_go_to_the_flows_backend() {
-    if !privileged("icmp_errors_for_a_flow_go_to_the_flows_backend") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("g");
@@ -513,7 +513,7 @@ fn fragment4(id: u16, offset: u16, more: bool, l4: &[u8]) -> Vec<u8> {
 
 #[test]
 fn later_fragments_follow_the_first_and_unknown_ones_pass() {
-    if !privileged("later_fragments_follow_the_first_and_unknown_ones_pass") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("h");
@@ -544,7 +544,7 @@ fn later_fragments_follow_the_first_and_unknown_ones_pass() {
 
 #[test]
 fn traffic_that_is_not_for_a_service_passes_untouched() {
-    if !privileged("traffic_that_is_not_for_a_service_passes_untouched") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("i");
@@ -570,7 +570,7 @@ fn traffic_that_is_not_for_a_service_passes_untouched() {
 
 #[test]
 fn malformed_headers_pass_with_a_counter() {
-    if !privileged("malformed_headers_pass_with_a_counter") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("j");
@@ -604,7 +604,7 @@ fn malformed_headers_pass_with_a_counter() {
 
 #[test]
 fn vlan_tagged_and_ipv4_options_and_ipv6_extension_headers_are_handled() {
-    if !privileged("vlan_tagged_and_ipv4_options_and_ipv6_extension_headers_are_handled") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("k");
@@ -677,7 +677,7 @@ fn vlan_tagged_and_ipv4_options_and_ipv6_extension_headers_are_handled() {
 
 #[test]
 fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
-    if !privileged("empty_table_drops_new_flows_and_state_is_adopted_after_restart") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("l");
@@ -733,7 +733,7 @@ fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
 
 #[test]
 fn fib_miss_passes_the_encapsulated_packet_to_the_stack() {
-    if !privileged("fib_miss_passes_the_encapsulated_packet_to_the_stack") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("m");
@@ -755,7 +755,7 @@ fn fib_miss_passes_the_encapsulated_packet_to_the_stack() {
 
 #[test]
 fn tc_decap_strips_tunnels_to_allowed_addresses_only() {
-    if !privileged("tc_decap_strips_tunnels_to_allowed_addresses_only") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let root = bpffs();

@@ -6,7 +6,7 @@ mod common;
 
 use std::{fs::File, path::Path, process::Command};
 
-use common::{bpffs, privileged, run, unique_node, PinGuard};
+use common::{bpffs, run, unique_node, PinGuard};
 use ferrule_ebpf::{Datapath, UplinkStatus};
 use nix::sched::{setns, CloneFlags};
 
@@ -110,7 +110,7 @@ fn attached_natively(status: &UplinkStatus, name: &str) {
 
 #[test]
 fn attaches_counts_adopts_after_restart_and_detaches() {
-    if !privileged("attaches_counts_adopts_after_restart_and_detaches") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let root = bpffs();
@@ -176,7 +176,7 @@ fn attaches_counts_adopts_after_restart_and_detaches() {
 
 #[test]
 fn reattaches_when_an_uplink_is_deleted_and_recreated() {
-    if !privileged("reattaches_when_an_uplink_is_deleted_and_recreated") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let root = bpffs();
@@ -206,7 +206,7 @@ fn reattaches_when_an_uplink_is_deleted_and_recreated() {
 
 #[test]
 fn falls_back_to_generic_mode_where_the_driver_has_no_native_xdp() {
-    if !privileged("falls_back_to_generic_mode_where_the_driver_has_no_native_xdp") {
+    if !ferrule_tests::privileged() {
         return;
     }
     let root = bpffs();

@@ -1,31 +1,15 @@
-//! Helpers shared by this crate's integration tests: the root gate (privileged tests must run in
-//! CI and never skip silently there), unique node names, RAII cleanup of pins, and compiling a C
-//! fixture with the flags build.rs uses.
+//! Helpers shared by this crate's integration tests: unique node names, RAII cleanup of pins, and
+//! compiling a C fixture with the flags build.rs uses. (The root gate is `ferrule_tests::privileged`,
+//! shared with every other crate's kernel tests.)
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use ferrule_ebpf::DEFAULT_BPFFS;
-
-/// True when the test may touch the kernel. Not root: fails under CI=true, else prints a skip.
-pub fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test} needs root (eBPF loading, bpffs, netns) and CI=true forbids skipping it");
-    }
-    // Straight to stderr: the test harness captures `eprintln!` of passing tests, and a skip
-    // must be seen.
-    let _best_effort =
-        writeln!(std::io::stderr(), "SKIP {test}: needs root (run `sudo -E cargo test -p ferrule-ebpf`)");
-    false
-}
 
 /// A node name no other test (or concurrent test run) uses.
 pub fn unique_node(tag: &str) -> String {
