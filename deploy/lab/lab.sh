@@ -80,7 +80,7 @@ die() { echo "lab: error: $*" >&2; exit 1; }
 deps_missing() {
     local cmd
     for cmd in ip sysctl ping vtysh "$FRR_LIBEXEC/zebra" "$FRR_LIBEXEC/bgpd" bird birdc \
-               gobgpd gobgp clang llc bpftool nft iperf3; do
+               gobgpd gobgp clang llc bpftool nft iperf3 ethtool; do
         if [[ "$cmd" == /* ]]; then
             [[ -x "$cmd" ]] || return 0
         else
@@ -110,7 +110,7 @@ install_deps() {
     if [[ $rc -eq 0 ]]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
             iproute2 procps iputils-ping frr bird2 gobgpd clang llvm libbpf-dev bpftool \
-            nftables iperf3 linux-libc-dev || rc=$?
+            nftables iperf3 linux-libc-dev ethtool || rc=$?
     fi
     if [[ $made_policy -eq 1 ]]; then
         rm -f "$policy"
