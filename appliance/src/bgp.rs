@@ -44,6 +44,7 @@ pub fn speaker_config(model: &Model, vips: &BTreeSet<IpNet>) -> SpeakerConfig {
         local_asn: model.node.asn,
         router_id: model.node.router_id,
         listen_port: model.bgp.listen_port,
+        install_routes: model.bgp.install_routes,
         peers: model
             .bgp
             .peers

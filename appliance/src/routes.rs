@@ -101,15 +101,30 @@ pub async fn sync(desired: &Fib, table: &mut impl RouteTable) -> Result<usize> {
     let kernel = table.routes().await.context("reading the kernel's routes")?;
     let ops = plan(desired, &kernel);
     let mut errors = Vec::new();
+    // Per-route lines at debug level: a table load changes thousands of routes, and formatting a
+    // log line for each would cost more than the netlink work.
+    let (mut added, mut replaced, mut removed) = (0, 0, 0);
     for op in &ops {
         match table.apply(op).await {
             Ok(()) => match op {
-                RouteOp::Add(prefix, hops) => info!(%prefix, next_hops = %list(hops), "kernel route added"),
-                RouteOp::Replace(prefix, hops) => info!(%prefix, next_hops = %list(hops), "kernel route replaced"),
-                RouteOp::Delete(prefix) => info!(%prefix, "kernel route removed"),
+                RouteOp::Add(prefix, hops) => {
+                    added += 1;
+                    debug!(%prefix, next_hops = %list(hops), "kernel route added")
+                }
+                RouteOp::Replace(prefix, hops) => {
+                    replaced += 1;
+                    debug!(%prefix, next_hops = %list(hops), "kernel route replaced")
+                }
+                RouteOp::Delete(prefix) => {
+                    removed += 1;
+                    debug!(%prefix, "kernel route removed")
+                }
             },
             Err(err) => errors.push(err),
         }
+    }
+    if added + replaced + removed > 0 {
+        info!(added, replaced, removed, "kernel routes changed");
     }
     if let Some(first) = errors.first() {
         bail!("{} of {} kernel route changes failed, the first: {first:#}", errors.len(), ops.len());
@@ -120,6 +135,9 @@ pub async fn sync(desired: &Fib, table: &mut impl RouteTable) -> Result<usize> {
 fn list(hops: &[FibNextHop]) -> String {
     hops.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
+
+/// How long the installer lets a burst of forwarding-table changes settle before a pass.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// The installer task: on every forwarding-table change from the speaker, and every
 /// [`RESYNC_INTERVAL`], makes the kernel match. Ends when `stop` turns true (or the speaker is
@@ -149,10 +167,21 @@ pub async fn run<T: RouteTable>(
             }
         }
         drop(desired);
-        tokio::select! {
-            changed = fib.changed() => if changed.is_err() { return table },
-            _ = tick.tick() => {}
+        let changed = tokio::select! {
+            changed = fib.changed() => match changed {
+                Ok(()) => true,
+                Err(_) => return table,
+            },
+            _ = tick.tick() => false,
             _ = stop.wait_for(|s| *s) => return table,
+        };
+        if changed {
+            // A burst of UPDATEs changes the table many times: let it settle briefly so one pass
+            // (one kernel dump) covers the burst instead of one pass per change.
+            tokio::select! {
+                _ = tokio::time::sleep(SETTLE) => {}
+                _ = stop.wait_for(|s| *s) => return table,
+            }
         }
     }
 }

@@ -94,6 +94,7 @@ mod tests {
             },
             bgp: Bgp {
                 listen_port: 179,
+                install_routes: true,
                 peers: vec![
                     Peer::new("2001:db8:1::1".parse().unwrap(), 65000),
                     Peer::new("2001:db8:2::1".parse().unwrap(), 65000),

@@ -37,6 +37,9 @@ pub struct Bgp {
     /// TCP port for incoming sessions; 0 = accept none (every peer is then active-only).
     #[serde(default = "default_bgp_port")]
     pub listen_port: u16,
+    /// Install accepted routes in the kernel's main table (protocol 196), with ECMP.
+    #[serde(default = "default_true")]
+    pub install_routes: bool,
     #[serde(default)]
     pub peers: Vec<Peer>,
     #[serde(default)]
@@ -45,7 +48,7 @@ pub struct Bgp {
 
 impl Default for Bgp {
     fn default() -> Self {
-        Bgp { listen_port: default_bgp_port(), peers: Vec::new(), announce: Vec::new() }
+        Bgp { listen_port: default_bgp_port(), install_routes: true, peers: Vec::new(), announce: Vec::new() }
     }
 }
 
@@ -151,6 +154,10 @@ impl Announce {
     pub fn new(prefix: IpNet) -> Announce {
         Announce { prefix, communities: Vec::new(), large_communities: Vec::new(), med: None, local_pref: None }
     }
+}
+
+pub(crate) fn default_true() -> bool {
+    true
 }
 
 pub(crate) fn default_bgp_port() -> u16 {

@@ -29,6 +29,7 @@ pub(crate) struct RawNode {
 #[serde(expecting = "a table")]
 pub(crate) struct RawBgp {
     pub listen_port: Option<i64>,
+    pub install_routes: Option<bool>,
     #[serde(default)]
     pub peers: Vec<RawPeer>,
     #[serde(default)]
@@ -120,7 +121,7 @@ pub(crate) fn known_keys(table: &[&str]) -> &'static [&'static str] {
     match table {
         [] => &["node", "bgp", "services"],
         ["node"] => &["name", "asn", "router_id", "uplinks"],
-        ["bgp"] => &["listen_port", "peers", "announce"],
+        ["bgp"] => &["listen_port", "install_routes", "peers", "announce"],
         ["bgp", "peers"] => &["address", "asn", "port", "passive", "hold_time", "import", "max_prefix", "import_rules"],
         ["bgp", "peers", "import_rules"] => {
             &["as_path_contains", "origin_as", "community", "large_community", "action", "value"]

@@ -193,7 +193,8 @@ impl<'a> Validator<'a> {
             Some(port) => self.check(&path.key("listen_port"), check_listen_port(port)),
         };
         let listen_port = listen_port?;
-        ok.then_some(Bgp { listen_port, peers, announce })
+        let install_routes = raw.install_routes.unwrap_or(true);
+        ok.then_some(Bgp { listen_port, install_routes, peers, announce })
     }
 
     /// The optional per-peer keys, with their defaults.

@@ -568,8 +568,12 @@ impl Receiver {
         Ok(match kind {
             Kind::Ferrule => {
                 let name = format!("fb{tag}{}", std::process::id());
-                let mut toml =
-                    format!("[node]\nname = \"{name}\"\nasn = {RECEIVER_ASN}\nrouter_id = \"{RECEIVER_V4}\"\n");
+                // Like BIRD here (no kernel protocol), Ferrule keeps the routes in its RIB only:
+                // the figure compares the speakers, not the kernel's FIB insertion.
+                let mut toml = format!(
+                    "[node]\nname = \"{name}\"\nasn = {RECEIVER_ASN}\nrouter_id = \"{RECEIVER_V4}\"\n\
+                     [bgp]\ninstall_routes = false\n"
+                );
                 for feed in feeds {
                     // Passive: the upstream connects; import everything.
                     let _ = write!(

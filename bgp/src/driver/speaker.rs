@@ -29,6 +29,9 @@ pub struct SpeakerConfig {
     pub router_id: Ipv4Addr,
     /// TCP port for the peers' connections; 0 = accept none.
     pub listen_port: u16,
+    /// Keep a forwarding table of the accepted routes for the kernel-route installer. Off, the
+    /// speaker keeps no FIB at all (half the memory of a full table) and publishes an empty one.
+    pub install_routes: bool,
     pub peers: Vec<PeerConfig>,
     pub announcements: Vec<LocalRoute>,
 }
@@ -220,7 +223,7 @@ impl SpeakerTask {
     /// server's few hundred routes cost little. (A node taking a full table would want the
     /// installer fed deltas instead of snapshots.)
     fn publish(&self, changes: &[RouteChange]) {
-        if changes.is_empty() {
+        if changes.is_empty() || !self.config.as_ref().is_some_and(|c| c.install_routes) {
             return;
         }
         let peers = &self.peers;
@@ -261,7 +264,10 @@ impl SpeakerTask {
         let identity_changed = self
             .config
             .as_ref()
-            .is_none_or(|old| old.local_asn != config.local_asn || old.router_id != config.router_id);
+            .is_none_or(|old| old.local_asn != config.local_asn || old.router_id != config.router_id)
+            // The FIB is built from route changes as they happen: switching it on (or off)
+            // starts the sessions over so it holds exactly the Loc-RIB.
+            || self.config.as_ref().is_some_and(|old| old.install_routes != config.install_routes);
         if identity_changed {
             // Every session carries the local AS and router id in its OPEN: start over.
             if !self.peers.is_empty() {
@@ -689,6 +695,7 @@ mod tests {
             local_asn: asn,
             router_id: router_id.parse().unwrap(),
             listen_port,
+            install_routes: true,
             peers: vec![peer],
             announcements: if announce { vec![LocalRoute::new(default_v4())] } else { Vec::new() },
         }
