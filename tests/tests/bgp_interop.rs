@@ -7,7 +7,9 @@
 //!     and not otherwise;
 //!  4. a withdraw on either side disappears on the other;
 //!  5. a peer that goes silent (SIGSTOP) is dropped when the hold timer expires;
-//!  6. a wrong peer AS gets the Bad Peer AS NOTIFICATION, seen on both sides.
+//!  6. a wrong peer AS gets the Bad Peer AS NOTIFICATION, seen on both sides;
+//!  7. and the other way round: a peer expecting another AS of us refuses our OPEN, and
+//!     `show bgp summary` shows the NOTIFICATION it sent.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -80,9 +82,10 @@ enum Peer {
 }
 
 impl Peer {
-    fn start(kind: Kind, ns: &NetNs, dir: &std::path::Path, ferrule: IpAddr) -> Result<Peer> {
+    /// Starts the peer with Ferrule configured as a neighbor of AS `ferrule_asn`.
+    fn start(kind: Kind, ns: &NetNs, dir: &std::path::Path, ferrule: IpAddr, ferrule_asn: u32) -> Result<Peer> {
         let neighbor =
-            Neighbor::new("ferrule", ferrule, FERRULE_ASN).families(&[Family::Ipv4Unicast, Family::Ipv6Unicast]);
+            Neighbor::new("ferrule", ferrule, ferrule_asn).families(&[Family::Ipv4Unicast, Family::Ipv6Unicast]);
         let config = BgpConfig::new("192.0.2.2".parse()?, PEER_ASN).neighbor(neighbor);
         Ok(match kind {
             Kind::Frr => {
@@ -218,7 +221,8 @@ struct Scenario {
     _peer_ns: NetNs,
 }
 
-fn setup(kind: Kind, transport: Transport, label: &str, peer_asn: u32) -> Result<Scenario> {
+/// `peer_asn`: the AS Ferrule expects of the peer; `ferrule_asn`: the AS the peer expects of Ferrule.
+fn setup(kind: Kind, transport: Transport, label: &str, peer_asn: u32, ferrule_asn: u32) -> Result<Scenario> {
     let dir = TestDir::new(label)?;
     let node = NetNs::new("bgpf")?;
     let peer_ns = NetNs::new("bgpp")?;
@@ -233,12 +237,12 @@ fn setup(kind: Kind, transport: Transport, label: &str, peer_asn: u32) -> Result
     let name = format!("{label}{}", std::process::id());
     let mut ferrule = Ferrule::new(&node, dir.path(), &name, &ferrule_config(&name, link.peer, peer_asn, true))?;
     ferrule.start(&[])?;
-    let peer = Peer::start(kind, &peer_ns, dir.path(), link.ferrule)?;
+    let peer = Peer::start(kind, &peer_ns, dir.path(), link.ferrule, ferrule_asn)?;
     Ok(Scenario { _dir: dir, ferrule, peer, link, _peer_ns: peer_ns })
 }
 
 fn interop(kind: Kind, transport: Transport, label: &str) -> Result<()> {
-    let mut s = setup(kind, transport, label, PEER_ASN)?;
+    let mut s = setup(kind, transport, label, PEER_ASN, FERRULE_ASN)?;
     let who = format!("{kind:?} over {transport:?}");
 
     // 1. Established on both sides.
@@ -324,7 +328,7 @@ fn interop(kind: Kind, transport: Transport, label: &str) -> Result<()> {
 }
 
 fn wrong_peer_as(kind: Kind, transport: Transport, label: &str) -> Result<()> {
-    let s = setup(kind, transport, label, PEER_ASN + 99)?;
+    let s = setup(kind, transport, label, PEER_ASN + 99, FERRULE_ASN)?;
     let who = format!("{kind:?} over {transport:?}");
     let mut ours = Value::Null;
     wait_for("ferrule to refuse the peer's OPEN", Duration::from_secs(30), || {
@@ -349,6 +353,37 @@ fn wrong_peer_as(kind: Kind, transport: Transport, label: &str) -> Result<()> {
     let seen = theirs.lines().find(|l| l.contains("bad peer as") || l.contains("notifications received")).unwrap_or("");
     println!("[{who}] 6 peer: expected to receive Bad Peer AS, saw: {}", seen.trim());
     Ok(())
+}
+
+/// The other direction: the peer expects another AS of us, refuses our OPEN with Bad Peer AS,
+/// and `show bgp summary` says so.
+fn peer_refuses_our_as(kind: Kind, transport: Transport, label: &str) -> Result<()> {
+    let s = setup(kind, transport, label, PEER_ASN, FERRULE_ASN + 1)?;
+    let who = format!("{kind:?} over {transport:?}");
+    let mut ours = Value::Null;
+    wait_for("ferrule to receive Bad Peer AS", Duration::from_secs(30), || {
+        ours = ferrule_neighbor(&s.ferrule)?["last_error"].clone();
+        Ok(ours.as_str().unwrap_or("").contains("received NOTIFICATION OPEN Message Error: Bad Peer AS"))
+    })
+    .with_context(|| format!("ferrule log:\n{}\npeer:\n{}", s.ferrule.log_tail(), s.peer.bgp().log_tail()))?;
+    println!("[{who}] 7 ferrule: expected to receive Bad Peer AS from the peer, saw {ours}");
+    Ok(())
+}
+
+#[test]
+fn frr_expecting_another_as_sends_bad_peer_as_we_report() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    peer_refuses_our_as(Kind::Frr, Transport::V4, "rfr").unwrap();
+}
+
+#[test]
+fn bird_expecting_another_as_sends_bad_peer_as_we_report() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    peer_refuses_our_as(Kind::Bird, Transport::V6, "rbi").unwrap();
 }
 
 macro_rules! interop_tests {
