@@ -30,6 +30,7 @@ pub mod net;
 pub mod netns;
 mod privilege;
 mod process;
+pub mod server;
 pub mod workdir;
 
 pub use bgp::{wait_established, BgpConfig, BgpPeer, Family, Neighbor, SessionState};
@@ -40,4 +41,5 @@ pub use frr::Frr;
 pub use gobgp::GoBgp;
 pub use netns::NetNs;
 pub use privilege::privileged;
+pub use server::{in_netns, TcpServer};
 pub use workdir::TestDir;

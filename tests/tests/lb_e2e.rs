@@ -9,35 +9,19 @@
 //! client up0 192.0.2.2 ── cl0 192.0.2.1  node (ferrule)  be0 198.51.100.1 ── up0 198.51.100.2 backend
 //! ```
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ferrule_tests::{cmd, net, Ferrule, NetNs, TestDir};
-use nix::sched::{setns, CloneFlags};
+use ferrule_tests::{cmd, in_netns, net, Ferrule, NetNs, TcpServer, TestDir};
 
 const VIP: &str = "203.0.113.10";
 const CLIENT: &str = "192.0.2.2";
 const NODE_CLIENT_SIDE: &str = "192.0.2.1";
 const NODE_BACKEND_SIDE: &str = "198.51.100.1";
 const BACKEND: &str = "198.51.100.2";
-
-/// Runs `f` on a thread that has moved into `ns` (only that thread changes namespace).
-fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    let netns = File::open(format!("/run/netns/{}", ns.name()))?;
-    std::thread::spawn(move || {
-        setns(&netns, CloneFlags::CLONE_NEWNET).context("setns into the test namespace")?;
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("thread inside the namespace panicked"))?
-}
 
 /// Turns GRO on and TX checksum offload off on `ifname` in `ns` with Debian's ethtool (installed by
 /// `lab.sh deps`): see the comment where it is called.
@@ -47,54 +31,9 @@ fn host_like_offloads(ns: &NetNs, ifname: &str) -> Result<()> {
     Ok(())
 }
 
-/// A TCP server in the backend namespace: for each connection it reads one line and answers
+/// The backend's answer to each connection: it reads one line and answers
 /// `<line> served at <local> for <peer>`, so the client learns which addresses the backend saw.
-struct Backend {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Backend {
-    fn listen(ns: &NetNs, addr: &'static str) -> Result<Backend> {
-        let netns = File::open(format!("/run/netns/{}", ns.name()))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let listener = setns(&netns, CloneFlags::CLONE_NEWNET)
-                .map_err(anyhow::Error::from)
-                .and_then(|_| Ok(TcpListener::bind(addr)?))
-                .and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                });
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = ready_tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            // Bounded by the stop flag (set on drop); each idle round sleeps 20 ms.
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, peer)) => {
-                        let _ = serve(conn, peer);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        ready_rx.recv()??;
-        Ok(Backend { stop, thread: Some(thread) })
-    }
-}
-
 fn serve(conn: TcpStream, peer: SocketAddr) -> Result<()> {
-    conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(3)))?;
     conn.set_write_timeout(Some(Duration::from_secs(3)))?;
     let local = conn.local_addr()?;
@@ -102,15 +41,6 @@ fn serve(conn: TcpStream, peer: SocketAddr) -> Result<()> {
     BufReader::new(&conn).read_line(&mut line)?;
     (&conn).write_all(format!("{} served at {local} for {peer}\n", line.trim_end()).as_bytes())?;
     Ok(())
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// What one client connection saw: its own address and the backend's answer.
@@ -268,7 +198,7 @@ fn nat_service_answers_a_client_through_the_xdp_load_balancer() {
     }
     let dir = TestDir::new("lbnat").unwrap();
     let lab = Lab::new().unwrap();
-    let _backend = Backend::listen(&lab.backend, "198.51.100.2:8080").unwrap();
+    let _backend = TcpServer::start(&lab.backend, "198.51.100.2:8080", |c, p| drop(serve(c, p))).unwrap();
     let name = format!("lbnat{}", std::process::id());
     // XDP on both sides: the client-facing uplink balances, the backend-facing one translates
     // the replies (backend → node:SNAT port) back to VIP → client.
@@ -327,7 +257,7 @@ fn dsr_service_answers_the_client_directly_from_the_backend() {
         Ok(())
     })
     .unwrap();
-    let _backend = Backend::listen(&lab.backend, "203.0.113.10:80").unwrap();
+    let _backend = TcpServer::start(&lab.backend, "203.0.113.10:80", |c, p| drop(serve(c, p))).unwrap();
 
     let name = format!("lbdsr{}", std::process::id());
     // DSR needs XDP only where clients arrive; replies leave the backend through the kernel.

@@ -2,71 +2,17 @@
 //! the health check, withdrawn when no backend is healthy, and announced again when one recovers.
 //! The backend is a TCP listener on a thread inside the backend's network namespace.
 
-use std::fs::File;
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ferrule_tests::bgp::{BgpConfig, Family, Neighbor};
-use ferrule_tests::{cmd, net, Ferrule, Frr, NetNs, TestDir};
-use nix::sched::{setns, CloneFlags};
+use ferrule_tests::{cmd, net, Ferrule, Frr, NetNs, TcpServer, TestDir};
 
 const VIP: &str = "203.0.113.10/32";
 
-/// Accepts (and closes) connections on `addr` inside `ns` until dropped.
-struct Backend {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Backend {
-    fn listen(ns: &NetNs, addr: &'static str) -> Result<Backend> {
-        let netns = File::open(format!("/run/netns/{}", ns.name()))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            // This thread alone moves into the backend's namespace.
-            let listener = setns(&netns, CloneFlags::CLONE_NEWNET)
-                .map_err(anyhow::Error::from)
-                .and_then(|_| Ok(TcpListener::bind(addr)?))
-                .and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                });
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = ready_tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            // Bounded by the stop flag, which Drop sets; each idle round sleeps 20 ms.
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((conn, _)) => drop(conn),
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        ready_rx.recv()??;
-        Ok(Backend { stop, thread: Some(thread) })
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The backend: accepts connections on 198.51.100.2:8080 and closes them, until dropped.
+fn start_backend(ns: &NetNs) -> Result<TcpServer> {
+    TcpServer::start(ns, "198.51.100.2:8080", |conn, _| drop(conn))
 }
 
 fn frr_has(frr: &Frr, prefix: &str) -> Result<bool> {
@@ -99,7 +45,7 @@ fn vip_follows_backend_health_on_the_tor() {
          health = {{ kind = \"tcp\", interval_ms = 200, timeout_ms = 200, rise = 1, fall = 2 }}\n\
          backends = [ {{ address = \"198.51.100.2\", port = 8080 }} ]\n"
     );
-    let backend = Backend::listen(&be, "198.51.100.2:8080").unwrap();
+    let backend = start_backend(&be).unwrap();
     let mut ferrule = Ferrule::new(&node, dir.path(), &name, &config).unwrap();
     ferrule.start(&[]).unwrap();
     let neighbor = Neighbor::new("ferrule", "192.0.2.1".parse().unwrap(), 65101).families(&[Family::Ipv4Unicast]);
@@ -130,7 +76,7 @@ fn vip_follows_backend_health_on_the_tor() {
     println!("show lb services: expected the backend unhealthy and the VIP not announced, saw {web}");
     assert!(web["announced"] == false && web["backends"][0]["healthy"] == false, "{web}");
 
-    let _backend = Backend::listen(&be, "198.51.100.2:8080").unwrap();
+    let _backend = start_backend(&be).unwrap();
     let t = wait(true, "the VIP announced again once the backend recovers");
     println!("backend back: expected {VIP} announced again (rise 1), saw it after {t:.1?}");
     ferrule.stop().unwrap();
