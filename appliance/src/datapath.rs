@@ -77,18 +77,38 @@ impl Datapath for ferrule_ebpf::Datapath {
 
     fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()> {
         let mut lb = self.lb();
+        // Consecutive service upserts (the plan puts them together) go in as one batch: a map of
+        // maps update waits ~16 ms in the kernel, once per batch instead of once per service.
+        // The batch is written before any other op, so the order of the ops is kept.
+        let mut services: Vec<ferrule_ebpf::ServiceUpsert<'_>> = Vec::new();
+        let flush = |lb: &mut ferrule_ebpf::LbMaps<'_>, services: &mut Vec<_>| {
+            let result = lb.upsert_services(services);
+            services.clear();
+            result
+        };
         for op in ops {
             match op {
+                LbOp::UpsertService { id, key, mode, table } => services.push(ferrule_ebpf::ServiceUpsert {
+                    key: ebpf_key(key),
+                    id: *id,
+                    mode: ebpf_mode(*mode),
+                    table,
+                }),
                 LbOp::UpsertBackend { id, address, port } => {
+                    flush(&mut lb, &mut services)?;
                     lb.upsert_backend(*id, &ferrule_ebpf::BackendEntry { address: *address, port: *port })?
                 }
-                LbOp::UpsertService { id, key, mode, table } => {
-                    lb.upsert_service(&ebpf_key(key), *id, ebpf_mode(*mode), table)?
+                LbOp::RemoveService { key, .. } => {
+                    flush(&mut lb, &mut services)?;
+                    lb.remove_service(&ebpf_key(key))?
                 }
-                LbOp::RemoveService { key, .. } => lb.remove_service(&ebpf_key(key))?,
-                LbOp::RemoveBackend { id } => lb.remove_backend(*id)?,
+                LbOp::RemoveBackend { id } => {
+                    flush(&mut lb, &mut services)?;
+                    lb.remove_backend(*id)?
+                }
             }
         }
+        flush(&mut lb, &mut services)?;
         Ok(())
     }
 

@@ -1,29 +1,49 @@
 //! `xdp_lb` cost per packet from `BPF_PROG_TEST_RUN`'s own timing, for conntrack hits and misses,
-//! IPv4 and IPv6, with 1, 1,000 and 100,000 services installed; each figure is printed with its
-//! ratio to the 1-service figure of the same row. Also prints the verifier's instruction count of
-//! each program. Root only: `sudo -E cargo bench -p ferrule-ebpf --bench xdp_lb`.
+//! IPv4 and IPv6, with 1 (one per family, so 2), 1,000 and 100,000 services installed; each figure
+//! is printed with its ratio to the first row's figure in the same column. Also prints the
+//! verifier's instruction count of each program, how long installing the services took (batched,
+//! `LbMaps::upsert_services`, against the per-service `upsert_service` measured in the same run)
+//! and the kernel memory they hold. Root only: `sudo -E cargo bench -p ferrule-ebpf --bench
+//! xdp_lb`. Knobs: `FERRULE_BENCH_SERVICES=1,1000,100000` (the rows), `FERRULE_BENCH_TABLE=251`.
 //!
-//! Each figure averages the kernel's per-run duration over RUNS single runs: `repeat` cannot be
-//! used, because the kernel re-runs the program on the packet the previous run left (already
-//! encapsulated, so no longer for the VIP). A single run's figure includes the kernel timer's own
-//! cost (tens of ns), the same in every column. Hit: one flow, after a first packet created its
-//! conntrack entry. Miss: a new flow (source port) per run.
+//! Each row runs on a datapath of its own (fresh maps, empty conntrack) holding all its services.
+//! Each figure is the kernel's per-run duration of single runs: per turn the median of 10 block
+//! means of 2,000 runs; the rows take 5 turns each, interleaved, and the figure is the median turn
+//! (a moment of contention on a shared machine then moves it less). A first turn per row warms up
+//! and is discarded. `repeat` cannot be used, because the kernel re-runs the program on the packet
+//! the previous run left (already encapsulated, so no longer for the VIP). A single run's figure
+//! includes the kernel timer's own cost (tens of ns), the same in every column. Hit: one flow,
+//! after a first packet created its conntrack entry. Miss: a new flow (source port) per run.
+//!
+//! Every service has its own Maglev table of `FERRULE_BENCH_TABLE` slots (a prime, default 251:
+//! ~4 KiB of kernel memory each, since an array stores each u32 slot in 8 bytes and kmalloc rounds
+//! up to a power of two; 1021 slots take 16 KiB; the config's default of 65537 takes 516 KiB, so
+//! 100,000 such services would need ~50 GiB).
 
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     process::Command,
+    time::{Duration, Instant},
 };
 
 use etherparse::PacketBuilder;
-use ferrule_ebpf::{test_run_xdp, BackendEntry, Datapath, Decap, L4Proto, LbMode, ServiceKey, XDP_TX};
+use ferrule_ebpf::{
+    test_run_xdp, BackendEntry, Datapath, Decap, L4Proto, LbMaps, LbMode, ServiceKey, ServiceUpsert, XDP_TX,
+};
 use nix::sched::{setns, CloneFlags};
 
 const NS: &str = "frlb-bench";
 const DEV: &str = "frlbench0";
 const RUNS: u16 = 20_000;
-const TABLE: [u32; 13] = [1; 13];
+const BLOCKS: u16 = 10;
+/// Turns each row's measurement takes (see `main`).
+const REPS: u8 = 5;
+/// Services installed one at a time for the per-service baseline (then removed again).
+const SINGLE_BASELINE: u32 = 200;
+/// Ids of the baseline's services, above the rows' (IPv4 1.., IPv6 65537..).
+const SINGLE_FIRST_ID: u32 = 130_000;
 
 fn sh(args: &[&str]) {
     let status = Command::new(args[0]).args(&args[1..]).status().expect("running ip");
@@ -44,10 +64,11 @@ fn setup_netns() {
     sh(&["ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
 }
 
-fn tcp4(dst: [u8; 4], sport: u16) -> Vec<u8> {
+/// A SYN from client 203.0.113.`client`:`sport` to `dst`:80.
+fn tcp4(client: u8, dst: [u8; 4], sport: u16) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2([2, 0xaa, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
-        .ipv4([203, 0, 113, 7], dst, 64)
+        .ipv4([203, 0, 113, client], dst, 64)
         .tcp(sport, 80, 1, 64240)
         .syn()
         .write(&mut out, &[])
@@ -55,10 +76,11 @@ fn tcp4(dst: [u8; 4], sport: u16) -> Vec<u8> {
     out
 }
 
-fn tcp6(dst: [u8; 16], sport: u16) -> Vec<u8> {
+/// A SYN from client 2001:db8:7::`client`:`sport` to `dst`:80.
+fn tcp6(client: u8, dst: [u8; 16], sport: u16) -> Vec<u8> {
     let mut out = Vec::new();
     PacketBuilder::ethernet2([2, 0xaa, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
-        .ipv6([0x20, 0x01, 0x0d, 0xb8, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7], dst, 64)
+        .ipv6([0x20, 0x01, 0x0d, 0xb8, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, client], dst, 64)
         .tcp(sport, 80, 1, 64240)
         .syn()
         .write(&mut out, &[])
@@ -85,41 +107,113 @@ struct Row {
     miss6: u64,
 }
 
-fn measure(dp: &Datapath, ifindex: u32, first_port: u16) -> Row {
+/// One row of figures; `client` (a host number) differs per call, so every miss is a new flow.
+fn measure(dp: &Datapath, ifindex: u32, client: u8) -> Row {
     let fd = dp.xdp_program_fd().unwrap();
     let vip4 = [192, 0, 2, 1];
     let vip6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    // The median of BLOCKS block means: a block slowed down by another process on the CPU (the
+    // machine is shared) moves the figure less than it would move one mean over all runs.
     let average = |make: &dyn Fn(u16) -> Vec<u8>| {
-        let total: u64 = (0..RUNS)
-            .map(|i| {
-                let out = test_run_xdp(fd, &make(i), ifindex, 1).unwrap();
-                assert_eq!(out.retval, XDP_TX, "the benchmark path is the forwarding one");
-                u64::from(out.duration_ns)
+        let per_block = RUNS / BLOCKS;
+        let mut means: Vec<u64> = (0..BLOCKS)
+            .map(|b| {
+                let total: u64 = (b * per_block..(b + 1) * per_block)
+                    .map(|i| {
+                        let out = test_run_xdp(fd, &make(i), ifindex, 1).unwrap();
+                        assert_eq!(out.retval, XDP_TX, "the benchmark path is the forwarding one");
+                        u64::from(out.duration_ns)
+                    })
+                    .sum();
+                total / u64::from(per_block)
             })
-            .sum();
-        total / u64::from(RUNS)
+            .collect();
+        means.sort_unstable();
+        means[means.len() / 2]
     };
     let hit = |packet: Vec<u8>| {
         test_run_xdp(fd, &packet, ifindex, 1).unwrap(); // creates the conntrack entry
         average(&|_| packet.clone())
     };
-    let miss = |make: &dyn Fn(u16) -> Vec<u8>| average(&|i| make(first_port.wrapping_add(i)));
+    let miss = |make: &dyn Fn(u16) -> Vec<u8>| average(&|i| make(2 + i));
     Row {
-        hit4: hit(tcp4(vip4, 1)),
-        miss4: miss(&|p| tcp4(vip4, p)),
-        hit6: hit(tcp6(vip6, 1)),
-        miss6: miss(&|p| tcp6(vip6, p)),
+        hit4: hit(tcp4(client, vip4, 1)),
+        miss4: miss(&|p| tcp4(client, vip4, p)),
+        hit6: hit(tcp6(client, vip6, 1)),
+        miss6: miss(&|p| tcp6(client, vip6, p)),
     }
 }
 
 /// Installed services per row: 1, 1,000 and 100,000, or `FERRULE_BENCH_SERVICES=1,1000,10000`.
-/// Installing is slow: every update of a map of maps waits for an RCU grace period in the kernel
-/// (~16 ms here), so 100,000 services take about half an hour to install.
+/// Half are IPv4 and half IPv6 (at least one of each).
 fn service_counts() -> Vec<u32> {
     match std::env::var("FERRULE_BENCH_SERVICES") {
         Ok(list) => list.split(',').map(|n| n.trim().parse().expect("FERRULE_BENCH_SERVICES: numbers")).collect(),
         Err(_) => vec![1, 1_000, 100_000],
     }
+}
+
+/// Slots of each service's Maglev table: `FERRULE_BENCH_TABLE` (a prime), default 251.
+fn table_size() -> usize {
+    std::env::var("FERRULE_BENCH_TABLE").map_or(251, |n| n.trim().parse().expect("FERRULE_BENCH_TABLE: a number"))
+}
+
+/// The service pair `i`: (IPv4 key, IPv4 id, IPv6 key, IPv6 id).
+fn pair(i: u32) -> (ServiceKey, u32, ServiceKey, u32) {
+    let (v4, port, v6) = vips(i);
+    let k4 = ServiceKey { vip: IpAddr::V4(v4), port, proto: L4Proto::Tcp };
+    let k6 = ServiceKey { vip: IpAddr::V6(v6), port: 80, proto: L4Proto::Tcp };
+    (k4, i + 1, k6, 65_536 + i + 1)
+}
+
+/// Kernel memory counters (KiB) from /proc/meminfo: unreclaimable slab, where kmalloc'ed maps up
+/// to 32 KiB live, and vmalloc, where larger ones go.
+fn kernel_memory_kib() -> (i64, i64) {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    (field("SUnreclaim:"), field("VmallocUsed:"))
+}
+
+/// The per-service baseline: `SINGLE_BASELINE` services with `upsert_service` each, timed, then
+/// removed (untimed). Returns the time per service.
+fn single_baseline(lb: &mut LbMaps<'_>, table: &[u32]) -> Duration {
+    let key = |i: u32| ServiceKey {
+        vip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 200)),
+        port: 2000 + i as u16,
+        proto: L4Proto::Tcp,
+    };
+    let started = Instant::now();
+    for i in 0..SINGLE_BASELINE {
+        lb.upsert_service(&key(i), SINGLE_FIRST_ID + i, LbMode::Dsr, table).unwrap();
+    }
+    let per_service = started.elapsed() / SINGLE_BASELINE;
+    for i in 0..SINGLE_BASELINE {
+        lb.remove_service(&key(i)).unwrap();
+    }
+    per_service
+}
+
+/// The median of each column over `rows`.
+fn median_row(rows: &[Row]) -> Row {
+    let median = |f: fn(&Row) -> u64| {
+        let mut v: Vec<u64> = rows.iter().map(f).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    Row { hit4: median(|r| r.hit4), miss4: median(|r| r.miss4), hit6: median(|r| r.hit6), miss6: median(|r| r.miss6) }
+}
+
+struct Load {
+    services: u32,
+    elapsed: Duration,
+    slab_kib: i64,
+    vmalloc_kib: i64,
 }
 
 fn main() {
@@ -133,38 +227,99 @@ fn main() {
     let ifindex = nix::net::if_::if_nametoindex(DEV).unwrap();
     let root = Path::new("/sys/fs/bpf");
     ferrule_ebpf::ensure_bpffs(root).unwrap();
-    let node = format!("bench-{}", std::process::id());
-    let mut dp = Datapath::open_at(root, &node).unwrap();
-    let decap = Decap::open_at(root, &node).unwrap();
-    let insns = |info: aya::programs::ProgramInfo| {
-        info.verified_instruction_count().map_or("unknown".to_owned(), |n| n.to_string())
-    };
-    println!("verifier: xdp_lb processed {} instructions", insns(dp.xdp_program_info().unwrap()));
-    println!("verifier: tc_decap processed {} instructions", insns(decap.program_info().unwrap()));
-
-    let mut lb = dp.lb();
-    lb.set_node_addresses(Some(Ipv4Addr::new(198, 51, 100, 1)), "2001:db8:100::1".parse().ok()).unwrap();
-    lb.upsert_backend(1, &BackendEntry { address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10)), port: 80 }).unwrap();
-    lb.upsert_backend(2, &BackendEntry { address: "2001:db8:100::10".parse().unwrap(), port: 80 }).unwrap();
-    let mut rows = Vec::new();
-    let mut installed = 0u32;
+    let size = table_size();
+    let (table4, table6) = (vec![1u32; size], vec![2u32; size]);
+    let mut per_service = Duration::ZERO;
+    let mut loads = Vec::new();
+    // Each row on a datapath of its own (fresh maps, empty conntrack), with all its services
+    // installed in one batched upsert: rows differ only in how many services there are.
+    let mut datapaths = Vec::new();
     for (round, target) in service_counts().into_iter().enumerate() {
-        let mut lb = dp.lb();
-        // Half IPv4, half IPv6 (at least one of each: the measured pair is service 0 of each).
-        while installed < (target / 2).max(1) {
-            let (v4, port, v6) = vips(installed);
-            let k4 = ServiceKey { vip: IpAddr::V4(v4), port, proto: L4Proto::Tcp };
-            lb.upsert_service(&k4, installed + 1, LbMode::Dsr, &TABLE).unwrap();
-            let k6 = ServiceKey { vip: IpAddr::V6(v6), port: 80, proto: L4Proto::Tcp };
-            lb.upsert_service(&k6, 65_536 + installed + 1, LbMode::Dsr, &[2; 13]).unwrap();
-            installed += 1;
+        let node = format!("bench-{}-{round}", std::process::id());
+        let mut dp = Datapath::open_at(root, &node).unwrap();
+        if round == 0 {
+            let decap = Decap::open_at(root, &node).unwrap();
+            let insns = |info: aya::programs::ProgramInfo| {
+                info.verified_instruction_count().map_or("unknown".to_owned(), |n| n.to_string())
+            };
+            println!("verifier: xdp_lb processed {} instructions", insns(dp.xdp_program_info().unwrap()));
+            println!("verifier: tc_decap processed {} instructions", insns(decap.program_info().unwrap()));
         }
-        // Distinct source ports per round, so every "miss" is a new flow.
-        rows.push((target, measure(&dp, ifindex, 2 + round as u16 * RUNS)));
+        let mut lb = dp.lb();
+        lb.set_node_addresses(Some(Ipv4Addr::new(198, 51, 100, 1)), "2001:db8:100::1".parse().ok()).unwrap();
+        let v4 = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
+        lb.upsert_backend(1, &BackendEntry { address: v4, port: 80 }).unwrap();
+        lb.upsert_backend(2, &BackendEntry { address: "2001:db8:100::10".parse().unwrap(), port: 80 }).unwrap();
+        if round == 0 {
+            per_service = single_baseline(&mut lb, &table4);
+        }
+        // Half IPv4, half IPv6 (at least one of each: the measured pair is service 0 of each).
+        let batch: Vec<ServiceUpsert<'_>> = (0..(target / 2).max(1))
+            .flat_map(|i| {
+                let (k4, id4, k6, id6) = pair(i);
+                [
+                    ServiceUpsert { key: k4, id: id4, mode: LbMode::Dsr, table: &table4 },
+                    ServiceUpsert { key: k6, id: id6, mode: LbMode::Dsr, table: &table6 },
+                ]
+            })
+            .collect();
+        let (slab0, vmalloc0) = kernel_memory_kib();
+        let started = Instant::now();
+        lb.upsert_services(&batch).unwrap();
+        let elapsed = started.elapsed();
+        let (slab1, vmalloc1) = kernel_memory_kib();
+        let services = batch.len() as u32;
+        loads.push(Load { services, elapsed, slab_kib: slab1 - slab0, vmalloc_kib: vmalloc1 - vmalloc0 });
+        // Warm-up, discarded: the first packets on fresh maps are slower (cold caches, conntrack
+        // buckets touched for the first time).
+        measure(&dp, ifindex, 9);
+        datapaths.push((services, dp));
+    }
+    // The rows take turns, REPS times, and each figure is the median of its REPS: a change in
+    // the machine's load during the run (it is shared) then hits every row alike. Each turn has
+    // a client address of its own, so every miss is a new flow.
+    let mut samples: Vec<Vec<Row>> = datapaths.iter().map(|_| Vec::new()).collect();
+    for rep in 0..REPS {
+        for ((_, dp), row) in datapaths.iter().zip(&mut samples) {
+            row.push(measure(dp, ifindex, 10 + rep));
+        }
+    }
+    let rows: Vec<(u32, Row)> = datapaths.iter().zip(&samples).map(|((n, _), s)| (*n, median_row(s))).collect();
+    for (_, dp) in datapaths {
+        dp.unpin_all().unwrap();
+    }
+    println!("\ninstalling services ({size}-slot Maglev tables):");
+    println!(
+        "  per-service upsert_service (baseline): {:.2} ms per service, measured on {SINGLE_BASELINE}",
+        per_service.as_secs_f64() * 1e3
+    );
+    // Memory: deltas of the whole kernel's counters around each install, so other processes'
+    // allocations show up too (on a busy machine, vmalloc moves by themselves); tables up to 32
+    // KiB (~4000 slots) are kmalloc'ed (slab), larger ones vmalloc'ed.
+    for l in &loads {
+        let one_by_one = per_service * l.services;
+        let per = |kib: i64| kib as f64 * 1024.0 / f64::from(l.services.max(1));
+        println!(
+            "  batched upsert_services: {:>6} services in {:>7.3} s ({:>6.1} us each; one by one: {:>7.1} s = {:>4.0}x); \
+             kernel memory: slab {:+} KiB ({:.0} B/service), vmalloc {:+} KiB ({:.0} B/service)",
+            l.services,
+            l.elapsed.as_secs_f64(),
+            l.elapsed.as_secs_f64() * 1e6 / f64::from(l.services.max(1)),
+            one_by_one.as_secs_f64(),
+            one_by_one.as_secs_f64() / l.elapsed.as_secs_f64().max(1e-9),
+            l.slab_kib,
+            per(l.slab_kib),
+            l.vmalloc_kib,
+            per(l.vmalloc_kib),
+        );
     }
     let base = &rows[0].1;
     let ratio = |v: u64, b: u64| v as f64 / b.max(1) as f64;
-    println!("\nns/packet (BPF_PROG_TEST_RUN), ratio to the first row in parentheses:");
+    println!(
+        "\nns/packet (BPF_PROG_TEST_RUN; median of {REPS} turns, each the median of {BLOCKS} means of {} runs), \
+         ratio to the first row in parentheses:",
+        RUNS / BLOCKS
+    );
     println!(
         "{:>9} | {:>15} | {:>15} | {:>15} | {:>15}",
         "services", "IPv4 ct hit", "IPv4 ct miss", "IPv6 ct hit", "IPv6 ct miss"
@@ -182,6 +337,5 @@ fn main() {
             ratio(r.miss6, base.miss6),
         );
     }
-    dp.unpin_all().unwrap();
     let _ = Command::new("ip").args(["netns", "del", NS]).status();
 }

@@ -3,12 +3,18 @@
 //! ([`Decap`]). It translates between Rust types and the ABI structs; it holds no policy (which
 //! backends a table holds comes from the caller, `ferrule-xdp-lb`).
 //!
-//! Atomicity: a service's Maglev table is a separate inner map, swapped into `fr_lb_tables` in
-//! one map update, so a packet sees the old table or the new one, never a mix.
+//! Atomicity: a service's Maglev table is a separate inner map, filled completely and then
+//! swapped into `fr_lb_tables` in one map update, so a packet sees the old table or the new one,
+//! never a mix. Many services go in with one `BPF_MAP_UPDATE_BATCH` per map
+//! ([`LbMaps::upsert_services`]): every write to a map of maps makes the kernel wait for the
+//! programs running on all CPUs (an RCU grace period, ~16 ms here), once per element with
+//! `BPF_MAP_UPDATE_ELEM` but once per batch with `BPF_MAP_UPDATE_BATCH`, which is what makes
+//! 100,000 services take seconds instead of half an hour.
 
 use std::{
+    collections::{HashMap as StdHashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd as _, BorrowedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -41,6 +47,10 @@ const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// Far above any Maglev table worth having (65537 is the usual size); bounds kernel memory.
 pub const MAX_TABLE_SIZE: usize = 1 << 20;
+/// Bounds on how many new Maglev tables a batched upsert holds open (one fd each) and writes in
+/// one batch; within them, a quarter of the process's open-files limit (see `tables_per_batch`).
+const MIN_TABLES_PER_BATCH: u64 = 64;
+const MAX_TABLES_PER_BATCH: u64 = 4096;
 
 /// The transport protocol of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,6 +111,18 @@ pub struct ServiceKey {
     pub vip: IpAddr,
     pub port: u16,
     pub proto: L4Proto,
+}
+
+/// One service of a batched upsert ([`LbMaps::upsert_services`]): what
+/// [`LbMaps::upsert_service`] takes for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceUpsert<'a> {
+    pub key: ServiceKey,
+    /// 1..=131072, unique per service.
+    pub id: u32,
+    pub mode: LbMode,
+    /// Backend ids; empty = no backend (new flows drop, established ones keep theirs).
+    pub table: &'a [u32],
 }
 
 /// A backend under its id.
@@ -345,36 +367,72 @@ impl LbMaps<'_> {
     /// Creates or updates a service: its id (1.., unique per service), mode and whole Maglev
     /// `table` of backend ids (its length, usually a prime such as 65537, is the table size). The
     /// table is swapped in atomically; an empty table makes new flows drop (`no_backend`) while
-    /// established ones keep their backend. Backends must be upserted first.
+    /// established ones keep their backend. Backends must be upserted first. For more than a few
+    /// services use [`LbMaps::upsert_services`]: each call here waits ~16 ms in the kernel.
     pub fn upsert_service(&mut self, key: &ServiceKey, id: u32, mode: LbMode, table: &[u32]) -> Result<(), EbpfError> {
-        if id == 0 || id > abi::LB_MAX_SERVICES {
-            return Err(input(format!(
-                "service {}:{} has id {id}: ids are 1..={}",
-                key.vip,
-                key.port,
-                abi::LB_MAX_SERVICES
-            )));
+        self.upsert_services(&[ServiceUpsert { key: *key, id, mode, table }])
+    }
+
+    /// Creates or updates many services, each exactly as [`LbMaps::upsert_service`] would (its
+    /// table complete before it is swapped in, and in place before the service's key points at
+    /// it), with one `BPF_MAP_UPDATE_BATCH` per map for up to a few thousand services at a time
+    /// instead of one update (and one ~16 ms kernel wait) per service.
+    ///
+    /// Failures are defined:
+    /// - The whole batch is checked first (ids, table sizes, a key or id given twice); a bad
+    ///   entry rejects the batch with an error naming it, and nothing is written.
+    /// - If the kernel refuses a write (out of memory, say), what was written before stays: those
+    ///   services are installed, each complete with its table; the failing one and the rest are
+    ///   left as they were; the error names the failing service and says how many went in. A
+    ///   service is never left pointing at a table that was not written, and services not in
+    ///   the batch are never touched. (Applying the batch again finishes it.)
+    pub fn upsert_services(&mut self, services: &[ServiceUpsert<'_>]) -> Result<(), EbpfError> {
+        check_batch(services)?;
+        let per_batch = tables_per_batch();
+        let mut installed = 0;
+        for chunk in services.chunks(per_batch) {
+            let done = self.upsert_chunk(chunk);
+            installed += done.as_ref().map_or_else(|(n, _)| *n, |()| chunk.len());
+            if let Err((_, e)) = done {
+                return Err(partial(installed, services.len(), e));
+            }
         }
-        if table.len() > MAX_TABLE_SIZE {
-            return Err(input(format!(
-                "the table of service {}:{} has {} slots, more than the {MAX_TABLE_SIZE} allowed",
-                key.vip,
-                key.port,
-                table.len()
-            )));
+        Ok(())
+    }
+
+    /// Installs `chunk`: `Ok` with all of it, or how many went in and why the rest did not.
+    fn upsert_chunk(&mut self, chunk: &[ServiceUpsert<'_>]) -> Result<(), (usize, EbpfError)> {
+        let (empty, full): (Vec<&ServiceUpsert<'_>>, Vec<&ServiceUpsert<'_>>) =
+            chunk.iter().partition(|s| s.table.is_empty());
+        // A service without backends loses its table first, as in upsert_service.
+        for s in &empty {
+            let mut tables = self.tables().map_err(|e| (0, e))?;
+            absent_ok(tables.remove(&s.id)).map_err(|e| (0, EbpfError::map(TABLES, "removing", e)))?;
         }
-        if table.is_empty() {
-            let mut tables = self.tables()?;
-            absent_ok(tables.remove(&id)).map_err(|e| EbpfError::map(TABLES, "removing", e))?;
-        } else {
-            let inner = new_table(table)?;
-            let mut tables = self.tables()?;
-            tables.insert(id, &inner, 0).map_err(|e| EbpfError::map(TABLES, "swapping in a table", e))?;
+        // Every table is built and filled before any of them is visible to a packet.
+        let inner = full.iter().map(|s| new_table(s.table)).collect::<Result<Vec<_>, _>>().map_err(|e| (0, e))?;
+        let ids: Vec<u32> = full.iter().map(|s| s.id).collect();
+        let fds: Vec<u32> = inner.iter().map(|m| m.fd().as_fd().as_raw_fd() as u32).collect();
+        let tables_fd = map_fd(self.ebpf, TABLES).map_err(|e| (0, e))?;
+        let tabled = sys::map_update_batch(tables_fd, &ids, &fds);
+        // Only services whose table is in place get their key written.
+        let with_table = tabled.as_ref().map_or_else(|e| e.done, |()| full.len());
+        let ready: Vec<&ServiceUpsert<'_>> = empty.iter().chain(&full[..with_table]).copied().collect();
+        let keys: Vec<LbServiceKey> = ready.iter().map(|s| s.key.raw()).collect();
+        let values: Vec<LbService> =
+            ready.iter().map(|s| LbService { id: s.id, mode: s.mode.raw(), flags: 0, pad: 0 }).collect();
+        let services_fd = map_fd(self.ebpf, SERVICES).map_err(|e| (0, e))?;
+        if let Err(e) = sys::map_update_batch(services_fd, &keys, &values) {
+            let what = ready.get(e.done).map(|s| describe(s)).unwrap_or_default();
+            return Err((e.done, batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_services)", &what, e.error)));
         }
-        let value = LbService { id, mode: mode.raw(), flags: 0, pad: 0 };
-        let mut services: HashMap<_, LbServiceKey, LbService> = HashMap::try_from(map_mut(self.ebpf, SERVICES)?)
-            .map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
-        services.insert(key.raw(), value, 0).map_err(|e| EbpfError::map(SERVICES, "writing", e))
+        match tabled {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let what = full.get(e.done).map(|s| describe(s)).unwrap_or_default();
+                Err((ready.len(), batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_tables)", &what, e.error)))
+            }
+        }
     }
 
     fn tables(&mut self) -> Result<HashOfMaps<&mut MapData, u32, MapData>, EbpfError> {
@@ -418,10 +476,19 @@ impl LbMaps<'_> {
         let Some(inner) = absent_ok(tables.get(&id, 0)).map_err(|e| EbpfError::map(TABLES, "reading", e))? else {
             return Ok(Vec::new());
         };
-        let inner: Array<_, u32> =
-            Array::try_from(Map::Array(inner)).map_err(|e| EbpfError::map(TABLES, "opening a table", e))?;
-        let len = inner.get(&0, 0).map_err(|e| EbpfError::map(TABLES, "reading a table", e))?;
-        (1..=len).map(|slot| inner.get(&slot, 0).map_err(|e| EbpfError::map(TABLES, "reading a table", e))).collect()
+        // Slot 0 (the length), then all slots in one syscall: adopting 100,000 tables after a
+        // restart must not take millions of syscalls.
+        let read = |count| {
+            sys::array_u32_values(inner.fd().as_fd(), count)
+                .map_err(|e| EbpfError::syscall("BPF_MAP_LOOKUP_BATCH (reading a Maglev table)", e))
+        };
+        let len = read(1)?[0];
+        if len as usize > MAX_TABLE_SIZE {
+            return Err(input(format!("the table of service id {id} claims {len} slots, more than can be installed")));
+        }
+        let mut slots = read(len.saturating_add(1))?;
+        slots.remove(0);
+        Ok(slots)
     }
 
     /// Counters of service `id` (zero when it has seen no packet).
@@ -447,9 +514,106 @@ fn new_table(table: &[u32]) -> Result<MapData, EbpfError> {
     let inner = MapData::create(obj, "fr_lb_table", None).map_err(|e| EbpfError::map(TABLES, "creating a table", e))?;
     let keys: Vec<u32> = (0..=len).collect();
     let values: Vec<u32> = std::iter::once(len).chain(table.iter().copied()).collect();
-    sys::map_update_batch_u32(inner.fd().as_fd(), &keys, &values)
-        .map_err(|source| EbpfError::syscall("BPF_MAP_UPDATE_BATCH (filling a Maglev table)", source))?;
+    sys::map_update_batch(inner.fd().as_fd(), &keys, &values)
+        .map_err(|e| EbpfError::syscall("BPF_MAP_UPDATE_BATCH (filling a Maglev table)", e.error))?;
     Ok(inner)
+}
+
+/// What is wrong with one service of an upsert, if anything.
+fn service_problem(s: &ServiceUpsert<'_>) -> Option<String> {
+    if s.id == 0 || s.id > abi::LB_MAX_SERVICES {
+        return Some(format!("service {} has id {}: ids are 1..={}", describe_key(&s.key), s.id, abi::LB_MAX_SERVICES));
+    }
+    if s.table.len() > MAX_TABLE_SIZE {
+        return Some(format!(
+            "the table of service {} has {} slots, more than the {MAX_TABLE_SIZE} allowed",
+            describe_key(&s.key),
+            s.table.len()
+        ));
+    }
+    None
+}
+
+/// Checks a whole batch before anything is written: each entry, and no key or id twice (two
+/// keys with one id would share one table).
+fn check_batch(services: &[ServiceUpsert<'_>]) -> Result<(), EbpfError> {
+    let mut keys = HashSet::with_capacity(services.len());
+    let mut ids: StdHashMap<u32, &ServiceKey> = StdHashMap::with_capacity(services.len());
+    for (i, s) in services.iter().enumerate() {
+        let problem = service_problem(s)
+            .or_else(|| (!keys.insert(s.key)).then(|| format!("service {} is listed twice", describe_key(&s.key))))
+            .or_else(|| {
+                let other = ids.insert(s.id, &s.key)?;
+                Some(format!(
+                    "service {} has id {}, already given to {}",
+                    describe_key(&s.key),
+                    s.id,
+                    describe_key(other)
+                ))
+            });
+        match problem {
+            None => {}
+            Some(p) if services.len() == 1 => return Err(input(p)),
+            Some(p) => return Err(input(format!("batch entry {i}: {p}; nothing of the batch was written"))),
+        }
+    }
+    Ok(())
+}
+
+fn describe_key(key: &ServiceKey) -> String {
+    let proto = match key.proto {
+        L4Proto::Tcp => "tcp",
+        L4Proto::Udp => "udp",
+    };
+    match key.vip {
+        IpAddr::V4(v4) => format!("{v4}:{}/{proto}", key.port),
+        IpAddr::V6(v6) => format!("[{v6}]:{}/{proto}", key.port),
+    }
+}
+
+fn describe(s: &ServiceUpsert<'_>) -> String {
+    format!("service {} (id {})", describe_key(&s.key), s.id)
+}
+
+/// A kernel refusal inside a batch, naming the element it stopped at.
+fn batch_error(call: &'static str, what: &str, error: std::io::Error) -> EbpfError {
+    if error.raw_os_error() == Some(libc::EPERM) || what.is_empty() {
+        return EbpfError::syscall(call, error);
+    }
+    EbpfError::syscall(call, std::io::Error::new(error.kind(), format!("at {what}: {error}")))
+}
+
+/// Wraps the error of a batched upsert that stopped with `installed` of `total` services in.
+fn partial(installed: usize, total: usize, e: EbpfError) -> EbpfError {
+    match e {
+        EbpfError::Syscall { call, source } => EbpfError::syscall(
+            call,
+            std::io::Error::new(
+                source.kind(),
+                format!("{source}; {installed} of the batch's {total} services are installed, the rest unchanged"),
+            ),
+        ),
+        other => {
+            tracing::warn!(installed, total, "batched service upsert stopped: {other}");
+            other
+        }
+    }
+}
+
+/// How many new tables one batch holds open: a quarter of the open-files limit, so a daemon
+/// under systemd's default of 1024 keeps room for its sockets, within [64, 4096]. Each batch
+/// costs one RCU wait (~16 ms): 100,000 services under a limit of 1024 are ~390 batches.
+fn tables_per_batch() -> usize {
+    let limit = sys::open_files_soft_limit().unwrap_or(1024);
+    (limit / 4).clamp(MIN_TABLES_PER_BATCH, MAX_TABLES_PER_BATCH) as usize
+}
+
+/// The fd of a hash or hash-of-maps map of the object, for the batch syscalls aya lacks.
+fn map_fd<'e>(ebpf: &'e Ebpf, name: &'static str) -> Result<BorrowedFd<'e>, EbpfError> {
+    match map(ebpf, name)? {
+        Map::HashMap(data) | Map::HashOfMaps(data) => Ok(data.fd().as_fd()),
+        _ => Err(EbpfError::map(name, "opening for a batch update", MapError::InvalidMapType { map_type: 0 })),
+    }
 }
 
 fn read_counters(ebpf: &Ebpf, name: &'static str, id: u32) -> Result<LbCounters, EbpfError> {

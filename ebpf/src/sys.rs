@@ -1,6 +1,7 @@
 //! The few `bpf(2)` commands aya does not expose that Ferrule needs: reading a pinned link's
-//! info (which interface and program an XDP link points at) and `BPF_PROG_TEST_RUN`. It owns the
-//! raw syscall and its attribute layouts; callers get safe functions and must not see pointers.
+//! info (which interface and program an XDP link points at), `BPF_PROG_TEST_RUN` and
+//! `BPF_MAP_UPDATE_BATCH`. It owns the raw syscall and its attribute layouts; callers get safe
+//! functions and must not see pointers.
 
 use std::{
     ffi::CString,
@@ -169,14 +170,74 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Writes `values[i]` at `keys[i]` in one syscall (`BPF_MAP_UPDATE_BATCH`): filling a Maglev
-/// table of 65537 slots one element at a time would take as many syscalls.
-pub(crate) fn map_update_batch_u32(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> io::Result<()> {
-    if keys.len() != values.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "keys and values differ in length"));
+/// The key and value sizes of the map behind `map`, as the kernel sees them (the first fields of
+/// `struct bpf_map_info`: type, id, key_size, value_size). A map of maps reports 4-byte values:
+/// user space writes inner maps as file descriptors.
+fn map_kv_sizes(map: BorrowedFd<'_>) -> io::Result<(usize, usize)> {
+    // Larger than the kernel's `struct bpf_map_info` today is fine: the excess stays zero.
+    let mut buf = [0u64; 32];
+    let mut attr = InfoByFdAttr {
+        bpf_fd: map.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&buf) as u32,
+        info: buf.as_mut_ptr() as u64,
+    };
+    // SAFETY: `attr` is the BPF_OBJ_GET_INFO_BY_FD layout; `info` points at `info_len` writable,
+    // 8-byte aligned bytes that outlive the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
+    let [_type_and_id, sizes, ..] = buf;
+    let bytes = sizes.to_ne_bytes();
+    let word = |i: usize| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes")) as usize;
+    Ok((word(0), word(1)))
+}
+
+/// A `BPF_MAP_UPDATE_BATCH` that stopped early. The kernel applies elements in order and stops
+/// at the first failure: elements `..done` are written, element `done` failed with `error`, and
+/// the rest were not tried.
+#[derive(Debug)]
+pub(crate) struct BatchError {
+    pub done: usize,
+    pub error: io::Error,
+}
+
+impl BatchError {
+    fn before_start(error: io::Error) -> Self {
+        BatchError { done: 0, error }
     }
-    let count =
-        u32::try_from(keys.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "batch too large"))?;
+}
+
+/// Writes `values[i]` at `keys[i]` for every `i` in one `BPF_MAP_UPDATE_BATCH` (create or
+/// replace, like `BPF_ANY`).
+///
+/// One syscall instead of one per element, and for a map of maps one wait for the programs
+/// running on the CPUs instead of one per element: `bpf_map_do_batch` calls
+/// `maybe_wait_bpf_programs` (a `synchronize_rcu`, ~16 ms here) once after the whole batch, where
+/// `BPF_MAP_UPDATE_ELEM` calls it after every element. Each element is still replaced on its
+/// own, atomically: a program sees an element's old value or its new one.
+///
+/// `K` and `V` must be exactly the map's key and value sizes (for a map of maps, `V` is `u32`:
+/// the inner map's fd); this is checked with the kernel first, because the kernel reads `count`
+/// keys and values of *its* sizes from these slices. An empty batch makes no syscall.
+pub(crate) fn map_update_batch<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
+    let invalid = |msg: String| BatchError::before_start(io::Error::new(io::ErrorKind::InvalidInput, msg));
+    if keys.len() != values.len() {
+        return Err(invalid(format!("{} keys but {} values", keys.len(), values.len())));
+    }
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let count = u32::try_from(keys.len()).map_err(|_| invalid(format!("batch of {} elements", keys.len())))?;
+    let (key_size, value_size) = map_kv_sizes(map).map_err(BatchError::before_start)?;
+    if (key_size, value_size) != (std::mem::size_of::<K>(), std::mem::size_of::<V>()) {
+        return Err(invalid(format!(
+            "the map has {key_size}-byte keys and {value_size}-byte values, the batch {}-byte keys and {}-byte values",
+            std::mem::size_of::<K>(),
+            std::mem::size_of::<V>()
+        )));
+    }
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
@@ -184,11 +245,98 @@ pub(crate) fn map_update_batch_u32(map: BorrowedFd<'_>, keys: &[u32], values: &[
         map_fd: map.as_raw_fd() as u32,
         ..Default::default()
     };
-    // SAFETY: `attr` is the batch layout; `keys` and `values` hold `count` readable u32s each,
-    // matching the map's 4-byte key and value sizes, and outlive the call.
-    unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr)? };
-    if attr.count != count {
-        return Err(io::Error::other(format!("batch update stopped after {} of {count} elements", attr.count)));
+    // SAFETY: `attr` is the batch layout; `keys` and `values` hold `count` readable elements of
+    // exactly the map's key and value sizes (checked above) and outlive the call. `aya::Pod`
+    // types have no padding and no invalid bit patterns, so the kernel reading them is sound.
+    let result = unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
+    // On failure too, the kernel has written how many elements it applied to `attr.count`.
+    let done = (attr.count as usize).min(keys.len());
+    match result {
+        Ok(_) if done == keys.len() => Ok(()),
+        Ok(_) => Err(BatchError { done, error: io::Error::other(format!("stopped after {done} of {count} elements")) }),
+        Err(error) => Err(BatchError { done, error }),
     }
-    Ok(())
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Reads slots `0..len` of an array map of `u32` in one `BPF_MAP_LOOKUP_BATCH` (reading a Maglev
+/// table of 65537 slots one element at a time would take as many syscalls).
+pub(crate) fn array_u32_values(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<u32>> {
+    if map_kv_sizes(map)? != (4, 4) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a map of u32 keys and u32 values"));
+    }
+    let mut keys = vec![0u32; len as usize];
+    let mut values = vec![0u32; len as usize];
+    // The key the kernel stopped at (`out_batch`); unused, as the whole array is read at once.
+    let mut next = 0u32;
+    let mut attr = BatchAttr {
+        out_batch: &mut next as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: len,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is the batch layout; `keys` and `values` have room for `count` elements of
+    // the map's key and value sizes (4 bytes, checked above) and `out_batch` for one key, all
+    // writable and outliving the call. A null `in_batch` starts at the first key.
+    match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+        Ok(_) => {}
+        // ENOENT: the end of the map was reached; `count` says how much was read.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    if attr.count != len || keys.iter().enumerate().any(|(i, k)| *k as usize != i) {
+        return Err(io::Error::other(format!("read {} of {len} slots, or out of order", attr.count)));
+    }
+    Ok(values)
+}
+
+/// The soft limit on open file descriptors (`RLIMIT_NOFILE`) of this process: a batch of new
+/// Maglev tables holds one fd per table until the batch is written.
+pub(crate) fn open_files_soft_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one `struct rlimit` through the pointer, which is valid and
+    // writable for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd as _;
+
+    fn hash_map(max_entries: u32) -> aya::maps::MapData {
+        // BPF_MAP_TYPE_HASH, u32 → u32.
+        let obj = aya_obj::Map::new_from_params(1, 4, 4, max_entries, 0);
+        aya::maps::MapData::create(obj, "fr_batch_test", None).expect("creating a test map")
+    }
+
+    #[test]
+    fn a_batch_that_fails_midway_reports_how_many_elements_were_written() {
+        if !ferrule_tests::privileged() {
+            return;
+        }
+        let map = hash_map(2);
+        // The third element does not fit: the first two are written, then the kernel stops.
+        let err = map_update_batch(map.fd().as_fd(), &[1u32, 2, 3], &[10u32, 20, 30]).unwrap_err();
+        assert_eq!(err.done, 2, "{err:?}");
+        assert_eq!(err.error.raw_os_error(), Some(libc::E2BIG), "{err:?}");
+        map_update_batch(map.fd().as_fd(), &[1u32, 2], &[11u32, 21]).expect("replacing both");
+    }
+
+    #[test]
+    fn a_batch_whose_types_do_not_match_the_map_is_refused_before_the_kernel_reads_it() {
+        if !ferrule_tests::privileged() {
+            return;
+        }
+        let map = hash_map(4);
+        let err = map_update_batch(map.fd().as_fd(), &[1u64], &[1u32]).unwrap_err();
+        assert_eq!((err.done, err.error.kind()), (0, io::ErrorKind::InvalidInput), "{err:?}");
+        assert!(err.error.to_string().contains("4-byte keys"), "{err:?}");
+    }
 }

@@ -15,8 +15,8 @@ use std::{
 use common::{bpffs, run, unique_node, PinGuard};
 use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice};
 use ferrule_ebpf::{
-    test_run_skb, test_run_xdp, BackendEntry, Datapath, Decap, L4Proto, LbMode, ServiceKey, TestRunOutput, TC_ACT_OK,
-    XDP_DROP, XDP_PASS, XDP_TX,
+    test_run_skb, test_run_xdp, BackendEntry, Datapath, Decap, EbpfError, L4Proto, LbMode, ServiceKey, ServiceUpsert,
+    TestRunOutput, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX,
 };
 use nix::sched::{setns, CloneFlags};
 
@@ -728,6 +728,157 @@ fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
         assert_eq!(out.retval, XDP_PASS, "a removed service's traffic is the stack's");
         assert!(dp.lb().upsert_backend(0, &BackendEntry { address: ip4(BACKEND_A4), port: 1 }).is_err());
         dp.unpin_all().unwrap();
+    });
+}
+
+/// The i-th service of the batch tests: even i an IPv4 TCP VIP 192.0.2.<1..200> on port
+/// 1000 + i/200, odd i an IPv6 TCP VIP 2001:db8:80::<i+1> on port 443; id 100 + i.
+fn batch_service(i: u32) -> (ServiceKey, u32) {
+    let key = if i.is_multiple_of(2) {
+        let vip = [192, 0, 2, (i / 2 % 200) as u8 + 1];
+        ServiceKey { vip: ip4(vip), port: 1000 + (i / 2 / 200) as u16, proto: L4Proto::Tcp }
+    } else {
+        ServiceKey { vip: ip6(v6(0x80, i as u16 + 1)), port: 443, proto: L4Proto::Tcp }
+    };
+    (key, 100 + i)
+}
+
+/// A SYN from the client to `key` and what DSR to `backend` (A or B of the key's family) makes of
+/// it.
+fn syn_and_expected(key: &ServiceKey, sport: u16, to_b: bool) -> (Vec<u8>, Vec<u8>) {
+    match key.vip {
+        IpAddr::V4(vip) => {
+            let syn = tcp4(CLIENT4, sport, vip.octets(), key.port, true, b"");
+            let (mac, backend) = if to_b { (MAC_B, BACKEND_B4) } else { (MAC_A, BACKEND_A4) };
+            let expected = expect_ipip(mac, backend, &syn[14..]);
+            (syn, expected)
+        }
+        IpAddr::V6(vip) => {
+            let syn = tcp6(CLIENT6, sport, vip.octets(), key.port, true, b"");
+            let (mac, backend) = if to_b { (MAC_B, BACKEND_B6) } else { (MAC_A, BACKEND_A6) };
+            let expected = expect_ip6_tunnel(mac, backend, &syn[14..]);
+            (syn, expected)
+        }
+    }
+}
+
+#[test]
+fn batched_upsert_installs_thousands_of_services_that_forward_like_single_ones() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("n");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("batch", ifindex);
+        // More services than one kernel batch holds under the usual open-files limits, so the
+        // batch boundaries are crossed too. Even-numbered services to A, odd ones to B.
+        const N: u32 = 5000;
+        let tables = [[ID_A4; TABLE_SIZE], [ID_B4; TABLE_SIZE], [ID_A6; TABLE_SIZE], [ID_B6; TABLE_SIZE]];
+        let table_of = |i: u32| {
+            let (key, _) = batch_service(i);
+            &tables[usize::from(key.vip.is_ipv6()) * 2 + usize::from(i % 4 >= 2)]
+        };
+        let batch: Vec<ServiceUpsert<'_>> = (0..N)
+            .map(|i| {
+                let (key, id) = batch_service(i);
+                ServiceUpsert { key, id, mode: LbMode::Dsr, table: table_of(i) }
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        lb.dp.lb().upsert_services(&batch).unwrap();
+        println!("{N} services installed in one batched upsert in {:?}", started.elapsed());
+
+        let installed = lb.dp.lb().services().unwrap();
+        println!("services in the map: expected {N}, saw {}", installed.len());
+        assert_eq!(installed.len(), N as usize);
+        for i in [0, 1, 2, 3, 2047, 2048, 4095, 4096, 4097, N - 2, N - 1] {
+            let (key, id) = batch_service(i);
+            assert!(installed.contains(&(key, id, LbMode::Dsr)), "service {i} listed");
+            assert_eq!(&lb.dp.lb().service_table(id).unwrap()[..], &table_of(i)[..], "table of service {i}");
+            let (syn, expected) = syn_and_expected(&key, 40000, i % 4 >= 2);
+            assert_tx(&lb.run(&syn), &expected, &format!("SYN to batched service {i} ({key:?})"));
+        }
+
+        // A second batch re-points two installed services to the other backend: their
+        // established flows stay, new flows follow the new tables.
+        let swap: Vec<ServiceUpsert<'_>> = [0, 1]
+            .into_iter()
+            .map(|i| {
+                let (key, id) = batch_service(i);
+                ServiceUpsert { key, id, mode: LbMode::Dsr, table: table_of(i + 2) }
+            })
+            .collect();
+        lb.dp.lb().upsert_services(&swap).unwrap();
+        for i in [0, 1] {
+            let (key, _) = batch_service(i);
+            let (syn, kept) = syn_and_expected(&key, 40000, false);
+            assert_tx(&lb.run(&syn), &kept, &format!("established flow of service {i} after the swap"));
+            let (syn, moved) = syn_and_expected(&key, 40001, true);
+            assert_tx(&lb.run(&syn), &moved, &format!("new flow of service {i} after the swap"));
+        }
+        let (_, id0) = batch_service(0);
+        let counters = lb.dp.lb().service_counters(id0).unwrap();
+        assert_eq!((counters.packets, counters.new_flows), (3, 2), "service 0 counters {counters:?}");
+        assert_eq!(lb.dp.lb().services().unwrap().len(), N as usize, "a swap adds no service");
+    });
+}
+
+#[test]
+fn a_batch_with_a_bad_entry_writes_nothing_and_installed_services_keep_forwarding() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("o");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("badbatch", ifindex);
+        // One service installed on its own, two in a batch.
+        let web4 = lb.service(ip4(VIP4), 80, L4Proto::Tcp, 1, LbMode::Dsr, ID_A4);
+        let web6 = ServiceKey { vip: ip6(VIP6), port: 80, proto: L4Proto::Tcp };
+        let alt4 = ServiceKey { vip: ip4(VIP4), port: 8443, proto: L4Proto::Tcp };
+        let (to_a6, to_b4) = ([ID_A6; TABLE_SIZE], [ID_B4; TABLE_SIZE]);
+        lb.dp
+            .lb()
+            .upsert_services(&[
+                ServiceUpsert { key: web6, id: 2, mode: LbMode::Dsr, table: &to_a6 },
+                ServiceUpsert { key: alt4, id: 3, mode: LbMode::Dsr, table: &to_b4 },
+            ])
+            .unwrap();
+        let before = lb.dp.lb().services().unwrap();
+        assert_eq!(before.len(), 3);
+
+        let new_vip = [192, 0, 2, 81];
+        let new = ServiceKey { vip: ip4(new_vip), port: 80, proto: L4Proto::Tcp };
+        let good = ServiceUpsert { key: new, id: 4, mode: LbMode::Dsr, table: &to_b4 };
+        let huge = vec![ID_A4; ferrule_ebpf::MAX_TABLE_SIZE + 1];
+        for (what, bad) in [
+            ("id 0", ServiceUpsert { key: ServiceKey { port: 81, ..new }, id: 0, ..good }),
+            ("an id above the maximum", ServiceUpsert { key: ServiceKey { port: 81, ..new }, id: 131_073, ..good }),
+            (
+                "a table above the maximum",
+                ServiceUpsert { key: ServiceKey { port: 81, ..new }, id: 5, table: &huge, ..good },
+            ),
+            ("the same service twice", ServiceUpsert { id: 5, ..good }),
+            ("another service's id", ServiceUpsert { key: ServiceKey { port: 81, ..new }, ..good }),
+        ] {
+            let err = lb.dp.lb().upsert_services(&[good, bad]).unwrap_err();
+            println!("batch with {what}: rejected with: {err}");
+            assert!(matches!(err, EbpfError::LbInput(_)), "{what}: {err:?}");
+            assert!(err.to_string().contains("batch entry 1"), "{what}: the error names the entry: {err}");
+            assert_eq!(lb.dp.lb().services().unwrap(), before, "{what}: nothing written, not even the good entry");
+            let to_new = tcp4(CLIENT4, 40000, new_vip, 80, true, b"");
+            let out = lb.run(&to_new);
+            assert_eq!((out.retval, out.data), (XDP_PASS, to_new), "{what}: the good entry's VIP is not served");
+            for (key, to_b, sport) in [(web4, false, 41000), (web6, false, 41001), (alt4, true, 41002)] {
+                let (syn, expected) = syn_and_expected(&key, sport, to_b);
+                assert_tx(&lb.run(&syn), &expected, &format!("{what}: installed service {key:?} still forwards"));
+            }
+        }
+
+        // Without the bad entry the batch goes in.
+        lb.dp.lb().upsert_services(&[good]).unwrap();
+        let (syn, expected) = syn_and_expected(&new, 40000, true);
+        assert_tx(&lb.run(&syn), &expected, "the good entry on its own");
+        assert_eq!(lb.dp.lb().services().unwrap().len(), 4);
     });
 }
 
