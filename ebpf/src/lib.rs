@@ -8,13 +8,14 @@ pub mod btf;
 mod error;
 mod lb;
 mod loader;
+pub mod sockopt;
 mod sys;
 mod test_run;
 
 pub use error::EbpfError;
 pub use lb::{
     BackendEntry, Decap, DecapEvents, L4Proto, LbCounters, LbDrops, LbEvents, LbMaps, LbMode, ServiceKey,
-    MAX_TABLE_SIZE,
+    ServiceUpsert, MAX_TABLE_SIZE,
 };
 pub use loader::{
     ensure_bpffs, node_pin_dir, plan_uplinks, AttachMode, Datapath, InterfaceStats, LinkHealth, PinnedUplink, UplinkOp,
