@@ -1,0 +1,297 @@
+//! Replays the event scripts in `bfd/testdata/*.bfd` against a [`Session`] and compares every
+//! output with the script: inputs at given times, each followed by exactly the outputs it must
+//! produce, plus state assertions. The session has no jitter, so every deadline is exact.
+//!
+//! ```text
+//! # comment
+//! config discr=1 tx=100 rx=100 mult=3    (optional first line; intervals in ms)
+//! @0 tick                                input at t = 0 s (seconds after the start)
+//! > send Down diag=0 your=0 tx=1000 rx=100 mult=3
+//! @0.5 recv Down my=2 tx=1000 rx=100
+//! > state Down -> Init diag=0
+//! ? deadline 1.5                         assertions: see `assert_line`
+//! ```
+//!
+//! Inputs: `tick`, `admin-down`, `admin-up`, `reconfigure tx=T rx=R mult=M`, and
+//! `recv STATE [P] [F] [D] diag=N my=N your=N tx=T rx=R mult=M` (defaults: diag=0 my=2,
+//! your=0 while Down/AdminDown and 1 otherwise, tx=1000 rx=100 mult=3). Sent packets render as
+//! `send STATE [P] [F] diag=N your=N tx=T rx=R mult=M`, state changes as
+//! `state FROM -> TO diag=N [peer-admin-down]`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::packet::{ControlPacket, Diag, State};
+use super::session::{Input, Output, Session, SessionConfig, Timers};
+
+struct Script {
+    name: String,
+    line: usize,
+}
+
+impl Script {
+    fn fail(&self, msg: impl std::fmt::Display) -> ! {
+        panic!("{}:{}: {msg}", self.name, self.line)
+    }
+}
+
+/// Milliseconds as the scripts write them: integers, or decimals below a millisecond.
+fn fmt_ms(us: u32) -> String {
+    if us % 1000 == 0 {
+        (us / 1000).to_string()
+    } else {
+        format!("{}", f64::from(us) / 1000.0)
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
+}
+
+fn render(o: &Output) -> String {
+    match o {
+        Output::Send(p) => format!(
+            "send {}{}{} diag={} your={} tx={} rx={} mult={}",
+            p.state,
+            if p.poll { " P" } else { "" },
+            if p.final_ { " F" } else { "" },
+            p.diag.code(),
+            p.your_discr,
+            fmt_ms(p.desired_min_tx_us),
+            fmt_ms(p.required_min_rx_us),
+            p.detect_mult
+        ),
+        Output::StateChanged { from, to, diag, peer_admin_down } => format!(
+            "state {from} -> {to} diag={}{}",
+            diag.code(),
+            if *peer_admin_down { " peer-admin-down" } else { "" }
+        ),
+    }
+}
+
+fn parse_state(word: &str, at: &Script) -> State {
+    match word {
+        "AdminDown" => State::AdminDown,
+        "Down" => State::Down,
+        "Init" => State::Init,
+        "Up" => State::Up,
+        _ => at.fail(format!("unknown state {word:?}")),
+    }
+}
+
+fn parse_ms(value: &str, at: &Script) -> Duration {
+    let ms: f64 = value.parse().unwrap_or_else(|_| at.fail(format!("not a number of ms: {value}")));
+    Duration::from_micros((ms * 1000.0).round() as u64)
+}
+
+fn num<T: std::str::FromStr>(value: &str, at: &Script) -> T {
+    value.parse().unwrap_or_else(|_| at.fail(format!("not a number: {value}")))
+}
+
+fn key_values<'s>(words: &[&'s str], at: &Script) -> Vec<(&'s str, &'s str)> {
+    words
+        .iter()
+        .map(|w| w.split_once('=').unwrap_or_else(|| at.fail(format!("expected key=value, got {w:?}"))))
+        .collect()
+}
+
+fn parse_timers(words: &[&str], at: &Script) -> (u32, Timers) {
+    let (mut discr, mut tx, mut rx, mut mult) = (1, Duration::from_millis(100), Duration::from_millis(100), 3);
+    for (k, v) in key_values(words, at) {
+        match k {
+            "discr" => discr = num(v, at),
+            "tx" => tx = parse_ms(v, at),
+            "rx" => rx = parse_ms(v, at),
+            "mult" => mult = num(v, at),
+            _ => at.fail(format!("unknown key {k}")),
+        }
+    }
+    (discr, Timers::new(tx, rx, mult).unwrap_or_else(|e| at.fail(e)))
+}
+
+fn parse_recv(words: &[&str], at: &Script) -> ControlPacket {
+    let Some((state, rest)) = words.split_first() else { at.fail("recv needs a state") };
+    let state = parse_state(state, at);
+    let mut p = ControlPacket {
+        diag: Diag::NONE,
+        state,
+        poll: false,
+        final_: false,
+        control_plane_independent: false,
+        demand: false,
+        detect_mult: 3,
+        my_discr: 2,
+        your_discr: if matches!(state, State::Down | State::AdminDown) { 0 } else { 1 },
+        desired_min_tx_us: 1_000_000,
+        required_min_rx_us: 100_000,
+        required_min_echo_rx_us: 0,
+    };
+    let mut fields = Vec::new();
+    for w in rest {
+        match *w {
+            "P" => p.poll = true,
+            "F" => p.final_ = true,
+            "D" => p.demand = true,
+            _ => fields.push(*w),
+        }
+    }
+    let us = |v: &str| u32::try_from(parse_ms(v, at).as_micros()).unwrap_or_else(|_| at.fail("interval too long"));
+    for (k, v) in key_values(&fields, at) {
+        match k {
+            "diag" => p.diag = Diag::new(num(v, at)),
+            "my" => p.my_discr = num(v, at),
+            "your" => p.your_discr = num(v, at),
+            "tx" => p.desired_min_tx_us = us(v),
+            "rx" => p.required_min_rx_us = us(v),
+            "mult" => p.detect_mult = num(v, at),
+            _ => at.fail(format!("unknown packet field {k}")),
+        }
+    }
+    // What the driver would hand over: only packets that pass the decoder.
+    let bytes = p.encode();
+    ControlPacket::decode(&bytes).unwrap_or_else(|e| at.fail(format!("the decoder refuses this packet: {e}")))
+}
+
+fn parse_input(words: &[&str], at: &Script) -> Input {
+    match words {
+        ["tick"] => Input::Tick,
+        ["admin-down"] => Input::AdminDown,
+        ["admin-up"] => Input::AdminUp,
+        ["reconfigure", rest @ ..] => Input::Reconfigure(parse_timers(rest, at).1),
+        ["recv", rest @ ..] => Input::Received(parse_recv(rest, at)),
+        _ => at.fail(format!("unknown input {words:?}")),
+    }
+}
+
+fn secs_after(t0: Instant, s: &str, at: &Script) -> Instant {
+    let secs: f64 = s.parse().unwrap_or_else(|_| at.fail(format!("bad time {s:?}")));
+    t0 + Duration::from_micros((secs * 1e6).round() as u64)
+}
+
+fn yes(v: &str, at: &Script) -> bool {
+    match v {
+        "yes" => true,
+        "no" => false,
+        _ => at.fail(format!("expected yes or no, got {v}")),
+    }
+}
+
+/// `? state S`, `? deadline SECS|none`, `? detect SECS|none`, `? interval SECS|none`,
+/// `? polling yes|no`, `? remote-discr N`, `? peer-admin-down yes|no`,
+/// `? counters in=N out=N transitions=N up=N failures=N`.
+fn assert_line(s: &Session, t0: Instant, words: &[&str], at: &Script) {
+    let opt_secs = |d: Option<Duration>| d.map_or("none".to_string(), secs);
+    let (got, want) = match words {
+        ["state", st] => (s.state().to_string(), st.to_string()),
+        ["deadline", d] => {
+            let want = if *d == "none" { "none".into() } else { secs(secs_after(t0, d, at) - t0) };
+            (opt_secs(s.next_deadline().map(|x| x - t0)), want)
+        }
+        ["detect", d] => (opt_secs(s.detection_time()), d.to_string()),
+        ["interval", d] => (opt_secs(s.transmit_interval()), d.to_string()),
+        ["polling", v] => (s.polling().to_string(), yes(v, at).to_string()),
+        ["remote-discr", v] => (s.remote().discr.to_string(), v.to_string()),
+        ["peer-admin-down", v] => (s.peer_admin_down().to_string(), yes(v, at).to_string()),
+        ["counters", rest @ ..] => {
+            let c = s.counters();
+            let got = format!(
+                "in={} out={} transitions={} up={} failures={}",
+                c.packets_in, c.packets_out, c.transitions, c.up_transitions, c.failures
+            );
+            (got, rest.join(" "))
+        }
+        _ => at.fail(format!("unknown assertion {words:?}")),
+    };
+    if got != want {
+        at.fail(format!("{} is {got}, expected {want}", words[0]));
+    }
+}
+
+/// Replays one script; panics at the first difference, naming the script and line.
+fn replay(name: &str, text: &str) {
+    let mut at = Script { name: name.to_string(), line: 0 };
+    let t0 = Instant::now();
+    let mut config = None;
+    let mut session: Option<Session> = None;
+    let mut now = t0;
+    let mut pending: Vec<String> = Vec::new();
+    let mut pending_from = 0;
+    let check_done = |pending: &[String], from: usize, at: &Script| {
+        if !pending.is_empty() {
+            at.fail(format!("input on line {from} produced unexpected outputs: {pending:#?}"));
+        }
+    };
+    for (i, raw) in text.lines().enumerate() {
+        at.line = i + 1;
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(expected) = line.strip_prefix('>') {
+            let expected = expected.trim();
+            if pending.is_empty() {
+                at.fail(format!("expected `{expected}`, but the input on line {pending_from} produced nothing more"));
+            }
+            let got = pending.remove(0);
+            if got != expected {
+                at.fail(format!("expected `{expected}`\n     got `{got}`\n  then {pending:#?}"));
+            }
+            continue;
+        }
+        check_done(&pending, pending_from, &at);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words[0] == "config" {
+            if session.is_some() {
+                at.fail("config comes before the first input");
+            }
+            config = Some(parse_timers(&words[1..], &at));
+            continue;
+        }
+        let s = session.get_or_insert_with(|| {
+            let (discr, timers) = config.unwrap_or((1, Timers::symmetric(Duration::from_millis(100), 3).unwrap()));
+            Session::new(SessionConfig::new(discr, timers, None), t0).unwrap_or_else(|e| at.fail(e))
+        });
+        if let Some(time) = words[0].strip_prefix('@') {
+            let t = secs_after(t0, time, &at);
+            if t < now {
+                at.fail("time goes backwards");
+            }
+            now = t;
+            pending = s.handle(now, parse_input(&words[1..], &at)).iter().map(render).collect();
+            pending_from = at.line;
+        } else if words[0] == "?" {
+            assert_line(s, t0, &words[1..], &at);
+        } else {
+            at.fail(format!("a line starts with @time, >, ? or config: {line}"));
+        }
+    }
+    check_done(&pending, pending_from, &at);
+}
+
+#[test]
+fn replays_every_event_script() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bfd/testdata");
+    let mut scripts: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bfd"))
+        .collect();
+    scripts.sort();
+    assert!(scripts.len() >= 3, "expected the event scripts in {}", dir.display());
+    for path in &scripts {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        replay(&path.display().to_string(), &text);
+    }
+}
+
+#[test]
+#[should_panic(expected = "inline:2: expected `send Up diag=0 your=0 tx=1000 rx=100 mult=3`")]
+fn replay_reports_a_wrong_output_with_its_line() {
+    replay("inline", "@0 tick\n> send Up diag=0 your=0 tx=1000 rx=100 mult=3\n");
+}
+
+#[test]
+#[should_panic(expected = "inline:1: input on line 1 produced unexpected outputs")]
+fn replay_refuses_outputs_the_script_does_not_list() {
+    replay("inline", "@0 tick\n");
+}
