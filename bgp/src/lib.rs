@@ -11,7 +11,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bfd;
 pub mod driver;
+pub mod nd;
 pub mod policy;
 pub mod rib;
 pub mod session;
