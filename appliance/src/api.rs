@@ -1,7 +1,11 @@
 //! The HTTP API on a unix socket (mode 0600): `GET /v1/status`, `GET /v1/config`,
-//! `PUT /v1/config`, `GET /v1/interfaces`. Handlers read the model store and observed state and send
+//! `PUT /v1/config`, `GET /v1/interfaces`, `GET /v1/lb/services`, `GET /v1/lb/backends`,
+//! `GET /v1/bgp/summary`, `GET /v1/bgp/routes`. Handlers read the model store and observed state and send
 //! config through [`ModelStore::accept`]; they never touch the datapath's state directly.
 
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -19,6 +23,8 @@ use crate::model::{AcceptError, ModelStore, Origin, Outcome};
 use crate::reconcile::Observed;
 use crate::store::unix_time_ms;
 use ferrule_bgp::driver::{RouteQuery, Speaker};
+use ferrule_ebpf::LbCounters;
+use ferrule_xdp_lb::{BackendHealth, HealthView, LbState, ServiceKey};
 
 /// Request header naming the config's source for error messages (the CLI sends the file path), so
 /// `ferrule apply` prints the same `FILE:LINE:COL` errors as `ferrule check`.
@@ -33,16 +39,21 @@ pub struct AppState {
     pub speaker: Speaker,
     pub health: watch::Receiver<ferrule_xdp_lb::HealthView>,
     pub started: Instant,
+    /// `POST /v1/shutdown` asks the daemon for an orderly stop through this.
+    pub stop: tokio::sync::mpsc::Sender<()>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/config", get(get_config).put(put_config))
+        .route("/v1/shutdown", axum::routing::post(shutdown))
         .route("/v1/interfaces", get(interfaces))
         .route("/v1/bgp/summary", get(bgp_summary))
+        .route("/v1/bgp/bfd", get(bgp_bfd))
         .route("/v1/bgp/routes", get(bgp_routes))
         .route("/v1/lb/services", get(lb_services))
+        .route("/v1/lb/backends", get(lb_backends))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API path; see `ferrule --help`") })
         .with_state(state)
 }
@@ -133,6 +144,20 @@ async fn get_config(State(state): State<AppState>, Query(query): Query<ConfigQue
     }
 }
 
+/// `POST /v1/shutdown`: an orderly stop (Cease to every peer, kernel routes removed). 202: the
+/// daemon stops right after answering.
+async fn shutdown(State(state): State<AppState>) -> Response {
+    info!("orderly shutdown requested through the API");
+    match state.stop.try_send(()) {
+        Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({ "result": "shutting down" }))).into_response()
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is already stopping")
+        }
+    }
+}
+
 /// `PUT /v1/config`: the same TOML as the file. 200 with a summary when accepted (or unchanged),
 /// 400 with the `ferrule check` error text when invalid; the running config stays as it was.
 async fn put_config(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -216,66 +241,291 @@ pub struct LbBackend {
     pub new_flows: u64,
 }
 
-/// `GET /v1/lb/services`: every configured service with its datapath id, health and counters.
-async fn lb_services(State(state): State<AppState>) -> Response {
+/// One (service, backend) pair as `show lb backends` prints it. JSON keys are documented in the
+/// README.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LbBackendRow {
+    pub service: String,
+    pub vip: String,
+    pub port: u16,
+    pub protocol: String,
+    pub mode: String,
+    pub service_id: Option<u32>,
+    pub address: String,
+    pub backend_port: u16,
+    /// The backend's id in the datapath maps; `None` until installed.
+    pub backend_id: Option<u32>,
+    pub weight: u32,
+    /// `healthy`, `unhealthy` or `unchecked` (see [`HealthState`]).
+    pub health: String,
+    /// Why the backend turned unhealthy, e.g. `connect: Connection refused`.
+    pub health_reason: Option<String>,
+    /// Entries of the service's installed Maglev table that name this backend, out of
+    /// `maglev_table_size` (0 when the service has no table: not installed, or no healthy backend).
+    pub maglev_slots: u64,
+    pub maglev_table_size: u64,
+    /// `maglev_slots / maglev_table_size`: the share of new flows the backend gets (0 without a table).
+    pub maglev_share: f64,
+    /// Counted per backend address and port by the datapath: a backend listed by several services
+    /// shows the same totals in each of its rows.
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// A backend's health as the operator views report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthState {
+    /// Passing its service's checks (or not failed `fall` of them yet).
+    Healthy,
+    /// Failed `fall` checks in a row; out of the Maglev table, its entry kept for established flows.
+    Unhealthy { reason: String },
+    /// Its service has no `health` check (every backend is taken as healthy), or the checker has not
+    /// picked up the service yet.
+    Unchecked,
+}
+
+impl HealthState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy { .. } => "unhealthy",
+            HealthState::Unchecked => "unchecked",
+        }
+    }
+
+    /// Whether the backend may receive new flows (what BGP announcement and the Maglev plan use).
+    pub fn is_up(&self) -> bool {
+        !matches!(self, HealthState::Unhealthy { .. })
+    }
+}
+
+/// One configured service with what the datapath, the health checker and BGP say of it: the one
+/// source of `/v1/lb/services`, `/v1/lb/backends` and the `ferrule_lb_*` metrics.
+#[derive(Debug, Clone)]
+pub struct LbServiceView {
+    pub service: ferrule_config::Service,
+    /// The service's datapath id; `None` until installed.
+    pub id: Option<u32>,
+    pub announced: bool,
+    /// The installed Maglev table of backend ids (empty when none is installed).
+    pub table: Arc<Vec<u32>>,
+    /// `None` when not installed or when the maps could not be read (then metrics leave it out).
+    pub counters: Option<LbCounters>,
+    pub backends: Vec<LbBackendView>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LbBackendView {
+    pub backend: ferrule_config::Backend,
+    pub id: Option<u32>,
+    pub health: HealthState,
+    /// Per backend address and port, over every service that lists it.
+    pub counters: Option<LbCounters>,
+}
+
+/// [`lb_view_of`] with the running model, the observed state and the health checker's view.
+pub async fn lb_view(state: &AppState, vip: Option<IpAddr>) -> Vec<LbServiceView> {
     let current = state.models.current();
     let observed = state.observed.borrow().clone();
     let health = state.health.borrow().clone();
-    let lb = observed.lb.unwrap_or_default();
-    let backend_id = |addr: std::net::IpAddr, port: u16| {
-        lb.backends.iter().find(|(_, b)| b.address == addr && b.port == port).map(|(id, _)| *id)
-    };
-    let mut services: Vec<LbService> = current
-        .model
-        .services
+    lb_view_of(&current.model.services, &observed, &health, &state.datapath, vip).await
+}
+
+/// Every service of `services` (only those of `vip` when given), in config order, with its
+/// datapath ids and table from `observed`, its backends' health and the counters read now.
+pub async fn lb_view_of(
+    services: &[ferrule_config::Service],
+    observed: &Observed,
+    health: &HealthView,
+    datapath: &DatapathHandle,
+    vip: Option<IpAddr>,
+) -> Vec<LbServiceView> {
+    let none = LbState::default();
+    let lb = observed.lb.as_ref().unwrap_or(&none);
+    let backend_ids: HashMap<SocketAddr, u32> =
+        lb.backends.iter().map(|(id, b)| (SocketAddr::new(b.address, b.port), *id)).collect();
+    let mut views: Vec<LbServiceView> = services
         .iter()
+        .filter(|s| vip.is_none_or(|v| v == s.vip))
         .map(|s| {
-            let key = ferrule_xdp_lb::ServiceKey::of(s);
-            let vip_net = ipnet::IpNet::from(s.vip).to_string();
+            let key = ServiceKey::of(s);
+            let installed = lb.services.get(&key);
+            LbServiceView {
+                id: installed.map(|e| e.id),
+                announced: observed.announced_vips.contains(&ipnet::IpNet::from(s.vip).to_string()),
+                table: installed.map(|e| e.table.clone()).unwrap_or_default(),
+                counters: None,
+                backends: s
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let addr = SocketAddr::new(b.address, b.port);
+                        LbBackendView {
+                            backend: b.clone(),
+                            id: backend_ids.get(&addr).copied(),
+                            health: health_state(s, health, addr),
+                            counters: None,
+                        }
+                    })
+                    .collect(),
+                service: s.clone(),
+            }
+        })
+        .collect();
+    let service_ids: Vec<u32> = views.iter().filter_map(|s| s.id).collect();
+    let backend_ids: Vec<u32> = views
+        .iter()
+        .flat_map(|s| s.backends.iter().filter_map(|b| b.id))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    match datapath.lb_counters(service_ids.clone(), backend_ids.clone()).await {
+        Ok((sc, bc)) => {
+            let sc: HashMap<u32, LbCounters> = service_ids.into_iter().zip(sc).collect();
+            let bc: HashMap<u32, LbCounters> = backend_ids.into_iter().zip(bc).collect();
+            for s in &mut views {
+                s.counters = s.id.and_then(|id| sc.get(&id).copied());
+                for b in &mut s.backends {
+                    b.counters = b.id.and_then(|id| bc.get(&id).copied());
+                }
+            }
+        }
+        Err(err) => warn!(error = %format!("{err:#}"), "reading the load balancer's counters"),
+    }
+    views
+}
+
+/// No check configured → unchecked; otherwise what the checker last concluded.
+fn health_state(service: &ferrule_config::Service, health: &HealthView, backend: SocketAddr) -> HealthState {
+    if service.health.is_none() {
+        return HealthState::Unchecked;
+    }
+    match health.get(&ServiceKey::of(service), backend) {
+        Some(BackendHealth::Healthy) => HealthState::Healthy,
+        Some(BackendHealth::Unhealthy { reason }) => HealthState::Unhealthy { reason: reason.clone() },
+        None => HealthState::Unchecked,
+    }
+}
+
+/// `GET /v1/lb/services`: every configured service with its datapath id, health and counters.
+async fn lb_services(State(state): State<AppState>) -> Response {
+    let services: Vec<LbService> = lb_view(&state, None)
+        .await
+        .into_iter()
+        .map(|v| {
+            let c = v.counters.unwrap_or_default();
+            let s = &v.service;
             LbService {
                 name: s.name.clone(),
                 vip: s.vip.to_string(),
                 port: s.port,
                 protocol: s.protocol.to_string(),
                 mode: s.mode.to_string(),
-                id: lb.services.get(&key).map(|e| e.id),
-                announced: observed.announced_vips.contains(&vip_net),
-                packets: 0,
-                bytes: 0,
-                new_flows: 0,
-                backends: s
+                id: v.id,
+                announced: v.announced,
+                packets: c.packets,
+                bytes: c.bytes,
+                new_flows: c.new_flows,
+                backends: v
                     .backends
                     .iter()
-                    .map(|b| LbBackend {
-                        address: b.address.to_string(),
-                        port: b.port,
-                        weight: b.weight,
-                        healthy: health.is_healthy(&key, std::net::SocketAddr::new(b.address, b.port)),
-                        id: backend_id(b.address, b.port),
-                        packets: 0,
-                        new_flows: 0,
+                    .map(|b| {
+                        let c = b.counters.unwrap_or_default();
+                        LbBackend {
+                            address: b.backend.address.to_string(),
+                            port: b.backend.port,
+                            weight: b.backend.weight,
+                            healthy: b.health.is_up(),
+                            id: b.id,
+                            packets: c.packets,
+                            new_flows: c.new_flows,
+                        }
                     })
                     .collect(),
             }
         })
         .collect();
-    let service_ids: Vec<u32> = services.iter().filter_map(|s| s.id).collect();
-    let backend_ids: Vec<u32> = services.iter().flat_map(|s| s.backends.iter().filter_map(|b| b.id)).collect();
-    if let Ok((sc, bc)) = state.datapath.lb_counters(service_ids.clone(), backend_ids.clone()).await {
-        for (s, c) in services.iter_mut().filter(|s| s.id.is_some()).zip(sc) {
-            (s.packets, s.bytes, s.new_flows) = (c.packets, c.bytes, c.new_flows);
-        }
-        let mut bc = bc.into_iter();
-        for b in services.iter_mut().flat_map(|s| s.backends.iter_mut()).filter(|b| b.id.is_some()) {
-            if let Some(c) = bc.next() {
-                (b.packets, b.new_flows) = (c.packets, c.new_flows);
-            }
-        }
-    }
     Json(services).into_response()
 }
 
+#[derive(Debug, Deserialize)]
+struct BackendsQuery {
+    vip: Option<String>,
+}
+
+/// `GET /v1/lb/backends[?vip=V]`: one row per (service, backend), of the services of VIP `V` only
+/// when given.
+async fn lb_backends(State(state): State<AppState>, Query(query): Query<BackendsQuery>) -> Response {
+    let vip = match query.vip.as_deref() {
+        None | Some("") => None,
+        Some(text) => match parse_vip(text) {
+            Ok(vip) => Some(vip),
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        },
+    };
+    let views = lb_view(&state, vip).await;
+    // Counting table entries is linear in the table size: off the async workers.
+    match tokio::task::spawn_blocking(move || backend_rows(&views)).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(join) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("listing backends failed: {join}")),
+    }
+}
+
+pub fn parse_vip(text: &str) -> Result<IpAddr, String> {
+    text.parse().map_err(|_| format!("`{text}` is not a VIP address (192.0.2.10 or 2001:db8::10)"))
+}
+
+/// The rows of `show lb backends`, in service order and each service's backend order.
+pub fn backend_rows(views: &[LbServiceView]) -> Vec<LbBackendRow> {
+    let mut rows = Vec::new();
+    for v in views {
+        let s = &v.service;
+        let mut slots: HashMap<u32, u64> = HashMap::new();
+        for id in v.table.iter() {
+            *slots.entry(*id).or_default() += 1;
+        }
+        let size = v.table.len() as u64;
+        for b in &v.backends {
+            let c = b.counters.unwrap_or_default();
+            let mine = b.id.and_then(|id| slots.get(&id).copied()).unwrap_or(0);
+            rows.push(LbBackendRow {
+                service: s.name.clone(),
+                vip: s.vip.to_string(),
+                port: s.port,
+                protocol: s.protocol.to_string(),
+                mode: s.mode.to_string(),
+                service_id: v.id,
+                address: b.backend.address.to_string(),
+                backend_port: b.backend.port,
+                backend_id: b.id,
+                weight: b.backend.weight,
+                health: b.health.label().to_string(),
+                health_reason: match &b.health {
+                    HealthState::Unhealthy { reason } => Some(reason.clone()),
+                    _ => None,
+                },
+                maglev_slots: mine,
+                maglev_table_size: size,
+                maglev_share: if size == 0 { 0.0 } else { mine as f64 / size as f64 },
+                packets: c.packets,
+                bytes: c.bytes,
+                new_flows: c.new_flows,
+            });
+        }
+    }
+    rows
+}
+
 /// `GET /v1/bgp/summary`: one entry per configured neighbor.
+/// `GET /v1/bgp/bfd`: the BFD sessions of the peers that have `bfd` configured.
+async fn bgp_bfd(State(state): State<AppState>) -> Response {
+    match state.speaker.bfd_sessions().await {
+        Ok(sessions) => Json(sessions).into_response(),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+    }
+}
+
 async fn bgp_summary(State(state): State<AppState>) -> Response {
     match state.speaker.summary().await {
         Ok(summary) => Json(summary).into_response(),
@@ -366,6 +616,7 @@ mod tests {
             speaker: Speaker::spawn(),
             health: watch::channel(Default::default()).1,
             started: Instant::now(),
+            stop: tokio::sync::mpsc::channel(1).0,
         });
         Fixture { app, store_path, _dir: dir, models }
     }
@@ -462,6 +713,106 @@ mod tests {
         let (s, b) = (&services[0], &services[0].backends[0]);
         assert_eq!((s.name.as_str(), s.vip.as_str(), s.mode.as_str(), s.id), ("web", "203.0.113.10", "nat", None));
         assert_eq!((b.address.as_str(), b.port, b.weight, b.healthy), ("198.51.100.2", 8080, 3, true));
+    }
+
+    const TWO_SERVICES: &str = "[[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\n\
+        mode = \"nat\"\nhealth = { kind = \"tcp\", interval_ms = 1000 }\n\
+        backends = [ { address = \"198.51.100.2\", port = 8080 }, { address = \"198.51.100.3\", port = 8080, weight = 3 },\n\
+                     { address = \"198.51.100.4\", port = 8080 } ]\n\
+        [[services]]\nname = \"dns\"\nvip = \"2001:db8:200::53\"\nport = 53\nprotocol = \"udp\"\nmode = \"dsr\"\n\
+        backends = [ { address = \"2001:db8:300::21\", port = 53 } ]\n";
+
+    #[tokio::test]
+    async fn lb_backends_lists_one_row_per_service_backend_and_filters_by_vip() {
+        let f = fixture();
+        assert_eq!(call(&f.app, "PUT", "/v1/config", &format!("{GOOD}{TWO_SERVICES}"), None).await.0, StatusCode::OK);
+        let (code, body) = call(&f.app, "GET", "/v1/lb/backends", "", None).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        assert_eq!(rows.len(), 4);
+        // The documented keys, no more and no fewer.
+        let mut keys: Vec<&str> = rows[0].as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "address",
+                "backend_id",
+                "backend_port",
+                "bytes",
+                "health",
+                "health_reason",
+                "maglev_share",
+                "maglev_slots",
+                "maglev_table_size",
+                "mode",
+                "new_flows",
+                "packets",
+                "port",
+                "protocol",
+                "service",
+                "service_id",
+                "vip",
+                "weight"
+            ]
+        );
+        let row: LbBackendRow = serde_json::from_value(rows[1].clone()).unwrap();
+        assert_eq!(
+            (row.service.as_str(), row.vip.as_str(), row.port, row.protocol.as_str(), row.mode.as_str()),
+            ("web", "203.0.113.10", 80, "tcp", "nat")
+        );
+        assert_eq!((row.address.as_str(), row.backend_port, row.weight), ("198.51.100.3", 8080, 3));
+        // Nothing checked or installed yet in this fixture.
+        assert_eq!(
+            (row.health.as_str(), row.service_id, row.backend_id, row.maglev_table_size),
+            ("unchecked", None, None, 0)
+        );
+
+        let (code, body) = call(&f.app, "GET", "/v1/lb/backends?vip=2001:db8:200::53", "", None).await;
+        assert_eq!(code, StatusCode::OK);
+        let rows: Vec<LbBackendRow> = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| (r.service.as_str(), r.address.as_str())).collect::<Vec<_>>(),
+            [("dns", "2001:db8:300::21")]
+        );
+        let (code, body) = call(&f.app, "GET", "/v1/lb/backends?vip=192.0.2.99", "", None).await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, "[]"));
+        let (code, body) = call(&f.app, "GET", "/v1/lb/backends?vip=web", "", None).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(body.contains("`web` is not a VIP address"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn backend_rows_give_each_healthy_backend_its_weighted_share_of_the_maglev_table() {
+        let model = ferrule_config::parse("t.toml", &format!("{GOOD}{TWO_SERVICES}")).unwrap();
+        let web = ServiceKey::of(&model.services[0]);
+        let mut health = HealthView::default();
+        for b in ["198.51.100.2:8080", "198.51.100.3:8080"] {
+            health.set(web, b.parse().unwrap(), BackendHealth::Healthy);
+        }
+        let refused = BackendHealth::Unhealthy { reason: "connect: Connection refused".into() };
+        health.set(web, "198.51.100.4:8080".parse().unwrap(), refused);
+        let mut lb = ferrule_xdp_lb::LbState::default();
+        for op in ferrule_xdp_lb::plan(&model.services, &health, &lb) {
+            lb.apply(&op).unwrap();
+        }
+        let observed = Observed { lb: Some(lb), ..Default::default() };
+        let datapath = DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&[]))).unwrap();
+        let rows = backend_rows(&lb_view_of(&model.services, &observed, &health, &datapath, None).await);
+
+        let (a, b, down, dns) = (&rows[0], &rows[1], &rows[2], &rows[3]);
+        assert_eq!((a.health.as_str(), b.health.as_str(), dns.health.as_str()), ("healthy", "healthy", "unchecked"));
+        assert_eq!(
+            (down.health.as_str(), down.health_reason.as_deref()),
+            ("unhealthy", Some("connect: Connection refused"))
+        );
+        assert!(a.backend_id.is_some() && down.backend_id.is_some(), "the unhealthy backend keeps its entry");
+        assert_eq!(a.maglev_table_size, 65537);
+        assert_eq!(down.maglev_slots, 0, "an unhealthy backend has no slot");
+        assert_eq!(a.maglev_slots + b.maglev_slots, 65537);
+        // Weights 1 and 3: a quarter and three quarters, within Maglev's small imbalance.
+        assert!((a.maglev_share - 0.25).abs() < 0.01 && (b.maglev_share - 0.75).abs() < 0.01, "{a:?}\n{b:?}");
+        assert_eq!((dns.maglev_slots, dns.maglev_share), (dns.maglev_table_size, 1.0));
     }
 
     #[tokio::test]

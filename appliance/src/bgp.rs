@@ -1,23 +1,33 @@
 //! The model's `[bgp]` section as the speaker's configuration. Pure translation: the config crate
 //! has validated every value, so a conversion that fails here is a bug, reported as such.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use ferrule_bgp::driver::{PeerConfig, SpeakerConfig};
+use ferrule_bgp::driver::{BfdConfig, ListenRange, Md5Key, PeerConfig, SpeakerConfig};
 use ferrule_bgp::policy::{self, ImportPolicy, PrefixList, PrefixListEntry};
 use ferrule_bgp::rib::LocalRoute;
 use ferrule_bgp::wire::{Community, LargeCommunity, Prefix};
-use ferrule_config::{MaxPrefixAction, Model};
+use ferrule_config::{MaxPrefixAction, Model, PeerOptions};
 use ipnet::IpNet;
 
 /// How long one outbound connection attempt may take, and the pause between attempts.
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
 
+/// What the daemon knows of an interface named by a peer (`interface = …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub ifindex: u32,
+    /// The link-local address the peer announced itself with (router advertisements).
+    pub neighbor: Option<Ipv6Addr>,
+}
+
 /// The speaker's configuration: the model's `[bgp]` section, plus `vips` (service VIPs with a
 /// healthy backend) announced as host routes. A VIP that is also in `[[bgp.announce]]` keeps the
-/// attributes given there.
-pub fn speaker_config(model: &Model, vips: &BTreeSet<IpNet>) -> SpeakerConfig {
+/// attributes given there. An unnumbered peer becomes a peer at the link-local address found on
+/// its interface (`links`); until one is found (or while the interface is missing) it is left out.
+pub fn speaker_config(model: &Model, vips: &BTreeSet<IpNet>, links: &BTreeMap<String, Link>) -> SpeakerConfig {
     let mut announcements: Vec<LocalRoute> = model
         .bgp
         .announce
@@ -49,33 +59,62 @@ pub fn speaker_config(model: &Model, vips: &BTreeSet<IpNet>) -> SpeakerConfig {
             .bgp
             .peers
             .iter()
-            .map(|p| PeerConfig {
-                address: p.address,
-                port: p.port,
-                asn: p.asn,
-                passive: p.passive,
-                hold_time: p.hold_time,
-                connect_retry: CONNECT_RETRY,
-                import: ImportPolicy {
-                    prefixes: PrefixList {
-                        entries: p
-                            .import
-                            .iter()
-                            .map(|f| PrefixListEntry { prefix: prefix(f.prefix), ge: f.ge, le: f.le })
-                            .collect(),
-                    },
-                    rules: p.import_rules.iter().map(import_rule).collect(),
-                    max_prefix: p.max_prefix.map(|m| policy::MaxPrefix {
-                        limit: m.limit,
-                        action: match m.action {
-                            MaxPrefixAction::Warn => policy::MaxPrefixAction::Warn,
-                            MaxPrefixAction::Teardown => policy::MaxPrefixAction::Teardown,
-                        },
-                    }),
-                },
+            .filter_map(|p| {
+                let link = p.interface.as_ref().and_then(|name| links.get(name));
+                let (address, ifindex) = match (p.address, link) {
+                    (Some(address), None) if p.interface.is_none() => (address, None),
+                    (Some(address), Some(link)) => (address, Some(link.ifindex)),
+                    (None, Some(Link { ifindex, neighbor: Some(n) })) => (IpAddr::V6(*n), Some(*ifindex)),
+                    _ => return None,
+                };
+                Some(peer_config(address, ifindex, p.asn, &p.options))
+            })
+            .collect(),
+        listen: model
+            .bgp
+            .listen
+            .iter()
+            .map(|l| ListenRange {
+                prefix: prefix(l.range),
+                limit: l.limit,
+                template: peer_config(l.range.addr(), None, l.asn, &l.options),
             })
             .collect(),
         announcements,
+    }
+}
+
+fn peer_config(address: IpAddr, ifindex: Option<u32>, asn: u32, p: &PeerOptions) -> PeerConfig {
+    PeerConfig {
+        address,
+        ifindex,
+        port: p.port,
+        asn,
+        passive: p.passive,
+        hold_time: p.hold_time,
+        connect_retry: CONNECT_RETRY,
+        import: ImportPolicy {
+            prefixes: PrefixList {
+                entries: p
+                    .import
+                    .iter()
+                    .map(|f| PrefixListEntry { prefix: prefix(f.prefix), ge: f.ge, le: f.le })
+                    .collect(),
+            },
+            rules: p.import_rules.iter().map(import_rule).collect(),
+            max_prefix: p.max_prefix.map(|m| policy::MaxPrefix {
+                limit: m.limit,
+                action: match m.action {
+                    MaxPrefixAction::Warn => policy::MaxPrefixAction::Warn,
+                    MaxPrefixAction::Teardown => policy::MaxPrefixAction::Teardown,
+                },
+            }),
+        },
+        md5: p.password.as_ref().map(|k| Md5Key::new(k.expose().as_bytes())),
+        graceful_restart: p.graceful_restart.map(|g| g.restart_time_s),
+        bfd: p
+            .bfd
+            .map(|b| BfdConfig { interval: Duration::from_millis(b.interval_ms.into()), multiplier: b.multiplier }),
     }
 }
 
@@ -138,7 +177,7 @@ large_communities = ["65101:1:2"]
 med = 5
 "#;
         let model = ferrule_config::parse("t.toml", text).unwrap();
-        let c = speaker_config(&model, &BTreeSet::new());
+        let c = speaker_config(&model, &BTreeSet::new(), &BTreeMap::new());
         assert_eq!((c.local_asn, c.listen_port), (65101, 1179));
         let peer = &c.peers[0];
         assert_eq!((peer.asn, peer.hold_time, peer.passive, peer.port), (65000, 9, true, 179));
@@ -164,7 +203,7 @@ med = 5
         let model = ferrule_config::parse("t.toml", text).unwrap();
         let vips: BTreeSet<IpNet> =
             ["203.0.113.10/32", "2001:db8:200::10/128"].iter().map(|s| s.parse().unwrap()).collect();
-        let c = speaker_config(&model, &vips);
+        let c = speaker_config(&model, &vips, &BTreeMap::new());
         let routes: Vec<(String, Option<u32>)> =
             c.announcements.iter().map(|r| (r.prefix.to_string(), r.med)).collect();
         assert_eq!(routes, [("203.0.113.10/32".to_string(), Some(7)), ("2001:db8:200::10/128".to_string(), None)]);
@@ -178,7 +217,7 @@ med = 5
             import_rules = [ { as_path_contains = 64666, action = \"reject\" },\n\
               { community = \"65000:666\", action = \"reject\" },\n\
               { origin_as = 65010, action = \"local_pref\", value = 200 } ]\n";
-        let c = speaker_config(&ferrule_config::parse("t.toml", text).unwrap(), &BTreeSet::new());
+        let c = speaker_config(&ferrule_config::parse("t.toml", text).unwrap(), &BTreeSet::new(), &BTreeMap::new());
         let policy = &c.peers[0].import;
         let route = prefix("203.0.113.0/24".parse().unwrap());
         let path = |asns: &[u32], communities: &[u32]| PathAttributes {
@@ -196,9 +235,33 @@ med = 5
     }
 
     #[test]
+    fn unnumbered_peer_appears_once_its_neighbor_is_discovered_with_md5_and_gr() {
+        let text = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n\
+            [[bgp.peers]]\ninterface = \"eth0\"\nasn = 65000\npassword = \"k3y\"\n\
+            graceful_restart = { restart_time_s = 90 }\n\
+            [[bgp.peers]]\naddress = \"fe80::2\"\ninterface = \"eth1\"\nasn = 65000\n\
+            [[bgp.listen]]\nrange = \"2001:db8:500::/64\"\nasn = 65200\nlimit = 5\n";
+        let model = ferrule_config::parse("t.toml", text).unwrap();
+        let mut links = BTreeMap::new();
+        links.insert("eth0".to_string(), Link { ifindex: 4, neighbor: None });
+        let c = speaker_config(&model, &BTreeSet::new(), &links);
+        assert!(c.peers.is_empty(), "no neighbor found on eth0 and eth1 missing: {:?}", c.peers);
+        assert_eq!((c.listen[0].prefix.to_string(), c.listen[0].limit), ("2001:db8:500::/64".into(), 5));
+        assert_eq!(c.listen[0].template.asn, 65200);
+
+        links.insert("eth0".to_string(), Link { ifindex: 4, neighbor: Some("fe80::1".parse().unwrap()) });
+        links.insert("eth1".to_string(), Link { ifindex: 5, neighbor: None });
+        let c = speaker_config(&model, &BTreeSet::new(), &links);
+        let found: Vec<(String, Option<u32>)> = c.peers.iter().map(|p| (p.address.to_string(), p.ifindex)).collect();
+        assert_eq!(found, [("fe80::1".to_string(), Some(4)), ("fe80::2".to_string(), Some(5))]);
+        assert_eq!(c.peers[0].md5, Some(Md5Key::new(b"k3y")));
+        assert_eq!((c.peers[0].graceful_restart, c.peers[1].graceful_restart), (Some(90), None));
+    }
+
+    #[test]
     fn no_import_list_imports_nothing() {
         let text = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n[[bgp.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\n";
-        let c = speaker_config(&ferrule_config::parse("t.toml", text).unwrap(), &BTreeSet::new());
+        let c = speaker_config(&ferrule_config::parse("t.toml", text).unwrap(), &BTreeSet::new(), &BTreeMap::new());
         assert!(!c.peers[0].import.admits(&"0.0.0.0/0".parse::<IpNet>().map(prefix).unwrap()));
     }
 }

@@ -37,6 +37,10 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Stop the daemon for good: every BGP peer gets Cease (our routes are withdrawn at once) and
+    /// our kernel routes are removed. (SIGTERM instead keeps the forwarding state for the next
+    /// process when `graceful_restart` is configured: that is the way to restart or upgrade.)
+    Shutdown(ClientArgs),
     /// Show the running daemon's state.
     Show {
         #[command(subcommand)]
@@ -62,12 +66,21 @@ pub enum ShowCommand {
 pub enum LbShow {
     /// One block per service with its backends.
     Services(ClientArgs),
+    /// One row per (service, backend): weight, health, Maglev share and counters.
+    Backends {
+        /// Only the services of this VIP.
+        vip: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BgpShow {
     /// One line per neighbor: AS, state, uptime, prefixes received/accepted/sent, last error.
     Summary(ClientArgs),
+    /// BFD sessions of the BGP peers: state, timers, detection time, counters.
+    Bfd(ClientArgs),
     /// Every path of every prefix (best and alternatives), or of one prefix or address.
     Routes {
         /// A prefix (exact match) or an address (longest match).

@@ -91,6 +91,22 @@ fn not_running(socket: &Path, err: std::io::Error) -> anyhow::Error {
 
 /// `ferrule apply --config FILE`: sends the file; prints the daemon's errors and exits 2 when it
 /// rejects it (the running config stays as it was).
+/// `ferrule shutdown`: asks the daemon for an orderly stop (not a graceful restart).
+pub async fn shutdown(args: ClientArgs) -> Result<Done> {
+    let response = request(&args.socket, Method::POST, "/v1/shutdown", None).await?;
+    match response.status {
+        StatusCode::ACCEPTED | StatusCode::OK => {
+            if args.json {
+                println!("{}", response.body.trim_end());
+            } else {
+                println!("shutting down: withdrawing routes from every BGP peer and removing kernel routes");
+            }
+            Ok(Done::Ok)
+        }
+        other => Err(anyhow!("daemon answered {other}: {}", response.body.trim_end())),
+    }
+}
+
 pub async fn apply(config: PathBuf, args: ClientArgs) -> Result<Done> {
     let text =
         std::fs::read_to_string(&config).with_context(|| format!("cannot read config file {}", config.display()))?;

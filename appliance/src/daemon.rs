@@ -3,10 +3,14 @@
 //! ```text
 //!  SIGHUP (file) ─┐                                   ┌──▶ datapath thread (aya: maps, XDP links)
 //!  PUT /v1/config ┼─▶ ModelStore ──watch──▶ reconcile ┼──▶ BGP speaker ──fib (watch)──▶ routes
-//!                 │   (validate, redb)                │                      (kernel routes, proto 196)
+//!                 │   (validate, redb)                │                      (kernel routes, proto 233)
 //!                 │                                   └──▶ observed ──watch──▶ API, metrics
-//!  SIGTERM ───────┴─▶ shutdown: stop serving, remove our kernel routes; pinned datapath state
-//!                     stays in place
+//!  SIGTERM ───────┴─▶ stop. With graceful restart configured it is a restart: sessions close
+//!                     without NOTIFICATION, kernel routes and pinned datapath stay, the state
+//!                     store records when; the next process advertises the Restarting bit and
+//!                     deletes no kernel route until its peers' End-of-RIB. Otherwise (and for
+//!  POST /v1/shutdown ─▶ `ferrule shutdown`) an orderly stop: Cease to every peer, kernel routes
+//!                     removed. Pinned datapath state stays in place either way.
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,8 +30,8 @@ use crate::metrics::Metrics;
 use crate::model::{Accepted, ModelStore, Origin, Outcome};
 use crate::reconcile::{self, Observed};
 use crate::routes::{self, NetlinkRouteTable};
-use crate::store::Store;
-use ferrule_bgp::driver::Speaker;
+use crate::store::{unix_time_ms, PendingRestart, Store};
+use ferrule_bgp::driver::{Md5Setter, Md5Target, Speaker, SpeakerOptions};
 
 pub fn main(args: DaemonArgs) -> Result<()> {
     init_logging(args.log_format);
@@ -53,6 +57,12 @@ async fn run(args: DaemonArgs) -> Result<()> {
     let started = Instant::now();
     let store = Store::open(&args.state)?;
     let initial = initial_config(&args, &store)?;
+    // A previous process that stopped for a restart left its forwarding state: adopt it.
+    let restarting = store.take_pending_restart()?.and_then(|p| p.remaining(SystemTime::now()));
+    if let Some(left) = restarting {
+        info!(window_s = left.as_secs(), "graceful restart: kernel routes kept until every peer has sent End-of-RIB");
+    }
+    let gr_store = store.clone();
     let metrics = Metrics::new();
     metrics.config_change(initial.origin.label(), if initial.resumed { "resumed" } else { "accepted" });
 
@@ -66,7 +76,7 @@ async fn run(args: DaemonArgs) -> Result<()> {
     info!(pin_dir = %pin_dir.display(), "datapath loaded; pinned state re-used where present");
 
     let models = ModelStore::new(Arc::new(initial), store, metrics.clone());
-    let speaker = Speaker::spawn();
+    let speaker = Speaker::spawn_with(SpeakerOptions { md5: Some(Arc::new(KernelMd5)), restarting });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let route_table = NetlinkRouteTable::open().context("kernel routes (needs CAP_NET_ADMIN)")?;
     let installer = tokio::spawn(routes::run(speaker.fib(), route_table, shutdown_rx.clone()));
@@ -87,26 +97,52 @@ async fn run(args: DaemonArgs) -> Result<()> {
         metrics.clone(),
     ));
 
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::channel(1);
     let api_listener = bind_socket(&args.socket)?;
     let metrics_listener = TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("cannot listen for metrics on {} (use --metrics-listen)", args.metrics_listen))?;
 
-    let app = api::router(api::AppState {
+    let state = api::AppState {
         models: models.clone(),
         observed: observed_rx,
         datapath: datapath.clone(),
         speaker: speaker.clone(),
         health: health_rx,
         started,
-    });
+        stop: stop_tx,
+    };
+    let app = api::router(state.clone());
+    let mut stop_rx = stop_rx;
     let api_task = tokio::spawn(serve(api_listener, app, shutdown_rx.clone()));
-    let metrics_app = metrics_router(metrics.clone(), datapath.clone(), speaker.clone());
+    let metrics_app = metrics_router(metrics.clone(), state);
     let metrics_task = tokio::spawn(serve_tcp(metrics_listener, metrics_app, shutdown_rx));
     info!(socket = %args.socket.display(), metrics = %args.metrics_listen, "ferrule daemon ready");
 
-    wait_for_signals(&models, args.config.as_deref()).await?;
-    info!("shutting down; pinned programs, links and maps stay in place");
+    let stop = wait_for_signals(&models, args.config.as_deref(), &mut stop_rx).await?;
+    // A signal is a restart when peers were promised one (graceful restart configured).
+    let model = models.current().model.clone();
+    let restart_time = model
+        .bgp
+        .peers
+        .iter()
+        .map(|p| &p.options)
+        .chain(model.bgp.listen.iter().map(|l| &l.options))
+        .filter_map(|o| o.graceful_restart.map(|g| g.restart_time_s))
+        .max();
+    let restart_time = restart_time.filter(|_| stop == Stop::Signal);
+    match restart_time {
+        Some(t) => {
+            info!(restart_time_s = t, "stopping for a graceful restart: peers keep our routes, kernel routes stay")
+        }
+        None => info!("shutting down; pinned programs, links and maps stay in place"),
+    }
+    speaker.shutdown(restart_time.is_some()).await;
+    let pending =
+        restart_time.map(|t| PendingRestart { stopped_at_unix_ms: unix_time_ms(SystemTime::now()), restart_time_s: t });
+    if let Err(err) = gr_store.set_pending_restart(pending) {
+        warn!(error = %format!("{err:#}"), "cannot record the graceful restart; the next start will be an ordinary one");
+    }
     let _ = shutdown_tx.send(true);
     for task in [api_task, metrics_task] {
         if let Ok(Err(err)) = task.await {
@@ -116,6 +152,7 @@ async fn run(args: DaemonArgs) -> Result<()> {
     let _ = std::fs::remove_file(&args.socket);
     // The installer stops first, so nothing re-adds what the flush removes.
     match installer.await {
+        Ok(_) if restart_time.is_some() => info!("kernel routes left in place for the next process"),
         Ok(mut table) => match routes::flush_on_shutdown(&mut table).await {
             Ok(removed) => info!(removed, "kernel routes removed"),
             Err(err) => {
@@ -195,39 +232,71 @@ async fn serve_tcp(listener: TcpListener, app: axum::Router, mut shutdown: watch
         .context("metrics server")
 }
 
-fn metrics_router(metrics: Metrics, datapath: DatapathHandle, speaker: Speaker) -> axum::Router {
+/// `GET /metrics`: datapath counters, BGP and load-balancer state read at scrape time, from the
+/// same sources as the API.
+fn metrics_router(metrics: Metrics, state: api::AppState) -> axum::Router {
     use axum::http::header;
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (metrics, datapath, speaker) = (metrics.clone(), datapath.clone(), speaker.clone());
+            let (metrics, state) = (metrics.clone(), state.clone());
             async move {
-                let stats = datapath.interface_stats().await.unwrap_or_else(|err| {
+                let stats = state.datapath.interface_stats().await.unwrap_or_else(|err| {
                     warn!(error = %format!("{err:#}"), "reading interface counters for metrics");
                     Vec::new()
                 });
-                let neighbors = speaker.summary().await.unwrap_or_default();
+                let neighbors = state.speaker.summary().await.unwrap_or_default();
+                let lb = api::lb_view(&state, None).await;
                 (
                     [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    metrics.encode(stats, neighbors),
+                    metrics.encode(stats, neighbors, lb),
                 )
             }
         }),
     )
 }
 
-/// Runs until SIGTERM or SIGINT. SIGHUP re-reads the `--config` file through the same validation;
-/// a rejected file is logged and changes nothing.
-async fn wait_for_signals(models: &ModelStore, config: Option<&Path>) -> Result<()> {
+/// Why the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM or SIGINT: a restart when graceful restart is configured.
+    Signal,
+    /// `ferrule shutdown`: always orderly.
+    Orderly,
+}
+
+/// Runs until SIGTERM, SIGINT or an API shutdown. SIGHUP re-reads the `--config` file through
+/// the same validation; a rejected file is logged and changes nothing.
+async fn wait_for_signals(
+    models: &ModelStore,
+    config: Option<&Path>,
+    stop: &mut tokio::sync::mpsc::Receiver<()>,
+) -> Result<Stop> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = term.recv() => return Ok(Stop::Signal),
+            _ = int.recv() => return Ok(Stop::Signal),
+            Some(()) = stop.recv() => return Ok(Stop::Orderly),
             _ = hup.recv() => reload(models, config).await,
         }
+    }
+}
+
+/// TCP MD5 keys through `ferrule_ebpf::sockopt` (the crate that holds the `unsafe`).
+#[derive(Debug)]
+struct KernelMd5;
+
+impl Md5Setter for KernelMd5 {
+    fn set(&self, socket: std::os::fd::BorrowedFd<'_>, target: Md5Target, key: &[u8]) -> std::io::Result<()> {
+        let peer = ferrule_ebpf::sockopt::Md5Peer {
+            address: target.address,
+            prefix_len: target.prefix_len,
+            ifindex: target.ifindex,
+        };
+        ferrule_ebpf::sockopt::set_tcp_md5(socket, peer, key)
     }
 }
 

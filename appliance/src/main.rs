@@ -20,6 +20,7 @@ mod reconcile;
 mod routes;
 mod show;
 mod store;
+mod unnumbered;
 
 use std::process::ExitCode;
 
@@ -33,11 +34,14 @@ fn main() -> ExitCode {
         Command::Check { config, json } => return show::check(&config, json),
         Command::Daemon(args) => daemon::main(args),
         Command::Apply { config, client } => return client::run(client::apply(config, client)),
+        Command::Shutdown(client) => return client::run(client::shutdown(client)),
         Command::Show { what } => match what {
             ShowCommand::Status(args) => return client::run(show::status(args)),
             ShowCommand::Interfaces(args) => return client::run(show::interfaces(args)),
             ShowCommand::Bgp(BgpShow::Summary(args)) => return client::run(show::bgp_summary(args)),
+            ShowCommand::Bgp(BgpShow::Bfd(args)) => return client::run(show::bgp_bfd(args)),
             ShowCommand::Lb(LbShow::Services(args)) => return client::run(show::lb_services(args)),
+            ShowCommand::Lb(LbShow::Backends { vip, client }) => return client::run(show::lb_backends(vip, client)),
             ShowCommand::Bgp(BgpShow::Routes { prefix, client }) => {
                 return client::run(show::bgp_routes(prefix, client))
             }

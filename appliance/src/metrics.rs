@@ -2,17 +2,20 @@
 //! Counters owned by the daemon live here; datapath counters are read from the maps at scrape
 //! time through the datapath task, so a scrape always shows what the kernel counted.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use ferrule_bgp::driver::NeighborSummary;
-use ferrule_ebpf::InterfaceStats;
+use ferrule_ebpf::{InterfaceStats, LbCounters, LbDrops};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+use crate::api::{LbBackendView, LbServiceView};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigChangeLabels {
@@ -30,6 +33,7 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     interfaces: Arc<InterfaceCollector>,
     bgp: Arc<BgpCollector>,
+    lb: Arc<LbCollector>,
 }
 
 impl Metrics {
@@ -62,6 +66,8 @@ impl Metrics {
         registry.register_collector(Box::new(interfaces.clone()));
         let bgp = Arc::new(BgpCollector::default());
         registry.register_collector(Box::new(bgp.clone()));
+        let lb = Arc::new(LbCollector::default());
+        registry.register_collector(Box::new(lb.clone()));
         Metrics {
             registry: Arc::new(registry),
             config_generation,
@@ -70,6 +76,7 @@ impl Metrics {
             reconcile_errors,
             interfaces,
             bgp,
+            lb,
         }
     }
 
@@ -77,11 +84,17 @@ impl Metrics {
         self.config_changes.get_or_create(&ConfigChangeLabels { source: source.into(), result: result.into() }).inc();
     }
 
-    /// Renders the OpenMetrics text, with the interface counters of `stats` and the BGP
-    /// neighbors' state and counters.
-    pub fn encode(&self, stats: Vec<InterfaceStats>, neighbors: Vec<NeighborSummary>) -> String {
+    /// Renders the OpenMetrics text, with the interface counters of `stats`, the BGP
+    /// neighbors' state and counters, and the load balancer's services and backends.
+    pub fn encode(
+        &self,
+        stats: Vec<InterfaceStats>,
+        neighbors: Vec<NeighborSummary>,
+        lb: Vec<LbServiceView>,
+    ) -> String {
         *self.interfaces.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = stats;
         *self.bgp.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = neighbors;
+        *self.lb.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = lb;
         let mut out = String::new();
         // Encoding into a String cannot fail but for a fmt::Error from our own collectors.
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -90,6 +103,9 @@ impl Metrics {
         out
     }
 }
+
+// Collectors name their series without the `ferrule_` prefix: the registry adds it, as it does
+// for the metrics registered directly.
 
 /// Exposes the XDP per-interface counters read at scrape time.
 #[derive(Debug, Default)]
@@ -107,7 +123,7 @@ impl Collector for InterfaceCollector {
             ]
         };
         let mut packets = encoder.encode_descriptor(
-            "ferrule_interface_rx_packets",
+            "interface_rx_packets",
             "Packets seen by the XDP datapath on an uplink",
             None,
             MetricType::Counter,
@@ -116,7 +132,7 @@ impl Collector for InterfaceCollector {
             ConstCounter::new(s.packets).encode(packets.encode_family(&label(s))?)?;
         }
         let mut bytes = encoder.encode_descriptor(
-            "ferrule_interface_rx_bytes",
+            "interface_rx_bytes",
             "Bytes seen by the XDP datapath on an uplink",
             None,
             MetricType::Counter,
@@ -149,9 +165,9 @@ impl Collector for BgpCollector {
         type Count = fn(&NeighborSummary) -> u64;
         type Level = fn(&NeighborSummary) -> i64;
         let counters: [(&str, &str, Count); 3] = [
-            ("ferrule_bgp_messages_received", "BGP messages received from the neighbor", |n| n.messages_in),
-            ("ferrule_bgp_messages_sent", "BGP messages sent to the neighbor", |n| n.messages_out),
-            ("ferrule_bgp_session_flaps", "Times the session left Established", |n| n.flaps),
+            ("bgp_messages_received", "BGP messages received from the neighbor", |n| n.messages_in),
+            ("bgp_messages_sent", "BGP messages sent to the neighbor", |n| n.messages_out),
+            ("bgp_session_flaps", "Times the session left Established", |n| n.flaps),
         ];
         for (name, help, value) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -161,29 +177,186 @@ impl Collector for BgpCollector {
         }
         let gauges: [(&str, &str, Level); 3] = [
             (
-                "ferrule_bgp_session_state",
+                "bgp_session_state",
                 "RFC 4271 state: 1 Idle, 2 Connect, 3 Active, 4 OpenSent, 5 OpenConfirm, 6 Established",
                 |n| state_number(&n.state),
             ),
-            ("ferrule_bgp_prefixes_accepted", "Prefixes in the neighbor's Adj-RIB-In after import policy", |n| {
+            ("bgp_prefixes_accepted", "Prefixes in the neighbor's Adj-RIB-In after import policy", |n| {
                 n.accepted as i64
             }),
-            ("ferrule_bgp_prefixes_sent", "Prefixes in the neighbor's Adj-RIB-Out", |n| n.sent as i64),
+            ("bgp_prefixes_sent", "Prefixes in the neighbor's Adj-RIB-Out", |n| n.sent as i64),
         ];
         for (name, help, value) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for n in &neighbors {
-                prometheus_client::metrics::gauge::ConstGauge::new(value(n))
-                    .encode(family.encode_family(&labels(n))?)?;
+                ConstGauge::new(value(n)).encode(family.encode_family(&labels(n))?)?;
             }
         }
         Ok(())
     }
 }
 
+/// Per-service ("VIP") and per-backend series of the XDP load balancer, from the counter maps
+/// read at scrape time, the health checker's verdicts and the announced VIPs.
+#[derive(Debug, Default)]
+struct LbCollector {
+    snapshot: Mutex<Vec<LbServiceView>>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The labels that name a service: its name and frontend.
+fn service_labels(s: &LbServiceView) -> Labels {
+    let svc = &s.service;
+    vec![
+        ("service", svc.name.clone()),
+        ("vip", svc.vip.to_string()),
+        ("port", svc.port.to_string()),
+        ("proto", svc.protocol.to_string()),
+    ]
+}
+
+/// A service's labels and one more.
+fn with_label(mut labels: Labels, key: &'static str, value: String) -> Labels {
+    labels.push((key, value));
+    labels
+}
+
+/// Drop reasons of `enum fr_lb_drop`, as the `reason` label says them.
+fn drops_by_reason(d: &LbDrops) -> [(&'static str, u64); 5] {
+    [
+        ("no_backend", d.no_backend),
+        ("no_node_address", d.no_node_address),
+        ("encap_failed", d.encap_failed),
+        ("nat_ports", d.nat_ports),
+        ("nat_family", d.nat_family),
+    ]
+}
+
+/// (name, help, which counter) of the series made of one [`LbCounters`] field.
+type CounterSeries = (&'static str, &'static str, fn(&LbCounters) -> u64);
+
+const VIP_COUNTERS: [CounterSeries; 3] = [
+    (
+        "lb_vip_packets",
+        "Packets to the service (VIP, port, protocol) seen by the XDP load balancer, dropped ones included",
+        |c| c.packets,
+    ),
+    ("lb_vip_bytes", "Bytes of the packets to the service, Ethernet header included", |c| c.bytes),
+    ("lb_vip_new_flows", "Flows to the service without a conntrack entry that the load balancer gave a backend", |c| {
+        c.new_flows
+    }),
+];
+
+const BACKEND_COUNTERS: [CounterSeries; 3] = [
+    (
+        "lb_backend_packets",
+        "Packets to a service that the load balancer sent towards the backend (address:port); its totals over \
+         every service that lists it",
+        |c| c.packets,
+    ),
+    (
+        "lb_backend_bytes",
+        "Bytes of those packets as received, Ethernet header included; totals over every service that lists it",
+        |c| c.bytes,
+    ),
+    (
+        "lb_backend_new_flows",
+        "New flows the load balancer gave the backend; totals over every service that lists it",
+        |c| c.new_flows,
+    ),
+];
+
+fn encode_counters(
+    encoder: &mut DescriptorEncoder,
+    kinds: &[CounterSeries],
+    series: &[(Labels, LbCounters)],
+) -> Result<(), std::fmt::Error> {
+    for (name, help, value) in kinds {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, c) in series {
+            ConstCounter::new(value(c)).encode(family.encode_family(labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn encode_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (Labels, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for LbCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let services = self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // Counters only where the maps were read: a made-up 0 would look like a counter reset.
+        let vips: Vec<(Labels, LbCounters)> =
+            services.iter().filter_map(|s| Some((service_labels(s), s.counters?))).collect();
+        let backends: Vec<(&LbServiceView, &LbBackendView)> =
+            services.iter().flat_map(|s| s.backends.iter().map(move |b| (s, b))).collect();
+        let backend_labels = |s: &LbServiceView, b: &LbBackendView| {
+            with_label(service_labels(s), "backend", SocketAddr::new(b.backend.address, b.backend.port).to_string())
+        };
+
+        encode_counters(&mut encoder, &VIP_COUNTERS, &vips)?;
+        let drops: Vec<(Labels, u64)> = vips
+            .iter()
+            .flat_map(|(labels, c)| {
+                drops_by_reason(&c.drops).map(|(reason, n)| (with_label(labels.clone(), "reason", reason.into()), n))
+            })
+            .collect();
+        let mut family = encoder.encode_descriptor(
+            "lb_vip_drops",
+            "Packets to the service the load balancer dropped, by reason: no_backend (no healthy backend), \
+             no_node_address (no node address of the tunnel's or SNAT's family), encap_failed (no headroom), \
+             nat_ports (no free SNAT port), nat_family (NAT between IPv4 and IPv6)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, n) in &drops {
+            ConstCounter::new(*n).encode(family.encode_family(labels)?)?;
+        }
+        encode_gauge(
+            &mut encoder,
+            "lb_vip_announced",
+            "1 while the service's VIP is announced over BGP (it has a healthy backend, per its announce rule), else 0",
+            services.iter().map(|s| (service_labels(s), i64::from(s.announced))),
+        )?;
+
+        let counted: Vec<(Labels, LbCounters)> =
+            backends.iter().filter_map(|(s, b)| Some((backend_labels(s, b), b.counters?))).collect();
+        encode_counters(&mut encoder, &BACKEND_COUNTERS, &counted)?;
+        encode_gauge(
+            &mut encoder,
+            "lb_backend_healthy",
+            "1 while the backend may get new flows (it passes its service's checks, or the service has none), \
+             0 while it is unhealthy",
+            backends.iter().map(|(s, b)| (backend_labels(s, b), i64::from(b.health.is_up()))),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::{Datapath, DatapathHandle, InMemoryDatapath};
+    use crate::reconcile::Observed;
+    use ferrule_ebpf::UplinkStatus;
+    use ferrule_xdp_lb::{BackendHealth, HealthView, LbOp, LbState, ServiceKey};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// `series` is one whole line of `text` (so a wrong prefix cannot hide behind a substring).
+    fn assert_line(text: &str, series: &str) {
+        assert!(text.lines().any(|l| l == series), "missing line {series}:\n{text}");
+    }
 
     #[test]
     fn encodes_config_changes_and_interface_counters() {
@@ -205,10 +378,15 @@ mod tests {
             hold_time: Some(90),
             families: vec![],
             last_error: None,
+            dynamic: None,
+            graceful_restart: false,
+            stale: 0,
+            bfd: None,
         };
         let text = metrics.encode(
             vec![InterfaceStats { ifindex: 2, name: Some("eth0".into()), packets: 5, bytes: 640 }],
             vec![neighbor],
+            vec![],
         );
         let peer = "{peer=\"2001:db8:1::1\",peer_asn=\"65000\"}";
         for series in [
@@ -216,13 +394,124 @@ mod tests {
             format!("ferrule_bgp_messages_received_total{peer} 7"),
             format!("ferrule_bgp_session_flaps_total{peer} 1"),
             format!("ferrule_bgp_prefixes_accepted{peer} 3"),
+            "ferrule_config_changes_total{source=\"api\",result=\"rejected\"} 1".into(),
+            "ferrule_config_generation 3".into(),
+            "ferrule_interface_rx_packets_total{interface=\"eth0\",ifindex=\"2\"} 5".into(),
+            "ferrule_interface_rx_bytes_total{interface=\"eth0\",ifindex=\"2\"} 640".into(),
+            format!("ferrule_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
         ] {
-            assert!(text.contains(&series), "missing {series}:\n{text}");
+            assert_line(&text, &series);
         }
-        assert!(text.contains("ferrule_config_changes_total{source=\"api\",result=\"rejected\"} 1"), "{text}");
-        assert!(text.contains("ferrule_config_generation 3"), "{text}");
-        assert!(text.contains("ferrule_interface_rx_packets_total{interface=\"eth0\",ifindex=\"2\"} 5"), "{text}");
-        assert!(text.contains("ferrule_interface_rx_bytes_total{interface=\"eth0\",ifindex=\"2\"} 640"), "{text}");
-        assert!(text.contains("ferrule_build_info{version="), "{text}");
+    }
+
+    /// The in-memory datapath, with counters that tell ids apart: service `n` counted 1000·n
+    /// packets, 64000·n bytes, 10·n new flows and n `no_backend` drops; backend `n` 100·n
+    /// packets, 6400·n bytes and n new flows.
+    struct Counting(InMemoryDatapath);
+
+    impl Datapath for Counting {
+        fn set_uplinks(&mut self, uplinks: &[String]) -> Vec<UplinkStatus> {
+            self.0.set_uplinks(uplinks)
+        }
+        fn interface_stats(&self) -> anyhow::Result<Vec<InterfaceStats>> {
+            self.0.interface_stats()
+        }
+        fn lb_state(&mut self) -> anyhow::Result<LbState> {
+            self.0.lb_state()
+        }
+        fn apply_lb(&mut self, ops: &[LbOp]) -> anyhow::Result<()> {
+            self.0.apply_lb(ops)
+        }
+        fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> anyhow::Result<()> {
+            self.0.set_node_addresses(v4, v6)
+        }
+        fn lb_counters(
+            &mut self,
+            services: &[u32],
+            backends: &[u32],
+        ) -> anyhow::Result<(Vec<LbCounters>, Vec<LbCounters>)> {
+            let service = |n: u64| LbCounters {
+                packets: 1000 * n,
+                bytes: 64000 * n,
+                new_flows: 10 * n,
+                drops: LbDrops { no_backend: n, ..Default::default() },
+            };
+            let backend = |n: u64| LbCounters { packets: 100 * n, bytes: 6400 * n, new_flows: n, ..Default::default() };
+            Ok((
+                services.iter().map(|&id| service(id.into())).collect(),
+                backends.iter().map(|&id| backend(id.into())).collect(),
+            ))
+        }
+    }
+
+    const LB_CONFIG: &str = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n\
+        [[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"nat\"\n\
+        health = { kind = \"tcp\", interval_ms = 1000 }\n\
+        backends = [ { address = \"198.51.100.2\", port = 8080 }, { address = \"198.51.100.3\", port = 8080 } ]\n\
+        [[services]]\nname = \"dns\"\nvip = \"2001:db8:200::53\"\nport = 53\nprotocol = \"udp\"\nmode = \"dsr\"\n\
+        backends = [ { address = \"2001:db8:300::21\", port = 53 } ]\n";
+
+    #[tokio::test]
+    async fn encodes_lb_series_per_vip_and_backend_from_the_datapath_counters() {
+        let model = ferrule_config::parse("t.toml", LB_CONFIG).unwrap();
+        let web = ServiceKey::of(&model.services[0]);
+        let mut health = HealthView::default();
+        health.set(web, "198.51.100.2:8080".parse().unwrap(), BackendHealth::Healthy);
+        let refused = BackendHealth::Unhealthy { reason: "connect: refused".into() };
+        health.set(web, "198.51.100.3:8080".parse().unwrap(), refused);
+        let datapath =
+            DatapathHandle::spawn("/nonexistent".into(), || Ok(Counting(InMemoryDatapath::new(&[])))).unwrap();
+        datapath.apply_lb(ferrule_xdp_lb::plan(&model.services, &health, &LbState::default())).await.unwrap();
+        let lb = datapath.lb_state().await.unwrap();
+        let id = |key: &ServiceKey| u64::from(lb.services[key].id);
+        let backend_id = |addr: &str| {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let found = lb.backends.iter().find(|(_, b)| SocketAddr::new(b.address, b.port) == addr);
+            u64::from(*found.unwrap().0)
+        };
+        let (web_id, dns_id) = (id(&web), id(&ServiceKey::of(&model.services[1])));
+        let observed =
+            Observed { lb: Some(lb.clone()), announced_vips: vec!["203.0.113.10/32".into()], ..Default::default() };
+        let view = crate::api::lb_view_of(&model.services, &observed, &health, &datapath, None).await;
+        let text = Metrics::new().encode(vec![], vec![], view);
+
+        let web_labels = "service=\"web\",vip=\"203.0.113.10\",port=\"80\",proto=\"tcp\"";
+        let dns_labels = "service=\"dns\",vip=\"2001:db8:200::53\",port=\"53\",proto=\"udp\"";
+        let (up, down, dns_backend) = ("198.51.100.2:8080", "198.51.100.3:8080", "[2001:db8:300::21]:53");
+        for series in [
+            format!("ferrule_lb_vip_packets_total{{{web_labels}}} {}", 1000 * web_id),
+            format!("ferrule_lb_vip_bytes_total{{{web_labels}}} {}", 64000 * web_id),
+            format!("ferrule_lb_vip_new_flows_total{{{web_labels}}} {}", 10 * web_id),
+            format!("ferrule_lb_vip_packets_total{{{dns_labels}}} {}", 1000 * dns_id),
+            format!("ferrule_lb_vip_drops_total{{{web_labels},reason=\"no_backend\"}} {web_id}"),
+            format!("ferrule_lb_vip_drops_total{{{web_labels},reason=\"nat_ports\"}} 0"),
+            format!("ferrule_lb_vip_announced{{{web_labels}}} 1"),
+            format!("ferrule_lb_vip_announced{{{dns_labels}}} 0"),
+            format!("ferrule_lb_backend_packets_total{{{web_labels},backend=\"{up}\"}} {}", 100 * backend_id(up)),
+            format!("ferrule_lb_backend_bytes_total{{{web_labels},backend=\"{down}\"}} {}", 6400 * backend_id(down)),
+            format!("ferrule_lb_backend_new_flows_total{{{web_labels},backend=\"{up}\"}} {}", backend_id(up)),
+            format!("ferrule_lb_backend_new_flows_total{{{dns_labels},backend=\"{dns_backend}\"}} {}", {
+                backend_id(dns_backend)
+            }),
+            format!("ferrule_lb_backend_healthy{{{web_labels},backend=\"{up}\"}} 1"),
+            format!("ferrule_lb_backend_healthy{{{web_labels},backend=\"{down}\"}} 0"),
+            // No health check: taken as healthy.
+            format!("ferrule_lb_backend_healthy{{{dns_labels},backend=\"{dns_backend}\"}} 1"),
+            "# TYPE ferrule_lb_vip_drops counter".into(),
+            "# TYPE ferrule_lb_backend_healthy gauge".into(),
+        ] {
+            assert_line(&text, &series);
+        }
+        assert!(
+            text.contains("\n# HELP ferrule_lb_vip_packets Packets to the service (VIP, port, protocol)"),
+            "{text}"
+        );
+
+        // Before the maps are read (no ids), the gauges are there but no counter is made up.
+        let view = crate::api::lb_view_of(&model.services, &Observed::default(), &health, &datapath, None).await;
+        let text = Metrics::new().encode(vec![], vec![], view);
+        assert_line(&text, &format!("ferrule_lb_vip_announced{{{web_labels}}} 0"));
+        assert!(!text.contains("ferrule_lb_vip_packets_total{"), "{text}");
+        assert!(!text.contains("ferrule_lb_backend_new_flows_total{"), "{text}");
     }
 }

@@ -71,6 +71,8 @@ pub struct Desired<'a> {
     pub connected: &'a [IpNet],
     /// The first global IPv4 and IPv6 addresses of the uplinks, in uplink order.
     pub node_addresses: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    /// Interfaces named by BGP peers, with the neighbour discovered on each (unnumbered).
+    pub links: &'a std::collections::BTreeMap<String, crate::bgp::Link>,
 }
 
 impl Desired<'_> {
@@ -81,7 +83,7 @@ impl Desired<'_> {
     }
 
     pub fn speaker_config(&self) -> SpeakerConfig {
-        crate::bgp::speaker_config(&self.accepted.model, &self.vips())
+        crate::bgp::speaker_config(&self.accepted.model, &self.vips(), self.links)
     }
 }
 
@@ -123,6 +125,8 @@ pub async fn run(
 ) {
     let mut previous: Option<Arc<Accepted>> = None;
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
+    let mut unnumbered = crate::unnumbered::Links::new();
+    let neighbor_changed = unnumbered.changed();
     loop {
         let desired = model_rx.borrow_and_update().clone();
         let health = health_rx.borrow_and_update().clone();
@@ -133,12 +137,15 @@ pub async fn run(
         let span = info_span!("reconcile", generation = desired.generation);
         let connected = connected_networks();
         let node_addresses = uplink_addresses(&desired.model.node.uplinks);
-        let want = Desired { accepted: &desired, health: &health, connected: &connected, node_addresses };
+        let links = unnumbered.update(&desired.model);
+        let want =
+            Desired { accepted: &desired, health: &health, connected: &connected, node_addresses, links: &links };
         pass(&want, &datapath, &speaker, &observed_tx, &metrics).instrument(span).await;
         previous = Some(desired);
         tokio::select! {
             changed = model_rx.changed() => if changed.is_err() { return },
             changed = health_rx.changed() => if changed.is_err() { return },
+            _ = neighbor_changed.notified() => {}
             _ = tick.tick() => {}
         }
     }
@@ -328,13 +335,19 @@ mod tests {
     /// connected networks.
     fn plan_for(accepted: &Accepted, observed: &Observed) -> Vec<Op> {
         plan(
-            &Desired { accepted, health: &HealthView::default(), connected: &[], node_addresses: (None, None) },
+            &Desired {
+                accepted,
+                health: &HealthView::default(),
+                connected: &[],
+                node_addresses: (None, None),
+                links: &Default::default(),
+            },
             observed,
         )
     }
 
     fn speaker_of(accepted: &Accepted) -> SpeakerConfig {
-        crate::bgp::speaker_config(&accepted.model, &Default::default())
+        crate::bgp::speaker_config(&accepted.model, &Default::default(), &Default::default())
     }
 
     fn observed_for(uplinks: Vec<UplinkStatus>, accepted: &Accepted) -> Observed {
@@ -414,7 +427,13 @@ mod tests {
         let a = with_service(1, "healthy");
         let healthy = HealthView::default();
         let ops = plan(
-            &Desired { accepted: &a, health: &healthy, connected: &[], node_addresses: (None, None) },
+            &Desired {
+                accepted: &a,
+                health: &healthy,
+                connected: &[],
+                node_addresses: (None, None),
+                links: &Default::default(),
+            },
             &Observed::default(),
         );
         assert_eq!(announced(&ops), ["203.0.113.10/32"]);
@@ -427,8 +446,20 @@ mod tests {
             ferrule_xdp_lb::BackendHealth::Unhealthy { reason: "refused".into() },
         );
         let vip = ["203.0.113.10/32".parse().unwrap()].into();
-        let seen = Observed { bgp_applied: Some(crate::bgp::speaker_config(&a.model, &vip)), ..Default::default() };
-        let ops = plan(&Desired { accepted: &a, health: &down, connected: &[], node_addresses: (None, None) }, &seen);
+        let seen = Observed {
+            bgp_applied: Some(crate::bgp::speaker_config(&a.model, &vip, &Default::default())),
+            ..Default::default()
+        };
+        let ops = plan(
+            &Desired {
+                accepted: &a,
+                health: &down,
+                connected: &[],
+                node_addresses: (None, None),
+                links: &Default::default(),
+            },
+            &seen,
+        );
         assert_eq!(announced(&ops), Vec::<String>::new(), "withdrawn when no backend is healthy");
     }
 
@@ -437,13 +468,25 @@ mod tests {
         let a = with_service(1, "local");
         let health = HealthView::default();
         let far = plan(
-            &Desired { accepted: &a, health: &health, connected: &[], node_addresses: (None, None) },
+            &Desired {
+                accepted: &a,
+                health: &health,
+                connected: &[],
+                node_addresses: (None, None),
+                links: &Default::default(),
+            },
             &Observed::default(),
         );
         assert!(announced(&far).is_empty());
         let connected = ["198.51.100.0/30".parse().unwrap()];
         let near = plan(
-            &Desired { accepted: &a, health: &health, connected: &connected, node_addresses: (None, None) },
+            &Desired {
+                accepted: &a,
+                health: &health,
+                connected: &connected,
+                node_addresses: (None, None),
+                links: &Default::default(),
+            },
             &Observed::default(),
         );
         assert_eq!(announced(&near), ["203.0.113.10/32"]);

@@ -23,11 +23,13 @@ use rtnetlink::packet_route::AddressFamily;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-/// The routing protocol id Ferrule's kernel routes carry (`ip route show proto 196`). Unused by
-/// iproute2's `rt_protos` list and by the routing daemons we know (BGP's 186, BIRD's 12, zebra's
-/// 11); it marks which routes are ours to change and to remove. Changing it orphans the routes
-/// an older version installed, so it never changes.
-pub const RTPROT_FERRULE: u8 = 196;
+/// The routing protocol id Ferrule's kernel routes carry (`ip route show proto 233`). Unused by
+/// iproute2's `rt_protos` list and by the routing daemons we know: BIRD's 12, zebra's 11, and
+/// FRR's 186 to 198 (its staticd uses 196, which an earlier Ferrule took by mistake: on a host
+/// with FRR, zebra would have treated our routes as its own). It marks which routes are ours to
+/// change and to remove; `deploy/rt_protos.d/ferrule.conf` names it for `ip route`. Changing it
+/// orphans the routes an older version installed, so it does not change again.
+pub const RTPROT_FERRULE: u8 = 233;
 
 /// The metric (priority) of Ferrule's routes, the same for both families. A route to the same
 /// prefix with a lower metric (e.g. one an admin added) wins over ours; one with the same metric
@@ -50,10 +52,15 @@ pub enum RouteOp {
 }
 
 /// The ops that take the kernel's routes with our protocol id (`kernel`) to `desired`: deletes
-/// first, then adds and replaces, each in prefix order.
+/// first, then adds and replaces, each in prefix order. While `desired` is deferred (a graceful
+/// restart converging), routes it does not hold yet are kept: they forward traffic the peers'
+/// End-of-RIB will confirm or the restart timer will end.
 pub fn plan(desired: &Fib, kernel: &Fib) -> Vec<RouteOp> {
-    let mut ops: Vec<RouteOp> =
-        kernel.iter().filter(|(p, _)| desired.get(p).is_none()).map(|(p, _)| RouteOp::Delete(*p)).collect();
+    let mut ops: Vec<RouteOp> = if desired.deferred() {
+        Vec::new()
+    } else {
+        kernel.iter().filter(|(p, _)| desired.get(p).is_none()).map(|(p, _)| RouteOp::Delete(*p)).collect()
+    };
     for (prefix, wanted) in desired.iter() {
         match kernel.get(prefix) {
             None => ops.push(RouteOp::Add(*prefix, wanted.to_vec())),
@@ -167,6 +174,7 @@ pub async fn run<T: RouteTable>(
             }
         }
         drop(desired);
+        let last_pass = tokio::time::Instant::now();
         let changed = tokio::select! {
             changed = fib.changed() => match changed {
                 Ok(()) => true,
@@ -175,11 +183,13 @@ pub async fn run<T: RouteTable>(
             _ = tick.tick() => false,
             _ = stop.wait_for(|s| *s) => return table,
         };
-        if changed {
-            // A burst of UPDATEs changes the table many times: let it settle briefly so one pass
-            // (one kernel dump) covers the burst instead of one pass per change.
+        if changed && last_pass.elapsed() < SETTLE {
+            // A burst of UPDATEs changes the table many times: within a burst, let it settle
+            // so one pass (one kernel dump) covers it instead of one pass per change. The first
+            // change after a quiet period goes through at once: a failover (BFD, a withdraw)
+            // must not wait.
             tokio::select! {
-                _ = tokio::time::sleep(SETTLE) => {}
+                _ = tokio::time::sleep(SETTLE.saturating_sub(last_pass.elapsed())) => {}
                 _ = stop.wait_for(|s| *s) => return table,
             }
         }
@@ -187,8 +197,8 @@ pub async fn run<T: RouteTable>(
 }
 
 /// Removes every route with our protocol id, for an orderly shutdown: a node that stops
-/// routing must not keep drawing traffic towards next hops it no longer tracks. Graceful
-/// restart will skip this (the routes then stay while the next process adopts them), so the
+/// routing must not keep drawing traffic towards next hops it no longer tracks. A graceful
+/// restart skips this (the routes then stay while the next process adopts them), so the
 /// daemon calls it in exactly one place.
 pub async fn flush_on_shutdown(table: &mut impl RouteTable) -> Result<usize> {
     let kernel = table.routes().await.context("reading the kernel's routes")?;
@@ -459,6 +469,16 @@ mod tests {
     fn deletes_a_route_no_longer_desired() {
         let kernel = fib(&[("203.0.113.0/24", vec![hop("192.0.2.2", Some(2))])]);
         assert_eq!(plan(&Fib::new(), &kernel), vec![RouteOp::Delete(prefix("203.0.113.0/24"))]);
+    }
+
+    #[test]
+    fn a_deferred_table_during_graceful_restart_adds_but_deletes_nothing() {
+        let kernel = fib(&[("203.0.113.0/24", vec![hop("192.0.2.2", Some(2))])]);
+        let mut desired = fib(&[("0.0.0.0/0", vec![hop("192.0.2.2", None)])]);
+        desired.set_deferred(true);
+        assert_eq!(plan(&desired, &kernel), vec![RouteOp::Add(prefix("0.0.0.0/0"), vec![hop("192.0.2.2", None)])]);
+        desired.set_deferred(false);
+        assert_eq!(plan(&desired, &kernel)[0], RouteOp::Delete(prefix("203.0.113.0/24")));
     }
 
     #[test]

@@ -59,14 +59,28 @@ pub async fn status(args: ClientArgs) -> Result<Done> {
     Ok(Done::Ok)
 }
 
-pub async fn interfaces(args: ClientArgs) -> Result<Done> {
-    let (stats, raw): (Vec<InterfaceStats>, String) = get_json(&args.socket, "/v1/interfaces").await?;
+/// Prints the daemon's list at `path` as it came (`--json`) or laid out by `render`, followed by
+/// `not_found` when the list is empty (nothing matched what the user asked for).
+async fn print_list<T: serde::de::DeserializeOwned>(
+    args: &ClientArgs,
+    path: &str,
+    render: fn(&[T]) -> String,
+    not_found: Option<String>,
+) -> Result<Done> {
+    let (items, raw): (Vec<T>, String) = get_json(&args.socket, path).await?;
     if args.json {
         println!("{}", raw.trim_end());
     } else {
-        print!("{}", render_interfaces(&stats));
+        print!("{}", render(&items));
+        if let Some(note) = not_found.filter(|_| items.is_empty()) {
+            println!("{note}");
+        }
     }
     Ok(Done::Ok)
+}
+
+pub async fn interfaces(args: ClientArgs) -> Result<Done> {
+    print_list(&args, "/v1/interfaces", render_interfaces, None).await
 }
 
 pub async fn bgp_summary(args: ClientArgs) -> Result<Done> {
@@ -80,6 +94,45 @@ pub async fn bgp_summary(args: ClientArgs) -> Result<Done> {
     Ok(Done::Ok)
 }
 
+pub async fn bgp_bfd(args: ClientArgs) -> Result<Done> {
+    let (sessions, raw): (Vec<serde_json::Value>, String) = get_json(&args.socket, "/v1/bgp/bfd").await?;
+    if args.json {
+        println!("{}", raw.trim_end());
+    } else {
+        print!("{}", render_bfd(&sessions));
+    }
+    Ok(Done::Ok)
+}
+
+/// `show bgp bfd`: one line per session, like FRR's `show bfd peers brief` with the timers.
+pub fn render_bfd(sessions: &[serde_json::Value]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Session count: {}", sessions.len());
+    let _ = writeln!(
+        out,
+        "{:<28} {:>7} {:<10} {:<10} {:>8} {:>8} {:>10} {:>9} {:>9}  Diag",
+        "Peer", "Ifindex", "State", "Remote", "TxMs", "Detect", "Failures", "PktIn", "PktOut"
+    );
+    let ms = |v: &serde_json::Value| v.as_u64().map_or("-".to_string(), |us| format!("{:.1}", us as f64 / 1000.0));
+    for s in sessions {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>7} {:<10} {:<10} {:>8} {:>8} {:>10} {:>9} {:>9}  {}",
+            s["peer"].as_str().unwrap_or("?"),
+            s["ifindex"].as_u64().map_or("-".to_string(), |i| i.to_string()),
+            s["state"].as_str().unwrap_or("?"),
+            s["remote_state"].as_str().unwrap_or("?"),
+            ms(&s["transmit_interval_us"]),
+            ms(&s["detection_time_us"]),
+            s["failures"].to_string(),
+            s["packets_in"].to_string(),
+            s["packets_out"].to_string(),
+            s["diag"].as_str().unwrap_or(""),
+        );
+    }
+    out
+}
+
 pub async fn bgp_routes(prefix: Option<String>, args: ClientArgs) -> Result<Done> {
     let path = match &prefix {
         // Validated here too, so a typo gets the same message without a round trip.
@@ -89,28 +142,11 @@ pub async fn bgp_routes(prefix: Option<String>, args: ClientArgs) -> Result<Done
         }
         None => "/v1/bgp/routes".to_string(),
     };
-    let (routes, raw): (Vec<RouteEntry>, String) = get_json(&args.socket, &path).await?;
-    if args.json {
-        println!("{}", raw.trim_end());
-    } else {
-        print!("{}", render_bgp_routes(&routes));
-        if routes.is_empty() {
-            if let Some(p) = prefix {
-                println!("% Network not in table: {p}");
-            }
-        }
-    }
-    Ok(Done::Ok)
+    print_list(&args, &path, render_bgp_routes, prefix.map(|p| format!("% Network not in table: {p}"))).await
 }
 
 pub async fn lb_services(args: ClientArgs) -> Result<Done> {
-    let (services, raw): (Vec<crate::api::LbService>, String) = get_json(&args.socket, "/v1/lb/services").await?;
-    if args.json {
-        println!("{}", raw.trim_end());
-    } else {
-        print!("{}", render_lb_services(&services));
-    }
-    Ok(Done::Ok)
+    print_list(&args, "/v1/lb/services", render_lb_services, None).await
 }
 
 /// `show lb services`: a header line per service, then its backends, like `ipvsadm -Ln`.
@@ -149,6 +185,91 @@ pub fn render_lb_services(services: &[crate::api::LbService]) -> String {
     out
 }
 
+pub async fn lb_backends(vip: Option<String>, args: ClientArgs) -> Result<Done> {
+    let path = match &vip {
+        // Validated here too, so a typo gets the same message without a round trip.
+        Some(v) => format!("/v1/lb/backends?vip={}", crate::api::parse_vip(v).map_err(|e| anyhow::anyhow!(e))?),
+        None => "/v1/lb/backends".to_string(),
+    };
+    print_list(&args, &path, render_lb_backends, vip.map(|v| format!("% No service with VIP {v}"))).await
+}
+
+/// `address:port`, with brackets around an IPv6 address.
+fn host_port(address: &str, port: u16) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        Err(_) => format!("{address}:{port}"),
+    }
+}
+
+/// `show lb backends`: one row per (service, backend) with the counters `ipvsadm -Ln --stats`
+/// shows per real server (Conns = new flows), the health state and the Maglev share. A backend
+/// listed by several services is marked: the datapath counts per backend, so its counters are
+/// its totals over all of them.
+pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
+    let mut per_backend: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for id in rows.iter().filter_map(|r| r.backend_id) {
+        *per_backend.entry(id).or_default() += 1;
+    }
+    let shared = |r: &crate::api::LbBackendRow| r.backend_id.is_some_and(|id| per_backend[&id] > 1);
+    let header = ["Service", "VIP", "Mode", "Backend", "Weight", "State", "Maglev", "Conns", "InPkts", "InBytes", ""];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let maglev = if r.maglev_table_size == 0 { "-".into() } else { format!("{:.1}%", r.maglev_share * 100.0) };
+            vec![
+                r.service.clone(),
+                format!("{}/{}", host_port(&r.vip, r.port), r.protocol),
+                r.mode.clone(),
+                format!("{}{}", host_port(&r.address, r.backend_port), if shared(r) { "*" } else { "" }),
+                r.weight.to_string(),
+                r.health.clone(),
+                maglev,
+                r.new_flows.to_string(),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+                r.health_reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut out = columns(&header, &cells, &[4, 6, 7, 8, 9]);
+    if rows.is_empty() {
+        let _ = writeln!(out, "(no services configured)");
+    }
+    if rows.iter().any(shared) {
+        let _ = writeln!(out, "\n* listed by several services: counters are the backend's totals over all of them");
+    }
+    out
+}
+
+/// Lays `rows` out under `header` in columns as wide as their widest cell, two spaces apart,
+/// right-aligned for the column indexes in `right` (numbers); trailing blanks are trimmed.
+fn columns(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if right.contains(&i) {
+                let _ = write!(line, "{cell:>w$}");
+            } else {
+                let _ = write!(line, "{cell:<w$}");
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
 /// `show bgp summary`, laid out as vtysh prints it: counters for Established neighbors, the
 /// state for the others, and the last error at the end of the line.
 pub fn render_bgp_summary(status: &Status, neighbors: &[NeighborSummary]) -> String {
@@ -160,15 +281,27 @@ pub fn render_bgp_summary(status: &Status, neighbors: &[NeighborSummary]) -> Str
     let _ = writeln!(out, "Neighbors: {}\n", neighbors.len());
     let _ = writeln!(
         out,
-        "{:<39} {:>10} {:>8} {:>8} {:>10} {:<12} {:>7} {:>7} {:>7}  Last error",
+        "{:<39} {:>10} {:>8} {:>8} {:>10} {:<12} {:>7} {:>7} {:>7}  Notes",
         "Neighbor", "AS", "MsgRcvd", "MsgSent", "Up/Down", "State", "PfxRcd", "PfxAcc", "PfxSnt"
     );
     for n in neighbors {
         let up = n.uptime_s.map_or("never".to_string(), hms);
+        // FRR marks dynamic neighbors with a `*`.
+        let address = if n.dynamic.is_some() { format!("*{}", n.address) } else { n.address.to_string() };
+        let mut notes = Vec::new();
+        if let Some(bfd) = &n.bfd {
+            notes.push(format!("BFD {bfd}"));
+        }
+        if n.stale > 0 {
+            notes.push(format!("GR: {} stale", n.stale));
+        }
+        if let Some(err) = &n.last_error {
+            notes.push(err.clone());
+        }
         let _ = writeln!(
             out,
             "{:<39} {:>10} {:>8} {:>8} {:>10} {:<12} {:>7} {:>7} {:>7}  {}",
-            n.address,
+            address,
             n.asn,
             n.messages_in,
             n.messages_out,
@@ -177,8 +310,11 @@ pub fn render_bgp_summary(status: &Status, neighbors: &[NeighborSummary]) -> Str
             n.received,
             n.accepted,
             n.sent,
-            n.last_error.as_deref().unwrap_or("")
+            notes.join("; ")
         );
+    }
+    if neighbors.iter().any(|n| n.dynamic.is_some()) {
+        let _ = writeln!(out, "\n* dynamic neighbor, accepted from a [[bgp.listen]] range");
     }
     out
 }
@@ -370,7 +506,39 @@ mod tests {
             hold_time: Some(90),
             families: vec!["IPv6 unicast".into()],
             last_error: None,
+            dynamic: None,
+            graceful_restart: false,
+            stale: 0,
+            bfd: None,
         }
+    }
+
+    #[test]
+    fn bgp_summary_marks_dynamic_neighbors_and_shows_bfd_and_stale_paths() {
+        let mut n = neighbor("Established", Some(5));
+        n.dynamic = Some("2001:db8:500::/64".into());
+        n.bfd = Some("Up".into());
+        n.stale = 2;
+        let text = render_bgp_summary(&sample_status(), &[n]);
+        let line = text.lines().find(|l| l.starts_with("*2001:db8:1::1")).unwrap_or_else(|| panic!("{text}"));
+        assert!(line.ends_with("BFD Up; GR: 2 stale"), "{line}");
+        assert!(text.contains("* dynamic neighbor"), "{text}");
+    }
+
+    #[test]
+    fn bfd_sessions_render_one_aligned_row_each() {
+        let session = serde_json::json!({
+            "peer": "fe80::1", "ifindex": 4, "state": "Up", "remote_state": "Up", "diag": "no diagnostic",
+            "transmit_interval_us": 100000, "detection_time_us": 300000, "failures": 2,
+            "packets_in": 31, "packets_out": 34
+        });
+        let text = render_bfd(&[session]);
+        assert!(text.starts_with("Session count: 1"), "{text}");
+        let row: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(row, ["fe80::1", "4", "Up", "Up", "100.0", "300.0", "2", "31", "34", "no", "diagnostic"]);
+        let header = text.lines().nth(1).unwrap();
+        let line = text.lines().nth(2).unwrap();
+        assert_eq!(header.find("PktOut").map(|i| i + 6), line.find("34").map(|i| i + 2), "{text}");
     }
 
     #[test]
@@ -414,6 +582,63 @@ mod tests {
         assert!(lines[0].starts_with("*> 0.0.0.0/0") && lines[0].contains("65000 i"), "{text}");
         assert!(lines[1].starts_with("*=  ") && lines[1].ends_with("198.51.100.1"), "{text}");
         assert!(text.contains("Communities: 65000:1") && text.contains("Displayed 1 prefixes (2 paths)"), "{text}");
+    }
+
+    fn row(service: &str, vip: &str, address: &str, backend_id: u32) -> crate::api::LbBackendRow {
+        crate::api::LbBackendRow {
+            service: service.into(),
+            vip: vip.into(),
+            port: 80,
+            protocol: "tcp".into(),
+            mode: "dsr".into(),
+            service_id: Some(1),
+            address: address.into(),
+            backend_port: 80,
+            backend_id: Some(backend_id),
+            weight: 1,
+            health: "healthy".into(),
+            health_reason: None,
+            maglev_slots: 16384,
+            maglev_table_size: 65537,
+            maglev_share: 16384.0 / 65537.0,
+            packets: 12,
+            bytes: 960,
+            new_flows: 2,
+        }
+    }
+
+    #[test]
+    fn lb_backends_table_has_a_row_per_service_backend_with_health_share_and_counters() {
+        let mut down = row("web", "203.0.113.10", "198.51.100.3", 2);
+        (down.health, down.health_reason, down.maglev_slots, down.maglev_share) =
+            ("unhealthy".into(), Some("connect: Connection refused".into()), 0, 0.0);
+        let mut v6 = row("web6", "2001:db8:100::10", "2001:db8:2::2", 3);
+        (v6.service_id, v6.backend_id, v6.maglev_table_size, v6.health) = (None, None, 0, "unchecked".into());
+        let text = render_lb_backends(&[row("web", "203.0.113.10", "198.51.100.2", 1), down, v6]);
+        let lines: Vec<&str> = text.lines().collect();
+        let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            words(lines[0]),
+            ["Service", "VIP", "Mode", "Backend", "Weight", "State", "Maglev", "Conns", "InPkts", "InBytes"]
+        );
+        assert_eq!(
+            words(lines[1]),
+            ["web", "203.0.113.10:80/tcp", "dsr", "198.51.100.2:80", "1", "healthy", "25.0%", "2", "12", "960"]
+        );
+        assert!(lines[2].contains(" unhealthy ") && lines[2].ends_with("  connect: Connection refused"), "{text}");
+        assert_eq!(words(lines[3])[1..4], ["[2001:db8:100::10]:80/tcp", "dsr", "[2001:db8:2::2]:80"]);
+        assert_eq!(words(lines[3])[5..7], ["unchecked", "-"], "no table installed: no share");
+        // Columns line up whatever the address lengths.
+        let mode = lines[0].find("Mode").unwrap();
+        assert!(lines[1..4].iter().all(|l| l[mode..].starts_with("dsr ")), "{text}");
+        assert!(!text.contains('*'), "no backend is shared: {text}");
+
+        let shared = render_lb_backends(&[
+            row("web", "203.0.113.10", "198.51.100.2", 1),
+            row("api", "203.0.113.11", "198.51.100.2", 1),
+        ]);
+        assert!(shared.contains("198.51.100.2:80*") && shared.contains("* listed by several services"), "{shared}");
+        assert!(render_lb_backends(&[]).contains("(no services configured)"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Node-local persistent state in redb: what must survive a restart and cannot be re-derived.
-//! Today that is the last accepted config (text, origin, generation); later issues add identity
-//! and egress allocations and graceful-restart bookkeeping. It never interprets a config.
+//! Today that is the last accepted config (text, origin, generation) and graceful-restart
+//! bookkeeping (when a process stopped for a restart, and for how long peers keep our routes);
+//! later issues add identity and egress allocations. It never interprets a config.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,26 @@ use crate::model::{Accepted, Origin};
 
 const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const LAST_ACCEPTED: &str = "last_accepted";
+const GRACEFUL_RESTART: TableDefinition<&str, &[u8]> = TableDefinition::new("graceful_restart");
+const PENDING_RESTART: &str = "pending";
+
+/// A stop that left the forwarding state in place for the next process (graceful restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRestart {
+    pub stopped_at_unix_ms: u64,
+    /// The longest restart time advertised to a peer: after it, peers have dropped our routes.
+    pub restart_time_s: u16,
+}
+
+impl PendingRestart {
+    /// How much of the restart window is left at `now`; `None` when it is over.
+    pub fn remaining(&self, now: SystemTime) -> Option<Duration> {
+        let end = UNIX_EPOCH
+            + Duration::from_millis(self.stopped_at_unix_ms)
+            + Duration::from_secs(self.restart_time_s.into());
+        end.duration_since(now).ok().filter(|d| !d.is_zero())
+    }
+}
 
 /// The stored form of an accepted config. The model is not stored: it is re-derived from the text
 /// on load, through the same validation, so a newer binary never trusts an old serialisation.
@@ -101,6 +122,46 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records (or with `None`, clears) a stop that kept the forwarding state.
+    pub fn set_pending_restart(&self, pending: Option<PendingRestart>) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(GRACEFUL_RESTART)?;
+            match pending {
+                Some(p) => {
+                    table.insert(PENDING_RESTART, serde_json::to_vec(&p)?.as_slice())?;
+                }
+                None => {
+                    table.remove(PENDING_RESTART)?;
+                }
+            }
+        }
+        txn.commit().context("committing graceful-restart bookkeeping to the state store")?;
+        Ok(())
+    }
+
+    /// Takes the record of a restart stop, clearing it: a process consumes it once.
+    pub fn take_pending_restart(&self) -> Result<Option<PendingRestart>> {
+        let pending = {
+            let txn = self.db.begin_read()?;
+            let table = match txn.open_table(GRACEFUL_RESTART) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(err) => return Err(err.into()),
+            };
+            let value = table.get(PENDING_RESTART)?;
+            // A record this binary cannot read is treated as no restart: the safe default is
+            // an ordinary start (routes are then rebuilt from the sessions).
+            value.and_then(|v| serde_json::from_slice::<PendingRestart>(v.value()).ok())
+        };
+        if pending.is_some() {
+            self.set_pending_restart(None)?;
+        }
+        Ok(pending)
+    }
+}
+
 pub fn unix_time_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -120,6 +181,20 @@ mod tests {
             accepted_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             resumed: false,
         }
+    }
+
+    #[test]
+    fn pending_restart_is_taken_once_and_its_window_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let at = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let pending = PendingRestart { stopped_at_unix_ms: unix_time_ms(at), restart_time_s: 120 };
+        Store::open(&path).unwrap().set_pending_restart(Some(pending)).unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.take_pending_restart().unwrap(), Some(pending));
+        assert_eq!(store.take_pending_restart().unwrap(), None, "consumed by the first process");
+        assert_eq!(pending.remaining(at + Duration::from_secs(20)), Some(Duration::from_secs(100)));
+        assert_eq!(pending.remaining(at + Duration::from_secs(120)), None);
     }
 
     #[test]

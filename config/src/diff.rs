@@ -41,7 +41,7 @@ pub fn diff(old: &Model, new: &Model) -> ModelDiff {
         || old.bgp.listen_port != new.bgp.listen_port;
 
     let (uplinks_added, uplinks_removed, _) = keyed(&old.node.uplinks, &new.node.uplinks, |u| u.clone());
-    let (peers_added, peers_removed, peers_changed) = keyed(&old.bgp.peers, &new.bgp.peers, |p| p.address);
+    let (peers_added, peers_removed, peers_changed) = keyed(&old.bgp.peers, &new.bgp.peers, Peer::name);
     let (announce_added, announce_removed, announce_changed) =
         keyed(&old.bgp.announce, &new.bgp.announce, |a| a.prefix);
     let (services_added, services_removed, services_changed) = keyed(&old.services, &new.services, |s| s.name.clone());
@@ -99,6 +99,7 @@ mod tests {
                     Peer::new("2001:db8:1::1".parse().unwrap(), 65000),
                     Peer::new("2001:db8:2::1".parse().unwrap(), 65000),
                 ],
+                listen: Vec::new(),
                 announce: vec![Announce::new("2001:db8:100::/64".parse().unwrap())],
             },
             services: vec![service("web", 80), service("dns", 53)],

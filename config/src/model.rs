@@ -37,25 +37,62 @@ pub struct Bgp {
     /// TCP port for incoming sessions; 0 = accept none (every peer is then active-only).
     #[serde(default = "default_bgp_port")]
     pub listen_port: u16,
-    /// Install accepted routes in the kernel's main table (protocol 196), with ECMP.
+    /// Install accepted routes in the kernel's main table (protocol 233), with ECMP.
     #[serde(default = "default_true")]
     pub install_routes: bool,
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// Ranges accepting dynamic neighbors.
+    #[serde(default)]
+    pub listen: Vec<Listen>,
     #[serde(default)]
     pub announce: Vec<Announce>,
 }
 
 impl Default for Bgp {
     fn default() -> Self {
-        Bgp { listen_port: default_bgp_port(), install_routes: true, peers: Vec::new(), announce: Vec::new() }
+        Bgp {
+            listen_port: default_bgp_port(),
+            install_routes: true,
+            peers: Vec::new(),
+            listen: Vec::new(),
+            announce: Vec::new(),
+        }
     }
 }
 
+/// One configured neighbor: a fixed `address`, or (unnumbered) whoever sends router
+/// advertisements on `interface`. Exactly one of the two is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
-    pub address: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// Unnumbered peering: the peer's IPv6 link-local address is learned from its router
+    /// advertisements on this interface, and Ferrule sends its own there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     pub asn: u32,
+    #[serde(flatten)]
+    pub options: PeerOptions,
+}
+
+/// A range of addresses from which sessions are accepted (dynamic neighbors: VMs and legacy
+/// hosts on a segment where the node acts as their route server). Sessions from the range are
+/// passive only; each takes the options of the template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listen {
+    pub range: IpNet,
+    pub asn: u32,
+    /// At most this many sessions from the range at a time; further connections are refused.
+    #[serde(default = "default_listen_limit")]
+    pub limit: u32,
+    #[serde(flatten)]
+    pub options: PeerOptions,
+}
+
+/// The per-session keys shared by `[[bgp.peers]]` and `[[bgp.listen]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerOptions {
     /// The peer's TCP port for our outgoing connection.
     #[serde(default = "default_bgp_port")]
     pub port: u16,
@@ -75,6 +112,59 @@ pub struct Peer {
     /// matches decides; `local_pref` / `med` change the route and go on.
     #[serde(default)]
     pub import_rules: Vec<ImportRule>,
+    /// Single-hop BFD (RFC 5880/5881) for this session; its Down takes the session down at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<Bfd>,
+    /// TCP MD5 signature key (RFC 2385). Never printed: Debug and JSON show `<redacted>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Password>,
+    /// Graceful restart (RFC 4724), both helper and restarting-speaker modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_restart: Option<GracefulRestart>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bfd {
+    /// Desired transmit and required receive interval, milliseconds.
+    pub interval_ms: u32,
+    /// Packets missed before the session is declared down.
+    pub multiplier: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GracefulRestart {
+    /// How long a peer should keep our routes while we restart (seconds, 1..=4095).
+    pub restart_time_s: u16,
+}
+
+/// A TCP MD5 key. Its Debug and Serialize forms are `<redacted>` so that logs, `show` output and
+/// the JSON model never carry it; the daemon reads it with [`Password::expose`].
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Password(String);
+
+impl Password {
+    pub const REDACTED: &'static str = "<redacted>";
+
+    pub fn new(key: String) -> Password {
+        Password(key)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Password::REDACTED)
+    }
+}
+
+impl Serialize for Password {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(Password::REDACTED)
+    }
 }
 
 /// One import rule: a route matches when every condition given holds.
@@ -134,17 +224,33 @@ pub struct Announce {
 }
 
 impl Peer {
-    /// A peer with every optional key at its default.
+    /// A peer at a fixed address with every optional key at its default.
     pub fn new(address: IpAddr, asn: u32) -> Peer {
-        Peer {
-            address,
-            asn,
+        Peer { address: Some(address), interface: None, asn, options: PeerOptions::default() }
+    }
+
+    /// How operators name the peer: its address, or its interface for an unnumbered peer.
+    pub fn name(&self) -> String {
+        match (&self.address, &self.interface) {
+            (Some(a), _) => a.to_string(),
+            (None, Some(i)) => i.clone(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        PeerOptions {
             port: default_bgp_port(),
             passive: false,
             hold_time: default_hold_time(),
             import: Vec::new(),
             max_prefix: None,
             import_rules: Vec::new(),
+            bfd: None,
+            password: None,
+            graceful_restart: None,
         }
     }
 }
@@ -158,6 +264,10 @@ impl Announce {
 
 pub(crate) fn default_true() -> bool {
     true
+}
+
+pub(crate) fn default_listen_limit() -> u32 {
+    100
 }
 
 pub(crate) fn default_bgp_port() -> u16 {

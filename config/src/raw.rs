@@ -33,6 +33,8 @@ pub(crate) struct RawBgp {
     #[serde(default)]
     pub peers: Vec<RawPeer>,
     #[serde(default)]
+    pub listen: Vec<RawListen>,
+    #[serde(default)]
     pub announce: Vec<RawAnnounce>,
 }
 
@@ -40,6 +42,7 @@ pub(crate) struct RawBgp {
 #[serde(expecting = "a table")]
 pub(crate) struct RawPeer {
     pub address: Option<String>,
+    pub interface: Option<String>,
     pub asn: Option<i64>,
     pub port: Option<i64>,
     pub passive: Option<bool>,
@@ -49,6 +52,40 @@ pub(crate) struct RawPeer {
     pub max_prefix: Option<RawMaxPrefix>,
     #[serde(default)]
     pub import_rules: Vec<RawImportRule>,
+    pub bfd: Option<RawBfd>,
+    pub password: Option<String>,
+    pub graceful_restart: Option<RawGracefulRestart>,
+}
+
+/// `[[bgp.listen]]`: a range and the session keys that make sense for accepted sessions.
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawListen {
+    pub range: Option<String>,
+    pub asn: Option<i64>,
+    pub limit: Option<i64>,
+    pub hold_time: Option<i64>,
+    #[serde(default)]
+    pub import: Vec<String>,
+    pub max_prefix: Option<RawMaxPrefix>,
+    #[serde(default)]
+    pub import_rules: Vec<RawImportRule>,
+    pub bfd: Option<RawBfd>,
+    pub password: Option<String>,
+    pub graceful_restart: Option<RawGracefulRestart>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawBfd {
+    pub interval_ms: Option<i64>,
+    pub multiplier: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawGracefulRestart {
+    pub restart_time_s: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,12 +158,39 @@ pub(crate) fn known_keys(table: &[&str]) -> &'static [&'static str] {
     match table {
         [] => &["node", "bgp", "services"],
         ["node"] => &["name", "asn", "router_id", "uplinks"],
-        ["bgp"] => &["listen_port", "install_routes", "peers", "announce"],
-        ["bgp", "peers"] => &["address", "asn", "port", "passive", "hold_time", "import", "max_prefix", "import_rules"],
-        ["bgp", "peers", "import_rules"] => {
+        ["bgp"] => &["listen_port", "install_routes", "peers", "listen", "announce"],
+        ["bgp", "peers"] => &[
+            "address",
+            "interface",
+            "asn",
+            "port",
+            "passive",
+            "hold_time",
+            "import",
+            "max_prefix",
+            "import_rules",
+            "bfd",
+            "password",
+            "graceful_restart",
+        ],
+        ["bgp", "listen"] => &[
+            "range",
+            "asn",
+            "limit",
+            "hold_time",
+            "import",
+            "max_prefix",
+            "import_rules",
+            "bfd",
+            "password",
+            "graceful_restart",
+        ],
+        ["bgp", "peers" | "listen", "import_rules"] => {
             &["as_path_contains", "origin_as", "community", "large_community", "action", "value"]
         }
-        ["bgp", "peers", "max_prefix"] => &["limit", "action"],
+        ["bgp", "peers" | "listen", "max_prefix"] => &["limit", "action"],
+        ["bgp", "peers" | "listen", "bfd"] => &["interval_ms", "multiplier"],
+        ["bgp", "peers" | "listen", "graceful_restart"] => &["restart_time_s"],
         ["bgp", "announce"] => &["prefix", "communities", "large_communities", "med", "local_pref"],
         ["services"] => {
             &["name", "vip", "port", "protocol", "mode", "backends", "health", "announce", "maglev_table_size"]

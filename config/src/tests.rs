@@ -78,7 +78,7 @@ fn loads_full_example_file() {
     assert_eq!(model.node.router_id, "192.0.2.11".parse::<std::net::Ipv4Addr>().unwrap());
     assert_eq!(model.node.uplinks, vec!["eth0", "eth1"]);
     assert_eq!(model.bgp.peers.len(), 2);
-    assert_eq!(model.bgp.peers[0].address, "2001:db8:1::1".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(model.bgp.peers[0].address, Some("2001:db8:1::1".parse::<std::net::IpAddr>().unwrap()));
     assert_eq!(model.bgp.announce[1].prefix, "198.51.100.0/24".parse::<ipnet::IpNet>().unwrap());
     let web = &model.services[0];
     assert_eq!((web.port, web.protocol, web.mode), (80, Protocol::Tcp, Mode::Dsr));
@@ -681,10 +681,10 @@ fn accepts_every_bgp_key_and_keeps_defaults_when_absent() {
     let m = ok(BGP_FULL);
     assert_eq!(m.bgp.listen_port, 1179);
     let peer = &m.bgp.peers[0];
-    assert_eq!((peer.port, peer.passive, peer.hold_time), (1179, true, 9));
-    let import: Vec<String> = peer.import.iter().map(ToString::to_string).collect();
+    assert_eq!((peer.options.port, peer.options.passive, peer.options.hold_time), (1179, true, 9));
+    let import: Vec<String> = peer.options.import.iter().map(ToString::to_string).collect();
     assert_eq!(import, ["0.0.0.0/0", "::/0", "203.0.113.0/24 le 32"]);
-    assert_eq!(peer.max_prefix, Some(MaxPrefix { limit: 1000, action: MaxPrefixAction::Warn }));
+    assert_eq!(peer.options.max_prefix, Some(MaxPrefix { limit: 1000, action: MaxPrefixAction::Warn }));
     let a = &m.bgp.announce[0];
     assert_eq!(a.communities, vec!["65101:100".parse().unwrap(), "no-export".parse().unwrap()]);
     assert_eq!((a.med, a.local_pref, a.large_communities[0].to_string().as_str()), (Some(10), Some(200), "65101:1:2"));
@@ -693,7 +693,13 @@ fn accepts_every_bgp_key_and_keeps_defaults_when_absent() {
     let peer = &defaults.bgp.peers[0];
     assert_eq!(defaults.bgp.listen_port, 179);
     assert_eq!(
-        (peer.port, peer.passive, peer.hold_time, peer.import.is_empty(), peer.max_prefix),
+        (
+            peer.options.port,
+            peer.options.passive,
+            peer.options.hold_time,
+            peer.options.import.is_empty(),
+            peer.options.max_prefix
+        ),
         (179, false, 90, true, None)
     );
 }
@@ -808,7 +814,7 @@ fn import_rules_parse_and_bad_ones_are_located() {
     let good = format!(
         "{base}import_rules = [ {{ as_path_contains = 64666, action = \"reject\" }}, {{ origin_as = 65010, community = \"65000:1\", action = \"local_pref\", value = 200 }} ]\n"
     );
-    let rules = ok(&good).bgp.peers[0].import_rules.clone();
+    let rules = ok(&good).bgp.peers[0].options.import_rules.clone();
     assert_eq!(
         rules[0],
         ImportRule {
@@ -839,4 +845,108 @@ fn import_rules_parse_and_bad_ones_are_located() {
         "{}",
         ConfigErrors { errors: errs.clone() }
     );
+}
+
+// ---- fabric peering: unnumbered, BFD, MD5, graceful restart, listen ranges ----------------------
+
+#[test]
+fn unnumbered_peer_names_an_interface_and_fabric_options_parse() {
+    let text = format!(
+        "{NODE}[[bgp.peers]]\ninterface = \"eth0\"\nasn = 65000\nbfd = {{ interval_ms = 100, multiplier = 3 }}\n\
+         password = \"s3cret-key\"\ngraceful_restart = {{ restart_time_s = 90 }}\n\
+         [[bgp.peers]]\naddress = \"fe80::1\"\ninterface = \"eth1\"\nasn = 65000\nbfd = {{ interval_ms = 50 }}\n\
+         graceful_restart = {{}}\n"
+    );
+    let model = ok(&text);
+    let (a, b) = (&model.bgp.peers[0], &model.bgp.peers[1]);
+    assert_eq!((a.address, a.interface.as_deref(), a.name()), (None, Some("eth0"), "eth0".to_string()));
+    assert_eq!(a.options.bfd, Some(Bfd { interval_ms: 100, multiplier: 3 }));
+    assert_eq!(a.options.password.as_ref().map(Password::expose), Some("s3cret-key"));
+    assert_eq!(a.options.graceful_restart, Some(GracefulRestart { restart_time_s: 90 }));
+    assert_eq!((b.address, b.interface.as_deref()), (Some("fe80::1".parse().unwrap()), Some("eth1")));
+    assert_eq!(b.options.bfd, Some(Bfd { interval_ms: 50, multiplier: 3 }), "multiplier defaults to 3");
+    assert_eq!(b.options.graceful_restart, Some(GracefulRestart { restart_time_s: 120 }), "restart time defaults");
+}
+
+#[test]
+fn password_never_appears_in_debug_json_or_errors() {
+    let text = format!("{NODE}[[bgp.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\npassword = \"s3cret-key\"\n");
+    let model = ok(&text);
+    let debug = format!("{model:?}");
+    let json = serde_json::to_string(&model).unwrap();
+    assert!(!debug.contains("s3cret") && debug.contains("<redacted>"), "{debug}");
+    assert!(!json.contains("s3cret") && json.contains("\"password\":\"<redacted>\""), "{json}");
+
+    let long = "k".repeat(81);
+    let text = format!("{NODE}[[bgp.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\npassword = \"{long}\"\n");
+    let e = one_error(&text);
+    assert_error(&e, "bgp.peers[0].password", at(&text, &format!("\"{long}"), 0), "at most 80 bytes");
+    assert!(!e.to_string().contains(&long), "{e}");
+}
+
+#[test]
+fn peer_identity_mistakes_are_explained() {
+    let cases = [
+        ("asn = 65000\n", "bgp.peers[0]", "needs `address`"),
+        ("address = \"192.0.2.1\"\ninterface = \"eth0\"\nasn = 65000\n", "bgp.peers[0].interface", "not both"),
+        ("address = \"fe80::1\"\nasn = 65000\n", "bgp.peers[0].address", "add `interface"),
+        ("interface = \"eth/0\"\nasn = 65000\n", "bgp.peers[0].interface", "interface `eth/0`"),
+    ];
+    for (peer, path, message) in cases {
+        let text = format!("{NODE}[[bgp.peers]]\n{peer}");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{peer}: {}", ConfigErrors { errors: errs.clone() });
+        assert_eq!(errs[0].path, path, "{}", errs[0]);
+        assert!(errs[0].message.contains(message), "{peer}: {}", errs[0]);
+    }
+    let dup =
+        format!("{NODE}[[bgp.peers]]\ninterface = \"eth0\"\nasn = 1\n[[bgp.peers]]\ninterface = \"eth0\"\nasn = 2\n");
+    let e = one_error(&dup);
+    assert_error(&e, "bgp.peers[1].interface", at(&dup, "\"eth0\"", 1), "already defined at t.toml:");
+}
+
+#[test]
+fn bfd_and_graceful_restart_ranges_are_checked() {
+    let cases = [
+        ("bfd = { interval_ms = 5 }", "bgp.peers[0].bfd.interval_ms", "10 to 60000"),
+        ("bfd = { interval_ms = 100, multiplier = 0 }", "bgp.peers[0].bfd.multiplier", "1 to 255"),
+        ("bfd = { multiplier = 3 }", "bgp.peers[0].bfd.interval_ms", "missing `interval_ms`"),
+        ("bfd = { interval_ms = 100, multipler = 3 }", "bgp.peers[0].bfd.multipler", "multiplier"),
+        ("graceful_restart = { restart_time_s = 4096 }", "bgp.peers[0].graceful_restart.restart_time_s", "4095"),
+    ];
+    for (line, path, message) in cases {
+        let text = format!("{NODE}[[bgp.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\n{line}\n");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{line}: {}", ConfigErrors { errors: errs.clone() });
+        assert_eq!(errs[0].path, path, "{}", errs[0]);
+        assert!(errs[0].message.contains(message), "{line}: {}", errs[0]);
+    }
+}
+
+#[test]
+fn listen_ranges_take_the_peer_template_keys() {
+    let text = format!(
+        "{NODE}[[bgp.listen]]\nrange = \"2001:db8:500::/64\"\nasn = 65200\nlimit = 20\nimport = [\"2001:db8:500::/48 le 128\"]\n\
+         bfd = {{ interval_ms = 300 }}\n[[bgp.listen]]\nrange = \"198.51.100.0/24\"\nasn = 65201\n"
+    );
+    let model = ok(&text);
+    let l = &model.bgp.listen;
+    assert_eq!((l[0].range.to_string(), l[0].asn, l[0].limit), ("2001:db8:500::/64".into(), 65200, 20));
+    assert!(l[0].options.passive, "accepted sessions are passive");
+    assert_eq!(l[0].options.import.len(), 1);
+    assert_eq!((l[1].limit, l[1].options.bfd), (100, None), "default limit");
+
+    let cases = [
+        ("range = \"2001:db8:500::1/64\"\nasn = 1", "bgp.listen[0].range", "host bits"),
+        ("asn = 1", "bgp.listen[0].range", "missing `range`"),
+        ("range = \"2001:db8:500::/64\"\nasn = 1\nport = 1179", "bgp.listen[0].port", "unknown key"),
+        ("range = \"2001:db8:500::/64\"\nasn = 1\nlimit = 0", "bgp.listen[0].limit", "1 to 10000"),
+    ];
+    for (body, path, message) in cases {
+        let text = format!("{NODE}[[bgp.listen]]\n{body}\n");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{body}: {}", ConfigErrors { errors: errs.clone() });
+        assert_eq!(errs[0].path, path, "{}", errs[0]);
+        assert!(errs[0].message.contains(message), "{body}: {}", errs[0]);
+    }
 }

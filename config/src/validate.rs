@@ -11,13 +11,13 @@ use crate::bgp_types::{Community, LargeCommunity, PrefixFilter};
 use crate::error::ConfigError;
 use crate::locate::{FieldPath, Locator};
 use crate::model::{
-    default_bgp_port, default_hold_time, default_maglev_table_size, default_max_prefix_action, Announce, AnnounceWhen,
-    Backend, Bgp, HealthCheck, HealthKind, ImportAction, ImportRule, MaxPrefix, MaxPrefixAction, Mode, Model, Node,
-    Peer, Protocol, Service,
+    default_bgp_port, default_hold_time, default_listen_limit, default_maglev_table_size, default_max_prefix_action,
+    Announce, AnnounceWhen, Backend, Bfd, Bgp, GracefulRestart, HealthCheck, HealthKind, ImportAction, ImportRule,
+    Listen, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Password, Peer, PeerOptions, Protocol, Service,
 };
 use crate::raw::{
-    known_keys, RawAnnounce, RawBackend, RawBgp, RawHealth, RawImportRule, RawMaxPrefix, RawModel, RawNode, RawPeer,
-    RawService,
+    known_keys, RawAnnounce, RawBackend, RawBfd, RawBgp, RawGracefulRestart, RawHealth, RawImportRule, RawListen,
+    RawMaxPrefix, RawModel, RawNode, RawPeer, RawService,
 };
 
 const PRIVATE_ASN_HINT: &str = "use a private ASN such as 64512-65534 or 4200000000-4294967294";
@@ -108,7 +108,7 @@ impl<'a> Validator<'a> {
         let mut seen: HashMap<&str, FieldPath> = HashMap::new();
         for (i, name) in raw.iter().enumerate() {
             let p = path.index(i);
-            if let Err(message) = check_ifname(name) {
+            if let Err(message) = check_ifname("uplink", name) {
                 self.error(&p, message);
                 ok = false;
             } else if let Some(first) = seen.get(name.as_str()) {
@@ -127,36 +127,58 @@ impl<'a> Validator<'a> {
         let mut ok = true;
 
         let mut peers = Vec::new();
-        let mut seen_peers: HashMap<IpAddr, FieldPath> = HashMap::new();
+        let mut seen_peers: HashMap<String, FieldPath> = HashMap::new();
         for (i, peer) in raw.peers.into_iter().enumerate() {
             let p = path.key("peers").index(i);
-            let address_path = p.key("address");
             let settings = self.peer_settings(&p, &peer);
-            let address = self.required(&address_path, peer.address, "\"2001:db8:1::1\"", |s| check_peer_address(&s));
             let asn = self.required(&p.key("asn"), peer.asn, "65000", check_asn);
-            if let Some(address) = address {
-                if let Some(first) = seen_peers.get(&address) {
-                    let message = format!(
-                        "peer {address} is already defined at {}; keep one [[bgp.peers]] entry per address",
-                        self.loc.describe(first)
-                    );
-                    self.error(&address_path, message);
+            let Some((address, interface, key_path)) = self.peer_identity(&p, &peer) else {
+                ok = false;
+                continue;
+            };
+            let key = address.map_or_else(|| interface.clone().unwrap_or_default(), |a| a.to_string());
+            if let Some(first) = seen_peers.get(&key) {
+                let message = format!(
+                    "peer {key} is already defined at {}; keep one [[bgp.peers]] entry per address or interface",
+                    self.loc.describe(first)
+                );
+                self.error(&key_path, message);
+                ok = false;
+            } else {
+                seen_peers.insert(key, key_path);
+            }
+            match (asn, settings) {
+                (Some(asn), Some(options)) => peers.push(Peer { address, interface, asn, options }),
+                _ => ok = false,
+            }
+        }
+
+        let mut listen = Vec::new();
+        let mut seen_ranges: HashMap<IpNet, FieldPath> = HashMap::new();
+        for (i, l) in raw.listen.into_iter().enumerate() {
+            let p = path.key("listen").index(i);
+            let range_path = p.key("range");
+            let range = self.required(&range_path, l.range.clone(), "\"2001:db8:500::/64\"", |s| check_prefix(&s));
+            let asn = self.required(&p.key("asn"), l.asn, "65200", check_asn);
+            let limit = match l.limit {
+                None => Some(default_listen_limit()),
+                Some(n) => self.check(&p.key("limit"), check_listen_limit(n)),
+            };
+            let options = self.peer_settings(&p, &listen_as_peer(l));
+            if let Some(range) = range {
+                if let Some(first) = seen_ranges.get(&range) {
+                    let message =
+                        format!("range {range} is already listed at {}; remove one", self.loc.describe(first));
+                    self.error(&range_path, message);
                     ok = false;
                 } else {
-                    seen_peers.insert(address, address_path);
+                    seen_ranges.insert(range, range_path);
                 }
             }
-            match (address, asn, settings) {
-                (Some(address), Some(asn), Some(s)) => peers.push(Peer {
-                    address,
-                    asn,
-                    port: s.port,
-                    passive: s.passive,
-                    hold_time: s.hold_time,
-                    import: s.import,
-                    max_prefix: s.max_prefix,
-                    import_rules: s.import_rules,
-                }),
+            match (range, asn, limit, options) {
+                (Some(range), Some(asn), Some(limit), Some(options)) => {
+                    listen.push(Listen { range, asn, limit, options })
+                }
                 _ => ok = false,
             }
         }
@@ -194,11 +216,52 @@ impl<'a> Validator<'a> {
         };
         let listen_port = listen_port?;
         let install_routes = raw.install_routes.unwrap_or(true);
-        ok.then_some(Bgp { listen_port, install_routes, peers, announce })
+        ok.then_some(Bgp { listen_port, install_routes, peers, listen, announce })
     }
 
     /// The optional per-peer keys, with their defaults.
-    fn peer_settings(&mut self, p: &FieldPath, raw: &RawPeer) -> Option<PeerSettings> {
+    /// Who the peer is: `address`, `interface`, or both for a fixed link-local address.
+    /// Returns them with the path duplicates are reported at.
+    fn peer_identity(&mut self, p: &FieldPath, raw: &RawPeer) -> Option<(Option<IpAddr>, Option<String>, FieldPath)> {
+        let (address_path, interface_path) = (p.key("address"), p.key("interface"));
+        let address = match &raw.address {
+            None => Some(None),
+            Some(s) => self.check(&address_path, check_peer_address(s)).map(Some),
+        };
+        let interface = match &raw.interface {
+            None => Some(None),
+            Some(name) => self.check(&interface_path, check_ifname("interface", name).map(|()| Some(name.clone()))),
+        };
+        let (address, interface) = (address?, interface?);
+        match (address, &interface) {
+            (None, None) => {
+                self.error(
+                    p,
+                    "a peer needs `address` (e.g. `address = \"2001:db8:1::1\"`) or, for unnumbered peering, `interface` (e.g. `interface = \"eth0\"`)".into(),
+                );
+                None
+            }
+            (Some(IpAddr::V6(a)), Some(_)) if a.is_unicast_link_local() => Some((address, interface, address_path)),
+            (Some(a), Some(i)) => {
+                self.error(
+                    &interface_path,
+                    format!("give `address` or `interface`, not both: {a} is not link-local, so it needs no interface; remove `interface = \"{i}\"` (or `address` for unnumbered peering)"),
+                );
+                None
+            }
+            (Some(IpAddr::V6(a)), None) if a.is_unicast_link_local() => {
+                self.error(
+                    &address_path,
+                    format!("{a} is a link-local address and is only meaningful on one link; add `interface = \"eth0\"` naming that link"),
+                );
+                None
+            }
+            (Some(_), None) => Some((address, None, address_path)),
+            (None, Some(_)) => Some((None, interface, interface_path)),
+        }
+    }
+
+    fn peer_settings(&mut self, p: &FieldPath, raw: &RawPeer) -> Option<PeerOptions> {
         let port = match raw.port {
             None => Some(default_bgp_port()),
             Some(port) => self.check(&p.key("port"), check_port(port)),
@@ -233,14 +296,62 @@ impl<'a> Validator<'a> {
                 None => import_rules = None,
             }
         }
-        Some(PeerSettings {
+        let bfd = match &raw.bfd {
+            None => Some(None),
+            Some(b) => self.bfd(&p.key("bfd"), b).map(Some),
+        };
+        let password = match &raw.password {
+            None => Some(None),
+            // The key itself never appears in an error message.
+            Some(key) => self.check(&p.key("password"), check_password(key)).map(Some),
+        };
+        let graceful_restart = match &raw.graceful_restart {
+            None => Some(None),
+            Some(g) => self.graceful_restart(&p.key("graceful_restart"), g).map(Some),
+        };
+        Some(PeerOptions {
             import_rules: import_rules?,
             port: port?,
             passive: raw.passive.unwrap_or(false),
             hold_time: hold_time?,
             import: import?,
             max_prefix: max_prefix?,
+            bfd: bfd?,
+            password: password?,
+            graceful_restart: graceful_restart?,
         })
+    }
+
+    fn bfd(&mut self, p: &FieldPath, raw: &RawBfd) -> Option<Bfd> {
+        let interval_ms = self.required(&p.key("interval_ms"), raw.interval_ms, "300", |v| {
+            u32::try_from(v).ok().filter(|v| (10..=60_000).contains(v)).ok_or_else(|| {
+                format!("BFD interval {v} ms is out of range; use 10 to 60000 (100 to 300 is usual on a fabric link)")
+            })
+        });
+        let multiplier = match raw.multiplier {
+            None => Some(3),
+            Some(m) => self.check(
+                &p.key("multiplier"),
+                u8::try_from(m)
+                    .ok()
+                    .filter(|m| *m >= 1)
+                    .ok_or_else(|| format!("BFD multiplier {m} is out of range; use 1 to 255 (3 is usual)")),
+            ),
+        };
+        Some(Bfd { interval_ms: interval_ms?, multiplier: multiplier? })
+    }
+
+    fn graceful_restart(&mut self, p: &FieldPath, raw: &RawGracefulRestart) -> Option<GracefulRestart> {
+        let restart_time_s = match raw.restart_time_s {
+            None => Some(120),
+            Some(t) => self.check(
+                &p.key("restart_time_s"),
+                u16::try_from(t).ok().filter(|t| (1..=4095).contains(t)).ok_or_else(|| {
+                    format!("restart_time_s {t} is out of range; the capability carries 1 to 4095 seconds (RFC 4724)")
+                }),
+            ),
+        };
+        Some(GracefulRestart { restart_time_s: restart_time_s? })
     }
 
     fn import_rule(&mut self, p: &FieldPath, raw: &RawImportRule) -> Option<ImportRule> {
@@ -585,14 +696,39 @@ fn is_prime(n: u64) -> bool {
     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
-/// The optional keys of one `[[bgp.peers]]` entry, validated.
-struct PeerSettings {
-    port: u16,
-    passive: bool,
-    hold_time: u16,
-    import: Vec<PrefixFilter>,
-    max_prefix: Option<MaxPrefix>,
-    import_rules: Vec<ImportRule>,
+/// A `[[bgp.listen]]` entry's session keys in the shape of a peer's: accepted sessions are
+/// passive by nature, and the port is the listener's.
+fn listen_as_peer(l: RawListen) -> RawPeer {
+    RawPeer {
+        address: None,
+        interface: None,
+        asn: l.asn,
+        port: None,
+        passive: Some(true),
+        hold_time: l.hold_time,
+        import: l.import,
+        max_prefix: l.max_prefix,
+        import_rules: l.import_rules,
+        bfd: l.bfd,
+        password: l.password,
+        graceful_restart: l.graceful_restart,
+    }
+}
+
+fn check_listen_limit(n: i64) -> Result<u32, String> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or_else(|| format!("limit {n} is out of range; allow 1 to 10000 sessions from the range"))
+}
+
+/// A TCP MD5 key: 1 to 80 bytes (the kernel's TCP_MD5SIG_MAXKEYLEN). The key is never quoted.
+fn check_password(key: &str) -> Result<Password, String> {
+    match key.len() {
+        0 => Err("password must not be empty; remove the key for no TCP MD5 signature".into()),
+        n if n > 80 => Err(format!("password is {n} bytes long; TCP MD5 keys are at most 80 bytes")),
+        _ => Ok(Password::new(key.to_owned())),
+    }
 }
 
 fn check_listen_port(port: i64) -> Result<u16, String> {
@@ -695,22 +831,22 @@ fn check_router_id(s: &str) -> Result<Ipv4Addr, String> {
 
 /// Linux accepts an interface name if it fits IFNAMSIZ (15 bytes plus NUL), is not `.` or `..`,
 /// and has no `/`, `:` or whitespace (`dev_valid_name`).
-fn check_ifname(name: &str) -> Result<(), String> {
+fn check_ifname(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err("uplink name must not be empty; use the NIC name shown by `ip link`, e.g. `eth0`".to_owned());
+        return Err(format!("{what} name must not be empty; use the NIC name shown by `ip link`, e.g. `eth0`"));
     }
     if name.len() > 15 {
         return Err(format!(
-            "uplink `{name}` is {} bytes long; Linux interface names are at most 15, check `ip link`",
+            "{what} `{name}` is {} bytes long; Linux interface names are at most 15, check `ip link`",
             name.len()
         ));
     }
     if name == "." || name == ".." {
-        return Err(format!("uplink `{name}` is not a valid interface name; use the NIC name shown by `ip link`"));
+        return Err(format!("{what} `{name}` is not a valid interface name; use the NIC name shown by `ip link`"));
     }
     if let Some(c) = name.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace()) {
         return Err(format!(
-            "uplink `{name}` contains {c:?}, which Linux does not allow in interface names; use the NIC name shown by `ip link`"
+            "{what} `{name}` contains {c:?}, which Linux does not allow in interface names; use the NIC name shown by `ip link`"
         ));
     }
     Ok(())
@@ -865,10 +1001,10 @@ mod tests {
 
     #[test]
     fn ifname_rules() {
-        assert!(check_ifname("eth0").is_ok());
-        assert!(check_ifname("enp3s0f1np1.100").is_ok());
+        assert!(check_ifname("uplink", "eth0").is_ok());
+        assert!(check_ifname("uplink", "enp3s0f1np1.100").is_ok());
         for bad in ["", "a234567890123456", "eth/0", "eth:0", "eth 0", ".", ".."] {
-            assert!(check_ifname(bad).is_err(), "{bad:?} accepted");
+            assert!(check_ifname("uplink", bad).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -35,6 +35,10 @@ impl fmt::Display for FibNextHop {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fib {
     routes: BTreeMap<Prefix, Vec<FibNextHop>>,
+    /// Graceful restart in progress (RFC 4724 4.1): this process restarted and has not yet heard
+    /// End-of-RIB from every restarting-capable peer, so a kernel route missing here may still be
+    /// valid. The installer adds and replaces but deletes nothing while this is set.
+    deferred: bool,
 }
 
 impl Fib {
@@ -75,6 +79,16 @@ impl Fib {
 
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// See the `deferred` field: deletions wait while a restart converges.
+    pub fn deferred(&self) -> bool {
+        self.deferred
+    }
+
+    /// Returns whether it changed.
+    pub fn set_deferred(&mut self, deferred: bool) -> bool {
+        std::mem::replace(&mut self.deferred, deferred) != deferred
     }
 
     pub fn clear(&mut self) -> bool {

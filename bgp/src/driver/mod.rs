@@ -20,11 +20,14 @@
 //! Tasks share nothing mutable: commands and events travel on channels, and each peer task
 //! publishes its FSM state on a `watch` that the speaker reads for `show bgp summary`.
 
+pub mod auth;
 pub mod fib;
 pub mod peer;
 mod speaker;
 
+pub use auth::{Md5Key, Md5Setter, Md5Target};
 pub use fib::{Fib, FibNextHop};
 pub use speaker::{
-    NeighborSummary, PathEntry, PeerConfig, RouteEntry, RouteQuery, Speaker, SpeakerConfig, SpeakerError,
+    BfdConfig, ListenRange, NeighborSummary, PathEntry, PeerConfig, RouteEntry, RouteQuery, Speaker, SpeakerConfig,
+    SpeakerError, SpeakerOptions,
 };

@@ -5,15 +5,19 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::auth::{Md5Drops, Md5Key, Md5Setter, Md5Target};
+use crate::bfd::BfdStatus;
 use crate::session::{ConnId, Counters, DownReason, Input, Negotiated, Output, Session, State};
 use crate::wire::{decode_message, DecodeOptions, Family, Notification};
 
@@ -52,6 +56,11 @@ pub enum PeerCmd {
     SendUpdates { bytes: Vec<u8>, count: u64 },
     /// Close the session with this NOTIFICATION and restart after the idle hold (e.g. max-prefix).
     AutomaticStop { notification: Notification, reason: String },
+    /// The path to the peer failed (BFD): drop the session without a NOTIFICATION.
+    PathDown { reason: String },
+    /// This process is restarting gracefully: close the connections without a NOTIFICATION, so
+    /// that a peer with graceful restart keeps our routes, and end the task.
+    Abandon,
 }
 
 /// The peer's state as `show bgp summary` reads it.
@@ -67,9 +76,12 @@ pub struct PeerStatus {
 /// Static addressing of a peer task.
 #[derive(Debug, Clone)]
 pub struct PeerAddressing {
+    /// With the interface as scope id for a link-local peer.
     pub remote: SocketAddr,
     /// How long one outbound connect may take before it counts as failed.
     pub connect_timeout: Duration,
+    /// TCP MD5: the setter and this peer's key, put on each outgoing socket before `connect`.
+    pub md5: Option<(Arc<dyn Md5Setter>, Md5Key)>,
 }
 
 /// What the reader and connect tasks report back to the peer task.
@@ -100,6 +112,14 @@ pub struct PeerTask {
     next_conn: u64,
     io_tx: mpsc::Sender<Io>,
     io_rx: mpsc::Receiver<Io>,
+    /// Why the last outbound attempt failed, shown while the FSM has no error of its own.
+    connect_error: Option<String>,
+    /// The namespace's MD5 drop counters when the peer was added (MD5 peers only).
+    md5_baseline: Option<Md5Drops>,
+    /// The peer's BFD session, when configured: its Up → Down takes the BGP session down.
+    bfd: Option<watch::Receiver<BfdStatus>>,
+    /// BFD path failures already acted on.
+    bfd_failures: u64,
 }
 
 /// Largest read per syscall; a full-table burst is read in 64 KiB pieces.
@@ -110,6 +130,7 @@ impl PeerTask {
         session: Session,
         addressing: PeerAddressing,
         events: mpsc::Sender<PeerEvent>,
+        bfd: Option<watch::Receiver<BfdStatus>>,
     ) -> (PeerTask, watch::Receiver<PeerStatus>) {
         let (status, status_rx) = watch::channel(PeerStatus {
             state: session.state(),
@@ -119,6 +140,7 @@ impl PeerTask {
             local: None,
         });
         let (io_tx, io_rx) = mpsc::channel(64);
+        let md5_baseline = addressing.md5.as_ref().map(|_| Md5Drops::read());
         let task = PeerTask {
             session,
             addressing,
@@ -129,6 +151,10 @@ impl PeerTask {
             next_conn: 1,
             io_tx,
             io_rx,
+            connect_error: None,
+            md5_baseline,
+            bfd_failures: bfd.as_ref().map_or(0, |rx| rx.borrow().counters.failures),
+            bfd,
         };
         (task, status_rx)
     }
@@ -152,10 +178,15 @@ impl PeerTask {
             };
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
+                    Some(PeerCmd::Abandon) => {
+                        self.abandon().await;
+                        return;
+                    }
                     Some(cmd) => self.command(cmd).await,
                     None => break,
                 },
                 Some(io) = self.io_rx.recv() => self.io(io).await,
+                Some(status) = bfd_changed(&mut self.bfd) => self.bfd_status(status).await,
                 _ = sleep => {
                     let outputs = self.session.handle(Instant::now(), Input::Tick);
                     self.perform(outputs).await;
@@ -165,6 +196,32 @@ impl PeerTask {
         let outputs = self.session.handle(Instant::now(), Input::Stop);
         self.perform(outputs).await;
         for (_, conn) in self.conns.drain() {
+            conn.reader.abort();
+        }
+        if let Some((_, task)) = self.connecting.take() {
+            task.abort();
+        }
+    }
+
+    /// RFC 5882 4.3: BFD going from Up to Down (not the peer's AdminDown, which only says it
+    /// stopped BFD) takes the session down at once, without waiting for the hold timer.
+    /// Failures are counted, not inferred from the latest state: a flap that healed before this
+    /// task looked still took the path away.
+    async fn bfd_status(&mut self, status: BfdStatus) {
+        let failures = status.counters.failures;
+        if failures > std::mem::replace(&mut self.bfd_failures, failures) {
+            let reason = format!("BFD session down ({})", status.diag);
+            warn!(peer = %self.peer(), %reason, "taking the BGP session down");
+            let outputs = self.session.handle(Instant::now(), Input::PathDown { reason });
+            self.perform(outputs).await;
+        }
+    }
+
+    /// Graceful restart of this process: the connections close without a NOTIFICATION (the peer
+    /// sees a transport failure and, with graceful restart, keeps our routes as stale).
+    async fn abandon(&mut self) {
+        for (_, mut conn) in self.conns.drain() {
+            let _ = conn.writer.shutdown().await;
             conn.reader.abort();
         }
         if let Some((_, task)) = self.connecting.take() {
@@ -188,6 +245,12 @@ impl PeerTask {
                 let outputs = self.session.handle(now, Input::AutomaticStop { notification, reason });
                 self.perform(outputs).await;
             }
+            PeerCmd::PathDown { reason } => {
+                let outputs = self.session.handle(now, Input::PathDown { reason });
+                self.perform(outputs).await;
+            }
+            // Handled by `run`.
+            PeerCmd::Abandon => {}
         }
     }
 
@@ -199,6 +262,7 @@ impl PeerTask {
                     return; // cancelled meanwhile: dropping the stream closes it
                 }
                 self.connecting = None;
+                self.connect_error = None;
                 let conn = self.adopt_as(conn, stream);
                 let outputs = self.session.handle(now, Input::Connected { conn, inbound: false });
                 self.perform(outputs).await;
@@ -207,6 +271,7 @@ impl PeerTask {
                 if self.connecting.as_ref().map(|(id, _)| *id) == Some(conn) {
                     self.connecting = None;
                     debug!(peer = %self.peer(), %err, "connect failed");
+                    self.connect_error = Some(self.explain_connect_failure(&err));
                     let outputs = self.session.handle(now, Input::ConnectFailed { conn });
                     self.perform(outputs).await;
                 }
@@ -336,14 +401,19 @@ impl PeerTask {
         match output {
             Output::Connect => {
                 if let Some((_, task)) = self.connecting.take() {
+                    // The attempt never got an answer (a peer or firewall dropping SYNs, or an
+                    // MD5 mismatch): say so, since no connect error will come for it.
                     task.abort();
+                    let err = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer before the next attempt");
+                    self.connect_error = Some(self.explain_connect_failure(&err));
                 }
                 let id = ConnId(self.next_conn);
                 self.next_conn += 1;
                 let (remote, timeout, tx) =
                     (self.addressing.remote, self.addressing.connect_timeout, self.io_tx.clone());
+                let md5 = self.addressing.md5.clone();
                 let task = tokio::spawn(async move {
-                    let result = tokio::time::timeout(timeout, TcpStream::connect(remote)).await;
+                    let result = tokio::time::timeout(timeout, connect(remote, md5)).await;
                     let io = match result {
                         Ok(Ok(stream)) => Io::Connected(id, stream),
                         Ok(Err(err)) => Io::ConnectFailed(id, err),
@@ -377,6 +447,10 @@ impl PeerTask {
                 Vec::new()
             }
             Output::StateChanged { from, to } => {
+                if to == State::Established {
+                    // Whatever failed before is history now.
+                    self.connect_error = None;
+                }
                 info!(peer = %self.peer(), %from, %to, "BGP state");
                 Vec::new()
             }
@@ -385,16 +459,55 @@ impl PeerTask {
         }
     }
 
+    /// A connect failure in words, with the kernel's MD5 drop counters when the peer has a
+    /// password: a key mismatch drops segments silently, so the attempt only times out.
+    fn explain_connect_failure(&self, err: &std::io::Error) -> String {
+        let mut text = format!("connect to {} failed: {err}", self.addressing.remote);
+        if let Some(before) = &self.md5_baseline {
+            text.push_str("; TCP MD5 is on for this peer and a password missing or different on either side drops every segment silently");
+            if let Some(why) = Md5Drops::read().explain_since(before) {
+                text.push_str(&format!(" ({why})"));
+            }
+        }
+        text
+    }
+
     fn publish_status(&self) {
         let local = self.session.established_conn().and_then(|c| self.conns.get(&c)).and_then(|c| c.local);
+        let last_error = self.connect_error.clone().or_else(|| self.session.last_error().map(ToString::to_string));
         self.status.send_replace(PeerStatus {
             state: self.session.state(),
             counters: self.session.counters().clone(),
-            last_error: self.session.last_error().map(ToString::to_string),
+            last_error,
             negotiated: self.session.negotiated().cloned(),
             local,
         });
     }
+}
+
+/// The next BFD status, or never when the peer has no BFD (or its BFD task is gone).
+async fn bfd_changed(bfd: &mut Option<watch::Receiver<BfdStatus>>) -> Option<BfdStatus> {
+    let Some(rx) = bfd.as_mut() else { return std::future::pending().await };
+    if rx.changed().await.is_err() {
+        *bfd = None;
+        return std::future::pending().await;
+    }
+    let status = rx.borrow_and_update().clone();
+    Some(status)
+}
+
+/// One outbound connection, with the peer's MD5 key on the socket before the SYN leaves.
+async fn connect(remote: SocketAddr, md5: Option<(Arc<dyn Md5Setter>, Md5Key)>) -> std::io::Result<TcpStream> {
+    let socket = if remote.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some((setter, key)) = md5 {
+        let ifindex = match remote {
+            SocketAddr::V6(a) if a.scope_id() != 0 => Some(a.scope_id()),
+            _ => None,
+        };
+        let target = Md5Target { address: remote.ip(), prefix_len: None, ifindex };
+        setter.set(socket.as_fd(), target, key.bytes())?;
+    }
+    socket.connect(remote).await
 }
 
 /// Separates outputs that are events for the speaker (converted to owned form here, while the

@@ -4,8 +4,9 @@
 //! for the kernel-route installer ([`Speaker::fib`]) and answers `show` queries.
 //! It never reads a socket itself (peer tasks and the listener do), nor writes a kernel route.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::AsFd as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,11 +16,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
+use super::auth::{Md5, Md5Key, Md5Target};
 use super::fib::{is_link_local, Fib};
 use super::peer::{PeerAddressing, PeerCmd, PeerEvent, PeerStatus, PeerTask};
+use crate::bfd::{Bfd, BfdPeer, BfdStatus, BfdSummary};
 use crate::policy::{ExportPolicy, ImportPolicy, MaxPrefixAction};
 use crate::rib::{ExportSession, LocalRoute, PeerId, PeerInfo, PrefixView, Rib, RibConfig, RouteChange, Source};
-use crate::session::{Negotiated, Session, SessionConfig, State};
+use crate::session::{DownReason, GracefulRestartConfig, Negotiated, Session, SessionConfig, State};
 use crate::wire::{decode_message, DecodeOptions, Family, Message, NextHop, Prefix};
 
 /// What the speaker should be doing: the node's identity, its peers and its announcements.
@@ -33,19 +36,66 @@ pub struct SpeakerConfig {
     /// speaker keeps no FIB at all (half the memory of a full table) and publishes an empty one.
     pub install_routes: bool,
     pub peers: Vec<PeerConfig>,
+    /// Ranges accepting dynamic neighbors (route server for VMs and legacy hosts).
+    pub listen: Vec<ListenRange>,
     pub announcements: Vec<LocalRoute>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     pub address: IpAddr,
+    /// The interface of a link-local `address` (its scope id); `None` for global addresses.
+    pub ifindex: Option<u32>,
     pub port: u16,
     pub asn: u32,
     pub passive: bool,
     pub hold_time: u16,
     pub connect_retry: Duration,
     pub import: ImportPolicy,
+    /// TCP MD5 key (RFC 2385); needs the speaker's [`SpeakerOptions::md5`].
+    pub md5: Option<Md5Key>,
+    /// Graceful restart (RFC 4724): the restart time we advertise, in seconds. Enables both
+    /// helper mode (the peer's routes stay, stale, while it restarts) and our own restart.
+    pub graceful_restart: Option<u16>,
+    /// Single-hop BFD with this interval and multiplier; its failure takes the session down.
+    pub bfd: Option<BfdConfig>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BfdConfig {
+    pub interval: Duration,
+    pub multiplier: u8,
+}
+
+/// Sessions accepted from any address in `prefix`, each configured from `template` (its
+/// `address` and `passive` are ignored: such a peer is the connecting address, passive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenRange {
+    pub prefix: Prefix,
+    /// At most this many sessions from the range at once.
+    pub limit: u32,
+    pub template: PeerConfig,
+}
+
+/// What stays fixed for the speaker's lifetime.
+#[derive(Clone, Default)]
+pub struct SpeakerOptions {
+    /// Sets TCP MD5 keys (the daemon passes one built on `ferrule_ebpf::sockopt`). Without it,
+    /// a configuration with a password is refused.
+    pub md5: Md5,
+    /// This process is a graceful restart of one that kept the forwarding state (kernel routes,
+    /// pinned datapath): sessions advertise the Restarting and Forwarding-preserved bits, and the
+    /// published FIB stays deferred (the installer deletes nothing) until every peer with
+    /// graceful restart has sent End-of-RIB for its families, or this long has passed.
+    pub restarting: Option<Duration>,
+}
+
+/// How long routes of a peer that came back after a restart may stay stale without being
+/// refreshed or confirmed by its End-of-RIB (FRR's and BIRD's default stale-path time).
+const STALE_PATH_TIME: Duration = Duration::from_secs(360);
+
+/// The families the speaker carries.
+const FAMILIES: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeakerError {
@@ -53,6 +103,12 @@ pub enum SpeakerError {
     Listen { port: u16, source: std::io::Error },
     #[error("peer {peer}: {source}")]
     Peer { peer: IpAddr, source: crate::session::ConfigError },
+    #[error("peer {peer}: a TCP MD5 password is set but this speaker cannot set MD5 keys")]
+    Md5Unavailable { peer: IpAddr },
+    #[error("{0}")]
+    Bfd(#[from] crate::bfd::BfdError),
+    #[error("cannot set the TCP MD5 key for {target} on the BGP listening socket: {source}")]
+    Md5 { target: IpAddr, source: std::io::Error },
     #[error("the BGP speaker task has stopped")]
     Gone,
 }
@@ -78,6 +134,18 @@ pub struct NeighborSummary {
     /// Times the session left Established.
     pub flaps: u64,
     pub hold_time: Option<u16>,
+    /// A neighbor accepted from a `[[bgp.listen]]` range (the range), not configured by address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<String>,
+    /// Graceful restart negotiated with this peer (both sides advertised it).
+    #[serde(default)]
+    pub graceful_restart: bool,
+    /// Paths from this peer kept stale by graceful restart, waiting for its End-of-RIB.
+    #[serde(default)]
+    pub stale: u64,
+    /// The peer's BFD session state (`Up`, `Down`, `Init`, `AdminDown`), when BFD is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<String>,
     pub families: Vec<String>,
     pub last_error: Option<String>,
 }
@@ -120,6 +188,8 @@ enum Command {
     SetConfig(Box<SpeakerConfig>, oneshot::Sender<Result<(), SpeakerError>>),
     Summary(oneshot::Sender<Vec<NeighborSummary>>),
     Routes(RouteQuery, oneshot::Sender<Vec<RouteEntry>>),
+    Shutdown { restart: bool, done: oneshot::Sender<()> },
+    Bfd(oneshot::Sender<Vec<BfdSummary>>),
 }
 
 /// Handle to the speaker task. Dropping every handle stops the speaker and its peers (each
@@ -133,10 +203,28 @@ pub struct Speaker {
 impl Speaker {
     /// Starts an idle speaker (no peers) on the current tokio runtime.
     pub fn spawn() -> Speaker {
+        Speaker::spawn_with(SpeakerOptions::default())
+    }
+
+    /// [`Speaker::spawn`] with MD5 support or as a graceful restart.
+    pub fn spawn_with(options: SpeakerOptions) -> Speaker {
         let (tx, rx) = mpsc::channel(16);
-        let (fib_tx, fib) = watch::channel(Arc::new(Fib::new()));
-        tokio::spawn(SpeakerTask::new(fib_tx).run(rx));
+        let mut initial = Fib::new();
+        initial.set_deferred(options.restarting.is_some());
+        let (fib_tx, fib) = watch::channel(Arc::new(initial));
+        tokio::spawn(SpeakerTask::new(fib_tx, options).run(rx));
         Speaker { tx, fib }
+    }
+
+    /// Stops every session and the speaker. `restart: false` is an orderly shutdown (Cease /
+    /// Administrative Shutdown to every peer: they withdraw our routes at once). `restart: true`
+    /// closes the connections without a NOTIFICATION, so that peers with graceful restart keep
+    /// our routes for the restart time while the next process comes up.
+    pub async fn shutdown(&self, restart: bool) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { restart, done }).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// The forwarding table to install: every Loc-RIB best path learned from a peer with its
@@ -156,6 +244,13 @@ impl Speaker {
     pub async fn summary(&self) -> Result<Vec<NeighborSummary>, SpeakerError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Summary(reply)).await.map_err(|_| SpeakerError::Gone)?;
+        rx.await.map_err(|_| SpeakerError::Gone)
+    }
+
+    /// The BFD sessions of the peers that have BFD configured.
+    pub async fn bfd_sessions(&self) -> Result<Vec<BfdSummary>, SpeakerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Bfd(reply)).await.map_err(|_| SpeakerError::Gone)?;
         rx.await.map_err(|_| SpeakerError::Gone)
     }
 
@@ -179,11 +274,34 @@ struct PeerSlot {
     /// The interface holding the session's local address: link-local next hops learned on
     /// this session are reachable only through it.
     ifindex: Option<u32>,
+    /// Accepted from this listen range (removed when its session ends).
+    dynamic: Option<Prefix>,
+    /// Graceful restart helper: the peer's session dropped and its routes are kept stale
+    /// until this time (its restart time, then the stale-path time once it is back).
+    stale_until: Option<Instant>,
+    /// Families whose stale routes wait for the peer's End-of-RIB.
+    stale_families: BTreeSet<Family>,
+    /// The peer's BFD session, for `show`.
+    bfd: Option<watch::Receiver<BfdStatus>>,
+}
+
+/// Our own graceful restart, while it converges.
+struct Restarting {
+    /// Deferral ends at the latest here.
+    until: Instant,
+    /// Peers (with graceful restart) whose End-of-RIB we still wait for, per family; filled
+    /// when each session comes up.
+    waiting: BTreeMap<IpAddr, BTreeSet<Family>>,
+    /// Configured peers with graceful restart that have not come up yet.
+    not_up: BTreeSet<IpAddr>,
 }
 
 struct Listener {
     port: u16,
+    socket: Arc<TcpListener>,
     task: JoinHandle<()>,
+    /// MD5 keys installed on the socket, to remove those no longer configured.
+    keys: BTreeMap<Md5Target, Md5Key>,
 }
 
 struct SpeakerTask {
@@ -198,10 +316,19 @@ struct SpeakerTask {
     accept_rx: mpsc::Receiver<(TcpStream, SocketAddr)>,
     /// The forwarding table, updated in place from every batch of Loc-RIB changes.
     fib: watch::Sender<Arc<Fib>>,
+    options: SpeakerOptions,
+    restarting: Option<Restarting>,
+    /// Started with the first peer that has BFD configured.
+    bfd: Option<Bfd>,
 }
 
 impl SpeakerTask {
-    fn new(fib: watch::Sender<Arc<Fib>>) -> SpeakerTask {
+    fn new(fib: watch::Sender<Arc<Fib>>, options: SpeakerOptions) -> SpeakerTask {
+        let restarting = options.restarting.map(|d| Restarting {
+            until: Instant::now() + d,
+            waiting: BTreeMap::new(),
+            not_up: BTreeSet::new(),
+        });
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (accept_tx, accept_rx) = mpsc::channel(16);
         SpeakerTask {
@@ -215,6 +342,9 @@ impl SpeakerTask {
             accept_tx,
             accept_rx,
             fib,
+            options,
+            restarting,
+            bfd: None,
         }
     }
 
@@ -232,7 +362,16 @@ impl SpeakerTask {
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut restart_shutdown = false;
+        let mut done = None;
         loop {
+            let deadline = self.next_timer();
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::SetConfig(config, reply)) => {
@@ -244,19 +383,94 @@ impl SpeakerTask {
                     Some(Command::Routes(query, reply)) => {
                         let _ = reply.send(self.routes(query));
                     }
+                    Some(Command::Bfd(reply)) => {
+                        let sessions = match &self.bfd {
+                            Some(bfd) => bfd.sessions().await.unwrap_or_default(),
+                            None => Vec::new(),
+                        };
+                        let _ = reply.send(sessions);
+                    }
+                    Some(Command::Shutdown { restart, done: reply }) => {
+                        restart_shutdown = restart;
+                        done = Some(reply);
+                        break;
+                    }
                     None => break,
                 },
                 Some(event) = self.events_rx.recv() => self.event(event).await,
                 Some((stream, remote)) = self.accept_rx.recv() => self.accepted(stream, remote).await,
+                _ = timer => self.timers().await,
             }
-        }
-        // Dropping the peers' command senders makes each send Cease and end.
-        let tasks: Vec<_> = std::mem::take(&mut self.peers).into_values().map(|s| s.task).collect();
-        for task in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         if let Some(l) = self.listener.take() {
             l.task.abort();
+        }
+        // Dropping the peers' command senders makes each send Cease and end; for a graceful
+        // restart they are told to go without a word.
+        let slots = std::mem::take(&mut self.peers);
+        if restart_shutdown {
+            info!(peers = slots.len(), "graceful restart: closing BGP sessions without NOTIFICATION");
+        }
+        let mut tasks = Vec::new();
+        for slot in slots.into_values() {
+            if restart_shutdown {
+                let _ = slot.cmd.send(PeerCmd::Abandon).await;
+            }
+            drop(slot.cmd);
+            tasks.push(slot.task);
+        }
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    /// The earliest graceful-restart timer: a helper's stale routes or our own deferral.
+    fn next_timer(&self) -> Option<Instant> {
+        let stale = self.peers.values().filter_map(|s| s.stale_until).min();
+        let ours = self.restarting.as_ref().map(|r| r.until);
+        stale.into_iter().chain(ours).min()
+    }
+
+    async fn timers(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<IpAddr> =
+            self.peers.iter().filter(|(_, s)| s.stale_until.is_some_and(|t| t <= now)).map(|(a, _)| *a).collect();
+        for peer in expired {
+            let Some(slot) = self.peers.get_mut(&peer) else { continue };
+            slot.stale_until = None;
+            slot.stale_families.clear();
+            let Some(rib) = self.rib.as_mut() else { continue };
+            match rib.sweep_stale(slot.id, None) {
+                Ok(changes) => {
+                    warn!(%peer, removed = changes.len(), "graceful restart: the peer's stale routes expired");
+                    self.publish(&changes);
+                }
+                Err(err) => debug!(%peer, %err, "no stale routes to sweep"),
+            }
+        }
+        if self.restarting.as_ref().is_some_and(|r| r.until <= now) {
+            let r = self.restarting.as_ref().expect("checked");
+            let waiting: Vec<String> = r.waiting.keys().chain(&r.not_up).map(ToString::to_string).collect();
+            warn!(waiting = %waiting.join(", "), "graceful restart: deferral time over before every End-of-RIB arrived");
+            self.end_restart();
+        }
+    }
+
+    /// Our restart has converged: the FIB is the whole truth again (the installer may delete).
+    fn end_restart(&mut self) {
+        if self.restarting.take().is_some() {
+            info!("graceful restart complete: kernel routes follow the RIB again");
+            self.fib.send_if_modified(|fib| Arc::make_mut(fib).set_deferred(false));
+        }
+    }
+
+    /// Ends the deferral once nobody is left to wait for.
+    fn check_restart_done(&mut self) {
+        if self.restarting.as_ref().is_some_and(|r| r.waiting.is_empty() && r.not_up.is_empty()) {
+            self.end_restart();
         }
     }
 
@@ -277,20 +491,46 @@ impl SpeakerTask {
             self.rib = Some(Rib::new(RibConfig::new(config.local_asn, config.router_id)));
             self.fib.send_if_modified(|fib| Arc::make_mut(fib).clear());
         }
-        self.listen(config.listen_port).await?;
-
         // Validate every peer before touching anything, so a bad one changes nothing.
         let mut sessions = BTreeMap::new();
         for p in &config.peers {
-            let session = Session::new(session_config(&config, p))
+            if p.md5.is_some() && self.options.md5.is_none() {
+                return Err(SpeakerError::Md5Unavailable { peer: p.address });
+            }
+            let session = Session::new(session_config(&config, p, self.restarting.is_some()))
                 .map_err(|source| SpeakerError::Peer { peer: p.address, source })?;
             sessions.insert(p.address, session);
         }
+        for l in &config.listen {
+            if l.template.md5.is_some() && self.options.md5.is_none() {
+                return Err(SpeakerError::Md5Unavailable { peer: l.prefix.addr() });
+            }
+        }
+        self.listen(config.listen_port).await?;
+        self.set_listener_keys(&config)?;
+        if let Some(r) = self.restarting.as_mut() {
+            if self.config.is_none() {
+                r.not_up = config.peers.iter().filter(|p| p.graceful_restart.is_some()).map(|p| p.address).collect();
+            }
+        }
+
         let wanted: BTreeMap<IpAddr, &PeerConfig> = config.peers.iter().map(|p| (p.address, p)).collect();
         let stale: Vec<IpAddr> = self
             .peers
             .iter()
-            .filter(|(addr, slot)| wanted.get(addr).is_none_or(|p| **p != slot.config))
+            .filter(|(addr, slot)| match slot.dynamic {
+                // A dynamic neighbor stays while its range does with the same template (and no
+                // configured peer took its address).
+                Some(range) => {
+                    wanted.contains_key(addr)
+                        || !config.listen.iter().any(|l| {
+                            l.prefix == range
+                                && PeerConfig { ifindex: slot.config.ifindex, ..dynamic_config(l, **addr) }
+                                    == slot.config
+                        })
+                }
+                None => wanted.get(addr).is_none_or(|p| **p != slot.config),
+            })
             .map(|(addr, _)| *addr)
             .collect();
         for addr in stale {
@@ -298,7 +538,7 @@ impl SpeakerTask {
         }
         for (addr, session) in sessions {
             if !self.peers.contains_key(&addr) {
-                self.add_peer(wanted[&addr].clone(), session);
+                self.add_peer(wanted[&addr].clone(), session, None).await;
             }
         }
 
@@ -328,6 +568,8 @@ impl SpeakerTask {
             .await
             .map_err(|source| SpeakerError::Listen { port, source })?;
         info!(port, "listening for BGP sessions");
+        let listener = Arc::new(listener);
+        let socket = listener.clone();
         let tx = self.accept_tx.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -344,7 +586,41 @@ impl SpeakerTask {
                 }
             }
         });
-        self.listener = Some(Listener { port, task });
+        self.listener = Some(Listener { port, socket, task, keys: BTreeMap::new() });
+        Ok(())
+    }
+
+    /// Puts every configured peer's and listen range's MD5 key on the listening socket (the
+    /// kernel checks a connecting peer's SYN against it) and removes keys no longer configured.
+    fn set_listener_keys(&mut self, config: &SpeakerConfig) -> Result<(), SpeakerError> {
+        let (Some(listener), Some(setter)) = (self.listener.as_mut(), self.options.md5.as_ref()) else {
+            return Ok(());
+        };
+        let mut wanted = BTreeMap::new();
+        for p in &config.peers {
+            if let Some(key) = &p.md5 {
+                wanted.insert(Md5Target { address: p.address, prefix_len: None, ifindex: p.ifindex }, key.clone());
+            }
+        }
+        for l in &config.listen {
+            if let Some(key) = &l.template.md5 {
+                let target = Md5Target { address: l.prefix.addr(), prefix_len: Some(l.prefix.len()), ifindex: None };
+                wanted.insert(target, key.clone());
+            }
+        }
+        for target in listener.keys.keys().filter(|t| !wanted.contains_key(t)) {
+            if let Err(err) = setter.set(listener.socket.as_fd(), *target, &[]) {
+                warn!(peer = %target.address, %err, "could not remove a TCP MD5 key from the listening socket");
+            }
+        }
+        for (target, key) in &wanted {
+            if listener.keys.get(target) != Some(key) {
+                setter
+                    .set(listener.socket.as_fd(), *target, key.bytes())
+                    .map_err(|source| SpeakerError::Md5 { target: target.address, source })?;
+            }
+        }
+        listener.keys = wanted;
         Ok(())
     }
 
@@ -355,32 +631,125 @@ impl SpeakerTask {
                 let _ = slot.cmd.send(PeerCmd::Inbound(stream)).await;
             }
             None => {
-                // Not a configured neighbor: close at once (dropping the stream), as routers do.
-                debug!(%remote, "refused a BGP connection from an address that is not a configured peer");
+                let Some(range) = self.listen_range_for(ip) else {
+                    // Not a neighbor: close at once (dropping the stream), as routers do.
+                    debug!(%remote, "refused a BGP connection from an address that is not a configured peer");
+                    return;
+                };
+                let in_use = self.peers.values().filter(|s| s.dynamic == Some(range.prefix)).count();
+                if in_use >= range.limit as usize {
+                    warn!(%remote, range = %range.prefix, limit = range.limit, "refused a BGP connection: the listen range is at its session limit");
+                    return;
+                }
+                let mut config = dynamic_config(&range, ip);
+                if let SocketAddr::V6(a) = remote {
+                    if a.scope_id() != 0 {
+                        config.ifindex = Some(a.scope_id());
+                    }
+                }
+                let restarting = self.restarting.is_some();
+                let Some(speaker) = self.config.as_ref() else { return };
+                let session = match Session::new(session_config(speaker, &config, restarting)) {
+                    Ok(session) => session,
+                    Err(err) => {
+                        warn!(%remote, %err, "refused a dynamic BGP neighbor");
+                        return;
+                    }
+                };
+                info!(%remote, range = %range.prefix, asn = config.asn, "dynamic BGP neighbor accepted");
+                self.add_peer(config, session, Some(range.prefix)).await;
+                if let Some(slot) = self.peers.get(&ip) {
+                    let _ = slot.cmd.send(PeerCmd::Inbound(stream)).await;
+                }
             }
         }
     }
 
-    fn add_peer(&mut self, config: PeerConfig, session: Session) {
+    /// The most specific listen range holding `ip`.
+    fn listen_range_for(&self, ip: IpAddr) -> Option<ListenRange> {
+        let config = self.config.as_ref()?;
+        config.listen.iter().filter(|l| l.prefix.contains(ip)).max_by_key(|l| l.prefix.len()).cloned()
+    }
+
+    async fn add_peer(&mut self, config: PeerConfig, session: Session, dynamic: Option<Prefix>) {
         let id = PeerId(self.next_id);
         self.next_id += 1;
-        let addressing = PeerAddressing {
-            remote: SocketAddr::new(config.address, config.port),
-            connect_timeout: config.connect_retry,
+        let remote = match (config.address, config.ifindex) {
+            (IpAddr::V6(a), Some(ifindex)) => SocketAddr::V6(SocketAddrV6::new(a, config.port, 0, ifindex)),
+            (address, _) => SocketAddr::new(address, config.port),
         };
-        let (task, status) = PeerTask::new(session, addressing, self.events_tx.clone());
+        let md5 = match (&self.options.md5, &config.md5) {
+            (Some(setter), Some(key)) => Some((setter.clone(), key.clone())),
+            _ => None,
+        };
+        // Below the jittered connect-retry time (0.75 to 1.0 of it), so that an attempt nobody
+        // answers fails as a timeout before the next one replaces it.
+        let connect_timeout = config.connect_retry.mul_f64(0.7);
+        let addressing = PeerAddressing { remote, connect_timeout, md5 };
+        let bfd = match config.bfd {
+            Some(params) => self.start_bfd(&config, params).await,
+            None => None,
+        };
+        let (task, status) = PeerTask::new(session, addressing, self.events_tx.clone(), bfd.clone());
         let (cmd, cmd_rx) = mpsc::channel(64);
         let span = tracing::info_span!("bgp_peer", peer = %config.address);
         let handle = tokio::spawn(task.run(cmd_rx).instrument(span));
         info!(peer = %config.address, asn = config.asn, "BGP peer added");
         self.peers.insert(
             config.address,
-            PeerSlot { id, config, cmd, status, task: handle, up: false, registered: None, ifindex: None },
+            PeerSlot {
+                id,
+                config,
+                cmd,
+                status,
+                task: handle,
+                up: false,
+                registered: None,
+                ifindex: None,
+                dynamic,
+                stale_until: None,
+                stale_families: BTreeSet::new(),
+                bfd,
+            },
         );
+    }
+
+    /// The peer's BFD session (the BFD task starts with the first one). A failure is logged and
+    /// the BGP session runs without BFD: BFD only speeds up failure detection.
+    async fn start_bfd(&mut self, config: &PeerConfig, params: BfdConfig) -> Option<watch::Receiver<BfdStatus>> {
+        if self.bfd.is_none() {
+            match Bfd::spawn() {
+                Ok(bfd) => self.bfd = Some(bfd),
+                Err(err) => {
+                    warn!(peer = %config.address, %err, "BFD unavailable; the session relies on its hold timer");
+                    return None;
+                }
+            }
+        }
+        let bfd = self.bfd.as_ref()?;
+        let mut peer = BfdPeer::new(config.address, params.interval, params.multiplier);
+        if let Some(ifindex) = config.ifindex {
+            peer = peer.interface(ifindex);
+        }
+        match bfd.add(peer).await {
+            Ok(rx) => Some(rx),
+            Err(err) => {
+                warn!(peer = %config.address, %err, "BFD session not started; the session relies on its hold timer");
+                None
+            }
+        }
     }
 
     async fn remove_peer(&mut self, addr: IpAddr) {
         let Some(slot) = self.peers.remove(&addr) else { return };
+        if let (Some(bfd), Some(_)) = (&self.bfd, slot.config.bfd) {
+            let _ = bfd.remove(addr, slot.config.ifindex).await;
+        }
+        if let Some(r) = self.restarting.as_mut() {
+            r.waiting.remove(&addr);
+            r.not_up.remove(&addr);
+        }
+        self.check_restart_done();
         info!(peer = %addr, "BGP peer removed or changed; closing its session");
         drop(slot.cmd);
         if tokio::time::timeout(Duration::from_secs(2), slot.task).await.is_err() {
@@ -415,22 +784,63 @@ impl SpeakerTask {
                     }
                 }
             }
-            PeerEvent::Down { peer, was_established, .. } => {
-                let Some(slot) = self.peers.get_mut(&peer) else { return };
-                if was_established || slot.up {
-                    slot.up = false;
-                    slot.registered = None;
-                    if let Some(rib) = self.rib.as_mut() {
-                        match rib.peer_down(slot.id) {
-                            Ok(changes) => {
-                                debug!(%peer, withdrawn = changes.len(), "routes of the peer removed");
-                                self.publish(&changes);
+            PeerEvent::Down { peer, was_established, reason } => self.down(peer, was_established, reason).await,
+        }
+    }
+
+    /// A session left Established (or failed after OpenSent). With graceful restart negotiated
+    /// and a transport failure (not a NOTIFICATION, RFC 4724 4.2; RFC 8538 is not supported),
+    /// the peer's routes stay, stale, for its restart time; otherwise they go at once.
+    async fn down(&mut self, peer: IpAddr, was_established: bool, reason: DownReason) {
+        let Some(slot) = self.peers.get_mut(&peer) else { return };
+        if was_established || slot.up {
+            let helper = slot.registered.as_ref().and_then(|(_, _, n)| {
+                let keep = n.graceful_restart
+                    && matches!(
+                        reason,
+                        DownReason::ConnectionClosed | DownReason::HoldTimerExpired | DownReason::PathDown(_)
+                    );
+                n.peer_graceful_restart.as_ref().filter(|_| keep).cloned()
+            });
+            slot.up = false;
+            slot.registered = None;
+            if let Some(rib) = self.rib.as_mut() {
+                match helper {
+                    Some(gr) if gr.restart_time > 0 => {
+                        let preserved: BTreeSet<Family> =
+                            gr.families.iter().filter_map(|f| Family::from_afi_safi(f.afi, f.safi)).collect();
+                        match rib.mark_stale(slot.id) {
+                            Ok(n) => {
+                                info!(%peer, stale = n, restart_time_s = gr.restart_time, "graceful restart helper: keeping the peer's routes as stale");
                             }
                             Err(err) => debug!(%peer, %err, "peer down"),
                         }
+                        slot.stale_until = Some(Instant::now() + Duration::from_secs(u64::from(gr.restart_time)));
+                        slot.stale_families = preserved.clone();
+                        // Families the peer did not list in its capability are not preserved.
+                        let mut changes = Vec::new();
+                        for family in FAMILIES.into_iter().filter(|f| !preserved.contains(f)) {
+                            changes.extend(rib.sweep_stale(slot.id, Some(family)).unwrap_or_default());
+                        }
+                        self.publish(&changes);
                     }
+                    _ => match rib.peer_down(slot.id) {
+                        Ok(changes) => {
+                            debug!(%peer, withdrawn = changes.len(), "routes of the peer removed");
+                            slot.stale_until = None;
+                            slot.stale_families.clear();
+                            self.publish(&changes);
+                        }
+                        Err(err) => debug!(%peer, %err, "peer down"),
+                    },
                 }
             }
+        }
+        // A dynamic neighbor exists only while its session does (its stale routes, if any, are
+        // not kept: the address may never come back).
+        if self.peers.get(&peer).is_some_and(|s| s.dynamic.is_some()) {
+            info!(%peer, "dynamic BGP neighbor gone");
+            self.remove_peer(peer).await;
         }
     }
 
@@ -459,6 +869,34 @@ impl SpeakerTask {
         if slot.ifindex.is_none() {
             debug!(%peer, local = %local.ip(), "no interface holds the session's local address; link-local next hops from this peer cannot be installed");
         }
+        // Helper: the peer is back. Families it no longer preserves lose their stale routes now;
+        // the others wait for its End-of-RIB (or the stale-path time).
+        let mut swept = Vec::new();
+        if slot.stale_until.is_some() {
+            let preserved: BTreeSet<Family> = match &negotiated.peer_graceful_restart {
+                Some(gr) if negotiated.graceful_restart => gr
+                    .families
+                    .iter()
+                    .filter(|f| f.forwarding_preserved)
+                    .filter_map(|f| Family::from_afi_safi(f.afi, f.safi))
+                    .collect(),
+                _ => BTreeSet::new(),
+            };
+            for family in FAMILIES.into_iter().filter(|f| !preserved.contains(f)) {
+                swept.extend(rib.sweep_stale(slot.id, Some(family)).unwrap_or_default());
+            }
+            slot.stale_families.retain(|f| preserved.contains(f) && negotiated.families.contains(f));
+            slot.stale_until = (!slot.stale_families.is_empty()).then(|| Instant::now() + STALE_PATH_TIME);
+            info!(%peer, waiting_for_end_of_rib = ?slot.stale_families, "graceful restart helper: peer is back");
+        }
+        // Our own restart: wait for this peer's End-of-RIB in every family it negotiated.
+        if let Some(r) = self.restarting.as_mut() {
+            if r.not_up.remove(&peer) && negotiated.graceful_restart {
+                r.waiting.insert(peer, negotiated.families.iter().copied().collect());
+            }
+        }
+        self.publish(&swept);
+        self.check_restart_done();
         self.export_to(peer, &negotiated).await;
     }
 
@@ -473,12 +911,11 @@ impl SpeakerTask {
                 return;
             }
         };
+        let mut end_of_rib = None;
         match rib.apply_update(slot.id, &update, Instant::now()) {
             Ok(outcome) => {
                 self.publish(&outcome.changes);
-                if let Some(family) = outcome.end_of_rib {
-                    debug!(%peer, %family, "End-of-RIB received");
-                }
+                end_of_rib = outcome.end_of_rib;
                 if outcome.treat_as_withdraw {
                     warn!(%peer, faults = ?update.faults, "malformed UPDATE handled as withdraw (RFC 7606)");
                 }
@@ -495,6 +932,36 @@ impl SpeakerTask {
             }
             Err(err) => debug!(%peer, %err, "UPDATE for a peer the RIB does not hold as up"),
         }
+        if let Some(family) = end_of_rib {
+            debug!(%peer, %family, "End-of-RIB received");
+            self.end_of_rib(peer, family);
+        }
+    }
+
+    /// The peer has sent all its routes of `family`: stale ones it did not refresh go (helper),
+    /// and our own restart stops waiting for it in that family.
+    fn end_of_rib(&mut self, peer: IpAddr, family: Family) {
+        let Some(slot) = self.peers.get_mut(&peer) else { return };
+        let mut changes = Vec::new();
+        if slot.stale_families.remove(&family) {
+            if let Some(rib) = self.rib.as_mut() {
+                changes = rib.sweep_stale(slot.id, Some(family)).unwrap_or_default();
+            }
+            info!(%peer, %family, removed = changes.len(), "graceful restart helper: End-of-RIB, stale routes swept");
+            if slot.stale_families.is_empty() {
+                slot.stale_until = None;
+            }
+        }
+        if let Some(r) = self.restarting.as_mut() {
+            if let Some(families) = r.waiting.get_mut(&peer) {
+                families.remove(&family);
+                if families.is_empty() {
+                    r.waiting.remove(&peer);
+                }
+            }
+        }
+        self.publish(&changes);
+        self.check_restart_done();
     }
 
     async fn export_all(&mut self) {
@@ -555,6 +1022,10 @@ impl SpeakerTask {
                     messages_out: c.sent.total(),
                     flaps,
                     hold_time: status.negotiated.as_ref().map(|n| n.hold_time),
+                    dynamic: slot.dynamic.map(|p| p.to_string()),
+                    graceful_restart: status.negotiated.as_ref().is_some_and(|n| n.graceful_restart),
+                    stale: counters.stale as u64,
+                    bfd: slot.bfd.as_ref().map(|rx| rx.borrow().state.to_string()),
                     families: status
                         .negotiated
                         .as_ref()
@@ -611,8 +1082,19 @@ fn route_entry(view: PrefixView) -> RouteEntry {
     RouteEntry { prefix: view.prefix.to_string(), paths }
 }
 
-fn session_config(speaker: &SpeakerConfig, peer: &PeerConfig) -> SessionConfig {
+/// A dynamic neighbor's configuration: the range's template at the connecting address.
+fn dynamic_config(range: &ListenRange, address: IpAddr) -> PeerConfig {
+    PeerConfig { address, passive: true, ..range.template.clone() }
+}
+
+fn session_config(speaker: &SpeakerConfig, peer: &PeerConfig, restarting: bool) -> SessionConfig {
     let mut config = SessionConfig::new(speaker.local_asn, speaker.router_id, peer.asn, peer.address);
+    config.graceful_restart = peer.graceful_restart.map(|restart_time| GracefulRestartConfig {
+        restart_time,
+        restarting,
+        // The kernel routes and the pinned datapath survive our restart.
+        forwarding_preserved: restarting,
+    });
     config.hold_time = peer.hold_time;
     config.passive = peer.passive;
     config.connect_retry = peer.connect_retry;
@@ -697,6 +1179,7 @@ mod tests {
             listen_port,
             install_routes: true,
             peers: vec![peer],
+            listen: Vec::new(),
             announcements: if announce { vec![LocalRoute::new(default_v4())] } else { Vec::new() },
         }
     }
@@ -704,6 +1187,7 @@ mod tests {
     fn peer(asn: u32, port: u16, passive: bool, import: &[Prefix]) -> PeerConfig {
         PeerConfig {
             address: Ipv4Addr::LOCALHOST.into(),
+            ifindex: None,
             port,
             asn,
             passive,
@@ -715,6 +1199,9 @@ mod tests {
                 },
                 ..ImportPolicy::default()
             },
+            md5: None,
+            graceful_restart: None,
+            bfd: None,
         }
     }
 
@@ -747,5 +1234,164 @@ mod tests {
 
         tor.set_config(config(65001, "192.0.2.2", port, peer(65101, 0, true, &[]), false)).await.unwrap();
         assert!(wait(&fib, true).await.is_empty());
+    }
+
+    fn v4(s: &str) -> Prefix {
+        let (addr, len) = s.split_once('/').unwrap();
+        Prefix::new(addr.parse().unwrap(), len.parse().unwrap()).unwrap()
+    }
+
+    fn gr_config(asn: u32, id: &str, listen: u16, peer: PeerConfig, announce: &[&str]) -> SpeakerConfig {
+        SpeakerConfig {
+            local_asn: asn,
+            router_id: id.parse().unwrap(),
+            listen_port: listen,
+            install_routes: true,
+            peers: vec![PeerConfig { graceful_restart: Some(30), ..peer }],
+            listen: Vec::new(),
+            announcements: announce.iter().map(|p| LocalRoute::new(v4(p))).collect(),
+        }
+    }
+
+    async fn wait_fib(fib: &watch::Receiver<Arc<Fib>>, what: &str, f: impl Fn(&Fib) -> bool) -> Arc<Fib> {
+        let mut rx = fib.clone();
+        let found = match tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|x| f(x))).await {
+            Ok(Ok(v)) => Some(v.clone()),
+            _ => None,
+        };
+        found.unwrap_or_else(|| panic!("within 10 s: {what}; FIB is {:?}", *fib.borrow()))
+    }
+
+    /// Graceful restart, helper side: the ToR's process restarts (its connection drops without a
+    /// NOTIFICATION); the node keeps the ToR's route, stale, in its FIB; the new ToR process
+    /// comes back with other routes and End-of-RIB, and the stale route goes.
+    #[tokio::test]
+    async fn helper_keeps_a_restarting_peers_routes_until_its_end_of_rib() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let import = [default_v4(), v4("203.0.113.0/24")];
+        let node = Speaker::spawn();
+        let tor_peer = peer(65101, 0, true, &[]);
+        let tor = Speaker::spawn();
+        tor.set_config(gr_config(65001, "192.0.2.2", port, tor_peer.clone(), &["0.0.0.0/0"])).await.unwrap();
+        node.set_config(gr_config(65101, "192.0.2.1", 0, peer(65001, port, false, &import), &[])).await.unwrap();
+        let fib = node.fib();
+        wait_fib(&fib, "the ToR's default route", |f| f.get(&default_v4()).is_some()).await;
+        let summary = node.summary().await.unwrap();
+        assert!(summary[0].graceful_restart, "negotiated: {summary:?}");
+
+        tor.shutdown(true).await;
+        // The session is down, the route stays (stale) well past the time a withdraw would take.
+        let mut status = node.summary().await.unwrap();
+        for _ in 0..100 {
+            if status[0].state != "Established" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            status = node.summary().await.unwrap();
+        }
+        assert_ne!(status[0].state, "Established");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(fib.borrow().get(&default_v4()).is_some(), "stale route kept in the FIB");
+        let routes = node.routes(RouteQuery::Prefix(default_v4())).await.unwrap();
+        assert!(routes[0].paths[0].stale, "{routes:?}");
+        assert_eq!(node.summary().await.unwrap()[0].stale, 1);
+
+        // The ToR's next process announces something else; its End-of-RIB sweeps the default.
+        let tor = Speaker::spawn();
+        tor.set_config(gr_config(65001, "192.0.2.2", port, tor_peer, &["203.0.113.0/24"])).await.unwrap();
+        let after = wait_fib(&fib, "the new route in, the stale one swept", |f| {
+            f.get(&v4("203.0.113.0/24")).is_some() && f.get(&default_v4()).is_none()
+        })
+        .await;
+        assert_eq!(after.len(), 1);
+        assert_eq!(node.summary().await.unwrap()[0].stale, 0);
+    }
+
+    /// Graceful restart, restarting side: the node's process restarts; the ToR (helper) never
+    /// loses the node's prefix; the new node process starts with a deferred FIB (the installer
+    /// deletes nothing) that turns complete when the ToR's End-of-RIB arrives.
+    #[tokio::test]
+    async fn restarting_speaker_defers_its_fib_until_end_of_rib_and_the_helper_keeps_its_routes() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tor = Speaker::spawn();
+        let node_prefix = v4("198.51.100.0/24");
+        tor.set_config(gr_config(65001, "192.0.2.2", port, peer(65101, 0, true, &[node_prefix]), &["0.0.0.0/0"]))
+            .await
+            .unwrap();
+        let node_config =
+            gr_config(65101, "192.0.2.1", 0, peer(65001, port, false, &[default_v4()]), &["198.51.100.0/24"]);
+        let node = Speaker::spawn();
+        node.set_config(node_config.clone()).await.unwrap();
+        let tor_fib = tor.fib();
+        wait_fib(&tor_fib, "the node's prefix at the ToR", |f| f.get(&node_prefix).is_some()).await;
+        assert!(!node.fib().borrow().deferred(), "an ordinary start defers nothing");
+
+        // Watch the ToR's table through the whole restart: the prefix must never go.
+        let watcher = {
+            let fib = tor_fib.clone();
+            tokio::spawn(async move {
+                let mut lost = 0;
+                for _ in 0..150 {
+                    if fib.borrow().get(&node_prefix).is_none() {
+                        lost += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                lost
+            })
+        };
+        node.shutdown(true).await;
+        let node = Speaker::spawn_with(SpeakerOptions { md5: None, restarting: Some(Duration::from_secs(30)) });
+        assert!(node.fib().borrow().deferred(), "a restart starts deferred");
+        node.set_config(node_config).await.unwrap();
+        let fib = wait_fib(&node.fib(), "deferral over after the ToR's End-of-RIB", |f| !f.deferred()).await;
+        assert!(fib.get(&default_v4()).is_some(), "{fib:?}");
+        assert_eq!(watcher.await.unwrap(), 0, "the ToR lost the node's prefix during the restart");
+        let routes = tor.routes(RouteQuery::Prefix(node_prefix)).await.unwrap();
+        assert!(!routes[0].paths[0].stale, "refreshed by the new process: {routes:?}");
+    }
+
+    /// A listen range accepts a session from any address in it, with the template's settings;
+    /// the neighbor goes when its session does.
+    #[tokio::test]
+    async fn listen_range_accepts_a_dynamic_neighbor() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = Speaker::spawn();
+        let template = PeerConfig { passive: true, ..peer(65200, 0, true, &[v4("203.0.113.0/24")]) };
+        let range = ListenRange { prefix: v4("127.0.0.0/8"), limit: 1, template };
+        let server_config = SpeakerConfig {
+            local_asn: 65101,
+            router_id: "192.0.2.1".parse().unwrap(),
+            listen_port: port,
+            install_routes: true,
+            peers: Vec::new(),
+            listen: vec![range],
+            announcements: Vec::new(),
+        };
+        server.set_config(server_config).await.unwrap();
+        let vm = Speaker::spawn();
+        vm.set_config(config(65200, "192.0.2.9", 0, peer(65101, port, false, &[]), false)).await.unwrap();
+        let vm_config = SpeakerConfig {
+            announcements: vec![LocalRoute::new(v4("203.0.113.0/24"))],
+            ..config(65200, "192.0.2.9", 0, peer(65101, port, false, &[]), false)
+        };
+        vm.set_config(vm_config).await.unwrap();
+        wait_fib(&server.fib(), "the VM's route via the dynamic neighbor", |f| f.get(&v4("203.0.113.0/24")).is_some())
+            .await;
+        let summary = server.summary().await.unwrap();
+        assert_eq!(summary.len(), 1);
+        assert_eq!((summary[0].state.as_str(), summary[0].dynamic.as_deref()), ("Established", Some("127.0.0.0/8")));
+
+        drop(vm);
+        let mut left = server.summary().await.unwrap();
+        for _ in 0..200 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            left = server.summary().await.unwrap();
+        }
+        assert!(left.is_empty(), "the dynamic neighbor is removed with its session: {left:?}");
+        wait_fib(&server.fib(), "its routes withdrawn", |f| f.is_empty()).await;
     }
 }

@@ -151,6 +151,10 @@ impl Session {
                 let was = self.state();
                 self.shut_down(now, was, Some(notification), reason, &mut out);
             }
+            Input::PathDown { reason } => {
+                let was = self.state();
+                self.shut_down(now, was, None, DownReason::PathDown(reason), &mut out);
+            }
             Input::Connected { conn, inbound } => self.connected(now, conn, inbound, &mut out),
             Input::ConnectFailed { .. } => self.connect_failed(),
             Input::Closed { conn } => {

@@ -148,6 +148,10 @@ pub enum Input<'a> {
     /// Prefixes Reached, or Administrative Reset for `clear bgp`), go Idle, and restart after
     /// the idle hold. `reason` is kept for logs and [`Session::last_error`].
     AutomaticStop { notification: Notification, reason: String },
+    /// The forwarding path to the peer failed (BFD declared it down, RFC 5882 4.3): every
+    /// connection is dropped without a NOTIFICATION (it could not arrive), the session goes
+    /// Idle and restarts after the idle hold.
+    PathDown { reason: String },
     /// A TCP connection is up: our outbound attempt finished (`inbound: false`), or the
     /// peer's connection was accepted (`inbound: true`).
     Connected { conn: ConnId, inbound: bool },
@@ -216,6 +220,8 @@ pub enum DownReason {
     NotificationReceived(Notification),
     /// The TCP connection closed without a NOTIFICATION.
     ConnectionClosed,
+    /// [`Input::PathDown`]: e.g. BFD detected the failure before the hold timer.
+    PathDown(String),
 }
 
 impl DownReason {
@@ -240,6 +246,7 @@ impl fmt::Display for DownReason {
             }
             DownReason::NotificationReceived(n) => write!(f, "received NOTIFICATION {n}"),
             DownReason::ConnectionClosed => f.write_str("connection closed by peer"),
+            DownReason::PathDown(reason) => f.write_str(reason),
         }
     }
 }

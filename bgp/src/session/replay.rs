@@ -61,6 +61,7 @@ fn render(o: &Output<'_>) -> Vec<String> {
                 DownReason::NotificationSent { notification: n, .. } => format!("sent {}/{}", n.code, n.subcode),
                 DownReason::NotificationReceived(n) => format!("received {}/{}", n.code, n.subcode),
                 DownReason::ConnectionClosed => "connection-closed".into(),
+                DownReason::PathDown(_) => "path-down".into(),
             };
             vec![format!("down {r} established={was_established}")]
         }

@@ -779,6 +779,22 @@ fn automatic_stop_sends_its_notification_and_restarts_after_idle_hold() {
 }
 
 #[test]
+fn path_down_drops_the_session_without_a_notification_and_restarts_after_idle_hold() {
+    let mut t = T::new(config());
+    t.establish(90);
+    let out = t.at(2.0).input(Input::PathDown { reason: "BFD session down".into() });
+    assert!(sent(&out).is_empty(), "no NOTIFICATION over a dead path: {out:?}");
+    assert!(out.contains(&Output::Close { conn: ConnId(1) }), "{out:?}");
+    assert_eq!(down(&out), Some((DownReason::PathDown("BFD session down".into()), true)));
+    assert_eq!(t.s.state(), State::Idle);
+    assert_eq!(t.s.last_error().map(ToString::to_string).as_deref(), Some("BFD session down"));
+    // In Idle it is a no-op.
+    assert!(t.input(Input::PathDown { reason: "again".into() }).is_empty());
+    assert_eq!(t.deadline(), Some(7.0), "restarts after the idle hold like any failure");
+    assert_eq!(t.tick_next()[0], Output::Connect);
+}
+
+#[test]
 fn counters_count_messages_per_type_and_flaps() {
     let mut t = T::new(config());
     t.establish(30);

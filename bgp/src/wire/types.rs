@@ -197,6 +197,15 @@ impl Prefix {
         }
     }
 
+    /// Whether `addr` is inside the prefix (an address of the other family never is).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match (self, addr) {
+            (Prefix::V4(p), IpAddr::V4(a)) => u32::from(a) & mask32(p.len) == p.bits,
+            (Prefix::V6(p), IpAddr::V6(a)) => u128::from(a) & mask128(p.len) == p.bits,
+            _ => false,
+        }
+    }
+
     pub fn addr(&self) -> IpAddr {
         match self {
             Prefix::V4(p) => p.addr().into(),
@@ -381,6 +390,17 @@ impl Iterator for PrefixIter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_contains_addresses_of_its_family_only() {
+        let p = Prefix::new("2001:db8:500::".parse().unwrap(), 64).unwrap();
+        assert!(p.contains("2001:db8:500::7".parse().unwrap()));
+        assert!(!p.contains("2001:db8:501::7".parse().unwrap()));
+        let v4 = Prefix::new("198.51.100.0".parse().unwrap(), 24).unwrap();
+        assert!(v4.contains("198.51.100.9".parse().unwrap()) && !v4.contains("198.51.101.9".parse().unwrap()));
+        assert!(!v4.contains("::ffff:198.51.100.9".parse().unwrap()));
+        assert!(Prefix::new("0.0.0.0".parse().unwrap(), 0).unwrap().contains("203.0.113.1".parse().unwrap()));
+    }
 
     #[test]
     fn rejects_prefix_with_host_bits() {
