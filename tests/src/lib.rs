@@ -29,6 +29,7 @@ pub mod gobgp;
 pub mod net;
 pub mod netns;
 mod privilege;
+pub mod probe;
 mod process;
 pub mod server;
 pub mod workdir;

@@ -1,7 +1,7 @@
 //! Kernel routes from BGP, end to end: a Ferrule node with two ToRs (FRR over IPv4 transport,
 //! BIRD over IPv6 transport with RFC 8950 next hops for IPv4), both announcing the default
 //! routes 0.0.0.0/0 and ::/0. Each check prints what it expected and what it saw in the node's
-//! kernel (`ip route show default proto 196`):
+//! kernel (`ip route show default proto 233`):
 //!  1. both defaults are ECMP routes over the two ToRs, with Ferrule's protocol id; the IPv4 one
 //!     mixes an IPv4 gateway and an IPv6 one (RTA_VIA);
 //!  2. level-triggered: a route deleted by hand comes back, a stale one of ours is removed;
@@ -19,7 +19,7 @@ use ferrule_tests::{cmd, net, Bird, Ferrule, Frr, NetNs, TestDir};
 use serde_json::Value;
 
 /// Ferrule's protocol id for its kernel routes (appliance/src/routes.rs, RTPROT_FERRULE).
-const RTPROT_FERRULE: &str = "196";
+const RTPROT_FERRULE: &str = "233";
 const FERRULE_ASN: u32 = 65101;
 const TOR1_ASN: u32 = 65001;
 const TOR2_ASN: u32 = 65002;
