@@ -1,15 +1,17 @@
 //! The XDP load balancer end to end: a client in its own namespace connects over TCP to a VIP
 //! served by `ferrule daemon` (XDP on the node's uplinks) and gets the answer of a backend in a
-//! third namespace, in NAT mode (both directions translated by the node) and in DSR mode (IPIP to
-//! the backend, decapsulated there by `tc_decap`, answer straight from the VIP).
+//! third namespace, in NAT mode (both directions translated by the node) and in DSR mode (IPIP or
+//! IP6IP6 to the backend, decapsulated there by `tc_decap`, answer straight from the VIP), each
+//! once over IPv4 and once over IPv6 (NAT66 from the node's IPv6 address).
 //!
 //! Topology (all addresses documentation ranges, all links veth):
 //!
 //! ```text
-//! client up0 192.0.2.2 ── cl0 192.0.2.1  node (ferrule)  be0 198.51.100.1 ── up0 198.51.100.2 backend
+//! client up0 192.0.2.2     ── cl0 192.0.2.1     node (ferrule)  be0 198.51.100.1  ── up0 198.51.100.2  backend
+//!            2001:db8:1::2 ──     2001:db8:1::1                     2001:db8:2::1 ──     2001:db8:2::2
 //! ```
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,11 +19,49 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use ferrule_tests::{cmd, in_netns, net, Ferrule, NetNs, TcpServer, TestDir};
 
-const VIP: &str = "203.0.113.10";
-const CLIENT: &str = "192.0.2.2";
-const NODE_CLIENT_SIDE: &str = "192.0.2.1";
-const NODE_BACKEND_SIDE: &str = "198.51.100.1";
-const BACKEND: &str = "198.51.100.2";
+/// One address family's addresses in the topology above.
+struct Family {
+    vip: &'static str,
+    client: &'static str,
+    node_client_side: &'static str,
+    node_backend_side: &'static str,
+    backend: &'static str,
+    /// Prefix length of both links.
+    link_len: u8,
+    /// `/32` or `/128`.
+    host_len: u8,
+}
+
+const V4: Family = Family {
+    vip: "203.0.113.10",
+    client: "192.0.2.2",
+    node_client_side: "192.0.2.1",
+    node_backend_side: "198.51.100.1",
+    backend: "198.51.100.2",
+    link_len: 24,
+    host_len: 32,
+};
+
+const V6: Family = Family {
+    vip: "2001:db8:100::10",
+    client: "2001:db8:1::2",
+    node_client_side: "2001:db8:1::1",
+    node_backend_side: "2001:db8:2::1",
+    backend: "2001:db8:2::2",
+    link_len: 64,
+    host_len: 128,
+};
+
+impl Family {
+    fn addr(text: &str) -> IpAddr {
+        text.parse().expect("address constant")
+    }
+
+    /// `ip:port`, with brackets for IPv6, as `SocketAddr` prints it.
+    fn socket(text: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(Self::addr(text), port)
+    }
+}
 
 /// Turns GRO on and TX checksum offload off on `ifname` in `ns` with Debian's ethtool (installed by
 /// `lab.sh deps`): see the comment where it is called.
@@ -49,10 +89,9 @@ struct Exchange {
     answer: String,
 }
 
-/// Connects from `ns` to `VIP:80`, sends `hello`, reads one line (every step bounded by 3 s).
-fn talk(ns: &NetNs, hello: &'static str) -> Result<Exchange> {
+/// Connects from `ns` to `vip:80`, sends `hello`, reads one line (every step bounded by 3 s).
+fn talk(ns: &NetNs, vip: SocketAddr, hello: &'static str) -> Result<Exchange> {
     in_netns(ns, move || {
-        let vip: SocketAddr = format!("{VIP}:80").parse()?;
         let conn =
             TcpStream::connect_timeout(&vip, Duration::from_secs(3)).with_context(|| format!("connect {vip}"))?;
         conn.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -64,28 +103,30 @@ fn talk(ns: &NetNs, hello: &'static str) -> Result<Exchange> {
     })
 }
 
-/// The three namespaces and their links; routes make the VIP reachable via the node and the
-/// backend's replies go back through the node.
+/// The three namespaces and their links for one family; routes make the VIP reachable via the
+/// node and the backend's replies go back through the node.
 struct Lab {
+    family: &'static Family,
     client: NetNs,
     node: NetNs,
     backend: NetNs,
 }
 
 impl Lab {
-    fn new() -> Result<Lab> {
+    fn new(f: &'static Family) -> Result<Lab> {
         let client = NetNs::new("lbec")?;
         let node = NetNs::new("lben")?;
         let backend = NetNs::new("lbeb")?;
         net::veth(&client, "up0", &node, "cl0")?;
         net::veth(&node, "be0", &backend, "up0")?;
-        net::add_addr(&client, "up0", &format!("{CLIENT}/24"))?;
-        net::add_addr(&node, "cl0", &format!("{NODE_CLIENT_SIDE}/24"))?;
-        net::add_addr(&node, "be0", &format!("{NODE_BACKEND_SIDE}/24"))?;
-        net::add_addr(&backend, "up0", &format!("{BACKEND}/24"))?;
+        let len = f.link_len;
+        net::add_addr(&client, "up0", &format!("{}/{len}", f.client))?;
+        net::add_addr(&node, "cl0", &format!("{}/{len}", f.node_client_side))?;
+        net::add_addr(&node, "be0", &format!("{}/{len}", f.node_backend_side))?;
+        net::add_addr(&backend, "up0", &format!("{}/{len}", f.backend))?;
         net::enable_forwarding(&node)?;
-        client.run("ip", ["route", "add", &format!("{VIP}/32"), "via", NODE_CLIENT_SIDE])?;
-        backend.run("ip", ["route", "add", "default", "via", NODE_BACKEND_SIDE])?;
+        client.run("ip", ["route", "add", &format!("{}/{}", f.vip, f.host_len), "via", f.node_client_side])?;
+        backend.run("ip", ["route", "add", "default", "via", f.node_backend_side])?;
         // The veth ends without XDP (client, backend) must look like hosts behind real NICs:
         // - GRO on: a veth accepts frames that XDP on its peer redirects or XDP_TXes only when its
         //   receive NAPI runs, which needs an XDP program or GRO on it; otherwise the veth driver
@@ -98,29 +139,39 @@ impl Lab {
         for ns in [&client, &backend] {
             host_like_offloads(ns, "up0")?;
         }
-        // bpf_fib_lookup needs resolved neighbours to forward in XDP; without them the datapath
-        // hands the rewritten packet to the stack, which (NAT: source = our own address) drops
-        // it as martian. A ping each way resolves both.
-        net::ping(&node, CLIENT.parse()?, 1)?;
-        net::ping(&node, BACKEND.parse()?, 1)?;
-        Ok(Lab { client, node, backend })
+        // bpf_fib_lookup needs resolved neighbours (ARP or ND) to forward in XDP; without them
+        // the datapath hands the rewritten packet to the stack, which (NAT: source = our own
+        // address) drops it as martian. A ping each way resolves both.
+        net::ping(&node, Family::addr(f.client), 1)?;
+        net::ping(&node, Family::addr(f.backend), 1)?;
+        Ok(Lab { family: f, client, node, backend })
+    }
+
+    fn vip(&self) -> SocketAddr {
+        Family::socket(self.family.vip, 80)
     }
 }
 
-fn config(name: &str, uplinks: &str, mode: &str, backend_port: u16) -> String {
+fn config(name: &str, f: &Family, uplinks: &str, mode: &str, backend_port: u16) -> String {
     format!(
-        "[node]\nname = \"{name}\"\nasn = 65101\nrouter_id = \"{NODE_CLIENT_SIDE}\"\nuplinks = [{uplinks}]\n\n\
-         [[services]]\nname = \"web\"\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{mode}\"\n\
+        "[node]\nname = \"{name}\"\nasn = 65101\nrouter_id = \"{}\"\nuplinks = [{uplinks}]\n\n\
+         [[services]]\nname = \"web\"\nvip = \"{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{mode}\"\n\
          announce = \"local\"\n\
-         backends = [ {{ address = \"{BACKEND}\", port = {backend_port} }} ]\n"
+         backends = [ {{ address = \"{}\", port = {backend_port} }} ]\n",
+        V4.node_client_side, f.vip, f.backend
     )
 }
 
 /// The load balancer's node-wide events that are non-zero, as `(event, count summed over CPUs)`
 /// (numbers from `enum fr_lb_event` in ferrule_abi.h), read with bpftool from the pinned map.
 fn lb_events(name: &str) -> Result<Vec<(u64, u64)>> {
-    let pin = format!("/sys/fs/bpf/ferrule/{}/maps/fr_lb_events", name.replace('.', ":"));
-    let dump = cmd::run(std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned", &pin]))?;
+    events(&format!("/sys/fs/bpf/ferrule/{}/maps/fr_lb_events", name.replace('.', ":")))
+}
+
+/// The non-zero entries of the pinned per-CPU array of event counters at `pin`, as
+/// `(index, count summed over CPUs)`.
+fn events(pin: &str) -> Result<Vec<(u64, u64)>> {
+    let dump = cmd::run(std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned", pin]))?;
     let parsed: serde_json::Value = serde_json::from_str(&dump).with_context(|| format!("parsing {dump}"))?;
     let mut seen = Vec::new();
     for entry in parsed.as_array().into_iter().flatten() {
@@ -153,7 +204,7 @@ fn wait_installed(ferrule: &Ferrule) {
 fn talk_with_retries(lab: &Lab, ferrule: &Ferrule, name: &str, hello: &'static str) -> Exchange {
     let mut last = None;
     for attempt in 1..=3 {
-        match talk(&lab.client, hello) {
+        match talk(&lab.client, lab.vip(), hello) {
             Ok(x) => {
                 println!("client: answered on attempt {attempt} of 3");
                 return x;
@@ -168,8 +219,9 @@ fn talk_with_retries(lab: &Lab, ferrule: &Ferrule, name: &str, hello: &'static s
         format!("{links}{snmp}")
     };
     panic!(
-        "client could not talk to {VIP}:80: {:#}\nshow lb services: {}\nlb events: {}\n\
+        "client could not talk to {}: {:#}\nshow lb services: {}\nlb events: {}\n\
          client links:\n{}node links:\n{}backend links:\n{}ferrule log:\n{}",
+        lab.vip(),
         last.unwrap(),
         ferrule.show(&["lb", "services"]).map(|v| v.to_string()).unwrap_or_default(),
         lb_events(name).map(|e| format!("{e:?}")).unwrap_or_else(|e| format!("{e:#}")),
@@ -180,7 +232,9 @@ fn talk_with_retries(lab: &Lab, ferrule: &Ferrule, name: &str, hello: &'static s
     )
 }
 
-fn check_counters(ferrule: &Ferrule) -> serde_json::Value {
+/// `show lb services` and `show lb backends VIP` count what the client sent; the one backend has
+/// the whole Maglev table. Returns the service as `show lb services --json` has it.
+fn check_counters(ferrule: &Ferrule, f: &Family, backend: SocketAddr) -> serde_json::Value {
     let web = ferrule.show(&["lb", "services"]).unwrap()[0].clone();
     let (packets, new_flows) = (web["packets"].as_u64().unwrap_or(0), web["new_flows"].as_u64().unwrap_or(0));
     let be_packets = web["backends"][0]["packets"].as_u64().unwrap_or(0);
@@ -188,35 +242,158 @@ fn check_counters(ferrule: &Ferrule) -> serde_json::Value {
         "counters: expected packets > 0, new_flows > 0, backend packets > 0; saw {packets}, {new_flows}, {be_packets}"
     );
     assert!(packets > 0 && new_flows > 0 && be_packets > 0, "{web}");
+
+    let rows = ferrule.show(&["lb", "backends", f.vip]).unwrap();
+    let row = &rows[0];
+    let seen = (
+        rows.as_array().map_or(0, Vec::len),
+        row["vip"].as_str(),
+        row["address"].as_str(),
+        row["backend_port"].as_u64(),
+        row["health"].as_str(),
+        row["maglev_share"].as_f64(),
+    );
+    let expected = (1, Some(f.vip), Some(f.backend), Some(u64::from(backend.port())), Some("unchecked"), Some(1.0));
+    println!("show lb backends {}: expected {expected:?}, saw {seen:?}", f.vip);
+    assert_eq!(seen, expected, "{rows}");
+    let (row_packets, row_flows) = (row["packets"].as_u64().unwrap_or(0), row["new_flows"].as_u64().unwrap_or(0));
+    println!("  counters: expected the backend's ({be_packets}, {}), saw ({row_packets}, {row_flows})", {
+        web["backends"][0]["new_flows"].as_u64().unwrap_or(0)
+    });
+    assert!(row_packets >= be_packets && row_flows >= 1, "{rows}");
     web
 }
 
-#[test]
-fn nat_service_answers_a_client_through_the_xdp_load_balancer() {
-    if !ferrule_tests::privileged() {
-        return;
+/// Where the daemon under test serves `/metrics` inside the node's namespace (the harness passes
+/// `--metrics-listen 127.0.0.1:9641`).
+const METRICS: &str = "127.0.0.1:9641";
+
+/// `GET /metrics` from inside `ns` (bounded by 3 s per step).
+fn scrape(ns: &NetNs) -> Result<String> {
+    in_netns(ns, || {
+        let addr: SocketAddr = METRICS.parse()?;
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).context("connect to /metrics")?;
+        conn.set_read_timeout(Some(Duration::from_secs(3)))?;
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: ferrule\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text)?;
+        anyhow::ensure!(text.starts_with("HTTP/1.1 200"), "GET /metrics: {text}");
+        Ok(text)
+    })
+}
+
+/// The value of the series `name` whose labels include every one of `labels` (`key="value"`).
+fn series_value(text: &str, name: &str, labels: &[String]) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (set, value) = line.strip_prefix(name)?.strip_prefix('{')?.rsplit_once("} ")?;
+        let set: Vec<&str> = set.split(',').collect();
+        labels.iter().all(|l| set.contains(&l.as_str())).then(|| value.parse().ok())?
+    })
+}
+
+/// Counts, with nftables in the client's namespace, the packets it sends to the VIP's port: what
+/// the node's load balancer must count for the service.
+fn count_sent_to_vip(client: &NetNs, f: &Family) -> Result<()> {
+    cmd::require_tool("nft", "nftables")?;
+    let ip = if f.host_len == 32 { "ip" } else { "ip6" };
+    let rules = format!(
+        "table inet ferrule_test {{ chain out {{ type filter hook output priority 0; \
+         {ip} daddr {} tcp dport 80 counter; }}; }}",
+        f.vip
+    );
+    client.run("nft", [rules.as_str()])?;
+    Ok(())
+}
+
+fn sent_to_vip(client: &NetNs) -> Result<u64> {
+    let chain = client.run("nft", ["list", "chain", "inet", "ferrule_test", "out"])?;
+    let after = chain.split("counter packets ").nth(1).with_context(|| format!("no counter in {chain}"))?;
+    after.split_whitespace().next().and_then(|n| n.parse().ok()).with_context(|| format!("counter in {chain}"))
+}
+
+/// Sends a few more connections and checks, from `/metrics`, that the VIP's packet counter grew by
+/// exactly the packets the client sent to it (counted by nftables in the client's namespace) and
+/// the backend's new-flow counter by one per connection.
+fn check_metrics_count_what_the_client_sent(lab: &Lab, backend: SocketAddr) {
+    const CONNECTIONS: u64 = 3;
+    let f = lab.family;
+    count_sent_to_vip(&lab.client, f).unwrap();
+    let vip =
+        vec!["service=\"web\"".to_string(), format!("vip=\"{}\"", f.vip), "port=\"80\"".into(), "proto=\"tcp\"".into()];
+    let mut labels = vip.clone();
+    labels.push(format!("backend=\"{backend}\""));
+    // (VIP packets, backend new flows, packets the client sent to the VIP)
+    let read = || -> Result<(u64, u64, u64)> {
+        let text = scrape(&lab.node)?;
+        let packets = series_value(&text, "ferrule_lb_vip_packets_total", &vip).context("VIP packets series")?;
+        let flows = series_value(&text, "ferrule_lb_backend_new_flows_total", &labels).context("new flows series")?;
+        Ok((packets, flows, sent_to_vip(&lab.client)?))
+    };
+    // Earlier connections are closed, but their last packets may still be on their way: start
+    // from counters at rest (the same twice in a row).
+    let (mut before, mut last) = ((0, 0, 0), None);
+    cmd::poll_until("the counters at rest", Duration::from_secs(2), Duration::from_millis(100), || {
+        before = read()?;
+        Ok(last.replace(before) == Some(before))
+    })
+    .unwrap();
+    for _ in 0..CONNECTIONS {
+        let x = talk(&lab.client, lab.vip(), "hello-metrics").unwrap();
+        assert!(x.answer.starts_with("hello-metrics served at"), "answer {:?}", x.answer);
     }
-    let dir = TestDir::new("lbnat").unwrap();
-    let lab = Lab::new().unwrap();
-    let _backend = TcpServer::start(&lab.backend, "198.51.100.2:8080", |c, p| drop(serve(c, p))).unwrap();
-    let name = format!("lbnat{}", std::process::id());
+    // The last ACKs and FINs may still be on their way: wait (bounded) for the counters to agree.
+    let mut grew = (0, 0, 0);
+    let settled = cmd::poll_until(
+        "the VIP's counters to count what the client sent",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            let now = read()?;
+            grew = (now.0 - before.0, now.1 - before.1, now.2 - before.2);
+            Ok(grew.0 == grew.2 && grew.1 == CONNECTIONS)
+        },
+    );
+    println!(
+        "metrics: expected ferrule_lb_vip_packets_total +{} (the client's packets to the VIP, per nftables) and \
+         ferrule_lb_backend_new_flows_total +{CONNECTIONS}; saw +{} and +{}",
+        grew.2, grew.0, grew.1
+    );
+    settled.unwrap_or_else(|e| panic!("{e:#}\n/metrics:\n{}", scrape(&lab.node).unwrap_or_else(|e| format!("{e:#}"))));
+    // SYN, request and ACK at least, per connection: the counter moved for real traffic.
+    assert!(grew.2 >= 3 * CONNECTIONS, "the client sent only {} packets", grew.2);
+}
+
+/// NAT mode: the client talks to the VIP, the backend sees the node's address as the source,
+/// and the node's XDP translates the replies back.
+fn nat_answers_through_the_node(f: &'static Family, label: &str) {
+    let dir = TestDir::new(label).unwrap();
+    let lab = Lab::new(f).unwrap();
+    let backend = Family::socket(f.backend, 8080);
+    let _backend = TcpServer::start(&lab.backend, &backend.to_string(), |c, p| drop(serve(c, p))).unwrap();
+    let name = format!("{label}{}", std::process::id());
     // XDP on both sides: the client-facing uplink balances, the backend-facing one translates
     // the replies (backend → node:SNAT port) back to VIP → client.
     let mut ferrule =
-        Ferrule::new(&lab.node, dir.path(), &name, &config(&name, "\"cl0\", \"be0\"", "nat", 8080)).unwrap();
+        Ferrule::new(&lab.node, dir.path(), &name, &config(&name, f, "\"cl0\", \"be0\"", "nat", 8080)).unwrap();
     ferrule.start(&[]).unwrap();
     wait_installed(&ferrule);
 
     let x = talk_with_retries(&lab, &ferrule, &name, "hello-nat");
     println!("client {}: answer {:?}", x.local, x.answer);
-    let expected_prefix = format!("hello-nat served at {BACKEND}:8080 for {NODE_CLIENT_SIDE}:");
+    // The SNAT source is the node's first global address of the family on its uplinks (cl0's).
+    let snat = match Family::addr(f.node_client_side) {
+        IpAddr::V6(a) => format!("[{a}]"),
+        a => a.to_string(),
+    };
+    let expected_prefix = format!("hello-nat served at {backend} for {snat}:");
     println!("NAT answer: expected to start with {expected_prefix:?} (backend sees the node's SNAT address)");
     assert!(x.answer.starts_with(&expected_prefix), "answer {:?}", x.answer);
     let snat_port: u16 = x.answer[expected_prefix.len()..].parse().expect("SNAT port in the answer");
     println!("SNAT port seen by the backend: {snat_port} (client port {})", x.local.port());
 
-    let web = check_counters(&ferrule);
+    let web = check_counters(&ferrule, f, backend);
     println!("service: {web}");
+    check_metrics_count_what_the_client_sent(&lab, backend);
     // The backend's answers were translated back by XDP on be0 (FR_LB_EV_NAT_REPLY), not by
     // the kernel, which has no state for the SNAT port and would have reset the connection.
     const FR_LB_EV_NAT_REPLY: u64 = 9;
@@ -225,6 +402,22 @@ fn nat_service_answers_a_client_through_the_xdp_load_balancer() {
     println!("NAT replies translated by XDP: expected > 0, saw {replies} (all events {events:?})");
     assert!(replies > 0, "events {events:?}");
     ferrule.stop().unwrap();
+}
+
+#[test]
+fn nat_service_answers_a_client_through_the_xdp_load_balancer() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    nat_answers_through_the_node(&V4, "lbnat");
+}
+
+#[test]
+fn nat66_service_answers_an_ipv6_client_through_the_xdp_load_balancer() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    nat_answers_through_the_node(&V6, "lbnat6");
 }
 
 /// Removes the backend's `tc_decap` pins when the test ends: its link is pinned, so removing the
@@ -237,31 +430,32 @@ impl Drop for DecapPins {
     }
 }
 
-#[test]
-fn dsr_service_answers_the_client_directly_from_the_backend() {
-    if !ferrule_tests::privileged() {
-        return;
-    }
-    let dir = TestDir::new("lbdsr").unwrap();
-    let lab = Lab::new().unwrap();
-    lab.backend.run("ip", ["addr", "add", &format!("{VIP}/32"), "dev", "lo"]).unwrap();
+/// DSR mode: the backend has the VIP on its loopback, `tc_decap` strips the tunnel header, and
+/// the answer goes from the VIP straight to the client.
+fn dsr_answers_from_the_backend(f: &'static Family, label: &str) {
+    let dir = TestDir::new(label).unwrap();
+    let lab = Lab::new(f).unwrap();
+    lab.backend.run("ip", ["addr", "add", &format!("{}/{}", f.vip, f.host_len), "dev", "lo"]).unwrap();
     let bpffs = ferrule_tests::bpffs::ensure_host_bpffs().unwrap();
-    let decap_node = format!("lbdsrbe{}", std::process::id());
+    let decap_node = format!("{label}be{}", std::process::id());
     let _pins = DecapPins(bpffs.join("ferrule").join(&decap_node));
     let root = bpffs.to_path_buf();
     let dn = decap_node.clone();
+    let backend = Family::addr(f.backend);
+    // DSR keeps the client's destination port: the backend serves the VIP's port.
+    let backend_socket = SocketAddr::new(backend, 80);
     in_netns(&lab.backend, move || {
         let mut decap = ferrule_ebpf::Decap::open_at(&root, &dn)?;
-        decap.allow_address(BACKEND.parse::<IpAddr>()?)?;
+        decap.allow_address(backend)?;
         decap.attach("up0")?;
         Ok(())
     })
     .unwrap();
-    let _backend = TcpServer::start(&lab.backend, "203.0.113.10:80", |c, p| drop(serve(c, p))).unwrap();
+    let _backend = TcpServer::start(&lab.backend, &lab.vip().to_string(), |c, p| drop(serve(c, p))).unwrap();
 
-    let name = format!("lbdsr{}", std::process::id());
+    let name = format!("{label}{}", std::process::id());
     // DSR needs XDP only where clients arrive; replies leave the backend through the kernel.
-    let mut ferrule = Ferrule::new(&lab.node, dir.path(), &name, &config(&name, "\"cl0\"", "dsr", 80)).unwrap();
+    let mut ferrule = Ferrule::new(&lab.node, dir.path(), &name, &config(&name, f, "\"cl0\"", "dsr", 80)).unwrap();
     ferrule.start(&[]).unwrap();
     wait_installed(&ferrule);
 
@@ -270,11 +464,40 @@ fn dsr_service_answers_the_client_directly_from_the_backend() {
     // The backend accepted on the VIP itself and saw the client's own address and port: the
     // packet reached it unchanged inside the tunnel, and its answer (source = VIP) went straight
     // back through the kernel's routes.
-    let expected = format!("hello-dsr served at {VIP}:80 for {}", x.local);
+    let expected = format!("hello-dsr served at {} for {}", lab.vip(), x.local);
     println!("DSR answer: expected {expected:?}");
     assert_eq!(x.answer, expected);
 
-    let web = check_counters(&ferrule);
+    let web = check_counters(&ferrule, f, backend_socket);
     println!("service: {web}");
+    check_metrics_count_what_the_client_sent(&lab, backend_socket);
+
+    // Every packet the load balancer sent the backend arrived in a tunnel of the backend's family
+    // (IPIP, IP6IP6), addressed to the one address `tc_decap` accepts, and was decapsulated.
+    const FR_DECAP_EV_DECAPSULATED: u64 = 0;
+    let sent = ferrule.show(&["lb", "services"]).unwrap()[0]["backends"][0]["packets"].as_u64().unwrap_or(0);
+    let pin = bpffs.join("ferrule").join(&decap_node).join("maps/fr_decap_events");
+    let decap = events(pin.to_str().unwrap()).unwrap();
+    let decapsulated = decap.iter().find(|(e, _)| *e == FR_DECAP_EV_DECAPSULATED).map_or(0, |(_, n)| *n);
+    println!(
+        "tc_decap: expected {sent} packets decapsulated (what the backend was sent), saw {decapsulated} ({decap:?})"
+    );
+    assert_eq!(decapsulated, sent, "decap events {decap:?}");
     ferrule.stop().unwrap();
+}
+
+#[test]
+fn dsr_service_answers_the_client_directly_from_the_backend() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    dsr_answers_from_the_backend(&V4, "lbdsr");
+}
+
+#[test]
+fn dsr_ip6ip6_service_answers_an_ipv6_client_directly_from_the_backend() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    dsr_answers_from_the_backend(&V6, "lbdsr6");
 }
