@@ -5,8 +5,9 @@
 #
 #   up      build the topology, start the ToR daemons and one `ferrule daemon` per node, wait
 #           until each answers, then print `status`. Idempotent: a second `up` re-uses what runs.
-#   status  namespaces, links, daemons alive, `ferrule show status` per node, the ToRs' BGP view.
-#           Exits 1 when a daemon is dead or a node does not answer.
+#   status  namespaces, links, daemons and backend servers alive, `ferrule show status` per node,
+#           the ToRs' BGP view, and one request from the client to the service VIP. Exits 1 when a
+#           daemon or server is dead, a node does not answer or the VIP request is not answered.
 #   down    stop the daemons this script started (by the PIDs it recorded), delete the
 #           namespaces, remove pinned bpffs state of node1/node2 and the run dir.
 #   deps    install the Debian packages the lab (and the integration tests) need.
@@ -24,29 +25,42 @@
 #                |              /      \              |
 #         fr-node1 (AS 65101)                fr-node2 (AS 65102)     each runs `ferrule daemon`
 #                |                                   |
-#             fr-be1                              fr-be2             backend hosts
+#             fr-be1                              fr-be2             backend hosts (a TCP server each)
 #
 # An interface is named after the namespace it leads to: in fr-node1, `tor1` faces fr-tor1; in
 # fr-tor1, `node1` faces fr-node1; in fr-be1, `node1` faces fr-node1.
 #
-# Address plan. The ToR (towards a backend: the node) takes ::1 and the lower IPv4 address.
+# Fabric links (ToR - node) are unnumbered and IPv6-only: no address but each end's IPv6
+# link-local. Each side sends router advertisements and learns the other's link-local from them;
+# BGP runs over link-local (FRR `neighbor nodeN interface`, BIRD dynamic BGP on the interface,
+# Ferrule `interface = "torN"`), carries IPv4 routes with IPv6 next hops (RFC 8950), and BFD
+# (100 ms x 3) watches every session.
+#
+# Address plan elsewhere. The ToR (towards a backend: the node) takes ::1 and the lower IPv4 address.
 #
 #   link              IPv6 prefix          lower / upper      IPv4         lower / upper
-#   tor1 - node1      2001:db8:f:11::/64   tor ::1 node ::2   192.0.2.64/31  tor .64 node .65
-#   tor2 - node1      2001:db8:f:12::/64   tor ::1 node ::2   192.0.2.66/31  tor .66 node .67
-#   tor1 - node2      2001:db8:f:21::/64   tor ::1 node ::2   192.0.2.68/31  tor .68 node .69
-#   tor2 - node2      2001:db8:f:22::/64   tor ::1 node ::2   192.0.2.70/31  tor .70 node .71
 #   tor1 - client     2001:db8:f:c1::/64   tor ::1 cli  ::2   192.0.2.72/31  tor .72 cli  .73
 #   tor2 - client     2001:db8:f:c2::/64   tor ::1 cli  ::2   192.0.2.74/31  tor .74 cli  .75
 #   node1 - be1       fd00:be:1::/64       node ::1 be ::2    198.51.100.0/30 node .1 be .2
 #   node2 - be2       fd00:be:2::/64       node ::1 be ::2    198.51.100.4/30 node .5 be .6
 #
+#   client address    192.0.2.100/32 on fr-client's lo: the source of its traffic to the VIPs, so
+#                     answers find it through either ToR (each has a static route to it)
 #   router ids        tor1 192.0.2.1, tor2 192.0.2.2, node1 192.0.2.11, node2 192.0.2.12
-#   announced         node1 2001:db8:100::/64 and its backend link 198.51.100.0/30,
-#                     node2 2001:db8:101::/64 and 198.51.100.4/30; the ToRs send a default route
-#   203.0.113.0/24    reserved for IPv4 service VIPs and egress addresses (later)
+#   announced         node1 2001:db8:100::/64 and its backend link 198.51.100.0/30, node2
+#                     2001:db8:101::/64 and 198.51.100.4/30 (the nodes' IPv4 source addresses
+#                     live there: the fabric links have none); the service VIP while a backend is
+#                     healthy; the ToRs send a default route
+#   203.0.113.0/24    IPv4 service VIPs and egress addresses (later)
 #
-# The ToRs peer with the nodes' link addresses: IPv6 sessions carrying IPv4 and IPv6 unicast
+# The service (both nodes): `web`, VIP 203.0.113.10:80/tcp in NAT mode, balanced (Maglev, the same
+# table on both nodes) to both backends' servers on 198.51.100.2:8080 and 198.51.100.6:8080, health
+# checked over TCP. Both ToRs learn the VIP from both nodes and spread flows over them (ECMP, L4
+# hash); the backend answers the node's own address on its backend link (the node's first uplink),
+# so the reply comes back through the node that translated the request. Each backend answers a
+# connection with one line, `beN answered for <address:port it saw>`, and closes it.
+#
+# The ToRs peer with the nodes over link-local IPv6 sessions carrying IPv4 and IPv6 unicast
 # (RFC 8950 next hops). Each node imports the default routes and the other node's prefixes.
 #
 # Everything the lab writes lives in /run/ferrule-lab (configs, logs, pid files, sockets); it
@@ -57,6 +71,8 @@ set -euo pipefail
 
 RUN=/run/ferrule-lab
 PIDS="$RUN/pids"
+# The backends' servers are the lab's workload, not its infrastructure: recorded apart.
+WORKLOADS="$RUN/workloads"
 BPFFS_HOST=/sys/fs/bpf
 # A second mount point of the host's bpffs. `ip netns exec` gives the daemon its own mount
 # namespace with a fresh /sys, hiding /sys/fs/bpf; a bind mount outside /sys stays visible there,
@@ -70,6 +86,11 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 
 NAMESPACES=(fr-tor1 fr-tor2 fr-node1 fr-node2 fr-be1 fr-be2 fr-client)
 NODES=(node1 node2)
+SERVERS=(server-be1 server-be2)
+CLIENT_ADDR=192.0.2.100
+VIP=203.0.113.10
+VIP_PORT=80
+BACKEND_PORT=8080
 
 log() { echo "lab: $*" >&2; }
 die() { echo "lab: error: $*" >&2; exit 1; }
@@ -120,16 +141,21 @@ install_deps() {
 
 # ---------------------------------------------------------------------------------------------
 # Processes: every daemon is started by this script, its PID kept in $PIDS/<name>.pid together
-# with the program it must be, so `down` never signals a recycled PID.
+# with the program it must be, so `down` never signals a recycled PID. Backend servers
+# (server-*) are kept the same way in $WORKLOADS.
 
-pid_of() { [[ -f "$PIDS/$1.pid" ]] && cat "$PIDS/$1.pid"; }
+record() {
+    if [[ $1 == server-* ]]; then echo "$WORKLOADS/$1"; else echo "$PIDS/$1"; fi
+}
+
+pid_of() { [[ -f "$(record "$1").pid" ]] && cat "$(record "$1").pid"; }
 
 # alive NAME: the recorded PID exists, is not a zombie, and its argv[0] is still the recorded
 # program (so a recycled PID is never taken for ours).
 alive() {
     local pid prog argv0 state
     pid="$(pid_of "$1")" || return 1
-    prog="$(cat "$PIDS/$1.prog" 2>/dev/null)" || return 1
+    prog="$(cat "$(record "$1").prog" 2>/dev/null)" || return 1
     [[ -n "$pid" && -r /proc/$pid/cmdline ]] || return 1
     state="$(sed 's/.*) \(.\).*/\1/' /proc/"$pid"/stat 2>/dev/null)" || return 1
     [[ $state != Z ]] || return 1
@@ -145,8 +171,8 @@ start() {
     shift 3
     setsid ip netns exec "$ns" "$@" </dev/null >>"$logfile" 2>&1 &
     local pid=$! i
-    echo "$pid" >"$PIDS/$name.pid"
-    echo "$1" >"$PIDS/$name.prog"
+    echo "$pid" >"$(record "$name").pid"
+    echo "$1" >"$(record "$name").prog"
     # Until the two execs have happened, argv[0] is still bash's or setsid's: wait (bounded)
     # so `alive` does not mistake a starting daemon for a dead one.
     for ((i = 0; i < 100; i++)); do
@@ -196,7 +222,7 @@ stop() {
     if [[ $name == tor1-* ]]; then
         rm -rf "/var/tmp/frr/${name#tor1-}.$pid"
     fi
-    rm -f "$PIDS/$name.pid" "$PIDS/$name.prog"
+    rm -f "$(record "$name").pid" "$(record "$name").prog"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -242,16 +268,11 @@ build_topology() {
         forwarding "$ns"
     done
 
-    # ToR <-> node links: "<n><t>" in the IPv6 prefix is node n, tor t.
-    local n t v4=64
+    # ToR <-> node links: unnumbered, only the kernel's IPv6 link-local addresses.
+    local n t
     for n in 1 2; do
         for t in 1 2; do
             ensure_veth "fr-node$n" "tor$t" "fr-tor$t" "node$n"
-            addr "fr-tor$t" "node$n" "2001:db8:f:$n$t::1/64"
-            addr "fr-node$n" "tor$t" "2001:db8:f:$n$t::2/64"
-            addr "fr-tor$t" "node$n" "192.0.2.$v4/31"
-            addr "fr-node$n" "tor$t" "192.0.2.$((v4 + 1))/31"
-            v4=$((v4 + 2))
         done
     done
 
@@ -267,6 +288,23 @@ build_topology() {
         nexthop via 2001:db8:f:c1::1 dev tor1 nexthop via 2001:db8:f:c2::1 dev tor2
     ip -n fr-client -4 route replace default \
         nexthop via 192.0.2.72 dev tor1 nexthop via 192.0.2.74 dev tor2
+    # The client's own address for the VIPs, reachable through either ToR.
+    addr fr-client lo "$CLIENT_ADDR/32"
+    ip -n fr-client -4 route replace 203.0.113.0/24 src "$CLIENT_ADDR" \
+        nexthop via 192.0.2.72 dev tor1 nexthop via 192.0.2.74 dev tor2
+    for t in 1 2; do
+        ip -n "fr-tor$t" -4 route replace "$CLIENT_ADDR/32" via "192.0.2.$((71 + 2 * t))" dev client
+    done
+    # Spread flows over ECMP next hops by their L4 ports, not only by addresses: one client
+    # talking to one VIP would otherwise always take the same ToR and the same node.
+    for ns in fr-client fr-tor1 fr-tor2; do
+        ip netns exec "$ns" sysctl -qw net.ipv4.fib_multipath_hash_policy=1
+        ip netns exec "$ns" sysctl -qw net.ipv6.fib_multipath_hash_policy=1
+    done
+    # Across a veth the ToR hashes with the client socket's own flow hash, which the kernel
+    # re-rolls when a segment times out: a retransmission could then reach the other node, which
+    # has no state for a NAT flow. Keep it for the connection's life, as a wire would.
+    ip netns exec fr-client sysctl -qw net.core.txrehash=0
 
     # Node <-> backend host; the backend's default route points at its node.
     for n in 1 2; do
@@ -278,6 +316,64 @@ build_topology() {
         ip -n "fr-be$n" -6 route replace default via "fd00:be:$n::1" dev "node$n"
         ip -n "fr-be$n" -4 route replace default via "198.51.100.$((4 * n - 3))" dev "node$n"
     done
+    offloads
+}
+
+# The load balancer's XDP rewrites and forwards frames between veths, so the veth ends without
+# the load balancer must behave like switches and hosts behind real NICs (tests/tests/lb_e2e.rs
+# and lb_fabric.rs have the details):
+# - The ToRs' ends of the node links get a pass-through XDP program. A node sends a frame back
+#   out the interface it came in on (XDP_TX) when the route back goes through the same ToR, and
+#   a veth delivers such frames at once only when it has an XDP program itself; without one they
+#   wait until other traffic wakes the queue (seconds), and connections time out.
+# - The backends' ends get GRO, which is enough for frames redirected to them from another
+#   interface of the node.
+# - TX checksum offload is off where traffic starts (client, backends): a locally sent TCP
+#   segment leaves with a partial checksum that a frame rewritten by XDP no longer gets completed.
+offloads() {
+    local n t
+    cat >"$RUN/xdp_pass.c" <<'EOF'
+/* Written by deploy/lab/lab.sh: passes every frame, so that the veth it is attached to takes the
+ * frames that XDP on its peer sends back (XDP_TX) at once. */
+__attribute__((section("xdp"), used)) int xdp_pass(void *ctx) { return 2; /* XDP_PASS */ }
+char _license[] __attribute__((section("license"), used)) = "GPL";
+EOF
+    clang -O2 -g -target bpf -c "$RUN/xdp_pass.c" -o "$RUN/xdp_pass.o"
+    for n in 1 2; do
+        for t in 1 2; do
+            if ! ip -n "fr-tor$t" link show dev "node$n" | grep -q 'prog/xdp'; then
+                ip -n "fr-tor$t" link set dev "node$n" xdpdrv obj "$RUN/xdp_pass.o" sec xdp
+            fi
+        done
+        ethtool_k "fr-be$n" "node$n" gro on tx off
+    done
+    for t in 1 2; do
+        ethtool_k fr-client "tor$t" tx off
+    done
+}
+
+ethtool_k() {
+    local ns=$1 ifname=$2
+    shift 2
+    ip netns exec "$ns" ethtool -K "$ifname" "$@" >/dev/null
+}
+
+# bpf_fib_lookup lets XDP forward only to resolved neighbours; before that the datapath hands
+# packets to the stack, which drops a translated one as a martian. One ping to each next hop.
+warm_neighbours() {
+    local n t
+    for n in 1 2; do
+        for t in 1 2; do
+            # The ToR's link-local is the next hop of every route through it, IPv4 ones included.
+            ip netns exec "fr-node$n" ping -n -q -c 1 -W 1 "$(link_local "fr-tor$t" "node$n")%tor$t" >/dev/null || true
+        done
+        ip netns exec "fr-node$n" ping -n -q -c 1 -W 1 "198.51.100.$((4 * n - 2))" >/dev/null || true
+    done
+}
+
+# link_local NS IF: the interface's IPv6 link-local address.
+link_local() {
+    ip -n "$1" -6 -o addr show dev "$2" scope link | awk '{ sub("/.*", "", $4); print $4; exit }'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +385,27 @@ start_tor1_frr() {
     # FRR daemons drop to user frr; their sockets and pid files go into this directory.
     chown frr:frr "$dir"
     chmod 750 "$dir"
-    echo "hostname fr-tor1" >"$dir/zebra.conf"
+    # Router advertisements on the fabric links, every 3 s: how the nodes find this ToR (FRR
+    # would send them every 10 s for `neighbor IF interface` anyway).
+    cat >"$dir/zebra.conf" <<EOF
+hostname fr-tor1
+interface node1
+ ipv6 nd ra-interval 3
+ no ipv6 nd suppress-ra
+interface node2
+ ipv6 nd ra-interval 3
+ no ipv6 nd suppress-ra
+EOF
+    cat >"$dir/bfdd.conf" <<EOF
+hostname fr-tor1
+bfd
+ profile fabric
+  detect-multiplier 3
+  receive-interval 100
+  transmit-interval 100
+ !
+!
+EOF
     cat >"$dir/bgpd.conf" <<EOF
 frr defaults datacenter
 hostname fr-tor1
@@ -298,29 +414,32 @@ router bgp 65000
  bgp router-id 192.0.2.1
  ! Lab fabric: exchange routes without route-maps (RFC 8212 would otherwise block eBGP).
  no bgp ebgp-requires-policy
+ ! The nodes are in different ASes: their paths to a service VIP are still equal (ECMP).
+ bgp bestpath as-path multipath-relax
  no bgp default ipv4-unicast
- neighbor 2001:db8:f:11::2 remote-as 65101
- neighbor 2001:db8:f:11::2 description node1
- neighbor 2001:db8:f:11::2 capability extended-nexthop
- neighbor 2001:db8:f:21::2 remote-as 65102
- neighbor 2001:db8:f:21::2 description node2
- neighbor 2001:db8:f:21::2 capability extended-nexthop
+ ! Unnumbered: the peer is whoever answers on the interface, over IPv6 link-local.
+ neighbor node1 interface remote-as 65101
+ neighbor node1 description node1
+ neighbor node1 bfd profile fabric
+ neighbor node2 interface remote-as 65102
+ neighbor node2 description node2
+ neighbor node2 bfd profile fabric
  address-family ipv4 unicast
-  neighbor 2001:db8:f:11::2 activate
-  neighbor 2001:db8:f:11::2 default-originate
-  neighbor 2001:db8:f:21::2 activate
-  neighbor 2001:db8:f:21::2 default-originate
+  neighbor node1 activate
+  neighbor node1 default-originate
+  neighbor node2 activate
+  neighbor node2 default-originate
  exit-address-family
  address-family ipv6 unicast
-  neighbor 2001:db8:f:11::2 activate
-  neighbor 2001:db8:f:11::2 default-originate
-  neighbor 2001:db8:f:21::2 activate
-  neighbor 2001:db8:f:21::2 default-originate
+  neighbor node1 activate
+  neighbor node1 default-originate
+  neighbor node2 activate
+  neighbor node2 default-originate
  exit-address-family
 !
 EOF
     local daemon
-    for daemon in zebra bgpd; do
+    for daemon in zebra bfdd bgpd; do
         if alive "tor1-$daemon"; then
             log "fr-tor1: $daemon already running (pid $(pid_of "tor1-$daemon"))"
             continue
@@ -346,19 +465,29 @@ log stderr all;
 protocol device { }
 # Install what BGP learns into fr-tor2's kernel tables, so the ToR forwards to the nodes (the
 # default routes below are for the nodes only).
-protocol kernel kernel4 { ipv4 { export where source = RTS_BGP; }; }
-protocol kernel kernel6 { ipv6 { export where source = RTS_BGP; }; }
+# Equal paths (a VIP from both nodes) become one multipath route.
+protocol kernel kernel4 { ipv4 { export where source = RTS_BGP; }; merge paths on; }
+protocol kernel kernel6 { ipv6 { export where source = RTS_BGP; }; merge paths on; }
 # The default routes the ToR offers the nodes.
 protocol static defaults4 { ipv4; route 0.0.0.0/0 unreachable; }
 protocol static defaults6 { ipv6; route ::/0 unreachable; }
-# eBGP needs explicit filters in BIRD (RFC 8212); the lab fabric passes everything.
+# Unnumbered fabric links: router advertisements (so the nodes find this ToR's link-local) and
+# BFD at 100 ms x 3 for every BGP session.
+protocol radv { interface "node1", "node2" { max ra interval 4; min ra interval 3; }; }
+protocol bfd { interface "node1", "node2" { interval 100 ms; multiplier 3; }; }
+# eBGP needs explicit filters in BIRD (RFC 8212); the lab fabric passes everything. Each node
+# connects from its link-local address: a dynamic neighbor on its interface (BIRD names the
+# session dnode11, dnode21).
 template bgp node {
   local as 65001;
+  bfd on;
+  connect delay time 1;
+  error wait time 1, 5;
   ipv6 { import all; export all; };
   ipv4 { import all; export all; extended next hop on; };
 }
-protocol bgp node1 from node { neighbor 2001:db8:f:12::2 as 65101; }
-protocol bgp node2 from node { neighbor 2001:db8:f:22::2 as 65102; }
+protocol bgp node1 from node { neighbor range fe80::/10 as 65101; interface "node1"; dynamic name "dnode1"; }
+protocol bgp node2 from node { neighbor range fe80::/10 as 65102; interface "node2"; dynamic name "dnode2"; }
 EOF
     if alive tor2-bird; then
         log "fr-tor2: bird already running (pid $(pid_of tor2-bird))"
@@ -409,18 +538,24 @@ write_node_config() {
 name = "node$n"
 asn = $((65100 + n))
 router_id = "192.0.2.$((10 + n))"
-uplinks = ["tor1", "tor2"]
+# The backend link first: its address is the node's own for the load balancer (NAT source).
+uplinks = ["be$n", "tor1", "tor2"]
 
-# Both ToRs: the default route, and the other node's prefixes.
+# Both ToRs, unnumbered (found by their router advertisements) with BFD: the default route,
+# and the other node's prefixes.
 [[bgp.peers]]
-address = "2001:db8:f:${n}1::1"
+interface = "tor1"
 asn = 65000
 import = ["0.0.0.0/0", "::/0", "2001:db8:100::/63 le 64", "198.51.100.0/29 le 30"]
+bfd = { interval_ms = 100, multiplier = 3 }
+graceful_restart = { restart_time_s = 120 }
 
 [[bgp.peers]]
-address = "2001:db8:f:${n}2::1"
+interface = "tor2"
 asn = 65001
 import = ["0.0.0.0/0", "::/0", "2001:db8:100::/63 le 64", "198.51.100.0/29 le 30"]
+bfd = { interval_ms = 100, multiplier = 3 }
+graceful_restart = { restart_time_s = 120 }
 
 [[bgp.announce]]
 prefix = "2001:db8:$((99 + n))::/64"
@@ -429,6 +564,17 @@ communities = ["$((65100 + n)):100"]
 [[bgp.announce]]
 prefix = "198.51.100.$((4 * (n - 1)))/30"
 communities = ["$((65100 + n)):100"]
+
+
+[[services]]
+name = "web"
+vip = "$VIP"
+port = $VIP_PORT
+protocol = "tcp"
+mode = "nat"
+announce = "healthy"
+health = { kind = "tcp", interval_ms = 500, timeout_ms = 500, rise = 2, fall = 2 }
+backends = [ { address = "198.51.100.2", port = $BACKEND_PORT }, { address = "198.51.100.6", port = $BACKEND_PORT } ]
 EOF
 }
 
@@ -457,15 +603,84 @@ start_node() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Backend servers and the VIP
+
+write_backend_server() {
+    cat >"$RUN/backend-server.pl" <<'EOF'
+# The lab's backend server: answers every connection with one line naming itself and the peer it
+# sees (for NAT, the node's own address), then closes it. Written by deploy/lab/lab.sh.
+use strict;
+use warnings;
+use IO::Socket::INET;
+
+my ($addr, $port, $name) = @ARGV;
+# Health checks connect and close without reading: writing to them must not kill us.
+$SIG{PIPE} = 'IGNORE';
+$| = 1;
+my $server = IO::Socket::INET->new(
+    LocalAddr => $addr, LocalPort => $port, Proto => 'tcp', Listen => 64, ReuseAddr => 1,
+) or die "$name: cannot listen on $addr:$port: $!\n";
+print "$name: listening on $addr:$port\n";
+while (1) {
+    my $conn = $server->accept or next;
+    my $peer = ($conn->peerhost // '?') . ':' . ($conn->peerport // '?');
+    print $conn "$name answered for $peer\n";
+    close $conn;
+}
+EOF
+}
+
+start_backend_server() {
+    local n=$1 name=server-be$1 addr=198.51.100.$((4 * $1 - 2))
+    if alive "$name"; then
+        log "fr-be$n: server already running (pid $(pid_of "$name"))"
+        return 0
+    fi
+    log "fr-be$n: starting the backend server on $addr:$BACKEND_PORT"
+    # perl is in every Debian system (perl-base is essential), IO::Socket::INET with it.
+    start "$name" "fr-be$n" "$RUN/be$n.log" perl "$RUN/backend-server.pl" "$addr" "$BACKEND_PORT" "be$n"
+    wait_ready "$name" "$RUN/be$n.log" server_listens "$n"
+}
+
+server_listens() {
+    ip netns exec "fr-be$1" ss -Hltn "sport = :$BACKEND_PORT" | grep -q LISTEN
+}
+
+# vip_request: one TCP connection from fr-client to the VIP, printing the backend's answer line.
+# Bounded: 5 s for connect and answer.
+vip_request() {
+    ip netns exec fr-client timeout 5 bash -c \
+        "exec 3<>/dev/tcp/$VIP/$VIP_PORT && head -n 1 <&3" 2>/dev/null | grep answered
+}
+
+# wait_vip: until the VIP answers (both nodes announce it once a backend is healthy). Bounded.
+wait_vip() {
+    local i
+    for ((i = 0; i < READY_TRIES; i++)); do
+        if vip_request >/dev/null; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    die "the VIP $VIP:$VIP_PORT did not answer the client within $((READY_TRIES / 2)) s"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Commands
 
 cmd_up() {
     [[ $EUID -eq 0 ]] || die "lab.sh up needs root (namespaces, veth, bpffs)"
     install_deps
     find_ferrule
-    mkdir -p "$RUN" "$PIDS"
+    mkdir -p "$RUN" "$PIDS" "$WORKLOADS"
     chmod 755 "$RUN"
     build_topology
+    warm_neighbours
+    write_backend_server
+    local n
+    for n in 1 2; do
+        start_backend_server "$n"
+    done
     start_tor1_frr
     start_tor2_bird
     ensure_bpffs
@@ -473,6 +688,7 @@ cmd_up() {
     for node in "${NODES[@]}"; do
         start_node "$node"
     done
+    wait_vip
     log "up: done"
     cmd_status
 }
@@ -494,7 +710,7 @@ cmd_status() {
         ip -n "$ns" -br addr show | { grep -v '^lo ' || true; } | sed "s/^/  $ns: /"
     done
     echo "== daemons"
-    for name in tor1-zebra tor1-bgpd tor2-bird "${NODES[@]}"; do
+    for name in tor1-zebra tor1-bfdd tor1-bgpd tor2-bird "${NODES[@]}" "${SERVERS[@]}"; do
         if alive "$name"; then
             echo "  $name pid $(pid_of "$name") running"
         else
@@ -516,6 +732,16 @@ cmd_status() {
             ok=1
         fi
     done
+    for name in "${NODES[@]}"; do
+        echo "== fr-$name: ferrule show bgp bfd"
+        if [[ -z "${FERRULE:-}" ]] || ! "$FERRULE" show bgp bfd --socket "$RUN/$name.sock" 2>&1 | sed 's/^/  /'; then
+            echo "  (no answer)"
+            ok=1
+        fi
+    done
+    echo "== fr-tor1: vtysh show bfd peers brief"
+    ip netns exec fr-tor1 vtysh --vty_socket "$RUN/tor1" -c "show bfd peers brief" 2>&1 \
+        | sed 's/^/  /' || ok=1
     echo "== fr-tor1: vtysh show bgp summary"
     ip netns exec fr-tor1 vtysh --vty_socket "$RUN/tor1" -c "show bgp summary" 2>&1 \
         | sed 's/^/  /' || ok=1
@@ -530,6 +756,18 @@ cmd_status() {
         ip netns exec fr-tor2 birdc -s "$RUN/tor2/bird.ctl" show route protocol "$name" 2>&1 \
             | sed 's/^/  /' || ok=1
     done
+    echo "== fr-tor1 / fr-tor2: kernel route to the VIP $VIP (one next hop per node)"
+    for name in fr-tor1 fr-tor2; do
+        ip -n "$name" -4 route show exact "$VIP/32" 2>&1 | sed "s/^/  $name: /" || ok=1
+    done
+    echo "== fr-client: one request to the VIP $VIP:$VIP_PORT"
+    local answer
+    if answer="$(vip_request)"; then
+        echo "  $answer"
+    else
+        echo "  (no answer)"
+        ok=1
+    fi
     return $ok
 }
 
@@ -549,7 +787,7 @@ cmd_down() {
     [[ $EUID -eq 0 ]] || die "lab.sh down needs root"
     local name ns
     # Nodes first (they peer with the ToRs), then bgpd before zebra.
-    for name in "${NODES[@]}" tor2-bird tor1-bgpd tor1-zebra; do
+    for name in "${NODES[@]}" tor2-bird tor1-bgpd tor1-bfdd tor1-zebra "${SERVERS[@]}"; do
         stop "$name"
     done
     for ns in "${NAMESPACES[@]}"; do

@@ -1,6 +1,7 @@
 //! The netns lab (`deploy/lab/lab.sh`) end to end: `up` twice without duplicating anything,
 //! `status`, then `down` leaving no namespace, process or pinned state behind. Privileged, and it
 //! needs the ferrule binary built beforehand (`cargo build -p ferrule`), which CI does.
+//! In between, the client's request to the service VIP that both nodes announce is answered.
 //!
 //! The lab uses fixed names (fr-*, /run/ferrule-lab), so this test tears down any lab already
 //! running on the machine before it starts.
@@ -94,6 +95,18 @@ fn addresses(ns: &str) -> Result<String> {
     cmd::run(Command::new("ip").args(["-n", ns, "-br", "addr", "show"]))
 }
 
+/// The lab's service VIP, announced by both nodes (`web`, NAT to both backends).
+const VIP: &str = "203.0.113.10:80";
+
+/// One TCP connection from fr-client to the VIP (bash's /dev/tcp, bounded by `timeout 5`): the
+/// backend's one-line answer.
+fn vip_request() -> Result<String> {
+    let (addr, port) = VIP.split_once(':').expect("address:port");
+    let script = format!("exec 3<>/dev/tcp/{addr}/{port} && head -n 1 <&3");
+    let out = cmd::run(Command::new("ip").args(["netns", "exec", "fr-client", "timeout", "5", "bash", "-c", &script]))?;
+    Ok(out.trim().to_string())
+}
+
 #[test]
 fn lab_comes_up_idempotently_and_goes_down_cleanly() -> Result<()> {
     if !ferrule_tests::privileged() {
@@ -108,7 +121,7 @@ fn lab_comes_up_idempotently_and_goes_down_cleanly() -> Result<()> {
         node_answers(&bin, node)?;
     }
     let pids_first = recorded_pids()?;
-    ensure!(pids_first.len() == 5, "expected zebra, bgpd, bird and two ferrule daemons, recorded {pids_first:?}");
+    ensure!(pids_first.len() == 6, "expected zebra, bfdd, bgpd, bird and two ferrule daemons, recorded {pids_first:?}");
     let addrs_first = addresses("fr-node1")?;
 
     // Idempotent: the same daemons (nothing restarted) and the same addresses (nothing doubled).
@@ -150,7 +163,24 @@ fn lab_comes_up_idempotently_and_goes_down_cleanly() -> Result<()> {
     println!("ToR routes: expected {expected:?} on FRR and BIRD, saw:\n--- FRR\n{}\n--- BIRD\n{}", seen.0, seen.1);
     learned?;
 
+    // The client reaches the service VIP that both nodes announce, and a backend answers it (each
+    // request bounded by 5 s; the whole wait by 30 s, while the VIP settles on both ToRs).
+    let mut answer = String::new();
+    let answered = cmd::poll_until(
+        "a backend to answer the client's request to the VIP",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(500),
+        || {
+            answer = vip_request()?;
+            Ok(answer.starts_with("be1 answered for ") || answer.starts_with("be2 answered for "))
+        },
+    );
+    println!("VIP {VIP}: expected `be1|be2 answered for <node address:port>`, saw {answer:?}");
+    answered?;
+
     let status = lab("status", &bin)?;
+    let vip_section = status.split(&format!("== fr-client: one request to the VIP {VIP}")).nth(1).unwrap_or("");
+    ensure!(vip_section.lines().nth(1).is_some_and(|l| l.contains(" answered for ")), "{status}");
     ensure!(status.contains("BGP router identifier 192.0.2.1"), "{status}");
     ensure!(status.contains("node1      BGP"), "{status}");
     ensure!(status.contains("node node2"), "{status}");
