@@ -85,36 +85,7 @@ fn median(times: &[Duration]) -> Duration {
 
 /// Two ToRs, one node; returns the reroute time of each round.
 fn failover(bfd_ms: Option<u32>, rounds: usize) -> Result<Vec<Duration>> {
-    let dir = TestDir::new("failover")?;
-    let node = NetNs::new("fo-n")?;
-    let mut tors = [
-        Tor {
-            ns: NetNs::new("fo-t1")?,
-            ifname: "t1n",
-            address: "2001:db8:a::2",
-            node_address: "2001:db8:a::1",
-            asn: 65001,
-            frr: None,
-        },
-        Tor {
-            ns: NetNs::new("fo-t2")?,
-            ifname: "t2n",
-            address: "2001:db8:b::2",
-            node_address: "2001:db8:b::1",
-            asn: 65002,
-            frr: None,
-        },
-    ];
-    let node_ifs = ["n1", "n2"];
-    for (tor, node_if) in tors.iter_mut().zip(node_ifs) {
-        net::veth(&node, node_if, &tor.ns, tor.ifname)?;
-        net::add_addr(&node, node_if, &format!("{}/64", tor.node_address))?;
-        net::add_addr(&tor.ns, tor.ifname, &format!("{}/64", tor.address))?;
-        net::add_addr(&tor.ns, "lo", &format!("{FAR}/128"))?;
-        net::wait_dad(&node, node_if, Duration::from_secs(5))?;
-        net::wait_dad(&tor.ns, tor.ifname, Duration::from_secs(5))?;
-        tor.frr = Some(start_tor(tor, &dir.path().join(tor.ifname), bfd_ms, false)?);
-    }
+    let (dir, node, tors) = fabric("fo", bfd_ms, false)?;
     let mut ferrule = Ferrule::new(&node, dir.path(), "fo", &node_config(&tors, bfd_ms, false))?;
     ferrule.start(&[])?;
     let mut times = Vec::new();
@@ -131,6 +102,33 @@ fn failover(bfd_ms: Option<u32>, rounds: usize) -> Result<Vec<Duration>> {
         cut(&tors[0].ns, tors[0].ifname, false)?;
     }
     Ok(times)
+}
+
+/// A node with two FRR ToRs (`prefix` names the namespaces), each holding [`FAR`].
+fn fabric(prefix: &str, bfd_ms: Option<u32>, graceful_restart: bool) -> Result<(TestDir, NetNs, [Tor; 2])> {
+    let dir = TestDir::new(&format!("{prefix}-bench"))?;
+    let node = NetNs::new(&format!("{prefix}-n"))?;
+    let tor = |n: u32, address: &'static str, node_address: &'static str| -> Result<Tor> {
+        Ok(Tor {
+            ns: NetNs::new(&format!("{prefix}-t{n}"))?,
+            ifname: if n == 1 { "t1n" } else { "t2n" },
+            address,
+            node_address,
+            asn: 65000 + n,
+            frr: None,
+        })
+    };
+    let mut tors = [tor(1, "2001:db8:a::2", "2001:db8:a::1")?, tor(2, "2001:db8:b::2", "2001:db8:b::1")?];
+    for (tor, node_if) in tors.iter_mut().zip(["n1", "n2"]) {
+        net::veth(&node, node_if, &tor.ns, tor.ifname)?;
+        net::add_addr(&node, node_if, &format!("{}/64", tor.node_address))?;
+        net::add_addr(&tor.ns, tor.ifname, &format!("{}/64", tor.address))?;
+        net::add_addr(&tor.ns, "lo", &format!("{FAR}/128"))?;
+        net::wait_dad(&node, node_if, Duration::from_secs(5))?;
+        net::wait_dad(&tor.ns, tor.ifname, Duration::from_secs(5))?;
+        tor.frr = Some(start_tor(tor, &dir.path().join(tor.ifname), bfd_ms, graceful_restart)?);
+    }
+    Ok((dir, node, tors))
 }
 
 /// Drops (or stops dropping) everything to and from the node on the ToR's interface.
@@ -220,35 +218,7 @@ fn node_config(tors: &[Tor], bfd_ms: Option<u32>, graceful_restart: bool) -> Str
 /// Restarts ferrule under a 10 ms ping; returns (lost, sent, ToR samples without our prefix,
 /// samples).
 fn graceful_restart() -> Result<(u64, u64, u64, u64)> {
-    let dir = TestDir::new("gr-bench")?;
-    let node = NetNs::new("gr-n")?;
-    let mut tors = [
-        Tor {
-            ns: NetNs::new("gr-t1")?,
-            ifname: "t1n",
-            address: "2001:db8:a::2",
-            node_address: "2001:db8:a::1",
-            asn: 65001,
-            frr: None,
-        },
-        Tor {
-            ns: NetNs::new("gr-t2")?,
-            ifname: "t2n",
-            address: "2001:db8:b::2",
-            node_address: "2001:db8:b::1",
-            asn: 65002,
-            frr: None,
-        },
-    ];
-    for (tor, node_if) in tors.iter_mut().zip(["n1", "n2"]) {
-        net::veth(&node, node_if, &tor.ns, tor.ifname)?;
-        net::add_addr(&node, node_if, &format!("{}/64", tor.node_address))?;
-        net::add_addr(&tor.ns, tor.ifname, &format!("{}/64", tor.address))?;
-        net::add_addr(&tor.ns, "lo", &format!("{FAR}/128"))?;
-        net::wait_dad(&node, node_if, Duration::from_secs(5))?;
-        net::wait_dad(&tor.ns, tor.ifname, Duration::from_secs(5))?;
-        tor.frr = Some(start_tor(tor, &dir.path().join(tor.ifname), None, true)?);
-    }
+    let (dir, node, tors) = fabric("gr", None, true)?;
     // The node's prefix lives on its loopback, so the ToRs' replies come back to it.
     net::add_addr(&node, "lo", "2001:db8:100::1/128")?;
     let mut ferrule = Ferrule::new(&node, dir.path(), "gr", &node_config(&tors, None, true))?;
