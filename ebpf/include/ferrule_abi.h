@@ -116,7 +116,10 @@ struct fr_lb_ct_entry {
 	__u32 service_id;
 	__be16 nat_port; /* NAT mode: the SNAT source port; 0 in DSR mode */
 	__u16 pad;
-	__u32 pad2;
+	/* Digest of the backend's address and port when the flow was created: once the id is given
+	 * to another backend it no longer matches, and the flow starts over (NAT state included)
+	 * instead of following the id to a host that never saw it. */
+	__u32 backend_tag;
 };
 
 /* Value of `fr_lb_nat` (LRU hash): how to translate a reply of a NAT flow back. */

@@ -125,7 +125,7 @@ abi_structs! {
         pub service_id: u32,
         pub nat_port: u16,
         pub pad: u16,
-        pub pad2: u32,
+        pub backend_tag: u32,
     }
 
     /// Value of `fr_lb_nat`.

@@ -415,6 +415,41 @@ fn nat_translates_both_directions_with_valid_checksums() {
     });
 }
 
+/// A backend id given to another backend (removed, then reused for a new one) does not carry
+/// the old flows along: the flow starts over with fresh NAT state for the new host, whose
+/// replies are translated back.
+#[test]
+fn a_reused_backend_id_starts_its_old_flows_over() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("r");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("reuse", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 23, LbMode::Nat, ID_A4);
+        let request = tcp4(CLIENT4, 40001, VIP4, 80, false, b"x");
+        let first = lb.run(&request);
+        assert_eq!(first.retval, XDP_TX);
+        assert_eq!(first.data[30..34], BACKEND_A4, "to A first");
+
+        // The id now names another host (as after A's removal and B's addition).
+        lb.dp.lb().upsert_backend(ID_A4, &BackendEntry { address: ip4(BACKEND_B4), port: 8080 }).unwrap();
+        let again = lb.run(&request);
+        assert_eq!(again.retval, XDP_TX);
+        assert_eq!(again.data[30..34], BACKEND_B4, "the same flow now goes to the id's new host");
+        assert_checksums_valid(&again.data);
+        assert_eq!(lb.dp.lb().service_counters(23).unwrap().new_flows, 2, "counted as a new flow");
+
+        // B's reply finds NAT state made for B and goes back to the client from the VIP.
+        let nat_port = u16::from_be_bytes([again.data[34], again.data[35]]);
+        let reply = tcp4(BACKEND_B4, 8080, NODE4, nat_port, false, b"y");
+        let back = lb.run(&reply);
+        assert_eq!(back.retval, XDP_TX, "reply translated");
+        assert_eq!((back.data[26..30].to_vec(), back.data[30..34].to_vec()), (VIP4.to_vec(), CLIENT4.to_vec()));
+        assert_checksums_valid(&back.data);
+    });
+}
+
 #[test]
 fn nat_udp_checksum_stays_valid() {
     if !ferrule_tests::privileged() {

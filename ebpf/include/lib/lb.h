@@ -227,6 +227,18 @@ static __always_inline __u32 lb_hash_flow(const struct fr_lb_flow *f, __u32 seed
 	return h;
 }
 
+/* Which backend an id named when a flow was created (`fr_lb_ct_entry.backend_tag`). */
+static __always_inline __u32 lb_backend_tag(const struct fr_lb_backend *be)
+{
+	const __u32 *w = (const __u32 *)be->addr;
+	__u32 h = 0x9e3779b9u;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		h = lb_mix(h, w[i]);
+	return lb_mix(h, ((__u32)be->port << 16) | be->family);
+}
+
 /* ---- parsing ---------------------------------------------------------------------------- */
 
 static __always_inline int lb_parse_ipv4(void *data, void *data_end, struct lb_pkt *p, __u32 l3)
@@ -765,8 +777,10 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	if (ct) {
 		bid = ct->backend_id;
 		be = lb_backend(bid);
-		/* A flow of a removed backend, or of an id now used by another service, starts over. */
-		if (!be || ct->service_id != sid || (mode == FR_LB_MODE_NAT && ct->nat_port == 0)) {
+		/* A flow of a removed backend, of an id now used by another service or given to another
+		 * backend, starts over. */
+		if (!be || ct->service_id != sid || ct->backend_tag != lb_backend_tag(be) ||
+		    (mode == FR_LB_MODE_NAT && ct->nat_port == 0)) {
 			ct = NULL;
 		} else {
 			nat_port = ct->nat_port;
@@ -801,6 +815,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		entry->backend_id = bid;
 		entry->service_id = sid;
 		entry->nat_port = nat_port;
+		entry->backend_tag = lb_backend_tag(be);
 		bpf_map_update_elem(&fr_lb_ct, &p->flow, entry, BPF_ANY);
 		if (sc)
 			sc->new_flows += 1;
