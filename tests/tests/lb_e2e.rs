@@ -128,9 +128,12 @@ impl Lab {
         client.run("ip", ["route", "add", &format!("{}/{}", f.vip, f.host_len), "via", f.node_client_side])?;
         backend.run("ip", ["route", "add", "default", "via", f.node_backend_side])?;
         // The veth ends without XDP (client, backend) must look like hosts behind real NICs:
-        // - GRO on: a veth accepts frames that XDP on its peer redirects or XDP_TXes only when its
-        //   receive NAPI runs, which needs an XDP program or GRO on it; otherwise the veth driver
-        //   drops everything the node's load balancer forwards to them.
+        // - GRO on: a veth accepts frames that XDP on another interface redirects to it only when
+        //   its receive NAPI runs, which needs an XDP program or GRO on it; otherwise the veth
+        //   driver drops them. (Frames the node sends back out the interface they came in on,
+        //   XDP_TX, wake the peer at once only when the peer has an XDP program of its own: GRO
+        //   is not enough. This test never does that; the lab and lb_fabric give such veth ends a
+        //   pass-through XDP program.)
         // - TX checksum offload off: with it, locally sent TCP segments leave with only a partial
         //   checksum (CHECKSUM_PARTIAL) that the kernel completes later; an XDP frame rewritten
         //   or encapsulated by the node and redirected arrives without that state, so the
