@@ -138,7 +138,11 @@ struct ConfigQuery {
 async fn get_config(State(state): State<AppState>, Query(query): Query<ConfigQuery>) -> Response {
     let current = state.models.current();
     match query.format.as_deref() {
-        None | Some("toml") => ([(header::CONTENT_TYPE, "application/toml")], current.text.clone()).into_response(),
+        // Passwords never leave the daemon (the state store keeps the real text).
+        None | Some("toml") => match ferrule_config::redact_secrets(&current.text) {
+            Some(text) => ([(header::CONTENT_TYPE, "application/toml")], text).into_response(),
+            None => error(StatusCode::INTERNAL_SERVER_ERROR, "the running config does not parse as TOML"),
+        },
         Some("json") => Json(&current.model).into_response(),
         Some(other) => error(StatusCode::BAD_REQUEST, &format!("unknown format `{other}`: use toml or json")),
     }
@@ -644,6 +648,21 @@ mod tests {
         let (code, running) = call(&f.app, "GET", "/v1/config", "", None).await;
         assert_eq!((code, running.as_str()), (StatusCode::OK, GOOD));
         assert_eq!(f.models.current().generation, 1);
+    }
+
+    #[tokio::test]
+    async fn passwords_are_served_redacted_but_kept_in_the_running_config() {
+        let f = fixture();
+        let new = format!("{GOOD}\n[[bgp.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\npassword = \"s3cret\"\n");
+        let (code, body) = call(&f.app, "PUT", "/v1/config", &new, None).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        for uri in ["/v1/config", "/v1/config?format=json"] {
+            let (code, served) = call(&f.app, "GET", uri, "", None).await;
+            assert_eq!(code, StatusCode::OK);
+            assert!(!served.contains("s3cret") && served.contains("<redacted>"), "{uri}: {served}");
+        }
+        let running = f.models.current();
+        assert_eq!(running.model.bgp.peers[0].options.password.as_ref().map(|p| p.expose()), Some("s3cret"));
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ mod error;
 mod locate;
 mod model;
 mod raw;
+mod redact;
 mod validate;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use std::path::Path;
 pub use bgp_types::{Community, LargeCommunity, PrefixFilter};
 pub use diff::{diff, ModelDiff};
 pub use error::{ConfigError, ConfigErrors, LoadError};
+pub use redact::redact_secrets;
 pub use model::{
     Announce, AnnounceWhen, Backend, Bfd, Bgp, GracefulRestart, HealthCheck, HealthKind, ImportAction, ImportRule,
     Listen, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Password, Peer, PeerOptions, Protocol, Service,
