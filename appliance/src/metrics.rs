@@ -378,6 +378,7 @@ mod tests {
             hold_time: Some(90),
             families: vec![],
             last_error: None,
+            interface: None,
             dynamic: None,
             graceful_restart: false,
             stale: 0,

@@ -287,7 +287,11 @@ pub fn render_bgp_summary(status: &Status, neighbors: &[NeighborSummary]) -> Str
     for n in neighbors {
         let up = n.uptime_s.map_or("never".to_string(), hms);
         // FRR marks dynamic neighbors with a `*`.
-        let address = if n.dynamic.is_some() { format!("*{}", n.address) } else { n.address.to_string() };
+        let address = match &n.interface {
+            Some(interface) => format!("{}%{interface}", n.address),
+            None => n.address.to_string(),
+        };
+        let address = if n.dynamic.is_some() { format!("*{address}") } else { address };
         let mut notes = Vec::new();
         if let Some(bfd) = &n.bfd {
             notes.push(format!("BFD {bfd}"));
@@ -506,6 +510,7 @@ mod tests {
             hold_time: Some(90),
             families: vec!["IPv6 unicast".into()],
             last_error: None,
+            interface: None,
             dynamic: None,
             graceful_restart: false,
             stale: 0,
@@ -519,10 +524,14 @@ mod tests {
         n.dynamic = Some("2001:db8:500::/64".into());
         n.bfd = Some("Up".into());
         n.stale = 2;
-        let text = render_bgp_summary(&sample_status(), &[n]);
+        let mut ll = neighbor("Established", Some(5));
+        ll.address = "fe80::1".parse().unwrap();
+        ll.interface = Some("tor1".into());
+        let text = render_bgp_summary(&sample_status(), &[n, ll]);
         let line = text.lines().find(|l| l.starts_with("*2001:db8:1::1")).unwrap_or_else(|| panic!("{text}"));
         assert!(line.ends_with("BFD Up; GR: 2 stale"), "{line}");
         assert!(text.contains("* dynamic neighbor"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("fe80::1%tor1 ")), "unnumbered neighbor with its interface: {text}");
     }
 
     #[test]

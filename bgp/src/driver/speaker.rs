@@ -117,6 +117,9 @@ pub enum SpeakerError {
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct NeighborSummary {
     pub address: IpAddr,
+    /// The interface of a link-local neighbor (unnumbered peering), as `show` prints `fe80::…%eth0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     pub asn: u32,
     pub state: String,
     /// Seconds in Established, when up.
@@ -1011,6 +1014,11 @@ impl SpeakerTask {
                 let flaps = c.established_transitions.saturating_sub(u64::from(status.state == State::Established));
                 NeighborSummary {
                     address: slot.config.address,
+                    interface: slot
+                        .config
+                        .ifindex
+                        .and_then(|i| nix::net::if_::if_indextoname(i).ok())
+                        .map(|name| name.to_string_lossy().into_owned()),
                     asn: slot.config.asn,
                     state: status.state.to_string(),
                     uptime_s: c.established_since.map(|t| t.elapsed().as_secs()),
