@@ -16,11 +16,11 @@ use std::path::Path;
 pub use bgp_types::{Community, LargeCommunity, PrefixFilter};
 pub use diff::{diff, ModelDiff};
 pub use error::{ConfigError, ConfigErrors, LoadError};
-pub use redact::redact_secrets;
 pub use model::{
     Announce, AnnounceWhen, Backend, Bfd, Bgp, GracefulRestart, HealthCheck, HealthKind, ImportAction, ImportRule,
     Listen, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Password, Peer, PeerOptions, Protocol, Service,
 };
+pub use redact::redact_secrets;
 
 use locate::{FieldPath, Locator};
 use raw::RawModel;
