@@ -169,6 +169,13 @@ abi_structs! {
         pub family: u8,
         pub pad: [u8; 3],
     }
+
+    /// Value of the benchmark generator's `gen_ctl` (`bpf/xdp_gen.bpf.c`, not the datapath):
+    /// how many frames are prepared, and the next to send.
+    "fr_gen_ctl" => pub struct GenCtl {
+        pub frames: u32,
+        pub next: u32,
+    }
 }
 
 /// `#define`s and enum values of `ferrule_abi.h`, by their C names; `tests` checks each against
