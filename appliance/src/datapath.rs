@@ -77,38 +77,48 @@ impl Datapath for ferrule_ebpf::Datapath {
 
     fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()> {
         let mut lb = self.lb();
-        // Consecutive service upserts (the plan puts them together) go in as one batch: a map of
-        // maps update waits ~16 ms in the kernel, once per batch instead of once per service.
-        // The batch is written before any other op, so the order of the ops is kept.
-        let mut services: Vec<ferrule_ebpf::ServiceUpsert<'_>> = Vec::new();
-        let flush = |lb: &mut ferrule_ebpf::LbMaps<'_>, services: &mut Vec<_>| {
-            let result = lb.upsert_services(services);
-            services.clear();
+        // Consecutive service upserts (the plan puts them together) go in as one batch, and so do
+        // consecutive removals: a map of maps update waits ~16 ms in the kernel, once per batch
+        // instead of once per service. A pending batch is written before any other op, so the
+        // order of the ops is kept.
+        let mut upserts: Vec<ferrule_ebpf::ServiceUpsert<'_>> = Vec::new();
+        let mut removals: Vec<ferrule_ebpf::ServiceKey> = Vec::new();
+        let flush = |lb: &mut ferrule_ebpf::LbMaps<'_>, upserts: &mut Vec<_>, removals: &mut Vec<_>| {
+            let result = lb.upsert_services(upserts).and_then(|()| lb.remove_services(removals));
+            upserts.clear();
+            removals.clear();
             result
         };
         for op in ops {
             match op {
-                LbOp::UpsertService { id, key, mode, table } => services.push(ferrule_ebpf::ServiceUpsert {
-                    key: ebpf_key(key),
-                    id: *id,
-                    mode: ebpf_mode(*mode),
-                    table,
-                }),
-                LbOp::UpsertBackend { id, address, port } => {
-                    flush(&mut lb, &mut services)?;
-                    lb.upsert_backend(*id, &ferrule_ebpf::BackendEntry { address: *address, port: *port })?
+                LbOp::UpsertService { id, key, mode, table } => {
+                    if !removals.is_empty() {
+                        flush(&mut lb, &mut upserts, &mut removals)?;
+                    }
+                    upserts.push(ferrule_ebpf::ServiceUpsert {
+                        key: ebpf_key(key),
+                        id: *id,
+                        mode: ebpf_mode(*mode),
+                        table,
+                    })
                 }
                 LbOp::RemoveService { key, .. } => {
-                    flush(&mut lb, &mut services)?;
-                    lb.remove_service(&ebpf_key(key))?
+                    if !upserts.is_empty() {
+                        flush(&mut lb, &mut upserts, &mut removals)?;
+                    }
+                    removals.push(ebpf_key(key))
+                }
+                LbOp::UpsertBackend { id, address, port } => {
+                    flush(&mut lb, &mut upserts, &mut removals)?;
+                    lb.upsert_backend(*id, &ferrule_ebpf::BackendEntry { address: *address, port: *port })?
                 }
                 LbOp::RemoveBackend { id } => {
-                    flush(&mut lb, &mut services)?;
+                    flush(&mut lb, &mut upserts, &mut removals)?;
                     lb.remove_backend(*id)?
                 }
             }
         }
-        flush(&mut lb, &mut services)?;
+        flush(&mut lb, &mut upserts, &mut removals)?;
         Ok(())
     }
 

@@ -454,6 +454,43 @@ impl LbMaps<'_> {
         remove_counters(self.ebpf, SERVICE_STATS, value.id)
     }
 
+    /// Removes many services with one kernel wait per batch of tables instead of one per service
+    /// (the [`LbMaps::upsert_services`] counterpart). Keys not installed are skipped. All keys go
+    /// first, so no packet looks up a table being removed; then the tables, in one batch.
+    pub fn remove_services(&mut self, keys: &[ServiceKey]) -> Result<(), EbpfError> {
+        let mut services: HashMap<_, LbServiceKey, LbService> = HashMap::try_from(map_mut(self.ebpf, SERVICES)?)
+            .map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
+        let mut ids = Vec::new();
+        for key in keys {
+            let Some(value) =
+                absent_ok(services.get(&key.raw(), 0)).map_err(|e| EbpfError::map(SERVICES, "reading", e))?
+            else {
+                continue;
+            };
+            absent_ok(services.remove(&key.raw())).map_err(|e| EbpfError::map(SERVICES, "removing", e))?;
+            ids.push(value.id);
+        }
+        // Only ids whose table exists: the kernel's batch delete stops at the first missing key.
+        let mut with_table = Vec::new();
+        {
+            let tables = self.tables()?;
+            for id in &ids {
+                if absent_ok(tables.get(id, 0)).map_err(|e| EbpfError::map(TABLES, "reading", e))?.is_some() {
+                    with_table.push(*id);
+                }
+            }
+        }
+        let tables_fd = map_fd(self.ebpf, TABLES)?;
+        if let Err(e) = sys::map_delete_batch(tables_fd, &with_table) {
+            let what = with_table.get(e.done).map(|id| format!("table of service {id}")).unwrap_or_default();
+            return Err(batch_error("BPF_MAP_DELETE_BATCH (fr_lb_tables)", &what, e.error));
+        }
+        for id in ids {
+            remove_counters(self.ebpf, SERVICE_STATS, id)?;
+        }
+        Ok(())
+    }
+
     /// The services in the map now, with their id and mode (for adopting state after a restart).
     pub fn services(&self) -> Result<Vec<(ServiceKey, u32, LbMode)>, EbpfError> {
         let services: HashMap<_, LbServiceKey, LbService> =

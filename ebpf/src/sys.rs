@@ -191,6 +191,7 @@ pub(crate) fn prog_test_run_xdp_live(
 }
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// `union bpf_attr`'s `batch` member (BPF_MAP_*_BATCH commands).
 #[repr(C)]
@@ -238,6 +239,35 @@ pub(crate) struct BatchError {
 impl BatchError {
     fn before_start(error: io::Error) -> Self {
         BatchError { done: 0, error }
+    }
+}
+
+/// Deletes every key of `keys` in one `BPF_MAP_DELETE_BATCH`: for a map of maps, one wait for
+/// the programs instead of one per key. The kernel deletes in order and stops at the first key it
+/// cannot delete (a missing one included), so callers pass keys they know are present.
+pub(crate) fn map_delete_batch<K: aya::Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
+    let invalid = |msg: String| BatchError::before_start(io::Error::new(io::ErrorKind::InvalidInput, msg));
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let count = u32::try_from(keys.len()).map_err(|_| invalid(format!("batch of {} keys", keys.len())))?;
+    let (key_size, _) = map_kv_sizes(map).map_err(BatchError::before_start)?;
+    if key_size != std::mem::size_of::<K>() {
+        return Err(invalid(format!(
+            "the map has {key_size}-byte keys, the batch {}-byte keys",
+            std::mem::size_of::<K>()
+        )));
+    }
+    let mut attr =
+        BatchAttr { keys: keys.as_ptr() as u64, count, map_fd: map.as_raw_fd() as u32, ..Default::default() };
+    // SAFETY: `attr` is the batch layout; `keys` holds `count` readable keys of exactly the map's
+    // key size (checked above) that outlive the call; the kernel only reads them.
+    let result = unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
+    let done = (attr.count as usize).min(keys.len());
+    match result {
+        Ok(_) if done == keys.len() => Ok(()),
+        Ok(_) => Err(BatchError { done, error: io::Error::other(format!("stopped after {done} of {count} keys")) }),
+        Err(error) => Err(BatchError { done, error }),
     }
 }
 

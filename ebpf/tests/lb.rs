@@ -855,6 +855,28 @@ fn batched_upsert_installs_thousands_of_services_that_forward_like_single_ones()
         let counters = lb.dp.lb().service_counters(id0).unwrap();
         assert_eq!((counters.packets, counters.new_flows), (3, 2), "service 0 counters {counters:?}");
         assert_eq!(lb.dp.lb().services().unwrap().len(), N as usize, "a swap adds no service");
+
+        // Batched removal: every other service goes (missing keys in the list are skipped), the
+        // rest keep forwarding, the removed ones pass untouched with their tables and counters gone.
+        let mut gone: Vec<ServiceKey> = (0..N).filter(|i| i % 2 == 0).map(|i| batch_service(i).0).collect();
+        gone.push(ServiceKey { vip: ip4([192, 0, 2, 250]), port: 9, proto: L4Proto::Udp });
+        let started = std::time::Instant::now();
+        lb.dp.lb().remove_services(&gone).unwrap();
+        println!("{} services removed in one batched removal in {:?}", gone.len() - 1, started.elapsed());
+        let left = lb.dp.lb().services().unwrap();
+        assert_eq!(left.len(), (N / 2) as usize, "half the services left");
+        for i in [0, 1, 4096, 4097, N - 2, N - 1] {
+            let (key, id) = batch_service(i);
+            // Services 0 and 1 were re-pointed to B by the swap above.
+            let (syn, expected) = syn_and_expected(&key, 40002, i < 2 || i % 4 >= 2);
+            if i % 2 == 0 {
+                assert_eq!(lb.run(&syn).retval, XDP_PASS, "removed service {i} passes to the stack");
+                assert!(lb.dp.lb().service_table(id).unwrap().is_empty(), "table of removed service {i} gone");
+            } else {
+                assert_tx(&lb.run(&syn), &expected, &format!("service {i} kept"));
+            }
+        }
+        assert_eq!(lb.dp.lb().service_counters(id0).unwrap().packets, 0, "counters go with the service");
     });
 }
 
