@@ -143,6 +143,9 @@ fn list(hops: &[FibNextHop]) -> String {
     hops.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
+/// The first retry after a failed pass (then doubling up to [`RESYNC_INTERVAL`]).
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+
 /// How long the installer lets a burst of forwarding-table changes settle before a pass.
 const SETTLE: Duration = Duration::from_millis(100);
 
@@ -157,6 +160,9 @@ pub async fn run<T: RouteTable>(
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    // After a failed pass, retry soon (doubling up to the resync interval) rather than leave a
+    // failover half-done until the next tick.
+    let mut retry = RETRY_FIRST;
     loop {
         // Drop the snapshot before waiting: while we hold it, each speaker update copies it.
         let desired = fib.borrow_and_update().clone();
@@ -166,11 +172,12 @@ pub async fn run<T: RouteTable>(
                     info!(routes = desired.len(), "kernel routes in sync again");
                 }
                 failing = false;
+                retry = RETRY_FIRST;
                 debug!(routes = desired.len(), changes = n, "kernel routes in sync");
             }
             Err(err) => {
                 failing = true;
-                warn!(error = %format!("{err:#}"), "kernel routes not in sync; retrying every {}s", RESYNC_INTERVAL.as_secs());
+                warn!(error = %format!("{err:#}"), retry_ms = retry.as_millis() as u64, "kernel routes not in sync; retrying");
             }
         }
         drop(desired);
@@ -181,6 +188,10 @@ pub async fn run<T: RouteTable>(
                 Err(_) => return table,
             },
             _ = tick.tick() => false,
+            _ = tokio::time::sleep(retry), if failing => {
+                retry = (retry * 2).min(RESYNC_INTERVAL);
+                false
+            }
             _ = stop.wait_for(|s| *s) => return table,
         };
         if changed && last_pass.elapsed() < SETTLE {
@@ -393,6 +404,8 @@ fn address(a: &RouteAddress) -> Option<IpAddr> {
 #[derive(Clone, Default)]
 pub struct InMemoryRouteTable {
     pub routes: Arc<std::sync::Mutex<Fib>>,
+    /// How many of the next changes fail (as a busy or refusing kernel would).
+    pub fail_next: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[cfg(test)]
@@ -402,6 +415,10 @@ impl RouteTable for InMemoryRouteTable {
     }
 
     async fn apply(&mut self, op: &RouteOp) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            bail!("Device or resource busy");
+        }
         let mut routes = self.routes.lock().unwrap();
         match op {
             RouteOp::Add(prefix, _) if routes.get(prefix).is_some() => bail!("File exists: {prefix}"),
@@ -537,6 +554,23 @@ mod tests {
         let mut m = route_message(&prefix("203.0.113.0/24"), &[hop("192.0.2.2", None)]);
         m.attributes.retain(|a| !matches!(a, RouteAttribute::Priority(_)));
         assert_eq!(ours(&m), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_change_is_retried_within_a_fraction_of_a_second() {
+        let (fib_tx, fib_rx) = watch::channel(Arc::new(Fib::new()));
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let table = InMemoryRouteTable::default();
+        tokio::spawn(run(fib_rx, table.clone(), stop_rx));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        table.fail_next.store(1, std::sync::atomic::Ordering::SeqCst);
+        let default = fib(&[("0.0.0.0/0", vec![hop("192.0.2.2", None)])]);
+        fib_tx.send_replace(Arc::new(default.clone()));
+        tokio::time::sleep(SETTLE + Duration::from_millis(10)).await;
+        assert_eq!(table.fail_next.load(std::sync::atomic::Ordering::SeqCst), 0, "the change was attempted");
+        assert!(table.routes.lock().unwrap().is_empty(), "and failed");
+        tokio::time::sleep(RETRY_FIRST + Duration::from_millis(10)).await;
+        assert_eq!(*table.routes.lock().unwrap(), default, "retried long before the next resync");
     }
 
     #[tokio::test(start_paused = true)]
