@@ -65,13 +65,14 @@ fn scenario(kind: Kind, interval_ms: u32) -> Result<()> {
     net::wait_dad(&node, "t0", Duration::from_secs(5))?;
     net::wait_dad(&tor_ns, "n0", Duration::from_secs(5))?;
     let tor = start_tor(kind, &tor_ns, dir.path(), interval_ms)?;
+    // Unique per scenario: the node name is also its pin directory, and the FRR and BIRD tests
+    // run at the same time.
+    let name = format!("bfd-{kind:?}-{interval_ms}-{}", std::process::id()).to_lowercase();
     let config = format!(
-        "[node]\nname = \"bfd{}\"\nasn = {NODE_ASN}\nrouter_id = \"192.0.2.1\"\n\n\
+        "[node]\nname = \"{name}\"\nasn = {NODE_ASN}\nrouter_id = \"192.0.2.1\"\n\n\
          [[bgp.peers]]\naddress = \"{TOR}\"\nasn = {TOR_ASN}\nhold_time = 9\n\
-         bfd = {{ interval_ms = {interval_ms}, multiplier = {MULTIPLIER} }}\n",
-        std::process::id()
+         bfd = {{ interval_ms = {interval_ms}, multiplier = {MULTIPLIER} }}\n"
     );
-    let name = format!("bfd{}", std::process::id());
     let mut ferrule = Ferrule::new(&node, dir.path(), &name, &config)?;
     ferrule.start(&[])?;
 
