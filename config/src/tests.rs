@@ -950,3 +950,13 @@ fn listen_ranges_take_the_peer_template_keys() {
         assert!(errs[0].message.contains(message), "{body}: {}", errs[0]);
     }
 }
+
+#[test]
+fn fabric_example_parses_with_unnumbered_peers_bfd_gr_md5_and_a_listen_range() {
+    let (model, _) = load_file(&examples().join("fabric.toml")).unwrap();
+    let interfaces: Vec<_> = model.bgp.peers.iter().map(|p| p.interface.as_deref()).collect();
+    assert_eq!(interfaces, [Some("tor1"), Some("tor2")]);
+    assert!(model.bgp.peers.iter().all(|p| p.options.bfd.is_some() && p.options.graceful_restart.is_some()));
+    assert!(model.bgp.peers[1].options.password.is_some());
+    assert_eq!(model.bgp.listen.len(), 1);
+}
