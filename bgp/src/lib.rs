@@ -15,6 +15,8 @@ pub mod bfd;
 pub mod driver;
 pub mod nd;
 pub mod policy;
+#[cfg(test)]
+mod replay_script;
 pub mod rib;
 pub mod session;
 #[cfg(feature = "testutil")]

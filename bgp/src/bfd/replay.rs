@@ -24,16 +24,7 @@ use std::time::{Duration, Instant};
 use super::packet::{ControlPacket, Diag, State};
 use super::session::{Input, Output, Session, SessionConfig, Timers};
 
-struct Script {
-    name: String,
-    line: usize,
-}
-
-impl Script {
-    fn fail(&self, msg: impl std::fmt::Display) -> ! {
-        panic!("{}:{}: {msg}", self.name, self.line)
-    }
-}
+use crate::replay_script::{key_values, secs_after, Line, Script};
 
 /// Milliseconds as the scripts write them: integers, or decimals below a millisecond.
 fn fmt_ms(us: u32) -> String {
@@ -86,13 +77,6 @@ fn parse_ms(value: &str, at: &Script) -> Duration {
 
 fn num<T: std::str::FromStr>(value: &str, at: &Script) -> T {
     value.parse().unwrap_or_else(|_| at.fail(format!("not a number: {value}")))
-}
-
-fn key_values<'s>(words: &[&'s str], at: &Script) -> Vec<(&'s str, &'s str)> {
-    words
-        .iter()
-        .map(|w| w.split_once('=').unwrap_or_else(|| at.fail(format!("expected key=value, got {w:?}"))))
-        .collect()
 }
 
 fn parse_timers(words: &[&str], at: &Script) -> (u32, Timers) {
@@ -163,11 +147,6 @@ fn parse_input(words: &[&str], at: &Script) -> Input {
     }
 }
 
-fn secs_after(t0: Instant, s: &str, at: &Script) -> Instant {
-    let secs: f64 = s.parse().unwrap_or_else(|_| at.fail(format!("bad time {s:?}")));
-    t0 + Duration::from_micros((secs * 1e6).round() as u64)
-}
-
 fn yes(v: &str, at: &Script) -> bool {
     match v {
         "yes" => true,
@@ -209,63 +188,38 @@ fn assert_line(s: &Session, t0: Instant, words: &[&str], at: &Script) {
 
 /// Replays one script; panics at the first difference, naming the script and line.
 fn replay(name: &str, text: &str) {
-    let mut at = Script { name: name.to_string(), line: 0 };
     let t0 = Instant::now();
     let mut config = None;
     let mut session: Option<Session> = None;
-    let mut now = t0;
-    let mut pending: Vec<String> = Vec::new();
-    let mut pending_from = 0;
-    let check_done = |pending: &[String], from: usize, at: &Script| {
-        if !pending.is_empty() {
-            at.fail(format!("input on line {from} produced unexpected outputs: {pending:#?}"));
-        }
-    };
-    for (i, raw) in text.lines().enumerate() {
-        at.line = i + 1;
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(expected) = line.strip_prefix('>') {
-            let expected = expected.trim();
-            if pending.is_empty() {
-                at.fail(format!("expected `{expected}`, but the input on line {pending_from} produced nothing more"));
-            }
-            let got = pending.remove(0);
-            if got != expected {
-                at.fail(format!("expected `{expected}`\n     got `{got}`\n  then {pending:#?}"));
-            }
-            continue;
-        }
-        check_done(&pending, pending_from, &at);
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words[0] == "config" {
+    crate::replay_script::replay(name, text, t0, |line, at| match line {
+        Line::Config(words) => {
             if session.is_some() {
                 at.fail("config comes before the first input");
             }
-            config = Some(parse_timers(&words[1..], &at));
-            continue;
+            config = Some(parse_timers(words, at));
+            Vec::new()
         }
-        let s = session.get_or_insert_with(|| {
-            let (discr, timers) = config.unwrap_or((1, Timers::symmetric(Duration::from_millis(100), 3).unwrap()));
-            Session::new(SessionConfig::new(discr, timers, None), t0).unwrap_or_else(|e| at.fail(e))
-        });
-        if let Some(time) = words[0].strip_prefix('@') {
-            let t = secs_after(t0, time, &at);
-            if t < now {
-                at.fail("time goes backwards");
-            }
-            now = t;
-            pending = s.handle(now, parse_input(&words[1..], &at)).iter().map(render).collect();
-            pending_from = at.line;
-        } else if words[0] == "?" {
-            assert_line(s, t0, &words[1..], &at);
-        } else {
-            at.fail(format!("a line starts with @time, >, ? or config: {line}"));
+        Line::Input { now, words } => {
+            started(&mut session, config, t0, at).handle(now, parse_input(words, at)).iter().map(render).collect()
         }
-    }
-    check_done(&pending, pending_from, &at);
+        Line::Assert { words, .. } => {
+            assert_line(started(&mut session, config, t0, at), t0, words, at);
+            Vec::new()
+        }
+    });
+}
+
+/// The session, created at the first input or assertion from the `config` line if there was one.
+fn started<'s>(
+    session: &'s mut Option<Session>,
+    config: Option<(u32, Timers)>,
+    t0: Instant,
+    at: &Script,
+) -> &'s mut Session {
+    session.get_or_insert_with(|| {
+        let (discr, timers) = config.unwrap_or((1, Timers::symmetric(Duration::from_millis(100), 3).unwrap()));
+        Session::new(SessionConfig::new(discr, timers, None), t0).unwrap_or_else(|e| at.fail(e))
+    })
 }
 
 #[test]

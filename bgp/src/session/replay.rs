@@ -68,27 +68,11 @@ fn render(o: &Output<'_>) -> Vec<String> {
     }
 }
 
-struct Script {
-    name: String,
-    line: usize,
-}
-
-impl Script {
-    fn fail(&self, msg: impl std::fmt::Display) -> ! {
-        panic!("{}:{}: {msg}", self.name, self.line)
-    }
-}
+use crate::replay_script::{key_values, secs_after, Line, Script};
 
 fn code_pair(s: &str, at: &Script) -> (u8, u8) {
     let (c, sc) = s.split_once('/').unwrap_or_else(|| at.fail(format!("expected CODE/SUBCODE, got {s:?}")));
     (c.parse().unwrap_or_else(|_| at.fail("bad code")), sc.parse().unwrap_or_else(|_| at.fail("bad subcode")))
-}
-
-fn key_values<'s>(words: &[&'s str], at: &Script) -> Vec<(&'s str, &'s str)> {
-    words
-        .iter()
-        .map(|w| w.split_once('=').unwrap_or_else(|| at.fail(format!("expected key=value, got {w:?}"))))
-        .collect()
 }
 
 fn parse_config(words: &[&str], at: &Script) -> SessionConfig {
@@ -201,65 +185,31 @@ fn parse_input(words: &[&str], at: &Script) -> Input<'static> {
     }
 }
 
-/// Script times are seconds with up to millisecond precision.
-fn secs_after(t0: Instant, s: &str, at: &Script) -> Instant {
-    let secs: f64 = s.parse().unwrap_or_else(|_| at.fail(format!("bad time {s:?}")));
-    t0 + Duration::from_millis((secs * 1000.0).round() as u64)
-}
-
 fn millis(t0: Instant, t: Instant) -> u128 {
     t.duration_since(t0).as_millis()
 }
 
+/// The session, created with the default config at the first input unless a `config` line came.
+fn started(session: &mut Option<Session>) -> &mut Session {
+    session.get_or_insert_with(|| Session::new(config()).expect("default config"))
+}
+
 /// Replays one script; panics at the first difference, naming the script and line.
 fn replay(name: &str, text: &str) {
-    let mut at = Script { name: name.to_string(), line: 0 };
     let t0 = Instant::now();
     let mut session: Option<Session> = None;
-    let mut now = t0;
-    // Outputs of the last input not yet matched against `>` lines.
-    let mut pending: Vec<String> = Vec::new();
-    let mut pending_from = 0;
-    let check_done = |pending: &[String], from: usize, at: &Script| {
-        if !pending.is_empty() {
-            at.fail(format!("input on line {from} produced unexpected outputs: {pending:#?}"));
+    crate::replay_script::replay(name, text, t0, |line, at| match line {
+        Line::Config(words) => {
+            session = Some(Session::new(parse_config(words, at)).unwrap_or_else(|e| at.fail(e)));
+            Vec::new()
         }
-    };
-    for (i, raw) in text.lines().enumerate() {
-        at.line = i + 1;
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
+        Line::Input { now, words } => {
+            let input = parse_input(words, at);
+            started(&mut session).handle(now, input).iter().flat_map(render).collect()
         }
-        if let Some(expected) = line.strip_prefix('>') {
-            let expected = expected.trim();
-            if pending.is_empty() {
-                at.fail(format!("expected `{expected}`, but the input on line {pending_from} produced nothing more"));
-            }
-            let got = pending.remove(0);
-            if got != expected {
-                at.fail(format!("expected `{expected}`\n     got `{got}`\n  then {pending:#?}"));
-            }
-            continue;
-        }
-        check_done(&pending, pending_from, &at);
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words[0] == "config" {
-            session = Some(Session::new(parse_config(&words[1..], &at)).unwrap_or_else(|e| at.fail(e)));
-            continue;
-        }
-        let s = session.get_or_insert_with(|| Session::new(config()).expect("default config"));
-        if let Some(time) = words[0].strip_prefix('@') {
-            let t = secs_after(t0, time, &at);
-            if t < now {
-                at.fail("time goes backwards");
-            }
-            now = t;
-            let input = parse_input(&words[1..], &at);
-            pending = s.handle(now, input).iter().flat_map(render).collect();
-            pending_from = at.line;
-        } else if words[0] == "?" {
-            match &words[1..] {
+        Line::Assert { words, line } => {
+            let s = started(&mut session);
+            match words {
                 ["state", st] => {
                     let got = s.state().to_string();
                     if got != *st {
@@ -268,7 +218,7 @@ fn replay(name: &str, text: &str) {
                 }
                 ["deadline", d] => {
                     let got = s.next_deadline().map(|x| millis(t0, x));
-                    let want = (*d != "none").then(|| millis(t0, secs_after(t0, d, &at)));
+                    let want = (*d != "none").then(|| millis(t0, secs_after(t0, d, at)));
                     if got != want {
                         at.fail(format!("next deadline is {got:?} ms, expected {want:?} ms"));
                     }
@@ -282,11 +232,9 @@ fn replay(name: &str, text: &str) {
                 }
                 _ => at.fail(format!("unknown assertion {line}")),
             }
-        } else {
-            at.fail(format!("a line starts with @time, >, ? or config: {line}"));
+            Vec::new()
         }
-    }
-    check_done(&pending, pending_from, &at);
+    });
 }
 
 #[test]
