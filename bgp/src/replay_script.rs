@@ -43,6 +43,25 @@ pub(crate) fn secs_after(t0: Instant, s: &str, at: &Script) -> Instant {
     t0 + Duration::from_micros((secs * 1e6).round() as u64)
 }
 
+/// Every script in `dir` (relative to the crate) ending in `.ext`, sorted, as (path, text); at
+/// least three, so a moved test-data directory cannot pass silently.
+pub(crate) fn scripts(dir: &str, ext: &str) -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 3, "expected the event scripts in {}", dir.display());
+    paths
+        .iter()
+        .map(|p| {
+            (p.display().to_string(), std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        })
+        .collect()
+}
+
 /// Reads the script `text` named `name`, whose times count from `t0`: hands each config, input
 /// and assertion line to `step`, which returns an input's rendered outputs (nothing for the other
 /// lines); those must match the `>` lines that follow, in order, with none left over. Panics at

@@ -406,12 +406,7 @@ impl Task {
         let mut cmsg6 = nix::cmsg_space!(i32, nix::libc::in6_pktinfo);
         loop {
             let deadline = self.sessions.values().filter_map(|e| e.session.next_deadline()).min();
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = crate::driver::sleep_until(deadline);
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
                     Some(cmd) => self.command(cmd),

@@ -18,7 +18,6 @@
 //! `send STATE [P] [F] diag=N your=N tx=T rx=R mult=M`, state changes as
 //! `state FROM -> TO diag=N [peer-admin-down]`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::packet::{ControlPacket, Diag, State};
@@ -224,17 +223,8 @@ fn started<'s>(
 
 #[test]
 fn replays_every_event_script() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bfd/testdata");
-    let mut scripts: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "bfd"))
-        .collect();
-    scripts.sort();
-    assert!(scripts.len() >= 3, "expected the event scripts in {}", dir.display());
-    for path in &scripts {
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        replay(&path.display().to_string(), &text);
+    for (name, text) in crate::replay_script::scripts("src/bfd/testdata", "bfd") {
+        replay(&name, &text);
     }
 }
 

@@ -26,6 +26,15 @@ pub mod peer;
 mod speaker;
 
 pub use auth::{Md5Key, Md5Setter, Md5Target};
+
+/// Sleeps until a state machine's next deadline, or forever when it has none (the driver loops'
+/// timer arm: the BGP peer task, the speaker's graceful-restart timers, BFD).
+pub(crate) async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
 pub use fib::{Fib, FibNextHop};
 pub use speaker::{
     BfdConfig, ListenRange, NeighborSummary, PathEntry, PeerConfig, RouteEntry, RouteQuery, Speaker, SpeakerConfig,

@@ -170,12 +170,7 @@ impl PeerTask {
         self.perform(outputs).await;
         loop {
             let deadline = self.session.next_deadline();
-            let sleep = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let sleep = crate::driver::sleep_until(deadline);
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
                     Some(PeerCmd::Abandon) => {

@@ -369,12 +369,7 @@ impl SpeakerTask {
         let mut done = None;
         loop {
             let deadline = self.next_timer();
-            let timer = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let timer = crate::driver::sleep_until(deadline);
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::SetConfig(config, reply)) => {

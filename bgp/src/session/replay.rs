@@ -18,7 +18,6 @@
 //! `recv N ROUTE-REFRESH ipv4|ipv6`.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::tests::{config, decode_all, Sent};
@@ -239,17 +238,8 @@ fn replay(name: &str, text: &str) {
 
 #[test]
 fn replays_every_event_script() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/session/testdata");
-    let mut scripts: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "fsm"))
-        .collect();
-    scripts.sort();
-    assert!(scripts.len() >= 3, "expected the event scripts in {}", dir.display());
-    for path in &scripts {
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        replay(&path.display().to_string(), &text);
+    for (name, text) in crate::replay_script::scripts("src/session/testdata", "fsm") {
+        replay(&name, &text);
     }
 }
 
