@@ -9,7 +9,7 @@
 //!  3. the session is no longer Established, and its last error names BFD.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use ferrule_tests::bgp::{BgpConfig, Family, Neighbor};
@@ -141,21 +141,7 @@ fn neighbor(f: &Ferrule) -> Result<Value> {
 
 /// The UTC time of a tracing log line (`2026-11-23T13:26:34.372662Z  WARN …`).
 fn log_time(line: &str) -> Option<SystemTime> {
-    let stamp = line.split_whitespace().next()?;
-    let (date, time) = stamp.strip_suffix('Z')?.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (h, min, s) = (t.next()?.parse::<u64>().ok()?, t.next()?.parse::<u64>().ok()?, t.next()?.parse::<f64>().ok()?);
-    // Days since the epoch for a proleptic Gregorian date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
-    let secs = days * 86_400 + h * 3600 + min * 60;
-    Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_secs_f64(s))
+    humantime::parse_rfc3339(line.split_whitespace().next()?).ok()
 }
 
 fn start_tor(kind: Kind, ns: &NetNs, dir: &Path, interval_ms: u32) -> Result<Tor> {
