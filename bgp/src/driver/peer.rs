@@ -228,6 +228,7 @@ impl PeerTask {
         let now = Instant::now();
         match cmd {
             PeerCmd::Inbound(stream) => {
+                self.connect_error = None;
                 let conn = self.adopt(stream);
                 let outputs = self.session.handle(now, Input::Connected { conn, inbound: true });
                 self.perform(outputs).await;
@@ -324,6 +325,10 @@ impl PeerTask {
     /// Sends events to the speaker, completing `Established` with the connection's local address.
     async fn send_events(&mut self, events: Vec<PeerEvent>) {
         for mut event in events {
+            if matches!(event, PeerEvent::Down { .. }) {
+                // The session's own reason is newer than any earlier connect failure.
+                self.connect_error = None;
+            }
             if let PeerEvent::Established { local, .. } = &mut event {
                 let conn = self.session.established_conn().and_then(|c| self.conns.get(&c));
                 if let Some(addr) = conn.and_then(|c| c.local) {
