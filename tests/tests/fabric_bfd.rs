@@ -91,8 +91,22 @@ fn scenario(kind: Kind, interval_ms: u32) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     };
     println!("[{who}] 1 up: expected Established with BFD Up on both sides, saw {state} / BFD {bfd}, ToR BFD up");
-    // Past the slow start: both sides at their fast timers.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Past the slow start: our detection time is the configured one (both sides on their fast
+    // timers, after the Poll sequence), however long that takes on a loaded machine.
+    let want_us = u64::from(interval_ms * MULTIPLIER) * 1000;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sessions = ferrule.show(&["bgp", "bfd"])?;
+        let detect = sessions.as_array().and_then(|a| a.first()).and_then(|s| s["detection_time_us"].as_u64());
+        if detect == Some(want_us) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("[{who}] 1: detection time {detect:?} us, not {want_us} us, after 20 s: {sessions}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("[{who}] 1 fast timers: expected detection time {want_us} us, saw it");
 
     // 2. Silent failure of the ToR.
     let cut_at = SystemTime::now();
