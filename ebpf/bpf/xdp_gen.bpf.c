@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * Benchmark traffic: a generator and a sink, for tests/benches/lb_pps.rs; not part of the datapath.
+ * Benchmark traffic: a generator, a sink and a minimal forwarder, for tests/benches/lb_pps.rs; not
+ * part of the datapath.
  *
  * xdp_gen is never attached to an interface: user space runs it with
  * BPF_PROG_TEST_RUN in live-frames mode (src/test_run.rs, `XdpTrafficGen`), where the kernel hands
@@ -98,6 +99,51 @@ int xdp_sink(struct xdp_md *ctx)
 	if (count)
 		*count += 1;
 	return XDP_DROP;
+}
+
+/* Where xdp_fwd sends what it forwards. Crosses to user space: mirrored in src/abi.rs (FwdCtl). */
+struct fr_fwd_ctl {
+	__u32 ifindex; /* egress interface; 0 = not configured, pass everything */
+	__u8 dmac[6];
+	__u8 smac[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fr_fwd_ctl);
+} fwd_ctl SEC(".maps");
+
+/*
+ * xdp_fwd: the least an XDP forwarder can do, as the floor the load balancer's cost is read
+ * against. IPv4 UDP datagrams get the configured MAC addresses and a decremented TTL (checksum
+ * updated incrementally), and are redirected out of the configured interface; no lookup, no
+ * translation. Everything else goes to the stack.
+ */
+SEC("xdp")
+int xdp_fwd(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	__u32 zero = 0;
+
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->protocol != IPPROTO_UDP ||
+	    ip->ttl <= 1)
+		return XDP_PASS;
+	struct fr_fwd_ctl *ctl = bpf_map_lookup_elem(&fwd_ctl, &zero);
+	if (!ctl || ctl->ifindex == 0)
+		return XDP_PASS;
+	/* TTL is the high byte of the 16-bit word it shares with the protocol: -0x0100 there is
+	 * +0x0100 in the one's complement checksum (RFC 1624). */
+	__u32 sum = (__u32)ip->check + bpf_htons(0x0100);
+	ip->check = (__u16)(sum + (sum >> 16));
+	ip->ttl -= 1;
+	__builtin_memcpy(eth->h_dest, ctl->dmac, 6);
+	__builtin_memcpy(eth->h_source, ctl->smac, 6);
+	return bpf_redirect(ctl->ifindex, 0);
 }
 
 char LICENSE[] SEC("license") = "GPL";

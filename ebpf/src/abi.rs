@@ -176,6 +176,14 @@ abi_structs! {
         pub frames: u32,
         pub next: u32,
     }
+
+    /// Value of the benchmark forwarder's `fwd_ctl` (`bpf/xdp_gen.bpf.c`, not the datapath):
+    /// where `xdp_fwd` redirects to, and the MAC addresses it writes.
+    "fr_fwd_ctl" => pub struct FwdCtl {
+        pub ifindex: u32,
+        pub dmac: [u8; 6],
+        pub smac: [u8; 6],
+    }
 }
 
 /// `#define`s and enum values of `ferrule_abi.h`, by their C names; `tests` checks each against

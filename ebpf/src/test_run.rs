@@ -95,7 +95,7 @@ pub const GEN_MAX_FRAMES: usize = 1024;
 /// The kernel's largest live-frames batch (`TEST_XDP_MAX_BATCH` in net/bpf/test_run.c).
 pub const MAX_LIVE_BATCH: u32 = 256;
 
-use crate::abi::GenCtl;
+use crate::abi::{FwdCtl, GenCtl};
 
 /// A benchmark traffic source in the manner of xdp-trafficgen: `xdp_gen` run with
 /// `BPF_PROG_TEST_RUN` in live-frames mode (Linux 5.18+), so the kernel sends frames straight out
@@ -271,6 +271,65 @@ impl XdpSink {
     }
 }
 
+const FWD_PROGRAM: &str = "xdp_fwd";
+const FWD_CTL: &str = "fwd_ctl";
+
+/// The floor of XDP forwarding for a benchmark: `xdp_fwd` attached (native XDP) to one
+/// interface, redirecting every IPv4 UDP datagram out of another with fixed MAC addresses and a
+/// decremented TTL, nothing else (no lookup, no translation): what any XDP forwarder pays on
+/// these interfaces before doing its own work. Everything else goes to the stack. Detached when
+/// dropped. Benchmarks only, like [`XdpTrafficGen`].
+pub struct XdpForward {
+    ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for XdpForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpForward").finish_non_exhaustive()
+    }
+}
+
+impl XdpForward {
+    /// Loads `xdp_fwd` and attaches it in native mode to `ifname`, forwarding to interface
+    /// `to_ifindex` with destination MAC `dmac` and source MAC `smac`. Names and indexes are
+    /// resolved in the calling thread's network namespace (enter it with `setns` first). The
+    /// egress interface must take XDP frames (on a veth: an XDP program or GRO on its peer).
+    pub fn attach(ifname: &str, to_ifindex: u32, dmac: [u8; 6], smac: [u8; 6]) -> Result<XdpForward, EbpfError> {
+        if to_ifindex == 0 {
+            return Err(EbpfError::TestRunInput("the forwarder needs an egress interface (ifindex 0)".to_owned()));
+        }
+        let mut ebpf = EbpfLoader::new().load(objects::XDP_GEN).map_err(|e| EbpfError::load(GEN_OBJECT, e))?;
+        let map = ebpf.map_mut(FWD_CTL).ok_or(EbpfError::MissingFromObject {
+            object: GEN_OBJECT,
+            what: "map",
+            name: FWD_CTL,
+        })?;
+        let mut ctl: Array<_, FwdCtl> =
+            Array::try_from(map).map_err(|e| EbpfError::map(FWD_CTL, "opening as array", e))?;
+        ctl.set(0, FwdCtl { ifindex: to_ifindex, dmac, smac }, 0).map_err(|e| EbpfError::map(FWD_CTL, "writing", e))?;
+        let program = ebpf.program_mut(FWD_PROGRAM).ok_or(EbpfError::MissingFromObject {
+            object: GEN_OBJECT,
+            what: "program",
+            name: FWD_PROGRAM,
+        })?;
+        let xdp: &mut Xdp = program.try_into().map_err(|e| EbpfError::program(FWD_PROGRAM, "using as XDP", e))?;
+        xdp.load().map_err(|e| EbpfError::program(FWD_PROGRAM, "loading", e))?;
+        xdp.attach(ifname, XdpMode::Driver).map_err(|e| EbpfError::program(FWD_PROGRAM, "attaching", e))?;
+        Ok(XdpForward { ebpf })
+    }
+
+    /// The attached program, for `BPF_PROG_TEST_RUN`.
+    pub fn program_fd(&self) -> Result<BorrowedFd<'_>, EbpfError> {
+        let program = self.ebpf.program(FWD_PROGRAM).ok_or(EbpfError::MissingFromObject {
+            object: GEN_OBJECT,
+            what: "program",
+            name: FWD_PROGRAM,
+        })?;
+        let xdp: &Xdp = program.try_into().map_err(|e| EbpfError::program(FWD_PROGRAM, "using as XDP", e))?;
+        xdp.fd().map(|fd| fd.as_fd()).map_err(|e| EbpfError::program(FWD_PROGRAM, "getting its fd", e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,5 +484,54 @@ mod tests {
         gen.set_frames(&[frame([0x02, 0, 0, 0, 0, 2], 0)]).expect("one frame");
         assert!(matches!(gen.send(0, 1, None), Err(EbpfError::TestRunInput(_))));
         assert!(matches!(gen.send(1, 1, Some(MAX_LIVE_BATCH + 1)), Err(EbpfError::TestRunInput(_))));
+    }
+
+    #[test]
+    fn the_forwarder_rewrites_macs_and_ttl_and_redirects_udp_only() {
+        if !ferrule_tests::privileged() {
+            return;
+        }
+        let ns = Throwaway::new("fwd");
+        // IPv4 UDP 192.0.2.2 -> 203.0.113.10, TTL 64, header checksum filled in below.
+        let mut udp = frame([0x02, 0, 0, 0, 0, 9], 0);
+        udp[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = [0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 2, 203, 0, 113, 10];
+        udp[14..34].copy_from_slice(&ip);
+        let ip_sum = |h: &[u8]| {
+            let mut sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            !(sum as u16)
+        };
+        let check = ip_sum(&udp[14..34]);
+        udp[24..26].copy_from_slice(&check.to_be_bytes());
+        let (dmac, smac) = ([0x02, 0xd, 0xd, 0xd, 0xd, 0xd], [0x02, 0x5, 0x5, 0x5, 0x5, 0x5]);
+        let (out, ttl_one, arp) = ns.inside(|| {
+            let to = nix::net::if_::if_nametoindex("gen0").expect("gen0");
+            let ingress = nix::net::if_::if_nametoindex("sink0").expect("sink0");
+            let fwd = XdpForward::attach("sink0", to, dmac, smac).expect("attaching xdp_fwd");
+            let fd = fwd.program_fd().expect("program fd");
+            let out = test_run_xdp(fd, &udp, ingress, 1).expect("test run");
+            let mut last_hop = udp;
+            last_hop[22] = 1;
+            let ttl_one = test_run_xdp(fd, &last_hop, ingress, 1).expect("test run");
+            let mut arp = udp;
+            arp[12..14].copy_from_slice(&[0x08, 0x06]);
+            (out, ttl_one, test_run_xdp(fd, &arp, ingress, 1).expect("test run"))
+        });
+        assert_eq!(out.retval, XDP_REDIRECT);
+        let mut expected = udp;
+        expected[..6].copy_from_slice(&dmac);
+        expected[6..12].copy_from_slice(&smac);
+        expected[22] = 63;
+        expected[24..26].copy_from_slice(&[0, 0]);
+        let check = ip_sum(&expected[14..34]);
+        expected[24..26].copy_from_slice(&check.to_be_bytes());
+        assert_eq!(out.data, expected.to_vec(), "MACs rewritten, TTL 63, header checksum recomputed");
+        assert_eq!(ip_sum(&out.data[14..34]), 0, "the header checksums to zero");
+        assert_eq!((ttl_one.retval, ttl_one.data.as_slice()[22]), (XDP_PASS, 1), "TTL 1 is the stack's to answer");
+        assert_eq!(arp.retval, XDP_PASS);
+        assert!(matches!(XdpForward::attach("sink0", 0, dmac, smac), Err(EbpfError::TestRunInput(_))));
     }
 }
