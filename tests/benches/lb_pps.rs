@@ -23,35 +23,46 @@
 //!   node's namespace with the kernel forwarding (`lb0` with GRO on, so it takes XDP frames and
 //!   turns them into skbs without a copy, as a NIC driver builds skbs around its DMA buffers).
 //! - **Backend**: `ferrule_ebpf::XdpSink`, native XDP on its `up0`, counts and drops the datagrams
-//!   before any skb exists, so the sink costs the same little in both runs and no process has to
-//!   keep up. (nftables' forwarded skbs become XDP buffers there without a copy; the XDP path's
-//!   redirected frames arrive as XDP frames.)
+//!   before any skb exists, so no process has to keep up. (nftables' forwarded skbs are turned
+//!   into XDP buffers there, which costs the sink more than the XDP path's redirected frames.)
+//! - **Floor**: the same links with `xdp_fwd` (`ferrule_ebpf::XdpForward`) on the node's `lb0`:
+//!   MAC addresses and TTL rewritten, redirected to `be0`, nothing looked up or translated. What
+//!   any XDP forwarder pays on these veths before doing its own work, measured in the same run.
 //!
-//! The figure is delivered datagrams per second: the sink's count over a fixed window
-//! (`LB_PPS_WINDOW_SECS`, default 5) after a 1 s warm-up, next to what the generator offered in
-//! that window, what entered the node (`lb0`'s rx counter), the generator's kernel time per frame
-//! and how busy the CPUs were. The two paths alternate for `LB_PPS_ROUNDS` rounds (default 3) and
-//! each figure is the median of its rounds; the ratio is of the medians.
+//! Figures, each the median of `LB_PPS_ROUNDS` rounds (default 3) in which the three paths take
+//! turns, over a fixed window (`LB_PPS_WINDOW_SECS`, default 5) after a 1 s warm-up:
+//! - **delivered pps**: the sink's count over the window, next to what the generator offered,
+//!   what entered the node (`lb0`'s rx counter), the generator's kernel time per frame and how
+//!   busy the CPUs were;
+//! - **the node's own cost per packet** (`LB_PPS_NAPI=threaded`, the default): `lb0` and the
+//!   backend's `up0` poll in NAPI kernel threads of their own, and the CPU time of `lb0`'s thread
+//!   (`/proc/PID/schedstat`) over the window, divided by the packets that entered the node, is
+//!   everything the node does for a packet, from its veth's ring to the backend's: XDP program and
+//!   redirect, or skb build, netfilter, routing and transmit. Generator and sink are excluded, and
+//!   so is how the scheduler shares the CPUs between them, so 1e9 / that is the packets per second
+//!   one CPU of the node sustains, and the ratio of the two paths' costs is the ratio of their
+//!   capacities. The floor's cost bounds that ratio on these links: no XDP program gains more over
+//!   nftables here than the floor does, and "above the floor" is the load balancer's own work.
 //!
 //! What it measures, honestly (generator, node and backend share this machine's CPUs, 2 here,
 //! with whatever else runs on it; the load average is printed):
-//! - `LB_PPS_NAPI=inline` (the default): the veths' receive processing runs in the generator's own
-//!   softirqs, after each batch of 64 frames: generator, node and sink run one after the other on
-//!   one CPU, nothing is dropped on the way, and `gen ns/frame` is the whole chain's CPU time per
-//!   packet. So the pps figure is 1 / (generator + node + sink) on one CPU; the generator and the
-//!   sink (tens of ns each, the same in both runs) dilute the ratio of the node's own costs a
-//!   little. This is the steady figure.
-//! - `LB_PPS_NAPI=threaded`: `lb0` and the backend's `up0` poll in NAPI kernel threads, the
-//!   generator is pinned to CPU 0 and overloads the node (a veth ring holds 256 frames; the rest
-//!   is dropped at the source, which costs the node nothing). The node's and the sink's threads
-//!   share what CPU is left, mostly CPU 1, as the scheduler decides; frames the node forwarded but
-//!   the backend's ring could not take are dropped there, so this figure moves with scheduling.
-//! - Either way it is veth, not a NIC: XDP_REDIRECT between veths and the skb build on `lb0` are
-//!   cheaper or dearer than a NIC's, and a NIC's receive runs on its own cores. The figures compare
-//!   both datapaths under identical conditions here; the issue's goal (>= 5x) is about NICs.
+//! - `LB_PPS_NAPI=threaded` (the default): the generator is pinned to CPU 0 and overloads the
+//!   node (a veth ring holds 256 frames; the rest is dropped at the source, which costs the node
+//!   nothing). The node's and the sink's threads share what CPU is left, mostly CPU 1, as the
+//!   scheduler decides; frames the node forwarded but the backend's ring could not take are
+//!   dropped there (after the node paid for them), so delivered pps moves with scheduling and
+//!   with the sink's cost, which differs between paths (an skb the stack forwarded is turned into
+//!   an XDP buffer on the backend's veth, an XDP frame is not).
+//! - `LB_PPS_NAPI=inline`: the veths' receive processing runs in the generator's own softirqs,
+//!   after each batch of 64 frames: generator, node and sink run one after the other on one CPU,
+//!   nothing is dropped on the way, and `gen ns/frame` is the whole chain's CPU time per packet,
+//!   so delivered pps = 1 / (generator + node + sink); the node's own cost is not separated.
+//! - Either way it is veth, not a NIC: XDP_REDIRECT between veths, their rings and the skb build
+//!   on `lb0` are cheaper or dearer than a NIC driver's, and a NIC's receive runs on its own
+//!   cores. The figures compare the paths under identical conditions here, not line rates.
 //!
 //! Knobs: `LB_PPS_WINDOW_SECS`, `LB_PPS_ROUNDS`, `LB_PPS_FLOWS` (source ports, <= 1024),
-//! `LB_PPS_MAX_PACKETS` (per flood), `LB_PPS_NAPI=inline|threaded`.
+//! `LB_PPS_MAX_PACKETS` (per flood), `LB_PPS_NAPI=threaded|inline`.
 //!
 //! Run as root: `cargo build -p ferrule && cargo bench -p ferrule-tests --bench lb_pps`
 //! (`FERRULE_BIN` picks another daemon binary).
@@ -64,7 +75,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ferrule_ebpf::{XdpSink, XdpTrafficGen, GEN_FRAME_LEN};
+use ferrule_ebpf::{XdpForward, XdpSink, XdpTrafficGen, GEN_FRAME_LEN};
 use ferrule_tests::{cmd, net, Ferrule, NetNs, TestDir};
 use nix::sched::{setns, CloneFlags};
 use serde_json::Value;
@@ -97,9 +108,9 @@ struct Knobs {
     /// Source ports (flows) the generator cycles through.
     flows: u16,
     max_packets: u64,
-    /// Receive processing inline in the generator's softirqs (`LB_PPS_NAPI=inline`, the default)
-    /// or threaded NAPI on the receiving veth ends, with the generator pinned to CPU 0
-    /// (`LB_PPS_NAPI=threaded`).
+    /// Threaded NAPI on the receiving veth ends, with the generator pinned to CPU 0
+    /// (`LB_PPS_NAPI=threaded`, the default), or receive processing inline in the generator's
+    /// softirqs (`LB_PPS_NAPI=inline`).
     threaded: bool,
 }
 
@@ -119,8 +130,8 @@ impl Knobs {
             flows: number("LB_PPS_FLOWS", 64)?.min(1024) as u16,
             max_packets: number("LB_PPS_MAX_PACKETS", 500_000_000)?,
             threaded: match std::env::var("LB_PPS_NAPI").as_deref() {
-                Ok("threaded") => true,
-                Ok("inline") | Err(_) => false,
+                Ok("threaded") | Err(_) => true,
+                Ok("inline") => false,
                 Ok(other) => bail!("LB_PPS_NAPI={other}: use threaded or inline"),
             },
         })
@@ -135,6 +146,73 @@ struct Lab {
     frames: Vec<[u8; GEN_FRAME_LEN]>,
     /// Counts and drops the datagrams that reach the backend's `up0`.
     sink: XdpSink,
+    /// Threaded NAPI only: the kernel threads that poll the node's `lb0` and the backend's `up0`,
+    /// whose CPU time is the node's (resp. the sink's) whole receive-and-forward cost.
+    napi: Option<NapiThreads>,
+}
+
+/// The NAPI kernel threads of the node's `lb0` (all of the node's work: XDP program and redirect,
+/// or skb build, netfilter, routing and transmit to `be0`) and of the backend's `up0` (the sink).
+struct NapiThreads {
+    node: Vec<NapiThread>,
+    sink: Vec<NapiThread>,
+}
+
+/// A kernel thread by pid, with the name it had when found (checked again at each reading, so a
+/// recreated thread is noticed instead of read as another's).
+struct NapiThread {
+    pid: u32,
+    comm: String,
+}
+
+impl NapiThread {
+    /// The threads named `napi/{dev}-*` that `enable` creates: the names carry the device name but
+    /// not the namespace, so the ones present before are left out.
+    fn created_by(dev: &str, enable: impl FnOnce() -> Result<()>) -> Result<Vec<NapiThread>> {
+        let prefix = format!("napi/{dev}-");
+        let before = napi_threads(&prefix)?;
+        enable()?;
+        let mut found = Vec::new();
+        cmd::poll_until(
+            &format!("the {prefix}* NAPI thread"),
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                found = napi_threads(&prefix)?.into_iter().filter(|t| !before.iter().any(|b| b.pid == t.pid)).collect();
+                Ok(!found.is_empty())
+            },
+        )?;
+        Ok(found)
+    }
+
+    /// Nanoseconds this thread has run on a CPU (`/proc/PID/schedstat`, first field).
+    fn cpu_ns(&self) -> Result<u64> {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid)).unwrap_or_default();
+        if comm.trim_end() != self.comm {
+            bail!("NAPI thread {} ({}) is gone: the device's NAPI was recreated", self.pid, self.comm);
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid))?;
+        stat.split_whitespace().next().and_then(|f| f.parse().ok()).context("parsing schedstat")
+    }
+}
+
+/// Kernel threads whose name starts with `prefix`.
+fn napi_threads(prefix: &str) -> Result<Vec<NapiThread>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim_end();
+        if comm.starts_with(prefix) {
+            found.push(NapiThread { pid, comm: comm.to_string() });
+        }
+    }
+    Ok(found)
+}
+
+/// Summed CPU time of `threads`.
+fn cpu_ns(threads: &[NapiThread]) -> Result<u64> {
+    threads.iter().map(NapiThread::cpu_ns).sum()
 }
 
 impl Lab {
@@ -159,14 +237,20 @@ impl Lab {
         cmd::require_tool("nft", "nftables")?;
         node.run("ethtool", ["-K", "lb0", "gro", "on"])?;
         backend.run("ethtool", ["-K", "up0", "gro", "on"])?;
-        if threaded {
+        let napi = if threaded {
             // Each receiving veth end polls in a kernel thread of its own (threaded NAPI), which
             // the scheduler can run on another CPU than the generator, as a NIC's receive
             // processing runs apart from the remote sender.
-            for (ns, dev) in [(&node, "lb0"), (&backend, "up0")] {
-                ns.run("sh", ["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])?;
-            }
-        }
+            let enable = |ns: &NetNs, dev: &str| -> Result<Vec<NapiThread>> {
+                NapiThread::created_by(dev, || {
+                    ns.run("sh", ["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])?;
+                    Ok(())
+                })
+            };
+            Some(NapiThreads { node: enable(&node, "lb0")?, sink: enable(&backend, "up0")? })
+        } else {
+            None
+        };
         // Resolved neighbours both ways: XDP forwards only to neighbours the kernel knows.
         net::ping(&node, SOURCE.parse()?, 1)?;
         net::ping(&node, BACKEND.parse()?, 1)?;
@@ -183,7 +267,12 @@ impl Lab {
             .join()
             .map_err(|_| anyhow::anyhow!("sink thread panicked"))?
         })?;
-        Ok(Lab { source, node, backend, frames, sink })
+        Ok(Lab { source, node, backend, frames, sink, napi })
+    }
+
+    /// CPU time so far of the node's and the sink's NAPI threads (threaded NAPI only).
+    fn napi_ns(&self) -> Result<Option<(u64, u64)>> {
+        self.napi.as_ref().map(|n| Ok((cpu_ns(&n.node)?, cpu_ns(&n.sink)?))).transpose()
     }
 
     /// Datagrams the backend's sink has counted.
@@ -394,6 +483,8 @@ struct Measured {
     /// processing ran inline in its softirqs).
     generator_ns: u64,
     elapsed: Duration,
+    /// Threaded NAPI only: CPU time of the node's `lb0` thread and of the sink's thread.
+    napi_ns: Option<(u64, u64)>,
     /// Shares of all CPUs' time in the window: busy, user, system, softirq.
     cpu: (f64, f64, f64, f64),
 }
@@ -414,6 +505,17 @@ impl Measured {
     /// CPU time (all CPUs, everything running) per delivered datagram.
     fn cpu_ns_per_packet(&self, cpus: usize) -> f64 {
         self.cpu.0 * cpus as f64 * self.elapsed.as_secs_f64() * 1e9 / self.delivered.max(1) as f64
+    }
+
+    /// The node's own CPU time per packet it took in (threaded NAPI only): everything the node
+    /// does for a packet, from its veth's ring to the backend's, on one CPU.
+    fn node_ns_per_packet(&self) -> Option<f64> {
+        self.napi_ns.map(|(node, _)| node as f64 / self.entered.max(1) as f64)
+    }
+
+    /// The sink's CPU time per delivered datagram (threaded NAPI only).
+    fn sink_ns_per_packet(&self) -> Option<f64> {
+        self.napi_ns.map(|(_, sink)| sink as f64 / self.delivered.max(1) as f64)
     }
 
     /// The generator's kernel time per offered frame.
@@ -443,11 +545,25 @@ fn measure(lab: &Lab, knobs: &Knobs) -> Result<Measured> {
     )?;
     std::thread::sleep(WARM_UP);
     let entered = || rx_packets(&lab.node, "lb0");
-    let (delivered0, sent0, busy0, entered0, cpu0, t0) =
-        (lab.delivered()?, generator.sent(), generator.busy_ns(), entered()?, Cpu::read()?, Instant::now());
+    let (delivered0, sent0, busy0, entered0, napi0, cpu0, t0) = (
+        lab.delivered()?,
+        generator.sent(),
+        generator.busy_ns(),
+        entered()?,
+        lab.napi_ns()?,
+        Cpu::read()?,
+        Instant::now(),
+    );
     std::thread::sleep(knobs.window);
-    let (delivered1, sent1, busy1, entered1, cpu1, t1) =
-        (lab.delivered()?, generator.sent(), generator.busy_ns(), entered()?, Cpu::read()?, Instant::now());
+    let (delivered1, sent1, busy1, entered1, napi1, cpu1, t1) = (
+        lab.delivered()?,
+        generator.sent(),
+        generator.busy_ns(),
+        entered()?,
+        lab.napi_ns()?,
+        Cpu::read()?,
+        Instant::now(),
+    );
     generator.finish()?;
     Ok(Measured {
         delivered: delivered1 - delivered0,
@@ -455,6 +571,7 @@ fn measure(lab: &Lab, knobs: &Knobs) -> Result<Measured> {
         entered: entered1.saturating_sub(entered0),
         generator_ns: busy1 - busy0,
         elapsed: t1 - t0,
+        napi_ns: napi0.zip(napi1).map(|((n0, s0), (n1, s1))| (n1 - n0, s1 - s0)),
         cpu: cpu0.shares(&cpu1),
     })
 }
@@ -496,9 +613,14 @@ fn ferrule_round(lab: &Lab, dir: &TestDir, knobs: &Knobs, round: usize) -> Resul
     let events = lb_events(&name)?;
     ferrule.stop()?;
     drop(ferrule);
-    if lab.xdp_on_lb0()? {
-        bail!("lb0 still has an XDP program after ferrule's pins were removed");
-    }
+    // The link goes when its last reference does (the pin, the daemon's fd), which the kernel
+    // may finish a moment after the daemon exits.
+    cmd::poll_until(
+        "lb0 without XDP after ferrule's pins were removed",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || Ok(!lab.xdp_on_lb0()?),
+    )?;
     Ok((
         measured,
         format!(
@@ -548,6 +670,32 @@ fn nftables_round(lab: &Lab, dir: &TestDir, knobs: &Knobs) -> Result<Measured> {
     measured
 }
 
+/// The floor's round: `xdp_fwd` on the node's `lb0` sends every datagram on to the backend (MAC
+/// addresses and TTL rewritten, nothing looked up or translated): what any XDP forwarder pays on
+/// these veths before doing its own work.
+fn floor_round(lab: &Lab, knobs: &Knobs) -> Result<Measured> {
+    if lab.xdp_on_lb0()? {
+        bail!("lb0 has an XDP program: the forwarding floor needs it detached");
+    }
+    let (dmac, smac) = (mac(&lab.backend, "up0")?, mac(&lab.node, "be0")?);
+    let netns = File::open(format!("/run/netns/{}", lab.node.name()))?;
+    let forward = std::thread::scope(|s| {
+        s.spawn(|| -> Result<XdpForward> {
+            setns(netns, CloneFlags::CLONE_NEWNET).context("setns into the node namespace")?;
+            let be0 = nix::net::if_::if_nametoindex("be0").context("be0 in the node namespace")?;
+            XdpForward::attach("lb0", be0, dmac, smac).context("attaching xdp_fwd to lb0")
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("forwarder thread panicked"))?
+    })?;
+    let measured = measure(lab, knobs);
+    drop(forward);
+    if lab.xdp_on_lb0()? {
+        bail!("lb0 still has an XDP program after the forwarder was dropped");
+    }
+    measured
+}
+
 /// The 1-minute load average: how busy the machine was besides this bench.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().next().unwrap_or("?").to_string()
@@ -577,7 +725,7 @@ fn run() -> Result<()> {
         FIRST_SOURCE_PORT + knobs.flows - 1
     );
     println!(
-        "  window: {:?} after a {WARM_UP:?} warm-up; {} rounds, the two paths alternating; figures are medians",
+        "  window: {:?} after a {WARM_UP:?} warm-up; {} rounds, the three paths taking turns; figures are medians",
         knobs.window, knobs.rounds
     );
     println!(
@@ -595,7 +743,7 @@ fn run() -> Result<()> {
          load average at start: {}",
         load_average()
     );
-    let (mut xdp, mut nft) = (Vec::new(), Vec::new());
+    let (mut xdp, mut nft, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=knobs.rounds {
         let (m, detail) = ferrule_round(&lab, &dir, &knobs, round)?;
         println!("  round {round} ferrule XDP NAT: {}; {detail}", describe(&m));
@@ -603,6 +751,9 @@ fn run() -> Result<()> {
         let m = nftables_round(&lab, &dir, &knobs)?;
         println!("  round {round} nftables DNAT:   {}", describe(&m));
         nft.push(m);
+        let m = floor_round(&lab, &knobs)?;
+        println!("  round {round} XDP forward floor: {}", describe(&m));
+        floor.push(m);
     }
     let stat = |runs: &[Measured], f: fn(&Measured) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
     let (xdp_pps, nft_pps) = (stat(&xdp, Measured::pps), stat(&nft, Measured::pps));
@@ -610,7 +761,12 @@ fn run() -> Result<()> {
         "\n{:<20} | {:>13} | {:>12} | {:>12} | {:>9} | {:>8} | {:>10} | {:>11}",
         "path", "delivered pps", "offered pps", "entered pps", "delivered", "CPU busy", "CPU ns/pkt", "gen ns/frame"
     );
-    for (what, runs, pps) in [("ferrule XDP (NAT)", &xdp, xdp_pps), ("nftables DNAT+SNAT", &nft, nft_pps)] {
+    let floor_pps = stat(&floor, Measured::pps);
+    for (what, runs, pps) in [
+        ("ferrule XDP (NAT)", &xdp, xdp_pps),
+        ("nftables DNAT+SNAT", &nft, nft_pps),
+        ("XDP forward (floor)", &floor, floor_pps),
+    ] {
         let offered = stat(runs, Measured::offered_pps);
         let per_packet = median(&mut runs.iter().map(|m| m.cpu_ns_per_packet(cpus)).collect::<Vec<_>>());
         println!(
@@ -621,16 +777,63 @@ fn run() -> Result<()> {
             stat(runs, Measured::generator_ns_per_frame),
         );
     }
-    println!("\nratio ferrule XDP / nftables: {:.2}x (the issue's goal: >= 5x)", xdp_pps / nft_pps.max(1.0));
+    println!("\nratio ferrule XDP / nftables, delivered pps: {:.2}x", xdp_pps / nft_pps.max(1.0));
+    if knobs.threaded {
+        // The node's own cost, read from its NAPI thread's CPU time: what one CPU of the node
+        // spends per packet, generator and sink excluded.
+        let node =
+            |runs: &[Measured]| median(&mut runs.iter().filter_map(Measured::node_ns_per_packet).collect::<Vec<_>>());
+        let sink =
+            |runs: &[Measured]| median(&mut runs.iter().filter_map(Measured::sink_ns_per_packet).collect::<Vec<_>>());
+        let (xdp_node, nft_node, floor_node) = (node(&xdp), node(&nft), node(&floor));
+        println!(
+            "\nnode's own CPU time per packet (its lb0 NAPI thread: receive, {{XDP LB + redirect | skb, netfilter \
+             DNAT/SNAT, routing}}, transmit to be0), and the packets per second one CPU of the node sustains at that cost:"
+        );
+        println!(
+            "  ferrule XDP (NAT):  {xdp_node:>6.0} ns/pkt = {:>5.2} Mpps per CPU   (sink {:.0} ns/pkt)",
+            1e3 / xdp_node,
+            sink(&xdp)
+        );
+        println!(
+            "  nftables DNAT+SNAT: {nft_node:>6.0} ns/pkt = {:>5.2} Mpps per CPU   (sink {:.0} ns/pkt)",
+            1e3 / nft_node,
+            sink(&nft)
+        );
+        println!(
+            "  XDP forward floor:  {floor_node:>6.0} ns/pkt = {:>5.2} Mpps per CPU   (sink {:.0} ns/pkt)",
+            1e3 / floor_node,
+            sink(&floor)
+        );
+        println!(
+            "ratio ferrule XDP / nftables, per-CPU capacity of the node: {:.2}x (the issue's goal: >= 5x)",
+            nft_node / xdp_node
+        );
+        println!(
+            "ceiling on these veths: even the floor forwarder is only {:.2}x nftables; the load balancer's own work \
+             above the floor: {:.0} ns/pkt (nftables': {:.0} ns/pkt above the same floor)",
+            nft_node / floor_node,
+            xdp_node - floor_node,
+            nft_node - floor_node
+        );
+    } else {
+        println!(
+            "(the node's own per-packet cost, generator and sink excluded, is measured with LB_PPS_NAPI=threaded)"
+        );
+    }
     println!("load average at the end: {} (CPU shares count every process on the machine)", load_average());
     Ok(())
 }
 
 fn describe(m: &Measured) -> String {
     let (busy, user, system, softirq) = m.cpu;
+    let napi = match (m.node_ns_per_packet(), m.sink_ns_per_packet()) {
+        (Some(node), Some(sink)) => format!("; node {node:.0} ns/pkt, sink {sink:.0} ns/pkt"),
+        _ => String::new(),
+    };
     format!(
         "delivered {} in {:.2} s = {:.0} pps (offered {} = {:.0} pps, entered the node {:.0} pps, generator \
-         {:.0} ns/frame; CPUs {:.0}% busy: user {:.0}%, system {:.0}%, softirq {:.0}%)",
+         {:.0} ns/frame{napi}; CPUs {:.0}% busy: user {:.0}%, system {:.0}%, softirq {:.0}%)",
         m.delivered,
         m.elapsed.as_secs_f64(),
         m.pps(),
