@@ -3,7 +3,7 @@
 //! `GET /v1/bgp/summary`, `GET /v1/bgp/routes`. Handlers read the model store and observed state and send
 //! config through [`ModelStore::accept`]; they never touch the datapath's state directly.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +23,7 @@ use crate::model::{AcceptError, ModelStore, Origin, Outcome};
 use crate::reconcile::Observed;
 use crate::store::unix_time_ms;
 use ferrule_bgp::driver::{RouteQuery, Speaker};
-use ferrule_ebpf::LbCounters;
+use ferrule_ebpf::{LbCounters, LbDrops};
 use ferrule_xdp_lb::{BackendHealth, HealthView, LbState, ServiceKey};
 
 /// Request header naming the config's source for error messages (the CLI sends the file path), so
@@ -275,6 +275,22 @@ pub struct LbBackendRow {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Packets dropped after this backend was chosen, by reason (the `reason` labels of the
+    /// `ferrule_lb_*_drops_total` metrics, see [`drop_reasons`]); totals over every service that lists it.
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The drop reasons of `enum fr_lb_drop` by the names every view uses: the `reason` label of the
+/// drop metrics and the keys of the JSON `drops` objects.
+pub fn drop_reasons(d: &LbDrops) -> [(&'static str, u64); 5] {
+    [
+        ("no_backend", d.no_backend),
+        ("no_node_address", d.no_node_address),
+        ("encap_failed", d.encap_failed),
+        ("nat_ports", d.nat_ports),
+        ("nat_family", d.nat_family),
+    ]
 }
 
 /// A backend's health as the operator views report it.
@@ -515,6 +531,7 @@ pub fn backend_rows(views: &[LbServiceView]) -> Vec<LbBackendRow> {
                 packets: c.packets,
                 bytes: c.bytes,
                 new_flows: c.new_flows,
+                drops: drop_reasons(&c.drops).into_iter().map(|(reason, n)| (reason.to_owned(), n)).collect(),
             });
         }
     }
@@ -759,6 +776,7 @@ mod tests {
                 "backend_id",
                 "backend_port",
                 "bytes",
+                "drops",
                 "health",
                 "health_reason",
                 "maglev_share",
@@ -832,6 +850,52 @@ mod tests {
         // Weights 1 and 3: a quarter and three quarters, within Maglev's small imbalance.
         assert!((a.maglev_share - 0.25).abs() < 0.01 && (b.maglev_share - 0.75).abs() < 0.01, "{a:?}\n{b:?}");
         assert_eq!((dns.maglev_slots, dns.maglev_share), (dns.maglev_table_size, 1.0));
+    }
+
+    #[test]
+    fn backend_rows_count_drops_by_the_reasons_the_metrics_name() {
+        let model = ferrule_config::parse("t.toml", &format!("{GOOD}{TWO_SERVICES}")).unwrap();
+        let web = &model.services[0];
+        let counted = LbCounters {
+            packets: 9,
+            drops: LbDrops { encap_failed: 3, nat_ports: 2, ..Default::default() },
+            ..Default::default()
+        };
+        let view = LbServiceView {
+            service: web.clone(),
+            id: Some(1),
+            announced: true,
+            table: Arc::new(vec![1, 1, 1, 1, 1, 1, 1]),
+            counters: None,
+            backends: vec![
+                LbBackendView {
+                    backend: web.backends[0].clone(),
+                    id: Some(1),
+                    health: HealthState::Healthy,
+                    counters: Some(counted),
+                },
+                // Counters not read (yet): every reason at 0, not a missing key.
+                LbBackendView {
+                    backend: web.backends[1].clone(),
+                    id: None,
+                    health: HealthState::Healthy,
+                    counters: None,
+                },
+            ],
+        };
+        let rows = backend_rows(&[view]);
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(
+            json[0]["drops"],
+            serde_json::json!({"no_backend": 0, "no_node_address": 0, "encap_failed": 3, "nat_ports": 2, "nat_family": 0})
+        );
+        assert_eq!(
+            json[1]["drops"],
+            serde_json::json!({"no_backend": 0, "no_node_address": 0, "encap_failed": 0, "nat_ports": 0, "nat_family": 0})
+        );
+        // What the CLI reads back is what the daemon sent.
+        let back: Vec<LbBackendRow> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, rows);
     }
 
     #[tokio::test]

@@ -203,7 +203,8 @@ fn host_port(address: &str, port: u16) -> String {
 }
 
 /// `show lb backends`: one row per (service, backend) with the counters `ipvsadm -Ln --stats`
-/// shows per real server (Conns = new flows), the health state and the Maglev share. A backend
+/// shows per real server (Conns = new flows), the packets dropped after the backend was chosen
+/// (all reasons; `--json` has them by reason), the health state and the Maglev share. A backend
 /// listed by several services is marked: the datapath counts per backend, so its counters are
 /// its totals over all of them.
 pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
@@ -212,7 +213,8 @@ pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
         *per_backend.entry(id).or_default() += 1;
     }
     let shared = |r: &crate::api::LbBackendRow| r.backend_id.is_some_and(|id| per_backend[&id] > 1);
-    let header = ["Service", "VIP", "Mode", "Backend", "Weight", "State", "Maglev", "Conns", "InPkts", "InBytes", ""];
+    let header =
+        ["Service", "VIP", "Mode", "Backend", "Weight", "State", "Maglev", "Conns", "InPkts", "InBytes", "Drops", ""];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -228,11 +230,12 @@ pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
                 r.new_flows.to_string(),
                 r.packets.to_string(),
                 r.bytes.to_string(),
+                r.drops.values().sum::<u64>().to_string(),
                 r.health_reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    let mut out = columns(&header, &cells, &[4, 6, 7, 8, 9]);
+    let mut out = columns(&header, &cells, &[4, 6, 7, 8, 9, 10]);
     if rows.is_empty() {
         let _ = writeln!(out, "(no services configured)");
     }
@@ -613,7 +616,12 @@ mod tests {
             packets: 12,
             bytes: 960,
             new_flows: 2,
+            drops: drops(&ferrule_ebpf::LbDrops { encap_failed: 1, nat_ports: 2, ..Default::default() }),
         }
+    }
+
+    fn drops(d: &ferrule_ebpf::LbDrops) -> std::collections::BTreeMap<String, u64> {
+        crate::api::drop_reasons(d).into_iter().map(|(reason, n)| (reason.to_owned(), n)).collect()
     }
 
     #[test]
@@ -621,6 +629,7 @@ mod tests {
         let mut down = row("web", "203.0.113.10", "198.51.100.3", 2);
         (down.health, down.health_reason, down.maglev_slots, down.maglev_share) =
             ("unhealthy".into(), Some("connect: Connection refused".into()), 0, 0.0);
+        down.drops = drops(&ferrule_ebpf::LbDrops { no_node_address: 40, nat_family: 2, ..Default::default() });
         let mut v6 = row("web6", "2001:db8:100::10", "2001:db8:2::2", 3);
         (v6.service_id, v6.backend_id, v6.maglev_table_size, v6.health) = (None, None, 0, "unchecked".into());
         let text = render_lb_backends(&[row("web", "203.0.113.10", "198.51.100.2", 1), down, v6]);
@@ -628,13 +637,16 @@ mod tests {
         let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(
             words(lines[0]),
-            ["Service", "VIP", "Mode", "Backend", "Weight", "State", "Maglev", "Conns", "InPkts", "InBytes"]
+            ["Service", "VIP", "Mode", "Backend", "Weight", "State", "Maglev", "Conns", "InPkts", "InBytes", "Drops"]
         );
         assert_eq!(
             words(lines[1]),
-            ["web", "203.0.113.10:80/tcp", "dsr", "198.51.100.2:80", "1", "healthy", "25.0%", "2", "12", "960"]
+            ["web", "203.0.113.10:80/tcp", "dsr", "198.51.100.2:80", "1", "healthy", "25.0%", "2", "12", "960", "3"]
         );
-        assert!(lines[2].contains(" unhealthy ") && lines[2].ends_with("  connect: Connection refused"), "{text}");
+        assert!(lines[2].contains(" unhealthy ") && lines[2].ends_with(" 42  connect: Connection refused"), "{text}");
+        // The total drops are right-aligned under their header.
+        let drops_end = lines[0].find("Drops").unwrap() + "Drops".len();
+        assert_eq!(lines[1].rfind(" 3").map(|i| i + 2), Some(drops_end), "{text}");
         assert_eq!(words(lines[3])[1..4], ["[2001:db8:100::10]:80/tcp", "dsr", "[2001:db8:2::2]:80"]);
         assert_eq!(words(lines[3])[5..7], ["unchecked", "-"], "no table installed: no share");
         // Columns line up whatever the address lengths.
