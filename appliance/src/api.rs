@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -264,6 +264,11 @@ pub struct LbBackendRow {
     pub health: String,
     /// Why the backend turned unhealthy, e.g. `connect: Connection refused`.
     pub health_reason: Option<String>,
+    /// Whole seconds since `health` last changed (as `uptime_s` of the BGP summary counts them): since
+    /// the backend was added or last flipped, for `unchecked` since it is listed without a check.
+    /// `None` when the health checker has not seen the backend yet. Starts over with the daemon.
+    #[serde(default)]
+    pub health_since_s: Option<u64>,
     /// Entries of the service's installed Maglev table that name this backend, out of
     /// `maglev_table_size` (0 when the service has no table: not installed, or no healthy backend).
     pub maglev_slots: u64,
@@ -340,26 +345,30 @@ pub struct LbBackendView {
     pub backend: ferrule_config::Backend,
     pub id: Option<u32>,
     pub health: HealthState,
+    /// How long `health` has held when the view was taken; `None` before the checker saw the backend.
+    pub health_since: Option<Duration>,
     /// Per backend address and port, over every service that lists it.
     pub counters: Option<LbCounters>,
 }
 
-/// [`lb_view_of`] with the running model, the observed state and the health checker's view.
+/// [`lb_view_of`] with the running model, the observed state and the health checker's view, now.
 pub async fn lb_view(state: &AppState, vip: Option<IpAddr>) -> Vec<LbServiceView> {
     let current = state.models.current();
     let observed = state.observed.borrow().clone();
     let health = state.health.borrow().clone();
-    lb_view_of(&current.model.services, &observed, &health, &state.datapath, vip).await
+    lb_view_of(&current.model.services, &observed, &health, &state.datapath, vip, tokio::time::Instant::now()).await
 }
 
 /// Every service of `services` (only those of `vip` when given), in config order, with its
-/// datapath ids and table from `observed`, its backends' health and the counters read now.
+/// datapath ids and table from `observed`, its backends' health (and for how long at `now`) and
+/// the counters read now.
 pub async fn lb_view_of(
     services: &[ferrule_config::Service],
     observed: &Observed,
     health: &HealthView,
     datapath: &DatapathHandle,
     vip: Option<IpAddr>,
+    now: tokio::time::Instant,
 ) -> Vec<LbServiceView> {
     let none = LbState::default();
     let lb = observed.lb.as_ref().unwrap_or(&none);
@@ -385,6 +394,7 @@ pub async fn lb_view_of(
                             backend: b.clone(),
                             id: backend_ids.get(&addr).copied(),
                             health: health_state(s, health, addr),
+                            health_since: health.since(&key, addr).map(|at| now.saturating_duration_since(at)),
                             counters: None,
                         }
                     })
@@ -525,6 +535,7 @@ pub fn backend_rows(views: &[LbServiceView]) -> Vec<LbBackendRow> {
                     HealthState::Unhealthy { reason } => Some(reason.clone()),
                     _ => None,
                 },
+                health_since_s: b.health_since.map(|d| d.as_secs()),
                 maglev_slots: mine,
                 maglev_table_size: size,
                 maglev_share: if size == 0 { 0.0 } else { mine as f64 / size as f64 },
@@ -779,6 +790,7 @@ mod tests {
                 "drops",
                 "health",
                 "health_reason",
+                "health_since_s",
                 "maglev_share",
                 "maglev_slots",
                 "maglev_table_size",
@@ -835,7 +847,8 @@ mod tests {
         }
         let observed = Observed { lb: Some(lb), ..Default::default() };
         let datapath = DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&[]))).unwrap();
-        let rows = backend_rows(&lb_view_of(&model.services, &observed, &health, &datapath, None).await);
+        let now = tokio::time::Instant::now();
+        let rows = backend_rows(&lb_view_of(&model.services, &observed, &health, &datapath, None, now).await);
 
         let (a, b, down, dns) = (&rows[0], &rows[1], &rows[2], &rows[3]);
         assert_eq!((a.health.as_str(), b.health.as_str(), dns.health.as_str()), ("healthy", "healthy", "unchecked"));
@@ -872,6 +885,7 @@ mod tests {
                     backend: web.backends[0].clone(),
                     id: Some(1),
                     health: HealthState::Healthy,
+                    health_since: None,
                     counters: Some(counted),
                 },
                 // Counters not read (yet): every reason at 0, not a missing key.
@@ -879,6 +893,7 @@ mod tests {
                     backend: web.backends[1].clone(),
                     id: None,
                     health: HealthState::Healthy,
+                    health_since: None,
                     counters: None,
                 },
             ],
@@ -896,6 +911,44 @@ mod tests {
         // What the CLI reads back is what the daemon sent.
         let back: Vec<LbBackendRow> = serde_json::from_value(json).unwrap();
         assert_eq!(back, rows);
+    }
+
+    #[tokio::test]
+    async fn backend_rows_say_how_long_each_backend_has_held_its_health_state() {
+        let model = ferrule_config::parse("t.toml", &format!("{GOOD}{TWO_SERVICES}")).unwrap();
+        let (web, dns) = (ServiceKey::of(&model.services[0]), ServiceKey::of(&model.services[1]));
+        // The clock is ours: the checker dated these at t0 and t0 + 1 min, and the view is taken 1 h
+        // 2 min 3.9 s after t0.
+        let t0 = tokio::time::Instant::now();
+        let mut health = HealthView::default();
+        let down: SocketAddr = "198.51.100.4:8080".parse().unwrap();
+        health.set(web, down, BackendHealth::Unhealthy { reason: "connect: Connection refused".into() });
+        health.set_since(web, down, t0 + Duration::from_secs(60));
+        let up: SocketAddr = "198.51.100.2:8080".parse().unwrap();
+        health.set(web, up, BackendHealth::Healthy);
+        health.set_since(web, up, t0);
+        health.set_since(dns, "[2001:db8:300::21]:53".parse().unwrap(), t0);
+        let datapath = DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&[]))).unwrap();
+        let now = t0 + Duration::from_millis(3_723_900);
+        let rows =
+            backend_rows(&lb_view_of(&model.services, &Observed::default(), &health, &datapath, None, now).await);
+        let since: Vec<(&str, &str, Option<u64>)> =
+            rows.iter().map(|r| (r.address.as_str(), r.health.as_str(), r.health_since_s)).collect();
+        assert_eq!(
+            since,
+            [
+                ("198.51.100.2", "healthy", Some(3723)),
+                // Not seen by the checker yet: no time rather than a made-up one.
+                ("198.51.100.3", "unchecked", None),
+                ("198.51.100.4", "unhealthy", Some(3663)),
+                ("2001:db8:300::21", "unchecked", Some(3723)),
+            ]
+        );
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(
+            (&json[0]["health_since_s"], &json[1]["health_since_s"]),
+            (&serde_json::json!(3723), &serde_json::Value::Null)
+        );
     }
 
     #[tokio::test]

@@ -485,7 +485,8 @@ mod tests {
         let (web_id, dns_id) = (id(&web), id(&ServiceKey::of(&model.services[1])));
         let observed =
             Observed { lb: Some(lb.clone()), announced_vips: vec!["203.0.113.10/32".into()], ..Default::default() };
-        let view = crate::api::lb_view_of(&model.services, &observed, &health, &datapath, None).await;
+        let now = tokio::time::Instant::now();
+        let view = crate::api::lb_view_of(&model.services, &observed, &health, &datapath, None, now).await;
         let text = Metrics::new().encode(vec![], vec![], view);
 
         let web_labels = "service=\"web\",vip=\"203.0.113.10\",port=\"80\",proto=\"tcp\"";
@@ -529,7 +530,7 @@ mod tests {
         );
 
         // Before the maps are read (no ids), the gauges are there but no counter is made up.
-        let view = crate::api::lb_view_of(&model.services, &Observed::default(), &health, &datapath, None).await;
+        let view = crate::api::lb_view_of(&model.services, &Observed::default(), &health, &datapath, None, now).await;
         let text = Metrics::new().encode(vec![], vec![], view);
         assert_line(&text, &format!("ferrule_lb_vip_announced{{{web_labels}}} 0"));
         assert!(!text.contains("ferrule_lb_vip_packets_total{"), "{text}");

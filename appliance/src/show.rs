@@ -204,7 +204,8 @@ fn host_port(address: &str, port: u16) -> String {
 
 /// `show lb backends`: one row per (service, backend) with the counters `ipvsadm -Ln --stats`
 /// shows per real server (Conns = new flows), the packets dropped after the backend was chosen
-/// (all reasons; `--json` has them by reason), the health state and the Maglev share. A backend
+/// (all reasons; `--json` has them by reason), the health state and how long it has held (as
+/// `show bgp summary` prints uptimes) and the Maglev share. A backend
 /// listed by several services is marked: the datapath counts per backend, so its counters are
 /// its totals over all of them.
 pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
@@ -213,8 +214,10 @@ pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
         *per_backend.entry(id).or_default() += 1;
     }
     let shared = |r: &crate::api::LbBackendRow| r.backend_id.is_some_and(|id| per_backend[&id] > 1);
-    let header =
-        ["Service", "VIP", "Mode", "Backend", "Weight", "State", "Maglev", "Conns", "InPkts", "InBytes", "Drops", ""];
+    let header = [
+        "Service", "VIP", "Mode", "Backend", "Weight", "State", "Since", "Maglev", "Conns", "InPkts", "InBytes",
+        "Drops", "",
+    ];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -226,6 +229,7 @@ pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
                 format!("{}{}", host_port(&r.address, r.backend_port), if shared(r) { "*" } else { "" }),
                 r.weight.to_string(),
                 r.health.clone(),
+                r.health_since_s.map_or("-".to_string(), hms),
                 maglev,
                 r.new_flows.to_string(),
                 r.packets.to_string(),
@@ -235,7 +239,7 @@ pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
             ]
         })
         .collect();
-    let mut out = columns(&header, &cells, &[4, 6, 7, 8, 9, 10]);
+    let mut out = columns(&header, &cells, &[4, 6, 7, 8, 9, 10, 11]);
     if rows.is_empty() {
         let _ = writeln!(out, "(no services configured)");
     }
@@ -610,6 +614,7 @@ mod tests {
             weight: 1,
             health: "healthy".into(),
             health_reason: None,
+            health_since_s: Some(192),
             maglev_slots: 16384,
             maglev_table_size: 65537,
             maglev_share: 16384.0 / 65537.0,
@@ -629,26 +634,51 @@ mod tests {
         let mut down = row("web", "203.0.113.10", "198.51.100.3", 2);
         (down.health, down.health_reason, down.maglev_slots, down.maglev_share) =
             ("unhealthy".into(), Some("connect: Connection refused".into()), 0, 0.0);
+        down.health_since_s = Some(2 * 86_400 + 3 * 3_600 + 5 * 60 + 9);
         down.drops = drops(&ferrule_ebpf::LbDrops { no_node_address: 40, nat_family: 2, ..Default::default() });
         let mut v6 = row("web6", "2001:db8:100::10", "2001:db8:2::2", 3);
-        (v6.service_id, v6.backend_id, v6.maglev_table_size, v6.health) = (None, None, 0, "unchecked".into());
+        (v6.service_id, v6.backend_id, v6.maglev_table_size, v6.health, v6.health_since_s) =
+            (None, None, 0, "unchecked".into(), None);
         let text = render_lb_backends(&[row("web", "203.0.113.10", "198.51.100.2", 1), down, v6]);
         let lines: Vec<&str> = text.lines().collect();
         let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(
             words(lines[0]),
-            ["Service", "VIP", "Mode", "Backend", "Weight", "State", "Maglev", "Conns", "InPkts", "InBytes", "Drops"]
+            [
+                "Service", "VIP", "Mode", "Backend", "Weight", "State", "Since", "Maglev", "Conns", "InPkts",
+                "InBytes", "Drops"
+            ]
         );
         assert_eq!(
             words(lines[1]),
-            ["web", "203.0.113.10:80/tcp", "dsr", "198.51.100.2:80", "1", "healthy", "25.0%", "2", "12", "960", "3"]
+            [
+                "web",
+                "203.0.113.10:80/tcp",
+                "dsr",
+                "198.51.100.2:80",
+                "1",
+                "healthy",
+                "00:03:12",
+                "25.0%",
+                "2",
+                "12",
+                "960",
+                "3"
+            ]
         );
-        assert!(lines[2].contains(" unhealthy ") && lines[2].ends_with(" 42  connect: Connection refused"), "{text}");
+        assert!(
+            lines[2].contains(" unhealthy  2d03h05m ") && lines[2].ends_with(" 42  connect: Connection refused"),
+            "{text}"
+        );
         // The total drops are right-aligned under their header.
         let drops_end = lines[0].find("Drops").unwrap() + "Drops".len();
         assert_eq!(lines[1].rfind(" 3").map(|i| i + 2), Some(drops_end), "{text}");
         assert_eq!(words(lines[3])[1..4], ["[2001:db8:100::10]:80/tcp", "dsr", "[2001:db8:2::2]:80"]);
-        assert_eq!(words(lines[3])[5..7], ["unchecked", "-"], "no table installed: no share");
+        assert_eq!(
+            words(lines[3])[5..8],
+            ["unchecked", "-", "-"],
+            "not seen by the checker, no table: no time, no share"
+        );
         // Columns line up whatever the address lengths.
         let mode = lines[0].find("Mode").unwrap();
         assert!(lines[1..4].iter().all(|l| l[mode..].starts_with("dsr ")), "{text}");
