@@ -515,4 +515,16 @@ mod tests {
         s.reconfigure(&[service(81, &[9000], None)], ms(700));
         assert_eq!(s.view().since(&b.0, b.1), Some(ms(700)));
     }
+
+    #[test]
+    fn drained_backends_are_still_checked() {
+        let t0 = Instant::now();
+        let mut drained = service(80, &[8080, 8081], Some(check(100)));
+        drained.backends[1].weight = 0;
+        let mut s = Scheduler::default();
+        s.reconfigure(&[drained], t0);
+        let mut due: Vec<u16> = s.take_due(t0 + Duration::from_millis(100)).iter().map(|p| p.key.1.port()).collect();
+        due.sort_unstable();
+        assert_eq!(due, [8080, 8081]);
+    }
 }
