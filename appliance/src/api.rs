@@ -226,7 +226,7 @@ pub struct LbService {
     pub mode: String,
     /// The service's id in the datapath maps; `None` until installed.
     pub id: Option<u32>,
-    /// The VIP is announced over BGP (it has a healthy backend).
+    /// The VIP is announced over BGP (it has a backend that can take new flows: healthy, weight > 0).
     pub announced: bool,
     pub packets: u64,
     pub bytes: u64,
@@ -239,7 +239,11 @@ pub struct LbBackend {
     pub address: String,
     pub port: u16,
     pub weight: u32,
+    /// Not failing its checks (a draining backend keeps its health here).
     pub healthy: bool,
+    /// Weight 0: no new flows, established ones carry on.
+    #[serde(default)]
+    pub draining: bool,
     pub id: Option<u32>,
     pub packets: u64,
     pub new_flows: u64,
@@ -260,7 +264,11 @@ pub struct LbBackendRow {
     /// The backend's id in the datapath maps; `None` until installed.
     pub backend_id: Option<u32>,
     pub weight: u32,
-    /// `healthy`, `unhealthy` or `unchecked` (see [`HealthState`]).
+    /// Weight 0: the backend gets no new flows (no Maglev slot) while its established flows, its
+    /// datapath entry and its health checks carry on; `health` still says what the checks say.
+    #[serde(default)]
+    pub draining: bool,
+    /// `healthy`, `unhealthy` or `unchecked` (see [`HealthState`]), whether draining or not.
     pub health: String,
     /// Why the backend turned unhealthy, e.g. `connect: Connection refused`.
     pub health_reason: Option<String>,
@@ -319,7 +327,8 @@ impl HealthState {
         }
     }
 
-    /// Whether the backend may receive new flows (what BGP announcement and the Maglev plan use).
+    /// Whether the checks let the backend take new flows; it also needs a weight above 0 (see
+    /// `draining`), as the Maglev plan and the BGP announcement do.
     pub fn is_up(&self) -> bool {
         !matches!(self, HealthState::Unhealthy { .. })
     }
@@ -467,6 +476,7 @@ async fn lb_services(State(state): State<AppState>) -> Response {
                             port: b.backend.port,
                             weight: b.backend.weight,
                             healthy: b.health.is_up(),
+                            draining: b.backend.weight == 0,
                             id: b.id,
                             packets: c.packets,
                             new_flows: c.new_flows,
@@ -530,6 +540,7 @@ pub fn backend_rows(views: &[LbServiceView]) -> Vec<LbBackendRow> {
                 backend_port: b.backend.port,
                 backend_id: b.id,
                 weight: b.backend.weight,
+                draining: b.backend.weight == 0,
                 health: b.health.label().to_string(),
                 health_reason: match &b.health {
                     HealthState::Unhealthy { reason } => Some(reason.clone()),
@@ -787,6 +798,7 @@ mod tests {
                 "backend_id",
                 "backend_port",
                 "bytes",
+                "draining",
                 "drops",
                 "health",
                 "health_reason",
@@ -949,6 +961,43 @@ mod tests {
             (&json[0]["health_since_s"], &json[1]["health_since_s"]),
             (&serde_json::json!(3723), &serde_json::Value::Null)
         );
+    }
+
+    #[tokio::test]
+    async fn drained_backend_row_keeps_its_entry_and_health_but_has_no_slot() {
+        let drained = TWO_SERVICES.replace(
+            "{ address = \"198.51.100.3\", port = 8080, weight = 3 }",
+            "{ address = \"198.51.100.3\", port = 8080, weight = 0 }",
+        );
+        let model = ferrule_config::parse("t.toml", &format!("{GOOD}{drained}")).unwrap();
+        let web = ServiceKey::of(&model.services[0]);
+        let mut health = HealthView::default();
+        let refused = BackendHealth::Unhealthy { reason: "connect: Connection refused".into() };
+        health.set(web, "198.51.100.3:8080".parse().unwrap(), refused);
+        let mut lb = ferrule_xdp_lb::LbState::default();
+        for op in ferrule_xdp_lb::plan(&model.services, &health, &lb) {
+            lb.apply(&op).unwrap();
+        }
+        let observed = Observed { lb: Some(lb), ..Default::default() };
+        let datapath = DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&[]))).unwrap();
+        let now = tokio::time::Instant::now();
+        let rows = backend_rows(&lb_view_of(&model.services, &observed, &health, &datapath, None, now).await);
+        let states: Vec<(&str, u32, bool, &str)> =
+            rows.iter().map(|r| (r.address.as_str(), r.weight, r.draining, r.health.as_str())).collect();
+        assert_eq!(
+            states,
+            [
+                ("198.51.100.2", 1, false, "unchecked"),
+                ("198.51.100.3", 0, true, "unhealthy"),
+                ("198.51.100.4", 1, false, "unchecked"),
+                ("2001:db8:300::21", 1, false, "unchecked"),
+            ]
+        );
+        let d = &rows[1];
+        assert!(d.backend_id.is_some(), "a draining backend keeps its datapath entry");
+        assert_eq!(d.health_reason.as_deref(), Some("connect: Connection refused"), "its health stays visible");
+        assert_eq!((d.maglev_slots, rows[0].maglev_slots + rows[2].maglev_slots), (0, 65537));
+        assert_eq!(serde_json::to_value(d).unwrap()["draining"], serde_json::json!(true));
     }
 
     #[tokio::test]

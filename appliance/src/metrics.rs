@@ -344,9 +344,15 @@ impl Collector for LbCollector {
         encode_gauge(
             &mut encoder,
             "lb_backend_healthy",
-            "1 while the backend may get new flows (it passes its service's checks, or the service has none), \
-             0 while it is unhealthy",
+            "1 while the backend passes its service's checks (or the service has none), 0 while it is unhealthy; \
+             it gets new flows while healthy and its weight is above 0",
             backends.iter().map(|(s, b)| (backend_labels(s, b), i64::from(b.health.is_up()))),
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "lb_backend_weight",
+            "The backend's configured weight in the service; 0 = draining: no new flows, established ones carry on",
+            backends.iter().map(|(s, b)| (backend_labels(s, b), i64::from(b.backend.weight))),
         )
     }
 }
@@ -460,7 +466,7 @@ mod tests {
     const LB_CONFIG: &str = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n\
         [[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"nat\"\n\
         health = { kind = \"tcp\", interval_ms = 1000 }\n\
-        backends = [ { address = \"198.51.100.2\", port = 8080 }, { address = \"198.51.100.3\", port = 8080 } ]\n\
+        backends = [ { address = \"198.51.100.2\", port = 8080 }, { address = \"198.51.100.3\", port = 8080, weight = 0 } ]\n\
         [[services]]\nname = \"dns\"\nvip = \"2001:db8:200::53\"\nport = 53\nprotocol = \"udp\"\nmode = \"dsr\"\n\
         backends = [ { address = \"2001:db8:300::21\", port = 53 } ]\n";
 
@@ -521,6 +527,8 @@ mod tests {
             "# TYPE ferrule_lb_vip_drops counter".into(),
             "# TYPE ferrule_lb_backend_drops counter".into(),
             "# TYPE ferrule_lb_backend_healthy gauge".into(),
+            format!("ferrule_lb_backend_weight{{{web_labels},backend=\"{up}\"}} 1"),
+            format!("ferrule_lb_backend_weight{{{web_labels},backend=\"{down}\"}} 0"),
         ] {
             assert_line(&text, &series);
         }

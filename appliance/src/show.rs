@@ -170,12 +170,13 @@ pub fn render_lb_services(services: &[crate::api::LbService]) -> String {
         for b in &s.backends {
             let _ = writeln!(
                 out,
-                "  -> {:<40} weight {:>4} {:<9} packets {} new flows {}",
+                "  -> {:<40} weight {:>4} {:<9} packets {} new flows {}{}",
                 format!("{}:{}", b.address, b.port),
                 b.weight,
                 if b.healthy { "healthy" } else { "unhealthy" },
                 b.packets,
-                b.new_flows
+                b.new_flows,
+                if b.draining { " (draining)" } else { "" }
             );
         }
     }
@@ -207,7 +208,8 @@ fn host_port(address: &str, port: u16) -> String {
 /// (all reasons; `--json` has them by reason), the health state and how long it has held (as
 /// `show bgp summary` prints uptimes) and the Maglev share. A backend
 /// listed by several services is marked: the datapath counts per backend, so its counters are
-/// its totals over all of them.
+/// its totals over all of them. A draining backend (weight 0) has State `draining`, and its health
+/// (still checked, and what decides whether it may come back) moves to the last column.
 pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
     let mut per_backend: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
     for id in rows.iter().filter_map(|r| r.backend_id) {
@@ -228,14 +230,18 @@ pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
                 r.mode.clone(),
                 format!("{}{}", host_port(&r.address, r.backend_port), if shared(r) { "*" } else { "" }),
                 r.weight.to_string(),
-                r.health.clone(),
+                if r.draining { "draining".to_string() } else { r.health.clone() },
                 r.health_since_s.map_or("-".to_string(), hms),
                 maglev,
                 r.new_flows.to_string(),
                 r.packets.to_string(),
                 r.bytes.to_string(),
                 r.drops.values().sum::<u64>().to_string(),
-                r.health_reason.clone().unwrap_or_default(),
+                match (r.draining, &r.health_reason) {
+                    (false, reason) => reason.clone().unwrap_or_default(),
+                    (true, None) => format!("health: {}", r.health),
+                    (true, Some(reason)) => format!("health: {} ({reason})", r.health),
+                },
             ]
         })
         .collect();
@@ -612,6 +618,7 @@ mod tests {
             backend_port: 80,
             backend_id: Some(backend_id),
             weight: 1,
+            draining: false,
             health: "healthy".into(),
             health_reason: None,
             health_since_s: Some(192),
@@ -690,6 +697,58 @@ mod tests {
         ]);
         assert!(shared.contains("198.51.100.2:80*") && shared.contains("* listed by several services"), "{shared}");
         assert!(render_lb_backends(&[]).contains("(no services configured)"));
+    }
+
+    #[test]
+    fn lb_backends_table_shows_draining_backends_with_their_health_last() {
+        let drained = |health: &str, reason: Option<&str>| {
+            let mut r = row("web", "203.0.113.10", "198.51.100.3", 2);
+            (r.weight, r.draining, r.maglev_slots, r.maglev_share) = (0, true, 0, 0.0);
+            (r.health, r.health_reason) = (health.into(), reason.map(Into::into));
+            r
+        };
+        let text = render_lb_backends(&[
+            row("web", "203.0.113.10", "198.51.100.2", 1),
+            drained("healthy", None),
+            drained("unhealthy", Some("connect: Connection refused")),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(words(lines[2])[4..8], ["0", "draining", "00:03:12", "0.0%"], "{text}");
+        assert!(lines[2].ends_with("  health: healthy"), "{text}");
+        assert!(lines[3].ends_with("  health: unhealthy (connect: Connection refused)"), "{text}");
+        assert_eq!(words(lines[1])[5], "healthy", "a backend with weight is not draining");
+    }
+
+    #[test]
+    fn lb_services_mark_draining_backends() {
+        let backend = |address: &str, weight: u32| crate::api::LbBackend {
+            address: address.into(),
+            port: 80,
+            weight,
+            healthy: true,
+            draining: weight == 0,
+            id: Some(1),
+            packets: 5,
+            new_flows: 1,
+        };
+        let service = crate::api::LbService {
+            name: "web".into(),
+            vip: "203.0.113.10".into(),
+            port: 80,
+            protocol: "tcp".into(),
+            mode: "dsr".into(),
+            id: Some(1),
+            announced: true,
+            packets: 10,
+            bytes: 640,
+            new_flows: 2,
+            backends: vec![backend("198.51.100.2", 1), backend("198.51.100.3", 0)],
+        };
+        let text = render_lb_services(&[service]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("198.51.100.2:80") && lines[1].ends_with("new flows 1"), "{text}");
+        assert!(lines[2].contains("weight    0 healthy") && lines[2].ends_with("new flows 1 (draining)"), "{text}");
     }
 
     #[test]
