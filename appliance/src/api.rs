@@ -278,7 +278,8 @@ pub struct LbBackendRow {
     #[serde(default)]
     pub health_since_s: Option<u64>,
     /// Entries of the service's installed Maglev table that name this backend, out of
-    /// `maglev_table_size` (0 when the service has no table: not installed, or no healthy backend).
+    /// `maglev_table_size` (0 when the service has no table: not installed, or no healthy backend with a
+    /// weight above 0; always 0 for a draining backend).
     pub maglev_slots: u64,
     pub maglev_table_size: u64,
     /// `maglev_slots / maglev_table_size`: the share of new flows the backend gets (0 without a table).

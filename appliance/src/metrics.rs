@@ -319,7 +319,7 @@ impl Collector for LbCollector {
         encode_drops(
             &mut encoder,
             "lb_vip_drops",
-            "Packets to the service the load balancer dropped, by reason: no_backend (no healthy backend), \
+            "Packets to the service the load balancer dropped, by reason: no_backend (no healthy backend of weight > 0), \
              no_node_address (no node address of the tunnel's or SNAT's family), encap_failed (no headroom), \
              nat_ports (no free SNAT port), nat_family (NAT between IPv4 and IPv6)",
             &vips,

@@ -44,7 +44,7 @@ pub struct BackendEntry {
 pub struct ServiceEntry {
     pub id: u32,
     pub mode: Mode,
-    /// Maglev lookup table of backend ids; empty = no healthy backend.
+    /// Maglev lookup table of backend ids; empty = no backend can take new flows (healthy, weight > 0).
     pub table: Arc<Vec<u32>>,
 }
 
