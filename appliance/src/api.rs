@@ -3,10 +3,10 @@
 //! `GET /v1/bgp/summary`, `GET /v1/bgp/routes`. Handlers read the model store and observed state and send
 //! config through [`ModelStore::accept`]; they never touch the datapath's state directly.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -23,7 +23,7 @@ use crate::model::{AcceptError, ModelStore, Origin, Outcome};
 use crate::reconcile::Observed;
 use crate::store::unix_time_ms;
 use ferrule_bgp::driver::{RouteQuery, Speaker};
-use ferrule_ebpf::LbCounters;
+use ferrule_ebpf::{LbCounters, LbDrops};
 use ferrule_xdp_lb::{BackendHealth, HealthView, LbState, ServiceKey};
 
 /// Request header naming the config's source for error messages (the CLI sends the file path), so
@@ -226,7 +226,7 @@ pub struct LbService {
     pub mode: String,
     /// The service's id in the datapath maps; `None` until installed.
     pub id: Option<u32>,
-    /// The VIP is announced over BGP (it has a healthy backend).
+    /// The VIP is announced over BGP (it has a backend that can take new flows: healthy, weight > 0).
     pub announced: bool,
     pub packets: u64,
     pub bytes: u64,
@@ -239,7 +239,11 @@ pub struct LbBackend {
     pub address: String,
     pub port: u16,
     pub weight: u32,
+    /// Not failing its checks (a draining backend keeps its health here).
     pub healthy: bool,
+    /// Weight 0: no new flows, established ones carry on.
+    #[serde(default)]
+    pub draining: bool,
     pub id: Option<u32>,
     pub packets: u64,
     pub new_flows: u64,
@@ -260,12 +264,22 @@ pub struct LbBackendRow {
     /// The backend's id in the datapath maps; `None` until installed.
     pub backend_id: Option<u32>,
     pub weight: u32,
-    /// `healthy`, `unhealthy` or `unchecked` (see [`HealthState`]).
+    /// Weight 0: the backend gets no new flows (no Maglev slot) while its established flows, its
+    /// datapath entry and its health checks carry on; `health` still says what the checks say.
+    #[serde(default)]
+    pub draining: bool,
+    /// `healthy`, `unhealthy` or `unchecked` (see [`HealthState`]), whether draining or not.
     pub health: String,
     /// Why the backend turned unhealthy, e.g. `connect: Connection refused`.
     pub health_reason: Option<String>,
+    /// Whole seconds since `health` last changed (as `uptime_s` of the BGP summary counts them): since
+    /// the backend was added or last flipped, for `unchecked` since it is listed without a check.
+    /// `None` when the health checker has not seen the backend yet. Starts over with the daemon.
+    #[serde(default)]
+    pub health_since_s: Option<u64>,
     /// Entries of the service's installed Maglev table that name this backend, out of
-    /// `maglev_table_size` (0 when the service has no table: not installed, or no healthy backend).
+    /// `maglev_table_size` (0 when the service has no table: not installed, or no healthy backend with a
+    /// weight above 0; always 0 for a draining backend).
     pub maglev_slots: u64,
     pub maglev_table_size: u64,
     /// `maglev_slots / maglev_table_size`: the share of new flows the backend gets (0 without a table).
@@ -275,6 +289,22 @@ pub struct LbBackendRow {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Packets dropped after this backend was chosen, by reason (the `reason` labels of the
+    /// `ferrule_lb_*_drops_total` metrics, see [`drop_reasons`]); totals over every service that lists it.
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The drop reasons of `enum fr_lb_drop` by the names every view uses: the `reason` label of the
+/// drop metrics and the keys of the JSON `drops` objects.
+pub fn drop_reasons(d: &LbDrops) -> [(&'static str, u64); 5] {
+    [
+        ("no_backend", d.no_backend),
+        ("no_node_address", d.no_node_address),
+        ("encap_failed", d.encap_failed),
+        ("nat_ports", d.nat_ports),
+        ("nat_family", d.nat_family),
+    ]
 }
 
 /// A backend's health as the operator views report it.
@@ -298,7 +328,8 @@ impl HealthState {
         }
     }
 
-    /// Whether the backend may receive new flows (what BGP announcement and the Maglev plan use).
+    /// Whether the checks let the backend take new flows; it also needs a weight above 0 (see
+    /// `draining`), as the Maglev plan and the BGP announcement do.
     pub fn is_up(&self) -> bool {
         !matches!(self, HealthState::Unhealthy { .. })
     }
@@ -324,26 +355,30 @@ pub struct LbBackendView {
     pub backend: ferrule_config::Backend,
     pub id: Option<u32>,
     pub health: HealthState,
+    /// How long `health` has held when the view was taken; `None` before the checker saw the backend.
+    pub health_since: Option<Duration>,
     /// Per backend address and port, over every service that lists it.
     pub counters: Option<LbCounters>,
 }
 
-/// [`lb_view_of`] with the running model, the observed state and the health checker's view.
+/// [`lb_view_of`] with the running model, the observed state and the health checker's view, now.
 pub async fn lb_view(state: &AppState, vip: Option<IpAddr>) -> Vec<LbServiceView> {
     let current = state.models.current();
     let observed = state.observed.borrow().clone();
     let health = state.health.borrow().clone();
-    lb_view_of(&current.model.services, &observed, &health, &state.datapath, vip).await
+    lb_view_of(&current.model.services, &observed, &health, &state.datapath, vip, tokio::time::Instant::now()).await
 }
 
 /// Every service of `services` (only those of `vip` when given), in config order, with its
-/// datapath ids and table from `observed`, its backends' health and the counters read now.
+/// datapath ids and table from `observed`, its backends' health (and for how long at `now`) and
+/// the counters read now.
 pub async fn lb_view_of(
     services: &[ferrule_config::Service],
     observed: &Observed,
     health: &HealthView,
     datapath: &DatapathHandle,
     vip: Option<IpAddr>,
+    now: tokio::time::Instant,
 ) -> Vec<LbServiceView> {
     let none = LbState::default();
     let lb = observed.lb.as_ref().unwrap_or(&none);
@@ -369,6 +404,7 @@ pub async fn lb_view_of(
                             backend: b.clone(),
                             id: backend_ids.get(&addr).copied(),
                             health: health_state(s, health, addr),
+                            health_since: health.since(&key, addr).map(|at| now.saturating_duration_since(at)),
                             counters: None,
                         }
                     })
@@ -441,6 +477,7 @@ async fn lb_services(State(state): State<AppState>) -> Response {
                             port: b.backend.port,
                             weight: b.backend.weight,
                             healthy: b.health.is_up(),
+                            draining: b.backend.weight == 0,
                             id: b.id,
                             packets: c.packets,
                             new_flows: c.new_flows,
@@ -504,17 +541,20 @@ pub fn backend_rows(views: &[LbServiceView]) -> Vec<LbBackendRow> {
                 backend_port: b.backend.port,
                 backend_id: b.id,
                 weight: b.backend.weight,
+                draining: b.backend.weight == 0,
                 health: b.health.label().to_string(),
                 health_reason: match &b.health {
                     HealthState::Unhealthy { reason } => Some(reason.clone()),
                     _ => None,
                 },
+                health_since_s: b.health_since.map(|d| d.as_secs()),
                 maglev_slots: mine,
                 maglev_table_size: size,
                 maglev_share: if size == 0 { 0.0 } else { mine as f64 / size as f64 },
                 packets: c.packets,
                 bytes: c.bytes,
                 new_flows: c.new_flows,
+                drops: drop_reasons(&c.drops).into_iter().map(|(reason, n)| (reason.to_owned(), n)).collect(),
             });
         }
     }
@@ -759,8 +799,11 @@ mod tests {
                 "backend_id",
                 "backend_port",
                 "bytes",
+                "draining",
+                "drops",
                 "health",
                 "health_reason",
+                "health_since_s",
                 "maglev_share",
                 "maglev_slots",
                 "maglev_table_size",
@@ -817,7 +860,8 @@ mod tests {
         }
         let observed = Observed { lb: Some(lb), ..Default::default() };
         let datapath = DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&[]))).unwrap();
-        let rows = backend_rows(&lb_view_of(&model.services, &observed, &health, &datapath, None).await);
+        let now = tokio::time::Instant::now();
+        let rows = backend_rows(&lb_view_of(&model.services, &observed, &health, &datapath, None, now).await);
 
         let (a, b, down, dns) = (&rows[0], &rows[1], &rows[2], &rows[3]);
         assert_eq!((a.health.as_str(), b.health.as_str(), dns.health.as_str()), ("healthy", "healthy", "unchecked"));
@@ -832,6 +876,129 @@ mod tests {
         // Weights 1 and 3: a quarter and three quarters, within Maglev's small imbalance.
         assert!((a.maglev_share - 0.25).abs() < 0.01 && (b.maglev_share - 0.75).abs() < 0.01, "{a:?}\n{b:?}");
         assert_eq!((dns.maglev_slots, dns.maglev_share), (dns.maglev_table_size, 1.0));
+    }
+
+    #[test]
+    fn backend_rows_count_drops_by_the_reasons_the_metrics_name() {
+        let model = ferrule_config::parse("t.toml", &format!("{GOOD}{TWO_SERVICES}")).unwrap();
+        let web = &model.services[0];
+        let counted = LbCounters {
+            packets: 9,
+            drops: LbDrops { encap_failed: 3, nat_ports: 2, ..Default::default() },
+            ..Default::default()
+        };
+        let view = LbServiceView {
+            service: web.clone(),
+            id: Some(1),
+            announced: true,
+            table: Arc::new(vec![1, 1, 1, 1, 1, 1, 1]),
+            counters: None,
+            backends: vec![
+                LbBackendView {
+                    backend: web.backends[0].clone(),
+                    id: Some(1),
+                    health: HealthState::Healthy,
+                    health_since: None,
+                    counters: Some(counted),
+                },
+                // Counters not read (yet): every reason at 0, not a missing key.
+                LbBackendView {
+                    backend: web.backends[1].clone(),
+                    id: None,
+                    health: HealthState::Healthy,
+                    health_since: None,
+                    counters: None,
+                },
+            ],
+        };
+        let rows = backend_rows(&[view]);
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(
+            json[0]["drops"],
+            serde_json::json!({"no_backend": 0, "no_node_address": 0, "encap_failed": 3, "nat_ports": 2, "nat_family": 0})
+        );
+        assert_eq!(
+            json[1]["drops"],
+            serde_json::json!({"no_backend": 0, "no_node_address": 0, "encap_failed": 0, "nat_ports": 0, "nat_family": 0})
+        );
+        // What the CLI reads back is what the daemon sent.
+        let back: Vec<LbBackendRow> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, rows);
+    }
+
+    #[tokio::test]
+    async fn backend_rows_say_how_long_each_backend_has_held_its_health_state() {
+        let model = ferrule_config::parse("t.toml", &format!("{GOOD}{TWO_SERVICES}")).unwrap();
+        let (web, dns) = (ServiceKey::of(&model.services[0]), ServiceKey::of(&model.services[1]));
+        // The clock is ours: the checker dated these at t0 and t0 + 1 min, and the view is taken 1 h
+        // 2 min 3.9 s after t0.
+        let t0 = tokio::time::Instant::now();
+        let mut health = HealthView::default();
+        let down: SocketAddr = "198.51.100.4:8080".parse().unwrap();
+        health.set(web, down, BackendHealth::Unhealthy { reason: "connect: Connection refused".into() });
+        health.set_since(web, down, t0 + Duration::from_secs(60));
+        let up: SocketAddr = "198.51.100.2:8080".parse().unwrap();
+        health.set(web, up, BackendHealth::Healthy);
+        health.set_since(web, up, t0);
+        health.set_since(dns, "[2001:db8:300::21]:53".parse().unwrap(), t0);
+        let datapath = DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&[]))).unwrap();
+        let now = t0 + Duration::from_millis(3_723_900);
+        let rows =
+            backend_rows(&lb_view_of(&model.services, &Observed::default(), &health, &datapath, None, now).await);
+        let since: Vec<(&str, &str, Option<u64>)> =
+            rows.iter().map(|r| (r.address.as_str(), r.health.as_str(), r.health_since_s)).collect();
+        assert_eq!(
+            since,
+            [
+                ("198.51.100.2", "healthy", Some(3723)),
+                // Not seen by the checker yet: no time rather than a made-up one.
+                ("198.51.100.3", "unchecked", None),
+                ("198.51.100.4", "unhealthy", Some(3663)),
+                ("2001:db8:300::21", "unchecked", Some(3723)),
+            ]
+        );
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(
+            (&json[0]["health_since_s"], &json[1]["health_since_s"]),
+            (&serde_json::json!(3723), &serde_json::Value::Null)
+        );
+    }
+
+    #[tokio::test]
+    async fn drained_backend_row_keeps_its_entry_and_health_but_has_no_slot() {
+        let drained = TWO_SERVICES.replace(
+            "{ address = \"198.51.100.3\", port = 8080, weight = 3 }",
+            "{ address = \"198.51.100.3\", port = 8080, weight = 0 }",
+        );
+        let model = ferrule_config::parse("t.toml", &format!("{GOOD}{drained}")).unwrap();
+        let web = ServiceKey::of(&model.services[0]);
+        let mut health = HealthView::default();
+        let refused = BackendHealth::Unhealthy { reason: "connect: Connection refused".into() };
+        health.set(web, "198.51.100.3:8080".parse().unwrap(), refused);
+        let mut lb = ferrule_xdp_lb::LbState::default();
+        for op in ferrule_xdp_lb::plan(&model.services, &health, &lb) {
+            lb.apply(&op).unwrap();
+        }
+        let observed = Observed { lb: Some(lb), ..Default::default() };
+        let datapath = DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&[]))).unwrap();
+        let now = tokio::time::Instant::now();
+        let rows = backend_rows(&lb_view_of(&model.services, &observed, &health, &datapath, None, now).await);
+        let states: Vec<(&str, u32, bool, &str)> =
+            rows.iter().map(|r| (r.address.as_str(), r.weight, r.draining, r.health.as_str())).collect();
+        assert_eq!(
+            states,
+            [
+                ("198.51.100.2", 1, false, "unchecked"),
+                ("198.51.100.3", 0, true, "unhealthy"),
+                ("198.51.100.4", 1, false, "unchecked"),
+                ("2001:db8:300::21", 1, false, "unchecked"),
+            ]
+        );
+        let d = &rows[1];
+        assert!(d.backend_id.is_some(), "a draining backend keeps its datapath entry");
+        assert_eq!(d.health_reason.as_deref(), Some("connect: Connection refused"), "its health stays visible");
+        assert_eq!((d.maglev_slots, rows[0].maglev_slots + rows[2].maglev_slots), (0, 65537));
+        assert_eq!(serde_json::to_value(d).unwrap()["draining"], serde_json::json!(true));
     }
 
     #[tokio::test]

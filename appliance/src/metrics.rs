@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use ferrule_bgp::driver::NeighborSummary;
-use ferrule_ebpf::{InterfaceStats, LbCounters, LbDrops};
+use ferrule_ebpf::{InterfaceStats, LbCounters};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::api::{LbBackendView, LbServiceView};
+use crate::api::{drop_reasons, LbBackendView, LbServiceView};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigChangeLabels {
@@ -222,17 +222,6 @@ fn with_label(mut labels: Labels, key: &'static str, value: String) -> Labels {
     labels
 }
 
-/// Drop reasons of `enum fr_lb_drop`, as the `reason` label says them.
-fn drops_by_reason(d: &LbDrops) -> [(&'static str, u64); 5] {
-    [
-        ("no_backend", d.no_backend),
-        ("no_node_address", d.no_node_address),
-        ("encap_failed", d.encap_failed),
-        ("nat_ports", d.nat_ports),
-        ("nat_family", d.nat_family),
-    ]
-}
-
 /// (name, help, which counter) of the series made of one [`LbCounters`] field.
 type CounterSeries = (&'static str, &'static str, fn(&LbCounters) -> u64);
 
@@ -281,6 +270,26 @@ fn encode_counters(
     Ok(())
 }
 
+/// One series per (labels, drop reason), the reason as label `reason`.
+fn encode_drops(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, LbCounters)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, c) in series {
+        for (reason, n) in drop_reasons(&c.drops) {
+            ConstCounter::new(n).encode(family.encode_family(&with_label(
+                labels.clone(),
+                "reason",
+                reason.into(),
+            ))?)?;
+        }
+    }
+    Ok(())
+}
+
 fn encode_gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -307,23 +316,14 @@ impl Collector for LbCollector {
         };
 
         encode_counters(&mut encoder, &VIP_COUNTERS, &vips)?;
-        let drops: Vec<(Labels, u64)> = vips
-            .iter()
-            .flat_map(|(labels, c)| {
-                drops_by_reason(&c.drops).map(|(reason, n)| (with_label(labels.clone(), "reason", reason.into()), n))
-            })
-            .collect();
-        let mut family = encoder.encode_descriptor(
+        encode_drops(
+            &mut encoder,
             "lb_vip_drops",
-            "Packets to the service the load balancer dropped, by reason: no_backend (no healthy backend), \
+            "Packets to the service the load balancer dropped, by reason: no_backend (no healthy backend of weight > 0), \
              no_node_address (no node address of the tunnel's or SNAT's family), encap_failed (no headroom), \
              nat_ports (no free SNAT port), nat_family (NAT between IPv4 and IPv6)",
-            None,
-            MetricType::Counter,
+            &vips,
         )?;
-        for (labels, n) in &drops {
-            ConstCounter::new(*n).encode(family.encode_family(labels)?)?;
-        }
         encode_gauge(
             &mut encoder,
             "lb_vip_announced",
@@ -334,12 +334,25 @@ impl Collector for LbCollector {
         let counted: Vec<(Labels, LbCounters)> =
             backends.iter().filter_map(|(s, b)| Some((backend_labels(s, b), b.counters?))).collect();
         encode_counters(&mut encoder, &BACKEND_COUNTERS, &counted)?;
+        encode_drops(
+            &mut encoder,
+            "lb_backend_drops",
+            "Packets the load balancer dropped after choosing the backend, by reason (as for lb_vip_drops); totals \
+             over every service that lists it",
+            &counted,
+        )?;
         encode_gauge(
             &mut encoder,
             "lb_backend_healthy",
-            "1 while the backend may get new flows (it passes its service's checks, or the service has none), \
-             0 while it is unhealthy",
+            "1 while the backend passes its service's checks (or the service has none), 0 while it is unhealthy; \
+             it gets new flows while healthy and its weight is above 0",
             backends.iter().map(|(s, b)| (backend_labels(s, b), i64::from(b.health.is_up()))),
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "lb_backend_weight",
+            "The backend's configured weight in the service; 0 = draining: no new flows, established ones carry on",
+            backends.iter().map(|(s, b)| (backend_labels(s, b), i64::from(b.backend.weight))),
         )
     }
 }
@@ -349,7 +362,7 @@ mod tests {
     use super::*;
     use crate::datapath::{Datapath, DatapathHandle, InMemoryDatapath};
     use crate::reconcile::Observed;
-    use ferrule_ebpf::UplinkStatus;
+    use ferrule_ebpf::{LbDrops, UplinkStatus};
     use ferrule_xdp_lb::{BackendHealth, HealthView, LbOp, LbState, ServiceKey};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -407,7 +420,7 @@ mod tests {
 
     /// The in-memory datapath, with counters that tell ids apart: service `n` counted 1000·n
     /// packets, 64000·n bytes, 10·n new flows and n `no_backend` drops; backend `n` 100·n
-    /// packets, 6400·n bytes and n new flows.
+    /// packets, 6400·n bytes, n new flows, n `encap_failed` and 2·n `nat_ports` drops.
     struct Counting(InMemoryDatapath);
 
     impl Datapath for Counting {
@@ -437,7 +450,12 @@ mod tests {
                 new_flows: 10 * n,
                 drops: LbDrops { no_backend: n, ..Default::default() },
             };
-            let backend = |n: u64| LbCounters { packets: 100 * n, bytes: 6400 * n, new_flows: n, ..Default::default() };
+            let backend = |n: u64| LbCounters {
+                packets: 100 * n,
+                bytes: 6400 * n,
+                new_flows: n,
+                drops: LbDrops { encap_failed: n, nat_ports: 2 * n, ..Default::default() },
+            };
             Ok((
                 services.iter().map(|&id| service(id.into())).collect(),
                 backends.iter().map(|&id| backend(id.into())).collect(),
@@ -448,7 +466,7 @@ mod tests {
     const LB_CONFIG: &str = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n\
         [[services]]\nname = \"web\"\nvip = \"203.0.113.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"nat\"\n\
         health = { kind = \"tcp\", interval_ms = 1000 }\n\
-        backends = [ { address = \"198.51.100.2\", port = 8080 }, { address = \"198.51.100.3\", port = 8080 } ]\n\
+        backends = [ { address = \"198.51.100.2\", port = 8080 }, { address = \"198.51.100.3\", port = 8080, weight = 0 } ]\n\
         [[services]]\nname = \"dns\"\nvip = \"2001:db8:200::53\"\nport = 53\nprotocol = \"udp\"\nmode = \"dsr\"\n\
         backends = [ { address = \"2001:db8:300::21\", port = 53 } ]\n";
 
@@ -473,7 +491,8 @@ mod tests {
         let (web_id, dns_id) = (id(&web), id(&ServiceKey::of(&model.services[1])));
         let observed =
             Observed { lb: Some(lb.clone()), announced_vips: vec!["203.0.113.10/32".into()], ..Default::default() };
-        let view = crate::api::lb_view_of(&model.services, &observed, &health, &datapath, None).await;
+        let now = tokio::time::Instant::now();
+        let view = crate::api::lb_view_of(&model.services, &observed, &health, &datapath, None, now).await;
         let text = Metrics::new().encode(vec![], vec![], view);
 
         let web_labels = "service=\"web\",vip=\"203.0.113.10\",port=\"80\",proto=\"tcp\"";
@@ -494,12 +513,22 @@ mod tests {
             format!("ferrule_lb_backend_new_flows_total{{{dns_labels},backend=\"{dns_backend}\"}} {}", {
                 backend_id(dns_backend)
             }),
+            format!("ferrule_lb_backend_drops_total{{{web_labels},backend=\"{up}\",reason=\"encap_failed\"}} {}", {
+                backend_id(up)
+            }),
+            format!("ferrule_lb_backend_drops_total{{{web_labels},backend=\"{down}\",reason=\"nat_ports\"}} {}", {
+                2 * backend_id(down)
+            }),
+            format!("ferrule_lb_backend_drops_total{{{dns_labels},backend=\"{dns_backend}\",reason=\"no_backend\"}} 0"),
             format!("ferrule_lb_backend_healthy{{{web_labels},backend=\"{up}\"}} 1"),
             format!("ferrule_lb_backend_healthy{{{web_labels},backend=\"{down}\"}} 0"),
             // No health check: taken as healthy.
             format!("ferrule_lb_backend_healthy{{{dns_labels},backend=\"{dns_backend}\"}} 1"),
             "# TYPE ferrule_lb_vip_drops counter".into(),
+            "# TYPE ferrule_lb_backend_drops counter".into(),
             "# TYPE ferrule_lb_backend_healthy gauge".into(),
+            format!("ferrule_lb_backend_weight{{{web_labels},backend=\"{up}\"}} 1"),
+            format!("ferrule_lb_backend_weight{{{web_labels},backend=\"{down}\"}} 0"),
         ] {
             assert_line(&text, &series);
         }
@@ -509,10 +538,11 @@ mod tests {
         );
 
         // Before the maps are read (no ids), the gauges are there but no counter is made up.
-        let view = crate::api::lb_view_of(&model.services, &Observed::default(), &health, &datapath, None).await;
+        let view = crate::api::lb_view_of(&model.services, &Observed::default(), &health, &datapath, None, now).await;
         let text = Metrics::new().encode(vec![], vec![], view);
         assert_line(&text, &format!("ferrule_lb_vip_announced{{{web_labels}}} 0"));
         assert!(!text.contains("ferrule_lb_vip_packets_total{"), "{text}");
         assert!(!text.contains("ferrule_lb_backend_new_flows_total{"), "{text}");
+        assert!(!text.contains("ferrule_lb_backend_drops_total{"), "{text}");
     }
 }

@@ -170,12 +170,13 @@ pub fn render_lb_services(services: &[crate::api::LbService]) -> String {
         for b in &s.backends {
             let _ = writeln!(
                 out,
-                "  -> {:<40} weight {:>4} {:<9} packets {} new flows {}",
+                "  -> {:<40} weight {:>4} {:<9} packets {} new flows {}{}",
                 format!("{}:{}", b.address, b.port),
                 b.weight,
                 if b.healthy { "healthy" } else { "unhealthy" },
                 b.packets,
-                b.new_flows
+                b.new_flows,
+                if b.draining { " (draining)" } else { "" }
             );
         }
     }
@@ -203,16 +204,22 @@ fn host_port(address: &str, port: u16) -> String {
 }
 
 /// `show lb backends`: one row per (service, backend) with the counters `ipvsadm -Ln --stats`
-/// shows per real server (Conns = new flows), the health state and the Maglev share. A backend
+/// shows per real server (Conns = new flows), the packets dropped after the backend was chosen
+/// (all reasons; `--json` has them by reason), the health state and how long it has held (as
+/// `show bgp summary` prints uptimes) and the Maglev share. A backend
 /// listed by several services is marked: the datapath counts per backend, so its counters are
-/// its totals over all of them.
+/// its totals over all of them. A draining backend (weight 0) has State `draining`, and its health
+/// (still checked, and what decides whether it may come back) moves to the last column.
 pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
     let mut per_backend: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
     for id in rows.iter().filter_map(|r| r.backend_id) {
         *per_backend.entry(id).or_default() += 1;
     }
     let shared = |r: &crate::api::LbBackendRow| r.backend_id.is_some_and(|id| per_backend[&id] > 1);
-    let header = ["Service", "VIP", "Mode", "Backend", "Weight", "State", "Maglev", "Conns", "InPkts", "InBytes", ""];
+    let header = [
+        "Service", "VIP", "Mode", "Backend", "Weight", "State", "Since", "Maglev", "Conns", "InPkts", "InBytes",
+        "Drops", "",
+    ];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -223,16 +230,22 @@ pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
                 r.mode.clone(),
                 format!("{}{}", host_port(&r.address, r.backend_port), if shared(r) { "*" } else { "" }),
                 r.weight.to_string(),
-                r.health.clone(),
+                if r.draining { "draining".to_string() } else { r.health.clone() },
+                r.health_since_s.map_or("-".to_string(), hms),
                 maglev,
                 r.new_flows.to_string(),
                 r.packets.to_string(),
                 r.bytes.to_string(),
-                r.health_reason.clone().unwrap_or_default(),
+                r.drops.values().sum::<u64>().to_string(),
+                match (r.draining, &r.health_reason) {
+                    (false, reason) => reason.clone().unwrap_or_default(),
+                    (true, None) => format!("health: {}", r.health),
+                    (true, Some(reason)) => format!("health: {} ({reason})", r.health),
+                },
             ]
         })
         .collect();
-    let mut out = columns(&header, &cells, &[4, 6, 7, 8, 9]);
+    let mut out = columns(&header, &cells, &[4, 6, 7, 8, 9, 10, 11]);
     if rows.is_empty() {
         let _ = writeln!(out, "(no services configured)");
     }
@@ -605,15 +618,22 @@ mod tests {
             backend_port: 80,
             backend_id: Some(backend_id),
             weight: 1,
+            draining: false,
             health: "healthy".into(),
             health_reason: None,
+            health_since_s: Some(192),
             maglev_slots: 16384,
             maglev_table_size: 65537,
             maglev_share: 16384.0 / 65537.0,
             packets: 12,
             bytes: 960,
             new_flows: 2,
+            drops: drops(&ferrule_ebpf::LbDrops { encap_failed: 1, nat_ports: 2, ..Default::default() }),
         }
+    }
+
+    fn drops(d: &ferrule_ebpf::LbDrops) -> std::collections::BTreeMap<String, u64> {
+        crate::api::drop_reasons(d).into_iter().map(|(reason, n)| (reason.to_owned(), n)).collect()
     }
 
     #[test]
@@ -621,22 +641,51 @@ mod tests {
         let mut down = row("web", "203.0.113.10", "198.51.100.3", 2);
         (down.health, down.health_reason, down.maglev_slots, down.maglev_share) =
             ("unhealthy".into(), Some("connect: Connection refused".into()), 0, 0.0);
+        down.health_since_s = Some(2 * 86_400 + 3 * 3_600 + 5 * 60 + 9);
+        down.drops = drops(&ferrule_ebpf::LbDrops { no_node_address: 40, nat_family: 2, ..Default::default() });
         let mut v6 = row("web6", "2001:db8:100::10", "2001:db8:2::2", 3);
-        (v6.service_id, v6.backend_id, v6.maglev_table_size, v6.health) = (None, None, 0, "unchecked".into());
+        (v6.service_id, v6.backend_id, v6.maglev_table_size, v6.health, v6.health_since_s) =
+            (None, None, 0, "unchecked".into(), None);
         let text = render_lb_backends(&[row("web", "203.0.113.10", "198.51.100.2", 1), down, v6]);
         let lines: Vec<&str> = text.lines().collect();
         let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(
             words(lines[0]),
-            ["Service", "VIP", "Mode", "Backend", "Weight", "State", "Maglev", "Conns", "InPkts", "InBytes"]
+            [
+                "Service", "VIP", "Mode", "Backend", "Weight", "State", "Since", "Maglev", "Conns", "InPkts",
+                "InBytes", "Drops"
+            ]
         );
         assert_eq!(
             words(lines[1]),
-            ["web", "203.0.113.10:80/tcp", "dsr", "198.51.100.2:80", "1", "healthy", "25.0%", "2", "12", "960"]
+            [
+                "web",
+                "203.0.113.10:80/tcp",
+                "dsr",
+                "198.51.100.2:80",
+                "1",
+                "healthy",
+                "00:03:12",
+                "25.0%",
+                "2",
+                "12",
+                "960",
+                "3"
+            ]
         );
-        assert!(lines[2].contains(" unhealthy ") && lines[2].ends_with("  connect: Connection refused"), "{text}");
+        assert!(
+            lines[2].contains(" unhealthy  2d03h05m ") && lines[2].ends_with(" 42  connect: Connection refused"),
+            "{text}"
+        );
+        // The total drops are right-aligned under their header.
+        let drops_end = lines[0].find("Drops").unwrap() + "Drops".len();
+        assert_eq!(lines[1].rfind(" 3").map(|i| i + 2), Some(drops_end), "{text}");
         assert_eq!(words(lines[3])[1..4], ["[2001:db8:100::10]:80/tcp", "dsr", "[2001:db8:2::2]:80"]);
-        assert_eq!(words(lines[3])[5..7], ["unchecked", "-"], "no table installed: no share");
+        assert_eq!(
+            words(lines[3])[5..8],
+            ["unchecked", "-", "-"],
+            "not seen by the checker, no table: no time, no share"
+        );
         // Columns line up whatever the address lengths.
         let mode = lines[0].find("Mode").unwrap();
         assert!(lines[1..4].iter().all(|l| l[mode..].starts_with("dsr ")), "{text}");
@@ -648,6 +697,58 @@ mod tests {
         ]);
         assert!(shared.contains("198.51.100.2:80*") && shared.contains("* listed by several services"), "{shared}");
         assert!(render_lb_backends(&[]).contains("(no services configured)"));
+    }
+
+    #[test]
+    fn lb_backends_table_shows_draining_backends_with_their_health_last() {
+        let drained = |health: &str, reason: Option<&str>| {
+            let mut r = row("web", "203.0.113.10", "198.51.100.3", 2);
+            (r.weight, r.draining, r.maglev_slots, r.maglev_share) = (0, true, 0, 0.0);
+            (r.health, r.health_reason) = (health.into(), reason.map(Into::into));
+            r
+        };
+        let text = render_lb_backends(&[
+            row("web", "203.0.113.10", "198.51.100.2", 1),
+            drained("healthy", None),
+            drained("unhealthy", Some("connect: Connection refused")),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        let words = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(words(lines[2])[4..8], ["0", "draining", "00:03:12", "0.0%"], "{text}");
+        assert!(lines[2].ends_with("  health: healthy"), "{text}");
+        assert!(lines[3].ends_with("  health: unhealthy (connect: Connection refused)"), "{text}");
+        assert_eq!(words(lines[1])[5], "healthy", "a backend with weight is not draining");
+    }
+
+    #[test]
+    fn lb_services_mark_draining_backends() {
+        let backend = |address: &str, weight: u32| crate::api::LbBackend {
+            address: address.into(),
+            port: 80,
+            weight,
+            healthy: true,
+            draining: weight == 0,
+            id: Some(1),
+            packets: 5,
+            new_flows: 1,
+        };
+        let service = crate::api::LbService {
+            name: "web".into(),
+            vip: "203.0.113.10".into(),
+            port: 80,
+            protocol: "tcp".into(),
+            mode: "dsr".into(),
+            id: Some(1),
+            announced: true,
+            packets: 10,
+            bytes: 640,
+            new_flows: 2,
+            backends: vec![backend("198.51.100.2", 1), backend("198.51.100.3", 0)],
+        };
+        let text = render_lb_services(&[service]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains("198.51.100.2:80") && lines[1].ends_with("new flows 1"), "{text}");
+        assert!(lines[2].contains("weight    0 healthy") && lines[2].ends_with("new flows 1 (draining)"), "{text}");
     }
 
     #[test]

@@ -366,6 +366,8 @@ pub enum Mode {
 pub struct Backend {
     pub address: IpAddr,
     pub port: u16,
+    /// Relative share of new flows. 0 drains the backend: no new flows, while its datapath entry
+    /// (for the flows it has) and its health checks stay.
     #[serde(default = "default_weight")]
     pub weight: u32,
 }

@@ -516,10 +516,32 @@ fn rejects_service_without_backends() {
 }
 
 #[test]
-fn rejects_backend_weight_zero_with_hint_to_remove_it() {
-    let text = WEB.replace("port = 80 }", "port = 80, weight = 0 }");
-    let e = one_error(&text);
-    assert_error(&e, "services[0].backends[0].weight", at(&text, "0 }", 0), "remove it from `backends`");
+fn accepts_backend_weight_zero_as_draining() {
+    let text =
+        WEB.replace("port = 80 } ]", "port = 80, weight = 0 },\n  { address = \"2001:db8:300::22\", port = 80 } ]");
+    let weights: Vec<u32> = ok(&text).services[0].backends.iter().map(|b| b.weight).collect();
+    assert_eq!(weights, [0, 1]);
+}
+
+#[test]
+fn accepts_a_service_whose_backends_all_have_weight_zero() {
+    // An operator taking the whole service out of rotation: accepted, unlike a service without backends.
+    let text = WEB.replace(
+        "port = 80 } ]",
+        "port = 80, weight = 0 },\n  { address = \"2001:db8:300::22\", port = 80, weight = 0 } ]",
+    );
+    let model = ok(&text);
+    assert!(model.services[0].backends.iter().all(|b| b.weight == 0), "{model:?}");
+}
+
+#[test]
+fn rejects_negative_and_out_of_range_weights_where_they_are() {
+    for bad in ["-1", "4294967296", "-9223372036854775808"] {
+        let text = WEB.replace("port = 80 }", &format!("port = 80, weight = {bad} }}"));
+        let e = one_error(&text);
+        assert_error(&e, "services[0].backends[0].weight", at(&text, bad, 0), &format!("weight {bad} is out of range"));
+        assert!(e.message.contains("use 0-4294967295") && e.message.contains("0 drains"), "{e}");
+    }
 }
 
 #[test]
@@ -603,10 +625,10 @@ fn rejects_multicast_backend() {
 fn backend_as_array_of_tables_is_located() {
     let text = WEB.replace(
         "backends = [ { address = \"2001:db8:300::21\", port = 80 } ]\n",
-        "\n[[services.backends]]\naddress = \"2001:db8:300::21\"\nport = 80\nweight = 0\n",
+        "\n[[services.backends]]\naddress = \"2001:db8:300::21\"\nport = 80\nweight = -3\n",
     );
     let e = one_error(&text);
-    assert_error(&e, "services[0].backends[0].weight", (16, 10), "weight 0");
+    assert_error(&e, "services[0].backends[0].weight", (16, 10), "weight -3");
 }
 
 #[test]
@@ -630,7 +652,7 @@ vip = "2001:db8:200::10"
 port = 0
 protocol = "tcp"
 mode = "nat"
-backends = [ { address = "192.0.2.1", port = 80, weight = 0 } ]
+backends = [ { address = "192.0.2.1", port = 80, weight = -1 } ]
 "#;
     let errs = errors(text);
     let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.path.as_str())).collect();

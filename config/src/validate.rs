@@ -909,15 +909,15 @@ fn check_port(port: i64) -> Result<u16, String> {
     }
 }
 
+/// 0 is allowed: it drains the backend (no Maglev slots, so no new flows, while its datapath entry
+/// and health checks stay for the flows it already has), as `ipvsadm -w 0` does.
 fn check_weight(weight: i64) -> Result<u32, String> {
-    match u32::try_from(weight) {
-        Ok(0) => {
-            Err("weight 0 is not allowed; to stop sending traffic to this backend, remove it from `backends`"
-                .to_owned())
-        }
-        Ok(w) => Ok(w),
-        Err(_) => Err(format!("weight {weight} is out of range; use 1-4294967295 (omit it for the default of 1)")),
-    }
+    u32::try_from(weight).map_err(|_| {
+        format!(
+            "weight {weight} is out of range; use 0-4294967295 (0 drains the backend: no new flows; omit it for the \
+             default of 1)"
+        )
+    })
 }
 
 fn check_protocol(s: &str) -> Result<Protocol, String> {

@@ -10,16 +10,19 @@ use ipnet::IpNet;
 use crate::{HealthView, ServiceKey};
 
 /// The VIPs to announce, as host prefixes (/32, /128). A VIP is announced while at least one of its
-/// services qualifies: `announce = "healthy"` needs a healthy backend, `announce = "local"` a
-/// healthy backend whose address is on this node (`local`). Several services (ports) on one VIP
-/// share the one prefix, so the VIP stays announced while any of them qualifies.
+/// services qualifies: `announce = "healthy"` needs a backend that can take new flows (healthy and
+/// not drained, i.e. weight > 0), `announce = "local"` such a backend whose address is on this node
+/// (`local`). Several services (ports) on one VIP share the one prefix, so the VIP stays announced
+/// while any of them qualifies. A service whose backends are all drained attracts no traffic: its
+/// table is empty, so it could only drop new flows.
 pub fn vips_to_announce(desired: &[Service], health: &HealthView, local: impl Fn(IpAddr) -> bool) -> BTreeSet<IpNet> {
     desired
         .iter()
         .filter(|service| {
             let key = ServiceKey::of(service);
             service.backends.iter().any(|b| {
-                health.is_healthy(&key, SocketAddr::new(b.address, b.port))
+                b.weight > 0
+                    && health.is_healthy(&key, SocketAddr::new(b.address, b.port))
                     && match service.announce {
                         AnnounceWhen::Healthy => true,
                         AnnounceWhen::Local => local(b.address),
@@ -116,5 +119,40 @@ mod tests {
         let mut view = HealthView::default();
         down(&mut view, &a, "198.51.100.1");
         assert_eq!(vips_to_announce(&[a, b], &view, NOT_LOCAL), prefixes(&["192.0.2.11/32"]));
+    }
+
+    fn drain(service: &mut Service, backend: &str) {
+        let address: IpAddr = backend.parse().unwrap();
+        service.backends.iter_mut().filter(|b| b.address == address).for_each(|b| b.weight = 0);
+    }
+
+    #[test]
+    fn counts_only_backends_that_can_take_new_flows() {
+        let mut svc = service("192.0.2.10", 80, &["198.51.100.1", "198.51.100.2"], AnnounceWhen::Healthy);
+        drain(&mut svc, "198.51.100.1");
+        let mut view = HealthView::default();
+        assert_eq!(vips_to_announce(&[svc.clone()], &view, NOT_LOCAL), prefixes(&["192.0.2.10/32"]));
+        // The one backend with weight is down; the healthy one is drained: nothing takes new flows.
+        down(&mut view, &svc, "198.51.100.2");
+        assert!(vips_to_announce(&[svc], &view, NOT_LOCAL).is_empty());
+    }
+
+    #[test]
+    fn withdraws_vip_when_every_backend_is_drained() {
+        let mut svc = service("192.0.2.10", 80, &["198.51.100.1", "198.51.100.2"], AnnounceWhen::Healthy);
+        drain(&mut svc, "198.51.100.1");
+        drain(&mut svc, "198.51.100.2");
+        assert!(vips_to_announce(&[svc.clone()], &HealthView::default(), NOT_LOCAL).is_empty());
+        // Undrained: announced again.
+        svc.backends[1].weight = 2;
+        assert_eq!(vips_to_announce(&[svc], &HealthView::default(), NOT_LOCAL), prefixes(&["192.0.2.10/32"]));
+    }
+
+    #[test]
+    fn local_announce_ignores_a_drained_local_backend() {
+        let mut svc = service("192.0.2.10", 80, &["198.51.100.1", "198.51.100.2"], AnnounceWhen::Local);
+        drain(&mut svc, "198.51.100.2");
+        let is_local = |a: IpAddr| a == "198.51.100.2".parse::<IpAddr>().unwrap();
+        assert!(vips_to_announce(&[svc], &HealthView::default(), is_local).is_empty());
     }
 }

@@ -143,7 +143,7 @@ where
                     Err(e) => (e.id(), Err(format!("health check task failed: {e}"))),
                 };
                 if let Some((key, epoch)) = running.remove(&id) {
-                    schedule.record(&key, epoch, result);
+                    schedule.record(&key, epoch, result, Instant::now());
                 }
             }
             () = wait_until(deadline) => {}
@@ -394,6 +394,8 @@ mod tests {
         let checker = tokio::spawn(run(services_rx, |s: &Vec<Service>| s.as_slice(), view_tx));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(view_rx.borrow().is_empty());
+        let key = ServiceKey { vip: "192.0.2.10".parse().unwrap(), port: 80, protocol: Protocol::Tcp };
+        assert!(view_rx.borrow().since(&key, live).is_some(), "the unchecked backend is dated");
         drop(view_rx);
         tokio::time::timeout(TEST_LIMIT, checker).await.expect("checker did not stop without readers").unwrap();
         drop(services_tx);

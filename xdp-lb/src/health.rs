@@ -2,6 +2,11 @@
 //! the rise/fall state machine and the check schedule. No sockets and no clock reads here: time
 //! comes in as `now`, results come in from `checker`, which does the I/O.
 //!
+//! Since. The view also says since when each backend of each service is in its current state: a
+//! checked backend from when it was added (healthy) or last flipped, a backend of a service without
+//! a check from when it was added to the service or its check removed. Times are the `now` the
+//! scheduler was given, so tests drive them; they start over when the daemon restarts.
+//!
 //! Start state: a backend the checker has not yet judged is **healthy**, and turns unhealthy only
 //! after `fall` failed checks in a row. A daemon restart or a config reload must not withdraw VIPs
 //! or empty Maglev tables while the first checks run; a backend that is really down costs at most
@@ -31,9 +36,13 @@ pub enum BackendHealth {
 /// Health of every checked backend, per service (a backend shared by two services can pass one
 /// service's HTTP check and fail the other's). A backend that is not in the view (its service has
 /// no `health`, or it was never checked) counts as healthy.
+///
+/// `since` is kept apart from the verdicts: it also covers the backends of services without a
+/// check (unchecked since then), which have no verdict.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealthView {
     entries: BTreeMap<(ServiceKey, SocketAddr), BackendHealth>,
+    since: BTreeMap<(ServiceKey, SocketAddr), Instant>,
 }
 
 impl HealthView {
@@ -49,11 +58,22 @@ impl HealthView {
         self.entries.insert((service, backend), health);
     }
 
-    /// Entries in (service, backend) order.
+    /// When the backend's health state (healthy, unhealthy, or unchecked for a service without a
+    /// check) last changed; `None` when the checker has not seen the backend yet.
+    pub fn since(&self, service: &ServiceKey, backend: SocketAddr) -> Option<Instant> {
+        self.since.get(&(*service, backend)).copied()
+    }
+
+    pub fn set_since(&mut self, service: ServiceKey, backend: SocketAddr, at: Instant) {
+        self.since.insert((service, backend), at);
+    }
+
+    /// Verdicts in (service, backend) order.
     pub fn iter(&self) -> impl Iterator<Item = (&ServiceKey, SocketAddr, &BackendHealth)> {
         self.entries.iter().map(|((service, backend), health)| (service, *backend, health))
     }
 
+    /// Number of verdicts (checked backends).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -115,6 +135,8 @@ struct Target {
     check: HealthCheck,
     state: RiseFall,
     reason: Option<String>,
+    /// When `state` last flipped, or the target was added.
+    since: Instant,
     next_due: Instant,
     in_flight: bool,
     epoch: u64,
@@ -125,6 +147,8 @@ struct Target {
 #[derive(Debug, Default)]
 pub(crate) struct Scheduler {
     targets: BTreeMap<TargetKey, Target>,
+    /// Backends of services without a check, and since when they are unchecked.
+    unchecked: BTreeMap<TargetKey, Instant>,
     epochs: u64,
 }
 
@@ -132,16 +156,26 @@ impl Scheduler {
     /// Follows a new service list. Targets whose check did not change keep their state and
     /// schedule; a changed check keeps the health state but restarts counting and is run at once;
     /// new targets start healthy with their first check spread over one interval, so a thousand
-    /// backends are not all probed in the same millisecond.
+    /// backends are not all probed in the same millisecond. Backends of services without a check
+    /// are unchecked since they first appear so (a backend of weight 0 is checked like any other).
     pub(crate) fn reconfigure(&mut self, services: &[Service], now: Instant) {
         let mut wanted: BTreeMap<TargetKey, &HealthCheck> = BTreeMap::new();
+        let mut unchecked: BTreeMap<TargetKey, Instant> = BTreeMap::new();
         for service in services {
-            let Some(check) = &service.health else { continue };
             let key = ServiceKey::of(service);
             for b in &service.backends {
-                wanted.entry((key, SocketAddr::new(b.address, b.port))).or_insert(check);
+                let target = (key, SocketAddr::new(b.address, b.port));
+                match &service.health {
+                    Some(check) => {
+                        wanted.entry(target).or_insert(check);
+                    }
+                    None => {
+                        unchecked.entry(target).or_insert_with(|| self.unchecked.get(&target).copied().unwrap_or(now));
+                    }
+                }
             }
         }
+        self.unchecked = unchecked;
         self.targets.retain(|key, _| wanted.contains_key(key));
         for (key, check) in wanted {
             match self.targets.get_mut(&key) {
@@ -160,6 +194,7 @@ impl Scheduler {
                         check: check.clone(),
                         state: RiseFall::new(),
                         reason: None,
+                        since: now,
                         next_due: now + first_delay(&key, check.interval_ms),
                         in_flight: false,
                         epoch: self.epochs,
@@ -189,8 +224,8 @@ impl Scheduler {
     }
 
     /// Takes the result of a probe. Results for a target that is gone, or whose check changed since
-    /// the probe started, are dropped. Returns true when the backend's health flipped.
-    pub(crate) fn record(&mut self, key: &TargetKey, epoch: u64, result: Result<(), String>) -> bool {
+    /// the probe started, are dropped. Returns true when the backend's health flipped (at `now`).
+    pub(crate) fn record(&mut self, key: &TargetKey, epoch: u64, result: Result<(), String>, now: Instant) -> bool {
         let Some(t) = self.targets.get_mut(key) else { return false };
         if t.epoch != epoch || !t.in_flight {
             return false;
@@ -198,6 +233,7 @@ impl Scheduler {
         t.in_flight = false;
         let flipped = t.state.observe(result.is_ok(), t.check.rise, t.check.fall);
         if flipped {
+            t.since = now;
             let (service, backend) = key;
             match result {
                 Ok(()) => {
@@ -222,6 +258,10 @@ impl Scheduler {
                 (None, false) => BackendHealth::Unhealthy { reason: "failed checks".to_owned() },
             };
             view.set(*service, *backend, health);
+            view.set_since(*service, *backend, t.since);
+        }
+        for ((service, backend), since) in &self.unchecked {
+            view.set_since(*service, *backend, *since);
         }
         view
     }
@@ -328,7 +368,7 @@ mod tests {
         let probes = s.take_due(now);
         for p in &probes {
             let result = if ok(p.key.1.port()) { Ok(()) } else { Err("connect: refused".to_owned()) };
-            s.record(&p.key, p.epoch, result);
+            s.record(&p.key, p.epoch, result, now);
         }
         probes.len()
     }
@@ -355,7 +395,7 @@ mod tests {
         // Still in flight 250 ms later: no second probe, and nothing to wake up for.
         assert!(s.take_due(ms(350)).is_empty());
         assert_eq!(s.next_deadline(), None);
-        s.record(&probes[0].key, probes[0].epoch, Ok(()));
+        s.record(&probes[0].key, probes[0].epoch, Ok(()), ms(350));
         // The probe started at 100 ms, so the next was due at 200 ms: run at once.
         assert_eq!(s.next_deadline(), Some(ms(200)));
         assert_eq!(s.take_due(ms(350)).len(), 1);
@@ -407,10 +447,10 @@ mod tests {
         let mut changed = check(100);
         changed.fall = 1;
         s.reconfigure(&[service(80, &[8080], Some(changed))], t1);
-        assert!(!s.record(&old[0].key, old[0].epoch, Err("timeout".to_owned())), "stale result ignored");
+        assert!(!s.record(&old[0].key, old[0].epoch, Err("timeout".to_owned()), t1), "stale result ignored");
         let new = s.take_due(t1);
         assert_eq!(new.len(), 1);
-        assert!(s.record(&new[0].key, new[0].epoch, Err("timeout".to_owned())), "fall = 1 applies at once");
+        assert!(s.record(&new[0].key, new[0].epoch, Err("timeout".to_owned()), t1), "fall = 1 applies at once");
     }
 
     #[test]
@@ -421,7 +461,70 @@ mod tests {
         let probes = s.take_due(t0 + Duration::from_millis(100));
         s.reconfigure(&[service(80, &[8080], Some(check(100)))], t0 + Duration::from_millis(110));
         let gone = probes.iter().find(|p| p.key.1.port() == 8081).unwrap();
-        assert!(!s.record(&gone.key, gone.epoch, Err("refused".to_owned())));
+        assert!(!s.record(&gone.key, gone.epoch, Err("refused".to_owned()), t0 + Duration::from_millis(120)));
         assert_eq!(s.view().len(), 1);
+    }
+
+    #[test]
+    fn since_is_when_the_backend_was_added_and_moves_only_when_health_flips() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let (up, down) = (key(80, 8080), key(80, 8081));
+        let mut s = Scheduler::default();
+        s.reconfigure(&[service(80, &[8080, 8081], Some(check(100)))], t0);
+        assert_eq!(s.view().since(&up.0, up.1), Some(t0), "healthy since added");
+        // check(100) has fall = 2: 8081 turns unhealthy on its second failure, at 200 ms.
+        run_due(&mut s, ms(100), |port| port == 8080);
+        assert_eq!(s.view().since(&down.0, down.1), Some(t0), "one failure is not a change");
+        run_due(&mut s, ms(200), |port| port == 8080);
+        let view = s.view();
+        assert!(!view.is_healthy(&down.0, down.1));
+        assert_eq!(view.since(&down.0, down.1), Some(ms(200)));
+        assert_eq!(view.since(&up.0, up.1), Some(t0), "passing checks do not move it");
+        // More failures keep the time of the change; rise = 1: one success turns it healthy again.
+        run_due(&mut s, ms(300), |port| port == 8080);
+        assert_eq!(s.view().since(&down.0, down.1), Some(ms(200)));
+        run_due(&mut s, ms(400), |_| true);
+        assert_eq!(s.view().since(&down.0, down.1), Some(ms(400)));
+        // A changed check keeps the state, and so its time.
+        let mut slower = check(200);
+        slower.rise = 3;
+        s.reconfigure(&[service(80, &[8080, 8081], Some(slower))], ms(450));
+        assert_eq!(s.view().since(&down.0, down.1), Some(ms(400)));
+    }
+
+    #[test]
+    fn unchecked_backends_are_dated_from_when_they_appear_without_a_check() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let b = key(81, 9000);
+        let mut s = Scheduler::default();
+        s.reconfigure(&[service(81, &[9000], None)], t0);
+        let view = s.view();
+        assert_eq!((view.since(&b.0, b.1), view.get(&b.0, b.1)), (Some(t0), None), "dated, but no verdict");
+        assert!(view.is_empty(), "nothing to check");
+        // Reloading the same service keeps the date; another backend gets its own.
+        s.reconfigure(&[service(81, &[9000, 9001], None)], ms(500));
+        let view = s.view();
+        assert_eq!(view.since(&b.0, b.1), Some(t0));
+        assert_eq!(view.since(&key(81, 9001).0, key(81, 9001).1), Some(ms(500)));
+        // A check added later: healthy from then on; removed again: unchecked from then on.
+        s.reconfigure(&[service(81, &[9000], Some(check(100)))], ms(600));
+        assert_eq!(s.view().since(&b.0, b.1), Some(ms(600)));
+        assert_eq!(s.view().since(&key(81, 9001).0, key(81, 9001).1), None, "gone with its backend");
+        s.reconfigure(&[service(81, &[9000], None)], ms(700));
+        assert_eq!(s.view().since(&b.0, b.1), Some(ms(700)));
+    }
+
+    #[test]
+    fn drained_backends_are_still_checked() {
+        let t0 = Instant::now();
+        let mut drained = service(80, &[8080, 8081], Some(check(100)));
+        drained.backends[1].weight = 0;
+        let mut s = Scheduler::default();
+        s.reconfigure(&[drained], t0);
+        let mut due: Vec<u16> = s.take_due(t0 + Duration::from_millis(100)).iter().map(|p| p.key.1.port()).collect();
+        due.sort_unstable();
+        assert_eq!(due, [8080, 8081]);
     }
 }

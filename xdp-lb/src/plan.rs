@@ -13,6 +13,12 @@
 //! keeps its entry with an **empty table**: the datapath drops its new flows and counts them (the
 //! VIP is withdrawn from BGP at the same time, see `vips_to_announce`).
 //!
+//! Drain. A backend of weight 0 is draining, as in IPVS: it keeps its backend entry (conntrack
+//! keeps its established flows on it) and its health checks, but gets no slot, so no new flow.
+//! Its table is the one the service would have without it, so draining and undraining rewrite
+//! only that service's table and move only the slots Maglev has to. A service whose backends are
+//! all drained has an empty table, as one with no healthy backend.
+//!
 //! Order. `UpsertBackend`s first, then `UpsertService`s, `RemoveService`s, and `RemoveBackend`s
 //! last, so a table never references a backend that is not in the backend map.
 
@@ -38,7 +44,7 @@ pub struct BackendEntry {
 pub struct ServiceEntry {
     pub id: u32,
     pub mode: Mode,
-    /// Maglev lookup table of backend ids; empty = no healthy backend.
+    /// Maglev lookup table of backend ids; empty = no backend can take new flows (healthy, weight > 0).
     pub table: Arc<Vec<u32>>,
 }
 
@@ -178,7 +184,7 @@ fn table_for(
         .backends
         .iter()
         .map(|b| (SocketAddr::new(b.address, b.port), b.weight))
-        .filter(|(addr, _)| health.is_healthy(key, *addr))
+        .filter(|(addr, weight)| *weight > 0 && health.is_healthy(key, *addr))
         .map(|(addr, weight)| MaglevBackend { id: backend_ids[&addr], address: addr.ip(), port: addr.port(), weight })
         .collect();
     let size = if is_prime(service.maglev_table_size) {
@@ -517,5 +523,90 @@ mod tests {
         assert_eq!(state.apply(&LbOp::RemoveBackend { id: 1 }), Err(in_use.clone()));
         let repoint = LbOp::UpsertBackend { id: 1, address: "198.51.100.9".parse().unwrap(), port: 8080 };
         assert_eq!(state.apply(&repoint), Err(in_use));
+    }
+
+    fn with_weight(s: &Service, a: &str, weight: u32) -> Service {
+        let mut s = s.clone();
+        let addr = sock(a);
+        let b = s.backends.iter_mut().find(|b| SocketAddr::new(b.address, b.port) == addr).unwrap();
+        b.weight = weight;
+        s
+    }
+
+    #[test]
+    fn draining_rewrites_only_that_service_table_and_keeps_the_backend_entry() {
+        let backends = ["198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4"];
+        let a = svc("192.0.2.10", 80, &backends);
+        let b = svc("192.0.2.11", 80, &backends);
+        let health = HealthView::default();
+        let (_, state) = converge(&[a.clone(), b.clone()], &health, &LbState::default());
+        let drained_id = backend_id(&state, "198.51.100.2");
+
+        let drained = with_weight(&a, "198.51.100.2", 0);
+        let (ops, next) = converge(&[drained.clone(), b.clone()], &health, &state);
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        assert!(matches!(&ops[0], LbOp::UpsertService { id: 1, key, .. } if *key == key_of(&a)), "{ops:?}");
+        assert_eq!(next.backends, state.backends, "the drained backend keeps its entry, for its established flows");
+        assert!(!table_ids(&next, &key_of(&a)).contains(&drained_id));
+        assert_eq!(next.services[&key_of(&b)], state.services[&key_of(&b)], "the other service is untouched");
+
+        // Minimal disruption: the drained backend's slots move, and few of the others do.
+        let (before, after) = (&state.services[&key_of(&a)].table, &next.services[&key_of(&a)].table);
+        let kept: Vec<(u32, u32)> =
+            before.iter().copied().zip(after.iter().copied()).filter(|(old, _)| *old != drained_id).collect();
+        let moved = kept.iter().filter(|(old, new)| old != new).count() as f64 / before.len() as f64;
+        // Ideal: 1/4 of the table moves (the drained backend's share) and none of the rest.
+        // Maglev gives up a little of that ideal for its even spread (about 0.5% here).
+        assert!(moved < 0.03, "{moved:.4} of the table moved between the backends that stay");
+    }
+
+    #[test]
+    fn drained_backend_gets_the_table_of_an_absent_one_and_undraining_restores_it() {
+        let health = HealthView::default();
+        let all = web(&["198.51.100.1", "198.51.100.2", "198.51.100.3"]);
+        let (_, state) = converge(std::slice::from_ref(&all), &health, &LbState::default());
+        let original = state.services[&key_of(&all)].table.clone();
+
+        let (_, drained) = converge(&[with_weight(&all, "198.51.100.3", 0)], &health, &state);
+        let backend = |a: &str| {
+            let id = backend_id(&state, a);
+            MaglevBackend { id, address: a.parse().unwrap(), port: 8080, weight: 1 }
+        };
+        let without = build_table(&[backend("198.51.100.1"), backend("198.51.100.2")], SIZE).unwrap();
+        assert_eq!(*drained.services[&key_of(&all)].table, without);
+
+        let (ops, undrained) = converge(std::slice::from_ref(&all), &health, &drained);
+        assert_eq!(ops.len(), 1, "only the table changes back: {ops:?}");
+        assert_eq!(undrained.services[&key_of(&all)].table, original, "undraining restores the table it had");
+        assert_eq!(undrained, state);
+    }
+
+    #[test]
+    fn drained_backend_has_no_slot_even_while_healthy_and_unhealthy_does_not_undrain_it() {
+        let s = with_weight(&web(&["198.51.100.1", "198.51.100.2"]), "198.51.100.1", 0);
+        let mut health = HealthView::default();
+        health.set(key_of(&s), sock("198.51.100.1"), BackendHealth::Healthy);
+        let (_, state) = converge(std::slice::from_ref(&s), &health, &LbState::default());
+        assert_eq!(table_ids(&state, &key_of(&s)), BTreeSet::from([backend_id(&state, "198.51.100.2")]));
+        // The only backend with weight goes down: empty table, both entries kept.
+        down(&mut health, &s, "198.51.100.2");
+        let (_, next) = converge(std::slice::from_ref(&s), &health, &state);
+        assert!(next.services[&key_of(&s)].table.is_empty());
+        assert_eq!(next.backends.len(), 2);
+    }
+
+    #[test]
+    fn service_with_every_backend_drained_keeps_its_entries_with_an_empty_table() {
+        let health = HealthView::default();
+        let s = web(&["198.51.100.1", "198.51.100.2"]);
+        let (_, state) = converge(std::slice::from_ref(&s), &health, &LbState::default());
+        let all_drained = with_weight(&with_weight(&s, "198.51.100.1", 0), "198.51.100.2", 0);
+        let (ops, next) = converge(std::slice::from_ref(&all_drained), &health, &state);
+        assert!(matches!(&ops[..], [LbOp::UpsertService { id: 1, table, .. }] if table.is_empty()), "{ops:?}");
+        assert_eq!(next.backends, state.backends);
+        // Also when the service is new: its backends get entries, its table is empty.
+        let (ops, fresh) = converge(std::slice::from_ref(&all_drained), &health, &LbState::default());
+        assert_eq!(ops.iter().filter(|op| matches!(op, LbOp::UpsertBackend { .. })).count(), 2, "{ops:?}");
+        assert!(fresh.services[&key_of(&s)].table.is_empty());
     }
 }
