@@ -43,8 +43,8 @@
 //!
 //! Checks, each printing what it expected and saw: (1) 200 connections per service all answered;
 //! (2) their spread over weights 1 and 3; (3) both nodes carried flows and their counters add up to
-//! what the client saw; (4) long-lived connections keep their backend while another backend is
-//! removed, and through a SIGTERM + `--resume` restart of both nodes (with graceful restart); (5)
+//! what the client saw; (4) long-lived connections keep their backend while their backend is
+//! drained (weight 0: no new flows) and while another backend is removed, and through a SIGTERM + `--resume` restart of both nodes (with graceful restart); (5)
 //! without a healthy backend both VIPs leave both ToRs' BGP tables and kernels, and come back.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,11 +133,13 @@ impl ServiceSpec {
     }
 }
 
-/// Which backends the nodes' config lists: A and B, or A, B and C (check 4 removes C again).
+/// Which backends the nodes' config lists: A and B, or A, B and C, or A (drained: weight 0), B and
+/// C (check 4 drains A, then removes C and restores A).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Backends {
     Base,
     WithC,
+    WithCDrainingA,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -178,11 +180,15 @@ fn node_config(name: &str, n: usize, backends: Backends, graceful_restart: bool)
     for svc in SERVICES {
         let listed = match backends {
             Backends::Base => svc.base(),
-            Backends::WithC => &svc.backends[..],
+            Backends::WithC | Backends::WithCDrainingA => &svc.backends[..],
         };
         let list: Vec<String> = listed
             .iter()
-            .map(|b| format!("{{ address = \"{}\", port = {}, weight = {} }}", b.addr, b.port, b.weight))
+            .enumerate()
+            .map(|(i, b)| {
+                let weight = if i == 0 && backends == Backends::WithCDrainingA { 0 } else { b.weight };
+                format!("{{ address = \"{}\", port = {}, weight = {weight} }}", b.addr, b.port)
+            })
             .collect();
         config += &format!(
             "\n[[services]]\nname = \"{}\"\nvip = \"{}\"\nport = {SERVICE_PORT}\nprotocol = \"tcp\"\nmode = \"{}\"\n\
@@ -674,7 +680,7 @@ fn apply_everywhere(fabric: &Fabric, backends: Backends) -> Result<Duration> {
         .iter()
         .flat_map(|s| match backends {
             Backends::Base => s.base().to_vec(),
-            Backends::WithC => s.backends.to_vec(),
+            Backends::WithC | Backends::WithCDrainingA => s.backends.to_vec(),
         })
         .map(|b| b.addr.to_string())
         .collect();
@@ -945,31 +951,34 @@ fn flows_spread_by_weight_over_both_lb_nodes_behind_ecmp_tors() {
 /// Conversations per service in check 4.
 const CONVERSATIONS: usize = 10;
 
-/// Opens `CONVERSATIONS` conversations with `svc` whose backend is A or B; those that land on C
-/// (about to be removed) are closed again. Bounded: at most 60 attempts.
+/// Opens `CONVERSATIONS` conversations with `svc` whose backend is A or B, at least one on A (to
+/// be drained); those that land on C (to be removed), or on B once only A's place is left, are
+/// closed again. Bounded: at most 60 attempts.
 fn open_conversations(client: &NetNs, svc: &'static ServiceSpec) -> Result<(Vec<Conversation>, usize)> {
-    let removed = svc.backends[2].id;
+    let (drained, removed) = (svc.backends[0].id, svc.backends[2].id);
     let vip = svc.vip();
     in_netns(client, move || {
-        let mut kept = Vec::new();
+        let mut kept: Vec<Conversation> = Vec::new();
         let mut on_c = 0;
         for i in 0..60 {
             let c = open(vip, &format!("hello {i}"))?;
+            let have_a = kept.iter().any(|k| k.backend == drained);
             if c.backend == removed {
                 on_c += 1;
-            } else {
+            } else if c.backend == drained || have_a || kept.len() + 1 < CONVERSATIONS {
                 kept.push(c);
             }
             if kept.len() == CONVERSATIONS {
                 return Ok((kept, on_c));
             }
         }
-        bail!("only {} of 60 connections to {vip} landed on A or B", kept.len())
+        bail!("only {} of 60 connections to {vip} landed on A or B (at least one on A)", kept.len())
     })
 }
 
 /// Check 4: `CONVERSATIONS` long-lived connections per service (on backends A and B) talk every
-/// 100 ms while backend C is removed from both services on both nodes (`ferrule apply`), then,
+/// 100 ms while backend A is drained (weight 0: new connections avoid it, its own keep going), then
+/// while backend C is removed from both services on both nodes and A restored (`ferrule apply`), then,
 /// with `restart_nodes`, while each node in turn is stopped (SIGTERM) and started again with
 /// `--resume`. None may break, and every answer must come from the backend that answered first,
 /// for the same peer (for NAT: the same node's SNAT address and port).
@@ -1006,8 +1015,31 @@ fn check_long_lived(fabric: &mut Fabric, restart_nodes: bool) {
     let _stop_on_drop = StopOnDrop(stop.clone());
     std::thread::sleep(Duration::from_secs(1));
 
+    let t = apply_everywhere(fabric, Backends::WithCDrainingA).unwrap();
+    println!("(4) backend A drained (weight 0) in both services on both nodes, running after {t:.1?}");
+    std::thread::sleep(Duration::from_secs(2));
+    for svc in SERVICES {
+        let answers = many_connections(&fabric.client, svc.vip(), 20).unwrap();
+        let on: Vec<String> =
+            answers.iter().map(|a| a.as_ref().map_or_else(|e| format!("error: {e}"), |a| a.backend.clone())).collect();
+        let drained = svc.backends[0].id;
+        println!("[{} {:?}] (4) 20 new connections: expected none on {drained}, saw {on:?}", svc.name, svc.mode);
+        assert!(on.iter().all(|b| b != drained && !b.starts_with("error")), "{on:?}");
+        let rows = fabric.nodes[0].show(&["lb", "backends"]).unwrap();
+        let state: Vec<(String, bool)> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["service"] == svc.name)
+            .map(|r| (r["address"].as_str().unwrap_or("?").to_string(), r["draining"] == true))
+            .collect();
+        println!("[{} {:?}] (4) node1 show lb backends (address, draining): {state:?}", svc.name, svc.mode);
+        assert!(state.contains(&(svc.backends[0].addr.to_string(), true)), "{rows}");
+        assert!(state.contains(&(svc.backends[1].addr.to_string(), false)), "{rows}");
+    }
+
     let t = apply_everywhere(fabric, Backends::Base).unwrap();
-    println!("(4) backend C removed from both services on both nodes, running after {t:.1?}");
+    println!("(4) backend C removed and A restored in both services on both nodes, running after {t:.1?}");
     std::thread::sleep(Duration::from_secs(2));
     for svc in SERVICES {
         let answers = many_connections(&fabric.client, svc.vip(), 20).unwrap();
