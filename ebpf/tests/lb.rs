@@ -766,6 +766,48 @@ fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
     });
 }
 
+/// Drops after a backend was chosen (NAT between families, no node address for SNAT or the
+/// tunnel) are counted on that backend as well as on the service; a drop before any backend was
+/// chosen (empty table) only on the service.
+#[test]
+fn drops_after_the_backend_was_chosen_count_on_the_backend_too() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("p");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("bedrops", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 24, LbMode::Nat, ID_A6);
+        let syn = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+        assert_eq!(lb.run(&syn).retval, XDP_DROP, "NAT from an IPv4 VIP to an IPv6 backend");
+
+        // Without node addresses: SNAT (IPv4 NAT to B) and the tunnel (IPv6 DSR to B) have no source.
+        lb.dp.lb().set_node_addresses(None, None).unwrap();
+        lb.service(ip4(VIP4), 81, L4Proto::Tcp, 25, LbMode::Nat, ID_B4);
+        lb.service(ip6(VIP6), 81, L4Proto::Tcp, 26, LbMode::Dsr, ID_B6);
+        assert_eq!(lb.run(&tcp4(CLIENT4, 40000, VIP4, 81, true, b"")).retval, XDP_DROP, "SNAT without node address");
+        assert_eq!(lb.run(&tcp6(CLIENT6, 40000, VIP6, 81, true, b"")).retval, XDP_DROP, "DSR without node address");
+        lb.dp
+            .lb()
+            .upsert_service(&ServiceKey { vip: ip4(VIP4), port: 81, proto: L4Proto::Tcp }, 25, LbMode::Nat, &[])
+            .unwrap();
+        assert_eq!(lb.run(&tcp4(CLIENT4, 40001, VIP4, 81, true, b"")).retval, XDP_DROP, "empty table");
+
+        let lbm = lb.dp.lb();
+        let (svc24, a6) = (lbm.service_counters(24).unwrap(), lbm.backend_counters(ID_A6).unwrap());
+        println!("NAT family: service {:?}, backend {:?}", svc24.drops, a6.drops);
+        assert_eq!((svc24.drops.nat_family, a6.drops.nat_family), (1, 1));
+        assert_eq!(a6.packets, 0, "a dropped packet is not counted as sent to the backend");
+        let (svc25, b4) = (lbm.service_counters(25).unwrap(), lbm.backend_counters(ID_B4).unwrap());
+        println!("IPv4 NAT without node address, then empty table: service {:?}, backend {:?}", svc25.drops, b4.drops);
+        assert_eq!((svc25.drops.no_node_address, b4.drops.no_node_address), (1, 1));
+        assert_eq!((svc25.drops.no_backend, b4.drops.no_backend), (1, 0), "no backend chosen: service only");
+        let (svc26, b6) = (lbm.service_counters(26).unwrap(), lbm.backend_counters(ID_B6).unwrap());
+        assert_eq!((svc26.drops.no_node_address, b6.drops.no_node_address), (1, 1));
+        assert_eq!(lbm.backend_counters(ID_A4).unwrap(), Default::default(), "an uninvolved backend");
+    });
+}
+
 /// The i-th service of the batch tests: even i an IPv4 TCP VIP 192.0.2.<1..200> on port
 /// 1000 + i/200, odd i an IPv6 TCP VIP 2001:db8:80::<i+1> on port 443; id 100 + i.
 fn batch_service(i: u32) -> (ServiceKey, u32) {

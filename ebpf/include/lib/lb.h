@@ -3,7 +3,8 @@
  * The L4 load balancer's fast path, run by xdp_lb on every packet of an uplink: parse, service
  * lookup, backend choice (conntrack, else Maglev), then DSR encapsulation or NAT, and forwarding
  * through bpf_fib_lookup. Everything it does not handle goes to the stack (XDP_PASS) with a
- * counter; it drops only for the reasons of `enum fr_lb_drop`, counted per service.
+ * counter; it drops only for the reasons of `enum fr_lb_drop`, counted per service and, once a
+ * backend was chosen, on that backend too.
  *
  * Defined behaviours (each has a datapath test):
  * - IPv4 options (IHL > 5): handled; L4 is found at IHL * 4 and the options travel untouched.
@@ -67,6 +68,7 @@ struct lb_pkt {
 	__be32 v6_word0; /* IPv6 version / traffic class / flow label */
 	__be16 v4_id;
 	__be16 v4_frag_off;
+	__u32 backend_id; /* once a backend is chosen: its drops are counted on it too */
 	__u8 frag; /* enum lb_frag */
 	__u8 tos;
 	__u8 vlan;
@@ -169,10 +171,21 @@ static __attribute__((noinline)) struct fr_lb_counters *lb_counters(void *map, _
 	return bpf_map_lookup_elem(map, &id);
 }
 
-static __always_inline int lb_drop(struct fr_lb_counters *sc, __u32 reason)
+/* Counts a drop on the service and, once one was chosen, on the backend (`p->backend_id`).
+ * Drops are rare: the backend's counters are looked up here rather than carried along. */
+static __always_inline int lb_drop(struct fr_lb_counters *sc, const struct lb_pkt *p, __u32 reason)
 {
-	if (sc && reason < FR_LB_DROP_MAX)
+	struct fr_lb_counters *bc;
+
+	if (reason >= FR_LB_DROP_MAX)
+		return XDP_DROP;
+	if (sc)
 		sc->drops[reason] += 1;
+	if (p->backend_id) {
+		bc = lb_counters(&fr_lb_backend_stats, p->backend_id);
+		if (bc)
+			bc->drops[reason] += 1;
+	}
 	return XDP_DROP;
 }
 
@@ -517,7 +530,7 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	f = &s->fwd;
 	__builtin_memset(f, 0, sizeof(*f));
 	if (!lb_have_node_addr(cfg, family))
-		return lb_drop(sc, FR_LB_DROP_NO_NODE_ADDRESS);
+		return lb_drop(sc, p, FR_LB_DROP_NO_NODE_ADDRESS);
 	if (data + sizeof(saved) > data_end)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	__builtin_memcpy(saved, data, sizeof(saved));
@@ -530,15 +543,15 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 		struct iphdr *o;
 
 		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
-			return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+			return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 		l3 = lb_write_l2(ctx, saved, vlan, bpf_htons(ETH_P_IP), sizeof(*o));
 		data = (void *)(long)ctx->data;
 		data_end = (void *)(long)ctx->data_end;
 		if (l3 == 0 || l3 > 18)
-			return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+			return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 		o = data + l3;
 		if ((void *)(o + 1) > data_end)
-			return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+			return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 		o->version = 4;
 		o->ihl = 5;
 		o->tos = p->tos;
@@ -561,15 +574,15 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	if (!inner_v4)
 		word0 |= bpf_ntohl(p->v6_word0) & 0xfffff;
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr)))
-		return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+		return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 	l3 = lb_write_l2(ctx, saved, vlan, bpf_htons(ETH_P_IPV6), sizeof(*o6));
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (l3 == 0 || l3 > 18)
-		return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+		return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 	o6 = data + l3;
 	if ((void *)(o6 + 1) > data_end)
-		return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+		return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 	*(__be32 *)o6 = bpf_htonl(word0);
 	o6->payload_len = bpf_htons(inner_len);
 	o6->nexthdr = inner_proto;
@@ -784,6 +797,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 			ct = NULL;
 		} else {
 			nat_port = ct->nat_port;
+			p->backend_id = bid;
 			/* Refresh rarely: a write per packet would bounce the line between CPUs. */
 			if (now - ct->last_seen_ns > LB_REFRESH_NS)
 				ct->last_seen_ns = now;
@@ -800,15 +814,16 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		bid = lb_maglev(sid, lb_hash_flow(&p->flow, LB_SEED_MAGLEV));
 		be = lb_backend(bid);
 		if (!be)
-			return lb_drop(sc, FR_LB_DROP_NO_BACKEND);
+			return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
+		p->backend_id = bid;
 		if (mode == FR_LB_MODE_NAT) {
 			if (be->family != p->flow.family)
-				return lb_drop(sc, FR_LB_DROP_NAT_FAMILY);
+				return lb_drop(sc, p, FR_LB_DROP_NAT_FAMILY);
 			if (!lb_have_node_addr(cfg, p->flow.family))
-				return lb_drop(sc, FR_LB_DROP_NO_NODE_ADDRESS);
+				return lb_drop(sc, p, FR_LB_DROP_NO_NODE_ADDRESS);
 			nat_port = lb_nat_claim(p, be, cfg, bid, sid);
 			if (nat_port == 0)
-				return lb_drop(sc, FR_LB_DROP_NAT_PORTS);
+				return lb_drop(sc, p, FR_LB_DROP_NAT_PORTS);
 		}
 		entry->created_ns = now;
 		entry->last_seen_ns = now;
@@ -892,7 +907,8 @@ static __attribute__((noinline)) int lb_frag_later(struct xdp_md *ctx, struct lb
 	lb_count(lb_counters(&fr_lb_backend_stats, fe->backend_id), p->frame_len);
 	be = lb_backend(fe->backend_id);
 	if (!be)
-		return lb_drop(sc, FR_LB_DROP_NO_BACKEND);
+		return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
+	p->backend_id = fe->backend_id;
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!cfg)
 		return XDP_PASS;
@@ -994,7 +1010,8 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	}
 	be = lb_backend(bid);
 	if (!be)
-		return lb_drop(sc, FR_LB_DROP_NO_BACKEND);
+		return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
+	p->backend_id = bid;
 	lb_count(lb_counters(&fr_lb_backend_stats, bid), p->frame_len);
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!cfg)
