@@ -15,8 +15,18 @@
  *   backend, or passed with FR_LB_EV_FRAG_UNKNOWN. NAT-mode services do not handle fragments:
  *   XDP_PASS + FR_LB_EV_NAT_UNHANDLED.
  * - ICMP errors (IPv4 type 3/11, ICMPv6 type 1/2/3) quoting a packet *from* a VIP (a backend's
- *   DSR reply) go to the backend of that flow (conntrack with the quoted tuple reversed, else
- *   Maglev), encapsulated like the flow, so a PMTU signal reaches the host that sends too big.
+ *   reply) go to the backend of that flow (conntrack with the quoted tuple reversed), so a PMTU
+ *   signal reaches the host that sends too big. DSR: encapsulated like the flow (no conntrack
+ *   entry: Maglev chooses, FR_LB_EV_ICMP_NO_FLOW). NAT: translated as if about the backend's own
+ *   packet (outer node → backend, quoted backend:bport → node:nat_port); no conntrack entry (so no
+ *   SNAT port) or an ICMP error in fragments → XDP_PASS + FR_LB_EV_NAT_UNHANDLED.
+ * - NAT, backend side: ICMP errors to the node's address quoting a translated packet (node:nat_port
+ *   → backend:bport, found in fr_lb_nat) go back to the client translated (outer VIP → client,
+ *   quoted client:cport → VIP:vport). Both directions count FR_LB_EV_ICMP_FORWARDED.
+ * - A quote cut short before the quoted ports, a quoted IHL < 5, or quoted ports beyond the outer
+ *   IP packet: XDP_PASS + FR_LB_EV_MALFORMED. A quote cut anywhere after the ports is translated
+ *   (checksums of what is quoted stay right; a quoted L4 checksum not quoted is not touched).
+ *   A quoted IPv4 later fragment has no ports: XDP_PASS.
  * - Malformed headers (truncated, IHL < 5, lengths beyond the frame): XDP_PASS +
  *   FR_LB_EV_MALFORMED; the stack's own checks then discard them.
  * - Tagged frames (one 802.1Q/802.1ad tag) are handled; the tag is kept, so they are sent back
@@ -106,6 +116,23 @@ struct lb_icmp_hdr {
 	__u32 rest;
 };
 
+/* Where an ICMP error's parts are (set while parsing it) and, for NAT, what its translation
+ * writes: the new outer addresses and the new addresses and ports of the quoted packet. */
+struct lb_icmp {
+	__u8 outer_src[16];
+	__u8 outer_dst[16];
+	__u8 q_src[16];
+	__u8 q_dst[16];
+	__be16 q_sport;
+	__be16 q_dport;
+	__u32 icmp_off; /* the ICMP header */
+	__u32 qip_off; /* the quoted IP header */
+	__u32 ql4_off; /* the quoted TCP/UDP header, of which at least the ports are there */
+	__u32 end; /* end of the outer IP packet: anything after it is Ethernet padding */
+	__u8 q_proto;
+	__u8 pad[7];
+} __attribute__((aligned(8)));
+
 /*
  * Per-CPU scratch space for the larger temporaries: the BPF stack is 512 bytes for the whole call
  * chain. Each field has one user at a time (a callee never uses its caller's field), and XDP runs
@@ -121,6 +148,7 @@ struct lb_scratch {
 	struct fr_lb_nat_entry nat;
 	struct fr_lb_frag_key frag;
 	struct fr_lb_ct_entry ct;
+	struct lb_icmp icmp;
 } __attribute__((aligned(8)));
 
 struct {
@@ -916,9 +944,223 @@ static __attribute__((noinline)) int lb_frag_later(struct xdp_md *ctx, struct lb
 	return lb_encap(ctx, p, be, cfg, sc);
 }
 
+/* Replaces the address at `at` in the packet by `to`, adding the change to the checksum delta
+ * `d`. A word at a time, so that no copy of the old address is held (the BPF stack is small). */
+static __always_inline __u32 lb_put_addr(__u32 d, __u8 *at, const __u8 *to, int words)
+{
+	__u32 *a = (__u32 *)at;
+	const __u32 *t = (const __u32 *)to;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (i < words) {
+			d = csum_delta32(d, a[i], t[i]);
+			a[i] = t[i];
+			/* Sum now: left to itself clang keeps the old words live and spills them. */
+			asm volatile("" : "+r"(d));
+		}
+	}
+	return d;
+}
+
 /*
- * An ICMP error. If it quotes a packet from a service (src = VIP:port, a backend's DSR reply),
- * it belongs to the flow client → VIP and goes to that flow's backend.
+ * NAT of an ICMP error: the outer addresses become x->outer_*, the quoted packet's addresses and
+ * ports x->q_*. Every checksum is updated incrementally (RFC 1624), so a quote cut short anywhere
+ * after the ports is fine: the outer IPv4 header's; the quoted IPv4 header's; the quoted TCP/UDP
+ * one when the quote holds it (a UDP 0, "none", stays 0); the ICMP one, which covers the quote
+ * and, for ICMPv6, the outer addresses through its pseudo-header. The TTL / hop limit is left
+ * alone, as lb_nat_forward leaves it. `v4` is a constant in each inlined copy.
+ */
+static __always_inline int lb_icmp_xlate(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_icmp *x,
+					 const int v4)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	const int words = v4 ? 1 : 4;
+	const __u32 alen = v4 ? 4 : 16;
+	/* The source address's offset in an IPv4 / IPv6 header; the destination follows it. */
+	const __u32 aoff = v4 ? 12 : 8;
+	__u32 l3 = lb_l2_len(p), icmp_off = x->icmp_off, qip = x->qip_off, ql4 = x->ql4_off, coff;
+	int udp = x->q_proto == IPPROTO_UDP;
+	__u32 d_outer, d_q, d_ports, d_icmp;
+	struct lb_icmp_hdr *icmp;
+	__u8 *osrc, *qsrc;
+	__be16 *ports;
+	__u16 old, new;
+
+	if (icmp_off > LB_MAX_OFF || qip > LB_MAX_OFF || ql4 > LB_MAX_OFF)
+		return -1;
+	icmp = data + icmp_off;
+	ports = data + ql4;
+	osrc = data + l3 + aoff;
+	qsrc = data + qip + aoff;
+	if ((void *)(icmp + 1) > data_end || (void *)(ports + 2) > data_end || (void *)osrc + 2 * alen > data_end ||
+	    (void *)qsrc + 2 * alen > data_end)
+		return -1;
+
+	d_outer = lb_put_addr(0, osrc, x->outer_src, words);
+	d_outer = lb_put_addr(d_outer, osrc + alen, x->outer_dst, words);
+	d_q = lb_put_addr(0, qsrc, x->q_src, words);
+	d_q = lb_put_addr(d_q, qsrc + alen, x->q_dst, words);
+	d_ports = csum_delta16(0, ports[0], x->q_sport);
+	d_ports = csum_delta16(d_ports, ports[1], x->q_dport);
+	ports[0] = x->q_sport;
+	ports[1] = x->q_dport;
+	d_icmp = d_q + d_ports;
+
+	/* The quoted L4 checksum covers the quoted addresses (pseudo-header) and ports. */
+	coff = ql4 + (udp ? 6 : 16);
+	if (coff + 2 <= x->end) {
+		__u16 *qcheck = data + coff;
+
+		if ((void *)(qcheck + 1) > data_end)
+			return -1;
+		old = *qcheck;
+		if (!(udp && old == 0)) {
+			new = csum_apply(old, d_q + d_ports);
+			if (udp && new == 0)
+				new = 0xffff;
+			*qcheck = new;
+			d_icmp = csum_delta16(d_icmp, old, new);
+		}
+	}
+	if (v4) {
+		struct iphdr *o = data + l3;
+		struct iphdr *q = data + qip;
+
+		if ((void *)(o + 1) > data_end || (void *)(q + 1) > data_end)
+			return -1;
+		old = q->check;
+		new = csum_apply(old, d_q);
+		q->check = new;
+		d_icmp = csum_delta16(d_icmp, old, new);
+		o->check = csum_apply(o->check, d_outer);
+	} else {
+		d_icmp += d_outer;
+	}
+	icmp->check = csum_apply(icmp->check, d_icmp);
+	return 0;
+}
+
+/* Applies the NAT of an ICMP error (scratch `icmp`) and forwards it to its new outer destination. */
+static __attribute__((noinline)) int lb_icmp_nat_send(struct xdp_md *ctx, const struct lb_pkt *p)
+{
+	struct lb_scratch *s = lb_scratch();
+	struct lb_icmp *x;
+	struct lb_fwd *f;
+	int rc;
+
+	if (!s)
+		return XDP_PASS;
+	x = &s->icmp;
+	rc = p->flow.family == FR_FAMILY_IPV4 ? lb_icmp_xlate(ctx, p, x, 1) : lb_icmp_xlate(ctx, p, x, 0);
+	if (rc)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	lb_event(FR_LB_EV_ICMP_FORWARDED);
+	f = &s->fwd;
+	__builtin_memset(f, 0, sizeof(*f));
+	__builtin_memcpy(f->src, x->outer_src, 16);
+	__builtin_memcpy(f->dst, x->outer_dst, 16);
+	f->l3_len = p->l3_len;
+	f->family = p->flow.family;
+	f->vlan = p->vlan;
+	return lb_fib(ctx, f);
+}
+
+/*
+ * NAT, client side: an ICMP error about a reply we translated (quoting VIP:vport → client:cport)
+ * goes to the flow's backend as if it were about the backend's own packet (backend:bport →
+ * node:nat_port), from the node's address. The SNAT port is only in conntrack: without the flow
+ * there, the error is the stack's. Returns LB_CONTINUE with scratch `icmp` filled in for
+ * lb_icmp_nat_send, or the verdict.
+ */
+static __attribute__((noinline)) int lb_icmp_nat_forward(struct xdp_md *ctx, struct lb_pkt *p, __u32 sid,
+							 struct fr_lb_counters *sc)
+{
+	struct lb_scratch *s = lb_scratch();
+	const struct fr_lb_backend *be;
+	struct fr_lb_ct_entry *ct;
+	struct fr_lb_config *cfg;
+	struct lb_icmp *x;
+	__u32 zero = 0, bid;
+	__be16 nat_port;
+	__u8 family = p->flow.family;
+
+	if (!s)
+		return XDP_PASS;
+	x = &s->icmp;
+	/* The later fragments would keep the old addresses. */
+	if (p->frag != LB_FRAG_NONE)
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	ct = bpf_map_lookup_elem(&fr_lb_ct, &s->flow);
+	if (!ct || ct->service_id != sid || ct->nat_port == 0)
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	bid = ct->backend_id;
+	nat_port = ct->nat_port;
+	be = lb_backend(bid);
+	/* A flow whose backend id now names another host starts over with its next packet. */
+	if (!be || ct->backend_tag != lb_backend_tag(be) || be->family != family)
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	p->backend_id = bid;
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	if (!lb_have_node_addr(cfg, family))
+		return lb_drop(sc, p, FR_LB_DROP_NO_NODE_ADDRESS);
+	lb_count(lb_counters(&fr_lb_backend_stats, bid), p->frame_len);
+	lb_node_addr(cfg, family, x->outer_src);
+	__builtin_memcpy(x->outer_dst, be->addr, 16);
+	__builtin_memcpy(x->q_src, be->addr, 16);
+	lb_node_addr(cfg, family, x->q_dst);
+	x->q_sport = be->port;
+	x->q_dport = nat_port;
+	return LB_CONTINUE;
+}
+
+/*
+ * NAT, backend side: an ICMP error to the node's address quoting a translated packet (node:nat_port
+ * → backend:bport), from the backend or a router before it, goes back to the client as if about
+ * its own packet (client:cport → VIP:vport), from the VIP. Anything else is the node's own.
+ * Returns LB_CONTINUE with scratch `icmp` filled in for lb_icmp_nat_send, or the verdict.
+ */
+static __attribute__((noinline)) int lb_icmp_nat_reverse(struct xdp_md *ctx, struct lb_pkt *p)
+{
+	struct lb_scratch *s = lb_scratch();
+	struct fr_lb_nat_entry *ne;
+	struct fr_lb_config *cfg;
+	struct lb_icmp *x;
+	__u32 zero = 0;
+
+	if (!s)
+		return XDP_PASS;
+	x = &s->icmp;
+	/* s->flow is the quoted packet reversed, i.e. the key of its replies in fr_lb_nat. */
+	if ((__u16)(bpf_ntohs(s->flow.dport) - FR_LB_NAT_PORT_MIN) >= FR_LB_NAT_PORT_COUNT)
+		return XDP_PASS;
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!cfg || !lb_have_node_addr(cfg, p->flow.family))
+		return XDP_PASS;
+	if (p->flow.family == FR_FAMILY_IPV4 ? !lb_addr_eq(cfg->node_v4, p->flow.dst, 1)
+					     : !lb_addr_eq(cfg->node_v6, p->flow.dst, 4))
+		return XDP_PASS;
+	ne = bpf_map_lookup_elem(&fr_lb_nat, &s->flow);
+	if (!ne)
+		return XDP_PASS;
+	if (p->frag != LB_FRAG_NONE)
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	__builtin_memcpy(x->outer_src, ne->vip, 16);
+	__builtin_memcpy(x->outer_dst, ne->client, 16);
+	__builtin_memcpy(x->q_src, ne->client, 16);
+	__builtin_memcpy(x->q_dst, ne->vip, 16);
+	x->q_sport = ne->client_port;
+	x->q_dport = ne->vip_port;
+	return LB_CONTINUE;
+}
+
+/*
+ * An ICMP error. If it quotes a packet from a service (src = VIP:port), it belongs to the flow
+ * client → VIP: DSR sends it to that flow's backend as it is, NAT translates it for the backend.
+ * Otherwise it may quote a NAT-translated packet to a backend, and goes back to the client.
  */
 static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb_pkt *p)
 {
@@ -933,13 +1175,16 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	struct fr_lb_ct_entry *ct;
 	struct fr_lb_config *cfg;
 	struct lb_icmp_hdr *icmp;
+	struct lb_icmp *x;
 	__u32 off = p->l4_off, bid = 0, zero = 0;
 	__be16 *ports;
+	int rc;
 
 	if (!s)
 		return XDP_PASS;
 	sk = &s->sk;
 	flow = &s->flow;
+	x = &s->icmp;
 	__builtin_memset(sk, 0, sizeof(*sk));
 	__builtin_memset(flow, 0, sizeof(*flow));
 	if (off > LB_MAX_OFF)
@@ -947,7 +1192,10 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	icmp = data + off;
 	if ((void *)(icmp + 1) > data_end)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
+	x->icmp_off = off;
+	x->end = lb_l2_len(p) + p->l3_len;
 	off += sizeof(*icmp);
+	x->qip_off = off;
 	if (p->flow.family == FR_FAMILY_IPV4) {
 		struct iphdr *in;
 		__u32 ihl_len;
@@ -961,6 +1209,9 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 		if (ihl_len < sizeof(*in))
 			return lb_pass_event(FR_LB_EV_MALFORMED);
 		if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
+			return XDP_PASS;
+		/* A quoted later fragment holds no ports: nothing to find a flow by. */
+		if (in->frag_off & bpf_htons(LB_IP_OFFSET))
 			return XDP_PASS;
 		*(__u32 *)sk->vip = in->saddr;
 		*(__u32 *)flow->src = in->daddr;
@@ -986,21 +1237,29 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	if (off > LB_MAX_OFF)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	ports = data + off;
-	if ((void *)(ports + 2) > data_end)
+	/* The ports must be in the packet, not in padding after it (NAT rewrites them). */
+	if ((void *)(ports + 2) > data_end || off + 4 > x->end)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
+	x->ql4_off = off;
+	x->q_proto = sk->proto;
 	sk->port = ports[0];
 	sk->family = p->flow.family;
-	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
-	if (!svc)
-		return XDP_PASS;
-	sc = lb_counters(&fr_lb_service_stats, svc->id);
-	lb_count(sc, p->frame_len);
-	if (svc->mode == FR_LB_MODE_NAT)
-		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
 	flow->sport = ports[1];
 	flow->dport = ports[0];
 	flow->proto = sk->proto;
 	flow->family = sk->family;
+	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
+	if (!svc) {
+		rc = lb_icmp_nat_reverse(ctx, p);
+		return rc == LB_CONTINUE ? lb_icmp_nat_send(ctx, p) : rc;
+	}
+	sc = lb_counters(&fr_lb_service_stats, svc->id);
+	lb_count(sc, p->frame_len);
+	if (svc->mode == FR_LB_MODE_NAT) {
+		/* Translating here rather than in the callee keeps the call chain within the BPF stack. */
+		rc = lb_icmp_nat_forward(ctx, p, svc->id, sc);
+		return rc == LB_CONTINUE ? lb_icmp_nat_send(ctx, p) : rc;
+	}
 	ct = bpf_map_lookup_elem(&fr_lb_ct, flow);
 	if (ct && ct->service_id == svc->id) {
 		bid = ct->backend_id;
