@@ -828,6 +828,19 @@ fn nat_icmp_errors_without_a_flow_or_with_a_truncated_quote_pass() {
         assert_eq!((out.retval, out.data), (XDP_PASS, no_flow), "no conntrack entry");
         assert_eq!(lb.dp.lb().events().unwrap().nat_unhandled, 1);
 
+        // IPv6 behind an extension header (destination options, PadN): not translated.
+        nat_port_of(&lb, &tcp6(CLIENT6, 40000, VIP6, 80, false, b"GET"));
+        let ptb = icmp6_error(IN, ROUTER6, VIP6, PACKET_TOO_BIG_1280, &tcp_segment6(VIP6, 80, CLIENT6, 40000));
+        let mut with_ext = ptb[..54].to_vec();
+        with_ext[20] = 60; // next header: destination options
+        with_ext.extend_from_slice(&[58, 0, 1, 4, 0, 0, 0, 0]);
+        with_ext.extend_from_slice(&ptb[54..]);
+        let payload_len = (with_ext.len() - 54) as u16;
+        with_ext[18..20].copy_from_slice(&payload_len.to_be_bytes());
+        let out = lb.run(&with_ext);
+        assert_eq!((out.retval, out.data), (XDP_PASS, with_ext), "ICMPv6 behind an extension header");
+        assert_eq!(lb.dp.lb().events().unwrap().nat_unhandled, 2);
+
         let reply = tcp_segment4(VIP4, 80, CLIENT4, 40000);
         let mut bad_ihl = reply.clone();
         bad_ihl[0] = 0x44; // IHL 4 in the quoted header
@@ -857,7 +870,7 @@ fn nat_icmp_errors_without_a_flow_or_with_a_truncated_quote_pass() {
             assert_eq!((out.retval, &out.data), (XDP_PASS, &packet), "{what}");
         }
         let events = lb.dp.lb().events().unwrap();
-        assert_eq!((events.malformed, events.icmp_forwarded, events.nat_unhandled), (5, 0, 1), "{events:?}");
+        assert_eq!((events.malformed, events.icmp_forwarded, events.nat_unhandled), (5, 0, 2), "{events:?}");
     });
 }
 

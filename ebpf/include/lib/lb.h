@@ -19,7 +19,8 @@
  *   signal reaches the host that sends too big. DSR: encapsulated like the flow (no conntrack
  *   entry: Maglev chooses, FR_LB_EV_ICMP_NO_FLOW). NAT: translated as if about the backend's own
  *   packet (outer node → backend, quoted backend:bport → node:nat_port); no conntrack entry (so no
- *   SNAT port) or an ICMP error in fragments → XDP_PASS + FR_LB_EV_NAT_UNHANDLED.
+ *   SNAT port), an ICMP error in fragments or behind IPv6 extension headers → XDP_PASS +
+ *   FR_LB_EV_NAT_UNHANDLED.
  * - NAT, backend side: ICMP errors to the node's address quoting a translated packet (node:nat_port
  *   → backend:bport, found in fr_lb_nat) go back to the client translated (outer VIP → client,
  *   quoted client:cport → VIP:vport). Both directions count FR_LB_EV_ICMP_FORWARDED.
@@ -1068,6 +1069,17 @@ static __attribute__((noinline)) int lb_icmp_nat_send(struct xdp_md *ctx, const 
 }
 
 /*
+ * What NAT does not translate: an ICMP error in fragments (the later ones would keep the old
+ * addresses) or, IPv6, behind extension headers (a routing header would change the destination
+ * the ICMPv6 checksum covers). Those stay the stack's.
+ */
+static __always_inline int lb_icmp_nat_unhandled(const struct lb_pkt *p)
+{
+	return p->frag != LB_FRAG_NONE ||
+	       (p->flow.family == FR_FAMILY_IPV6 && p->l4_off != lb_l2_len(p) + sizeof(struct ipv6hdr));
+}
+
+/*
  * NAT, client side: an ICMP error about a reply we translated (quoting VIP:vport → client:cport)
  * goes to the flow's backend as if it were about the backend's own packet (backend:bport →
  * node:nat_port), from the node's address. The SNAT port is only in conntrack: without the flow
@@ -1089,8 +1101,7 @@ static __attribute__((noinline)) int lb_icmp_nat_forward(struct xdp_md *ctx, str
 	if (!s)
 		return XDP_PASS;
 	x = &s->icmp;
-	/* The later fragments would keep the old addresses. */
-	if (p->frag != LB_FRAG_NONE)
+	if (lb_icmp_nat_unhandled(p))
 		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
 	ct = bpf_map_lookup_elem(&fr_lb_ct, &s->flow);
 	if (!ct || ct->service_id != sid || ct->nat_port == 0)
@@ -1146,7 +1157,7 @@ static __attribute__((noinline)) int lb_icmp_nat_reverse(struct xdp_md *ctx, str
 	ne = bpf_map_lookup_elem(&fr_lb_nat, &s->flow);
 	if (!ne)
 		return XDP_PASS;
-	if (p->frag != LB_FRAG_NONE)
+	if (lb_icmp_nat_unhandled(p))
 		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
 	__builtin_memcpy(x->outer_src, ne->vip, 16);
 	__builtin_memcpy(x->outer_dst, ne->client, 16);
