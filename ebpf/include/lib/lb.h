@@ -985,19 +985,33 @@ static __always_inline int lb_icmp_xlate(struct xdp_md *ctx, const struct lb_pkt
 	int udp = x->q_proto == IPPROTO_UDP;
 	__u32 d_outer, d_q, d_ports, d_icmp;
 	struct lb_icmp_hdr *icmp;
+	struct iphdr *o4, *q4;
+	__u16 *qcheck = NULL;
 	__u8 *osrc, *qsrc;
 	__be16 *ports;
 	__u16 old, new;
 
+	/* Every bound is checked before the first write: a failure leaves the packet as it came. */
 	if (icmp_off > LB_MAX_OFF || qip > LB_MAX_OFF || ql4 > LB_MAX_OFF)
 		return -1;
 	icmp = data + icmp_off;
 	ports = data + ql4;
 	osrc = data + l3 + aoff;
 	qsrc = data + qip + aoff;
+	o4 = data + l3;
+	q4 = data + qip;
 	if ((void *)(icmp + 1) > data_end || (void *)(ports + 2) > data_end || (void *)osrc + 2 * alen > data_end ||
 	    (void *)qsrc + 2 * alen > data_end)
 		return -1;
+	if (v4 && ((void *)(o4 + 1) > data_end || (void *)(q4 + 1) > data_end))
+		return -1;
+	/* The quoted L4 checksum, when the quote holds it. */
+	coff = ql4 + (udp ? 6 : 16);
+	if (coff + 2 <= x->end) {
+		qcheck = data + coff;
+		if ((void *)(qcheck + 1) > data_end)
+			return -1;
+	}
 
 	d_outer = lb_put_addr(0, osrc, x->outer_src, words);
 	d_outer = lb_put_addr(d_outer, osrc + alen, x->outer_dst, words);
@@ -1010,12 +1024,7 @@ static __always_inline int lb_icmp_xlate(struct xdp_md *ctx, const struct lb_pkt
 	d_icmp = d_q + d_ports;
 
 	/* The quoted L4 checksum covers the quoted addresses (pseudo-header) and ports. */
-	coff = ql4 + (udp ? 6 : 16);
-	if (coff + 2 <= x->end) {
-		__u16 *qcheck = data + coff;
-
-		if ((void *)(qcheck + 1) > data_end)
-			return -1;
+	if (qcheck) {
 		old = *qcheck;
 		if (!(udp && old == 0)) {
 			new = csum_apply(old, d_q + d_ports);
@@ -1026,16 +1035,11 @@ static __always_inline int lb_icmp_xlate(struct xdp_md *ctx, const struct lb_pkt
 		}
 	}
 	if (v4) {
-		struct iphdr *o = data + l3;
-		struct iphdr *q = data + qip;
-
-		if ((void *)(o + 1) > data_end || (void *)(q + 1) > data_end)
-			return -1;
-		old = q->check;
+		old = q4->check;
 		new = csum_apply(old, d_q);
-		q->check = new;
+		q4->check = new;
 		d_icmp = csum_delta16(d_icmp, old, new);
-		o->check = csum_apply(o->check, d_outer);
+		o4->check = csum_apply(o4->check, d_outer);
 	} else {
 		d_icmp += d_outer;
 	}
@@ -1086,8 +1090,7 @@ static __always_inline int lb_icmp_nat_unhandled(const struct lb_pkt *p)
  * there, the error is the stack's. Returns LB_CONTINUE with scratch `icmp` filled in for
  * lb_icmp_nat_send, or the verdict.
  */
-static __attribute__((noinline)) int lb_icmp_nat_forward(struct xdp_md *ctx, struct lb_pkt *p, __u32 sid,
-							 struct fr_lb_counters *sc)
+static __attribute__((noinline)) int lb_icmp_nat_forward(struct lb_pkt *p, __u32 sid, struct fr_lb_counters *sc)
 {
 	struct lb_scratch *s = lb_scratch();
 	const struct fr_lb_backend *be;
@@ -1134,7 +1137,7 @@ static __attribute__((noinline)) int lb_icmp_nat_forward(struct xdp_md *ctx, str
  * its own packet (client:cport → VIP:vport), from the VIP. Anything else is the node's own.
  * Returns LB_CONTINUE with scratch `icmp` filled in for lb_icmp_nat_send, or the verdict.
  */
-static __attribute__((noinline)) int lb_icmp_nat_reverse(struct xdp_md *ctx, struct lb_pkt *p)
+static __attribute__((noinline)) int lb_icmp_nat_reverse(struct lb_pkt *p)
 {
 	struct lb_scratch *s = lb_scratch();
 	struct fr_lb_nat_entry *ne;
@@ -1261,14 +1264,14 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	flow->family = sk->family;
 	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
 	if (!svc) {
-		rc = lb_icmp_nat_reverse(ctx, p);
+		rc = lb_icmp_nat_reverse(p);
 		return rc == LB_CONTINUE ? lb_icmp_nat_send(ctx, p) : rc;
 	}
 	sc = lb_counters(&fr_lb_service_stats, svc->id);
 	lb_count(sc, p->frame_len);
 	if (svc->mode == FR_LB_MODE_NAT) {
 		/* Translating here rather than in the callee keeps the call chain within the BPF stack. */
-		rc = lb_icmp_nat_forward(ctx, p, svc->id, sc);
+		rc = lb_icmp_nat_forward(p, svc->id, sc);
 		return rc == LB_CONTINUE ? lb_icmp_nat_send(ctx, p) : rc;
 	}
 	ct = bpf_map_lookup_elem(&fr_lb_ct, flow);
