@@ -177,8 +177,8 @@ enum fr_lb_event {
 	FR_LB_EV_FRAG_UNKNOWN = 2, /* a non-first fragment whose first fragment was not seen */
 	FR_LB_EV_FIB_PASS = 3, /* bpf_fib_lookup had no route/neighbour: the stack forwards (ARP/ND) */
 	FR_LB_EV_MTU_PASS = 4, /* encapsulated packet larger than the egress MTU */
-	FR_LB_EV_NAT_UNHANDLED = 5, /* fragment or ICMP error of a NAT-mode service */
-	FR_LB_EV_ICMP_FORWARDED = 6, /* ICMP error for a flow sent to the flow's backend */
+	FR_LB_EV_NAT_UNHANDLED = 5, /* fragment of a NAT flow; ICMP error of one without conntrack */
+	FR_LB_EV_ICMP_FORWARDED = 6, /* ICMP error for a flow sent to its backend (NAT: or client) */
 	FR_LB_EV_ICMP_NO_FLOW = 7, /* ... whose flow had no conntrack entry (Maglev chose) */
 	FR_LB_EV_FRAG_FORWARDED = 8, /* non-first fragment sent to its first fragment's backend */
 	FR_LB_EV_NAT_REPLY = 9, /* reply of a NAT flow translated back to the client */

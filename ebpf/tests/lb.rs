@@ -532,6 +532,348 @@ fn icmp_errors_for_a_flow_go_to_the_flows_backend() {
     });
 }
 
+/// The Internet checksum (RFC 1071) over the concatenation of `parts`: 0 when they include a
+/// correct checksum field.
+fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let bytes = parts.concat();
+    let mut sum: u32 = bytes.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The pseudo-header of a TCP/UDP/ICMPv6 checksum (RFC 768/793 for IPv4, RFC 8200 for IPv6).
+fn pseudo_header(src: &[u8], dst: &[u8], proto: u8, len: usize) -> Vec<u8> {
+    let len = if src.len() == 4 { (len as u16).to_be_bytes().to_vec() } else { (len as u32).to_be_bytes().to_vec() };
+    let proto_field = if src.len() == 4 { vec![0, proto] } else { vec![0, 0, 0, proto] };
+    [src, dst, &len[..], &proto_field[..]].concat()
+}
+
+/// Recomputes every checksum of an ICMP error (in an untagged Ethernet frame): the outer IPv4
+/// header's, the ICMP one (ICMPv6 with its pseudo-header), the quoted IPv4 header's, and the
+/// quoted TCP/UDP one when the quote holds the whole segment (a UDP 0, "none", is accepted).
+/// Returns whether the quoted L4 checksum was there to check.
+fn assert_icmp_checksums_valid(frame: &[u8]) -> bool {
+    let ip = &frame[14..];
+    let v4 = ip[0] >> 4 == 4;
+    let icmp = if v4 {
+        let ihl = usize::from(ip[0] & 0xf) * 4;
+        assert_eq!(internet_checksum(&[&ip[..ihl]]), 0, "outer IPv4 header checksum");
+        let icmp = &ip[ihl..usize::from(u16::from_be_bytes([ip[2], ip[3]]))];
+        assert_eq!(internet_checksum(&[icmp]), 0, "ICMP checksum");
+        icmp
+    } else {
+        let icmp = &ip[40..40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]))];
+        let pseudo = pseudo_header(&ip[8..24], &ip[24..40], 58, icmp.len());
+        assert_eq!(internet_checksum(&[&pseudo, icmp]), 0, "ICMPv6 checksum");
+        icmp
+    };
+    let quote = &icmp[8..];
+    let (l4, proto, pseudo_of) = if v4 {
+        let ihl = usize::from(quote[0] & 0xf) * 4;
+        assert_eq!(internet_checksum(&[&quote[..ihl]]), 0, "quoted IPv4 header checksum");
+        let total = usize::from(u16::from_be_bytes([quote[2], quote[3]]));
+        (&quote[ihl..quote.len().min(total)], quote[9], total - ihl)
+    } else {
+        let total = 40 + usize::from(u16::from_be_bytes([quote[4], quote[5]]));
+        (&quote[40..quote.len().min(total)], quote[6], total - 40)
+    };
+    if l4.len() < pseudo_of {
+        return false; // the quote was cut short: the segment's checksum cannot be recomputed
+    }
+    let (src, dst) = if v4 { (&quote[12..16], &quote[16..20]) } else { (&quote[8..24], &quote[24..40]) };
+    if proto == 17 && l4[6..8] == [0, 0] {
+        return true;
+    }
+    let pseudo = pseudo_header(src, dst, proto, l4.len());
+    assert_eq!(internet_checksum(&[&pseudo, l4]), 0, "quoted L4 checksum (protocol {proto})");
+    true
+}
+
+/// Ethernet source and destination of a frame arriving from the peer.
+const IN: ([u8; 6], [u8; 6]) = (MAC_PEER, MAC_DEV);
+
+/// Ethernet source and destination of a frame xdp_lb sends to `mac`.
+fn out_to(mac: [u8; 6]) -> ([u8; 6], [u8; 6]) {
+    (MAC_DEV, mac)
+}
+
+/// The checker itself: a frame built with correct checksums passes, and a single changed byte in
+/// the quote (covered by the ICMP checksum) or in the quoted segment is caught.
+#[test]
+fn icmp_checksum_checker_catches_a_changed_byte() {
+    let good = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &tcp_segment4(VIP4, 80, CLIENT4, 40000));
+    assert!(assert_icmp_checksums_valid(&good));
+    let good6 = icmp6_error(IN, ROUTER6, VIP6, PACKET_TOO_BIG_1280, &tcp_segment6(VIP6, 80, CLIENT6, 40000));
+    assert!(assert_icmp_checksums_valid(&good6));
+    for (frame, at) in [(&good, 14 + 20 + 8 + 20), (&good6, 14 + 40 + 8 + 40 + 2), (&good6, 14 + 8)] {
+        let mut bad = frame.clone();
+        bad[at] ^= 0x40;
+        assert!(std::panic::catch_unwind(|| assert_icmp_checksums_valid(&bad)).is_err(), "byte {at} changed");
+    }
+}
+
+/// An ICMP error of `kind` (type, code, bytes 4..8) quoting `quoted`, as a host would write it.
+fn icmp4_error(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    kind: (u8, u8, [u8; 4]),
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src, dst, 64)
+        .icmpv4_raw(kind.0, kind.1, kind.2)
+        .write(&mut out, quoted)
+        .unwrap();
+    out
+}
+
+fn icmp6_error(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 16],
+    dst: [u8; 16],
+    kind: (u8, u8, [u8; 4]),
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src, dst, 64)
+        .icmpv6_raw(kind.0, kind.1, kind.2)
+        .write(&mut out, quoted)
+        .unwrap();
+    out
+}
+
+/// An IP packet (no Ethernet) of a TCP flow, with an 8-byte payload.
+fn tcp_segment4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(src, dst, 64).tcp(sport, dport, 5000, 64240).ack(1001).write(&mut out, &[7; 8]).unwrap();
+    out
+}
+
+fn tcp_segment6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv6(src, dst, 64).tcp(sport, dport, 5000, 64240).ack(1001).write(&mut out, &[7; 8]).unwrap();
+    out
+}
+
+fn udp_datagram4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(src, dst, 64).udp(sport, dport).write(&mut out, b"answer").unwrap();
+    out
+}
+
+const FRAG_NEEDED_1500: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0xdc]);
+const PACKET_TOO_BIG_1280: (u8, u8, [u8; 4]) = (2, 0, 1280u32.to_be_bytes());
+const ROUTER4: [u8; 4] = [198, 51, 100, 254];
+const ROUTER6: [u8; 16] = v6(0x100, 0xfe);
+
+/// Sends a request of a new NAT flow and returns the SNAT port it was given.
+fn nat_port_of(lb: &Lb, request: &[u8]) -> u16 {
+    let out = lb.run(request);
+    assert_eq!(out.retval, XDP_TX, "request of a NAT flow");
+    let l4 = if request[12..14] == [0x08, 0x00] { 14 + 20 } else { 14 + 40 };
+    u16::from_be_bytes([out.data[l4], out.data[l4 + 1]])
+}
+
+/// NAT mode: an ICMP error about a translated reply (VIP:vport → client:cport), sent by a router
+/// on the way to the client, reaches the backend as an error about its own packet (backend:bport
+/// → node:nat_port), from the node; every checksum recomputed by the test matches.
+#[test]
+fn nat_icmp_errors_reach_the_backend_translated() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("s");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("naticmp", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 33, LbMode::Nat, ID_A4);
+        lb.service(ip4(VIP4), 53, L4Proto::Udp, 34, LbMode::Nat, ID_A4);
+        lb.service(ip6(VIP6), 80, L4Proto::Tcp, 35, LbMode::Nat, ID_A6);
+        let nat4 = nat_port_of(&lb, &tcp4(CLIENT4, 40000, VIP4, 80, false, b"GET"));
+        let nat_udp = nat_port_of(&lb, &udp4(CLIENT4, 5353, VIP4, 53, b"query"));
+        let nat6 = nat_port_of(&lb, &tcp6(CLIENT6, 40000, VIP6, 80, false, b"GET"));
+
+        // IPv4 fragmentation needed, quoting the whole reply (as Linux routers do, up to 576 bytes):
+        // the quoted TCP checksum is there and is fixed too.
+        let icmp = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &tcp_segment4(VIP4, 80, CLIENT4, 40000));
+        let expected = icmp4_error(
+            out_to(MAC_A),
+            NODE4,
+            BACKEND_A4,
+            FRAG_NEEDED_1500,
+            &tcp_segment4(BACKEND_A4, 8080, NODE4, nat4),
+        );
+        let out = lb.run(&icmp);
+        assert_tx(&out, &expected, "frag-needed, whole reply quoted");
+        assert!(assert_icmp_checksums_valid(&out.data), "the quoted TCP checksum was checked");
+
+        // RFC 792's minimum: the IP header and 8 bytes, so no TCP checksum to fix.
+        let icmp = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &tcp_segment4(VIP4, 80, CLIENT4, 40000)[..28]);
+        let expected = icmp4_error(
+            out_to(MAC_A),
+            NODE4,
+            BACKEND_A4,
+            FRAG_NEEDED_1500,
+            &tcp_segment4(BACKEND_A4, 8080, NODE4, nat4)[..28],
+        );
+        let out = lb.run(&icmp);
+        assert_tx(&out, &expected, "frag-needed, header + 8 bytes quoted");
+        assert!(!assert_icmp_checksums_valid(&out.data));
+
+        // UDP: a port unreachable from the client about the answer; a UDP checksum of 0 stays 0.
+        let unreachable = (3, 3, [0; 4]);
+        let mut answer = udp_datagram4(VIP4, 53, CLIENT4, 5353);
+        let mut translated = udp_datagram4(BACKEND_A4, 8080, NODE4, nat_udp);
+        let out = lb.run(&icmp4_error(IN, CLIENT4, VIP4, unreachable, &answer));
+        assert_tx(
+            &out,
+            &icmp4_error(out_to(MAC_A), NODE4, BACKEND_A4, unreachable, &translated),
+            "port unreachable (UDP)",
+        );
+        assert!(assert_icmp_checksums_valid(&out.data));
+        answer[26..28].copy_from_slice(&[0, 0]);
+        translated[26..28].copy_from_slice(&[0, 0]);
+        let out = lb.run(&icmp4_error(IN, CLIENT4, VIP4, unreachable, &answer));
+        assert_tx(
+            &out,
+            &icmp4_error(out_to(MAC_A), NODE4, BACKEND_A4, unreachable, &translated),
+            "UDP without checksum",
+        );
+        assert!(assert_icmp_checksums_valid(&out.data));
+
+        // IPv6 packet too big: the ICMPv6 checksum also covers the new outer addresses.
+        let ptb = icmp6_error(IN, ROUTER6, VIP6, PACKET_TOO_BIG_1280, &tcp_segment6(VIP6, 80, CLIENT6, 40000));
+        let expected = icmp6_error(
+            out_to(MAC_A),
+            NODE6,
+            BACKEND_A6,
+            PACKET_TOO_BIG_1280,
+            &tcp_segment6(BACKEND_A6, 8080, NODE6, nat6),
+        );
+        let out = lb.run(&ptb);
+        assert_tx(&out, &expected, "packet too big");
+        assert!(assert_icmp_checksums_valid(&out.data));
+
+        let lbm = lb.dp.lb();
+        let events = lbm.events().unwrap();
+        assert_eq!((events.icmp_forwarded, events.nat_unhandled, events.malformed), (5, 0, 0), "{events:?}");
+        // One request and two errors for service 33, one request and two errors for 34.
+        assert_eq!((lbm.service_counters(33).unwrap().packets, lbm.service_counters(34).unwrap().packets), (3, 3));
+        assert_eq!(lbm.backend_counters(ID_A4).unwrap().packets, 6, "requests and errors on the backend");
+        assert_eq!(lbm.backend_counters(ID_A6).unwrap().packets, 2);
+    });
+}
+
+/// NAT mode, the other way: an ICMP error about a translated request (node:nat_port →
+/// backend:bport), from the backend or a router before it, goes back to the client as an error
+/// about the client's own packet (client:cport → VIP:vport), from the VIP.
+#[test]
+fn nat_icmp_errors_from_the_backend_side_reach_the_client_translated() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("t");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("naticmpback", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 36, LbMode::Nat, ID_A4);
+        lb.service(ip6(VIP6), 80, L4Proto::Tcp, 37, LbMode::Nat, ID_A6);
+        let nat4 = nat_port_of(&lb, &tcp4(CLIENT4, 40000, VIP4, 80, false, b"GET"));
+        let nat6 = nat_port_of(&lb, &tcp6(CLIENT6, 40000, VIP6, 80, false, b"GET"));
+
+        let icmp = icmp4_error(IN, ROUTER4, NODE4, FRAG_NEEDED_1500, &tcp_segment4(NODE4, nat4, BACKEND_A4, 8080));
+        let expected =
+            icmp4_error(out_to(MAC_CLIENT), VIP4, CLIENT4, FRAG_NEEDED_1500, &tcp_segment4(CLIENT4, 40000, VIP4, 80));
+        let out = lb.run(&icmp);
+        assert_tx(&out, &expected, "frag-needed from a router before the backend");
+        assert!(assert_icmp_checksums_valid(&out.data));
+
+        let unreachable = (1, 4, [0; 4]);
+        let icmp = icmp6_error(IN, BACKEND_A6, NODE6, unreachable, &tcp_segment6(NODE6, nat6, BACKEND_A6, 8080));
+        let expected =
+            icmp6_error(out_to(MAC_CLIENT), VIP6, CLIENT6, unreachable, &tcp_segment6(CLIENT6, 40000, VIP6, 80));
+        let out = lb.run(&icmp);
+        assert_tx(&out, &expected, "port unreachable from the backend");
+        assert!(assert_icmp_checksums_valid(&out.data));
+
+        // A NAT port that no flow holds: the node's own business, untouched and uncounted.
+        let stray = icmp4_error(IN, ROUTER4, NODE4, FRAG_NEEDED_1500, &tcp_segment4(NODE4, nat4 ^ 1, BACKEND_A4, 8080));
+        let out = lb.run(&stray);
+        assert_eq!((out.retval, out.data), (XDP_PASS, stray), "no NAT state for the quoted packet");
+        let events = lb.dp.lb().events().unwrap();
+        assert_eq!((events.icmp_forwarded, events.nat_unhandled, events.malformed), (2, 0, 0), "{events:?}");
+    });
+}
+
+/// NAT mode: an error for a flow without conntrack (its SNAT port cannot be known) and errors
+/// whose quote is cut before the ports, or lies about its header, pass to the stack unchanged
+/// with a counter; nothing half-translated is sent.
+#[test]
+fn nat_icmp_errors_without_a_flow_or_with_a_truncated_quote_pass() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("u");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("naticmpbad", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 38, LbMode::Nat, ID_A4);
+        lb.service(ip6(VIP6), 80, L4Proto::Tcp, 39, LbMode::Nat, ID_A6);
+        nat_port_of(&lb, &tcp4(CLIENT4, 40000, VIP4, 80, false, b"GET"));
+
+        let no_flow = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &tcp_segment4(VIP4, 80, CLIENT4, 41234));
+        let out = lb.run(&no_flow);
+        assert_eq!((out.retval, out.data), (XDP_PASS, no_flow), "no conntrack entry");
+        assert_eq!(lb.dp.lb().events().unwrap().nat_unhandled, 1);
+
+        // IPv6 behind an extension header (destination options, PadN): not translated.
+        nat_port_of(&lb, &tcp6(CLIENT6, 40000, VIP6, 80, false, b"GET"));
+        let ptb = icmp6_error(IN, ROUTER6, VIP6, PACKET_TOO_BIG_1280, &tcp_segment6(VIP6, 80, CLIENT6, 40000));
+        let mut with_ext = ptb[..54].to_vec();
+        with_ext[20] = 60; // next header: destination options
+        with_ext.extend_from_slice(&[58, 0, 1, 4, 0, 0, 0, 0]);
+        with_ext.extend_from_slice(&ptb[54..]);
+        let payload_len = (with_ext.len() - 54) as u16;
+        with_ext[18..20].copy_from_slice(&payload_len.to_be_bytes());
+        let out = lb.run(&with_ext);
+        assert_eq!((out.retval, out.data), (XDP_PASS, with_ext), "ICMPv6 behind an extension header");
+        assert_eq!(lb.dp.lb().events().unwrap().nat_unhandled, 2);
+
+        let reply = tcp_segment4(VIP4, 80, CLIENT4, 40000);
+        let mut bad_ihl = reply.clone();
+        bad_ihl[0] = 0x44; // IHL 4 in the quoted header
+                           // The IP header and the source port only.
+        let short = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &reply[..22]);
+        // The ports are in the frame, but after the end of the outer IP packet (Ethernet padding).
+        let mut padded = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &reply[..20]);
+        padded.extend_from_slice(&reply[20..28]);
+        let reply6 = tcp_segment6(VIP6, 80, CLIENT6, 40000);
+        // A quoted later fragment has no ports to find a flow by: the stack's, with no counter.
+        let mut later_fragment = reply.clone();
+        later_fragment[6..8].copy_from_slice(&1u16.to_be_bytes()); // offset 8 bytes
+        let later_fragment = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &later_fragment);
+        let out = lb.run(&later_fragment);
+        assert_eq!((out.retval, out.data), (XDP_PASS, later_fragment), "quoted later fragment");
+        for (what, packet) in [
+            ("quote cut after the source port", short),
+            ("quoted IHL below 5", icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &bad_ihl)),
+            ("quoted ports in the padding", padded),
+            ("quoted IPv6 header cut short", icmp6_error(IN, ROUTER6, VIP6, PACKET_TOO_BIG_1280, &reply6[..30])),
+            (
+                "quote of IPv6 cut after the source port",
+                icmp6_error(IN, ROUTER6, VIP6, PACKET_TOO_BIG_1280, &reply6[..42]),
+            ),
+        ] {
+            let out = lb.run(&packet);
+            assert_eq!((out.retval, &out.data), (XDP_PASS, &packet), "{what}");
+        }
+        let events = lb.dp.lb().events().unwrap();
+        assert_eq!((events.malformed, events.icmp_forwarded, events.nat_unhandled), (5, 0, 2), "{events:?}");
+    });
+}
+
 /// An IPv4 fragment of a UDP datagram: `l4` is the bytes at `offset` (8-byte units).
 fn fragment4(id: u16, offset: u16, more: bool, l4: &[u8]) -> Vec<u8> {
     let mut h = Ipv4Header::new(l4.len() as u16, 64, IpNumber(17), CLIENT4, VIP4).unwrap();
@@ -763,6 +1105,48 @@ fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
         assert_eq!(out.retval, XDP_PASS, "a removed service's traffic is the stack's");
         assert!(dp.lb().upsert_backend(0, &BackendEntry { address: ip4(BACKEND_A4), port: 1 }).is_err());
         dp.unpin_all().unwrap();
+    });
+}
+
+/// Drops after a backend was chosen (NAT between families, no node address for SNAT or the
+/// tunnel) are counted on that backend as well as on the service; a drop before any backend was
+/// chosen (empty table) only on the service.
+#[test]
+fn drops_after_the_backend_was_chosen_count_on_the_backend_too() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("p");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("bedrops", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 24, LbMode::Nat, ID_A6);
+        let syn = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+        assert_eq!(lb.run(&syn).retval, XDP_DROP, "NAT from an IPv4 VIP to an IPv6 backend");
+
+        // Without node addresses: SNAT (IPv4 NAT to B) and the tunnel (IPv6 DSR to B) have no source.
+        lb.dp.lb().set_node_addresses(None, None).unwrap();
+        lb.service(ip4(VIP4), 81, L4Proto::Tcp, 25, LbMode::Nat, ID_B4);
+        lb.service(ip6(VIP6), 81, L4Proto::Tcp, 26, LbMode::Dsr, ID_B6);
+        assert_eq!(lb.run(&tcp4(CLIENT4, 40000, VIP4, 81, true, b"")).retval, XDP_DROP, "SNAT without node address");
+        assert_eq!(lb.run(&tcp6(CLIENT6, 40000, VIP6, 81, true, b"")).retval, XDP_DROP, "DSR without node address");
+        lb.dp
+            .lb()
+            .upsert_service(&ServiceKey { vip: ip4(VIP4), port: 81, proto: L4Proto::Tcp }, 25, LbMode::Nat, &[])
+            .unwrap();
+        assert_eq!(lb.run(&tcp4(CLIENT4, 40001, VIP4, 81, true, b"")).retval, XDP_DROP, "empty table");
+
+        let lbm = lb.dp.lb();
+        let (svc24, a6) = (lbm.service_counters(24).unwrap(), lbm.backend_counters(ID_A6).unwrap());
+        println!("NAT family: service {:?}, backend {:?}", svc24.drops, a6.drops);
+        assert_eq!((svc24.drops.nat_family, a6.drops.nat_family), (1, 1));
+        assert_eq!(a6.packets, 0, "a dropped packet is not counted as sent to the backend");
+        let (svc25, b4) = (lbm.service_counters(25).unwrap(), lbm.backend_counters(ID_B4).unwrap());
+        println!("IPv4 NAT without node address, then empty table: service {:?}, backend {:?}", svc25.drops, b4.drops);
+        assert_eq!((svc25.drops.no_node_address, b4.drops.no_node_address), (1, 1));
+        assert_eq!((svc25.drops.no_backend, b4.drops.no_backend), (1, 0), "no backend chosen: service only");
+        let (svc26, b6) = (lbm.service_counters(26).unwrap(), lbm.backend_counters(ID_B6).unwrap());
+        assert_eq!((svc26.drops.no_node_address, b6.drops.no_node_address), (1, 1));
+        assert_eq!(lbm.backend_counters(ID_A4).unwrap(), Default::default(), "an uninvolved backend");
     });
 }
 

@@ -47,6 +47,41 @@ static __always_inline __u16 csum_replace_addr(__u16 check, const __u8 *from, co
 	return check;
 }
 
+/*
+ * RFC 1624 eqn. 3 for many changed words: `d` accumulates ~m + m' over each 16-bit word m changed
+ * to m' (start from 0; sums of deltas add), and csum_apply gives HC' = ~(~HC + d). A u32 holds
+ * the deltas of thousands of words before it could overflow; the callers change a few dozen.
+ */
+static __always_inline __u32 csum_delta16(__u32 d, __u16 from, __u16 to)
+{
+	return d + (__u16)~from + to;
+}
+
+static __always_inline __u32 csum_delta32(__u32 d, __u32 from, __u32 to)
+{
+	d = csum_delta16(d, (__u16)from, (__u16)to);
+	return csum_delta16(d, (__u16)(from >> 16), (__u16)(to >> 16));
+}
+
+/* A 16-byte address changed; IPv4 addresses (first 4 bytes) pass `words` = 1. */
+static __always_inline __u32 csum_delta_addr(__u32 d, const __u8 *from, const __u8 *to, int words)
+{
+	const __u32 *f = (const __u32 *)from;
+	const __u32 *t = (const __u32 *)to;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (i < words)
+			d = csum_delta32(d, f[i], t[i]);
+	}
+	return d;
+}
+
+static __always_inline __u16 csum_apply(__u16 check, __u32 d)
+{
+	return (__u16)~csum_fold((__u16)~check + d);
+}
+
 /* Checksum of a 20-byte IPv4 header without options whose `check` field is zero. */
 static __always_inline __u16 csum_ipv4_header(const void *hdr)
 {

@@ -3,7 +3,8 @@
  * The L4 load balancer's fast path, run by xdp_lb on every packet of an uplink: parse, service
  * lookup, backend choice (conntrack, else Maglev), then DSR encapsulation or NAT, and forwarding
  * through bpf_fib_lookup. Everything it does not handle goes to the stack (XDP_PASS) with a
- * counter; it drops only for the reasons of `enum fr_lb_drop`, counted per service.
+ * counter; it drops only for the reasons of `enum fr_lb_drop`, counted per service and, once a
+ * backend was chosen, on that backend too.
  *
  * Defined behaviours (each has a datapath test):
  * - IPv4 options (IHL > 5): handled; L4 is found at IHL * 4 and the options travel untouched.
@@ -14,8 +15,19 @@
  *   backend, or passed with FR_LB_EV_FRAG_UNKNOWN. NAT-mode services do not handle fragments:
  *   XDP_PASS + FR_LB_EV_NAT_UNHANDLED.
  * - ICMP errors (IPv4 type 3/11, ICMPv6 type 1/2/3) quoting a packet *from* a VIP (a backend's
- *   DSR reply) go to the backend of that flow (conntrack with the quoted tuple reversed, else
- *   Maglev), encapsulated like the flow, so a PMTU signal reaches the host that sends too big.
+ *   reply) go to the backend of that flow (conntrack with the quoted tuple reversed), so a PMTU
+ *   signal reaches the host that sends too big. DSR: encapsulated like the flow (no conntrack
+ *   entry: Maglev chooses, FR_LB_EV_ICMP_NO_FLOW). NAT: translated as if about the backend's own
+ *   packet (outer node → backend, quoted backend:bport → node:nat_port); no conntrack entry (so no
+ *   SNAT port), an ICMP error in fragments or behind IPv6 extension headers → XDP_PASS +
+ *   FR_LB_EV_NAT_UNHANDLED.
+ * - NAT, backend side: ICMP errors to the node's address quoting a translated packet (node:nat_port
+ *   → backend:bport, found in fr_lb_nat) go back to the client translated (outer VIP → client,
+ *   quoted client:cport → VIP:vport). Both directions count FR_LB_EV_ICMP_FORWARDED.
+ * - A quote cut short before the quoted ports, a quoted IHL < 5, or quoted ports beyond the outer
+ *   IP packet: XDP_PASS + FR_LB_EV_MALFORMED. A quote cut anywhere after the ports is translated
+ *   (checksums of what is quoted stay right; a quoted L4 checksum not quoted is not touched).
+ *   A quoted IPv4 later fragment has no ports: XDP_PASS.
  * - Malformed headers (truncated, IHL < 5, lengths beyond the frame): XDP_PASS +
  *   FR_LB_EV_MALFORMED; the stack's own checks then discard them.
  * - Tagged frames (one 802.1Q/802.1ad tag) are handled; the tag is kept, so they are sent back
@@ -67,6 +79,7 @@ struct lb_pkt {
 	__be32 v6_word0; /* IPv6 version / traffic class / flow label */
 	__be16 v4_id;
 	__be16 v4_frag_off;
+	__u32 backend_id; /* once a backend is chosen: its drops are counted on it too */
 	__u8 frag; /* enum lb_frag */
 	__u8 tos;
 	__u8 vlan;
@@ -104,6 +117,23 @@ struct lb_icmp_hdr {
 	__u32 rest;
 };
 
+/* Where an ICMP error's parts are (set while parsing it) and, for NAT, what its translation
+ * writes: the new outer addresses and the new addresses and ports of the quoted packet. */
+struct lb_icmp {
+	__u8 outer_src[16];
+	__u8 outer_dst[16];
+	__u8 q_src[16];
+	__u8 q_dst[16];
+	__be16 q_sport;
+	__be16 q_dport;
+	__u32 icmp_off; /* the ICMP header */
+	__u32 qip_off; /* the quoted IP header */
+	__u32 ql4_off; /* the quoted TCP/UDP header, of which at least the ports are there */
+	__u32 end; /* end of the outer IP packet: anything after it is Ethernet padding */
+	__u8 q_proto;
+	__u8 pad[7];
+} __attribute__((aligned(8)));
+
 /*
  * Per-CPU scratch space for the larger temporaries: the BPF stack is 512 bytes for the whole call
  * chain. Each field has one user at a time (a callee never uses its caller's field), and XDP runs
@@ -119,6 +149,7 @@ struct lb_scratch {
 	struct fr_lb_nat_entry nat;
 	struct fr_lb_frag_key frag;
 	struct fr_lb_ct_entry ct;
+	struct lb_icmp icmp;
 } __attribute__((aligned(8)));
 
 struct {
@@ -169,10 +200,21 @@ static __attribute__((noinline)) struct fr_lb_counters *lb_counters(void *map, _
 	return bpf_map_lookup_elem(map, &id);
 }
 
-static __always_inline int lb_drop(struct fr_lb_counters *sc, __u32 reason)
+/* Counts a drop on the service and, once one was chosen, on the backend (`p->backend_id`).
+ * Drops are rare: the backend's counters are looked up here rather than carried along. */
+static __always_inline int lb_drop(struct fr_lb_counters *sc, const struct lb_pkt *p, __u32 reason)
 {
-	if (sc && reason < FR_LB_DROP_MAX)
+	struct fr_lb_counters *bc;
+
+	if (reason >= FR_LB_DROP_MAX)
+		return XDP_DROP;
+	if (sc)
 		sc->drops[reason] += 1;
+	if (p->backend_id) {
+		bc = lb_counters(&fr_lb_backend_stats, p->backend_id);
+		if (bc)
+			bc->drops[reason] += 1;
+	}
 	return XDP_DROP;
 }
 
@@ -517,7 +559,7 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	f = &s->fwd;
 	__builtin_memset(f, 0, sizeof(*f));
 	if (!lb_have_node_addr(cfg, family))
-		return lb_drop(sc, FR_LB_DROP_NO_NODE_ADDRESS);
+		return lb_drop(sc, p, FR_LB_DROP_NO_NODE_ADDRESS);
 	if (data + sizeof(saved) > data_end)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	__builtin_memcpy(saved, data, sizeof(saved));
@@ -530,15 +572,15 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 		struct iphdr *o;
 
 		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
-			return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+			return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 		l3 = lb_write_l2(ctx, saved, vlan, bpf_htons(ETH_P_IP), sizeof(*o));
 		data = (void *)(long)ctx->data;
 		data_end = (void *)(long)ctx->data_end;
 		if (l3 == 0 || l3 > 18)
-			return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+			return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 		o = data + l3;
 		if ((void *)(o + 1) > data_end)
-			return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+			return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 		o->version = 4;
 		o->ihl = 5;
 		o->tos = p->tos;
@@ -561,15 +603,15 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	if (!inner_v4)
 		word0 |= bpf_ntohl(p->v6_word0) & 0xfffff;
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr)))
-		return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+		return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 	l3 = lb_write_l2(ctx, saved, vlan, bpf_htons(ETH_P_IPV6), sizeof(*o6));
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (l3 == 0 || l3 > 18)
-		return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+		return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 	o6 = data + l3;
 	if ((void *)(o6 + 1) > data_end)
-		return lb_drop(sc, FR_LB_DROP_ENCAP_FAILED);
+		return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
 	*(__be32 *)o6 = bpf_htonl(word0);
 	o6->payload_len = bpf_htons(inner_len);
 	o6->nexthdr = inner_proto;
@@ -784,6 +826,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 			ct = NULL;
 		} else {
 			nat_port = ct->nat_port;
+			p->backend_id = bid;
 			/* Refresh rarely: a write per packet would bounce the line between CPUs. */
 			if (now - ct->last_seen_ns > LB_REFRESH_NS)
 				ct->last_seen_ns = now;
@@ -800,15 +843,16 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		bid = lb_maglev(sid, lb_hash_flow(&p->flow, LB_SEED_MAGLEV));
 		be = lb_backend(bid);
 		if (!be)
-			return lb_drop(sc, FR_LB_DROP_NO_BACKEND);
+			return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
+		p->backend_id = bid;
 		if (mode == FR_LB_MODE_NAT) {
 			if (be->family != p->flow.family)
-				return lb_drop(sc, FR_LB_DROP_NAT_FAMILY);
+				return lb_drop(sc, p, FR_LB_DROP_NAT_FAMILY);
 			if (!lb_have_node_addr(cfg, p->flow.family))
-				return lb_drop(sc, FR_LB_DROP_NO_NODE_ADDRESS);
+				return lb_drop(sc, p, FR_LB_DROP_NO_NODE_ADDRESS);
 			nat_port = lb_nat_claim(p, be, cfg, bid, sid);
 			if (nat_port == 0)
-				return lb_drop(sc, FR_LB_DROP_NAT_PORTS);
+				return lb_drop(sc, p, FR_LB_DROP_NAT_PORTS);
 		}
 		entry->created_ns = now;
 		entry->last_seen_ns = now;
@@ -892,7 +936,8 @@ static __attribute__((noinline)) int lb_frag_later(struct xdp_md *ctx, struct lb
 	lb_count(lb_counters(&fr_lb_backend_stats, fe->backend_id), p->frame_len);
 	be = lb_backend(fe->backend_id);
 	if (!be)
-		return lb_drop(sc, FR_LB_DROP_NO_BACKEND);
+		return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
+	p->backend_id = fe->backend_id;
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!cfg)
 		return XDP_PASS;
@@ -900,9 +945,236 @@ static __attribute__((noinline)) int lb_frag_later(struct xdp_md *ctx, struct lb
 	return lb_encap(ctx, p, be, cfg, sc);
 }
 
+/* Replaces the address at `at` in the packet by `to`, adding the change to the checksum delta
+ * `d`. A word at a time, so that no copy of the old address is held (the BPF stack is small). */
+static __always_inline __u32 lb_put_addr(__u32 d, __u8 *at, const __u8 *to, int words)
+{
+	__u32 *a = (__u32 *)at;
+	const __u32 *t = (const __u32 *)to;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (i < words) {
+			d = csum_delta32(d, a[i], t[i]);
+			a[i] = t[i];
+			/* Sum now: left to itself clang keeps the old words live and spills them. */
+			asm volatile("" : "+r"(d));
+		}
+	}
+	return d;
+}
+
 /*
- * An ICMP error. If it quotes a packet from a service (src = VIP:port, a backend's DSR reply),
- * it belongs to the flow client → VIP and goes to that flow's backend.
+ * NAT of an ICMP error: the outer addresses become x->outer_*, the quoted packet's addresses and
+ * ports x->q_*. Every checksum is updated incrementally (RFC 1624), so a quote cut short anywhere
+ * after the ports is fine: the outer IPv4 header's; the quoted IPv4 header's; the quoted TCP/UDP
+ * one when the quote holds it (a UDP 0, "none", stays 0); the ICMP one, which covers the quote
+ * and, for ICMPv6, the outer addresses through its pseudo-header. The TTL / hop limit is left
+ * alone, as lb_nat_forward leaves it. `v4` is a constant in each inlined copy.
+ */
+static __always_inline int lb_icmp_xlate(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_icmp *x,
+					 const int v4)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	const int words = v4 ? 1 : 4;
+	const __u32 alen = v4 ? 4 : 16;
+	/* The source address's offset in an IPv4 / IPv6 header; the destination follows it. */
+	const __u32 aoff = v4 ? 12 : 8;
+	__u32 l3 = lb_l2_len(p), icmp_off = x->icmp_off, qip = x->qip_off, ql4 = x->ql4_off, coff;
+	int udp = x->q_proto == IPPROTO_UDP;
+	__u32 d_outer, d_q, d_ports, d_icmp;
+	struct lb_icmp_hdr *icmp;
+	struct iphdr *o4, *q4;
+	__u16 *qcheck = NULL;
+	__u8 *osrc, *qsrc;
+	__be16 *ports;
+	__u16 old, new;
+
+	/* Every bound is checked before the first write: a failure leaves the packet as it came. */
+	if (icmp_off > LB_MAX_OFF || qip > LB_MAX_OFF || ql4 > LB_MAX_OFF)
+		return -1;
+	icmp = data + icmp_off;
+	ports = data + ql4;
+	osrc = data + l3 + aoff;
+	qsrc = data + qip + aoff;
+	o4 = data + l3;
+	q4 = data + qip;
+	if ((void *)(icmp + 1) > data_end || (void *)(ports + 2) > data_end || (void *)osrc + 2 * alen > data_end ||
+	    (void *)qsrc + 2 * alen > data_end)
+		return -1;
+	if (v4 && ((void *)(o4 + 1) > data_end || (void *)(q4 + 1) > data_end))
+		return -1;
+	/* The quoted L4 checksum, when the quote holds it. */
+	coff = ql4 + (udp ? 6 : 16);
+	if (coff + 2 <= x->end) {
+		qcheck = data + coff;
+		if ((void *)(qcheck + 1) > data_end)
+			return -1;
+	}
+
+	d_outer = lb_put_addr(0, osrc, x->outer_src, words);
+	d_outer = lb_put_addr(d_outer, osrc + alen, x->outer_dst, words);
+	d_q = lb_put_addr(0, qsrc, x->q_src, words);
+	d_q = lb_put_addr(d_q, qsrc + alen, x->q_dst, words);
+	d_ports = csum_delta16(0, ports[0], x->q_sport);
+	d_ports = csum_delta16(d_ports, ports[1], x->q_dport);
+	ports[0] = x->q_sport;
+	ports[1] = x->q_dport;
+	d_icmp = d_q + d_ports;
+
+	/* The quoted L4 checksum covers the quoted addresses (pseudo-header) and ports. */
+	if (qcheck) {
+		old = *qcheck;
+		if (!(udp && old == 0)) {
+			new = csum_apply(old, d_q + d_ports);
+			if (udp && new == 0)
+				new = 0xffff;
+			*qcheck = new;
+			d_icmp = csum_delta16(d_icmp, old, new);
+		}
+	}
+	if (v4) {
+		old = q4->check;
+		new = csum_apply(old, d_q);
+		q4->check = new;
+		d_icmp = csum_delta16(d_icmp, old, new);
+		o4->check = csum_apply(o4->check, d_outer);
+	} else {
+		d_icmp += d_outer;
+	}
+	icmp->check = csum_apply(icmp->check, d_icmp);
+	return 0;
+}
+
+/* Applies the NAT of an ICMP error (scratch `icmp`) and forwards it to its new outer destination. */
+static __attribute__((noinline)) int lb_icmp_nat_send(struct xdp_md *ctx, const struct lb_pkt *p)
+{
+	struct lb_scratch *s = lb_scratch();
+	struct lb_icmp *x;
+	struct lb_fwd *f;
+	int rc;
+
+	if (!s)
+		return XDP_PASS;
+	x = &s->icmp;
+	rc = p->flow.family == FR_FAMILY_IPV4 ? lb_icmp_xlate(ctx, p, x, 1) : lb_icmp_xlate(ctx, p, x, 0);
+	if (rc)
+		return lb_pass_event(FR_LB_EV_MALFORMED);
+	lb_event(FR_LB_EV_ICMP_FORWARDED);
+	f = &s->fwd;
+	__builtin_memset(f, 0, sizeof(*f));
+	__builtin_memcpy(f->src, x->outer_src, 16);
+	__builtin_memcpy(f->dst, x->outer_dst, 16);
+	f->l3_len = p->l3_len;
+	f->family = p->flow.family;
+	f->vlan = p->vlan;
+	return lb_fib(ctx, f);
+}
+
+/*
+ * What NAT does not translate: an ICMP error in fragments (the later ones would keep the old
+ * addresses) or, IPv6, behind extension headers (a routing header would change the destination
+ * the ICMPv6 checksum covers). Those stay the stack's.
+ */
+static __always_inline int lb_icmp_nat_unhandled(const struct lb_pkt *p)
+{
+	return p->frag != LB_FRAG_NONE ||
+	       (p->flow.family == FR_FAMILY_IPV6 && p->l4_off != lb_l2_len(p) + sizeof(struct ipv6hdr));
+}
+
+/*
+ * NAT, client side: an ICMP error about a reply we translated (quoting VIP:vport → client:cport)
+ * goes to the flow's backend as if it were about the backend's own packet (backend:bport →
+ * node:nat_port), from the node's address. The SNAT port is only in conntrack: without the flow
+ * there, the error is the stack's. Returns LB_CONTINUE with scratch `icmp` filled in for
+ * lb_icmp_nat_send, or the verdict.
+ */
+static __attribute__((noinline)) int lb_icmp_nat_forward(struct lb_pkt *p, __u32 sid, struct fr_lb_counters *sc)
+{
+	struct lb_scratch *s = lb_scratch();
+	const struct fr_lb_backend *be;
+	struct fr_lb_ct_entry *ct;
+	struct fr_lb_config *cfg;
+	struct lb_icmp *x;
+	__u32 zero = 0, bid;
+	__be16 nat_port;
+	__u8 family = p->flow.family;
+
+	if (!s)
+		return XDP_PASS;
+	x = &s->icmp;
+	if (lb_icmp_nat_unhandled(p))
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	ct = bpf_map_lookup_elem(&fr_lb_ct, &s->flow);
+	if (!ct || ct->service_id != sid || ct->nat_port == 0)
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	bid = ct->backend_id;
+	nat_port = ct->nat_port;
+	be = lb_backend(bid);
+	/* A flow whose backend id now names another host starts over with its next packet. */
+	if (!be || ct->backend_tag != lb_backend_tag(be) || be->family != family)
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	p->backend_id = bid;
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	if (!lb_have_node_addr(cfg, family))
+		return lb_drop(sc, p, FR_LB_DROP_NO_NODE_ADDRESS);
+	lb_count(lb_counters(&fr_lb_backend_stats, bid), p->frame_len);
+	lb_node_addr(cfg, family, x->outer_src);
+	__builtin_memcpy(x->outer_dst, be->addr, 16);
+	__builtin_memcpy(x->q_src, be->addr, 16);
+	lb_node_addr(cfg, family, x->q_dst);
+	x->q_sport = be->port;
+	x->q_dport = nat_port;
+	return LB_CONTINUE;
+}
+
+/*
+ * NAT, backend side: an ICMP error to the node's address quoting a translated packet (node:nat_port
+ * → backend:bport), from the backend or a router before it, goes back to the client as if about
+ * its own packet (client:cport → VIP:vport), from the VIP. Anything else is the node's own.
+ * Returns LB_CONTINUE with scratch `icmp` filled in for lb_icmp_nat_send, or the verdict.
+ */
+static __attribute__((noinline)) int lb_icmp_nat_reverse(struct lb_pkt *p)
+{
+	struct lb_scratch *s = lb_scratch();
+	struct fr_lb_nat_entry *ne;
+	struct fr_lb_config *cfg;
+	struct lb_icmp *x;
+	__u32 zero = 0;
+
+	if (!s)
+		return XDP_PASS;
+	x = &s->icmp;
+	/* s->flow is the quoted packet reversed, i.e. the key of its replies in fr_lb_nat. */
+	if ((__u16)(bpf_ntohs(s->flow.dport) - FR_LB_NAT_PORT_MIN) >= FR_LB_NAT_PORT_COUNT)
+		return XDP_PASS;
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!cfg || !lb_have_node_addr(cfg, p->flow.family))
+		return XDP_PASS;
+	if (p->flow.family == FR_FAMILY_IPV4 ? !lb_addr_eq(cfg->node_v4, p->flow.dst, 1)
+					     : !lb_addr_eq(cfg->node_v6, p->flow.dst, 4))
+		return XDP_PASS;
+	ne = bpf_map_lookup_elem(&fr_lb_nat, &s->flow);
+	if (!ne)
+		return XDP_PASS;
+	if (lb_icmp_nat_unhandled(p))
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	__builtin_memcpy(x->outer_src, ne->vip, 16);
+	__builtin_memcpy(x->outer_dst, ne->client, 16);
+	__builtin_memcpy(x->q_src, ne->client, 16);
+	__builtin_memcpy(x->q_dst, ne->vip, 16);
+	x->q_sport = ne->client_port;
+	x->q_dport = ne->vip_port;
+	return LB_CONTINUE;
+}
+
+/*
+ * An ICMP error. If it quotes a packet from a service (src = VIP:port), it belongs to the flow
+ * client → VIP: DSR sends it to that flow's backend as it is, NAT translates it for the backend.
+ * Otherwise it may quote a NAT-translated packet to a backend, and goes back to the client.
  */
 static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb_pkt *p)
 {
@@ -917,13 +1189,16 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	struct fr_lb_ct_entry *ct;
 	struct fr_lb_config *cfg;
 	struct lb_icmp_hdr *icmp;
+	struct lb_icmp *x;
 	__u32 off = p->l4_off, bid = 0, zero = 0;
 	__be16 *ports;
+	int rc;
 
 	if (!s)
 		return XDP_PASS;
 	sk = &s->sk;
 	flow = &s->flow;
+	x = &s->icmp;
 	__builtin_memset(sk, 0, sizeof(*sk));
 	__builtin_memset(flow, 0, sizeof(*flow));
 	if (off > LB_MAX_OFF)
@@ -931,7 +1206,10 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	icmp = data + off;
 	if ((void *)(icmp + 1) > data_end)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
+	x->icmp_off = off;
+	x->end = lb_l2_len(p) + p->l3_len;
 	off += sizeof(*icmp);
+	x->qip_off = off;
 	if (p->flow.family == FR_FAMILY_IPV4) {
 		struct iphdr *in;
 		__u32 ihl_len;
@@ -945,6 +1223,9 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 		if (ihl_len < sizeof(*in))
 			return lb_pass_event(FR_LB_EV_MALFORMED);
 		if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
+			return XDP_PASS;
+		/* A quoted later fragment holds no ports: nothing to find a flow by. */
+		if (in->frag_off & bpf_htons(LB_IP_OFFSET))
 			return XDP_PASS;
 		*(__u32 *)sk->vip = in->saddr;
 		*(__u32 *)flow->src = in->daddr;
@@ -970,21 +1251,29 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	if (off > LB_MAX_OFF)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	ports = data + off;
-	if ((void *)(ports + 2) > data_end)
+	/* The ports must be in the packet, not in padding after it (NAT rewrites them). */
+	if ((void *)(ports + 2) > data_end || off + 4 > x->end)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
+	x->ql4_off = off;
+	x->q_proto = sk->proto;
 	sk->port = ports[0];
 	sk->family = p->flow.family;
-	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
-	if (!svc)
-		return XDP_PASS;
-	sc = lb_counters(&fr_lb_service_stats, svc->id);
-	lb_count(sc, p->frame_len);
-	if (svc->mode == FR_LB_MODE_NAT)
-		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
 	flow->sport = ports[1];
 	flow->dport = ports[0];
 	flow->proto = sk->proto;
 	flow->family = sk->family;
+	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
+	if (!svc) {
+		rc = lb_icmp_nat_reverse(p);
+		return rc == LB_CONTINUE ? lb_icmp_nat_send(ctx, p) : rc;
+	}
+	sc = lb_counters(&fr_lb_service_stats, svc->id);
+	lb_count(sc, p->frame_len);
+	if (svc->mode == FR_LB_MODE_NAT) {
+		/* Translating here rather than in the callee keeps the call chain within the BPF stack. */
+		rc = lb_icmp_nat_forward(p, svc->id, sc);
+		return rc == LB_CONTINUE ? lb_icmp_nat_send(ctx, p) : rc;
+	}
 	ct = bpf_map_lookup_elem(&fr_lb_ct, flow);
 	if (ct && ct->service_id == svc->id) {
 		bid = ct->backend_id;
@@ -994,7 +1283,8 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	}
 	be = lb_backend(bid);
 	if (!be)
-		return lb_drop(sc, FR_LB_DROP_NO_BACKEND);
+		return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
+	p->backend_id = bid;
 	lb_count(lb_counters(&fr_lb_backend_stats, bid), p->frame_len);
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!cfg)
