@@ -751,8 +751,7 @@ impl Decap {
         let link = program.take_link(id).map_err(|e| interface_error("taking the tc link", &e))?;
         let link = FdLink::try_from(link).map_err(|e| interface_error("using the tc link as a bpf link", &e))?;
         if pin.exists() {
-            std::fs::remove_file(&pin)
-                .map_err(|e| EbpfError::pin_path("removing the previous link pin", pin.clone(), e))?;
+            crate::loader::remove_link_pin(&pin)?;
         }
         link.pin(&pin).map_err(|e| EbpfError::Pin { path: pin, source: Box::new(e) })?;
         Ok(())
@@ -760,12 +759,8 @@ impl Decap {
 
     /// Detaches from `ifname` by removing the pinned link; not attached is fine.
     pub fn detach(&mut self, ifname: &str) -> Result<(), EbpfError> {
-        let pin = self.link_pin(ifname);
-        // Removing the pin drops the last reference to the link, which detaches it.
-        match std::fs::remove_file(&pin) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EbpfError::pin_path("removing link pin", pin, e)),
-            _ => Ok(()),
-        }
+        // Detached when this returns (see `remove_link_pin`).
+        crate::loader::remove_link_pin(&self.link_pin(ifname))
     }
 
     fn program(&self) -> Result<&SchedClassifier, EbpfError> {

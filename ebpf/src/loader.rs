@@ -345,7 +345,7 @@ impl Datapath {
         for op in plan_uplinks(uplinks, &plan_input) {
             match op {
                 UplinkOp::Detach { name, mode } => {
-                    if let Err(e) = remove_pin(&self.link_pin(&name, mode)) {
+                    if let Err(e) = remove_link_pin(&self.link_pin(&name, mode)) {
                         statuses.push(UplinkStatus {
                             ifindex: ifindex_of(&name),
                             name,
@@ -372,7 +372,7 @@ impl Datapath {
                 UplinkOp::Update { name, mode } => statuses.push(self.update(&name, mode)),
                 UplinkOp::Attach { name } => statuses.push(self.attach(&name)),
                 UplinkOp::Replace { name, mode } => {
-                    statuses.push(match remove_pin(&self.link_pin(&name, mode)) {
+                    statuses.push(match remove_link_pin(&self.link_pin(&name, mode)) {
                         Ok(()) => self.attach(&name),
                         Err(e) => UplinkStatus {
                             ifindex: ifindex_of(&name),
@@ -428,7 +428,11 @@ impl Datapath {
             };
             for entry in entries {
                 let entry = entry.map_err(|e| EbpfError::pin_path("listing", dir.clone(), e))?;
-                remove_pin(&entry.path())?;
+                if sub == "links" {
+                    remove_link_pin(&entry.path())?;
+                } else {
+                    remove_pin(&entry.path())?;
+                }
             }
             remove_dir(&dir)?;
         }
@@ -519,7 +523,7 @@ impl Datapath {
                     .and_then(|links| links.into_iter().find(|l| l.uplink.name == name && l.uplink.mode == mode))
                     .is_some_and(|l| l.uplink.health == LinkHealth::Defunct)
                 {
-                    if let Err(e) = remove_pin(&pin) {
+                    if let Err(e) = remove_link_pin(&pin) {
                         return failed(name, format!("removing its defunct link failed: {}", chain_to_string(&e)));
                     }
                     return self.attach(name);
@@ -657,6 +661,18 @@ fn xdp_program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
         .ok_or(EbpfError::MissingFromObject { object: XDP_OBJECT, what: "program", name: XDP_PROGRAM })?
         .try_into()
         .map_err(|e| EbpfError::program(XDP_PROGRAM, "using as XDP", e))
+}
+
+/// Removes a link's pin so that the link is detached when this returns. Were the pin the last
+/// reference, the kernel would free the link (and detach its program) later, from a workqueue,
+/// and a caller that looks at the interface right after (or attaches anew) could still find it
+/// there; the last reference being a file descriptor, closing it frees the link on the spot. So:
+/// open the link, unpin it, close it. A pin that is gone, or that is no link, is just removed.
+pub(crate) fn remove_link_pin(path: &Path) -> Result<(), EbpfError> {
+    let held = PinnedLink::from_pin(path).ok();
+    remove_pin(path)?;
+    drop(held);
+    Ok(())
 }
 
 /// Removes a pin; one that is already gone is fine.
