@@ -185,20 +185,30 @@ static __always_inline int lb_pass_event(__u32 event)
 	return XDP_PASS;
 }
 
-/* The counters of `id` in `map`, created on first use; NULL only when the map is full. */
 /* The initial value of counters, in read-only global data rather than on the small BPF stack. */
 static const struct fr_lb_counters lb_zero_counters;
 
-static __attribute__((noinline)) struct fr_lb_counters *lb_counters(void *map, __u32 id)
-{
-	struct fr_lb_counters *c = bpf_map_lookup_elem(map, &id);
+/*
+ * The counters of `id` in `map`, created on first use; NULL only when the map is full. One
+ * function per map: the verifier turns a lookup in a map it knows into a direct (for per-CPU
+ * hashes, inlined) call, but a lookup in a map passed as an argument from several call sites
+ * stays a generic helper call through the map's ops table (an indirect call, and a retpoline
+ * where the CPU needs one).
+ */
+#define LB_COUNTERS_FN(name, map)                                                      \
+	static __attribute__((noinline)) struct fr_lb_counters *name(__u32 id)          \
+	{                                                                               \
+		struct fr_lb_counters *c = bpf_map_lookup_elem(&map, &id);              \
+                                                                                        \
+		if (c)                                                                  \
+			return c;                                                       \
+		/* BPF_NOEXIST: another CPU may have created it since the lookup. */   \
+		bpf_map_update_elem(&map, &id, &lb_zero_counters, BPF_NOEXIST);         \
+		return bpf_map_lookup_elem(&map, &id);                                  \
+	}
 
-	if (c)
-		return c;
-	/* BPF_NOEXIST: another CPU may have created it since the lookup. */
-	bpf_map_update_elem(map, &id, &lb_zero_counters, BPF_NOEXIST);
-	return bpf_map_lookup_elem(map, &id);
-}
+LB_COUNTERS_FN(lb_service_counters, fr_lb_service_stats)
+LB_COUNTERS_FN(lb_backend_counters, fr_lb_backend_stats)
 
 /* Counts a drop on the service and, once one was chosen, on the backend (`p->backend_id`).
  * Drops are rare: the backend's counters are looked up here rather than carried along. */
@@ -211,7 +221,7 @@ static __always_inline int lb_drop(struct fr_lb_counters *sc, const struct lb_pk
 	if (sc)
 		sc->drops[reason] += 1;
 	if (p->backend_id) {
-		bc = lb_counters(&fr_lb_backend_stats, p->backend_id);
+		bc = lb_backend_counters(p->backend_id);
 		if (bc)
 			bc->drops[reason] += 1;
 	}
@@ -798,7 +808,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 {
 	__u32 sid = svc->id;
 	__u8 mode = svc->mode;
-	struct fr_lb_counters *sc = lb_counters(&fr_lb_service_stats, sid);
+	struct fr_lb_counters *sc = lb_service_counters(sid);
 	struct fr_lb_counters *bc;
 	const struct fr_lb_backend *be = NULL;
 	struct fr_lb_ct_entry *ct;
@@ -814,7 +824,9 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	if (mode == FR_LB_MODE_NAT && p->frag != LB_FRAG_NONE)
 		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
 
-	now = bpf_ktime_get_ns();
+	/* The coarse clock (the last tick) is plenty for a once-a-second refresh and reads no
+	 * hardware clock, which costs tens of ns per packet in a VM. */
+	now = bpf_ktime_get_coarse_ns();
 	ct = bpf_map_lookup_elem(&fr_lb_ct, &p->flow);
 	if (ct) {
 		bid = ct->backend_id;
@@ -863,11 +875,11 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		bpf_map_update_elem(&fr_lb_ct, &p->flow, entry, BPF_ANY);
 		if (sc)
 			sc->new_flows += 1;
-		bc = lb_counters(&fr_lb_backend_stats, bid);
+		bc = lb_backend_counters(bid);
 		if (bc)
 			bc->new_flows += 1;
 	} else {
-		bc = lb_counters(&fr_lb_backend_stats, bid);
+		bc = lb_backend_counters(bid);
 	}
 	lb_count(bc, p->frame_len);
 
@@ -931,9 +943,9 @@ static __attribute__((noinline)) int lb_frag_later(struct xdp_md *ctx, struct lb
 	fe = bpf_map_lookup_elem(&fr_lb_frags, &s->frag);
 	if (!fe)
 		return lb_pass_event(FR_LB_EV_FRAG_UNKNOWN);
-	sc = lb_counters(&fr_lb_service_stats, fe->service_id);
+	sc = lb_service_counters(fe->service_id);
 	lb_count(sc, p->frame_len);
-	lb_count(lb_counters(&fr_lb_backend_stats, fe->backend_id), p->frame_len);
+	lb_count(lb_backend_counters(fe->backend_id), p->frame_len);
 	be = lb_backend(fe->backend_id);
 	if (!be)
 		return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
@@ -1121,7 +1133,7 @@ static __attribute__((noinline)) int lb_icmp_nat_forward(struct lb_pkt *p, __u32
 		return XDP_PASS;
 	if (!lb_have_node_addr(cfg, family))
 		return lb_drop(sc, p, FR_LB_DROP_NO_NODE_ADDRESS);
-	lb_count(lb_counters(&fr_lb_backend_stats, bid), p->frame_len);
+	lb_count(lb_backend_counters(bid), p->frame_len);
 	lb_node_addr(cfg, family, x->outer_src);
 	__builtin_memcpy(x->outer_dst, be->addr, 16);
 	__builtin_memcpy(x->q_src, be->addr, 16);
@@ -1267,7 +1279,7 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 		rc = lb_icmp_nat_reverse(p);
 		return rc == LB_CONTINUE ? lb_icmp_nat_send(ctx, p) : rc;
 	}
-	sc = lb_counters(&fr_lb_service_stats, svc->id);
+	sc = lb_service_counters(svc->id);
 	lb_count(sc, p->frame_len);
 	if (svc->mode == FR_LB_MODE_NAT) {
 		/* Translating here rather than in the callee keeps the call chain within the BPF stack. */
@@ -1285,7 +1297,7 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	if (!be)
 		return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
 	p->backend_id = bid;
-	lb_count(lb_counters(&fr_lb_backend_stats, bid), p->frame_len);
+	lb_count(lb_backend_counters(bid), p->frame_len);
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!cfg)
 		return XDP_PASS;
