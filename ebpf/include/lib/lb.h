@@ -2,7 +2,7 @@
 /*
  * The L4 load balancer's fast path, run by xdp_lb on every packet of an uplink: parse, service
  * lookup, backend choice (conntrack, else Maglev), then DSR encapsulation or NAT, and forwarding
- * through bpf_fib_lookup. Everything it does not handle goes to the stack (XDP_PASS) with a
+ * through bpf_fib_lookup (answers cached for 50 ms: lb_nh_cache). Everything it does not handle goes to the stack (XDP_PASS) with a
  * counter; it drops only for the reasons of `enum fr_lb_drop`, counted per service and, once a
  * backend was chosen, on that backend too.
  *
@@ -110,6 +110,25 @@ struct lb_frag_hdr {
 	__be32 id;
 };
 
+/* Key of the next-hop cache: one route lookup's inputs. */
+struct lb_nh_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 ifindex; /* ingress */
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* Value of the next-hop cache: one successful bpf_fib_lookup's answer, until `expires_ns`. */
+struct lb_nh {
+	__u64 expires_ns; /* coarse monotonic clock */
+	__u32 ifindex; /* egress */
+	__u16 mtu;
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u8 pad[6];
+};
+
 struct lb_icmp_hdr {
 	__u8 type;
 	__u8 code;
@@ -150,6 +169,8 @@ struct lb_scratch {
 	struct fr_lb_frag_key frag;
 	struct fr_lb_ct_entry ct;
 	struct lb_icmp icmp;
+	struct lb_nh_key nh_key;
+	struct lb_nh nh;
 } __attribute__((aligned(8)));
 
 struct {
@@ -158,6 +179,25 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lb_scratch);
 } lb_scratch_map SEC(".maps");
+
+/*
+ * Next hops found by bpf_fib_lookup, reused for LB_NH_TTL_NS: the route lookup is the largest
+ * single cost of a forwarded packet (about a third of a conntrack hit's), while the answer for one
+ * (source, destination, ingress) changes rarely. A change of route or neighbour therefore reaches
+ * packets at most LB_NH_TTL_NS late (plus a clock tick), far below BFD's detection time; a packet
+ * longer than the cached MTU, and every failed lookup, goes to bpf_fib_lookup itself. Private to
+ * the program (not pinned): a restart starts with an empty cache.
+ */
+#define LB_NH_TTL_NS 50000000ull
+#define LB_NH_CACHE_SIZE 16384
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_NH_CACHE_SIZE);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct lb_nh_key);
+	__type(value, struct lb_nh);
+} lb_nh_cache SEC(".maps");
 
 static __always_inline struct lb_scratch *lb_scratch(void)
 {
@@ -484,40 +524,61 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_
 {
 	struct lb_scratch *s = lb_scratch();
 	struct bpf_fib_lookup *fib;
+	struct lb_nh_key *key;
+	struct lb_nh *nh;
 	void *data, *data_end;
 	struct ethhdr *eth;
+	__u64 now;
 	long rc;
 
 	if (!s)
 		return XDP_PASS;
-	fib = &s->fib;
-	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->ifindex = ctx->ingress_ifindex;
-	fib->tot_len = f->l3_len;
-	if (f->family == FR_FAMILY_IPV4) {
-		fib->family = LB_AF_INET;
-		fib->ipv4_src = *(const __u32 *)f->src;
-		fib->ipv4_dst = *(const __u32 *)f->dst;
-	} else {
-		fib->family = LB_AF_INET6;
-		__builtin_memcpy(fib->ipv6_src, f->src, 16);
-		__builtin_memcpy(fib->ipv6_dst, f->dst, 16);
+	key = &s->nh_key;
+	__builtin_memset(key, 0, sizeof(*key));
+	__builtin_memcpy(key->src, f->src, 16);
+	__builtin_memcpy(key->dst, f->dst, 16);
+	key->ifindex = ctx->ingress_ifindex;
+	key->family = f->family;
+	now = bpf_ktime_get_coarse_ns();
+	nh = bpf_map_lookup_elem(&lb_nh_cache, key);
+	if (!nh || now >= nh->expires_ns || f->l3_len > nh->mtu) {
+		fib = &s->fib;
+		__builtin_memset(fib, 0, sizeof(*fib));
+		fib->ifindex = ctx->ingress_ifindex;
+		fib->tot_len = f->l3_len;
+		if (f->family == FR_FAMILY_IPV4) {
+			fib->family = LB_AF_INET;
+			fib->ipv4_src = *(const __u32 *)f->src;
+			fib->ipv4_dst = *(const __u32 *)f->dst;
+		} else {
+			fib->family = LB_AF_INET6;
+			__builtin_memcpy(fib->ipv6_src, f->src, 16);
+			__builtin_memcpy(fib->ipv6_dst, f->dst, 16);
+		}
+		rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+			return lb_pass_event(rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? FR_LB_EV_MTU_PASS : FR_LB_EV_FIB_PASS);
+		nh = &s->nh;
+		__builtin_memset(nh, 0, sizeof(*nh));
+		nh->expires_ns = now + LB_NH_TTL_NS;
+		nh->ifindex = fib->ifindex;
+		nh->mtu = fib->mtu_result; /* on success, the route's MTU replaces tot_len */
+		__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
+		__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
+		bpf_map_update_elem(&lb_nh_cache, key, nh, BPF_ANY);
 	}
-	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return lb_pass_event(rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? FR_LB_EV_MTU_PASS : FR_LB_EV_FIB_PASS);
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return XDP_PASS;
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
-	if (fib->ifindex == ctx->ingress_ifindex)
+	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
+	if (nh->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	if (f->vlan)
 		return lb_pass_event(FR_LB_EV_VLAN_REDIRECT);
-	return bpf_redirect(fib->ifindex, 0);
+	return bpf_redirect(nh->ifindex, 0);
 }
 
 /* Writes the saved L2 header in front of a new outer header of `ethertype`; returns the L3
