@@ -1,6 +1,9 @@
 //! `xdp_lb` cost per packet from `BPF_PROG_TEST_RUN`'s own timing, for conntrack hits and misses,
 //! IPv4 and IPv6, with 1 (one per family, so 2), 1,000 and 100,000 services installed; each figure
-//! is printed with its ratio to the first row's figure in the same column. Also prints the
+//! is printed with its ratio to the first row's figure in the same column. DSR services are
+//! measured for hits and misses; one NAT service per family for hits (DNAT + SNAT, checksums);
+//! and a packet for no VIP (passed to the stack) gives the floor every packet pays: the test
+//! run's own cost, parsing and the service lookup. Also prints the
 //! verifier's instruction count of each program, how long installing the services took (batched,
 //! `LbMaps::upsert_services`, against the per-service `upsert_service` measured in the same run)
 //! and the kernel memory they hold. Root only: `sudo -E cargo bench -p ferrule-ebpf --bench
@@ -30,7 +33,7 @@ use std::{
 
 use etherparse::PacketBuilder;
 use ferrule_ebpf::{
-    test_run_xdp, BackendEntry, Datapath, Decap, L4Proto, LbMaps, LbMode, ServiceKey, ServiceUpsert, XDP_TX,
+    test_run_xdp, BackendEntry, Datapath, Decap, L4Proto, LbMaps, LbMode, ServiceKey, ServiceUpsert, XDP_PASS, XDP_TX,
 };
 use nix::sched::{setns, CloneFlags};
 
@@ -105,7 +108,16 @@ struct Row {
     miss4: u64,
     hit6: u64,
     miss6: u64,
+    nat4: u64,
+    nat6: u64,
+    pass: u64,
 }
+
+/// The NAT services every row also has, one per family, with ids above the rows' and the
+/// per-service baseline's: (IPv4 VIP, IPv6 VIP, IPv4 id, IPv6 id).
+const NAT_VIP4: [u8; 4] = [192, 0, 2, 2];
+const NAT_VIP6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 2];
+const NAT_IDS: (u32, u32) = (131_000, 131_001);
 
 /// One row of figures; `client` (a host number) differs per call, so every miss is a new flow.
 fn measure(dp: &Datapath, ifindex: u32, client: u8) -> Row {
@@ -114,14 +126,14 @@ fn measure(dp: &Datapath, ifindex: u32, client: u8) -> Row {
     let vip6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     // The median of BLOCKS block means: a block slowed down by another process on the CPU (the
     // machine is shared) moves the figure less than it would move one mean over all runs.
-    let average = |make: &dyn Fn(u16) -> Vec<u8>| {
+    let average_of = |make: &dyn Fn(u16) -> Vec<u8>, verdict: u32| {
         let per_block = RUNS / BLOCKS;
         let mut means: Vec<u64> = (0..BLOCKS)
             .map(|b| {
                 let total: u64 = (b * per_block..(b + 1) * per_block)
                     .map(|i| {
                         let out = test_run_xdp(fd, &make(i), ifindex, 1).unwrap();
-                        assert_eq!(out.retval, XDP_TX, "the benchmark path is the forwarding one");
+                        assert_eq!(out.retval, verdict, "the path measured is the one meant");
                         u64::from(out.duration_ns)
                     })
                     .sum();
@@ -131,6 +143,7 @@ fn measure(dp: &Datapath, ifindex: u32, client: u8) -> Row {
         means.sort_unstable();
         means[means.len() / 2]
     };
+    let average = |make: &dyn Fn(u16) -> Vec<u8>| average_of(make, XDP_TX);
     let hit = |packet: Vec<u8>| {
         test_run_xdp(fd, &packet, ifindex, 1).unwrap(); // creates the conntrack entry
         average(&|_| packet.clone())
@@ -141,6 +154,9 @@ fn measure(dp: &Datapath, ifindex: u32, client: u8) -> Row {
         miss4: miss(&|p| tcp4(client, vip4, p)),
         hit6: hit(tcp6(client, vip6, 1)),
         miss6: miss(&|p| tcp6(client, vip6, p)),
+        nat4: hit(tcp4(client, NAT_VIP4, 1)),
+        nat6: hit(tcp6(client, NAT_VIP6, 1)),
+        pass: average_of(&|_| tcp4(client, [192, 0, 2, 99], 1), XDP_PASS),
     }
 }
 
@@ -206,7 +222,15 @@ fn median_row(rows: &[Row]) -> Row {
         v.sort_unstable();
         v[v.len() / 2]
     };
-    Row { hit4: median(|r| r.hit4), miss4: median(|r| r.miss4), hit6: median(|r| r.hit6), miss6: median(|r| r.miss6) }
+    Row {
+        hit4: median(|r| r.hit4),
+        miss4: median(|r| r.miss4),
+        hit6: median(|r| r.hit6),
+        miss6: median(|r| r.miss6),
+        nat4: median(|r| r.nat4),
+        nat6: median(|r| r.nat6),
+        pass: median(|r| r.pass),
+    }
 }
 
 struct Load {
@@ -267,6 +291,10 @@ fn main() {
         let started = Instant::now();
         lb.upsert_services(&batch).unwrap();
         let elapsed = started.elapsed();
+        let nat4 = ServiceKey { vip: IpAddr::from(NAT_VIP4), port: 80, proto: L4Proto::Tcp };
+        let nat6 = ServiceKey { vip: IpAddr::from(NAT_VIP6), port: 80, proto: L4Proto::Tcp };
+        lb.upsert_service(&nat4, NAT_IDS.0, LbMode::Nat, &table4).unwrap();
+        lb.upsert_service(&nat6, NAT_IDS.1, LbMode::Nat, &table6).unwrap();
         let (slab1, vmalloc1) = kernel_memory_kib();
         let services = batch.len() as u32;
         loads.push(Load { services, elapsed, slab_kib: slab1 - slab0, vmalloc_kib: vmalloc1 - vmalloc0 });
@@ -321,20 +349,27 @@ fn main() {
         RUNS / BLOCKS
     );
     println!(
-        "{:>9} | {:>15} | {:>15} | {:>15} | {:>15}",
-        "services", "IPv4 ct hit", "IPv4 ct miss", "IPv6 ct hit", "IPv6 ct miss"
+        "{:>9} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15}",
+        "services",
+        "IPv4 ct hit",
+        "IPv4 ct miss",
+        "IPv6 ct hit",
+        "IPv6 ct miss",
+        "NAT4 ct hit",
+        "NAT6 ct hit",
+        "not a VIP"
     );
+    let cell = |v: u64, b: u64| format!("{v:>6} ({:>5.2}x)", ratio(v, b));
     for (n, r) in &rows {
         println!(
-            "{n:>9} | {:>6} ({:>5.2}x) | {:>6} ({:>5.2}x) | {:>6} ({:>5.2}x) | {:>6} ({:>5.2}x)",
-            r.hit4,
-            ratio(r.hit4, base.hit4),
-            r.miss4,
-            ratio(r.miss4, base.miss4),
-            r.hit6,
-            ratio(r.hit6, base.hit6),
-            r.miss6,
-            ratio(r.miss6, base.miss6),
+            "{n:>9} | {} | {} | {} | {} | {} | {} | {}",
+            cell(r.hit4, base.hit4),
+            cell(r.miss4, base.miss4),
+            cell(r.hit6, base.hit6),
+            cell(r.miss6, base.miss6),
+            cell(r.nat4, base.nat4),
+            cell(r.nat6, base.nat6),
+            cell(r.pass, base.pass),
         );
     }
     let _ = Command::new("ip").args(["netns", "del", NS]).status();
