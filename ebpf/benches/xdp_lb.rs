@@ -10,9 +10,10 @@
 //! xdp_lb`. Knobs: `FERRULE_BENCH_SERVICES=1,1000,100000` (the rows), `FERRULE_BENCH_TABLE=251`.
 //!
 //! Each row runs on a datapath of its own (fresh maps, empty conntrack) holding all its services.
-//! Each figure is the kernel's per-run duration of single runs: per turn the median of 10 block
-//! means of 2,000 runs; the rows take 5 turns each, interleaved, and the figure is the median turn
-//! (a moment of contention on a shared machine then moves it less). A first turn per row warms up
+//! Each figure is the kernel's per-run duration of single runs: per turn the median of 20,000
+//! runs; the rows take 15 turns each, interleaved, and the figure is the median turn (this
+//! machine's speed drifts by up to 2x from one second to the next, so only figures taken in
+//! turns compare). A first turn per row warms up
 //! and is discarded. `repeat` cannot be used, because the kernel re-runs the program on the packet
 //! the previous run left (already encapsulated, so no longer for the VIP). A single run's figure
 //! includes the kernel timer's own cost (tens of ns), the same in every column. Hit: one flow,
@@ -40,9 +41,8 @@ use nix::sched::{setns, CloneFlags};
 const NS: &str = "frlb-bench";
 const DEV: &str = "frlbench0";
 const RUNS: u16 = 20_000;
-const BLOCKS: u16 = 10;
 /// Turns each row's measurement takes (see `main`).
-const REPS: u8 = 5;
+const REPS: u8 = 15;
 /// Services installed one at a time for the per-service baseline (then removed again).
 const SINGLE_BASELINE: u32 = 200;
 /// Ids of the baseline's services, above the rows' (IPv4 1.., IPv6 65537..).
@@ -124,24 +124,18 @@ fn measure(dp: &Datapath, ifindex: u32, client: u8) -> Row {
     let fd = dp.xdp_program_fd().unwrap();
     let vip4 = [192, 0, 2, 1];
     let vip6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    // The median of BLOCKS block means: a block slowed down by another process on the CPU (the
-    // machine is shared) moves the figure less than it would move one mean over all runs.
+    // The median of RUNS single runs: a run interrupted by anything else on the CPU (the machine
+    // is shared) is one outlier among thousands instead of a share of a mean.
     let average_of = |make: &dyn Fn(u16) -> Vec<u8>, verdict: u32| {
-        let per_block = RUNS / BLOCKS;
-        let mut means: Vec<u64> = (0..BLOCKS)
-            .map(|b| {
-                let total: u64 = (b * per_block..(b + 1) * per_block)
-                    .map(|i| {
-                        let out = test_run_xdp(fd, &make(i), ifindex, 1).unwrap();
-                        assert_eq!(out.retval, verdict, "the path measured is the one meant");
-                        u64::from(out.duration_ns)
-                    })
-                    .sum();
-                total / u64::from(per_block)
+        let mut runs: Vec<u64> = (0..RUNS)
+            .map(|i| {
+                let out = test_run_xdp(fd, &make(i), ifindex, 1).unwrap();
+                assert_eq!(out.retval, verdict, "the path measured is the one meant");
+                u64::from(out.duration_ns)
             })
             .collect();
-        means.sort_unstable();
-        means[means.len() / 2]
+        runs.sort_unstable();
+        runs[runs.len() / 2]
     };
     let average = |make: &dyn Fn(u16) -> Vec<u8>| average_of(make, XDP_TX);
     let hit = |packet: Vec<u8>| {
@@ -248,6 +242,12 @@ fn main() {
     setup_netns();
     let ns = File::open(format!("/run/netns/{NS}")).unwrap();
     setns(ns, CloneFlags::CLONE_NEWNET).unwrap();
+    // One CPU for every run: this machine's CPUs differ in speed from moment to moment, and a run
+    // that migrates would add that difference to the figures.
+    let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
     let ifindex = nix::net::if_::if_nametoindex(DEV).unwrap();
     let root = Path::new("/sys/fs/bpf");
     ferrule_ebpf::ensure_bpffs(root).unwrap();
@@ -344,9 +344,8 @@ fn main() {
     let base = &rows[0].1;
     let ratio = |v: u64, b: u64| v as f64 / b.max(1) as f64;
     println!(
-        "\nns/packet (BPF_PROG_TEST_RUN; median of {REPS} turns, each the median of {BLOCKS} means of {} runs), \
-         ratio to the first row in parentheses:",
-        RUNS / BLOCKS
+        "\nns/packet (BPF_PROG_TEST_RUN; median of {REPS} turns, each the median of {RUNS} runs), ratio to the \
+         first row in parentheses:"
     );
     println!(
         "{:>9} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15}",
