@@ -844,6 +844,19 @@ mod tests {
         assert!(body.contains("`web` is not a VIP address"), "{body}");
     }
 
+    /// `backend_rows` of `model`'s services installed as `plan` lays them out for `health`, with
+    /// an in-memory datapath (no counters).
+    async fn planned_backend_rows(model: &ferrule_config::Model, health: &HealthView) -> Vec<LbBackendRow> {
+        let mut lb = ferrule_xdp_lb::LbState::default();
+        for op in ferrule_xdp_lb::plan(&model.services, health, &lb) {
+            lb.apply(&op).unwrap();
+        }
+        let observed = Observed { lb: Some(lb), ..Default::default() };
+        let datapath = DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&[]))).unwrap();
+        let now = tokio::time::Instant::now();
+        backend_rows(&lb_view_of(&model.services, &observed, health, &datapath, None, now).await)
+    }
+
     #[tokio::test]
     async fn backend_rows_give_each_healthy_backend_its_weighted_share_of_the_maglev_table() {
         let model = ferrule_config::parse("t.toml", &format!("{GOOD}{TWO_SERVICES}")).unwrap();
@@ -854,14 +867,7 @@ mod tests {
         }
         let refused = BackendHealth::Unhealthy { reason: "connect: Connection refused".into() };
         health.set(web, "198.51.100.4:8080".parse().unwrap(), refused);
-        let mut lb = ferrule_xdp_lb::LbState::default();
-        for op in ferrule_xdp_lb::plan(&model.services, &health, &lb) {
-            lb.apply(&op).unwrap();
-        }
-        let observed = Observed { lb: Some(lb), ..Default::default() };
-        let datapath = DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&[]))).unwrap();
-        let now = tokio::time::Instant::now();
-        let rows = backend_rows(&lb_view_of(&model.services, &observed, &health, &datapath, None, now).await);
+        let rows = planned_backend_rows(&model, &health).await;
 
         let (a, b, down, dns) = (&rows[0], &rows[1], &rows[2], &rows[3]);
         assert_eq!((a.health.as_str(), b.health.as_str(), dns.health.as_str()), ("healthy", "healthy", "unchecked"));
@@ -975,14 +981,7 @@ mod tests {
         let mut health = HealthView::default();
         let refused = BackendHealth::Unhealthy { reason: "connect: Connection refused".into() };
         health.set(web, "198.51.100.3:8080".parse().unwrap(), refused);
-        let mut lb = ferrule_xdp_lb::LbState::default();
-        for op in ferrule_xdp_lb::plan(&model.services, &health, &lb) {
-            lb.apply(&op).unwrap();
-        }
-        let observed = Observed { lb: Some(lb), ..Default::default() };
-        let datapath = DatapathHandle::spawn("/nonexistent".into(), || Ok(InMemoryDatapath::new(&[]))).unwrap();
-        let now = tokio::time::Instant::now();
-        let rows = backend_rows(&lb_view_of(&model.services, &observed, &health, &datapath, None, now).await);
+        let rows = planned_backend_rows(&model, &health).await;
         let states: Vec<(&str, u32, bool, &str)> =
             rows.iter().map(|r| (r.address.as_str(), r.weight, r.draining, r.health.as_str())).collect();
         assert_eq!(

@@ -544,36 +544,44 @@ fn measure(lab: &Lab, knobs: &Knobs) -> Result<Measured> {
         knobs.max_packets,
     )?;
     std::thread::sleep(WARM_UP);
-    let entered = || rx_packets(&lab.node, "lb0");
-    let (delivered0, sent0, busy0, entered0, napi0, cpu0, t0) = (
-        lab.delivered()?,
-        generator.sent(),
-        generator.busy_ns(),
-        entered()?,
-        lab.napi_ns()?,
-        Cpu::read()?,
-        Instant::now(),
-    );
+    let start = Reading::take(lab, &generator)?;
     std::thread::sleep(knobs.window);
-    let (delivered1, sent1, busy1, entered1, napi1, cpu1, t1) = (
-        lab.delivered()?,
-        generator.sent(),
-        generator.busy_ns(),
-        entered()?,
-        lab.napi_ns()?,
-        Cpu::read()?,
-        Instant::now(),
-    );
+    let end = Reading::take(lab, &generator)?;
     generator.finish()?;
     Ok(Measured {
-        delivered: delivered1 - delivered0,
-        offered: sent1 - sent0,
-        entered: entered1.saturating_sub(entered0),
-        generator_ns: busy1 - busy0,
-        elapsed: t1 - t0,
-        napi_ns: napi0.zip(napi1).map(|((n0, s0), (n1, s1))| (n1 - n0, s1 - s0)),
-        cpu: cpu0.shares(&cpu1),
+        delivered: end.delivered - start.delivered,
+        offered: end.sent - start.sent,
+        entered: end.entered.saturating_sub(start.entered),
+        generator_ns: end.busy_ns - start.busy_ns,
+        elapsed: end.at - start.at,
+        napi_ns: start.napi_ns.zip(end.napi_ns).map(|((n0, s0), (n1, s1))| (n1 - n0, s1 - s0)),
+        cpu: start.cpu.shares(&end.cpu),
     })
+}
+
+/// The counters read at one edge of the window.
+struct Reading {
+    delivered: u64,
+    sent: u64,
+    busy_ns: u64,
+    entered: u64,
+    napi_ns: Option<(u64, u64)>,
+    cpu: Cpu,
+    at: Instant,
+}
+
+impl Reading {
+    fn take(lab: &Lab, generator: &Generator) -> Result<Reading> {
+        Ok(Reading {
+            delivered: lab.delivered()?,
+            sent: generator.sent(),
+            busy_ns: generator.busy_ns(),
+            entered: rx_packets(&lab.node, "lb0")?,
+            napi_ns: lab.napi_ns()?,
+            cpu: Cpu::read()?,
+            at: Instant::now(),
+        })
+    }
 }
 
 fn ferrule_config(name: &str) -> String {

@@ -976,6 +976,15 @@ fn open_conversations(client: &NetNs, svc: &'static ServiceSpec) -> Result<(Vec<
     })
 }
 
+/// 20 new connections to `svc`: all answered, none by backend `avoided`.
+fn new_connections_avoid(fabric: &Fabric, svc: &ServiceSpec, avoided: &str) {
+    let answers = many_connections(&fabric.client, svc.vip(), 20).unwrap();
+    let on: Vec<String> =
+        answers.iter().map(|a| a.as_ref().map_or_else(|e| format!("error: {e}"), |a| a.backend.clone())).collect();
+    println!("[{} {:?}] (4) 20 new connections: expected none on {avoided}, saw {on:?}", svc.name, svc.mode);
+    assert!(on.iter().all(|b| b != avoided && !b.starts_with("error")), "{on:?}");
+}
+
 /// Check 4: `CONVERSATIONS` long-lived connections per service (on backends A and B) talk every
 /// 100 ms while backend A is drained (weight 0: new connections avoid it, its own keep going), then
 /// while backend C is removed from both services on both nodes and A restored (`ferrule apply`), then,
@@ -1019,12 +1028,7 @@ fn check_long_lived(fabric: &mut Fabric, restart_nodes: bool) {
     println!("(4) backend A drained (weight 0) in both services on both nodes, running after {t:.1?}");
     std::thread::sleep(Duration::from_secs(2));
     for svc in SERVICES {
-        let answers = many_connections(&fabric.client, svc.vip(), 20).unwrap();
-        let on: Vec<String> =
-            answers.iter().map(|a| a.as_ref().map_or_else(|e| format!("error: {e}"), |a| a.backend.clone())).collect();
-        let drained = svc.backends[0].id;
-        println!("[{} {:?}] (4) 20 new connections: expected none on {drained}, saw {on:?}", svc.name, svc.mode);
-        assert!(on.iter().all(|b| b != drained && !b.starts_with("error")), "{on:?}");
+        new_connections_avoid(fabric, svc, svc.backends[0].id);
         let rows = fabric.nodes[0].show(&["lb", "backends"]).unwrap();
         let state: Vec<(String, bool)> = rows
             .as_array()
@@ -1042,12 +1046,7 @@ fn check_long_lived(fabric: &mut Fabric, restart_nodes: bool) {
     println!("(4) backend C removed and A restored in both services on both nodes, running after {t:.1?}");
     std::thread::sleep(Duration::from_secs(2));
     for svc in SERVICES {
-        let answers = many_connections(&fabric.client, svc.vip(), 20).unwrap();
-        let on: Vec<String> =
-            answers.iter().map(|a| a.as_ref().map_or_else(|e| format!("error: {e}"), |a| a.backend.clone())).collect();
-        let removed = svc.backends[2].id;
-        println!("[{} {:?}] (4) 20 new connections: expected none on {removed}, saw {on:?}", svc.name, svc.mode);
-        assert!(on.iter().all(|b| b != removed && !b.starts_with("error")), "{on:?}");
+        new_connections_avoid(fabric, svc, svc.backends[2].id);
     }
 
     let mut paths_lost = Vec::new();

@@ -952,21 +952,28 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 }
 
 /* A reply of a NAT flow (backend → node:SNAT port): translated back to VIP → client. */
+/* Whether a packet to `dst`:`dport` (of `family`) is addressed to one of the node's SNAT ports,
+ * i.e. belongs to the reply direction of a NAT flow. */
+static __always_inline int lb_to_snat_port(const __u8 *dst, __be16 dport, __u8 family)
+{
+	struct fr_lb_config *cfg;
+	__u32 zero = 0;
+
+	if ((__u16)(bpf_ntohs(dport) - FR_LB_NAT_PORT_MIN) >= FR_LB_NAT_PORT_COUNT)
+		return 0;
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!cfg || !lb_have_node_addr(cfg, family))
+		return 0;
+	return family == FR_FAMILY_IPV4 ? lb_addr_eq(cfg->node_v4, dst, 1) : lb_addr_eq(cfg->node_v6, dst, 4);
+}
+
 static __attribute__((noinline)) int lb_nat_reply(struct xdp_md *ctx, struct lb_pkt *p)
 {
 	struct lb_scratch *s = lb_scratch();
 	struct fr_lb_nat_entry *ne;
 	struct lb_fwd *f;
-	struct fr_lb_config *cfg;
-	__u32 zero = 0;
 
-	if ((__u16)(bpf_ntohs(p->flow.dport) - FR_LB_NAT_PORT_MIN) >= FR_LB_NAT_PORT_COUNT)
-		return XDP_PASS;
-	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
-	if (!cfg || !lb_have_node_addr(cfg, p->flow.family))
-		return XDP_PASS;
-	if (p->flow.family == FR_FAMILY_IPV4 ? !lb_addr_eq(cfg->node_v4, p->flow.dst, 1)
-					     : !lb_addr_eq(cfg->node_v6, p->flow.dst, 4))
+	if (!lb_to_snat_port(p->flow.dst, p->flow.dport, p->flow.family))
 		return XDP_PASS;
 	if (p->frag != LB_FRAG_NONE)
 		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
@@ -1214,21 +1221,13 @@ static __attribute__((noinline)) int lb_icmp_nat_reverse(struct lb_pkt *p)
 {
 	struct lb_scratch *s = lb_scratch();
 	struct fr_lb_nat_entry *ne;
-	struct fr_lb_config *cfg;
 	struct lb_icmp *x;
-	__u32 zero = 0;
 
 	if (!s)
 		return XDP_PASS;
 	x = &s->icmp;
 	/* s->flow is the quoted packet reversed, i.e. the key of its replies in fr_lb_nat. */
-	if ((__u16)(bpf_ntohs(s->flow.dport) - FR_LB_NAT_PORT_MIN) >= FR_LB_NAT_PORT_COUNT)
-		return XDP_PASS;
-	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
-	if (!cfg || !lb_have_node_addr(cfg, p->flow.family))
-		return XDP_PASS;
-	if (p->flow.family == FR_FAMILY_IPV4 ? !lb_addr_eq(cfg->node_v4, p->flow.dst, 1)
-					     : !lb_addr_eq(cfg->node_v6, p->flow.dst, 4))
+	if (!lb_to_snat_port(p->flow.dst, s->flow.dport, p->flow.family))
 		return XDP_PASS;
 	ne = bpf_map_lookup_elem(&fr_lb_nat, &s->flow);
 	if (!ne)
