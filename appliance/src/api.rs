@@ -1,6 +1,6 @@
 //! The HTTP API on a unix socket (mode 0600): `GET /v1/status`, `GET /v1/config`,
 //! `PUT /v1/config`, `GET /v1/interfaces`, `GET /v1/lb/services`, `GET /v1/lb/backends`,
-//! `GET /v1/bgp/summary`, `GET /v1/bgp/routes`. Handlers read the model store and observed state and send
+//! `GET /v1/lb/events`, `GET /v1/bgp/summary`, `GET /v1/bgp/routes`. Handlers read the model store and observed state and send
 //! config through [`ModelStore::accept`]; they never touch the datapath's state directly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -14,7 +14,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -23,7 +24,7 @@ use crate::model::{AcceptError, ModelStore, Origin, Outcome};
 use crate::reconcile::Observed;
 use crate::store::unix_time_ms;
 use ferrule_bgp::driver::{RouteQuery, Speaker};
-use ferrule_ebpf::{LbCounters, LbDrops};
+use ferrule_ebpf::{LbCounters, LbDrops, LbEvents};
 use ferrule_xdp_lb::{BackendHealth, HealthView, LbState, ServiceKey};
 
 /// Request header naming the config's source for error messages (the CLI sends the file path), so
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/bgp/routes", get(bgp_routes))
         .route("/v1/lb/services", get(lb_services))
         .route("/v1/lb/backends", get(lb_backends))
+        .route("/v1/lb/events", get(lb_events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API path; see `ferrule --help`") })
         .with_state(state)
 }
@@ -307,6 +309,95 @@ pub fn drop_reasons(d: &LbDrops) -> [(&'static str, u64); 5] {
     ]
 }
 
+/// One node-wide event of the load balancer (`enum fr_lb_event`).
+pub struct LbEventKind {
+    /// The name every view uses: the key of `GET /v1/lb/events`, the `event` label of
+    /// `ferrule_lb_events_total` and the Event column of `show lb events`.
+    pub name: &'static str,
+    pub count: fn(&LbEvents) -> u64,
+    /// One line for `show lb events`: "passed" = left to the kernel's stack (XDP_PASS).
+    pub meaning: &'static str,
+}
+
+/// Every event of [`LbEvents`], in `enum fr_lb_event` order: the one list the API, the metrics and
+/// `show lb events` are made from, so they cannot disagree.
+pub const LB_EVENTS: [LbEventKind; 11] = [
+    LbEventKind {
+        name: "malformed",
+        count: |e| e.malformed,
+        meaning: "passed: truncated or inconsistent headers (IHL < 5, lengths beyond the frame, ICMP quote cut short)",
+    },
+    LbEventKind {
+        name: "ext_hdr_limit",
+        count: |e| e.ext_hdr_limit,
+        meaning: "passed: more IPv6 extension headers than the fast path walks",
+    },
+    LbEventKind {
+        name: "frag_unknown",
+        count: |e| e.frag_unknown,
+        meaning: "passed: a later fragment whose first fragment was not seen",
+    },
+    LbEventKind {
+        name: "fib_pass",
+        count: |e| e.fib_pass,
+        meaning: "passed: no route or no neighbour (ARP/ND) entry for the next hop yet; the stack resolves it",
+    },
+    LbEventKind {
+        name: "mtu_pass",
+        count: |e| e.mtu_pass,
+        meaning: "passed: larger than the route's MTU once encapsulated",
+    },
+    LbEventKind {
+        name: "nat_unhandled",
+        count: |e| e.nat_unhandled,
+        meaning: "passed: a fragment to a NAT service, or an ICMP error NAT cannot translate (no conntrack entry)",
+    },
+    LbEventKind {
+        name: "icmp_forwarded",
+        count: |e| e.icmp_forwarded,
+        meaning: "sent on: an ICMP error about a load-balanced flow, to its backend (NAT: or back to the client)",
+    },
+    LbEventKind {
+        name: "icmp_no_flow",
+        count: |e| e.icmp_no_flow,
+        meaning: "sent on: such an ICMP error (DSR) whose flow had no conntrack entry; Maglev chose the backend",
+    },
+    LbEventKind {
+        name: "frag_forwarded",
+        count: |e| e.frag_forwarded,
+        meaning: "sent on: a later fragment, to the backend its first fragment went to",
+    },
+    LbEventKind {
+        name: "nat_reply",
+        count: |e| e.nat_reply,
+        meaning: "sent on: a backend's reply in a NAT flow, translated back to the client",
+    },
+    LbEventKind {
+        name: "vlan_redirect",
+        count: |e| e.vlan_redirect,
+        meaning: "passed: a tagged frame whose next hop is out of another interface",
+    },
+];
+
+/// The events of `e` by the names of [`LB_EVENTS`], in its order.
+pub fn lb_event_counts(e: &LbEvents) -> [(&'static str, u64); LB_EVENTS.len()] {
+    LB_EVENTS.map(|kind| (kind.name, (kind.count)(e)))
+}
+
+/// `GET /v1/lb/events`: `{"malformed": 0, …}`, every event of [`LB_EVENTS`] present, in its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbEventsJson(pub LbEvents);
+
+impl Serialize for LbEventsJson {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(LB_EVENTS.len()))?;
+        for (name, n) in lb_event_counts(&self.0) {
+            map.serialize_entry(name, &n)?;
+        }
+        map.end()
+    }
+}
+
 /// A backend's health as the operator views report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthState {
@@ -513,6 +604,15 @@ async fn lb_backends(State(state): State<AppState>, Query(query): Query<Backends
     }
 }
 
+/// `GET /v1/lb/events`: the load balancer's node-wide events, summed over CPUs; 503 when the
+/// datapath cannot be read.
+async fn lb_events(State(state): State<AppState>) -> Response {
+    match state.datapath.lb_events().await {
+        Ok(events) => Json(LbEventsJson(events)).into_response(),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("{err:#}")),
+    }
+}
+
 pub fn parse_vip(text: &str) -> Result<IpAddr, String> {
     text.parse().map_err(|_| format!("`{text}` is not a VIP address (192.0.2.10 or 2001:db8::10)"))
 }
@@ -638,6 +738,10 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(InMemoryDatapath::new(&["eth0"]))
+    }
+
+    fn fixture_with(datapath: InMemoryDatapath) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store_path = dir.path().join("state.redb");
         let store = Store::open(&store_path).unwrap();
@@ -650,8 +754,7 @@ mod tests {
             resumed: false,
         });
         let models = ModelStore::new(initial, store, Metrics::new());
-        let datapath =
-            DatapathHandle::spawn("/sys/fs/bpf/ferrule/node1".into(), || Ok(InMemoryDatapath::new(&["eth0"]))).unwrap();
+        let datapath = DatapathHandle::spawn("/sys/fs/bpf/ferrule/node1".into(), || Ok(datapath)).unwrap();
         let (_tx, observed) = watch::channel(Observed::default());
         let app = router(AppState {
             models: models.clone(),
@@ -998,6 +1101,63 @@ mod tests {
         assert_eq!(d.health_reason.as_deref(), Some("connect: Connection refused"), "its health stays visible");
         assert_eq!((d.maglev_slots, rows[0].maglev_slots + rows[2].maglev_slots), (0, 65537));
         assert_eq!(serde_json::to_value(d).unwrap()["draining"], serde_json::json!(true));
+    }
+
+    /// Every event counted a different number of times (its index in `enum fr_lb_event` + 1), so a
+    /// name paired with the wrong field shows.
+    fn distinct_events() -> LbEvents {
+        LbEvents {
+            malformed: 1,
+            ext_hdr_limit: 2,
+            frag_unknown: 3,
+            fib_pass: 4,
+            mtu_pass: 5,
+            nat_unhandled: 6,
+            icmp_forwarded: 7,
+            icmp_no_flow: 8,
+            frag_forwarded: 9,
+            nat_reply: 10,
+            vlan_redirect: 11,
+        }
+    }
+
+    #[tokio::test]
+    async fn lb_events_answer_every_event_by_its_field_name() {
+        let mut datapath = InMemoryDatapath::new(&["eth0"]);
+        datapath.events = Some(distinct_events());
+        let f = fixture_with(datapath);
+        let (code, body) = call(&f.app, "GET", "/v1/lb/events", "", None).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            "{\"malformed\":1,\"ext_hdr_limit\":2,\"frag_unknown\":3,\"fib_pass\":4,\"mtu_pass\":5,\
+             \"nat_unhandled\":6,\"icmp_forwarded\":7,\"icmp_no_flow\":8,\"frag_forwarded\":9,\"nat_reply\":10,\
+             \"vlan_redirect\":11}"
+        );
+        // The names are `LbEvents`' field names, each with its own field: a field added to
+        // `LbEvents` but not to `LB_EVENTS` (or the reverse) fails here.
+        assert_eq!(body, serde_json::to_string(&distinct_events()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn lb_events_list_zero_events_and_answer_503_without_maps() {
+        let f = fixture();
+        let (code, body) = call(&f.app, "GET", "/v1/lb/events", "", None).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let events: BTreeMap<String, u64> = serde_json::from_str(&body).unwrap();
+        let mut names: Vec<&str> = LB_EVENTS.iter().map(|e| e.name).collect();
+        names.sort_unstable();
+        assert_eq!(events.keys().map(String::as_str).collect::<Vec<_>>(), names);
+        assert!(events.values().all(|n| *n == 0), "{body}");
+
+        let mut datapath = InMemoryDatapath::new(&["eth0"]);
+        datapath.events = None;
+        let f = fixture_with(datapath);
+        let (code, body) = call(&f.app, "GET", "/v1/lb/events", "", None).await;
+        assert_eq!(
+            (code, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "the embedded object xdp_lb.bpf.o has no map `fr_lb_events`\n")
+        );
     }
 
     #[tokio::test]

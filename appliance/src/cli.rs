@@ -57,7 +57,7 @@ pub enum ShowCommand {
     /// BGP neighbors and routes.
     #[command(subcommand)]
     Bgp(BgpShow),
-    /// Load-balanced services: VIP, mode, announcement, backends with health, counters.
+    /// Load-balanced services: VIP, mode, announcement, backends with health, counters; node-wide events.
     #[command(subcommand)]
     Lb(LbShow),
 }
@@ -73,6 +73,9 @@ pub enum LbShow {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Node-wide events: packets passed to the stack and why (no neighbour, MTU, malformed, NAT
+    /// fragments, …), ICMP errors and fragments sent on, NAT replies.
+    Events(ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]

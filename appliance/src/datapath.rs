@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use ferrule_config::{Mode, Protocol};
-use ferrule_ebpf::{InterfaceStats, LbCounters, UplinkStatus};
+use ferrule_ebpf::{InterfaceStats, LbCounters, LbEvents, UplinkStatus};
 use ferrule_xdp_lb::{BackendEntry, LbOp, LbState, ServiceEntry, ServiceKey};
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,6 +26,8 @@ pub trait Datapath {
     fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<()>;
     /// Counters of each service id and backend id asked for.
     fn lb_counters(&mut self, services: &[u32], backends: &[u32]) -> Result<(Vec<LbCounters>, Vec<LbCounters>)>;
+    /// The load balancer's node-wide events (`enum fr_lb_event`), summed over CPUs.
+    fn lb_events(&self) -> Result<LbEvents>;
 }
 
 fn ebpf_key(key: &ServiceKey) -> ferrule_ebpf::ServiceKey {
@@ -132,6 +134,10 @@ impl Datapath for ferrule_ebpf::Datapath {
         let b = backends.iter().map(|id| lb.backend_counters(*id)).collect::<Result<_, _>>()?;
         Ok((s, b))
     }
+
+    fn lb_events(&self) -> Result<LbEvents> {
+        Ok(ferrule_ebpf::Datapath::lb_events(self)?)
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -143,6 +149,7 @@ enum Command {
     ApplyLb(Vec<LbOp>, Reply<()>),
     NodeAddresses(Option<Ipv4Addr>, Option<Ipv6Addr>, Reply<()>),
     LbCounters(Vec<u32>, Vec<u32>, Reply<(Vec<LbCounters>, Vec<LbCounters>)>),
+    LbEvents(Reply<LbEvents>),
 }
 
 /// A cheap, cloneable handle to the datapath thread.
@@ -196,6 +203,9 @@ impl DatapathHandle {
                         Command::LbCounters(services, backends, reply) => {
                             let _ = reply.send(datapath.lb_counters(&services, &backends));
                         }
+                        Command::LbEvents(reply) => {
+                            let _ = reply.send(datapath.lb_events());
+                        }
                     }
                 }
             })
@@ -245,6 +255,10 @@ impl DatapathHandle {
     ) -> Result<(Vec<LbCounters>, Vec<LbCounters>)> {
         self.ask(|reply| Command::LbCounters(services, backends, reply)).await
     }
+
+    pub async fn lb_events(&self) -> Result<LbEvents> {
+        self.ask(Command::LbEvents).await
+    }
 }
 
 fn gone() -> anyhow::Error {
@@ -252,7 +266,8 @@ fn gone() -> anyhow::Error {
 }
 
 /// An in-memory datapath for tests: interfaces listed in `existing` attach, others report an error,
-/// and every attached interface counts one packet of 100 bytes per stats read.
+/// every attached interface counts one packet of 100 bytes per stats read, and the load balancer's
+/// node-wide events are whatever the test puts in `events` (`None`: its maps cannot be read).
 #[cfg(test)]
 pub struct InMemoryDatapath {
     pub existing: Vec<String>,
@@ -260,6 +275,7 @@ pub struct InMemoryDatapath {
     reads: std::cell::Cell<u64>,
     /// The load balancer's maps, with the consistency checks of `LbState::apply`.
     lb: LbState,
+    pub events: Option<LbEvents>,
 }
 
 #[cfg(test)]
@@ -270,6 +286,7 @@ impl InMemoryDatapath {
             attached: Vec::new(),
             reads: std::cell::Cell::new(0),
             lb: LbState::default(),
+            events: Some(LbEvents::default()),
         }
     }
 }
@@ -324,5 +341,9 @@ impl Datapath for InMemoryDatapath {
 
     fn lb_counters(&mut self, services: &[u32], backends: &[u32]) -> Result<(Vec<LbCounters>, Vec<LbCounters>)> {
         Ok((vec![LbCounters::default(); services.len()], vec![LbCounters::default(); backends.len()]))
+    }
+
+    fn lb_events(&self) -> Result<LbEvents> {
+        self.events.ok_or_else(|| anyhow!("the embedded object xdp_lb.bpf.o has no map `fr_lb_events`"))
     }
 }

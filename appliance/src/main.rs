@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             ShowCommand::Bgp(BgpShow::Bfd(args)) => return client::run(show::bgp_bfd(args)),
             ShowCommand::Lb(LbShow::Services(args)) => return client::run(show::lb_services(args)),
             ShowCommand::Lb(LbShow::Backends { vip, client }) => return client::run(show::lb_backends(vip, client)),
+            ShowCommand::Lb(LbShow::Events(args)) => return client::run(show::lb_events(args)),
             ShowCommand::Bgp(BgpShow::Routes { prefix, client }) => {
                 return client::run(show::bgp_routes(prefix, client))
             }

@@ -362,7 +362,7 @@ mod tests {
     use super::*;
     use crate::datapath::{Datapath, DatapathHandle, InMemoryDatapath};
     use crate::reconcile::Observed;
-    use ferrule_ebpf::{LbDrops, UplinkStatus};
+    use ferrule_ebpf::{LbDrops, LbEvents, UplinkStatus};
     use ferrule_xdp_lb::{BackendHealth, HealthView, LbOp, LbState, ServiceKey};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -460,6 +460,9 @@ mod tests {
                 services.iter().map(|&id| service(id.into())).collect(),
                 backends.iter().map(|&id| backend(id.into())).collect(),
             ))
+        }
+        fn lb_events(&self) -> anyhow::Result<LbEvents> {
+            self.0.lb_events()
         }
     }
 

@@ -1,6 +1,7 @@
 //! `ferrule check` and the `show` commands: human tables modelled on what vtysh and birdc print, and
 //! `--json` with the API's documented keys. Rendering is pure (`render_*`) so it is tested directly.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
@@ -193,6 +194,32 @@ pub async fn lb_backends(vip: Option<String>, args: ClientArgs) -> Result<Done> 
         None => "/v1/lb/backends".to_string(),
     };
     print_list(&args, &path, render_lb_backends, vip.map(|v| format!("% No service with VIP {v}"))).await
+}
+
+pub async fn lb_events(args: ClientArgs) -> Result<Done> {
+    let (events, raw): (BTreeMap<String, u64>, String) = get_json(&args.socket, "/v1/lb/events").await?;
+    if args.json {
+        println!("{}", raw.trim_end());
+    } else {
+        print!("{}", render_lb_events(&events));
+    }
+    Ok(Done::Ok)
+}
+
+/// `show lb events`: every node-wide event of the load balancer with its count (zeros too, so the
+/// list is always the same) and what it means. An event the daemon does not report (an older
+/// daemon) shows `-`; one this CLI does not know (a newer daemon) comes last, without a meaning.
+pub fn render_lb_events(events: &BTreeMap<String, u64>) -> String {
+    let count = |name: &str| events.get(name).map_or("-".to_string(), u64::to_string);
+    let known = crate::api::LB_EVENTS.iter().map(|e| vec![e.name.to_string(), count(e.name), e.meaning.to_string()]);
+    let unknown = events
+        .iter()
+        .filter(|(name, _)| !crate::api::LB_EVENTS.iter().any(|e| e.name == name.as_str()))
+        .map(|(name, n)| vec![name.clone(), n.to_string(), String::new()]);
+    let rows: Vec<Vec<String>> = known.chain(unknown).collect();
+    let mut out = columns(&["Event", "Packets", ""], &rows, &[1]);
+    let _ = writeln!(out, "\nNode-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)");
+    out
 }
 
 /// `address:port`, with brackets around an IPv6 address.
@@ -749,6 +776,68 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].contains("198.51.100.2:80") && lines[1].ends_with("new flows 1"), "{text}");
         assert!(lines[2].contains("weight    0 healthy") && lines[2].ends_with("new flows 1 (draining)"), "{text}");
+    }
+
+    /// What the daemon answers for `events`, read back as the CLI reads it.
+    fn events_answer(events: ferrule_ebpf::LbEvents) -> BTreeMap<String, u64> {
+        serde_json::from_value(serde_json::to_value(crate::api::LbEventsJson(events)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn lb_events_table_lists_every_event_with_its_count_and_meaning() {
+        let events = ferrule_ebpf::LbEvents { fib_pass: 1234567, mtu_pass: 3, nat_reply: 42, ..Default::default() };
+        assert_eq!(
+            render_lb_events(&events_answer(events)),
+            "\
+Event           Packets
+malformed             0  passed: truncated or inconsistent headers (IHL < 5, lengths beyond the frame, ICMP quote cut short)
+ext_hdr_limit         0  passed: more IPv6 extension headers than the fast path walks
+frag_unknown          0  passed: a later fragment whose first fragment was not seen
+fib_pass        1234567  passed: no route or no neighbour (ARP/ND) entry for the next hop yet; the stack resolves it
+mtu_pass              3  passed: larger than the route's MTU once encapsulated
+nat_unhandled         0  passed: a fragment to a NAT service, or an ICMP error NAT cannot translate (no conntrack entry)
+icmp_forwarded        0  sent on: an ICMP error about a load-balanced flow, to its backend (NAT: or back to the client)
+icmp_no_flow          0  sent on: such an ICMP error (DSR) whose flow had no conntrack entry; Maglev chose the backend
+frag_forwarded        0  sent on: a later fragment, to the backend its first fragment went to
+nat_reply            42  sent on: a backend's reply in a NAT flow, translated back to the client
+vlan_redirect         0  passed: a tagged frame whose next hop is out of another interface
+
+Node-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)
+"
+        );
+    }
+
+    #[test]
+    fn lb_events_table_marks_events_the_daemon_did_not_report_and_lists_unknown_ones_last() {
+        let mut answer = events_answer(ferrule_ebpf::LbEvents { malformed: 7, ..Default::default() });
+        answer.remove("vlan_redirect");
+        answer.insert("gre_pass".into(), 5);
+        let text = render_lb_events(&answer);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "malformed             7  passed: truncated or inconsistent headers (IHL < 5, lengths beyond the frame, \
+                 ICMP quote cut short)",
+                "ext_hdr_limit         0  passed: more IPv6 extension headers than the fast path walks",
+                "frag_unknown          0  passed: a later fragment whose first fragment was not seen",
+                "fib_pass              0  passed: no route or no neighbour (ARP/ND) entry for the next hop yet; the stack \
+                 resolves it",
+                "mtu_pass              0  passed: larger than the route's MTU once encapsulated",
+                "nat_unhandled         0  passed: a fragment to a NAT service, or an ICMP error NAT cannot translate (no \
+                 conntrack entry)",
+                "icmp_forwarded        0  sent on: an ICMP error about a load-balanced flow, to its backend (NAT: or back to \
+                 the client)",
+                "icmp_no_flow          0  sent on: such an ICMP error (DSR) whose flow had no conntrack entry; Maglev chose \
+                 the backend",
+                "frag_forwarded        0  sent on: a later fragment, to the backend its first fragment went to",
+                "nat_reply             0  sent on: a backend's reply in a NAT flow, translated back to the client",
+                "vlan_redirect         -  passed: a tagged frame whose next hop is out of another interface",
+                "gre_pass              5",
+                "",
+                "Node-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)",
+            ]
+        );
     }
 
     #[test]
