@@ -249,9 +249,15 @@ fn metrics_router(metrics: Metrics, state: api::AppState) -> axum::Router {
                 });
                 let neighbors = state.speaker.summary().await.unwrap_or_default();
                 let lb = api::lb_view(&state, None).await;
+                let lb_events = state
+                    .datapath
+                    .lb_events()
+                    .await
+                    .inspect_err(|err| warn!(error = %format!("{err:#}"), "reading load-balancer events for metrics"))
+                    .ok();
                 (
                     [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    metrics.encode(stats, neighbors, lb),
+                    metrics.encode(stats, neighbors, lb, lb_events),
                 )
             }
         }),

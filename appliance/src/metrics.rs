@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use ferrule_bgp::driver::NeighborSummary;
-use ferrule_ebpf::{InterfaceStats, LbCounters};
+use ferrule_ebpf::{InterfaceStats, LbCounters, LbEvents};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::api::{drop_reasons, LbBackendView, LbServiceView};
+use crate::api::{drop_reasons, lb_event_counts, LbBackendView, LbServiceView};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConfigChangeLabels {
@@ -85,16 +85,19 @@ impl Metrics {
     }
 
     /// Renders the OpenMetrics text, with the interface counters of `stats`, the BGP
-    /// neighbors' state and counters, and the load balancer's services and backends.
+    /// neighbors' state and counters, the load balancer's services and backends, and its
+    /// node-wide events (`None` when the maps could not be read: no series rather than zeros).
     pub fn encode(
         &self,
         stats: Vec<InterfaceStats>,
         neighbors: Vec<NeighborSummary>,
         lb: Vec<LbServiceView>,
+        lb_events: Option<LbEvents>,
     ) -> String {
         *self.interfaces.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = stats;
         *self.bgp.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = neighbors;
         *self.lb.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = lb;
+        *self.lb.events.lock().unwrap_or_else(|p| p.into_inner()) = lb_events;
         let mut out = String::new();
         // Encoding into a String cannot fail but for a fmt::Error from our own collectors.
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -197,10 +200,12 @@ impl Collector for BgpCollector {
 }
 
 /// Per-service ("VIP") and per-backend series of the XDP load balancer, from the counter maps
-/// read at scrape time, the health checker's verdicts and the announced VIPs.
+/// read at scrape time, the health checker's verdicts and the announced VIPs, and its node-wide
+/// events.
 #[derive(Debug, Default)]
 struct LbCollector {
     snapshot: Mutex<Vec<LbServiceView>>,
+    events: Mutex<Option<LbEvents>>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -353,7 +358,24 @@ impl Collector for LbCollector {
             "lb_backend_weight",
             "The backend's configured weight in the service; 0 = draining: no new flows, established ones carry on",
             backends.iter().map(|(s, b)| (backend_labels(s, b), i64::from(b.backend.weight))),
-        )
+        )?;
+
+        // Not read: no series, as for the counters above.
+        if let Some(events) = *self.events.lock().unwrap_or_else(|p| p.into_inner()) {
+            let mut family = encoder.encode_descriptor(
+                "lb_events",
+                "Node-wide events of the XDP load balancer, by event: packets it passed to the stack and why \
+                 (e.g. fib_pass: no route or neighbour for the next hop yet; mtu_pass: over the route's MTU once \
+                 encapsulated), ICMP errors, fragments and NAT replies it sent on; `ferrule show lb events` says \
+                 what each means",
+                None,
+                MetricType::Counter,
+            )?;
+            for (event, n) in lb_event_counts(&events) {
+                ConstCounter::new(n).encode(family.encode_family(&[("event", event)])?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -362,7 +384,7 @@ mod tests {
     use super::*;
     use crate::datapath::{Datapath, DatapathHandle, InMemoryDatapath};
     use crate::reconcile::Observed;
-    use ferrule_ebpf::{LbDrops, LbEvents, UplinkStatus};
+    use ferrule_ebpf::{LbDrops, UplinkStatus};
     use ferrule_xdp_lb::{BackendHealth, HealthView, LbOp, LbState, ServiceKey};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -401,6 +423,7 @@ mod tests {
             vec![InterfaceStats { ifindex: 2, name: Some("eth0".into()), packets: 5, bytes: 640 }],
             vec![neighbor],
             vec![],
+            None,
         );
         let peer = "{peer=\"2001:db8:1::1\",peer_asn=\"65000\"}";
         for series in [
@@ -416,6 +439,56 @@ mod tests {
         ] {
             assert_line(&text, &series);
         }
+    }
+
+    #[test]
+    fn encodes_one_lb_events_series_per_event_and_none_when_not_read() {
+        let events = LbEvents {
+            malformed: 1,
+            ext_hdr_limit: 2,
+            frag_unknown: 3,
+            fib_pass: 4,
+            mtu_pass: 5,
+            nat_unhandled: 6,
+            icmp_forwarded: 7,
+            icmp_no_flow: 8,
+            frag_forwarded: 9,
+            nat_reply: 10,
+            vlan_redirect: 0,
+        };
+        let text = Metrics::new().encode(vec![], vec![], vec![], Some(events));
+        let series: Vec<&str> = text.lines().filter(|l| l.contains("ferrule_lb_events")).collect();
+        assert_eq!(
+            series[..2],
+            [
+                "# HELP ferrule_lb_events Node-wide events of the XDP load balancer, by event: packets it passed to the \
+                 stack and why (e.g. fib_pass: no route or neighbour for the next hop yet; mtu_pass: over the route's \
+                 MTU once encapsulated), ICMP errors, fragments and NAT replies it sent on; `ferrule show lb events` \
+                 says what each means",
+                "# TYPE ferrule_lb_events counter",
+            ]
+        );
+        assert_eq!(
+            series[2..],
+            [
+                "ferrule_lb_events_total{event=\"malformed\"} 1",
+                "ferrule_lb_events_total{event=\"ext_hdr_limit\"} 2",
+                "ferrule_lb_events_total{event=\"frag_unknown\"} 3",
+                "ferrule_lb_events_total{event=\"fib_pass\"} 4",
+                "ferrule_lb_events_total{event=\"mtu_pass\"} 5",
+                "ferrule_lb_events_total{event=\"nat_unhandled\"} 6",
+                "ferrule_lb_events_total{event=\"icmp_forwarded\"} 7",
+                "ferrule_lb_events_total{event=\"icmp_no_flow\"} 8",
+                "ferrule_lb_events_total{event=\"frag_forwarded\"} 9",
+                "ferrule_lb_events_total{event=\"nat_reply\"} 10",
+                // Zero events are series too, so a rate() has a start.
+                "ferrule_lb_events_total{event=\"vlan_redirect\"} 0",
+            ]
+        );
+
+        // The maps could not be read: no family at all rather than made-up zeros.
+        let text = Metrics::new().encode(vec![], vec![], vec![], None);
+        assert!(!text.contains("ferrule_lb_events"), "{text}");
     }
 
     /// The in-memory datapath, with counters that tell ids apart: service `n` counted 1000·n
@@ -496,7 +569,7 @@ mod tests {
             Observed { lb: Some(lb.clone()), announced_vips: vec!["203.0.113.10/32".into()], ..Default::default() };
         let now = tokio::time::Instant::now();
         let view = crate::api::lb_view_of(&model.services, &observed, &health, &datapath, None, now).await;
-        let text = Metrics::new().encode(vec![], vec![], view);
+        let text = Metrics::new().encode(vec![], vec![], view, None);
 
         let web_labels = "service=\"web\",vip=\"203.0.113.10\",port=\"80\",proto=\"tcp\"";
         let dns_labels = "service=\"dns\",vip=\"2001:db8:200::53\",port=\"53\",proto=\"udp\"";
@@ -542,7 +615,7 @@ mod tests {
 
         // Before the maps are read (no ids), the gauges are there but no counter is made up.
         let view = crate::api::lb_view_of(&model.services, &Observed::default(), &health, &datapath, None, now).await;
-        let text = Metrics::new().encode(vec![], vec![], view);
+        let text = Metrics::new().encode(vec![], vec![], view, None);
         assert_line(&text, &format!("ferrule_lb_vip_announced{{{web_labels}}} 0"));
         assert!(!text.contains("ferrule_lb_vip_packets_total{"), "{text}");
         assert!(!text.contains("ferrule_lb_backend_new_flows_total{"), "{text}");
