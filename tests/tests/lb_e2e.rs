@@ -404,6 +404,28 @@ fn nat_answers_through_the_node(f: &'static Family, label: &str) {
     let replies = events.iter().find(|(e, _)| *e == FR_LB_EV_NAT_REPLY).map_or(0, |(_, n)| *n);
     println!("NAT replies translated by XDP: expected > 0, saw {replies} (all events {events:?})");
     assert!(replies > 0, "events {events:?}");
+    // `show lb events --json` has every event by name, and reads the same map (counted since: >=).
+    let shown = ferrule.show(&["lb", "events"]).unwrap();
+    let mut keys: Vec<&str> = shown.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    keys.sort_unstable();
+    let all = [
+        "malformed",
+        "ext_hdr_limit",
+        "frag_unknown",
+        "fib_pass",
+        "mtu_pass",
+        "nat_unhandled",
+        "icmp_forwarded",
+        "icmp_no_flow",
+        "frag_forwarded",
+        "nat_reply",
+        "vlan_redirect",
+    ];
+    let mut sorted = all;
+    sorted.sort_unstable();
+    let shown_replies = shown["nat_reply"].as_u64().unwrap_or(0);
+    println!("show lb events: expected keys {sorted:?} and nat_reply >= {replies}, saw {keys:?} and {shown_replies}");
+    assert!(keys == sorted && shown_replies >= replies, "{shown}");
     ferrule.stop().unwrap();
 }
 
