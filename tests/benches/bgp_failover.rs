@@ -24,7 +24,6 @@ use anyhow::{bail, ensure, Context, Result};
 use ferrule_tests::bgp::{BgpConfig, Family, Neighbor};
 use ferrule_tests::frr::render_bgpd_config;
 use ferrule_tests::{net, Ferrule, Frr, NetNs, TestDir};
-use serde_json::Value;
 
 const NODE_ASN: u32 = 65101;
 const NODE_PREFIX: &str = "2001:db8:100::/64";
@@ -149,14 +148,8 @@ fn cut(ns: &NetNs, ifname: &str, on: bool) -> Result<()> {
 fn wait_next_hops(node: &NetNs, n: usize, timeout: Duration) -> Result<Instant> {
     let deadline = Instant::now() + timeout;
     loop {
-        let raw = node.run("ip", ["-j", "-6", "route", "show", "default", "proto", "233"])?;
-        let routes: Value = serde_json::from_str(&raw)?;
-        let hops = routes
-            .as_array()
-            .and_then(|r| r.first())
-            .map(|r| r["nexthops"].as_array().map_or(1, Vec::len))
-            .unwrap_or(0);
-        if hops == n {
+        let (hops, raw) = net::ferrule_default_route(node, "-6")?;
+        if hops.len() == n {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {

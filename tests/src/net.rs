@@ -5,7 +5,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
 
 use crate::cmd;
 use crate::netns::NetNs;
@@ -107,6 +108,30 @@ pub fn ping(ns: &NetNs, addr: IpAddr, count: u32) -> Result<()> {
     ns.run("ping", ["-n", "-q", "-c", &count, "-W", "1", "-i", "0.2", &addr])
         .with_context(|| format!("ping {addr} from netns {}", ns.name()))?;
     Ok(())
+}
+
+/// Ferrule's protocol id for its kernel routes (appliance/src/routes.rs, RTPROT_FERRULE).
+pub const RTPROT_FERRULE: &str = "233";
+
+/// The default route of `family` ("-4"/"-6") that Ferrule installed in `ns` (protocol
+/// [`RTPROT_FERRULE`]), as its sorted list of `gateway@device` next hops (empty when there is
+/// none), and the raw `ip -j` output.
+pub fn ferrule_default_route(ns: &NetNs, family: &str) -> Result<(Vec<String>, String)> {
+    let raw = ns.run("ip", ["-j", family, "route", "show", "default", "proto", RTPROT_FERRULE])?;
+    let routes: Value = serde_json::from_str(&raw).with_context(|| format!("ip -j output: {raw}"))?;
+    let routes = routes.as_array().context("ip -j route prints a list")?;
+    ensure!(routes.len() <= 1, "more than one default route with proto {RTPROT_FERRULE}: {raw}");
+    let Some(route) = routes.first() else { return Ok((Vec::new(), raw.trim().to_string())) };
+    let hop = |h: &Value| {
+        let gateway = h["gateway"].as_str().or_else(|| h["via"]["host"].as_str()).unwrap_or("?");
+        format!("{gateway}@{}", h["dev"].as_str().unwrap_or("?"))
+    };
+    let mut hops: Vec<String> = match route["nexthops"].as_array() {
+        Some(list) => list.iter().map(hop).collect(),
+        None => vec![hop(route)],
+    };
+    hops.sort();
+    Ok((hops, raw.trim().to_string()))
 }
 
 #[cfg(test)]

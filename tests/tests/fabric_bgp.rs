@@ -39,12 +39,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use ferrule_tests::bgp::{BgpConfig, Family, Neighbor};
+use ferrule_tests::net::{self, RTPROT_FERRULE};
 use ferrule_tests::probe::{self, Pinger, Probe, Sampler};
-use ferrule_tests::{cmd, ferrule, net, BgpPeer, Bird, Ferrule, Frr, GoBgp, NetNs, TestDir};
+use ferrule_tests::{cmd, ferrule, BgpPeer, Bird, Ferrule, Frr, GoBgp, NetNs, TestDir};
 use serde_json::Value;
 
-/// Ferrule's protocol id for its kernel routes (appliance/src/routes.rs, RTPROT_FERRULE).
-const RTPROT_FERRULE: &str = "233";
 const FERRULE_ASN: u32 = 65101;
 const TOR_ASN: u32 = 65000;
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(45);
@@ -191,24 +190,6 @@ fn ferrule_routes(ns: &NetNs) -> Result<String> {
     let v4 = ns.run("ip", ["-4", "route", "show", "proto", RTPROT_FERRULE])?;
     let v6 = ns.run("ip", ["-6", "route", "show", "proto", RTPROT_FERRULE])?;
     Ok(format!("{v4}{v6}").trim().to_string())
-}
-
-/// The next hops (`gateway@device`, sorted) of the default route of `family` ("-4"/"-6") with
-/// Ferrule's protocol id, and the raw `ip -j` text.
-fn ferrule_default(ns: &NetNs, family: &str) -> Result<(Vec<String>, String)> {
-    let raw = ns.run("ip", ["-j", family, "route", "show", "default", "proto", RTPROT_FERRULE])?;
-    let routes: Value = serde_json::from_str(&raw).with_context(|| format!("ip -j output: {raw}"))?;
-    let Some(route) = routes.as_array().and_then(|r| r.first()) else { return Ok((Vec::new(), raw)) };
-    let hop = |h: &Value| {
-        let gateway = h["gateway"].as_str().or_else(|| h["via"]["host"].as_str()).unwrap_or("?");
-        format!("{gateway}@{}", h["dev"].as_str().unwrap_or("?"))
-    };
-    let mut hops: Vec<String> = match route["nexthops"].as_array() {
-        Some(list) => list.iter().map(hop).collect(),
-        None => vec![hop(route)],
-    };
-    hops.sort();
-    Ok((hops, raw.trim().to_string()))
 }
 
 /// A bounded ping from `source` (an address of `ns`) that must get every reply.
@@ -587,7 +568,7 @@ fn unnumbered_scenario(lab: &mut UnnumberedLab) -> Result<()> {
             &format!("default {family} proto {RTPROT_FERRULE} via {want:?}"),
             Duration::from_secs(30),
             || {
-                seen = ferrule_default(&lab.node, family)?;
+                seen = net::ferrule_default_route(&lab.node, family)?;
                 Ok(seen.0 == want)
             },
         );
@@ -781,7 +762,7 @@ fn gr_scenario(lab: &mut GrLab) -> Result<()> {
     for family in ["-4", "-6"] {
         let mut seen = (Vec::new(), String::new());
         wait_until(&format!("default {family} proto {RTPROT_FERRULE}"), Duration::from_secs(30), || {
-            seen = ferrule_default(&lab.node, family)?;
+            seen = net::ferrule_default_route(&lab.node, family)?;
             Ok(!seen.0.is_empty())
         })?;
         println!("[{who}] 1 node default {family} proto {RTPROT_FERRULE}: expected present, saw {:?}", seen.0);
@@ -807,7 +788,7 @@ fn gr_scenario(lab: &mut GrLab) -> Result<()> {
         let ns = lab.node.clone();
         probes.push((
             format!("node default {family} proto {RTPROT_FERRULE}"),
-            Box::new(move || Ok(!ferrule_default(&ns, family)?.0.is_empty())),
+            Box::new(move || Ok(!net::ferrule_default_route(&ns, family)?.0.is_empty())),
         ));
     }
     let sampler = Sampler::start(SAMPLE_EVERY, Duration::from_secs(120), probes);

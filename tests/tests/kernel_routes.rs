@@ -15,11 +15,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use ferrule_tests::bgp::{BgpConfig, Family, Neighbor};
-use ferrule_tests::{cmd, net, Bird, Ferrule, Frr, NetNs, TestDir};
-use serde_json::Value;
+use ferrule_tests::net::{self, RTPROT_FERRULE};
+use ferrule_tests::{cmd, Bird, Ferrule, Frr, NetNs, TestDir};
 
-/// Ferrule's protocol id for its kernel routes (appliance/src/routes.rs, RTPROT_FERRULE).
-const RTPROT_FERRULE: &str = "233";
 const FERRULE_ASN: u32 = 65101;
 const TOR1_ASN: u32 = 65001;
 const TOR2_ASN: u32 = 65002;
@@ -67,26 +65,6 @@ fn start_bird(ns: &NetNs, dir: &std::path::Path) -> Result<Bird> {
     Bird::start(ns, dir, &config)
 }
 
-/// The node's default route of `family` ("-4"/"-6") with our protocol id, as its sorted list of
-/// `gateway@device` next hops (empty when there is none), and the raw `ip -j` output.
-fn default_route(node: &NetNs, family: &str) -> Result<(Vec<String>, String)> {
-    let raw = node.run("ip", ["-j", family, "route", "show", "default", "proto", RTPROT_FERRULE])?;
-    let routes: Value = serde_json::from_str(&raw).with_context(|| format!("ip -j output: {raw}"))?;
-    let routes = routes.as_array().context("ip -j route prints a list")?;
-    ensure!(routes.len() <= 1, "more than one default route with proto {RTPROT_FERRULE}: {raw}");
-    let Some(route) = routes.first() else { return Ok((Vec::new(), raw)) };
-    let hop = |h: &Value| {
-        let gateway = h["gateway"].as_str().or_else(|| h["via"]["host"].as_str()).unwrap_or("?");
-        format!("{gateway}@{}", h["dev"].as_str().unwrap_or("?"))
-    };
-    let mut hops: Vec<String> = match route["nexthops"].as_array() {
-        Some(list) => list.iter().map(hop).collect(),
-        None => vec![hop(route)],
-    };
-    hops.sort();
-    Ok((hops, raw))
-}
-
 /// Waits until the node's default route of `family` has exactly `expected` next hops.
 fn expect_default(
     node: &NetNs,
@@ -103,7 +81,7 @@ fn expect_default(
         Duration::from_secs(30),
         Duration::from_millis(250),
         || {
-            seen = default_route(node, family)?;
+            seen = net::ferrule_default_route(node, family)?;
             Ok(seen.0 == expected)
         },
     );
