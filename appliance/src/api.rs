@@ -716,7 +716,7 @@ fn error(code: StatusCode, message: &str) -> Response {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::datapath::InMemoryDatapath;
     use crate::metrics::Metrics;
@@ -1105,7 +1105,7 @@ mod tests {
 
     /// Every event counted a different number of times (its index in `enum fr_lb_event` + 1), so a
     /// name paired with the wrong field shows.
-    fn distinct_events() -> LbEvents {
+    pub(crate) fn distinct_events() -> LbEvents {
         LbEvents {
             malformed: 1,
             ext_hdr_limit: 2,
