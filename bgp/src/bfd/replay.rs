@@ -95,20 +95,8 @@ fn parse_timers(words: &[&str], at: &Script) -> (u32, Timers) {
 fn parse_recv(words: &[&str], at: &Script) -> ControlPacket {
     let Some((state, rest)) = words.split_first() else { at.fail("recv needs a state") };
     let state = parse_state(state, at);
-    let mut p = ControlPacket {
-        diag: Diag::NONE,
-        state,
-        poll: false,
-        final_: false,
-        control_plane_independent: false,
-        demand: false,
-        detect_mult: 3,
-        my_discr: 2,
-        your_discr: if matches!(state, State::Down | State::AdminDown) { 0 } else { 1 },
-        desired_min_tx_us: 1_000_000,
-        required_min_rx_us: 100_000,
-        required_min_echo_rx_us: 0,
-    };
+    // Unless the line says otherwise: from the peer, 1 s / 100 ms, multiplier 3.
+    let mut p = super::tests::from_peer(state, 1000, 100, 3);
     let mut fields = Vec::new();
     for w in rest {
         match *w {
