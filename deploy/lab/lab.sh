@@ -725,19 +725,14 @@ cmd_status() {
             ok=1
         fi
     done
-    for name in "${NODES[@]}"; do
-        echo "== fr-$name: ferrule show bgp summary"
-        if [[ -z "${FERRULE:-}" ]] || ! "$FERRULE" show bgp summary --socket "$RUN/$name.sock" 2>&1 | sed 's/^/  /'; then
-            echo "  (no answer)"
-            ok=1
-        fi
-    done
-    for name in "${NODES[@]}"; do
-        echo "== fr-$name: ferrule show bgp bfd"
-        if [[ -z "${FERRULE:-}" ]] || ! "$FERRULE" show bgp bfd --socket "$RUN/$name.sock" 2>&1 | sed 's/^/  /'; then
-            echo "  (no answer)"
-            ok=1
-        fi
+    for what in summary bfd; do
+        for name in "${NODES[@]}"; do
+            echo "== fr-$name: ferrule show bgp $what"
+            if [[ -z "${FERRULE:-}" ]] || ! "$FERRULE" show bgp "$what" --socket "$RUN/$name.sock" 2>&1 | sed 's/^/  /'; then
+                echo "  (no answer)"
+                ok=1
+            fi
+        done
     done
     echo "== fr-tor1: vtysh show bfd peers brief"
     ip netns exec fr-tor1 vtysh --vty_socket "$RUN/tor1" -c "show bfd peers brief" 2>&1 \
