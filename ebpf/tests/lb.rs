@@ -14,7 +14,9 @@ use std::{
 };
 
 use common::{bpffs, run, unique_node, PinGuard};
-use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{
+    IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice,
+};
 use ferrule_ebpf::{
     test_run_skb, test_run_xdp, BackendEntry, Datapath, Decap, EbpfError, L4Proto, LbMode, ServiceKey, ServiceUpsert,
     TestRunOutput, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX,
@@ -237,6 +239,15 @@ fn expect_ip6_tunnel(mac: [u8; 6], backend: [u8; 16], inner_ip: &[u8]) -> Vec<u8
     out
 }
 
+/// Pins the calling thread to the CPU it is on: test runs then share that CPU's per-CPU maps
+/// (lb_be_nh, the next-hop slots), as the packets of one flow do on one receive queue.
+fn stay_on_this_cpu() {
+    let cpu = nix::sched::sched_getcpu().expect("sched_getcpu");
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).expect("CPU index");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
+}
+
 fn assert_tx(out: &TestRunOutput, expected: &[u8], what: &str) {
     assert_eq!(out.retval, XDP_TX, "{what}: verdict");
     assert_eq!(hex(&out.data), hex(expected), "{what}: packet");
@@ -426,6 +437,8 @@ fn a_reused_backend_id_starts_its_old_flows_over() {
     }
     let net = LbNet::new("r");
     net.run(|ifindex| {
+        // One CPU, so that the second packet meets the per-CPU next-hop slot the first one filled.
+        stay_on_this_cpu();
         let mut lb = Lb::open("reuse", ifindex);
         lb.service(ip4(VIP4), 80, L4Proto::Tcp, 23, LbMode::Nat, ID_A4);
         let request = tcp4(CLIENT4, 40001, VIP4, 80, false, b"x");
@@ -438,6 +451,7 @@ fn a_reused_backend_id_starts_its_old_flows_over() {
         let again = lb.run(&request);
         assert_eq!(again.retval, XDP_TX);
         assert_eq!(again.data[30..34], BACKEND_B4, "the same flow now goes to the id's new host");
+        assert_eq!(again.data[..6], MAC_B, "through the new host's next hop, not the one cached for the id");
         assert_checksums_valid(&again.data);
         assert_eq!(lb.dp.lb().service_counters(23).unwrap().new_flows, 2, "counted as a new flow");
 
@@ -466,6 +480,31 @@ fn nat_udp_checksum_stays_valid() {
         assert_eq!(&out.data[26..34], &[NODE4, BACKEND_B4].concat());
         assert_eq!(&out.data[36..38], &8080u16.to_be_bytes());
         assert_checksums_valid(&out.data);
+
+        // A payload chosen so that the translated datagram's checksum computes to 0: it is sent
+        // as 0xffff (RFC 768), never as 0, which would mean "no checksum". Same flow, so the same
+        // SNAT port: the word that brings the translated sum to 0xffff is found from `out`.
+        let (ip, udp) = (&out.data[14..34], &out.data[34..42]);
+        let mut zeroed = udp.to_vec();
+        zeroed[4..8].copy_from_slice(&[0, 8 + 2, 0, 0]); // length of a 2-byte payload, checksum 0
+        let pseudo = pseudo_header(&ip[12..16], &ip[16..20], 17, 8 + 2);
+        let word = internet_checksum(&[&pseudo, &zeroed, &[0, 0]]).to_be_bytes();
+        let zero_sum = lb.run(&udp4(CLIENT4, 5353, VIP4, 53, &word));
+        assert_eq!(zero_sum.retval, XDP_TX);
+        assert_eq!(&zero_sum.data[34..36], &out.data[34..36], "same flow, same SNAT port");
+        assert_eq!(&zero_sum.data[40..42], &[0xff, 0xff], "a computed 0 is sent as 0xffff");
+        assert_checksums_valid(&zero_sum.data);
+
+        // A UDP/IPv4 checksum of 0 ("none") stays 0; addresses, ports and the IPv4 header
+        // checksum are translated as usual.
+        let mut unchecked = udp4(CLIENT4, 5353, VIP4, 53, b"query");
+        unchecked[40..42].copy_from_slice(&[0, 0]);
+        let none = lb.run(&unchecked);
+        assert_eq!(none.retval, XDP_TX);
+        assert_eq!(&none.data[26..38], &out.data[26..38], "translated like the checksummed datagram");
+        assert_eq!(&none.data[40..42], &[0, 0], "no checksum stays no checksum");
+        let header = Ipv4HeaderSlice::from_slice(&none.data[14..34]).unwrap().to_header();
+        assert_eq!(header.header_checksum, header.calc_header_checksum(), "IPv4 header checksum");
     });
 }
 
@@ -1355,6 +1394,7 @@ fn next_hops_are_cached_for_a_moment_and_longer_packets_check_the_route_again() 
     let ns = net.ns.clone();
     let dev = net.dev.clone();
     net.run(|ifindex| {
+        stay_on_this_cpu();
         let mut lb = Lb::open("nhcache", ifindex);
         lb.service(ip4(VIP4), 80, L4Proto::Tcp, 92, LbMode::Dsr, ID_A4);
         let syn = tcp4(CLIENT4, 40001, VIP4, 80, true, b"");

@@ -93,9 +93,10 @@ struct lb_fwd {
 	__be16 sport;
 	__be16 dport;
 	__u32 l3_len;
+	__u32 backend_id; /* the backend `dst` is, or 0: picks the next-hop slot (lb_be_nh) */
 	__u8 family;
 	__u8 vlan;
-	__u8 pad[6];
+	__u8 pad[2];
 } __attribute__((aligned(8)));
 
 struct lb_vlan_hdr {
@@ -128,6 +129,12 @@ struct lb_nh {
 	__u8 smac[6];
 	__u8 pad[6];
 };
+
+/* A per-CPU next-hop slot: one cached route lookup (its key and answer) for a backend. */
+struct lb_be_nh {
+	struct lb_nh_key key;
+	struct lb_nh nh;
+} __attribute__((aligned(8)));
 
 struct lb_icmp_hdr {
 	__u8 type;
@@ -198,6 +205,23 @@ struct {
 	__type(key, struct lb_nh_key);
 	__type(value, struct lb_nh);
 } lb_nh_cache SEC(".maps");
+
+/*
+ * In front of that cache, for packets to a backend (DSR and NAT forward, the bulk of the
+ * traffic): per-CPU slots picked by backend id and ingress interface, each holding one entry of
+ * lb_nh_cache (key and answer, same lifetime), so that a conntrack hit finds its next hop with an
+ * array index and a compare instead of hashing a 40-byte key. A slot answers only a packet whose
+ * whole key (source, destination, ingress, family) matches, so an id now naming another address
+ * misses; two backends on one slot take turns and fall through to lb_nh_cache. Private, like it.
+ */
+#define LB_BE_NH_SLOTS 1024
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_BE_NH_SLOTS);
+	__type(key, __u32);
+	__type(value, struct lb_be_nh);
+} lb_be_nh SEC(".maps");
 
 static __always_inline struct lb_scratch *lb_scratch(void)
 {
@@ -523,6 +547,8 @@ static __always_inline int lb_have_node_addr(const struct fr_lb_config *cfg, __u
 static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_fwd *f)
 {
 	struct lb_scratch *s = lb_scratch();
+	__u32 ingress = ctx->ingress_ifindex;
+	struct lb_be_nh *slot = NULL;
 	struct bpf_fib_lookup *fib;
 	struct lb_nh_key *key;
 	struct lb_nh *nh;
@@ -533,18 +559,29 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_
 
 	if (!s)
 		return XDP_PASS;
+	now = bpf_ktime_get_coarse_ns();
+	if (f->backend_id) {
+		__u32 i = (f->backend_id ^ (ingress << 7)) & (LB_BE_NH_SLOTS - 1);
+
+		slot = bpf_map_lookup_elem(&lb_be_nh, &i);
+		if (slot && now < slot->nh.expires_ns && f->l3_len <= slot->nh.mtu && slot->key.ifindex == ingress &&
+		    slot->key.family == f->family && lb_addr_eq_family(slot->key.dst, f->dst, f->family) &&
+		    lb_addr_eq_family(slot->key.src, f->src, f->family)) {
+			nh = &slot->nh;
+			goto send;
+		}
+	}
 	key = &s->nh_key;
 	__builtin_memset(key, 0, sizeof(*key));
 	__builtin_memcpy(key->src, f->src, 16);
 	__builtin_memcpy(key->dst, f->dst, 16);
-	key->ifindex = ctx->ingress_ifindex;
+	key->ifindex = ingress;
 	key->family = f->family;
-	now = bpf_ktime_get_coarse_ns();
 	nh = bpf_map_lookup_elem(&lb_nh_cache, key);
 	if (!nh || now >= nh->expires_ns || f->l3_len > nh->mtu) {
 		fib = &s->fib;
 		__builtin_memset(fib, 0, sizeof(*fib));
-		fib->ifindex = ctx->ingress_ifindex;
+		fib->ifindex = ingress;
 		fib->tot_len = f->l3_len;
 		if (f->family == FR_FAMILY_IPV4) {
 			fib->family = LB_AF_INET;
@@ -567,6 +604,12 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_
 		__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
 		bpf_map_update_elem(&lb_nh_cache, key, nh, BPF_ANY);
 	}
+	if (slot) {
+		/* Per-CPU: no other CPU reads this slot while it is written. */
+		__builtin_memcpy(&slot->key, key, sizeof(*key));
+		__builtin_memcpy(&slot->nh, nh, sizeof(*nh));
+	}
+send:
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	eth = data;
@@ -574,7 +617,7 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_
 		return XDP_PASS;
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
-	if (nh->ifindex == ctx->ingress_ifindex)
+	if (nh->ifindex == ingress)
 		return XDP_TX;
 	if (f->vlan)
 		return lb_pass_event(FR_LB_EV_VLAN_REDIRECT);
@@ -638,6 +681,7 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	lb_node_addr(cfg, family, f->src);
 	f->family = family;
 	f->vlan = vlan;
+	f->backend_id = p->backend_id;
 
 	if (family == FR_FAMILY_IPV4) {
 		struct iphdr *o;
@@ -693,14 +737,6 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	return lb_fib(ctx, f);
 }
 
-static __always_inline __u16 lb_l4_csum_ports(__u16 c, const __be16 *ports, __be16 sport, __be16 dport, int udp)
-{
-	c = csum_replace16(c, ports[0], sport);
-	c = csum_replace16(c, ports[1], dport);
-	/* For UDP 0 means "no checksum"; a computed 0 is sent as its other form. */
-	return udp && c == 0 ? 0xffff : c;
-}
-
 /*
  * NAT: rewrites addresses and ports of a TCP/UDP packet to (src:sport → dst:dport), fixing the
  * IPv4 header checksum and the L4 checksum incrementally (a UDP/IPv4 checksum of 0, "none",
@@ -710,14 +746,13 @@ static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u8 old_src[16] __attribute__((aligned(8)));
-	__u8 old_dst[16] __attribute__((aligned(8)));
 	__u32 l3 = lb_l2_len(p);
 	__u32 off = p->l4_off;
 	__be16 *ports;
 	__u16 *check;
-	__u16 c;
+	__u32 d;
 	int udp = p->flow.proto == IPPROTO_UDP;
+	int v4 = p->flow.family == FR_FAMILY_IPV4;
 	const __u8 *src = to->src, *dst = to->dst;
 	__be16 sport = to->sport, dport = to->dport;
 
@@ -729,33 +764,37 @@ static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct
 	check = udp ? (void *)ports + 6 : (void *)ports + 16;
 	if ((void *)(check + 1) > data_end)
 		return -1;
-	__builtin_memcpy(old_src, p->flow.src, 16);
-	__builtin_memcpy(old_dst, p->flow.dst, 16);
-
-	if (p->flow.family == FR_FAMILY_IPV4) {
+	/* One delta for the addresses, shared by the IPv4 header and the L4 pseudo-header, and
+	 * folded once per checksum (p->flow still holds the old addresses and ports). */
+	if (v4) {
 		struct iphdr *ip = data + l3;
 
 		if ((void *)(ip + 1) > data_end)
 			return -1;
-		c = csum_replace_addr(ip->check, old_src, src, 1);
-		ip->check = csum_replace_addr(c, old_dst, dst, 1);
+		d = csum_delta_addr(0, p->flow.src, src, 1);
+		d = csum_delta_addr(d, p->flow.dst, dst, 1);
+		ip->check = csum_apply(ip->check, d);
 		ip->saddr = *(const __u32 *)src;
 		ip->daddr = *(const __u32 *)dst;
-		if (!(udp && *check == 0)) {
-			c = csum_replace_addr(*check, old_src, src, 1);
-			c = csum_replace_addr(c, old_dst, dst, 1);
-			*check = lb_l4_csum_ports(c, ports, sport, dport, udp);
-		}
 	} else {
 		struct ipv6hdr *ip6 = data + l3;
 
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
+		d = csum_delta_addr(0, p->flow.src, src, 4);
+		d = csum_delta_addr(d, p->flow.dst, dst, 4);
 		__builtin_memcpy(&ip6->saddr, src, 16);
 		__builtin_memcpy(&ip6->daddr, dst, 16);
-		c = csum_replace_addr(*check, old_src, src, 4);
-		c = csum_replace_addr(c, old_dst, dst, 4);
-		*check = lb_l4_csum_ports(c, ports, sport, dport, udp);
+	}
+	/* A UDP/IPv4 checksum of 0 means "none" and stays 0. */
+	if (!(udp && v4 && *check == 0)) {
+		__u16 c;
+
+		d = csum_delta16(d, ports[0], sport);
+		d = csum_delta16(d, ports[1], dport);
+		c = csum_apply(*check, d);
+		/* For UDP 0 means "no checksum"; a computed 0 is sent as its other form. */
+		*check = udp && c == 0 ? 0xffff : c;
 	}
 	ports[0] = sport;
 	ports[1] = dport;
@@ -859,6 +898,7 @@ static __attribute__((noinline)) int lb_nat_forward(struct xdp_md *ctx, const st
 	f->l3_len = p->l3_len;
 	f->family = p->flow.family;
 	f->vlan = p->vlan;
+	f->backend_id = p->backend_id;
 	if (lb_rewrite(ctx, p, f))
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	return lb_fib(ctx, f);
