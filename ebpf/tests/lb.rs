@@ -1004,18 +1004,28 @@ fn malformed_headers_pass_with_a_counter() {
         bad_ihl[14] = 0x44; // IHL 4 (16 bytes) is below the minimum of 5
         let mut long_total = good.clone();
         long_total[16..18].copy_from_slice(&1500u16.to_be_bytes());
+        // The IP version must be the ethertype's: the stack drops the others, and so must we
+        // rather than balance them (both would otherwise parse as packets to a VIP).
+        lb.service(ip6(VIP6), 80, L4Proto::Tcp, 62, LbMode::Dsr, ID_A6);
+        let mut v6_behind_v4_type = good.clone();
+        v6_behind_v4_type[14] = 0x65; // version 6, IHL 5
+        let mut v4_behind_v6_type = tcp6(CLIENT6, 40000, VIP6, 80, true, b"");
+        v4_behind_v6_type[14] = (v4_behind_v6_type[14] & 0x0f) | 0x40;
         for (what, packet) in [
             ("truncated TCP header", truncated_tcp_fixed),
             ("truncated IPv4 header", truncated_ip),
             ("IHL below 5", bad_ihl),
             ("total length beyond the frame", long_total),
+            ("version 6 behind the IPv4 ethertype", v6_behind_v4_type),
+            ("version 4 behind the IPv6 ethertype", v4_behind_v6_type),
         ] {
             let out = lb.run(&packet);
             assert_eq!(out.retval, XDP_PASS, "{what}");
             assert_eq!(out.data, packet, "{what}");
         }
-        assert_eq!(lb.dp.lb().events().unwrap().malformed, 4);
+        assert_eq!(lb.dp.lb().events().unwrap().malformed, 6);
         assert_eq!(lb.dp.lb().service_counters(61).unwrap().packets, 0);
+        assert_eq!(lb.dp.lb().service_counters(62).unwrap().packets, 0);
     });
 }
 

@@ -28,8 +28,8 @@
  *   IP packet: XDP_PASS + FR_LB_EV_MALFORMED. A quote cut anywhere after the ports is translated
  *   (checksums of what is quoted stay right; a quoted L4 checksum not quoted is not touched).
  *   A quoted IPv4 later fragment has no ports: XDP_PASS.
- * - Malformed headers (truncated, IHL < 5, lengths beyond the frame): XDP_PASS +
- *   FR_LB_EV_MALFORMED; the stack's own checks then discard them.
+ * - Malformed headers (truncated, IHL < 5, lengths beyond the frame, an IP version that is not the
+ *   ethertype's): XDP_PASS + FR_LB_EV_MALFORMED; the stack's own checks then discard them.
  * - Tagged frames (one 802.1Q/802.1ad tag) are handled; the tag is kept, so they are sent back
  *   out (XDP_TX) only when the route's egress is the ingress interface, else passed.
  */
@@ -367,7 +367,8 @@ static __always_inline int lb_parse_ipv4(void *data, void *data_end, struct lb_p
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	ihl_len = ip->ihl * 4;
 	tot = bpf_ntohs(ip->tot_len);
-	if (ihl_len < sizeof(*ip) || tot < ihl_len || l3 + tot > p->frame_len)
+	/* The stack drops a version other than 4 behind the IPv4 ethertype; so does this. */
+	if (ip->version != 4 || ihl_len < sizeof(*ip) || tot < ihl_len || l3 + tot > p->frame_len)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	p->l3_len = tot;
 	p->tos = ip->tos;
@@ -398,7 +399,7 @@ static __always_inline int lb_parse_ipv6(void *data, void *data_end, struct lb_p
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	plen = bpf_ntohs(ip6->payload_len);
 	/* payload_len 0 is a jumbogram (hop-by-hop option), which an uplink never carries. */
-	if (plen == 0 || off + plen > p->frame_len)
+	if (ip6->version != 6 || plen == 0 || off + plen > p->frame_len)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	p->l3_len = sizeof(*ip6) + plen;
 	p->v6_word0 = *(__be32 *)ip6;
