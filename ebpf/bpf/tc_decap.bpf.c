@@ -4,7 +4,8 @@
  * front of a client's packet (IPIP, IP6IP6, 4in6, 6in4) when the tunnel is addressed to one of
  * the addresses in `fr_decap_addrs`, so the stack sees the client's packet to the VIP (which the
  * backend has on a local interface) and answers the client directly. It never drops: anything
- * else, or a decapsulation the kernel refuses, continues unchanged (TC_ACT_OK).
+ * else, an outer header the stack would refuse (counted), or a decapsulation the kernel refuses,
+ * continues unchanged (TC_ACT_OK).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -16,6 +17,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "ferrule_abi.h"
+#include "lib/csum.h"
 
 /* From include/uapi/linux/bpf.h of Linux 6.3+ (older userspace headers lack them). */
 #ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV4
@@ -73,6 +75,10 @@ int tc_decap(struct __sk_buff *skb)
 		 * tunnel packet is left to the stack to reassemble (and then dropped, no ipip module). */
 		if (ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
 			return TC_ACT_OK;
+		/* What ip_rcv would drop is not decapsulated either: the stack drops it as it is. */
+		if (ip->version != 4 || csum_ipv4_header_valid(ip) == 0 ||
+		    bpf_ntohs(ip->tot_len) < sizeof(*ip) || bpf_ntohs(ip->tot_len) > skb->len - sizeof(*eth))
+			return decap_event(FR_DECAP_EV_MALFORMED);
 		inner = ip->protocol;
 		*(__u32 *)key.addr = ip->daddr;
 		key.family = FR_FAMILY_IPV4;
@@ -82,6 +88,8 @@ int tc_decap(struct __sk_buff *skb)
 
 		if ((void *)(ip6 + 1) > data_end)
 			return TC_ACT_OK;
+		if (ip6->version != 6 || bpf_ntohs(ip6->payload_len) > skb->len - sizeof(*eth) - sizeof(*ip6))
+			return decap_event(FR_DECAP_EV_MALFORMED);
 		inner = ip6->nexthdr;
 		__builtin_memcpy(key.addr, &ip6->daddr, 16);
 		key.family = FR_FAMILY_IPV6;

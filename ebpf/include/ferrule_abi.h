@@ -200,6 +200,7 @@ enum fr_decap_event {
 	FR_DECAP_EV_DECAPSULATED = 0,
 	FR_DECAP_EV_NOT_LOCAL = 1, /* tunnel packet to an address not in fr_decap_addrs: left alone */
 	FR_DECAP_EV_FAILED = 2, /* bpf_skb_adjust_room refused: left alone */
+	FR_DECAP_EV_MALFORMED = 3, /* outer header the stack would drop (version, checksum, length): left alone */
 	FR_DECAP_EV_MAX = 4,
 };
 

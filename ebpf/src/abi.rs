@@ -233,6 +233,7 @@ abi_consts! {
     "FR_DECAP_EV_DECAPSULATED" => pub const DECAP_EV_DECAPSULATED: u32 = 0;
     "FR_DECAP_EV_NOT_LOCAL" => pub const DECAP_EV_NOT_LOCAL: u32 = 1;
     "FR_DECAP_EV_FAILED" => pub const DECAP_EV_FAILED: u32 = 2;
+    "FR_DECAP_EV_MALFORMED" => pub const DECAP_EV_MALFORMED: u32 = 3;
     "FR_DECAP_EV_MAX" => pub const DECAP_EV_MAX: u32 = 4;
 }
 

@@ -182,6 +182,9 @@ pub struct DecapEvents {
     /// Tunnel packets to an address not allowed with [`Decap::allow_address`], left alone.
     pub not_local: u64,
     pub failed: u64,
+    /// Tunnel packets whose outer header the stack would drop (IP version, IPv4 header
+    /// checksum, lengths beyond the packet), left alone for it to drop.
+    pub malformed: u64,
 }
 
 fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
@@ -799,6 +802,7 @@ impl Decap {
             decapsulated: ev(abi::DECAP_EV_DECAPSULATED)?,
             not_local: ev(abi::DECAP_EV_NOT_LOCAL)?,
             failed: ev(abi::DECAP_EV_FAILED)?,
+            malformed: ev(abi::DECAP_EV_MALFORMED)?,
         })
     }
 }

@@ -1477,6 +1477,38 @@ fn tc_decap_strips_tunnels_to_allowed_addresses_only() {
     let elsewhere = expect_ipip(MAC_A, BACKEND_B4, &inner4[14..]);
     let out = test_run_skb(decap.program_fd().unwrap(), &elsewhere).unwrap();
     assert_eq!((out.retval, out.data), (TC_ACT_OK, elsewhere), "not our address: untouched");
+
+    // Outer headers the stack would drop are not decapsulated (it then drops them as they are).
+    let ipip = expect_ipip(MAC_A, BACKEND_A4, &inner4[14..]);
+    let mut bad_checksum = ipip.clone();
+    bad_checksum[24] ^= 0x01;
+    // Changed headers get a correct checksum again, so that only the change itself is wrong.
+    let fix_checksum = |frame: &mut Vec<u8>| {
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let sum = internet_checksum(&[&frame[14..34]]);
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+    };
+    let mut outer_v5 = ipip.clone();
+    outer_v5[14] = 0x55;
+    fix_checksum(&mut outer_v5);
+    let mut outer_too_long = ipip.clone();
+    outer_too_long[16..18].copy_from_slice(&(ipip.len() as u16 - 14 + 1).to_be_bytes());
+    fix_checksum(&mut outer_too_long);
+    let ip6ip6 = expect_ip6_tunnel(MAC_A, BACKEND_A6, &inner6[14..]);
+    let mut outer_v4_in_v6 = ip6ip6.clone();
+    outer_v4_in_v6[14] = (outer_v4_in_v6[14] & 0x0f) | 0x40;
+    let mut payload_too_long = ip6ip6.clone();
+    payload_too_long[18..20].copy_from_slice(&(ip6ip6.len() as u16 - 54 + 1).to_be_bytes());
+    for (what, packet) in [
+        ("outer IPv4 header checksum wrong", bad_checksum),
+        ("outer IPv4 version 5", outer_v5),
+        ("outer IPv4 total length beyond the packet", outer_too_long),
+        ("outer IPv6 version 4", outer_v4_in_v6),
+        ("outer IPv6 payload length beyond the packet", payload_too_long),
+    ] {
+        let out = test_run_skb(decap.program_fd().unwrap(), &packet).unwrap();
+        assert_eq!((out.retval, hex(&out.data)), (TC_ACT_OK, hex(&packet)), "{what}: untouched");
+    }
     let events = decap.events().unwrap();
-    assert_eq!((events.decapsulated, events.not_local), (4, 1));
+    assert_eq!((events.decapsulated, events.not_local, events.malformed), (4, 1, 5));
 }

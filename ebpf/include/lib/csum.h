@@ -94,4 +94,16 @@ static __always_inline __u16 csum_ipv4_header(const void *hdr)
 	return (__u16)~csum_fold(sum);
 }
 
+/* Whether a 20-byte IPv4 header (no options) carries a correct checksum: its words sum to 0xffff. */
+static __always_inline int csum_ipv4_header_valid(const void *hdr)
+{
+	const __u16 *w = hdr;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	return csum_fold(sum) == 0xffff;
+}
+
 #endif /* FERRULE_LIB_CSUM_H */
