@@ -1,7 +1,7 @@
 //! Command-line interface: the verbs, flags and defaults. Names here are a contract with operators
 //! and their scripts: add to them, never rename silently.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -10,6 +10,8 @@ pub const DEFAULT_SOCKET: &str = "/run/ferrule/ferrule.sock";
 pub const DEFAULT_STATE: &str = "/var/lib/ferrule/state.redb";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9641";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+/// `ferrule decap`'s default name (pin directory `<bpffs>/ferrule/decap`).
+pub const DEFAULT_DECAP_NAME: &str = "decap";
 
 #[derive(Debug, Parser)]
 #[command(name = "ferrule", version, about = "Ferrule: BGP, XDP load balancing and egress for bare-metal nodes")]
@@ -46,6 +48,69 @@ pub enum Command {
         #[command(subcommand)]
         what: ShowCommand,
     },
+    /// DSR backends: the program that strips the load balancer's tunnel header (tc_decap) on this
+    /// host, run without the daemon. Its state is pinned, so it keeps working after the command
+    /// exits and across reboots of nothing but the process.
+    #[command(subcommand)]
+    Decap(DecapCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DecapCommand {
+    /// Attach to interfaces (tcx ingress) and allow tunnels to local addresses; adds to what is
+    /// there (running it again with the same arguments changes nothing).
+    Attach(DecapAttachArgs),
+    /// Detach from interfaces and forget addresses, or remove everything (--all).
+    Detach(DecapDetachArgs),
+    /// Interfaces (and whether each link is attached), allowed addresses and counters.
+    Show(DecapShowArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DecapPinArgs {
+    /// Name of this decapsulation setup: its state is pinned under `<bpffs>/ferrule/<name>`.
+    #[arg(long, default_value = DEFAULT_DECAP_NAME)]
+    pub name: String,
+    /// Where bpffs is (mounted there when absent).
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DecapAttachArgs {
+    /// An interface tunnels arrive on (repeat for several).
+    #[arg(long = "interface", short = 'i', value_name = "IFNAME")]
+    pub interfaces: Vec<String>,
+    /// A local address the load balancer's tunnels are addressed to, i.e. the backend's address
+    /// in the service (repeat for several; IPv4 and IPv6).
+    #[arg(long = "address", short = 'a', value_name = "ADDRESS")]
+    pub addresses: Vec<IpAddr>,
+    #[command(flatten)]
+    pub pin: DecapPinArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DecapDetachArgs {
+    /// An interface to detach from (repeat for several).
+    #[arg(long = "interface", short = 'i', value_name = "IFNAME")]
+    pub interfaces: Vec<String>,
+    /// An address whose tunnels are no longer decapsulated (repeat for several).
+    #[arg(long = "address", short = 'a', value_name = "ADDRESS")]
+    pub addresses: Vec<IpAddr>,
+    /// Detach from every interface and remove the pinned maps too.
+    #[arg(long, conflicts_with_all = ["interfaces", "addresses"])]
+    pub all: bool,
+    #[command(flatten)]
+    pub pin: DecapPinArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DecapShowArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub pin: DecapPinArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,8 @@
 //! [`reconcile`] loop → the datapath ([`datapath`], eBPF maps and XDP links) and the BGP speaker,
 //! whose learned routes [`routes`] installs in the kernel → observed state →
 //! the HTTP API on a unix socket ([`api`]), Prometheus metrics ([`metrics`]) and `ferrule show …`.
-//! The client subcommands only talk to the socket ([`client`], [`show`]).
+//! The client subcommands only talk to the socket ([`client`], [`show`]); `ferrule decap` works
+//! on a DSR backend's pinned `tc_decap` directly, without a daemon ([`decap`]).
 
 mod api;
 mod bgp;
@@ -14,6 +15,7 @@ mod cli;
 mod client;
 mod daemon;
 mod datapath;
+mod decap;
 mod metrics;
 mod model;
 mod reconcile;
@@ -26,7 +28,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{BgpShow, Cli, Command, LbShow, ShowCommand};
+use cli::{BgpShow, Cli, Command, DecapCommand, LbShow, ShowCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,6 +37,9 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon::main(args),
         Command::Apply { config, client } => return client::run(client::apply(config, client)),
         Command::Shutdown(client) => return client::run(client::shutdown(client)),
+        Command::Decap(DecapCommand::Attach(args)) => decap::attach(args),
+        Command::Decap(DecapCommand::Detach(args)) => decap::detach(args),
+        Command::Decap(DecapCommand::Show(args)) => decap::show(args),
         Command::Show { what } => match what {
             ShowCommand::Status(args) => return client::run(show::status(args)),
             ShowCommand::Interfaces(args) => return client::run(show::interfaces(args)),

@@ -284,7 +284,7 @@ pub fn render_lb_backends(rows: &[crate::api::LbBackendRow]) -> String {
 
 /// Lays `rows` out under `header` in columns as wide as their widest cell, two spaces apart,
 /// right-aligned for the column indexes in `right` (numbers); trailing blanks are trimmed.
-fn columns(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+pub(crate) fn columns(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -42,6 +42,8 @@ const DECAP_OBJECT: &str = "tc_decap";
 const DECAP_PROGRAM: &str = "tc_decap";
 const DECAP_ADDRS: &str = "fr_decap_addrs";
 const DECAP_EVENTS: &str = "fr_decap_events";
+/// Link pins of `tc_decap` are `tc_decap:ingress:<ifname>` (dots stored as `:`).
+const DECAP_LINK_PREFIX: &str = "tc_decap:ingress:";
 /// `BPF_MAP_TYPE_ARRAY` and `BPF_F_INNER_MAP` from include/uapi/linux/bpf.h.
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_F_INNER_MAP: u32 = 1 << 12;
@@ -185,6 +187,14 @@ pub struct DecapEvents {
     /// Tunnel packets whose outer header the stack would drop (IP version, IPv4 header
     /// checksum, lengths beyond the packet), left alone for it to drop.
     pub malformed: u64,
+}
+
+/// An interface `tc_decap` has a pinned link on ([`Decap::links`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecapLink {
+    pub interface: String,
+    /// The link is attached to the interface of that name now.
+    pub attached: bool,
 }
 
 fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
@@ -735,7 +745,83 @@ impl Decap {
 
     fn link_pin(&self, ifname: &str) -> PathBuf {
         // bpffs refuses `.` in names; interface names cannot contain `:`.
-        self.pin_dir.join("links").join(format!("{DECAP_PROGRAM}:ingress:{}", ifname.replace('.', ":")))
+        self.pin_dir.join("links").join(format!("{DECAP_LINK_PREFIX}{}", ifname.replace('.', ":")))
+    }
+
+    /// Where this node's decapsulation state is pinned.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The addresses tunnels may be addressed to, sorted.
+    pub fn allowed_addresses(&mut self) -> Result<Vec<IpAddr>, EbpfError> {
+        let allowed = self.addrs()?;
+        let mut out = Vec::new();
+        for key in allowed.keys() {
+            let key = key.map_err(|e| EbpfError::map(DECAP_ADDRS, "listing", e))?;
+            if let Some(addr) = addr_from(&key.addr, key.family) {
+                out.push(addr);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The interfaces with a pinned `tc_decap` link, sorted by name, each with whether the link is
+    /// still attached to the interface of that name (an interface deleted, or deleted and made
+    /// again, leaves a defunct link behind).
+    pub fn links(&self) -> Result<Vec<DecapLink>, EbpfError> {
+        let dir = self.pin_dir.join("links");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(EbpfError::pin_path("listing", dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| EbpfError::pin_path("listing", dir.clone(), e))?;
+            let Some(interface) =
+                entry.file_name().to_str().and_then(|n| n.strip_prefix(DECAP_LINK_PREFIX)).map(|n| n.replace(':', "."))
+            else {
+                continue; // another program's link
+            };
+            let ifindex = nix::net::if_::if_nametoindex(interface.as_str()).ok();
+            let info = crate::sys::obj_get(&entry.path()).and_then(|fd| crate::sys::link_info(fd.as_fd()));
+            let attached = matches!((info, ifindex), (Ok(i), Some(ifindex))
+                if i.link_type == crate::sys::BPF_LINK_TYPE_TCX && i.xdp_ifindex == ifindex);
+            out.push(DecapLink { interface, attached });
+        }
+        out.sort_by(|a, b| a.interface.cmp(&b.interface));
+        Ok(out)
+    }
+
+    /// Removes everything `tc_decap` pinned for `node`: detaches every link, then removes the
+    /// maps (allowed addresses, counters) and the directories. Nothing pinned is fine.
+    pub fn remove_at(bpffs_root: &Path, node: &str) -> Result<(), EbpfError> {
+        let pin_dir = node_pin_dir(bpffs_root, node)?;
+        let links = pin_dir.join("links");
+        if let Ok(entries) = std::fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_str().is_some_and(|n| n.starts_with(DECAP_LINK_PREFIX)) {
+                    crate::loader::remove_link_pin(&entry.path())?;
+                }
+            }
+        }
+        for name in [DECAP_ADDRS, DECAP_EVENTS] {
+            let pin = pin_dir.join("maps").join(name);
+            match std::fs::remove_file(&pin) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(EbpfError::pin_path("removing pin", pin, e))
+                }
+                _ => {}
+            }
+        }
+        // The directories go only when empty: the daemon of a node of the same name keeps its
+        // own pins there.
+        for dir in [links, pin_dir.join("maps"), pin_dir.clone()] {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        Ok(())
     }
 
     /// Attaches to the ingress of `ifname` (tcx, in the caller's network namespace) and pins the

@@ -14,7 +14,7 @@ mod test_run;
 
 pub use error::EbpfError;
 pub use lb::{
-    BackendEntry, Decap, DecapEvents, L4Proto, LbCounters, LbDrops, LbEvents, LbMaps, LbMode, ServiceKey,
+    BackendEntry, Decap, DecapEvents, DecapLink, L4Proto, LbCounters, LbDrops, LbEvents, LbMaps, LbMode, ServiceKey,
     ServiceUpsert, MAX_TABLE_SIZE,
 };
 pub use loader::{

@@ -18,6 +18,7 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 pub(crate) const BPF_LINK_TYPE_XDP: u32 = 6;
+pub(crate) const BPF_LINK_TYPE_TCX: u32 = 11;
 
 /// Issues `bpf(cmd, attr, sizeof attr)`.
 ///
@@ -75,7 +76,8 @@ struct InfoByFdAttr {
 pub(crate) struct LinkInfo {
     pub link_type: u32,
     pub prog_id: u32,
-    /// For an XDP link, the interface it is attached to; 0 once that interface is gone.
+    /// For an XDP link (and a tcx link: the union's first member is the ifindex in both), the
+    /// interface it is attached to; 0 once that interface is gone.
     pub xdp_ifindex: u32,
 }
 

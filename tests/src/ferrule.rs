@@ -27,6 +27,17 @@ pub fn cli(args: &[&str]) -> Output {
     Command::new(ferrule_bin()).args(args).output().expect("running ferrule")
 }
 
+/// Runs `ferrule decap ARGS` (a DSR backend's tc_decap, no daemon) in `ns`, in this test's mount
+/// namespace so that its pins land in the host's bpffs and outlive the command (see
+/// [`Ferrule::start`]). The status is left to the caller.
+pub fn decap(ns: &NetNs, args: &[&str]) -> Result<Output> {
+    let mnt = format!("--mount=/proc/{}/ns/mnt", std::process::id());
+    let bin = ferrule_bin().display().to_string();
+    let mut all = vec![mnt.as_str(), "--", bin.as_str(), "decap"];
+    all.extend_from_slice(args);
+    ns.exec("nsenter", all)
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

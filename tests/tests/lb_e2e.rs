@@ -455,8 +455,9 @@ impl Drop for DecapPins {
     }
 }
 
-/// DSR mode: the backend has the VIP on its loopback, `tc_decap` strips the tunnel header, and
-/// the answer goes from the VIP straight to the client.
+/// DSR mode: the backend has the VIP on its loopback, `tc_decap` (installed with `ferrule decap
+/// attach`, no daemon on the backend) strips the tunnel header, and the answer goes from the VIP
+/// straight to the client.
 fn dsr_answers_from_the_backend(f: &'static Family, label: &str) {
     let dir = TestDir::new(label).unwrap();
     let lab = Lab::new(f).unwrap();
@@ -464,18 +465,19 @@ fn dsr_answers_from_the_backend(f: &'static Family, label: &str) {
     let bpffs = ferrule_tests::bpffs::ensure_host_bpffs().unwrap();
     let decap_node = format!("{label}be{}", std::process::id());
     let _pins = DecapPins(bpffs.join("ferrule").join(&decap_node));
-    let root = bpffs.to_path_buf();
-    let dn = decap_node.clone();
     let backend = Family::addr(f.backend);
     // DSR keeps the client's destination port: the backend serves the VIP's port.
     let backend_socket = SocketAddr::new(backend, 80);
-    in_netns(&lab.backend, move || {
-        let mut decap = ferrule_ebpf::Decap::open_at(&root, &dn)?;
-        decap.allow_address(backend)?;
-        decap.attach("up0")?;
-        Ok(())
-    })
-    .unwrap();
+    // The backend runs only `ferrule decap`, as a VM or legacy host would (no daemon there).
+    let decap = |args: &[&str]| ferrule_tests::ferrule::decap(&lab.backend, args).unwrap();
+    let refused = decap(&["attach", "--interface", "nosuch0", "--address", f.backend, "--name", &decap_node]);
+    let refusal = ferrule_tests::ferrule::text(&refused.stderr);
+    println!("decap attach to a missing interface: exit {:?}, {}", refused.status.code(), refusal.trim());
+    assert!(!refused.status.success() && refusal.contains("no such interface"), "{refusal}");
+    assert!(!bpffs.join("ferrule").join(&decap_node).exists(), "a refused attach pins nothing");
+    let attached = decap(&["attach", "--interface", "up0", "--address", f.backend, "--name", &decap_node]);
+    println!("decap attach: {}", ferrule_tests::ferrule::text(&attached.stdout).trim());
+    assert!(attached.status.success(), "{}", ferrule_tests::ferrule::text(&attached.stderr));
     let _backend = TcpServer::start(&lab.backend, &lab.vip().to_string(), |c, p| drop(serve(c, p))).unwrap();
 
     let name = format!("{label}{}", std::process::id());
@@ -502,13 +504,40 @@ fn dsr_answers_from_the_backend(f: &'static Family, label: &str) {
     const FR_DECAP_EV_DECAPSULATED: u64 = 0;
     let sent = ferrule.show(&["lb", "services"]).unwrap()[0]["backends"][0]["packets"].as_u64().unwrap_or(0);
     let pin = bpffs.join("ferrule").join(&decap_node).join("maps/fr_decap_events");
-    let decap = events(pin.to_str().unwrap()).unwrap();
-    let decapsulated = decap.iter().find(|(e, _)| *e == FR_DECAP_EV_DECAPSULATED).map_or(0, |(_, n)| *n);
+    let events = events(pin.to_str().unwrap()).unwrap();
+    let decapsulated = events.iter().find(|(e, _)| *e == FR_DECAP_EV_DECAPSULATED).map_or(0, |(_, n)| *n);
     println!(
-        "tc_decap: expected {sent} packets decapsulated (what the backend was sent), saw {decapsulated} ({decap:?})"
+        "tc_decap: expected {sent} packets decapsulated (what the backend was sent), saw {decapsulated} ({events:?})"
     );
-    assert_eq!(decapsulated, sent, "decap events {decap:?}");
+    assert_eq!(decapsulated, sent, "decap events {events:?}");
+
+    // `ferrule decap show` reads the same: the link on up0 attached, the backend's address, the
+    // count bpftool read.
+    let shown = decap(&["show", "--json", "--name", &decap_node]);
+    assert!(shown.status.success(), "{}", ferrule_tests::ferrule::text(&shown.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    println!("decap show --json: {shown}");
+    assert_eq!(shown["interfaces"], serde_json::json!([{ "interface": "up0", "attached": true }]));
+    assert_eq!(shown["addresses"], serde_json::json!([f.backend]));
+    assert_eq!(shown["events"]["decapsulated"], decapsulated);
     ferrule.stop().unwrap();
+
+    // Removing it all detaches the program (its tcx link is gone) and leaves no pin behind.
+    let link_pin = bpffs.join("ferrule").join(&decap_node).join("links/tc_decap:ingress:up0");
+    let link =
+        cmd::run(std::process::Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&link_pin)).unwrap();
+    let link: serde_json::Value = serde_json::from_str(&link).unwrap();
+    const BPF_LINK_TYPE_TCX: u64 = 11;
+    assert_eq!(link["type"], BPF_LINK_TYPE_TCX, "{link}");
+    let link_id = link["id"].as_u64().unwrap().to_string();
+    let removed = decap(&["detach", "--all", "--name", &decap_node]);
+    assert!(removed.status.success(), "{}", ferrule_tests::ferrule::text(&removed.stderr));
+    let after = cmd::output(std::process::Command::new("bpftool").args(["link", "show", "id", &link_id])).unwrap();
+    println!("after decap detach --all: bpftool link show id {link_id}: exit {:?}", after.status.code());
+    assert!(!after.status.success(), "link {link_id} still exists");
+    assert!(!bpffs.join("ferrule").join(&decap_node).exists(), "pins removed");
+    let gone = decap(&["show", "--name", &decap_node]);
+    assert!(!gone.status.success() && ferrule_tests::ferrule::text(&gone.stderr).contains("not installed"));
 }
 
 #[test]
