@@ -325,7 +325,7 @@ pub const LB_EVENTS: [LbEventKind; 11] = [
     LbEventKind {
         name: "malformed",
         count: |e| e.malformed,
-        meaning: "passed: truncated or inconsistent headers (IHL < 5, lengths beyond the frame, ICMP quote cut short)",
+        meaning: "passed: truncated or inconsistent headers (IHL < 5, lengths beyond the frame, IP version not the ethertype's, ICMP quote cut short)",
     },
     LbEventKind {
         name: "ext_hdr_limit",

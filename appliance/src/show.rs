@@ -790,7 +790,7 @@ mod tests {
             render_lb_events(&events_answer(events)),
             "\
 Event           Packets
-malformed             0  passed: truncated or inconsistent headers (IHL < 5, lengths beyond the frame, ICMP quote cut short)
+malformed             0  passed: truncated or inconsistent headers (IHL < 5, lengths beyond the frame, IP version not the ethertype's, ICMP quote cut short)
 ext_hdr_limit         0  passed: more IPv6 extension headers than the fast path walks
 frag_unknown          0  passed: a later fragment whose first fragment was not seen
 fib_pass        1234567  passed: no route or no neighbour (ARP/ND) entry for the next hop yet; the stack resolves it
@@ -818,7 +818,7 @@ Node-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)
             lines[1..],
             [
                 "malformed             7  passed: truncated or inconsistent headers (IHL < 5, lengths beyond the frame, \
-                 ICMP quote cut short)",
+                 IP version not the ethertype's, ICMP quote cut short)",
                 "ext_hdr_limit         0  passed: more IPv6 extension headers than the fast path walks",
                 "frag_unknown          0  passed: a later fragment whose first fragment was not seen",
                 "fib_pass              0  passed: no route or no neighbour (ARP/ND) entry for the next hop yet; the stack \
