@@ -54,7 +54,8 @@ fn sh(args: &[&str]) {
 }
 
 fn setup_netns() {
-    let _absent_is_fine = Command::new("ip").args(["netns", "del", NS]).status();
+    // A namespace left by an interrupted run goes first (absent is fine: its error is not shown).
+    let _absent_is_fine = Command::new("ip").args(["netns", "del", NS]).stderr(std::process::Stdio::null()).status();
     sh(&["ip", "netns", "add", NS]);
     let ip = |rest: &[&str]| sh(&[&["ip", "-n", NS], rest].concat());
     ip(&["link", "add", DEV, "type", "veth", "peer", "name", "frlbench1"]);
