@@ -26,6 +26,8 @@ pub struct ModelDiff {
     pub services_removed: Vec<Service>,
     /// New value of services whose name is in both models but whose definition differs.
     pub services_changed: Vec<Service>,
+    /// `[decap]` (this node as a DSR backend) differs.
+    pub decap_changed: bool,
 }
 
 impl ModelDiff {
@@ -59,6 +61,7 @@ pub fn diff(old: &Model, new: &Model) -> ModelDiff {
         services_added,
         services_removed,
         services_changed,
+        decap_changed: old.decap != new.decap,
     }
 }
 
@@ -103,6 +106,7 @@ mod tests {
                 announce: vec![Announce::new("2001:db8:100::/64".parse().unwrap())],
             },
             services: vec![service("web", 80), service("dns", 53)],
+            decap: Default::default(),
         }
     }
 

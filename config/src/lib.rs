@@ -17,8 +17,8 @@ pub use bgp_types::{Community, LargeCommunity, PrefixFilter};
 pub use diff::{diff, ModelDiff};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use model::{
-    Announce, AnnounceWhen, Backend, Bfd, Bgp, GracefulRestart, HealthCheck, HealthKind, ImportAction, ImportRule,
-    Listen, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Password, Peer, PeerOptions, Protocol, Service,
+    Announce, AnnounceWhen, Backend, Bfd, Bgp, Decap, GracefulRestart, HealthCheck, HealthKind, ImportAction,
+    ImportRule, Listen, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Password, Peer, PeerOptions, Protocol, Service,
 };
 pub use redact::redact_secrets;
 

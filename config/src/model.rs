@@ -18,6 +18,25 @@ pub struct Model {
     pub bgp: Bgp,
     #[serde(default)]
     pub services: Vec<Service>,
+    #[serde(default, skip_serializing_if = "Decap::is_empty")]
+    pub decap: Decap,
+}
+
+/// `[decap]`: this node as a backend of DSR services. `tc_decap` runs on the ingress of
+/// `interfaces` and strips the load balancer's tunnel header from packets addressed to one of
+/// `addresses` (the backend's addresses in those services). Empty: not a DSR backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decap {
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+}
+
+impl Decap {
+    pub fn is_empty(&self) -> bool {
+        self.interfaces.is_empty() && self.addresses.is_empty()
+    }
 }
 
 /// Identity of this node in the fabric.

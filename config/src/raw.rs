@@ -13,6 +13,17 @@ pub(crate) struct RawModel {
     pub bgp: RawBgp,
     #[serde(default)]
     pub services: Vec<RawService>,
+    pub decap: Option<RawDecap>,
+}
+
+/// `[decap]`: this node as a DSR backend.
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a table")]
+pub(crate) struct RawDecap {
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,7 +167,8 @@ pub(crate) struct RawBackend {
 /// without array indices (`services.backends`). Must list the fields of the structs above.
 pub(crate) fn known_keys(table: &[&str]) -> &'static [&'static str] {
     match table {
-        [] => &["node", "bgp", "services"],
+        [] => &["node", "bgp", "services", "decap"],
+        ["decap"] => &["interfaces", "addresses"],
         ["node"] => &["name", "asn", "router_id", "uplinks"],
         ["bgp"] => &["listen_port", "install_routes", "peers", "listen", "announce"],
         ["bgp", "peers"] => &[

@@ -982,3 +982,81 @@ fn fabric_example_parses_with_unnumbered_peers_bfd_gr_md5_and_a_listen_range() {
     assert!(model.bgp.peers[1].options.password.is_some());
     assert_eq!(model.bgp.listen.len(), 1);
 }
+
+// ---- [decap]: this node as a DSR backend --------------------------------------------------------
+
+#[test]
+fn decap_section_is_optional_and_parsed_when_present() {
+    assert!(ok(NODE).decap.is_empty());
+    let text = format!("{NODE}\n[decap]\ninterfaces = [\"eth0\", \"bond0.100\"]\naddresses = [\"198.51.100.2\", \"2001:db8:300::21\"]\n");
+    let model = ok(&text);
+    assert_eq!(model.decap.interfaces, vec!["eth0", "bond0.100"]);
+    assert_eq!(
+        model.decap.addresses,
+        vec!["198.51.100.2".parse::<std::net::IpAddr>().unwrap(), "2001:db8:300::21".parse().unwrap()]
+    );
+    let before = ok(NODE);
+    assert!(diff(&before, &model).decap_changed);
+    assert!(!diff(&model, &model).decap_changed);
+}
+
+#[test]
+fn decap_rejects_bad_interfaces_and_addresses_at_their_place() {
+    for (body, path, needle, nth, message) in [
+        (
+            "interfaces = [\"eth0\", \"eth0\"]\naddresses = [\"198.51.100.2\"]",
+            "decap.interfaces[1]",
+            "\"eth0\"",
+            1,
+            "listed twice",
+        ),
+        (
+            "interfaces = [\"eth0:1\"]\naddresses = [\"198.51.100.2\"]",
+            "decap.interfaces[0]",
+            "\"eth0:1\"",
+            0,
+            "interface",
+        ),
+        (
+            "interfaces = [\"eth0\"]\naddresses = [\"127.0.0.1\"]",
+            "decap.addresses[0]",
+            "\"127.0.0.1\"",
+            0,
+            "not a unicast address",
+        ),
+        (
+            "interfaces = [\"eth0\"]\naddresses = [\"ff02::1\"]",
+            "decap.addresses[0]",
+            "\"ff02::1\"",
+            0,
+            "not a unicast address",
+        ),
+        (
+            "interfaces = [\"eth0\"]\naddresses = [\"198.51.100.0/24\"]",
+            "decap.addresses[0]",
+            "\"198.51.100.0/24\"",
+            0,
+            "is a prefix",
+        ),
+        (
+            "interfaces = [\"eth0\"]\naddresses = [\"2001:db8::1\", \"2001:db8:0::1\"]",
+            "decap.addresses[1]",
+            "\"2001:db8:0::1\"",
+            0,
+            "listed twice",
+        ),
+    ] {
+        let text = format!("{NODE}\n[decap]\n{body}\n");
+        let e = one_error(&text);
+        assert_error(&e, path, at(&text, needle, nth), message);
+    }
+    let text = format!("{NODE}\n[decap]\ninterfaces = [\"eth0\"]\n");
+    let e = one_error(&text);
+    assert_eq!(e.path, "decap", "{e}");
+    assert!(e.message.contains("no `addresses`"), "{e}");
+    let text = format!("{NODE}\n[decap]\naddresses = [\"198.51.100.2\"]\n");
+    assert!(one_error(&text).message.contains("no `interfaces`"));
+    let text = format!("{NODE}\n[decap]\ninterface = [\"eth0\"]\naddresses = [\"198.51.100.2\"]\n");
+    let errs = errors(&text);
+    assert!(errs.iter().any(|e| e.path == "decap.interface" && e.message.contains("interfaces")), "{errs:?}");
+}

@@ -10,14 +10,15 @@ use ipnet::IpNet;
 use crate::bgp_types::{Community, LargeCommunity, PrefixFilter};
 use crate::error::ConfigError;
 use crate::locate::{FieldPath, Locator};
+use crate::model::Decap;
 use crate::model::{
     default_bgp_port, default_hold_time, default_listen_limit, default_maglev_table_size, default_max_prefix_action,
     Announce, AnnounceWhen, Backend, Bfd, Bgp, GracefulRestart, HealthCheck, HealthKind, ImportAction, ImportRule,
     Listen, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Password, Peer, PeerOptions, Protocol, Service,
 };
 use crate::raw::{
-    known_keys, RawAnnounce, RawBackend, RawBfd, RawBgp, RawGracefulRestart, RawHealth, RawImportRule, RawListen,
-    RawMaxPrefix, RawModel, RawNode, RawPeer, RawService,
+    known_keys, RawAnnounce, RawBackend, RawBfd, RawBgp, RawDecap, RawGracefulRestart, RawHealth, RawImportRule,
+    RawListen, RawMaxPrefix, RawModel, RawNode, RawPeer, RawService,
 };
 
 const PRIVATE_ASN_HINT: &str = "use a private ASN such as 64512-65534 or 4200000000-4294967294";
@@ -88,7 +89,65 @@ impl<'a> Validator<'a> {
         let node = self.node(&root.key("node"), raw.node);
         let bgp = self.bgp(&root.key("bgp"), raw.bgp);
         let services = self.services(&root.key("services"), raw.services);
-        Some(Model { node: node?, bgp: bgp?, services: services? })
+        let decap = match raw.decap {
+            Some(d) => self.decap(&root.key("decap"), d),
+            None => Some(Decap::default()),
+        };
+        Some(Model { node: node?, bgp: bgp?, services: services?, decap: decap? })
+    }
+
+    /// `[decap]`: interfaces and addresses, each listed once; both or neither.
+    fn decap(&mut self, path: &FieldPath, raw: RawDecap) -> Option<Decap> {
+        let mut ok = true;
+        let mut seen: HashMap<&str, FieldPath> = HashMap::new();
+        for (i, name) in raw.interfaces.iter().enumerate() {
+            let p = path.key("interfaces").index(i);
+            if let Err(message) = check_ifname("interface", name) {
+                self.error(&p, message);
+                ok = false;
+            } else if let Some(first) = seen.get(name.as_str()) {
+                let message =
+                    format!("interface `{name}` is listed twice (first at {}); remove one", self.loc.describe(first));
+                self.error(&p, message);
+                ok = false;
+            } else {
+                seen.insert(name, p);
+            }
+        }
+        let mut addresses = Vec::new();
+        let mut seen: HashMap<IpAddr, FieldPath> = HashMap::new();
+        for (i, text) in raw.addresses.iter().enumerate() {
+            let p = path.key("addresses").index(i);
+            match check_decap_address(text) {
+                Err(message) => {
+                    self.error(&p, message);
+                    ok = false;
+                }
+                Ok(ip) => {
+                    if let Some(first) = seen.get(&ip) {
+                        let message =
+                            format!("address {ip} is listed twice (first at {}); remove one", self.loc.describe(first));
+                        self.error(&p, message);
+                        ok = false;
+                    } else {
+                        seen.insert(ip, p);
+                        addresses.push(ip);
+                    }
+                }
+            }
+        }
+        if raw.interfaces.is_empty() != raw.addresses.is_empty() {
+            let message = if raw.interfaces.is_empty() {
+                "[decap] has addresses but no `interfaces`; list the interfaces the tunnels arrive on, e.g. \
+                 `interfaces = [\"eth0\"]`"
+            } else {
+                "[decap] has interfaces but no `addresses`; list this backend's addresses in the DSR services, \
+                 e.g. `addresses = [\"2001:db8:300::21\"]`"
+            };
+            self.error(path, message.to_owned());
+            ok = false;
+        }
+        ok.then_some(Decap { interfaces: raw.interfaces, addresses })
     }
 
     fn node(&mut self, path: &FieldPath, raw: Option<RawNode>) -> Option<Node> {
@@ -897,6 +956,17 @@ fn check_backend_address(s: &str) -> Result<IpAddr, String> {
     let ip = parse_ip(s)?;
     if ip.is_unspecified() || ip.is_multicast() {
         return Err(format!("backend address {ip} is not a unicast address; use the address the backend listens on"));
+    }
+    Ok(ip)
+}
+
+fn check_decap_address(s: &str) -> Result<IpAddr, String> {
+    let ip = parse_ip(s)?;
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        return Err(format!(
+            "decap address {ip} is not a unicast address of this host's interfaces; use the address the load \
+             balancer's tunnels are sent to (the backend's address in the service)"
+        ));
     }
     Ok(ip)
 }
