@@ -97,6 +97,12 @@ pub struct DatapathStatus {
     /// Why the speaker refused the running `[bgp]` section, if it did.
     #[serde(default)]
     pub bgp_error: Option<String>,
+    /// `tc_decap` as `[decap]` asks (this node as a DSR backend); absent without `[decap]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decap: Option<crate::datapath::DecapStatus>,
+    /// Why `tc_decap` could not be set up, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decap_error: Option<String>,
 }
 
 async fn status(State(state): State<AppState>) -> Json<Status> {
@@ -126,6 +132,8 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
             uplinks: observed.uplinks,
             bgp_generation: observed.bgp_generation,
             bgp_error: observed.bgp_error,
+            decap: observed.decap,
+            decap_error: observed.decap_error,
         },
     })
 }

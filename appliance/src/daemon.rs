@@ -71,10 +71,9 @@ async fn run(args: DaemonArgs) -> Result<()> {
     let node = initial.model.node.name.clone();
     let pin_dir = ferrule_ebpf::node_pin_dir(&args.bpffs, &node)?;
     let bpffs = args.bpffs.clone();
-    let datapath = DatapathHandle::spawn(pin_dir.clone(), move || {
-        ferrule_ebpf::Datapath::open_at(&bpffs, &node).map_err(anyhow::Error::from)
-    })
-    .context("loading the eBPF datapath (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")?;
+    let datapath =
+        DatapathHandle::spawn(pin_dir.clone(), move || crate::datapath::NodeDatapath::open_at(&bpffs, &node))
+            .context("loading the eBPF datapath (needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")?;
     info!(pin_dir = %pin_dir.display(), "datapath loaded; pinned state re-used where present");
 
     let models = ModelStore::new(Arc::new(initial), store, metrics.clone());

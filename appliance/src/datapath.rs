@@ -1,16 +1,18 @@
 //! The datapath task: one thread owns the loaded eBPF objects (aya handles are not shared), and the
 //! rest of the daemon talks to it over a channel. The [`Datapath`] trait has the real implementation
-//! (`ferrule_ebpf::Datapath`) and an in-memory one for tests of everything above it.
+//! ([`NodeDatapath`]: `ferrule_ebpf::Datapath` plus `tc_decap`) and an in-memory one for tests of
+//! everything above it.
 
 use std::path::PathBuf;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use ferrule_config::{Mode, Protocol};
 use ferrule_ebpf::{InterfaceStats, LbCounters, LbEvents, UplinkStatus};
 use ferrule_xdp_lb::{BackendEntry, LbOp, LbState, ServiceEntry, ServiceKey};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 /// What the daemon needs from a datapath: uplinks, their counters, and the load balancer's maps.
@@ -28,6 +30,50 @@ pub trait Datapath {
     fn lb_counters(&mut self, services: &[u32], backends: &[u32]) -> Result<(Vec<LbCounters>, Vec<LbCounters>)>;
     /// The load balancer's node-wide events (`enum fr_lb_event`), summed over CPUs.
     fn lb_events(&self) -> Result<LbEvents>;
+    /// Makes `tc_decap` (this node as a DSR backend) run on exactly `want.interfaces` and strip
+    /// tunnels to exactly `want.addresses`; an empty `want` removes it. Idempotent.
+    fn set_decap(&mut self, want: &ferrule_config::Decap) -> Result<DecapStatus>;
+}
+
+/// `[decap]` as the datapath has it: per configured interface whether `tc_decap` is attached
+/// (and why not), and the addresses whose tunnels it strips.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecapStatus {
+    pub interfaces: Vec<DecapInterface>,
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecapInterface {
+    pub name: String,
+    pub attached: bool,
+    pub error: Option<String>,
+}
+
+impl DecapStatus {
+    pub fn all_attached(&self) -> bool {
+        self.interfaces.iter().all(|i| i.attached)
+    }
+}
+
+/// The node's datapath: the XDP load balancer on the uplinks, and `tc_decap` when `[decap]` asks
+/// for it (loaded on first use; its maps and links are pinned in the same node directory).
+pub struct NodeDatapath {
+    pub xdp: ferrule_ebpf::Datapath,
+    bpffs: PathBuf,
+    node: String,
+    decap: Option<ferrule_ebpf::Decap>,
+}
+
+impl NodeDatapath {
+    pub fn open_at(bpffs: &std::path::Path, node: &str) -> Result<NodeDatapath> {
+        Ok(NodeDatapath {
+            xdp: ferrule_ebpf::Datapath::open_at(bpffs, node)?,
+            bpffs: bpffs.to_owned(),
+            node: node.to_owned(),
+            decap: None,
+        })
+    }
 }
 
 fn ebpf_key(key: &ServiceKey) -> ferrule_ebpf::ServiceKey {
@@ -45,17 +91,17 @@ fn ebpf_mode(mode: Mode) -> ferrule_ebpf::LbMode {
     }
 }
 
-impl Datapath for ferrule_ebpf::Datapath {
+impl Datapath for NodeDatapath {
     fn set_uplinks(&mut self, uplinks: &[String]) -> Vec<UplinkStatus> {
-        ferrule_ebpf::Datapath::set_uplinks(self, uplinks)
+        self.xdp.set_uplinks(uplinks)
     }
 
     fn interface_stats(&self) -> Result<Vec<InterfaceStats>> {
-        Ok(ferrule_ebpf::Datapath::interface_stats(self)?)
+        Ok(self.xdp.interface_stats()?)
     }
 
     fn lb_state(&mut self) -> Result<LbState> {
-        let lb = self.lb();
+        let lb = self.xdp.lb();
         let mut state = LbState::default();
         for (id, b) in lb.backends()? {
             state.backends.insert(id, BackendEntry { address: b.address, port: b.port });
@@ -78,7 +124,7 @@ impl Datapath for ferrule_ebpf::Datapath {
     }
 
     fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()> {
-        let mut lb = self.lb();
+        let mut lb = self.xdp.lb();
         // Consecutive service upserts (the plan puts them together) go in as one batch, and so do
         // consecutive removals: a map of maps update waits ~16 ms in the kernel, once per batch
         // instead of once per service. A pending batch is written before any other op, so the
@@ -125,18 +171,67 @@ impl Datapath for ferrule_ebpf::Datapath {
     }
 
     fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<()> {
-        Ok(self.lb().set_node_addresses(v4, v6)?)
+        Ok(self.xdp.lb().set_node_addresses(v4, v6)?)
     }
 
     fn lb_counters(&mut self, services: &[u32], backends: &[u32]) -> Result<(Vec<LbCounters>, Vec<LbCounters>)> {
-        let lb = self.lb();
+        let lb = self.xdp.lb();
         let s = services.iter().map(|id| lb.service_counters(*id)).collect::<Result<_, _>>()?;
         let b = backends.iter().map(|id| lb.backend_counters(*id)).collect::<Result<_, _>>()?;
         Ok((s, b))
     }
 
     fn lb_events(&self) -> Result<LbEvents> {
-        Ok(ferrule_ebpf::Datapath::lb_events(self)?)
+        Ok(self.xdp.lb_events()?)
+    }
+
+    fn set_decap(&mut self, want: &ferrule_config::Decap) -> Result<DecapStatus> {
+        if want.is_empty() {
+            // Also after a restart with `[decap]` gone from the config: what a previous run
+            // pinned is removed (nothing pinned is fine).
+            self.decap = None;
+            ferrule_ebpf::Decap::remove_at(&self.bpffs, &self.node)?;
+            return Ok(DecapStatus::default());
+        }
+        // A new process attaches its own program on every interface: the link pinned by the
+        // previous run is replaced without a gap (tcx runs both for a moment; the second finds no
+        // tunnel left to strip).
+        let fresh = self.decap.is_none();
+        if fresh {
+            self.decap = Some(ferrule_ebpf::Decap::open_at(&self.bpffs, &self.node)?);
+        }
+        let decap = self.decap.as_mut().expect("opened above");
+        let have = decap.allowed_addresses()?;
+        for addr in want.addresses.iter().filter(|a| !have.contains(a)) {
+            decap.allow_address(*addr)?;
+        }
+        for addr in have.iter().filter(|a| !want.addresses.contains(a)) {
+            decap.disallow_address(*addr)?;
+        }
+        let links = decap.links()?;
+        for link in links.iter().filter(|l| !want.interfaces.contains(&l.interface)) {
+            decap.detach(&link.interface)?;
+        }
+        let mut errors = std::collections::HashMap::new();
+        for name in &want.interfaces {
+            let attached = links.iter().any(|l| &l.interface == name && l.attached);
+            if fresh || !attached {
+                if let Err(err) = decap.attach(name) {
+                    errors.insert(name.clone(), anyhow::Error::from(err).to_string());
+                }
+            }
+        }
+        let links = decap.links()?;
+        let interfaces = want
+            .interfaces
+            .iter()
+            .map(|name| {
+                let attached = links.iter().any(|l| &l.interface == name && l.attached);
+                let error = errors.remove(name).or_else(|| (!attached).then(|| "not attached".to_owned()));
+                DecapInterface { name: name.clone(), attached, error }
+            })
+            .collect();
+        Ok(DecapStatus { interfaces, addresses: decap.allowed_addresses()? })
     }
 }
 
@@ -150,6 +245,7 @@ enum Command {
     NodeAddresses(Option<Ipv4Addr>, Option<Ipv6Addr>, Reply<()>),
     LbCounters(Vec<u32>, Vec<u32>, Reply<(Vec<LbCounters>, Vec<LbCounters>)>),
     LbEvents(Reply<LbEvents>),
+    SetDecap(ferrule_config::Decap, Reply<DecapStatus>),
 }
 
 /// A cheap, cloneable handle to the datapath thread.
@@ -206,6 +302,9 @@ impl DatapathHandle {
                         Command::LbEvents(reply) => {
                             let _ = reply.send(datapath.lb_events());
                         }
+                        Command::SetDecap(want, reply) => {
+                            let _ = reply.send(datapath.set_decap(&want));
+                        }
                     }
                 }
             })
@@ -259,6 +358,10 @@ impl DatapathHandle {
     pub async fn lb_events(&self) -> Result<LbEvents> {
         self.ask(Command::LbEvents).await
     }
+
+    pub async fn set_decap(&self, want: ferrule_config::Decap) -> Result<DecapStatus> {
+        self.ask(|reply| Command::SetDecap(want, reply)).await
+    }
 }
 
 fn gone() -> anyhow::Error {
@@ -276,6 +379,7 @@ pub struct InMemoryDatapath {
     /// The load balancer's maps, with the consistency checks of `LbState::apply`.
     lb: LbState,
     pub events: Option<LbEvents>,
+    pub decap_calls: u32,
 }
 
 #[cfg(test)]
@@ -287,6 +391,7 @@ impl InMemoryDatapath {
             reads: std::cell::Cell::new(0),
             lb: LbState::default(),
             events: Some(LbEvents::default()),
+            decap_calls: 0,
         }
     }
 }
@@ -345,5 +450,20 @@ impl Datapath for InMemoryDatapath {
 
     fn lb_events(&self) -> Result<LbEvents> {
         self.events.ok_or_else(|| anyhow!("the embedded object xdp_lb.bpf.o has no map `fr_lb_events`"))
+    }
+
+    /// Interfaces in `existing` attach, others report an error; `decap_calls` counts the calls.
+    fn set_decap(&mut self, want: &ferrule_config::Decap) -> Result<DecapStatus> {
+        self.decap_calls += 1;
+        let interfaces = want
+            .interfaces
+            .iter()
+            .map(|name| {
+                let attached = self.existing.contains(name);
+                let error = (!attached).then(|| format!("no interface named {name}"));
+                DecapInterface { name: name.clone(), attached, error }
+            })
+            .collect();
+        Ok(DecapStatus { interfaces, addresses: want.addresses.clone() })
     }
 }

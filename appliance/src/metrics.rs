@@ -526,6 +526,9 @@ mod tests {
         fn lb_events(&self) -> anyhow::Result<LbEvents> {
             self.0.lb_events()
         }
+        fn set_decap(&mut self, want: &ferrule_config::Decap) -> anyhow::Result<crate::datapath::DecapStatus> {
+            self.0.set_decap(want)
+        }
     }
 
     const LB_CONFIG: &str = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n\

@@ -44,6 +44,13 @@ pub struct Observed {
     pub lb_error: Option<String>,
     /// Why the speaker refused the last `[bgp]` section (e.g. the listen port is taken).
     pub bgp_error: Option<String>,
+    /// The `[decap]` section the datapath was last given, and what it made of it; `None` until
+    /// the first pass of this process (which also removes what a previous run left, if unwanted).
+    #[serde(skip)]
+    pub decap_applied: Option<ferrule_config::Decap>,
+    pub decap: Option<crate::datapath::DecapStatus>,
+    /// Why `tc_decap` could not be set up as `[decap]` asks, if it could not.
+    pub decap_error: Option<String>,
     #[serde(skip)]
     pub last_pass: Option<SystemTime>,
 }
@@ -60,6 +67,8 @@ pub enum Op {
     ApplyLb(Vec<LbOp>),
     /// Set the node's addresses used as outer source by DSR and NAT.
     SetNodeAddresses(Option<Ipv4Addr>, Option<Ipv6Addr>),
+    /// Make `tc_decap` match `[decap]` (this node as a DSR backend); empty removes it.
+    SetDecap(ferrule_config::Decap),
 }
 
 /// Everything the daemon should be doing right now: the model, and what it derives from
@@ -102,6 +111,13 @@ pub fn plan(desired: &Desired<'_>, observed: &Observed) -> Vec<Op> {
     }
     if observed.node_addresses != Some(desired.node_addresses) {
         ops.push(Op::SetNodeAddresses(desired.node_addresses.0, desired.node_addresses.1));
+    }
+    // Interfaces that failed to attach are retried every pass, as uplinks are.
+    let decap = &desired.accepted.model.decap;
+    let decap_in_place = observed.decap_applied.as_ref() == Some(decap)
+        && observed.decap.as_ref().is_none_or(crate::datapath::DecapStatus::all_attached);
+    if !decap_in_place {
+        ops.push(Op::SetDecap(decap.clone()));
     }
     match &observed.lb {
         None => ops.push(Op::AdoptLb),
@@ -288,6 +304,28 @@ async fn pass(
                     }
                 }
             }
+            Op::SetDecap(want) => match datapath.set_decap(want.clone()).await {
+                Ok(status) => {
+                    for i in status.interfaces.iter().filter(|i| !i.attached) {
+                        failed = true;
+                        warn!(interface = %i.name, error = i.error.as_deref().unwrap_or("not attached"),
+                            "tc_decap not attached; retrying every {}s", RESYNC_INTERVAL.as_secs());
+                    }
+                    if observed.decap.as_ref() != Some(&status) && !want.is_empty() {
+                        info!(interfaces = ?status.interfaces.iter().map(|i| (&i.name, i.attached)).collect::<Vec<_>>(),
+                            addresses = ?status.addresses, "tc_decap set");
+                    }
+                    observed.decap = (!want.is_empty()).then_some(status);
+                    observed.decap_applied = Some(want);
+                    observed.decap_error = None;
+                }
+                Err(err) => {
+                    failed = true;
+                    warn!(error = %format!("{err:#}"), "tc_decap not set up; retrying every {}s", RESYNC_INTERVAL.as_secs());
+                    observed.decap_error = Some(format!("{err:#}"));
+                    observed.decap_applied = None;
+                }
+            },
             Op::SetNodeAddresses(v4, v6) => match datapath.set_node_addresses(v4, v6).await {
                 Ok(()) => observed.node_addresses = Some((v4, v6)),
                 Err(err) => {
@@ -361,6 +399,9 @@ mod tests {
             node_addresses: Some((None, None)),
             lb_error: None,
             bgp_error: None,
+            decap_applied: Some(accepted.model.decap.clone()),
+            decap: None,
+            decap_error: None,
             last_pass: None,
         }
     }
@@ -374,9 +415,53 @@ mod tests {
                 Op::SetUplinks(vec!["eth0".into()]),
                 Op::ConfigureBgp(Box::new(speaker_of(&a))),
                 Op::SetNodeAddresses(None, None),
+                // Without [decap]: removes what a previous run may have left.
+                Op::SetDecap(ferrule_config::Decap::default()),
                 Op::AdoptLb
             ]
         );
+    }
+
+    fn with_decap(generation: u64, interfaces: &[&str]) -> Accepted {
+        let a = accepted(&["eth0"], generation);
+        let mut model = a.model.clone();
+        model.decap = ferrule_config::Decap {
+            interfaces: interfaces.iter().map(|i| i.to_string()).collect(),
+            addresses: vec!["198.51.100.2".parse().unwrap()],
+        };
+        Accepted { model, ..a }
+    }
+
+    fn decap_status(want: &ferrule_config::Decap, down: &[&str]) -> crate::datapath::DecapStatus {
+        let interfaces = want
+            .interfaces
+            .iter()
+            .map(|name| crate::datapath::DecapInterface {
+                name: name.clone(),
+                attached: !down.contains(&name.as_str()),
+                error: down.contains(&name.as_str()).then(|| "no such interface".to_owned()),
+            })
+            .collect();
+        crate::datapath::DecapStatus { interfaces, addresses: want.addresses.clone() }
+    }
+
+    #[test]
+    fn decap_follows_the_config_and_is_retried_while_an_interface_is_down() {
+        let a = accepted(&["eth0"], 1);
+        let mut seen = observed_for(vec![attached("eth0")], &a);
+        let b = with_decap(2, &["eth0", "eth1"]);
+        assert_eq!(plan_for(&b, &seen), vec![Op::SetDecap(b.model.decap.clone())]);
+
+        seen.decap_applied = Some(b.model.decap.clone());
+        seen.decap = Some(decap_status(&b.model.decap, &[]));
+        assert!(plan_for(&b, &seen).is_empty(), "in place");
+
+        seen.decap = Some(decap_status(&b.model.decap, &["eth1"]));
+        assert_eq!(plan_for(&b, &seen), vec![Op::SetDecap(b.model.decap.clone())], "eth1 retried");
+
+        // [decap] removed: tc_decap goes.
+        seen.decap = Some(decap_status(&b.model.decap, &[]));
+        assert_eq!(plan_for(&a, &seen), vec![Op::SetDecap(ferrule_config::Decap::default())]);
     }
 
     #[test]
@@ -536,6 +621,15 @@ mod tests {
         assert_eq!(entry.table.len(), 65537);
         assert!(entry.table.iter().all(|id| lb.backends.contains_key(id)));
         assert_eq!(seen.announced_vips, ["203.0.113.10/32"]);
+
+        // [decap] reaches the datapath; an interface that is not there is reported, not fatal.
+        model_tx.send_replace(Arc::new(with_decap(4, &["eth0", "eth9"])));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(4)).await.unwrap().clone();
+        let decap = seen.decap.expect("decap status");
+        assert_eq!(decap.addresses, vec!["198.51.100.2".parse::<IpAddr>().unwrap()]);
+        let states: Vec<_> = decap.interfaces.iter().map(|i| (i.name.as_str(), i.attached)).collect();
+        assert_eq!(states, vec![("eth0", true), ("eth9", false)]);
+        assert!(decap.interfaces[1].error.as_deref().unwrap().contains("eth9"));
         task.abort();
     }
 }

@@ -439,20 +439,33 @@ pub fn render_status(s: &Status) -> String {
     let _ = writeln!(out, "Datapath pinned at {}, applied generation {applied}", s.datapath.pin_dir);
     if s.datapath.uplinks.is_empty() {
         let _ = writeln!(out, "No uplinks configured");
-        return out;
+    } else {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{:<16} {:>7}  {:<9} {:<8} Error", "Uplink", "Ifindex", "XDP", "Mode");
+        for u in &s.datapath.uplinks {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>7}  {:<9} {:<8} {}",
+                u.name,
+                u.ifindex.map_or("-".into(), |i| i.to_string()),
+                if u.attached { "attached" } else { "down" },
+                u.mode.as_deref().unwrap_or("-"),
+                u.error.as_deref().unwrap_or("")
+            );
+        }
     }
-    let _ = writeln!(out);
-    let _ = writeln!(out, "{:<16} {:>7}  {:<9} {:<8} Error", "Uplink", "Ifindex", "XDP", "Mode");
-    for u in &s.datapath.uplinks {
-        let _ = writeln!(
-            out,
-            "{:<16} {:>7}  {:<9} {:<8} {}",
-            u.name,
-            u.ifindex.map_or("-".into(), |i| i.to_string()),
-            if u.attached { "attached" } else { "down" },
-            u.mode.as_deref().unwrap_or("-"),
-            u.error.as_deref().unwrap_or("")
-        );
+    if let Some(error) = &s.datapath.decap_error {
+        let _ = writeln!(out, "\nDSR decapsulation (tc_decap) not set up: {error}");
+    }
+    if let Some(decap) = &s.datapath.decap {
+        let addresses: Vec<String> = decap.addresses.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "\nDSR decapsulation (tc_decap) of tunnels to {}", addresses.join(", "));
+        let _ = writeln!(out, "{:<16} {:<9} Error", "Interface", "tc_decap");
+        for i in &decap.interfaces {
+            let state = if i.attached { "attached" } else { "down" };
+            let line = format!("{:<16} {:<9} {}", i.name, state, i.error.as_deref().unwrap_or(""));
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
     }
     out
 }
@@ -513,8 +526,38 @@ mod tests {
                 ],
                 bgp_generation: Some(3),
                 bgp_error: None,
+                decap: None,
+                decap_error: None,
             },
         }
+    }
+
+    #[test]
+    fn status_table_shows_dsr_decapsulation_when_configured() {
+        let mut status = sample_status();
+        assert!(!render_status(&status).contains("tc_decap"));
+        status.datapath.decap = Some(crate::datapath::DecapStatus {
+            interfaces: vec![
+                crate::datapath::DecapInterface { name: "eth0".into(), attached: true, error: None },
+                crate::datapath::DecapInterface {
+                    name: "eth7".into(),
+                    attached: false,
+                    error: Some("interface \"eth7\": attaching tc_decap (tcx ingress): No such device".into()),
+                },
+            ],
+            addresses: vec!["198.51.100.2".parse().unwrap(), "2001:db8:300::21".parse().unwrap()],
+        });
+        let text = render_status(&status);
+        assert!(
+            text.ends_with(
+                "\nDSR decapsulation (tc_decap) of tunnels to 198.51.100.2, 2001:db8:300::21
+Interface        tc_decap  Error
+eth0             attached
+eth7             down      interface \"eth7\": attaching tc_decap (tcx ingress): No such device
+"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

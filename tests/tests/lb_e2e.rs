@@ -455,29 +455,71 @@ impl Drop for DecapPins {
     }
 }
 
-/// DSR mode: the backend has the VIP on its loopback, `tc_decap` (installed with `ferrule decap
-/// attach`, no daemon on the backend) strips the tunnel header, and the answer goes from the VIP
-/// straight to the client.
-fn dsr_answers_from_the_backend(f: &'static Family, label: &str) {
+/// How the DSR backend runs `tc_decap`.
+#[derive(Clone, Copy, PartialEq)]
+enum DecapBy {
+    /// `ferrule decap attach`, nothing else Ferrule on the backend (a VM or legacy host).
+    Cli,
+    /// A Ferrule daemon on the backend with `[decap]` in its config.
+    Daemon,
+}
+
+/// DSR mode: the backend has the VIP on its loopback, `tc_decap` (installed as `by` says) strips
+/// the tunnel header, and the answer goes from the VIP straight to the client.
+fn dsr_answers_from_the_backend(f: &'static Family, label: &str, by: DecapBy) {
     let dir = TestDir::new(label).unwrap();
     let lab = Lab::new(f).unwrap();
     lab.backend.run("ip", ["addr", "add", &format!("{}/{}", f.vip, f.host_len), "dev", "lo"]).unwrap();
     let bpffs = ferrule_tests::bpffs::ensure_host_bpffs().unwrap();
+    // The name tc_decap's pins live under: the CLI's --name, or the backend daemon's node name.
     let decap_node = format!("{label}be{}", std::process::id());
     let _pins = DecapPins(bpffs.join("ferrule").join(&decap_node));
     let backend = Family::addr(f.backend);
     // DSR keeps the client's destination port: the backend serves the VIP's port.
     let backend_socket = SocketAddr::new(backend, 80);
-    // The backend runs only `ferrule decap`, as a VM or legacy host would (no daemon there).
     let decap = |args: &[&str]| ferrule_tests::ferrule::decap(&lab.backend, args).unwrap();
-    let refused = decap(&["attach", "--interface", "nosuch0", "--address", f.backend, "--name", &decap_node]);
-    let refusal = ferrule_tests::ferrule::text(&refused.stderr);
-    println!("decap attach to a missing interface: exit {:?}, {}", refused.status.code(), refusal.trim());
-    assert!(!refused.status.success() && refusal.contains("no such interface"), "{refusal}");
-    assert!(!bpffs.join("ferrule").join(&decap_node).exists(), "a refused attach pins nothing");
-    let attached = decap(&["attach", "--interface", "up0", "--address", f.backend, "--name", &decap_node]);
-    println!("decap attach: {}", ferrule_tests::ferrule::text(&attached.stdout).trim());
-    assert!(attached.status.success(), "{}", ferrule_tests::ferrule::text(&attached.stderr));
+    let backend_config = |with_decap: bool| {
+        let decap = if with_decap {
+            format!("\n[decap]\ninterfaces = [\"up0\"]\naddresses = [\"{}\"]\n", f.backend)
+        } else {
+            String::new()
+        };
+        format!(
+            "[node]\nname = \"{decap_node}\"\nasn = 65102\nrouter_id = \"192.0.2.12\"\n\n[bgp]\nlisten_port = 0\n{decap}"
+        )
+    };
+    let mut backend_daemon = None;
+    match by {
+        DecapBy::Cli => {
+            let refused = decap(&["attach", "--interface", "nosuch0", "--address", f.backend, "--name", &decap_node]);
+            let refusal = ferrule_tests::ferrule::text(&refused.stderr);
+            println!("decap attach to a missing interface: exit {:?}, {}", refused.status.code(), refusal.trim());
+            assert!(!refused.status.success() && refusal.contains("no such interface"), "{refusal}");
+            assert!(!bpffs.join("ferrule").join(&decap_node).exists(), "a refused attach pins nothing");
+            let attached = decap(&["attach", "--interface", "up0", "--address", f.backend, "--name", &decap_node]);
+            println!("decap attach: {}", ferrule_tests::ferrule::text(&attached.stdout).trim());
+            assert!(attached.status.success(), "{}", ferrule_tests::ferrule::text(&attached.stderr));
+        }
+        DecapBy::Daemon => {
+            let mut daemon = Ferrule::new(&lab.backend, dir.path(), &decap_node, &backend_config(true)).unwrap();
+            daemon.start(&[]).unwrap();
+            let status = daemon.show(&["status"]).unwrap();
+            println!("backend daemon status: datapath.decap = {}", status["datapath"]["decap"]);
+            assert_eq!(
+                status["datapath"]["decap"],
+                serde_json::json!({ "interfaces": [{ "name": "up0", "attached": true, "error": null }],
+                                    "addresses": [f.backend] })
+            );
+            // A restarted daemon (an upgrade) attaches its own program in place of the link the
+            // previous process pinned; the tunnels keep being stripped (checked by the traffic
+            // below).
+            daemon.stop().unwrap();
+            daemon.start(&[]).unwrap();
+            let status = daemon.show(&["status"]).unwrap();
+            assert_eq!(status["datapath"]["decap"]["interfaces"][0]["attached"], true, "after a restart: {status}");
+            backend_daemon = Some(daemon);
+        }
+    }
     let _backend = TcpServer::start(&lab.backend, &lab.vip().to_string(), |c, p| drop(serve(c, p))).unwrap();
 
     let name = format!("{label}{}", std::process::id());
@@ -511,8 +553,8 @@ fn dsr_answers_from_the_backend(f: &'static Family, label: &str) {
     );
     assert_eq!(decapsulated, sent, "decap events {events:?}");
 
-    // `ferrule decap show` reads the same: the link on up0 attached, the backend's address, the
-    // count bpftool read.
+    // `ferrule decap show` reads the same (the daemon's decap too, under its node name): the link
+    // on up0 attached, the backend's address, the count bpftool read.
     let shown = decap(&["show", "--json", "--name", &decap_node]);
     assert!(shown.status.success(), "{}", ferrule_tests::ferrule::text(&shown.stderr));
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
@@ -522,7 +564,7 @@ fn dsr_answers_from_the_backend(f: &'static Family, label: &str) {
     assert_eq!(shown["events"]["decapsulated"], decapsulated);
     ferrule.stop().unwrap();
 
-    // Removing it all detaches the program (its tcx link is gone) and leaves no pin behind.
+    // Removing it detaches the program (its tcx link is gone) and leaves no pin of it behind.
     let link_pin = bpffs.join("ferrule").join(&decap_node).join("links/tc_decap:ingress:up0");
     let link =
         cmd::run(std::process::Command::new("bpftool").args(["-j", "link", "show", "pinned"]).arg(&link_pin)).unwrap();
@@ -530,12 +572,33 @@ fn dsr_answers_from_the_backend(f: &'static Family, label: &str) {
     const BPF_LINK_TYPE_TCX: u64 = 11;
     assert_eq!(link["type"], BPF_LINK_TYPE_TCX, "{link}");
     let link_id = link["id"].as_u64().unwrap().to_string();
-    let removed = decap(&["detach", "--all", "--name", &decap_node]);
-    assert!(removed.status.success(), "{}", ferrule_tests::ferrule::text(&removed.stderr));
+    match &backend_daemon {
+        None => {
+            let removed = decap(&["detach", "--all", "--name", &decap_node]);
+            assert!(removed.status.success(), "{}", ferrule_tests::ferrule::text(&removed.stderr));
+            assert!(!bpffs.join("ferrule").join(&decap_node).exists(), "pins removed");
+        }
+        Some(daemon) => {
+            // `[decap]` taken out of the running config.
+            let applied = daemon.apply(&backend_config(false)).unwrap();
+            assert!(applied.status.success(), "{}", ferrule_tests::ferrule::text(&applied.stderr));
+            cmd::poll_until(
+                "the backend daemon to drop tc_decap",
+                Duration::from_secs(10),
+                Duration::from_millis(50),
+                || Ok(daemon.show(&["status"])?["datapath"].get("decap").is_none()),
+            )
+            .unwrap();
+            assert!(!link_pin.exists() && !pin.exists(), "tc_decap's pins removed");
+            assert!(
+                bpffs.join("ferrule").join(&decap_node).join("maps/fr_lb_services").exists(),
+                "the daemon's own pins stay"
+            );
+        }
+    }
     let after = cmd::output(std::process::Command::new("bpftool").args(["link", "show", "id", &link_id])).unwrap();
-    println!("after decap detach --all: bpftool link show id {link_id}: exit {:?}", after.status.code());
+    println!("after removing tc_decap: bpftool link show id {link_id}: exit {:?}", after.status.code());
     assert!(!after.status.success(), "link {link_id} still exists");
-    assert!(!bpffs.join("ferrule").join(&decap_node).exists(), "pins removed");
     let gone = decap(&["show", "--name", &decap_node]);
     assert!(!gone.status.success() && ferrule_tests::ferrule::text(&gone.stderr).contains("not installed"));
 }
@@ -545,7 +608,7 @@ fn dsr_service_answers_the_client_directly_from_the_backend() {
     if !ferrule_tests::privileged() {
         return;
     }
-    dsr_answers_from_the_backend(&V4, "lbdsr");
+    dsr_answers_from_the_backend(&V4, "lbdsr", DecapBy::Cli);
 }
 
 #[test]
@@ -553,5 +616,5 @@ fn dsr_ip6ip6_service_answers_an_ipv6_client_directly_from_the_backend() {
     if !ferrule_tests::privileged() {
         return;
     }
-    dsr_answers_from_the_backend(&V6, "lbdsr6");
+    dsr_answers_from_the_backend(&V6, "lbdsr6", DecapBy::Daemon);
 }
