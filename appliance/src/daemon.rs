@@ -254,9 +254,16 @@ fn metrics_router(metrics: Metrics, state: api::AppState) -> axum::Router {
                     .await
                     .inspect_err(|err| warn!(error = %format!("{err:#}"), "reading load-balancer events for metrics"))
                     .ok();
+                let decap_events = state
+                    .datapath
+                    .decap_events()
+                    .await
+                    .inspect_err(|err| warn!(error = %format!("{err:#}"), "reading tc_decap's counters for metrics"))
+                    .ok()
+                    .flatten();
                 (
                     [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                    metrics.encode(stats, neighbors, lb, lb_events),
+                    metrics.encode(stats, neighbors, lb, lb_events, decap_events),
                 )
             }
         }),

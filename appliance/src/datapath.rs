@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use ferrule_config::{Mode, Protocol};
-use ferrule_ebpf::{InterfaceStats, LbCounters, LbEvents, UplinkStatus};
+use ferrule_ebpf::{DecapEvents, InterfaceStats, LbCounters, LbEvents, UplinkStatus};
 use ferrule_xdp_lb::{BackendEntry, LbOp, LbState, ServiceEntry, ServiceKey};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +33,8 @@ pub trait Datapath {
     /// Makes `tc_decap` (this node as a DSR backend) run on exactly `want.interfaces` and strip
     /// tunnels to exactly `want.addresses`; an empty `want` removes it. Idempotent.
     fn set_decap(&mut self, want: &ferrule_config::Decap) -> Result<DecapStatus>;
+    /// `tc_decap`'s counters, summed over CPUs; `None` while `[decap]` has not set it up.
+    fn decap_events(&self) -> Result<Option<DecapEvents>>;
 }
 
 /// `[decap]` as the datapath has it: per configured interface whether `tc_decap` is attached
@@ -185,6 +187,10 @@ impl Datapath for NodeDatapath {
         Ok(self.xdp.lb_events()?)
     }
 
+    fn decap_events(&self) -> Result<Option<DecapEvents>> {
+        Ok(self.decap.as_ref().map(ferrule_ebpf::Decap::events).transpose()?)
+    }
+
     fn set_decap(&mut self, want: &ferrule_config::Decap) -> Result<DecapStatus> {
         if want.is_empty() {
             // Also after a restart with `[decap]` gone from the config: what a previous run
@@ -246,6 +252,7 @@ enum Command {
     LbCounters(Vec<u32>, Vec<u32>, Reply<(Vec<LbCounters>, Vec<LbCounters>)>),
     LbEvents(Reply<LbEvents>),
     SetDecap(ferrule_config::Decap, Reply<DecapStatus>),
+    DecapEvents(Reply<Option<DecapEvents>>),
 }
 
 /// A cheap, cloneable handle to the datapath thread.
@@ -305,6 +312,9 @@ impl DatapathHandle {
                         Command::SetDecap(want, reply) => {
                             let _ = reply.send(datapath.set_decap(&want));
                         }
+                        Command::DecapEvents(reply) => {
+                            let _ = reply.send(datapath.decap_events());
+                        }
                     }
                 }
             })
@@ -362,6 +372,10 @@ impl DatapathHandle {
     pub async fn set_decap(&self, want: ferrule_config::Decap) -> Result<DecapStatus> {
         self.ask(|reply| Command::SetDecap(want, reply)).await
     }
+
+    pub async fn decap_events(&self) -> Result<Option<DecapEvents>> {
+        self.ask(Command::DecapEvents).await
+    }
 }
 
 fn gone() -> anyhow::Error {
@@ -380,6 +394,8 @@ pub struct InMemoryDatapath {
     lb: LbState,
     pub events: Option<LbEvents>,
     pub decap_calls: u32,
+    /// What `decap_events` answers.
+    pub decap_events: Option<DecapEvents>,
 }
 
 #[cfg(test)]
@@ -392,6 +408,7 @@ impl InMemoryDatapath {
             lb: LbState::default(),
             events: Some(LbEvents::default()),
             decap_calls: 0,
+            decap_events: None,
         }
     }
 }
@@ -465,5 +482,9 @@ impl Datapath for InMemoryDatapath {
             })
             .collect();
         Ok(DecapStatus { interfaces, addresses: want.addresses.clone() })
+    }
+
+    fn decap_events(&self) -> Result<Option<DecapEvents>> {
+        Ok(self.decap_events)
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use ferrule_bgp::driver::NeighborSummary;
-use ferrule_ebpf::{InterfaceStats, LbCounters, LbEvents};
+use ferrule_ebpf::{DecapEvents, InterfaceStats, LbCounters, LbEvents};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -85,19 +85,22 @@ impl Metrics {
     }
 
     /// Renders the OpenMetrics text, with the interface counters of `stats`, the BGP
-    /// neighbors' state and counters, the load balancer's services and backends, and its
-    /// node-wide events (`None` when the maps could not be read: no series rather than zeros).
+    /// neighbors' state and counters, the load balancer's services and backends, its node-wide
+    /// events (`None` when the maps could not be read: no series rather than zeros), and
+    /// `tc_decap`'s counters (`None` without `[decap]`).
     pub fn encode(
         &self,
         stats: Vec<InterfaceStats>,
         neighbors: Vec<NeighborSummary>,
         lb: Vec<LbServiceView>,
         lb_events: Option<LbEvents>,
+        decap_events: Option<DecapEvents>,
     ) -> String {
         *self.interfaces.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = stats;
         *self.bgp.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = neighbors;
         *self.lb.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = lb;
         *self.lb.events.lock().unwrap_or_else(|p| p.into_inner()) = lb_events;
+        *self.lb.decap.lock().unwrap_or_else(|p| p.into_inner()) = decap_events;
         let mut out = String::new();
         // Encoding into a String cannot fail but for a fmt::Error from our own collectors.
         if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -206,6 +209,8 @@ impl Collector for BgpCollector {
 struct LbCollector {
     snapshot: Mutex<Vec<LbServiceView>>,
     events: Mutex<Option<LbEvents>>,
+    /// The DSR backend side (`[decap]`), on the same node or another.
+    decap: Mutex<Option<DecapEvents>>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -375,6 +380,25 @@ impl Collector for LbCollector {
                 ConstCounter::new(n).encode(family.encode_family(&[("event", event)])?)?;
             }
         }
+        if let Some(d) = *self.decap.lock().unwrap_or_else(|p| p.into_inner()) {
+            let mut family = encoder.encode_descriptor(
+                "decap_packets",
+                "Tunnel packets tc_decap saw on this node as a DSR backend ([decap]), by event: decapsulated, \
+                 not_local (to an address not in [decap] addresses: left alone), malformed (an outer header the \
+                 stack drops: left alone), failed (the kernel refused to remove the header)",
+                None,
+                MetricType::Counter,
+            )?;
+            let counts = [
+                ("decapsulated", d.decapsulated),
+                ("not_local", d.not_local),
+                ("malformed", d.malformed),
+                ("failed", d.failed),
+            ];
+            for (event, n) in counts {
+                ConstCounter::new(n).encode(family.encode_family(&[("event", event)])?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -424,6 +448,7 @@ mod tests {
             vec![neighbor],
             vec![],
             None,
+            None,
         );
         let peer = "{peer=\"2001:db8:1::1\",peer_asn=\"65000\"}";
         for series in [
@@ -442,10 +467,28 @@ mod tests {
     }
 
     #[test]
+    fn encodes_decap_counters_only_when_decap_is_set_up() {
+        let events = DecapEvents { decapsulated: 7, not_local: 2, failed: 0, malformed: 1 };
+        let text = Metrics::new().encode(vec![], vec![], vec![], None, Some(events));
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("ferrule_decap_packets")).collect();
+        assert_eq!(
+            series,
+            [
+                "ferrule_decap_packets_total{event=\"decapsulated\"} 7",
+                "ferrule_decap_packets_total{event=\"not_local\"} 2",
+                "ferrule_decap_packets_total{event=\"malformed\"} 1",
+                "ferrule_decap_packets_total{event=\"failed\"} 0",
+            ]
+        );
+        let text = Metrics::new().encode(vec![], vec![], vec![], None, None);
+        assert!(!text.contains("decap"), "{text}");
+    }
+
+    #[test]
     fn encodes_one_lb_events_series_per_event_and_none_when_not_read() {
         // A zero is a series too.
         let events = LbEvents { vlan_redirect: 0, ..crate::api::tests::distinct_events() };
-        let text = Metrics::new().encode(vec![], vec![], vec![], Some(events));
+        let text = Metrics::new().encode(vec![], vec![], vec![], Some(events), None);
         let series: Vec<&str> = text.lines().filter(|l| l.contains("ferrule_lb_events")).collect();
         assert_eq!(
             series[..2],
@@ -476,7 +519,7 @@ mod tests {
         );
 
         // The maps could not be read: no family at all rather than made-up zeros.
-        let text = Metrics::new().encode(vec![], vec![], vec![], None);
+        let text = Metrics::new().encode(vec![], vec![], vec![], None, None);
         assert!(!text.contains("ferrule_lb_events"), "{text}");
     }
 
@@ -529,6 +572,9 @@ mod tests {
         fn set_decap(&mut self, want: &ferrule_config::Decap) -> anyhow::Result<crate::datapath::DecapStatus> {
             self.0.set_decap(want)
         }
+        fn decap_events(&self) -> anyhow::Result<Option<ferrule_ebpf::DecapEvents>> {
+            self.0.decap_events()
+        }
     }
 
     const LB_CONFIG: &str = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n\
@@ -561,7 +607,7 @@ mod tests {
             Observed { lb: Some(lb.clone()), announced_vips: vec!["203.0.113.10/32".into()], ..Default::default() };
         let now = tokio::time::Instant::now();
         let view = crate::api::lb_view_of(&model.services, &observed, &health, &datapath, None, now).await;
-        let text = Metrics::new().encode(vec![], vec![], view, None);
+        let text = Metrics::new().encode(vec![], vec![], view, None, None);
 
         let web_labels = "service=\"web\",vip=\"203.0.113.10\",port=\"80\",proto=\"tcp\"";
         let dns_labels = "service=\"dns\",vip=\"2001:db8:200::53\",port=\"53\",proto=\"udp\"";
@@ -607,7 +653,7 @@ mod tests {
 
         // Before the maps are read (no ids), the gauges are there but no counter is made up.
         let view = crate::api::lb_view_of(&model.services, &Observed::default(), &health, &datapath, None, now).await;
-        let text = Metrics::new().encode(vec![], vec![], view, None);
+        let text = Metrics::new().encode(vec![], vec![], view, None, None);
         assert_line(&text, &format!("ferrule_lb_vip_announced{{{web_labels}}} 0"));
         assert!(!text.contains("ferrule_lb_vip_packets_total{"), "{text}");
         assert!(!text.contains("ferrule_lb_backend_new_flows_total{"), "{text}");

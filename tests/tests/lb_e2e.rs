@@ -562,6 +562,13 @@ fn dsr_answers_from_the_backend(f: &'static Family, label: &str, by: DecapBy) {
     assert_eq!(shown["interfaces"], serde_json::json!([{ "interface": "up0", "attached": true }]));
     assert_eq!(shown["addresses"], serde_json::json!([f.backend]));
     assert_eq!(shown["events"]["decapsulated"], decapsulated);
+    if backend_daemon.is_some() {
+        // The backend daemon's metrics say the same.
+        let text = scrape(&lab.backend).unwrap();
+        let series = format!("ferrule_decap_packets_total{{event=\"decapsulated\"}} {decapsulated}");
+        println!("backend daemon metrics: expected {series:?}");
+        assert!(text.lines().any(|l| l == series), "{text}");
+    }
     ferrule.stop().unwrap();
 
     // Removing it detaches the program (its tcx link is gone) and leaves no pin of it behind.
