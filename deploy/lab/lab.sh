@@ -6,10 +6,11 @@
 #   up      build the topology, start the ToR daemons and one `ferrule daemon` per node, wait
 #           until each answers, then print `status`. Idempotent: a second `up` re-uses what runs.
 #   status  namespaces, links, daemons and backend servers alive, `ferrule show status` per node,
-#           the ToRs' BGP view, and one request from the client to the service VIP. Exits 1 when a
-#           daemon or server is dead, a node does not answer or the VIP request is not answered.
+#           the ToRs' BGP view, and one request from the client to each service VIP. Exits 1 when a
+#           daemon or server is dead, a node does not answer or a VIP request is not answered.
 #   down    stop the daemons this script started (by the PIDs it recorded), delete the
-#           namespaces, remove pinned bpffs state of node1/node2 and the run dir.
+#           namespaces, remove pinned bpffs state of node1/node2 (and be1/be2's tc_decap) and the
+#           run dir.
 #   deps    install the Debian packages the lab (and the integration tests) need.
 #
 # The ferrule binary is $FERRULE_BIN, else target/release/ferrule, else built with
@@ -25,7 +26,7 @@
 #                |              /      \              |
 #         fr-node1 (AS 65101)                fr-node2 (AS 65102)     each runs `ferrule daemon`
 #                |                                   |
-#             fr-be1                              fr-be2             backend hosts (a TCP server each)
+#             fr-be1                              fr-be2             backend hosts (two TCP servers each)
 #
 # An interface is named after the namespace it leads to: in fr-node1, `tor1` faces fr-tor1; in
 # fr-tor1, `node1` faces fr-node1; in fr-be1, `node1` faces fr-node1.
@@ -53,12 +54,18 @@
 #                     healthy; the ToRs send a default route
 #   203.0.113.0/24    IPv4 service VIPs and egress addresses (later)
 #
-# The service (both nodes): `web`, VIP 203.0.113.10:80/tcp in NAT mode, balanced (Maglev, the same
-# table on both nodes) to both backends' servers on 198.51.100.2:8080 and 198.51.100.6:8080, health
-# checked over TCP. Both ToRs learn the VIP from both nodes and spread flows over them (ECMP, L4
-# hash); the backend answers the node's own address on its backend link (the node's first uplink),
-# so the reply comes back through the node that translated the request. Each backend answers a
-# connection with one line, `beN answered for <address:port it saw>`, and closes it.
+# The services (both nodes), each balanced (Maglev, the same table on both nodes) to both backends
+# and health checked over TCP. Both ToRs learn each VIP from both nodes and spread flows over them
+# (ECMP, L4 hash). Each backend answers a connection with one line, `beN answered for <address:port
+# it saw>`, and closes it.
+#   `web`      VIP 203.0.113.10:80/tcp in NAT mode, to 198.51.100.2:8080 and 198.51.100.6:8080; the
+#              backend answers the node's own address on its backend link (the node's first
+#              uplink), so the reply comes back through the node that translated the request.
+#   `web-dsr`  VIP 203.0.113.11:80/tcp in DSR mode, to 198.51.100.2:80 and 198.51.100.6:80: the node
+#              sends the client's packet in an IPIP tunnel to the backend (over the fabric when it
+#              is the other node's), whose `ferrule decap` (tc_decap on its link to its node)
+#              strips it; the backend holds the VIP on its loopback and answers the client
+#              directly, from the VIP, through its own node.
 #
 # The ToRs peer with the nodes over link-local IPv6 sessions carrying IPv4 and IPv6 unicast
 # (RFC 8950 next hops). Each node imports the default routes and the other node's prefixes.
@@ -86,11 +93,13 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 
 NAMESPACES=(fr-tor1 fr-tor2 fr-node1 fr-node2 fr-be1 fr-be2 fr-client)
 NODES=(node1 node2)
-SERVERS=(server-be1 server-be2)
+SERVERS=(server-be1 server-be2 server-dsr-be1 server-dsr-be2)
 CLIENT_ADDR=192.0.2.100
 VIP=203.0.113.10
 VIP_PORT=80
 BACKEND_PORT=8080
+VIP_DSR=203.0.113.11
+DSR_PORT=80
 
 log() { echo "lab: $*" >&2; }
 die() { echo "lab: error: $*" >&2; exit 1; }
@@ -575,6 +584,16 @@ mode = "nat"
 announce = "healthy"
 health = { kind = "tcp", interval_ms = 500, timeout_ms = 500, rise = 2, fall = 2 }
 backends = [ { address = "198.51.100.2", port = $BACKEND_PORT }, { address = "198.51.100.6", port = $BACKEND_PORT } ]
+
+[[services]]
+name = "web-dsr"
+vip = "$VIP_DSR"
+port = $DSR_PORT
+protocol = "tcp"
+mode = "dsr"
+announce = "healthy"
+health = { kind = "tcp", interval_ms = 500, timeout_ms = 500, rise = 2, fall = 2 }
+backends = [ { address = "198.51.100.2", port = $DSR_PORT }, { address = "198.51.100.6", port = $DSR_PORT } ]
 EOF
 }
 
@@ -643,26 +662,45 @@ start_backend_server() {
 }
 
 server_listens() {
-    ip netns exec "fr-be$1" ss -Hltn "sport = :$BACKEND_PORT" | grep -q LISTEN
+    ip netns exec "fr-be$1" ss -Hltn "sport = :${2:-$BACKEND_PORT}" | grep -q LISTEN
+}
+
+# A DSR backend: the VIP on its loopback, a server on every address (the VIP for clients, its own
+# for the nodes' health checks), and tc_decap on its link to its node, installed with `ferrule
+# decap` (pinned in the host's bpffs through BPFFS_LAB, as the nodes' state is). Idempotent.
+start_dsr_backend() {
+    local n=$1 name=server-dsr-be$1 addr=198.51.100.$((4 * $1 - 2))
+    ip -n "fr-be$n" addr replace "$VIP_DSR/32" dev lo
+    log "fr-be$n: ferrule decap on node$n for tunnels to $addr"
+    ip netns exec "fr-be$n" "$FERRULE" decap attach --interface "node$n" --address "$addr" \
+        --name "be$n" --bpffs "$BPFFS_LAB" >/dev/null
+    if alive "$name"; then
+        log "fr-be$n: DSR server already running (pid $(pid_of "$name"))"
+        return 0
+    fi
+    log "fr-be$n: starting the DSR backend server on *:$DSR_PORT"
+    start "$name" "fr-be$n" "$RUN/dsr-be$n.log" perl "$RUN/backend-server.pl" 0.0.0.0 "$DSR_PORT" "be$n"
+    wait_ready "$name" "$RUN/dsr-be$n.log" server_listens "$n" "$DSR_PORT"
 }
 
 # vip_request: one TCP connection from fr-client to the VIP, printing the backend's answer line.
 # Bounded: 5 s for connect and answer.
 vip_request() {
+    local vip=${1:-$VIP} port=${2:-$VIP_PORT}
     ip netns exec fr-client timeout 5 bash -c \
-        "exec 3<>/dev/tcp/$VIP/$VIP_PORT && head -n 1 <&3" 2>/dev/null | grep answered
+        "exec 3<>/dev/tcp/$vip/$port && head -n 1 <&3" 2>/dev/null | grep answered
 }
 
 # wait_vip: until the VIP answers (both nodes announce it once a backend is healthy). Bounded.
 wait_vip() {
-    local i
+    local vip=${1:-$VIP} port=${2:-$VIP_PORT} i
     for ((i = 0; i < READY_TRIES; i++)); do
-        if vip_request >/dev/null; then
+        if vip_request "$vip" "$port" >/dev/null; then
             return 0
         fi
         sleep 0.5
     done
-    die "the VIP $VIP:$VIP_PORT did not answer the client within $((READY_TRIES / 2)) s"
+    die "the VIP $vip:$port did not answer the client within $((READY_TRIES / 2)) s"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -678,23 +716,25 @@ cmd_up() {
     warm_neighbours
     write_backend_server
     local n
+    ensure_bpffs
     for n in 1 2; do
         start_backend_server "$n"
+        start_dsr_backend "$n"
     done
     start_tor1_frr
     start_tor2_bird
-    ensure_bpffs
     local node
     for node in "${NODES[@]}"; do
         start_node "$node"
     done
-    wait_vip
+    wait_vip "$VIP" "$VIP_PORT"
+    wait_vip "$VIP_DSR" "$DSR_PORT"
     log "up: done"
     cmd_status
 }
 
 cmd_status() {
-    local ok=0 ns name
+    local ok=0 ns name vip
     if [[ ! -d $RUN ]]; then
         echo "lab is down ($RUN does not exist)"
         return 1
@@ -751,18 +791,23 @@ cmd_status() {
         ip netns exec fr-tor2 birdc -s "$RUN/tor2/bird.ctl" show route protocol "$name" 2>&1 \
             | sed 's/^/  /' || ok=1
     done
-    echo "== fr-tor1 / fr-tor2: kernel route to the VIP $VIP (one next hop per node)"
+    echo "== fr-tor1 / fr-tor2: kernel routes to the VIPs $VIP and $VIP_DSR (one next hop per node)"
     for name in fr-tor1 fr-tor2; do
-        ip -n "$name" -4 route show exact "$VIP/32" 2>&1 | sed "s/^/  $name: /" || ok=1
+        for vip in "$VIP" "$VIP_DSR"; do
+            ip -n "$name" -4 route show exact "$vip/32" 2>&1 | sed "s/^/  $name: /" || ok=1
+        done
     done
-    echo "== fr-client: one request to the VIP $VIP:$VIP_PORT"
-    local answer
-    if answer="$(vip_request)"; then
-        echo "  $answer"
-    else
-        echo "  (no answer)"
-        ok=1
-    fi
+    local answer target vip port service
+    for target in "$VIP $VIP_PORT web (NAT)" "$VIP_DSR $DSR_PORT web-dsr (DSR)"; do
+        read -r vip port service <<<"$target"
+        echo "== fr-client: one request to the VIP $vip:$port, $service"
+        if answer="$(vip_request "$vip" "$port")"; then
+            echo "  $answer"
+        else
+            echo "  (no answer)"
+            ok=1
+        fi
+    done
     return $ok
 }
 
@@ -793,8 +838,9 @@ cmd_down() {
             ip netns delete "$ns"
         fi
     done
-    # Pinned programs and maps outlive the daemon by design; the lab's are removed here.
-    for name in "${NODES[@]}"; do
+    # Pinned programs and maps outlive the daemon by design; the lab's are removed here (the
+    # backends' tc_decap too: removing its link's pin detaches it).
+    for name in "${NODES[@]}" be1 be2; do
         rm -rf "$BPFFS_HOST/ferrule/$name"
     done
     rmdir "$BPFFS_HOST/ferrule" 2>/dev/null || true

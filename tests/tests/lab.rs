@@ -1,7 +1,8 @@
 //! The netns lab (`deploy/lab/lab.sh`) end to end: `up` twice without duplicating anything,
 //! `status`, then `down` leaving no namespace, process or pinned state behind. Privileged, and it
 //! needs the ferrule binary built beforehand (`cargo build -p ferrule`), which CI does.
-//! In between, the client's request to the service VIP that both nodes announce is answered.
+//! In between, the client's requests to the two service VIPs that both nodes announce (NAT, and DSR
+//! with `ferrule decap` on the backends) are answered.
 //!
 //! The lab uses fixed names (fr-*, /run/ferrule-lab), so this test tears down any lab already
 //! running on the machine before it starts.
@@ -95,13 +96,15 @@ fn addresses(ns: &str) -> Result<String> {
     cmd::run(Command::new("ip").args(["-n", ns, "-br", "addr", "show"]))
 }
 
-/// The lab's service VIP, announced by both nodes (`web`, NAT to both backends).
-const VIP: &str = "203.0.113.10:80";
+/// The lab's service VIPs, announced by both nodes, with what the backend sees as the peer of a
+/// client's connection: `web` (NAT to both backends) sees the node's address on its backend link,
+/// `web-dsr` (DSR, `ferrule decap` on the backends) the client's own address.
+const VIPS: [(&str, &str); 2] = [("203.0.113.10:80", "198.51.100."), ("203.0.113.11:80", "192.0.2.100:")];
 
-/// One TCP connection from fr-client to the VIP (bash's /dev/tcp, bounded by `timeout 5`): the
+/// One TCP connection from fr-client to `vip` (bash's /dev/tcp, bounded by `timeout 5`): the
 /// backend's one-line answer.
-fn vip_request() -> Result<String> {
-    let (addr, port) = VIP.split_once(':').expect("address:port");
+fn vip_request(vip: &str) -> Result<String> {
+    let (addr, port) = vip.split_once(':').expect("address:port");
     let script = format!("exec 3<>/dev/tcp/{addr}/{port} && head -n 1 <&3");
     let out = cmd::run(Command::new("ip").args(["netns", "exec", "fr-client", "timeout", "5", "bash", "-c", &script]))?;
     Ok(out.trim().to_string())
@@ -163,24 +166,29 @@ fn lab_comes_up_idempotently_and_goes_down_cleanly() -> Result<()> {
     println!("ToR routes: expected {expected:?} on FRR and BIRD, saw:\n--- FRR\n{}\n--- BIRD\n{}", seen.0, seen.1);
     learned?;
 
-    // The client reaches the service VIP that both nodes announce, and a backend answers it (each
+    // The client reaches each service VIP that both nodes announce, and a backend answers it (each
     // request bounded by 5 s; the whole wait by 30 s, while the VIP settles on both ToRs).
-    let mut answer = String::new();
-    let answered = cmd::poll_until(
-        "a backend to answer the client's request to the VIP",
-        std::time::Duration::from_secs(30),
-        std::time::Duration::from_millis(500),
-        || {
-            answer = vip_request()?;
-            Ok(answer.starts_with("be1 answered for ") || answer.starts_with("be2 answered for "))
-        },
-    );
-    println!("VIP {VIP}: expected `be1|be2 answered for <node address:port>`, saw {answer:?}");
-    answered?;
+    for (vip, peer) in VIPS {
+        let mut answer = String::new();
+        let answered = cmd::poll_until(
+            "a backend to answer the client's request to the VIP",
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_millis(500),
+            || {
+                answer = vip_request(vip)?;
+                Ok(answer.starts_with("be1 answered for ") || answer.starts_with("be2 answered for "))
+            },
+        );
+        println!("VIP {vip}: expected `be1|be2 answered for {peer}…`, saw {answer:?}");
+        answered?;
+        ensure!(answer.contains(&format!("answered for {peer}")), "VIP {vip}: {answer}");
+    }
 
     let status = lab("status", &bin)?;
-    let vip_section = status.split(&format!("== fr-client: one request to the VIP {VIP}")).nth(1).unwrap_or("");
-    ensure!(vip_section.lines().nth(1).is_some_and(|l| l.contains(" answered for ")), "{status}");
+    for (vip, peer) in VIPS {
+        let section = status.split(&format!("== fr-client: one request to the VIP {vip}")).nth(1).unwrap_or("");
+        ensure!(section.lines().nth(1).is_some_and(|l| l.contains(&format!(" answered for {peer}"))), "{status}");
+    }
     ensure!(status.contains("BGP router identifier 192.0.2.1"), "{status}");
     ensure!(status.contains("node1      BGP"), "{status}");
     ensure!(status.contains("node node2"), "{status}");
@@ -199,7 +207,7 @@ fn lab_comes_up_idempotently_and_goes_down_cleanly() -> Result<()> {
         );
     }
     ensure!(!Path::new(RUN_DIR).exists(), "{RUN_DIR} left after down");
-    for node in NODES {
+    for node in NODES.iter().chain(&["be1", "be2"]) {
         let pins = Path::new("/sys/fs/bpf/ferrule").join(node);
         ensure!(!pins.exists(), "{} left after down", pins.display());
     }
