@@ -98,22 +98,7 @@ impl<'a> Validator<'a> {
 
     /// `[decap]`: interfaces and addresses, each listed once; both or neither.
     fn decap(&mut self, path: &FieldPath, raw: RawDecap) -> Option<Decap> {
-        let mut ok = true;
-        let mut seen: HashMap<&str, FieldPath> = HashMap::new();
-        for (i, name) in raw.interfaces.iter().enumerate() {
-            let p = path.key("interfaces").index(i);
-            if let Err(message) = check_ifname("interface", name) {
-                self.error(&p, message);
-                ok = false;
-            } else if let Some(first) = seen.get(name.as_str()) {
-                let message =
-                    format!("interface `{name}` is listed twice (first at {}); remove one", self.loc.describe(first));
-                self.error(&p, message);
-                ok = false;
-            } else {
-                seen.insert(name, p);
-            }
-        }
+        let mut ok = self.interface_names(&path.key("interfaces"), &raw.interfaces, "interface");
         let mut addresses = Vec::new();
         let mut seen: HashMap<IpAddr, FieldPath> = HashMap::new();
         for (i, text) in raw.addresses.iter().enumerate() {
@@ -163,23 +148,28 @@ impl<'a> Validator<'a> {
     }
 
     fn uplinks(&mut self, path: &FieldPath, raw: Vec<String>) -> Option<Vec<String>> {
+        self.interface_names(path, &raw, "uplink").then_some(raw)
+    }
+
+    /// A list of interface names (`what` in the messages): each valid, each once.
+    fn interface_names(&mut self, path: &FieldPath, names: &[String], what: &str) -> bool {
         let mut ok = true;
         let mut seen: HashMap<&str, FieldPath> = HashMap::new();
-        for (i, name) in raw.iter().enumerate() {
+        for (i, name) in names.iter().enumerate() {
             let p = path.index(i);
-            if let Err(message) = check_ifname("uplink", name) {
+            if let Err(message) = check_ifname(what, name) {
                 self.error(&p, message);
                 ok = false;
             } else if let Some(first) = seen.get(name.as_str()) {
                 let message =
-                    format!("uplink `{name}` is listed twice (first at {}); remove one", self.loc.describe(first));
+                    format!("{what} `{name}` is listed twice (first at {}); remove one", self.loc.describe(first));
                 self.error(&p, message);
                 ok = false;
             } else {
                 seen.insert(name, p);
             }
         }
-        ok.then_some(raw)
+        ok
     }
 
     fn bgp(&mut self, path: &FieldPath, raw: RawBgp) -> Option<Bgp> {

@@ -82,8 +82,8 @@ static __always_inline __u16 csum_apply(__u16 check, __u32 d)
 	return (__u16)~csum_fold((__u16)~check + d);
 }
 
-/* Checksum of a 20-byte IPv4 header without options whose `check` field is zero. */
-static __always_inline __u16 csum_ipv4_header(const void *hdr)
+/* The folded one's-complement sum of a 20-byte IPv4 header without options. */
+static __always_inline __u16 csum_ipv4_header_sum(const void *hdr)
 {
 	const __u16 *w = hdr;
 	__u32 sum = 0;
@@ -91,19 +91,19 @@ static __always_inline __u16 csum_ipv4_header(const void *hdr)
 #pragma unroll
 	for (int i = 0; i < 10; i++)
 		sum += w[i];
-	return (__u16)~csum_fold(sum);
+	return csum_fold(sum);
+}
+
+/* Checksum of a 20-byte IPv4 header without options whose `check` field is zero. */
+static __always_inline __u16 csum_ipv4_header(const void *hdr)
+{
+	return (__u16)~csum_ipv4_header_sum(hdr);
 }
 
 /* Whether a 20-byte IPv4 header (no options) carries a correct checksum: its words sum to 0xffff. */
 static __always_inline int csum_ipv4_header_valid(const void *hdr)
 {
-	const __u16 *w = hdr;
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < 10; i++)
-		sum += w[i];
-	return csum_fold(sum) == 0xffff;
+	return csum_ipv4_header_sum(hdr) == 0xffff;
 }
 
 #endif /* FERRULE_LIB_CSUM_H */
