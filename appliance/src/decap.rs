@@ -37,6 +37,21 @@ fn installed(pin: &DecapPinArgs) -> Result<bool> {
     Ok(dir.join("maps").join("fr_decap_addrs").exists())
 }
 
+/// Refuses to change what a Ferrule daemon owns: its node directory (the load balancer's maps are
+/// pinned there) is kept in step with its `[decap]` section, which would undo the change.
+fn refuse_daemon_node(pin: &DecapPinArgs) -> Result<()> {
+    let dir = ferrule_ebpf::node_pin_dir(&pin.bpffs, &pin.name)?;
+    if dir.join("maps").join("fr_lb_services").exists() {
+        bail!(
+            "{:?} is a Ferrule daemon's node (its datapath is pinned under {}): set `[decap]` in its config \
+             instead, or use another --name",
+            pin.name,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// The addresses of this host's interfaces (in this network namespace).
 fn local_addresses() -> BTreeSet<IpAddr> {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return BTreeSet::new() };
@@ -55,6 +70,7 @@ pub fn attach(args: DecapAttachArgs) -> Result<()> {
         bail!("nothing to attach: give --interface IFNAME and/or --address ADDRESS");
     }
     // Checked before anything changes, so that a typo leaves the running setup as it was.
+    refuse_daemon_node(&args.pin)?;
     for name in &args.interfaces {
         nix::net::if_::if_nametoindex(name.as_str())
             .with_context(|| format!("interface {name:?}: no such interface in this network namespace"))?;
@@ -85,6 +101,7 @@ pub fn detach(args: DecapDetachArgs) -> Result<()> {
     if !args.all && args.interfaces.is_empty() && args.addresses.is_empty() {
         bail!("nothing to detach: give --interface IFNAME, --address ADDRESS or --all");
     }
+    refuse_daemon_node(&args.pin)?;
     if !installed(&args.pin)? {
         bail!(
             "tc_decap is not installed as {:?} (nothing pinned under {}); nothing to detach",

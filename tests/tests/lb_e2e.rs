@@ -517,6 +517,13 @@ fn dsr_answers_from_the_backend(f: &'static Family, label: &str, by: DecapBy) {
             daemon.start(&[]).unwrap();
             let status = daemon.show(&["status"]).unwrap();
             assert_eq!(status["datapath"]["decap"]["interfaces"][0]["attached"], true, "after a restart: {status}");
+            // The command does not change what the daemon owns (it would undo it).
+            for args in [&["attach", "--address", "192.0.2.99"][..], &["detach", "--all"][..]] {
+                let out = decap(&[args, &["--name", &decap_node][..]].concat());
+                let err = ferrule_tests::ferrule::text(&out.stderr);
+                println!("decap {args:?} on the daemon's node: exit {:?}, {}", out.status.code(), err.trim());
+                assert!(!out.status.success() && err.contains("set `[decap]` in its config"), "{err}");
+            }
             backend_daemon = Some(daemon);
         }
     }
