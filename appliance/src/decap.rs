@@ -16,6 +16,39 @@ use serde::Serialize;
 
 use crate::cli::{DecapAttachArgs, DecapDetachArgs, DecapPinArgs, DecapShowArgs};
 
+/// One counter of `tc_decap` (`enum fr_decap_event`).
+pub struct DecapEventKind {
+    /// The name `ferrule decap show` and the `event` label of `ferrule_decap_packets_total` use.
+    pub name: &'static str,
+    pub count: fn(&DecapEvents) -> u64,
+    pub meaning: &'static str,
+}
+
+/// Every counter of [`DecapEvents`]: the one list `ferrule decap show` and the metrics are made
+/// from, as `api::LB_EVENTS` is for the load balancer's events.
+pub const DECAP_EVENTS: [DecapEventKind; 4] = [
+    DecapEventKind {
+        name: "decapsulated",
+        count: |e| e.decapsulated,
+        meaning: "tunnel header removed; the client's packet goes on to the stack",
+    },
+    DecapEventKind {
+        name: "not_local",
+        count: |e| e.not_local,
+        meaning: "tunnel to an address not allowed here: left alone",
+    },
+    DecapEventKind {
+        name: "malformed",
+        count: |e| e.malformed,
+        meaning: "outer header the stack drops (version, checksum, lengths): left alone",
+    },
+    DecapEventKind {
+        name: "failed",
+        count: |e| e.failed,
+        meaning: "the kernel refused to remove the header: left alone",
+    },
+];
+
 /// What `ferrule decap show --json` prints.
 #[derive(Debug, Serialize)]
 struct DecapState {
@@ -33,15 +66,14 @@ fn open(pin: &DecapPinArgs) -> Result<Decap> {
 
 /// Whether anything of `tc_decap` is pinned for this name (show and detach do not create it).
 fn installed(pin: &DecapPinArgs) -> Result<bool> {
-    let dir = ferrule_ebpf::node_pin_dir(&pin.bpffs, &pin.name)?;
-    Ok(dir.join("maps").join("fr_decap_addrs").exists())
+    Ok(Decap::installed_at(&pin.bpffs, &pin.name)?)
 }
 
 /// Refuses to change what a Ferrule daemon owns: its node directory (the load balancer's maps are
 /// pinned there) is kept in step with its `[decap]` section, which would undo the change.
 fn refuse_daemon_node(pin: &DecapPinArgs) -> Result<()> {
-    let dir = ferrule_ebpf::node_pin_dir(&pin.bpffs, &pin.name)?;
-    if dir.join("maps").join("fr_lb_services").exists() {
+    if ferrule_ebpf::Datapath::pinned_at(&pin.bpffs, &pin.name)? {
+        let dir = ferrule_ebpf::node_pin_dir(&pin.bpffs, &pin.name)?;
         bail!(
             "{:?} is a Ferrule daemon's node (its datapath is pinned under {}): set `[decap]` in its config \
              instead, or use another --name",
@@ -179,15 +211,10 @@ fn render(state: &DecapState) -> String {
     let addresses: Vec<String> = state.addresses.iter().map(IpAddr::to_string).collect();
     let _ = writeln!(out, "Interfaces: {}", list(&interfaces));
     let _ = writeln!(out, "Addresses:  {}", list(&addresses));
-    let e = &state.events;
-    let rows = [
-        ("decapsulated", e.decapsulated, "tunnel header removed; the client's packet goes on to the stack"),
-        ("not_local", e.not_local, "tunnel to an address not allowed here: left alone"),
-        ("malformed", e.malformed, "outer header the stack drops (version, checksum, lengths): left alone"),
-        ("failed", e.failed, "the kernel refused to remove the header: left alone"),
-    ];
-    let rows: Vec<Vec<String>> =
-        rows.iter().map(|(name, n, meaning)| vec![name.to_string(), n.to_string(), meaning.to_string()]).collect();
+    let rows: Vec<Vec<String>> = DECAP_EVENTS
+        .iter()
+        .map(|e| vec![e.name.to_string(), (e.count)(&state.events).to_string(), e.meaning.to_string()])
+        .collect();
     out.push('\n');
     out.push_str(&crate::show::columns(&["Event", "Packets", ""], &rows, &[1]));
     out

@@ -31,7 +31,7 @@ use crate::{
     objects, sys, EbpfError,
 };
 
-const SERVICES: &str = "fr_lb_services";
+pub(crate) const SERVICES: &str = "fr_lb_services";
 const TABLES: &str = "fr_lb_tables";
 const BACKENDS: &str = "fr_lb_backends";
 const CONFIG: &str = "fr_lb_config";
@@ -788,11 +788,16 @@ impl Decap {
             let ifindex = nix::net::if_::if_nametoindex(interface.as_str()).ok();
             let info = crate::sys::obj_get(&entry.path()).and_then(|fd| crate::sys::link_info(fd.as_fd()));
             let attached = matches!((info, ifindex), (Ok(i), Some(ifindex))
-                if i.link_type == crate::sys::BPF_LINK_TYPE_TCX && i.xdp_ifindex == ifindex);
+                if i.link_type == crate::sys::BPF_LINK_TYPE_TCX && i.ifindex == ifindex);
             out.push(DecapLink { interface, attached });
         }
         out.sort_by(|a, b| a.interface.cmp(&b.interface));
         Ok(out)
+    }
+
+    /// Whether `tc_decap`'s maps are pinned for `node` (by `ferrule decap` or a daemon's `[decap]`).
+    pub fn installed_at(bpffs_root: &Path, node: &str) -> Result<bool, EbpfError> {
+        Ok(node_pin_dir(bpffs_root, node)?.join("maps").join(DECAP_ADDRS).exists())
     }
 
     /// Removes everything `tc_decap` pinned for `node`: detaches every link, then removes the
@@ -808,13 +813,7 @@ impl Decap {
             }
         }
         for name in [DECAP_ADDRS, DECAP_EVENTS] {
-            let pin = pin_dir.join("maps").join(name);
-            match std::fs::remove_file(&pin) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(EbpfError::pin_path("removing pin", pin, e))
-                }
-                _ => {}
-            }
+            crate::loader::remove_pin(&pin_dir.join("maps").join(name))?;
         }
         // The directories go only when empty: the daemon of a node of the same name keeps its
         // own pins there.

@@ -238,6 +238,11 @@ impl Datapath {
         Self::open_at(root, node)
     }
 
+    /// Whether a datapath (a daemon's load balancer) is pinned for `node` under `bpffs_root`.
+    pub fn pinned_at(bpffs_root: &Path, node: &str) -> Result<bool, EbpfError> {
+        Ok(node_pin_dir(bpffs_root, node)?.join("maps").join(crate::lb::SERVICES).exists())
+    }
+
     /// Like [`Datapath::open`] with bpffs mounted at `bpffs_root` (which must already be one).
     pub fn open_at(bpffs_root: &Path, node: &str) -> Result<Datapath, EbpfError> {
         let pin_dir = node_pin_dir(bpffs_root, node)?;
@@ -476,8 +481,8 @@ impl Datapath {
             let health = match info {
                 Ok(info)
                     if info.link_type == sys::BPF_LINK_TYPE_XDP
-                        && info.xdp_ifindex != 0
-                        && Some(info.xdp_ifindex) == ifindex =>
+                        && info.ifindex != 0
+                        && Some(info.ifindex) == ifindex =>
                 {
                     if info.prog_id == self.prog_id {
                         LinkHealth::Current
@@ -676,7 +681,7 @@ pub(crate) fn remove_link_pin(path: &Path) -> Result<(), EbpfError> {
 }
 
 /// Removes a pin; one that is already gone is fine.
-fn remove_pin(path: &Path) -> Result<(), EbpfError> {
+pub(crate) fn remove_pin(path: &Path) -> Result<(), EbpfError> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(EbpfError::pin_path("removing pin", path.to_owned(), e))

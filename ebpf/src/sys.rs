@@ -76,9 +76,9 @@ struct InfoByFdAttr {
 pub(crate) struct LinkInfo {
     pub link_type: u32,
     pub prog_id: u32,
-    /// For an XDP link (and a tcx link: the union's first member is the ifindex in both), the
-    /// interface it is attached to; 0 once that interface is gone.
-    pub xdp_ifindex: u32,
+    /// For an XDP or a tcx link (the first member of the per-type union in both), the interface
+    /// it is attached to; 0 once that interface is gone.
+    pub ifindex: u32,
 }
 
 /// Reads the info of the link behind `fd`.
@@ -96,7 +96,7 @@ pub(crate) fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
     let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let word = |i: usize| u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-    Ok(LinkInfo { link_type: word(0), prog_id: word(2), xdp_ifindex: word(4) })
+    Ok(LinkInfo { link_type: word(0), prog_id: word(2), ifindex: word(4) })
 }
 
 /// `union bpf_attr`'s member for `BPF_PROG_TEST_RUN`.
