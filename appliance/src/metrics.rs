@@ -389,14 +389,8 @@ impl Collector for LbCollector {
                 None,
                 MetricType::Counter,
             )?;
-            let counts = [
-                ("decapsulated", d.decapsulated),
-                ("not_local", d.not_local),
-                ("malformed", d.malformed),
-                ("failed", d.failed),
-            ];
-            for (event, n) in counts {
-                ConstCounter::new(n).encode(family.encode_family(&[("event", event)])?)?;
+            for e in &crate::decap::DECAP_EVENTS {
+                ConstCounter::new((e.count)(&d)).encode(family.encode_family(&[("event", e.name)])?)?;
             }
         }
         Ok(())
