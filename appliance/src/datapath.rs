@@ -61,7 +61,7 @@ impl DecapStatus {
 /// The node's datapath: the XDP load balancer on the uplinks, and `tc_decap` when `[decap]` asks
 /// for it (loaded on first use; its maps and links are pinned in the same node directory).
 pub struct NodeDatapath {
-    pub xdp: ferrule_ebpf::Datapath,
+    xdp: ferrule_ebpf::Datapath,
     bpffs: PathBuf,
     node: String,
     decap: Option<ferrule_ebpf::Decap>,
@@ -393,7 +393,6 @@ pub struct InMemoryDatapath {
     /// The load balancer's maps, with the consistency checks of `LbState::apply`.
     lb: LbState,
     pub events: Option<LbEvents>,
-    pub decap_calls: u32,
     /// What `decap_events` answers.
     pub decap_events: Option<DecapEvents>,
 }
@@ -407,7 +406,6 @@ impl InMemoryDatapath {
             reads: std::cell::Cell::new(0),
             lb: LbState::default(),
             events: Some(LbEvents::default()),
-            decap_calls: 0,
             decap_events: None,
         }
     }
@@ -469,9 +467,8 @@ impl Datapath for InMemoryDatapath {
         self.events.ok_or_else(|| anyhow!("the embedded object xdp_lb.bpf.o has no map `fr_lb_events`"))
     }
 
-    /// Interfaces in `existing` attach, others report an error; `decap_calls` counts the calls.
+    /// Interfaces in `existing` attach, others report an error.
     fn set_decap(&mut self, want: &ferrule_config::Decap) -> Result<DecapStatus> {
-        self.decap_calls += 1;
         let interfaces = want
             .interfaces
             .iter()

@@ -120,7 +120,6 @@ impl Baseline {
 
 fn main() {
     if !ferrule_tests::privileged() {
-        println!("bfd_detection: needs root (network namespaces, FRR, BIRD); skipped");
         return;
     }
     let mut lab = Lab::new(Kind::Frr, Transport::V6LinkLocal, FAST, "bfbm").unwrap();
