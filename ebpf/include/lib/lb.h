@@ -73,6 +73,7 @@ enum lb_frag { LB_FRAG_NONE = 0, LB_FRAG_FIRST = 1, LB_FRAG_LATER = 2 };
 struct lb_pkt {
 	struct fr_lb_flow flow;
 	__u64 frame_len;
+	__u64 now_ns; /* the coarse clock, once lb_service has read it; 0 before */
 	__u32 l4_off;
 	__u32 l3_len; /* IP header + payload, as the IP header says */
 	__u32 frag_id;
@@ -97,6 +98,7 @@ struct lb_fwd {
 	__u8 family;
 	__u8 vlan;
 	__u8 pad[2];
+	__u64 now_ns; /* the packet's lb_pkt.now_ns: lb_fib reads the clock only when it is 0 */
 } __attribute__((aligned(8)));
 
 struct lb_vlan_hdr {
@@ -560,7 +562,7 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_
 
 	if (!s)
 		return XDP_PASS;
-	now = bpf_ktime_get_coarse_ns();
+	now = f->now_ns ? f->now_ns : bpf_ktime_get_coarse_ns();
 	if (f->backend_id) {
 		__u32 i = (f->backend_id ^ (ingress << 7)) & (LB_BE_NH_SLOTS - 1);
 
@@ -683,6 +685,7 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	f->family = family;
 	f->vlan = vlan;
 	f->backend_id = p->backend_id;
+	f->now_ns = p->now_ns;
 
 	if (family == FR_FAMILY_IPV4) {
 		struct iphdr *o;
@@ -900,6 +903,7 @@ static __attribute__((noinline)) int lb_nat_forward(struct xdp_md *ctx, const st
 	f->family = p->flow.family;
 	f->vlan = p->vlan;
 	f->backend_id = p->backend_id;
+	f->now_ns = p->now_ns;
 	if (lb_rewrite(ctx, p, f))
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	return lb_fib(ctx, f);
@@ -929,6 +933,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	/* The coarse clock (the last tick) is plenty for a once-a-second refresh and reads no
 	 * hardware clock, which costs tens of ns per packet in a VM. */
 	now = bpf_ktime_get_coarse_ns();
+	p->now_ns = now; /* one clock read per packet: lb_fib uses it too */
 	ct = bpf_map_lookup_elem(&fr_lb_ct, &p->flow);
 	if (ct) {
 		bid = ct->backend_id;
