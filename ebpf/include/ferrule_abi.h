@@ -15,11 +15,19 @@
 
 #include <linux/types.h>
 
-/* Value of map `fr_iface_stats` (per-CPU hash), keyed by the ingress ifindex (__u32). */
+/*
+ * Value of maps `fr_iface_stats` (per-CPU hash, keyed by the ingress ifindex, __u32) and
+ * `fr_iface_stats_arr` (per-CPU array indexed by the ifindex). An interface whose ifindex is below
+ * FR_IFACE_STATS_ARR_SIZE is counted in the array (an index, no hashing on every packet); one at
+ * or above it in the hash. User space adds the two: counters an older build left in the hash for
+ * a low ifindex still count.
+ */
 struct fr_iface_stats {
 	__u64 packets;
 	__u64 bytes;
 };
+
+#define FR_IFACE_STATS_ARR_SIZE 1024
 
 /* ---- L4 load balancer (xdp_lb) ---------------------------------------------------------- */
 
@@ -159,13 +167,29 @@ enum fr_lb_drop {
 	FR_LB_DROP_MAX = 8,
 };
 
-/* Value of `fr_lb_service_stats` and `fr_lb_backend_stats` (per-CPU hashes keyed by id). */
+/* Value of `fr_lb_service_stats` and `fr_lb_backend_stats` (per-CPU hashes keyed by id, entries
+ * created on first use). */
 struct fr_lb_counters {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows;
 	__u64 drops[FR_LB_DROP_MAX];
 };
+
+/*
+ * Value of `fr_lb_service_traffic` and `fr_lb_backend_traffic` (per-CPU arrays indexed by id):
+ * the packets and bytes of ids below FR_LB_TRAFFIC_ARR_SIZE, which every packet of a flow adds to,
+ * kept in an array so that a conntrack hit hashes no id. Ids are allocated lowest first, so these
+ * are the ids in use on all but the largest nodes; higher ids count packets and bytes in
+ * `fr_lb_counters`. New flows and drops are always in `fr_lb_counters`. An id's packets and bytes
+ * are the sum of both maps (an older build counted low ids in the hash).
+ */
+struct fr_lb_traffic {
+	__u64 packets;
+	__u64 bytes;
+};
+
+#define FR_LB_TRAFFIC_ARR_SIZE 4096
 
 /*
  * Node-wide events of the load balancer: index into `fr_lb_events` (per-CPU array of __u64).

@@ -69,7 +69,8 @@ macro_rules! abi_structs {
 }
 
 abi_structs! {
-    /// Value of map `fr_iface_stats` (one per CPU), keyed by ingress ifindex (`u32`).
+    /// Value of maps `fr_iface_stats` (one per CPU), keyed by ingress ifindex (`u32`), and
+    /// `fr_iface_stats_arr`, indexed by the ifindexes below [`IFACE_STATS_ARR_SIZE`].
     "fr_iface_stats" => pub struct IfaceStats {
         pub packets: u64,
         pub bytes: u64,
@@ -163,6 +164,14 @@ abi_structs! {
         pub drops: [u64; LB_DROP_MAX],
     }
 
+    /// Value of `fr_lb_service_traffic` and `fr_lb_backend_traffic` (one per CPU), indexed by the
+    /// ids below [`LB_TRAFFIC_ARR_SIZE`]: their packets and bytes, which `fr_lb_counters` holds
+    /// for higher ids.
+    "fr_lb_traffic" => pub struct LbTraffic {
+        pub packets: u64,
+        pub bytes: u64,
+    }
+
     /// Key of `fr_decap_addrs`.
     "fr_decap_addr" => pub struct DecapAddr {
         pub addr: [u8; 16],
@@ -218,6 +227,8 @@ abi_consts! {
     "FR_LB_DROP_NAT_PORTS" => pub const LB_DROP_NAT_PORTS: usize = 3;
     "FR_LB_DROP_NAT_FAMILY" => pub const LB_DROP_NAT_FAMILY: usize = 4;
     "FR_LB_DROP_MAX" => pub const LB_DROP_MAX: usize = 8;
+    "FR_LB_TRAFFIC_ARR_SIZE" => pub const LB_TRAFFIC_ARR_SIZE: u32 = 4096;
+    "FR_IFACE_STATS_ARR_SIZE" => pub const IFACE_STATS_ARR_SIZE: u32 = 1024;
     "FR_LB_EV_MALFORMED" => pub const LB_EV_MALFORMED: u32 = 0;
     "FR_LB_EV_EXT_HDR_LIMIT" => pub const LB_EV_EXT_HDR_LIMIT: u32 = 1;
     "FR_LB_EV_FRAG_UNKNOWN" => pub const LB_EV_FRAG_UNKNOWN: u32 = 2;

@@ -19,13 +19,13 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{links::FdLink, tc::TcAttachType, SchedClassifier},
     Ebpf, EbpfLoader,
 };
 
 use crate::{
-    abi::{self, DecapAddr, LbBackend, LbConfig, LbCountersRaw, LbService, LbServiceKey},
+    abi::{self, DecapAddr, LbBackend, LbConfig, LbCountersRaw, LbService, LbServiceKey, LbTraffic},
     error::chain_to_string,
     loader::{check_pinned_maps, ensure_bpffs, node_pin_dir, Datapath, DEFAULT_BPFFS},
     objects, sys, EbpfError,
@@ -37,6 +37,18 @@ const BACKENDS: &str = "fr_lb_backends";
 const CONFIG: &str = "fr_lb_config";
 const SERVICE_STATS: &str = "fr_lb_service_stats";
 const BACKEND_STATS: &str = "fr_lb_backend_stats";
+/// Packets and bytes of the ids below `abi::LB_TRAFFIC_ARR_SIZE` (the rest of their counters
+/// are in the `_STATS` hashes, and so are all counters of higher ids).
+const SERVICE_TRAFFIC: &str = "fr_lb_service_traffic";
+const BACKEND_TRAFFIC: &str = "fr_lb_backend_traffic";
+/// One service's or one backend's counters: the per-CPU hash and array that hold them.
+#[derive(Clone, Copy)]
+struct CounterMaps {
+    stats: &'static str,
+    traffic: &'static str,
+}
+const SERVICE_COUNTERS: CounterMaps = CounterMaps { stats: SERVICE_STATS, traffic: SERVICE_TRAFFIC };
+const BACKEND_COUNTERS: CounterMaps = CounterMaps { stats: BACKEND_STATS, traffic: BACKEND_TRAFFIC };
 const EVENTS: &str = "fr_lb_events";
 const DECAP_OBJECT: &str = "tc_decap";
 const DECAP_PROGRAM: &str = "tc_decap";
@@ -356,7 +368,7 @@ impl LbMaps<'_> {
     pub fn remove_backend(&mut self, id: u32) -> Result<(), EbpfError> {
         Self::check_backend_id(id)?;
         self.backends_array()?.set(id, LbBackend::default(), 0).map_err(|e| EbpfError::map(BACKENDS, "clearing", e))?;
-        remove_counters(self.ebpf, BACKEND_STATS, id)
+        remove_counters(self.ebpf, BACKEND_COUNTERS, id)
     }
 
     fn backends_array(&mut self) -> Result<Array<&mut MapData, LbBackend>, EbpfError> {
@@ -464,7 +476,7 @@ impl LbMaps<'_> {
         // The key first: from then on no packet looks the table up.
         absent_ok(services.remove(&key.raw())).map_err(|e| EbpfError::map(SERVICES, "removing", e))?;
         absent_ok(self.tables()?.remove(&value.id)).map_err(|e| EbpfError::map(TABLES, "removing", e))?;
-        remove_counters(self.ebpf, SERVICE_STATS, value.id)
+        remove_counters(self.ebpf, SERVICE_COUNTERS, value.id)
     }
 
     /// Removes many services with one kernel wait per batch of tables instead of one per service
@@ -499,7 +511,7 @@ impl LbMaps<'_> {
             return Err(batch_error("BPF_MAP_DELETE_BATCH (fr_lb_tables)", &what, e.error));
         }
         for id in ids {
-            remove_counters(self.ebpf, SERVICE_STATS, id)?;
+            remove_counters(self.ebpf, SERVICE_COUNTERS, id)?;
         }
         Ok(())
     }
@@ -543,12 +555,12 @@ impl LbMaps<'_> {
 
     /// Counters of service `id` (zero when it has seen no packet).
     pub fn service_counters(&self, id: u32) -> Result<LbCounters, EbpfError> {
-        read_counters(self.ebpf, SERVICE_STATS, id)
+        read_counters(self.ebpf, SERVICE_COUNTERS, id)
     }
 
     /// Counters of backend `id` (zero when it has seen no packet).
     pub fn backend_counters(&self, id: u32) -> Result<LbCounters, EbpfError> {
-        read_counters(self.ebpf, BACKEND_STATS, id)
+        read_counters(self.ebpf, BACKEND_COUNTERS, id)
     }
 
     /// Node-wide events: packets passed to the stack and why, ICMP errors and fragments forwarded.
@@ -666,19 +678,43 @@ fn map_fd<'e>(ebpf: &'e Ebpf, name: &'static str) -> Result<BorrowedFd<'e>, Ebpf
     }
 }
 
-fn read_counters(ebpf: &Ebpf, name: &'static str, id: u32) -> Result<LbCounters, EbpfError> {
+/// The counters of `id`: its hash entry plus, for a low id, its packets and bytes in the array
+/// (an older build counted those in the hash too, so both are added).
+fn read_counters(ebpf: &Ebpf, maps: CounterMaps, id: u32) -> Result<LbCounters, EbpfError> {
+    let name = maps.stats;
     let stats: PerCpuHashMap<_, u32, LbCountersRaw> =
         PerCpuHashMap::try_from(map(ebpf, name)?).map_err(|e| EbpfError::map(name, "opening as per-CPU hash", e))?;
-    match absent_ok(stats.get(&id, 0)).map_err(|e| EbpfError::map(name, "reading", e))? {
-        Some(per_cpu) => Ok(sum_counters(&per_cpu)),
-        None => Ok(LbCounters::default()),
+    let mut counters = match absent_ok(stats.get(&id, 0)).map_err(|e| EbpfError::map(name, "reading", e))? {
+        Some(per_cpu) => sum_counters(&per_cpu),
+        None => LbCounters::default(),
+    };
+    if id < abi::LB_TRAFFIC_ARR_SIZE {
+        let name = maps.traffic;
+        let traffic: PerCpuArray<_, LbTraffic> =
+            PerCpuArray::try_from(map(ebpf, name)?).map_err(|e| EbpfError::map(name, "opening as per-CPU array", e))?;
+        for v in traffic.get(&id, 0).map_err(|e| EbpfError::map(name, "reading", e))?.iter() {
+            counters.packets = counters.packets.wrapping_add(v.packets);
+            counters.bytes = counters.bytes.wrapping_add(v.bytes);
+        }
     }
+    Ok(counters)
 }
 
-fn remove_counters(ebpf: &mut Ebpf, name: &'static str, id: u32) -> Result<(), EbpfError> {
+/// Clears the counters of `id` (removed), so that the next holder of the id starts at zero.
+fn remove_counters(ebpf: &mut Ebpf, maps: CounterMaps, id: u32) -> Result<(), EbpfError> {
+    let name = maps.stats;
     let mut stats: PerCpuHashMap<_, u32, LbCountersRaw> = PerCpuHashMap::try_from(map_mut(ebpf, name)?)
         .map_err(|e| EbpfError::map(name, "opening as per-CPU hash", e))?;
     absent_ok(stats.remove(&id)).map_err(|e| EbpfError::map(name, "removing", e))?;
+    if id < abi::LB_TRAFFIC_ARR_SIZE {
+        let name = maps.traffic;
+        let mut traffic: PerCpuArray<_, LbTraffic> = PerCpuArray::try_from(map_mut(ebpf, name)?)
+            .map_err(|e| EbpfError::map(name, "opening as per-CPU array", e))?;
+        let cpus = traffic.get(&id, 0).map_err(|e| EbpfError::map(name, "reading", e))?.len();
+        let zeros = PerCpuValues::try_from(vec![LbTraffic::default(); cpus])
+            .map_err(|e| EbpfError::syscall("per-CPU values for zeroing fr_lb_*_traffic", e))?;
+        traffic.set(id, zeros, 0).map_err(|e| EbpfError::map(name, "zeroing", e))?;
+    }
     Ok(())
 }
 

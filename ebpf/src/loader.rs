@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashOfMaps, Map, MapData, MapInfo, PerCpuHashMap},
+    maps::{HashOfMaps, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -20,12 +20,18 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use crate::{abi::IfaceStats, error::chain_to_string, objects, sys, EbpfError};
+use crate::{
+    abi::{self, IfaceStats},
+    error::chain_to_string,
+    objects, sys, EbpfError,
+};
 
 /// The XDP program on uplinks, and the object (`ebpf/bpf/xdp_lb.bpf.c`) that holds it.
 const XDP_PROGRAM: &str = "xdp_lb";
 const XDP_OBJECT: &str = "xdp_lb";
 const IFACE_STATS_MAP: &str = "fr_iface_stats";
+/// The per-CPU array counting interfaces whose ifindex is below `abi::IFACE_STATS_ARR_SIZE`.
+const IFACE_STATS_ARR_MAP: &str = "fr_iface_stats_arr";
 /// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 /// Where the kernel and every tool expect bpffs.
@@ -411,15 +417,40 @@ impl Datapath {
         let names: HashMap<u32, String> = nix::net::if_::if_nameindex()
             .map(|list| list.iter().map(|i| (i.index(), i.name().to_string_lossy().into_owned())).collect())
             .unwrap_or_default();
-        let mut stats = Vec::new();
+        let sum = |per_cpu: &[IfaceStats]| {
+            per_cpu.iter().fold((0u64, 0u64), |(p, b), v| (p.wrapping_add(v.packets), b.wrapping_add(v.bytes)))
+        };
+        // Per ifindex: the hash (high ifindexes, and what an older build counted for low ones)
+        // plus the array (low ifindexes).
+        let mut totals: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         for entry in map.iter() {
             let (ifindex, per_cpu) = entry.map_err(|e| EbpfError::map(IFACE_STATS_MAP, "reading", e))?;
-            let (packets, bytes) =
-                per_cpu.iter().fold((0u64, 0u64), |(p, b), v| (p.wrapping_add(v.packets), b.wrapping_add(v.bytes)));
-            stats.push(InterfaceStats { ifindex, name: names.get(&ifindex).cloned(), packets, bytes });
+            totals.insert(ifindex, sum(&per_cpu));
         }
-        stats.sort_by_key(|s| s.ifindex);
-        Ok(stats)
+        let array = self.ebpf.map(IFACE_STATS_ARR_MAP).ok_or(EbpfError::MissingFromObject {
+            object: XDP_OBJECT,
+            what: "map",
+            name: IFACE_STATS_ARR_MAP,
+        })?;
+        let array: PerCpuArray<_, IfaceStats> = PerCpuArray::try_from(array)
+            .map_err(|e| EbpfError::map(IFACE_STATS_ARR_MAP, "opening as per-CPU array", e))?;
+        for (ifindex, per_cpu) in (0..abi::IFACE_STATS_ARR_SIZE).zip(array.iter()) {
+            let per_cpu = per_cpu.map_err(|e| EbpfError::map(IFACE_STATS_ARR_MAP, "reading", e))?;
+            let (packets, bytes) = sum(&per_cpu);
+            if packets != 0 || bytes != 0 {
+                let total = totals.entry(ifindex).or_default();
+                *total = (total.0.wrapping_add(packets), total.1.wrapping_add(bytes));
+            }
+        }
+        Ok(totals
+            .into_iter()
+            .map(|(ifindex, (packets, bytes))| InterfaceStats {
+                ifindex,
+                name: names.get(&ifindex).cloned(),
+                packets,
+                bytes,
+            })
+            .collect())
     }
 
     /// Removes everything pinned for this node, which detaches its links and frees its maps.

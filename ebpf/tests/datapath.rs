@@ -7,8 +7,11 @@ mod common;
 use std::path::Path;
 
 use aya::EbpfLoader;
-use common::{bpffs, unique_node, PinGuard};
-use ferrule_ebpf::{test_run_xdp, Datapath, EbpfError, InterfaceStats, XDP_PASS};
+use common::{bpffs, run, unique_node, PinGuard};
+use ferrule_ebpf::{
+    abi::{self, IfaceStats},
+    test_run_xdp, Datapath, EbpfError, InterfaceStats, XDP_PASS,
+};
 
 const LO: u32 = 1;
 
@@ -114,6 +117,59 @@ fn counters_survive_a_restart_through_pinned_maps() {
     test_run_xdp(second.xdp_program_fd().unwrap(), &packet, LO, 1).unwrap();
     assert_eq!(stats_of(&second, LO).unwrap().packets, 3);
     second.unpin_all().unwrap();
+}
+
+#[test]
+fn interfaces_below_and_above_the_array_bound_are_counted_and_older_counts_add_up() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let root = bpffs();
+    let node = unique_node("ifarr");
+    let _guard = PinGuard::new(&root, &node);
+    // A namespace of this test's own with a veth whose ifindex is above the array's bound.
+    let ns = format!("frdp-ifarr-{}", std::process::id());
+    let high = abi::IFACE_STATS_ARR_SIZE + 976;
+    run("ip", &["netns", "add", &ns]);
+    struct DelNs<'a>(&'a str);
+    impl Drop for DelNs<'_> {
+        fn drop(&mut self) {
+            let _gone_already_is_fine = std::process::Command::new("ip").args(["netns", "del", self.0]).status();
+        }
+    }
+    let _del = DelNs(&ns);
+    let index = high.to_string();
+    run("ip", &["-n", &ns, "link", "add", "frhigh", "index", &index, "type", "veth", "peer", "name", "frhighp"]);
+    let packet = udp6_packet(b"counted");
+    let len = packet.len() as u64;
+    let netns = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let datapath = Datapath::open_at(&root, &node).unwrap();
+                // An older build counted every interface in the hash: lo's count there still counts.
+                let data = aya::maps::MapData::from_pin(datapath.pin_dir().join("maps/fr_iface_stats")).unwrap();
+                let mut hash: aya::maps::PerCpuHashMap<_, u32, IfaceStats> =
+                    aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).unwrap();
+                let mut old = vec![IfaceStats::default(); aya::util::nr_cpus().unwrap()];
+                old[0] = IfaceStats { packets: 5, bytes: 500 };
+                hash.insert(LO, aya::maps::PerCpuValues::try_from(old).unwrap(), 0).unwrap();
+
+                for ifindex in [LO, LO, high] {
+                    let out = test_run_xdp(datapath.xdp_program_fd().unwrap(), &packet, ifindex, 1).unwrap();
+                    assert_eq!(out.retval, XDP_PASS);
+                }
+                let lo = stats_of(&datapath, LO).expect("lo counted");
+                assert_eq!((lo.packets, lo.bytes), (7, 500 + 2 * len));
+                let above = stats_of(&datapath, high).expect("the high ifindex counted");
+                assert_eq!((above.packets, above.bytes, above.name.as_deref()), (1, len, Some("frhigh")));
+                let in_hash: Vec<u32> = hash.keys().map(|k| k.unwrap()).collect();
+                assert!(in_hash.contains(&high), "an ifindex above the array is counted in the hash: {in_hash:?}");
+            })
+            .join()
+            .expect("test thread panicked");
+    });
 }
 
 #[test]

@@ -18,6 +18,7 @@ use etherparse::{
     IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice,
 };
 use ferrule_ebpf::{
+    abi::{LbCountersRaw, LB_TRAFFIC_ARR_SIZE},
     test_run_skb, test_run_xdp, BackendEntry, Datapath, Decap, EbpfError, L4Proto, LbMode, ServiceKey, ServiceUpsert,
     TestRunOutput, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX,
 };
@@ -956,6 +957,70 @@ fn later_fragments_follow_the_first_and_unknown_ones_pass() {
         assert_eq!((out.retval, out.data), (XDP_PASS, orphan), "a fragment whose first was not seen");
         let events = lb.dp.lb().events().unwrap();
         assert_eq!((events.frag_forwarded, events.frag_unknown), (1, 1));
+    });
+}
+
+/// Adds `packets` and `bytes` on CPU 0 to the counters of `id` in the pinned per-CPU hash `map`,
+/// as an older build (which kept every id's packets and bytes there) would have left them.
+fn seed_hash_counters(pin_dir: &std::path::Path, map: &str, id: u32, packets: u64, bytes: u64) {
+    let data = aya::maps::MapData::from_pin(pin_dir.join("maps").join(map)).unwrap();
+    let mut hash: aya::maps::PerCpuHashMap<_, u32, LbCountersRaw> =
+        aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let mut values = vec![LbCountersRaw::default(); cpus];
+    values[0].packets = packets;
+    values[0].bytes = bytes;
+    hash.insert(id, aya::maps::PerCpuValues::try_from(values).unwrap(), 0).unwrap();
+}
+
+#[test]
+fn packets_and_bytes_of_low_and_high_ids_add_up_and_clear_with_the_id() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("k");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("ids", ifindex);
+        // Below FR_LB_TRAFFIC_ARR_SIZE packets and bytes are counted in arrays, from it on in the
+        // hashes: a service and a backend on each side of the boundary.
+        let high = LB_TRAFFIC_ARR_SIZE;
+        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080 }).unwrap();
+        let low_key = lb.service(ip4(VIP4), 80, L4Proto::Tcp, 7, LbMode::Dsr, ID_A4);
+        let high_key = lb.service(ip4(VIP4), 81, L4Proto::Tcp, high, LbMode::Dsr, high);
+        // An older build counted id 7's (and backend A's) packets in the hashes: they still count.
+        let pin_dir = lb.dp.pin_dir().to_owned();
+        seed_hash_counters(&pin_dir, "fr_lb_service_stats", 7, 10, 1000);
+        seed_hash_counters(&pin_dir, "fr_lb_backend_stats", ID_A4, 20, 2000);
+
+        let to_low = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+        let to_high = tcp4(CLIENT4, 40000, VIP4, 81, true, b"");
+        for packet in [&to_low, &to_low, &to_high, &to_high, &to_high] {
+            assert_eq!(lb.run(packet).retval, XDP_TX);
+        }
+        let len = to_low.len() as u64;
+        let lbm = lb.dp.lb();
+        let (low, high_service) = (lbm.service_counters(7).unwrap(), lbm.service_counters(high).unwrap());
+        assert_eq!((low.packets, low.bytes, low.new_flows), (12, 1000 + 2 * len, 1));
+        assert_eq!((high_service.packets, high_service.bytes, high_service.new_flows), (3, 3 * len, 1));
+        let (a, b) = (lbm.backend_counters(ID_A4).unwrap(), lbm.backend_counters(high).unwrap());
+        assert_eq!((a.packets, a.bytes), (22, 2000 + 2 * len));
+        assert_eq!((b.packets, b.bytes, b.new_flows), (3, 3 * len, 1));
+
+        // A removed id's counters go with it, in both maps: its next holder starts at zero.
+        lb.dp.lb().remove_service(&low_key).unwrap();
+        lb.dp.lb().remove_service(&high_key).unwrap();
+        lb.dp.lb().remove_backend(high).unwrap();
+        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080 }).unwrap();
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 7, LbMode::Dsr, high);
+        lb.service(ip4(VIP4), 81, L4Proto::Tcp, high, LbMode::Dsr, ID_A4);
+        let lbm = lb.dp.lb();
+        for (what, c) in [
+            ("service 7", lbm.service_counters(7).unwrap()),
+            ("service 4096", lbm.service_counters(high).unwrap()),
+            ("backend 4096", lbm.backend_counters(high).unwrap()),
+        ] {
+            assert_eq!((c.packets, c.bytes, c.new_flows), (0, 0, 0), "{what}");
+        }
     });
 }
 

@@ -80,11 +80,12 @@ struct lb_pkt {
 	__be32 v6_word0; /* IPv6 version / traffic class / flow label */
 	__be16 v4_id;
 	__be16 v4_frag_off;
+	__u32 service_id; /* once the packet is known to be for a service: drops are counted on it */
 	__u32 backend_id; /* once a backend is chosen: its drops are counted on it too */
 	__u8 frag; /* enum lb_frag */
 	__u8 tos;
 	__u8 vlan;
-	__u8 pad;
+	__u8 pad[5];
 } __attribute__((aligned(8)));
 
 /* Where a rewritten or encapsulated packet goes: its new L3 (and, for NAT, L4) endpoints. */
@@ -276,16 +277,48 @@ static const struct fr_lb_counters lb_zero_counters;
 LB_COUNTERS_FN(lb_service_counters, fr_lb_service_stats)
 LB_COUNTERS_FN(lb_backend_counters, fr_lb_backend_stats)
 
-/* Counts a drop on the service and, once one was chosen, on the backend (`p->backend_id`).
- * Drops are rare: the backend's counters are looked up here rather than carried along. */
-static __always_inline int lb_drop(struct fr_lb_counters *sc, const struct lb_pkt *p, __u32 reason)
+/*
+ * Adds a packet of `bytes` to the packets and bytes of `id`: in the per-CPU array when the id
+ * indexes it (an inlined index, no hashing: every packet of every flow does this twice), else in
+ * its counters. One function per map, like the above.
+ */
+#define LB_TRAFFIC_FN(name, array, counters_fn)                                        \
+	static __always_inline void name(__u32 id, __u64 bytes)                         \
+	{                                                                               \
+		struct fr_lb_counters *c;                                               \
+		struct fr_lb_traffic *t;                                                \
+                                                                                        \
+		if (id < FR_LB_TRAFFIC_ARR_SIZE) {                                      \
+			t = bpf_map_lookup_elem(&array, &id);                           \
+			if (t) {                                                        \
+				t->packets += 1;                                        \
+				t->bytes += bytes;                                      \
+			}                                                               \
+			return;                                                         \
+		}                                                                       \
+		c = counters_fn(id);                                                    \
+		if (c) {                                                                \
+			c->packets += 1;                                                \
+			c->bytes += bytes;                                              \
+		}                                                                       \
+	}
+
+LB_TRAFFIC_FN(lb_service_traffic, fr_lb_service_traffic, lb_service_counters)
+LB_TRAFFIC_FN(lb_backend_traffic, fr_lb_backend_traffic, lb_backend_counters)
+
+/* Counts a drop on the service (`p->service_id`) and, once one was chosen, on the backend
+ * (`p->backend_id`). Drops are rare: the counters are looked up here rather than carried along. */
+static __always_inline int lb_drop(const struct lb_pkt *p, __u32 reason)
 {
-	struct fr_lb_counters *bc;
+	struct fr_lb_counters *sc, *bc;
 
 	if (reason >= FR_LB_DROP_MAX)
 		return XDP_DROP;
-	if (sc)
-		sc->drops[reason] += 1;
+	if (p->service_id) {
+		sc = lb_service_counters(p->service_id);
+		if (sc)
+			sc->drops[reason] += 1;
+	}
 	if (p->backend_id) {
 		bc = lb_backend_counters(p->backend_id);
 		if (bc)
@@ -657,7 +690,7 @@ static __always_inline __u32 lb_write_l2(struct xdp_md *ctx, const __u8 *saved, 
  * fragment); IPv6 outer copies an inner IPv6 flow label (0 for inner IPv4); TTL / hop limit 64.
  */
 static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt *p, const struct fr_lb_backend *be,
-				    const struct fr_lb_config *cfg, struct fr_lb_counters *sc)
+				    const struct fr_lb_config *cfg)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -676,7 +709,7 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	f = &s->fwd;
 	__builtin_memset(f, 0, sizeof(*f));
 	if (!lb_have_node_addr(cfg, family))
-		return lb_drop(sc, p, FR_LB_DROP_NO_NODE_ADDRESS);
+		return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
 	if (data + sizeof(saved) > data_end)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	__builtin_memcpy(saved, data, sizeof(saved));
@@ -691,15 +724,15 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 		struct iphdr *o;
 
 		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
-			return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
+			return lb_drop(p, FR_LB_DROP_ENCAP_FAILED);
 		l3 = lb_write_l2(ctx, saved, vlan, bpf_htons(ETH_P_IP), sizeof(*o));
 		data = (void *)(long)ctx->data;
 		data_end = (void *)(long)ctx->data_end;
 		if (l3 == 0 || l3 > 18)
-			return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
+			return lb_drop(p, FR_LB_DROP_ENCAP_FAILED);
 		o = data + l3;
 		if ((void *)(o + 1) > data_end)
-			return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
+			return lb_drop(p, FR_LB_DROP_ENCAP_FAILED);
 		o->version = 4;
 		o->ihl = 5;
 		o->tos = p->tos;
@@ -722,15 +755,15 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	if (!inner_v4)
 		word0 |= bpf_ntohl(p->v6_word0) & 0xfffff;
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr)))
-		return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
+		return lb_drop(p, FR_LB_DROP_ENCAP_FAILED);
 	l3 = lb_write_l2(ctx, saved, vlan, bpf_htons(ETH_P_IPV6), sizeof(*o6));
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	if (l3 == 0 || l3 > 18)
-		return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
+		return lb_drop(p, FR_LB_DROP_ENCAP_FAILED);
 	o6 = data + l3;
 	if ((void *)(o6 + 1) > data_end)
-		return lb_drop(sc, p, FR_LB_DROP_ENCAP_FAILED);
+		return lb_drop(p, FR_LB_DROP_ENCAP_FAILED);
 	*(__be32 *)o6 = bpf_htonl(word0);
 	o6->payload_len = bpf_htons(inner_len);
 	o6->nexthdr = inner_proto;
@@ -863,14 +896,6 @@ static __always_inline void lb_frag_key(const struct lb_pkt *p, struct fr_lb_fra
 	k->family = p->flow.family;
 }
 
-static __always_inline void lb_count(struct fr_lb_counters *c, __u64 bytes)
-{
-	if (c) {
-		c->packets += 1;
-		c->bytes += bytes;
-	}
-}
-
 /* The first fragment of a datagram to a service: later ones follow it to `bid`. */
 static __attribute__((noinline)) void lb_frag_record(const struct lb_pkt *p, __u32 bid, __u32 sid)
 {
@@ -914,8 +939,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 {
 	__u32 sid = svc->id;
 	__u8 mode = svc->mode;
-	struct fr_lb_counters *sc = lb_service_counters(sid);
-	struct fr_lb_counters *bc;
+	struct fr_lb_counters *sc, *bc;
 	const struct fr_lb_backend *be = NULL;
 	struct fr_lb_ct_entry *ct;
 	struct fr_lb_config *cfg;
@@ -923,7 +947,8 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	__be16 nat_port = 0;
 	__u64 now;
 
-	lb_count(sc, p->frame_len);
+	p->service_id = sid;
+	lb_service_traffic(sid, p->frame_len);
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!cfg)
 		return XDP_PASS;
@@ -962,16 +987,16 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		bid = lb_maglev(sid, lb_hash_flow(&p->flow, LB_SEED_MAGLEV));
 		be = lb_backend(bid);
 		if (!be)
-			return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
+			return lb_drop(p, FR_LB_DROP_NO_BACKEND);
 		p->backend_id = bid;
 		if (mode == FR_LB_MODE_NAT) {
 			if (be->family != p->flow.family)
-				return lb_drop(sc, p, FR_LB_DROP_NAT_FAMILY);
+				return lb_drop(p, FR_LB_DROP_NAT_FAMILY);
 			if (!lb_have_node_addr(cfg, p->flow.family))
-				return lb_drop(sc, p, FR_LB_DROP_NO_NODE_ADDRESS);
+				return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
 			nat_port = lb_nat_claim(p, be, cfg, bid, sid);
 			if (nat_port == 0)
-				return lb_drop(sc, p, FR_LB_DROP_NAT_PORTS);
+				return lb_drop(p, FR_LB_DROP_NAT_PORTS);
 		}
 		entry->created_ns = now;
 		entry->last_seen_ns = now;
@@ -980,21 +1005,20 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		entry->nat_port = nat_port;
 		entry->backend_tag = lb_backend_tag(be);
 		bpf_map_update_elem(&fr_lb_ct, &p->flow, entry, BPF_ANY);
+		sc = lb_service_counters(sid);
 		if (sc)
 			sc->new_flows += 1;
 		bc = lb_backend_counters(bid);
 		if (bc)
 			bc->new_flows += 1;
-	} else {
-		bc = lb_backend_counters(bid);
 	}
-	lb_count(bc, p->frame_len);
+	lb_backend_traffic(bid, p->frame_len);
 
 	if (p->frag == LB_FRAG_FIRST)
 		lb_frag_record(p, bid, sid);
 	if (mode == FR_LB_MODE_NAT)
 		return lb_nat_forward(ctx, p, be, cfg, nat_port);
-	return lb_encap(ctx, p, be, cfg, sc);
+	return lb_encap(ctx, p, be, cfg);
 }
 
 /* A reply of a NAT flow (backend → node:SNAT port): translated back to VIP → client. */
@@ -1046,7 +1070,6 @@ static __attribute__((noinline)) int lb_frag_later(struct xdp_md *ctx, struct lb
 {
 	struct lb_scratch *s = lb_scratch();
 	const struct fr_lb_backend *be;
-	struct fr_lb_counters *sc;
 	struct fr_lb_frag_entry *fe;
 	struct fr_lb_config *cfg;
 	__u32 zero = 0;
@@ -1057,18 +1080,18 @@ static __attribute__((noinline)) int lb_frag_later(struct xdp_md *ctx, struct lb
 	fe = bpf_map_lookup_elem(&fr_lb_frags, &s->frag);
 	if (!fe)
 		return lb_pass_event(FR_LB_EV_FRAG_UNKNOWN);
-	sc = lb_service_counters(fe->service_id);
-	lb_count(sc, p->frame_len);
-	lb_count(lb_backend_counters(fe->backend_id), p->frame_len);
+	p->service_id = fe->service_id;
+	lb_service_traffic(fe->service_id, p->frame_len);
+	lb_backend_traffic(fe->backend_id, p->frame_len);
 	be = lb_backend(fe->backend_id);
 	if (!be)
-		return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
+		return lb_drop(p, FR_LB_DROP_NO_BACKEND);
 	p->backend_id = fe->backend_id;
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!cfg)
 		return XDP_PASS;
 	lb_event(FR_LB_EV_FRAG_FORWARDED);
-	return lb_encap(ctx, p, be, cfg, sc);
+	return lb_encap(ctx, p, be, cfg);
 }
 
 /* Replaces the address at `at` in the packet by `to`, adding the change to the checksum delta
@@ -1216,7 +1239,7 @@ static __always_inline int lb_icmp_nat_unhandled(const struct lb_pkt *p)
  * there, the error is the stack's. Returns LB_CONTINUE with scratch `icmp` filled in for
  * lb_icmp_nat_send, or the verdict.
  */
-static __attribute__((noinline)) int lb_icmp_nat_forward(struct lb_pkt *p, __u32 sid, struct fr_lb_counters *sc)
+static __attribute__((noinline)) int lb_icmp_nat_forward(struct lb_pkt *p, __u32 sid)
 {
 	struct lb_scratch *s = lb_scratch();
 	const struct fr_lb_backend *be;
@@ -1246,8 +1269,8 @@ static __attribute__((noinline)) int lb_icmp_nat_forward(struct lb_pkt *p, __u32
 	if (!cfg)
 		return XDP_PASS;
 	if (!lb_have_node_addr(cfg, family))
-		return lb_drop(sc, p, FR_LB_DROP_NO_NODE_ADDRESS);
-	lb_count(lb_backend_counters(bid), p->frame_len);
+		return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
+	lb_backend_traffic(bid, p->frame_len);
 	lb_node_addr(cfg, family, x->outer_src);
 	__builtin_memcpy(x->outer_dst, be->addr, 16);
 	__builtin_memcpy(x->q_src, be->addr, 16);
@@ -1302,7 +1325,6 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	struct fr_lb_service_key *sk;
 	struct fr_lb_flow *flow;
 	const struct fr_lb_backend *be;
-	struct fr_lb_counters *sc;
 	struct fr_lb_service *svc;
 	struct fr_lb_ct_entry *ct;
 	struct fr_lb_config *cfg;
@@ -1385,11 +1407,11 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 		rc = lb_icmp_nat_reverse(p);
 		return rc == LB_CONTINUE ? lb_icmp_nat_send(ctx, p) : rc;
 	}
-	sc = lb_service_counters(svc->id);
-	lb_count(sc, p->frame_len);
+	p->service_id = svc->id;
+	lb_service_traffic(svc->id, p->frame_len);
 	if (svc->mode == FR_LB_MODE_NAT) {
 		/* Translating here rather than in the callee keeps the call chain within the BPF stack. */
-		rc = lb_icmp_nat_forward(p, svc->id, sc);
+		rc = lb_icmp_nat_forward(p, svc->id);
 		return rc == LB_CONTINUE ? lb_icmp_nat_send(ctx, p) : rc;
 	}
 	ct = bpf_map_lookup_elem(&fr_lb_ct, flow);
@@ -1401,14 +1423,14 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	}
 	be = lb_backend(bid);
 	if (!be)
-		return lb_drop(sc, p, FR_LB_DROP_NO_BACKEND);
+		return lb_drop(p, FR_LB_DROP_NO_BACKEND);
 	p->backend_id = bid;
-	lb_count(lb_backend_counters(bid), p->frame_len);
+	lb_backend_traffic(bid, p->frame_len);
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!cfg)
 		return XDP_PASS;
 	lb_event(FR_LB_EV_ICMP_FORWARDED);
-	return lb_encap(ctx, p, be, cfg, sc);
+	return lb_encap(ctx, p, be, cfg);
 }
 
 /* The load balancer's verdict for one packet. */

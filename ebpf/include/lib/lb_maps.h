@@ -106,6 +106,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fr_lb_backend_stats SEC(".maps");
 
+/* Packets and bytes of the ids below FR_LB_TRAFFIC_ARR_SIZE (ferrule_abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FR_LB_TRAFFIC_ARR_SIZE);
+	__type(key, __u32);
+	__type(value, struct fr_lb_traffic);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fr_lb_service_traffic SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FR_LB_TRAFFIC_ARR_SIZE);
+	__type(key, __u32);
+	__type(value, struct fr_lb_traffic);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fr_lb_backend_traffic SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FR_LB_EV_MAX);
