@@ -390,6 +390,55 @@ static __always_inline __u32 lb_backend_tag(const struct fr_lb_backend *be)
 	return lb_mix(h, ((__u32)be->port << 16) | be->family);
 }
 
+/*
+ * lb_backend_tag is a chain of some twenty dependent multiplies: recomputed on every conntrack
+ * hit it was the largest part of lb_service's time. Per CPU, a slot per backend id (modulo
+ * LB_BE_TAG_SLOTS) remembers the tag with the whole backend value it was computed from, and
+ * answers only for that exact value, so a changed or reused backend gets its own tag computed.
+ * The tag is a pure function of the value: nothing here can go stale. Private, not pinned.
+ */
+#define LB_BE_TAG_SLOTS 1024
+#define LB_BE_WORDS (sizeof(struct fr_lb_backend) / 4)
+
+_Static_assert(sizeof(struct fr_lb_backend) % 4 == 0, "fr_lb_backend is compared a word at a time");
+
+struct lb_be_tag {
+	__u32 be[LB_BE_WORDS]; /* the fr_lb_backend the tag is of; all zero (family 0) in an unused slot */
+	__u32 tag;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_BE_TAG_SLOTS);
+	__type(key, __u32);
+	__type(value, struct lb_be_tag);
+} lb_be_tag SEC(".maps");
+
+/* lb_backend_tag(be) of backend `id`, from this CPU's slot when it holds exactly `be`'s value. */
+static __always_inline __u32 lb_backend_tag_of(__u32 id, const struct fr_lb_backend *be)
+{
+	const __u32 *w = (const __u32 *)be;
+	__u32 i = id & (LB_BE_TAG_SLOTS - 1);
+	struct lb_be_tag *slot = bpf_map_lookup_elem(&lb_be_tag, &i);
+	__u32 same = 1, tag;
+
+	if (!slot)
+		return lb_backend_tag(be);
+#pragma unroll
+	for (int k = 0; k < (int)LB_BE_WORDS; k++) {
+		if (slot->be[k] != w[k])
+			same = 0;
+	}
+	if (same)
+		return slot->tag;
+	tag = lb_backend_tag(be);
+#pragma unroll
+	for (int k = 0; k < (int)LB_BE_WORDS; k++)
+		slot->be[k] = w[k];
+	slot->tag = tag;
+	return tag;
+}
+
 /* ---- parsing ---------------------------------------------------------------------------- */
 
 static __always_inline int lb_parse_ipv4(void *data, void *data_end, struct lb_pkt *p, __u32 l3)
@@ -965,7 +1014,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		be = lb_backend(bid);
 		/* A flow of a removed backend, of an id now used by another service or given to another
 		 * backend, starts over. */
-		if (!be || ct->service_id != sid || ct->backend_tag != lb_backend_tag(be) ||
+		if (!be || ct->service_id != sid || ct->backend_tag != lb_backend_tag_of(bid, be) ||
 		    (mode == FR_LB_MODE_NAT && ct->nat_port == 0)) {
 			ct = NULL;
 		} else {
@@ -1003,7 +1052,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		entry->backend_id = bid;
 		entry->service_id = sid;
 		entry->nat_port = nat_port;
-		entry->backend_tag = lb_backend_tag(be);
+		entry->backend_tag = lb_backend_tag_of(bid, be);
 		bpf_map_update_elem(&fr_lb_ct, &p->flow, entry, BPF_ANY);
 		sc = lb_service_counters(sid);
 		if (sc)
@@ -1262,7 +1311,7 @@ static __attribute__((noinline)) int lb_icmp_nat_forward(struct lb_pkt *p, __u32
 	nat_port = ct->nat_port;
 	be = lb_backend(bid);
 	/* A flow whose backend id now names another host starts over with its next packet. */
-	if (!be || ct->backend_tag != lb_backend_tag(be) || be->family != family)
+	if (!be || ct->backend_tag != lb_backend_tag_of(bid, be) || be->family != family)
 		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
 	p->backend_id = bid;
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
