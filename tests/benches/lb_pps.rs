@@ -62,13 +62,16 @@
 //!   cores. The figures compare the paths under identical conditions here, not line rates.
 //!
 //! Knobs: `LB_PPS_WINDOW_SECS`, `LB_PPS_ROUNDS`, `LB_PPS_FLOWS` (source ports, <= 1024),
-//! `LB_PPS_MAX_PACKETS` (per flood), `LB_PPS_NAPI=threaded|inline`.
+//! `LB_PPS_MAX_PACKETS` (per flood), `LB_PPS_NAPI=threaded|inline`, `LB_PPS_BASELINE_BIN` (another
+//! `ferrule` build, absolute path, that takes a turn of its own in every round: two builds
+//! compared in one run, since figures from runs minutes apart do not compare on a noisy machine).
 //!
 //! Run as root: `cargo build -p ferrule && cargo bench -p ferrule-tests --bench lb_pps`
 //! (`FERRULE_BIN` picks another daemon binary).
 
 use std::fs::File;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -112,6 +115,9 @@ struct Knobs {
     /// (`LB_PPS_NAPI=threaded`, the default), or receive processing inline in the generator's
     /// softirqs (`LB_PPS_NAPI=inline`).
     threaded: bool,
+    /// Another `ferrule` build (`LB_PPS_BASELINE_BIN`, absolute path) that takes a turn of its own
+    /// in every round, for comparing two builds of the load balancer in one run.
+    baseline_bin: Option<PathBuf>,
 }
 
 impl Knobs {
@@ -133,6 +139,11 @@ impl Knobs {
                 Ok("threaded") | Err(_) => true,
                 Ok("inline") => false,
                 Ok(other) => bail!("LB_PPS_NAPI={other}: use threaded or inline"),
+            },
+            baseline_bin: match std::env::var_os("LB_PPS_BASELINE_BIN") {
+                Some(bin) if Path::new(&bin).is_absolute() && Path::new(&bin).is_file() => Some(PathBuf::from(bin)),
+                Some(bin) => bail!("LB_PPS_BASELINE_BIN={}: not an absolute path to a file", bin.to_string_lossy()),
+                None => None,
             },
         })
     }
@@ -612,9 +623,19 @@ fn ferrule_config(name: &str) -> String {
 
 /// The load balancer's round: ferrule up with XDP on the uplinks, measured, then stopped with its
 /// pins removed (which detaches XDP).
-fn ferrule_round(lab: &Lab, dir: &TestDir, knobs: &Knobs, round: usize) -> Result<(Measured, String)> {
-    let name = format!("lbpps{}r{round}", std::process::id());
+/// `bin`: the daemon build to run, else the one under test (`FERRULE_BIN`).
+fn ferrule_round(
+    lab: &Lab,
+    dir: &TestDir,
+    knobs: &Knobs,
+    round: usize,
+    bin: Option<&Path>,
+) -> Result<(Measured, String)> {
+    let name = format!("lbpps{}r{round}{}", std::process::id(), if bin.is_some() { "b" } else { "" });
     let mut ferrule = Ferrule::new(&lab.node, dir.path(), &name, &ferrule_config(&name))?;
+    if let Some(bin) = bin {
+        ferrule = ferrule.with_bin(bin.to_path_buf());
+    }
     ferrule.start(&[])?;
     cmd::poll_until("the UDP service in the datapath", Duration::from_secs(10), Duration::from_millis(100), || {
         let services = ferrule.show(&["lb", "services"])?;
@@ -768,11 +789,19 @@ fn run() -> Result<()> {
          load average at start: {}",
         load_average()
     );
-    let (mut xdp, mut nft, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some(bin) = &knobs.baseline_bin {
+        println!("  baseline build taking its own turn in each round: {}", bin.display());
+    }
+    let (mut xdp, mut nft, mut floor, mut baseline) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=knobs.rounds {
-        let (m, detail) = ferrule_round(&lab, &dir, &knobs, round)?;
+        let (m, detail) = ferrule_round(&lab, &dir, &knobs, round, None)?;
         println!("  round {round} ferrule XDP NAT: {}; {detail}", describe(&m));
         xdp.push(m);
+        if let Some(bin) = &knobs.baseline_bin {
+            let (m, detail) = ferrule_round(&lab, &dir, &knobs, round, Some(bin))?;
+            println!("  round {round} baseline build: {}; {detail}", describe(&m));
+            baseline.push(m);
+        }
         let m = nftables_round(&lab, &dir, &knobs)?;
         println!("  round {round} nftables DNAT:   {}", describe(&m));
         nft.push(m);
@@ -841,6 +870,15 @@ fn run() -> Result<()> {
             xdp_node - floor_node,
             nft_node - floor_node
         );
+        if !baseline.is_empty() {
+            let base_node = node(&baseline);
+            println!(
+                "baseline build (LB_PPS_BASELINE_BIN): {base_node:.0} ns/pkt, {:.0} ns/pkt above the floor; this \
+                 build / baseline, per-CPU capacity: {:.2}x",
+                base_node - floor_node,
+                base_node / xdp_node
+            );
+        }
     } else {
         println!(
             "(the node's own per-packet cost, generator and sink excluded, is measured with LB_PPS_NAPI=threaded)"

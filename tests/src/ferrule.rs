@@ -52,6 +52,8 @@ pub struct Ferrule {
     daemon: Option<Daemon>,
     starts: u32,
     pin_dir: PathBuf,
+    /// The daemon binary [`Ferrule::start`] runs: [`ferrule_bin`] unless [`Ferrule::with_bin`].
+    bin: PathBuf,
 }
 
 impl Ferrule {
@@ -70,7 +72,14 @@ impl Ferrule {
             daemon: None,
             starts: 0,
             pin_dir: PathBuf::from("/sys/fs/bpf/ferrule").join(name.replace('.', ":")),
+            bin: ferrule_bin(),
         })
+    }
+
+    /// Runs the daemon from `bin` instead (another build, e.g. a benchmark's baseline).
+    pub fn with_bin(mut self, bin: PathBuf) -> Ferrule {
+        self.bin = bin;
+        self
     }
 
     /// Starts the daemon (extra flags such as `--resume` appended) and waits until its first
@@ -85,7 +94,7 @@ impl Ferrule {
         let mut args = vec![
             format!("--mount=/proc/{}/ns/mnt", std::process::id()),
             "--".into(),
-            ferrule_bin().display().to_string(),
+            self.bin.display().to_string(),
             "daemon".into(),
             "--config".into(),
             self.config.display().to_string(),
