@@ -10,6 +10,9 @@
 //! xdp_lb`. Knobs: `FERRULE_BENCH_SERVICES=1,1000,100000` (the rows), `FERRULE_BENCH_TABLE=251`.
 //!
 //! Each row runs on a datapath of its own (fresh maps, empty conntrack) holding all its services.
+//! The IPv4 DSR services' ids start at 1, below `FR_LB_TRAFFIC_ARR_SIZE` (their packets and bytes
+//! go to per-CPU arrays); the IPv6 DSR (65537..) and NAT services' ids are above it (counted in
+//! the per-CPU hash), so both ways of counting are measured.
 //! Each figure is the kernel's per-run duration of single runs: per turn the median of 20,000
 //! runs; the rows take 15 turns each, interleaved, and the figure is the median turn (this
 //! machine's speed drifts by up to 2x from one second to the next, so only figures taken in
