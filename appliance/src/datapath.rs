@@ -3,6 +3,7 @@
 //! ([`NodeDatapath`]: `ferrule_ebpf::Datapath` plus `tc_decap`) and an in-memory one for tests of
 //! everything above it.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -35,6 +36,19 @@ pub trait Datapath {
     fn set_decap(&mut self, want: &ferrule_config::Decap) -> Result<DecapStatus>;
     /// `tc_decap`'s counters, summed over CPUs; `None` while `[decap]` has not set it up.
     fn decap_events(&self) -> Result<Option<DecapEvents>>;
+    /// Which interfaces carry our programs now, read from the kernel rather than remembered.
+    fn attached(&self) -> Result<Attached>;
+}
+
+/// Interfaces whose pinned link runs our program on the interface of that name right now. A link
+/// outlives its interface: deleting an interface, or deleting and making it again, leaves a
+/// pinned link attached to nothing, which only a check of the kernel notices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attached {
+    /// `xdp_lb` on the uplinks.
+    pub uplinks: BTreeSet<String>,
+    /// `tc_decap` on `[decap]`'s interfaces.
+    pub decap: BTreeSet<String>,
 }
 
 /// `[decap]` as the datapath has it: per configured interface whether `tc_decap` is attached
@@ -96,6 +110,14 @@ fn ebpf_mode(mode: Mode) -> ferrule_ebpf::LbMode {
 impl Datapath for NodeDatapath {
     fn set_uplinks(&mut self, uplinks: &[String]) -> Vec<UplinkStatus> {
         self.xdp.set_uplinks(uplinks)
+    }
+
+    fn attached(&self) -> Result<Attached> {
+        let decap = match &self.decap {
+            Some(decap) => decap.links()?.into_iter().filter(|l| l.attached).map(|l| l.interface).collect(),
+            None => BTreeSet::new(),
+        };
+        Ok(Attached { uplinks: self.xdp.attached_uplinks()?, decap })
     }
 
     fn interface_stats(&self) -> Result<Vec<InterfaceStats>> {
@@ -223,7 +245,7 @@ impl Datapath for NodeDatapath {
             let attached = links.iter().any(|l| &l.interface == name && l.attached);
             if fresh || !attached {
                 if let Err(err) = decap.attach(name) {
-                    errors.insert(name.clone(), anyhow::Error::from(err).to_string());
+                    errors.insert(name.clone(), format!("{:#}", anyhow::Error::from(err)));
                 }
             }
         }
@@ -253,6 +275,7 @@ enum Command {
     LbEvents(Reply<LbEvents>),
     SetDecap(ferrule_config::Decap, Reply<DecapStatus>),
     DecapEvents(Reply<Option<DecapEvents>>),
+    Attached(Reply<Attached>),
 }
 
 /// A cheap, cloneable handle to the datapath thread.
@@ -315,6 +338,9 @@ impl DatapathHandle {
                         Command::DecapEvents(reply) => {
                             let _ = reply.send(datapath.decap_events());
                         }
+                        Command::Attached(reply) => {
+                            let _ = reply.send(datapath.attached());
+                        }
                     }
                 }
             })
@@ -376,6 +402,10 @@ impl DatapathHandle {
     pub async fn decap_events(&self) -> Result<Option<DecapEvents>> {
         self.ask(Command::DecapEvents).await
     }
+
+    pub async fn attached(&self) -> Result<Attached> {
+        self.ask(Command::Attached).await
+    }
 }
 
 fn gone() -> anyhow::Error {
@@ -395,6 +425,8 @@ pub struct InMemoryDatapath {
     pub events: Option<LbEvents>,
     /// What `decap_events` answers.
     pub decap_events: Option<DecapEvents>,
+    /// The interfaces the last `set_decap` attached.
+    decap_attached: Vec<String>,
 }
 
 #[cfg(test)]
@@ -407,6 +439,7 @@ impl InMemoryDatapath {
             lb: LbState::default(),
             events: Some(LbEvents::default()),
             decap_events: None,
+            decap_attached: Vec::new(),
         }
     }
 }
@@ -469,6 +502,7 @@ impl Datapath for InMemoryDatapath {
 
     /// Interfaces in `existing` attach, others report an error.
     fn set_decap(&mut self, want: &ferrule_config::Decap) -> Result<DecapStatus> {
+        self.decap_attached = want.interfaces.iter().filter(|i| self.existing.contains(i)).cloned().collect();
         let interfaces = want
             .interfaces
             .iter()
@@ -483,5 +517,11 @@ impl Datapath for InMemoryDatapath {
 
     fn decap_events(&self) -> Result<Option<DecapEvents>> {
         Ok(self.decap_events)
+    }
+
+    /// What was attached and is still in `existing` (a test removes a name to delete it).
+    fn attached(&self) -> Result<Attached> {
+        let live = |names: &[String]| names.iter().filter(|n| self.existing.contains(n)).cloned().collect();
+        Ok(Attached { uplinks: live(&self.attached), decap: live(&self.decap_attached) })
     }
 }

@@ -569,6 +569,9 @@ mod tests {
         fn decap_events(&self) -> anyhow::Result<Option<ferrule_ebpf::DecapEvents>> {
             self.0.decap_events()
         }
+        fn attached(&self) -> anyhow::Result<crate::datapath::Attached> {
+            self.0.attached()
+        }
     }
 
     const LB_CONFIG: &str = "[node]\nname = \"n1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n\

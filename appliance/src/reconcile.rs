@@ -96,6 +96,28 @@ impl Desired<'_> {
     }
 }
 
+/// Marks uplinks and `[decap]` interfaces that `observed` has as attached but the kernel no
+/// longer does as not attached (with why), so that [`plan`] attaches them again; returns their
+/// names, each once (`uplink NAME` / `decap NAME`).
+pub fn forget_detached(observed: &mut Observed, live: &crate::datapath::Attached) -> Vec<String> {
+    const GONE: &str = "its link lost the interface (deleted or re-created)";
+    let mut gone = Vec::new();
+    for uplink in observed.uplinks.iter_mut().filter(|u| u.attached && !live.uplinks.contains(&u.name)) {
+        uplink.attached = false;
+        uplink.mode = None;
+        uplink.error = Some(GONE.to_owned());
+        gone.push(format!("uplink {}", uplink.name));
+    }
+    if let Some(decap) = observed.decap.as_mut() {
+        for i in decap.interfaces.iter_mut().filter(|i| i.attached && !live.decap.contains(&i.name)) {
+            i.attached = false;
+            i.error = Some(GONE.to_owned());
+            gone.push(format!("decap {}", i.name));
+        }
+    }
+    gone
+}
+
 /// Ops that take `observed` to `desired`. Uplinks that failed to attach are retried every pass.
 pub fn plan(desired: &Desired<'_>, observed: &Observed) -> Vec<Op> {
     let wanted = &desired.accepted.model.node.uplinks;
@@ -227,6 +249,16 @@ async fn pass(
     let desired = want.accepted;
     let mut observed = observed_tx.borrow().clone();
     let mut failed = false;
+    // What was attached may have lost its interface since (deleted, or deleted and made again):
+    // asked of the kernel every pass, so that the plan below attaches it again once it is back.
+    match datapath.attached().await {
+        Ok(live) => {
+            for gone in forget_detached(&mut observed, &live) {
+                warn!(interface = %gone, "program no longer attached (interface deleted or re-created); re-attaching");
+            }
+        }
+        Err(err) => warn!(error = %format!("{err:#}"), "cannot read which interfaces carry our programs"),
+    }
     for op in plan(want, &observed) {
         match op {
             Op::SetUplinks(uplinks) => match datapath.set_uplinks(uplinks).await {
@@ -462,6 +494,29 @@ mod tests {
         // [decap] removed: tc_decap goes.
         seen.decap = Some(decap_status(&b.model.decap, &[]));
         assert_eq!(plan_for(&a, &seen), vec![Op::SetDecap(ferrule_config::Decap::default())]);
+    }
+
+    #[test]
+    fn a_link_that_lost_its_interface_is_attached_again() {
+        let b = with_decap(2, &["eth1"]);
+        let mut seen = observed_for(vec![attached("eth0")], &b);
+        seen.decap = Some(decap_status(&b.model.decap, &[]));
+        assert!(plan_for(&b, &seen).is_empty(), "in place as remembered");
+
+        // The kernel still has both links on their interfaces: nothing changes.
+        let live = crate::datapath::Attached { uplinks: ["eth0".into()].into(), decap: ["eth1".into()].into() };
+        assert!(forget_detached(&mut seen, &live).is_empty());
+        assert!(plan_for(&b, &seen).is_empty());
+
+        // Both interfaces were deleted (or deleted and made again): their links are attached to
+        // nothing, and the next pass attaches the programs again.
+        let gone = forget_detached(&mut seen, &crate::datapath::Attached::default());
+        assert_eq!(gone, ["uplink eth0", "decap eth1"]);
+        assert!(!seen.uplinks[0].attached && seen.uplinks[0].error.as_deref().unwrap().contains("deleted"));
+        assert!(!seen.decap.as_ref().unwrap().interfaces[0].attached);
+        assert_eq!(plan_for(&b, &seen), vec![Op::SetUplinks(vec!["eth0".into()]), Op::SetDecap(b.model.decap.clone())]);
+        // Noticed once: already marked, nothing more to report.
+        assert!(forget_detached(&mut seen, &crate::datapath::Attached::default()).is_empty());
     }
 
     #[test]

@@ -400,6 +400,21 @@ impl Datapath {
         statuses
     }
 
+    /// The interfaces whose pinned link still runs `xdp_lb` (this build's or an older one) on the
+    /// interface of that name, read from the kernel now: a link whose interface was deleted, or
+    /// deleted and made again, is left out. [`Datapath::set_uplinks`] replaces such links.
+    pub fn attached_uplinks(&self) -> Result<BTreeSet<String>, EbpfError> {
+        if !self.links_dir().exists() {
+            return Ok(BTreeSet::new());
+        }
+        Ok(self
+            .scan_links()?
+            .into_iter()
+            .filter(|l| l.uplink.health != LinkHealth::Defunct)
+            .map(|l| l.uplink.name)
+            .collect())
+    }
+
     /// The uplinks as of the last [`Datapath::set_uplinks`], or as found pinned at open.
     pub fn uplinks(&self) -> Vec<UplinkStatus> {
         self.statuses.clone()

@@ -230,3 +230,57 @@ fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() {
     assert_eq!((status["asn"].as_u64(), status["config"]["source"].as_str()), (Some(65120), Some("sighup")));
     n.f.stop().unwrap();
 }
+
+#[test]
+fn programs_come_back_on_interfaces_deleted_and_made_again() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let dir = TestDir::new("relink").unwrap();
+    let node = NetNs::new("fnode").unwrap();
+    let peer = NetNs::new("fpeer").unwrap();
+    let make_interfaces = || -> Result<()> {
+        net::veth(&node, "up0", &peer, "down0")?;
+        node.run("ip", ["link", "add", "dc0", "type", "veth", "peer", "name", "dc0p"])?;
+        node.run("ip", ["link", "set", "dc0", "up"])?;
+        Ok(())
+    };
+    make_interfaces().unwrap();
+    net::add_addr(&node, "up0", &format!("{NODE_ADDR}/64")).unwrap();
+    let name = format!("relink{}", std::process::id());
+    let config =
+        format!("{}\n[decap]\ninterfaces = [\"dc0\"]\naddresses = [\"{NODE_ADDR}\"]\n", node_config(&name, 65101));
+    let mut f = Ferrule::new(&node, dir.path(), &name, &config).unwrap();
+    f.start(&[]).unwrap();
+
+    // (xdp_lb on up0, tc_decap on dc0) as the daemon reports them (from the kernel's link info:
+    // the link's interface index against the index of the interface of that name).
+    let reported = |f: &Ferrule| -> Result<(bool, bool)> {
+        let datapath = &f.show(&["status"])?["datapath"];
+        Ok((datapath["uplinks"][0]["attached"] == true, datapath["decap"]["interfaces"][0]["attached"] == true))
+    };
+    // XDP as iproute2 shows it (the bpftool here predates tcx, so tc_decap has no such check).
+    let xdp_in_kernel = || -> Result<bool> { Ok(node.run("ip", ["-d", "link", "show", "up0"])?.contains("xdp")) };
+    let wait_for = |what: &str, want: (bool, bool)| {
+        // The reconcile loop looks at the kernel at least every 10 s.
+        cmd::poll_until(what, Duration::from_secs(30), Duration::from_millis(200), || Ok(reported(&f)? == want))
+            .with_context(|| format!("ferrule log:\n{}", f.log_tail()))
+            .unwrap();
+    };
+    wait_for("both programs attached", (true, true));
+    assert!(xdp_in_kernel().unwrap());
+
+    // Deleting the interfaces leaves the pinned links attached to nothing: the daemon notices
+    // without any config change.
+    node.run("ip", ["link", "del", "dc0"]).unwrap();
+    node.run("ip", ["link", "del", "up0"]).unwrap();
+    wait_for("both reported detached", (false, false));
+    let status = f.show(&["status"]).unwrap();
+    println!("after deleting up0 and dc0: {}", status["datapath"]);
+
+    // Made again (new ifindexes): both programs are attached again, in the kernel too.
+    make_interfaces().unwrap();
+    wait_for("both attached again", (true, true));
+    assert!(xdp_in_kernel().unwrap(), "the kernel has xdp_lb on the new up0");
+    f.stop().unwrap();
+}
