@@ -102,7 +102,11 @@ impl Desired<'_> {
 pub fn forget_detached(observed: &mut Observed, live: &crate::datapath::Attached) -> Vec<String> {
     const GONE: &str = "its link lost the interface (deleted or re-created)";
     let mut gone = Vec::new();
-    for uplink in observed.uplinks.iter_mut().filter(|u| u.attached && !live.uplinks.contains(&u.name)) {
+    // An uplink attached with an error is one that has no pinned link to check (aya's netlink
+    // fallback on kernels without XDP links): left as it is.
+    for uplink in
+        observed.uplinks.iter_mut().filter(|u| u.attached && u.error.is_none() && !live.uplinks.contains(&u.name))
+    {
         uplink.attached = false;
         uplink.mode = None;
         uplink.error = Some(GONE.to_owned());
@@ -517,6 +521,12 @@ mod tests {
         assert_eq!(plan_for(&b, &seen), vec![Op::SetUplinks(vec!["eth0".into()]), Op::SetDecap(b.model.decap.clone())]);
         // Noticed once: already marked, nothing more to report.
         assert!(forget_detached(&mut seen, &crate::datapath::Attached::default()).is_empty());
+
+        // Attached through netlink (no pinned link to look at): not second-guessed.
+        let mut netlink = observed_for(vec![attached("eth0")], &b);
+        netlink.uplinks[0].error = Some("attached through netlink, which cannot be pinned".into());
+        assert!(forget_detached(&mut netlink, &crate::datapath::Attached::default()).is_empty());
+        assert!(netlink.uplinks[0].attached);
     }
 
     #[test]
