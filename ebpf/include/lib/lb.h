@@ -280,10 +280,11 @@ LB_COUNTERS_FN(lb_backend_counters, fr_lb_backend_stats)
 /*
  * Adds a packet of `bytes` to the packets and bytes of `id`: in the per-CPU array when the id
  * indexes it (an inlined index, no hashing: every packet of every flow does this twice), else in
- * its counters. One function per map, like the above.
+ * its counters, which are then returned so that a caller counting a new flow too does not look
+ * them up again (NULL: counted in the array). One function per map, like the above.
  */
 #define LB_TRAFFIC_FN(name, array, counters_fn)                                        \
-	static __always_inline void name(__u32 id, __u64 bytes)                         \
+	static __always_inline struct fr_lb_counters *name(__u32 id, __u64 bytes)       \
 	{                                                                               \
 		struct fr_lb_counters *c;                                               \
 		struct fr_lb_traffic *t;                                                \
@@ -294,13 +295,14 @@ LB_COUNTERS_FN(lb_backend_counters, fr_lb_backend_stats)
 				t->packets += 1;                                        \
 				t->bytes += bytes;                                      \
 			}                                                               \
-			return;                                                         \
+			return NULL;                                                    \
 		}                                                                       \
 		c = counters_fn(id);                                                    \
 		if (c) {                                                                \
 			c->packets += 1;                                                \
 			c->bytes += bytes;                                              \
 		}                                                                       \
+		return c;                                                               \
 	}
 
 LB_TRAFFIC_FN(lb_service_traffic, fr_lb_service_traffic, lb_service_counters)
@@ -997,7 +999,8 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	__u64 now;
 
 	p->service_id = sid;
-	lb_service_traffic(sid, p->frame_len);
+	/* The service's hash counters when its id is beyond the array; looked up once. */
+	sc = lb_service_traffic(sid, p->frame_len);
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!cfg)
 		return XDP_PASS;
@@ -1054,14 +1057,19 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		entry->nat_port = nat_port;
 		entry->backend_tag = lb_backend_tag_of(bid, be);
 		bpf_map_update_elem(&fr_lb_ct, &p->flow, entry, BPF_ANY);
-		sc = lb_service_counters(sid);
+		if (!sc)
+			sc = lb_service_counters(sid);
 		if (sc)
 			sc->new_flows += 1;
-		bc = lb_backend_counters(bid);
+	}
+	bc = lb_backend_traffic(bid, p->frame_len);
+	if (!ct) {
+		/* A new flow (conntrack missed above). */
+		if (!bc)
+			bc = lb_backend_counters(bid);
 		if (bc)
 			bc->new_flows += 1;
 	}
-	lb_backend_traffic(bid, p->frame_len);
 
 	if (p->frag == LB_FRAG_FIRST)
 		lb_frag_record(p, bid, sid);
