@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use aya::EbpfLoader;
-use common::{bpffs, run, unique_node, PinGuard};
+use common::{bpffs, unique_node, PinGuard};
 use ferrule_ebpf::{
     abi::{self, IfaceStats},
     test_run_xdp, Datapath, EbpfError, InterfaceStats, XDP_PASS,
@@ -128,21 +128,13 @@ fn interfaces_below_and_above_the_array_bound_are_counted_and_older_counts_add_u
     let node = unique_node("ifarr");
     let _guard = PinGuard::new(&root, &node);
     // A namespace of this test's own with a veth whose ifindex is above the array's bound.
-    let ns = format!("frdp-ifarr-{}", std::process::id());
+    let ns = ferrule_tests::NetNs::new("frdpif").unwrap();
     let high = abi::IFACE_STATS_ARR_SIZE + 976;
-    run("ip", &["netns", "add", &ns]);
-    struct DelNs<'a>(&'a str);
-    impl Drop for DelNs<'_> {
-        fn drop(&mut self) {
-            let _gone_already_is_fine = std::process::Command::new("ip").args(["netns", "del", self.0]).status();
-        }
-    }
-    let _del = DelNs(&ns);
     let index = high.to_string();
-    run("ip", &["-n", &ns, "link", "add", "frhigh", "index", &index, "type", "veth", "peer", "name", "frhighp"]);
+    ns.run("ip", ["link", "add", "frhigh", "index", &index, "type", "veth", "peer", "name", "frhighp"]).unwrap();
     let packet = udp6_packet(b"counted");
     let len = packet.len() as u64;
-    let netns = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    let netns = std::fs::File::open(format!("/run/netns/{}", ns.name())).unwrap();
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
