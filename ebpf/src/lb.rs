@@ -710,7 +710,7 @@ fn remove_counters(ebpf: &mut Ebpf, maps: CounterMaps, id: u32) -> Result<(), Eb
         let name = maps.traffic;
         let mut traffic: PerCpuArray<_, LbTraffic> = PerCpuArray::try_from(map_mut(ebpf, name)?)
             .map_err(|e| EbpfError::map(name, "opening as per-CPU array", e))?;
-        let cpus = traffic.get(&id, 0).map_err(|e| EbpfError::map(name, "reading", e))?.len();
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| EbpfError::syscall("reading the possible CPUs", e))?;
         let zeros = PerCpuValues::try_from(vec![LbTraffic::default(); cpus])
             .map_err(|e| EbpfError::syscall("per-CPU values for zeroing fr_lb_*_traffic", e))?;
         traffic.set(id, zeros, 0).map_err(|e| EbpfError::map(name, "zeroing", e))?;
