@@ -329,7 +329,7 @@ pub struct LbEventKind {
 
 /// Every event of [`LbEvents`], in `enum fr_lb_event` order: the one list the API, the metrics and
 /// `show lb events` are made from, so they cannot disagree.
-pub const LB_EVENTS: [LbEventKind; 11] = [
+pub const LB_EVENTS: [LbEventKind; 12] = [
     LbEventKind {
         name: "malformed",
         count: |e| e.malformed,
@@ -353,7 +353,7 @@ pub const LB_EVENTS: [LbEventKind; 11] = [
     LbEventKind {
         name: "mtu_pass",
         count: |e| e.mtu_pass,
-        meaning: "passed: larger than the route's MTU once encapsulated",
+        meaning: "passed: larger than the route's MTU once encapsulated, and not answered with too_big",
     },
     LbEventKind {
         name: "nat_unhandled",
@@ -384,6 +384,11 @@ pub const LB_EVENTS: [LbEventKind; 11] = [
         name: "vlan_redirect",
         count: |e| e.vlan_redirect,
         meaning: "passed: a tagged frame whose next hop is out of another interface",
+    },
+    LbEventKind {
+        name: "too_big",
+        count: |e| e.too_big,
+        meaning: "answered: too big once encapsulated; ICMP \"too big\" sent back to the client",
     },
 ];
 
@@ -1126,6 +1131,7 @@ pub(crate) mod tests {
             frag_forwarded: 9,
             nat_reply: 10,
             vlan_redirect: 11,
+            too_big: 12,
         }
     }
 
@@ -1140,7 +1146,7 @@ pub(crate) mod tests {
             body,
             "{\"malformed\":1,\"ext_hdr_limit\":2,\"frag_unknown\":3,\"fib_pass\":4,\"mtu_pass\":5,\
              \"nat_unhandled\":6,\"icmp_forwarded\":7,\"icmp_no_flow\":8,\"frag_forwarded\":9,\"nat_reply\":10,\
-             \"vlan_redirect\":11}"
+             \"vlan_redirect\":11,\"too_big\":12}"
         );
         // The names are `LbEvents`' field names, each with its own field: a field added to
         // `LbEvents` but not to `LB_EVENTS` (or the reverse) fails here.

@@ -509,6 +509,7 @@ mod tests {
                 "ferrule_lb_events_total{event=\"nat_reply\"} 10",
                 // Zero events are series too, so a rate() has a start.
                 "ferrule_lb_events_total{event=\"vlan_redirect\"} 0",
+                "ferrule_lb_events_total{event=\"too_big\"} 12",
             ]
         );
 

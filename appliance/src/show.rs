@@ -837,13 +837,14 @@ malformed             0  passed: truncated or inconsistent headers (IHL < 5, len
 ext_hdr_limit         0  passed: more IPv6 extension headers than the fast path walks
 frag_unknown          0  passed: a later fragment whose first fragment was not seen
 fib_pass        1234567  passed: no route or no neighbour (ARP/ND) entry for the next hop yet; the stack resolves it
-mtu_pass              3  passed: larger than the route's MTU once encapsulated
+mtu_pass              3  passed: larger than the route's MTU once encapsulated, and not answered with too_big
 nat_unhandled         0  passed: a fragment to a NAT service, or an ICMP error NAT cannot translate (no conntrack entry)
 icmp_forwarded        0  sent on: an ICMP error about a load-balanced flow, to its backend (NAT: or back to the client)
 icmp_no_flow          0  sent on: such an ICMP error (DSR) whose flow had no conntrack entry; Maglev chose the backend
 frag_forwarded        0  sent on: a later fragment, to the backend its first fragment went to
 nat_reply            42  sent on: a backend's reply in a NAT flow, translated back to the client
 vlan_redirect         0  passed: a tagged frame whose next hop is out of another interface
+too_big               0  answered: too big once encapsulated; ICMP \"too big\" sent back to the client
 
 Node-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)
 "
@@ -866,7 +867,7 @@ Node-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)
                 "frag_unknown          0  passed: a later fragment whose first fragment was not seen",
                 "fib_pass              0  passed: no route or no neighbour (ARP/ND) entry for the next hop yet; the stack \
                  resolves it",
-                "mtu_pass              0  passed: larger than the route's MTU once encapsulated",
+                "mtu_pass              0  passed: larger than the route's MTU once encapsulated, and not answered with too_big",
                 "nat_unhandled         0  passed: a fragment to a NAT service, or an ICMP error NAT cannot translate (no \
                  conntrack entry)",
                 "icmp_forwarded        0  sent on: an ICMP error about a load-balanced flow, to its backend (NAT: or back to \
@@ -876,6 +877,7 @@ Node-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)
                 "frag_forwarded        0  sent on: a later fragment, to the backend its first fragment went to",
                 "nat_reply             0  sent on: a backend's reply in a NAT flow, translated back to the client",
                 "vlan_redirect         -  passed: a tagged frame whose next hop is out of another interface",
+                "too_big               0  answered: too big once encapsulated; ICMP \"too big\" sent back to the client",
                 "gre_pass              5",
                 "",
                 "Node-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)",

@@ -56,10 +56,16 @@ struct fr_iface_stats {
 
 /*
  * DSR encapsulation overhead: 20 bytes (IPIP, outer IPv4) or 40 bytes (IP6IP6 and IPv4-in-IPv6,
- * outer IPv6). The links between load balancer and backends need an MTU at least that much larger
- * than the clients' path MTU (or the VIPs' TCP MSS clamped by as much); an encapsulated packet that
- * does not fit is passed to the stack (counted as FR_LB_EV_MTU_PASS) rather than dropped.
+ * outer IPv6). Where the links between load balancer and backends have an MTU at least that much
+ * larger than the clients' path MTU, nothing else is needed. Where they do not, a TCP/UDP packet
+ * that does not fit once encapsulated and may not be fragmented (IPv4 with DF, every IPv6 packet)
+ * is answered like a router would: ICMP "fragmentation needed" / ICMPv6 "packet too big" from the
+ * VIP to the client, with the route's MTU minus the overhead (FR_LB_EV_TOO_BIG), so path MTU
+ * discovery shrinks the client's packets. At most FR_LB_TOO_BIG_PER_SEC such answers per CPU and
+ * second; beyond that, and for packets that may be fragmented, the encapsulated packet is passed
+ * to the stack (FR_LB_EV_MTU_PASS).
  */
+#define FR_LB_TOO_BIG_PER_SEC 1000
 #define FR_LB_ENCAP4_OVERHEAD 20
 #define FR_LB_ENCAP6_OVERHEAD 40
 
@@ -193,7 +199,8 @@ struct fr_lb_traffic {
 
 /*
  * Node-wide events of the load balancer: index into `fr_lb_events` (per-CPU array of __u64).
- * All of these packets are passed to the stack: the fast path only drops what it decided to.
+ * Counted packets are passed to the stack unless the comment says where they went; the fast path
+ * only drops what it decided to.
  */
 enum fr_lb_event {
 	FR_LB_EV_MALFORMED = 0, /* truncated Ethernet/IP/L4 header, IHL < 5, lengths that lie */
@@ -207,6 +214,7 @@ enum fr_lb_event {
 	FR_LB_EV_FRAG_FORWARDED = 8, /* non-first fragment sent to its first fragment's backend */
 	FR_LB_EV_NAT_REPLY = 9, /* reply of a NAT flow translated back to the client */
 	FR_LB_EV_VLAN_REDIRECT = 10, /* tagged packet whose egress is another interface: passed */
+	FR_LB_EV_TOO_BIG = 11, /* too big once encapsulated: ICMP "too big" sent back to the client */
 	FR_LB_EV_MAX = 16,
 };
 

@@ -240,6 +240,7 @@ abi_consts! {
     "FR_LB_EV_FRAG_FORWARDED" => pub const LB_EV_FRAG_FORWARDED: u32 = 8;
     "FR_LB_EV_NAT_REPLY" => pub const LB_EV_NAT_REPLY: u32 = 9;
     "FR_LB_EV_VLAN_REDIRECT" => pub const LB_EV_VLAN_REDIRECT: u32 = 10;
+    "FR_LB_EV_TOO_BIG" => pub const LB_EV_TOO_BIG: u32 = 11;
     "FR_LB_EV_MAX" => pub const LB_EV_MAX: u32 = 16;
     "FR_DECAP_EV_DECAPSULATED" => pub const DECAP_EV_DECAPSULATED: u32 = 0;
     "FR_DECAP_EV_NOT_LOCAL" => pub const DECAP_EV_NOT_LOCAL: u32 = 1;

@@ -173,7 +173,8 @@ pub struct LbCounters {
 }
 
 /// Node-wide load-balancer events (`enum fr_lb_event`), summed over CPUs. All were passed to
-/// the stack except the `*_forwarded` / `nat_reply` ones, which were sent on.
+/// the stack except the `*_forwarded` / `nat_reply` ones, which were sent on, and `too_big`,
+/// answered with an ICMP error to the client.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LbEvents {
     pub malformed: u64,
@@ -187,6 +188,7 @@ pub struct LbEvents {
     pub frag_forwarded: u64,
     pub nat_reply: u64,
     pub vlan_redirect: u64,
+    pub too_big: u64,
 }
 
 /// Decapsulation counters of [`Decap`], summed over CPUs.
@@ -314,6 +316,7 @@ fn read_events(ebpf: &Ebpf) -> Result<LbEvents, EbpfError> {
         frag_forwarded: ev(abi::LB_EV_FRAG_FORWARDED)?,
         nat_reply: ev(abi::LB_EV_NAT_REPLY)?,
         vlan_redirect: ev(abi::LB_EV_VLAN_REDIRECT)?,
+        too_big: ev(abi::LB_EV_TOO_BIG)?,
     })
 }
 

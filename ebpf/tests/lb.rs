@@ -1490,11 +1490,12 @@ fn next_hops_are_cached_for_a_moment_and_longer_packets_check_the_route_again() 
             println!("(the second packet came {age:?} after the first: the cached answer may have expired)");
         }
         // A packet longer than the cached route's MTU is not answered from the cache: the route
-        // lookup itself says it does not fit once encapsulated (passed to the stack, counted).
-        let mtu_before = lb.dp.lb().events().unwrap().mtu_pass;
+        // lookup itself says it does not fit once encapsulated (answered with "too big", counted).
+        let too_big_before = lb.dp.lb().events().unwrap().too_big;
         let big = tcp4(CLIENT4, 40001, VIP4, 80, false, &[0x5a; 1470]);
-        assert_eq!(lb.run(&big).retval, XDP_PASS, "1490-byte packet + 20 bytes of IPIP > MTU 1500");
-        assert_eq!(lb.dp.lb().events().unwrap().mtu_pass, mtu_before + 1);
+        let out = lb.run(&big);
+        assert_eq!((out.retval, out.data[34]), (XDP_TX, 3), "1490-byte packet + 20 bytes of IPIP > MTU 1500");
+        assert_eq!(lb.dp.lb().events().unwrap().too_big, too_big_before + 1);
 
         // Afterwards the new MAC is used: bounded wait, 10 ms steps for at most 2 s.
         let changed = Instant::now();
@@ -1510,6 +1511,110 @@ fn next_hops_are_cached_for_a_moment_and_longer_packets_check_the_route_again() 
         }
         let seen = seen.expect("the moved neighbour was never used");
         println!("the moved neighbour was used {seen:?} after the change (cache lifetime 50 ms)");
+    });
+}
+
+/// The first bytes of the IP packet in `frame` (after its 14-byte Ethernet header) that an ICMP
+/// "too big" quotes: the IP header and 8 bytes of TCP.
+fn quote_of(frame: &[u8], ip_header: usize) -> Vec<u8> {
+    frame[14..14 + ip_header + 8].to_vec()
+}
+
+/// Replies go back where the packet came from: to the peer, from the veth.
+const BACK: ([u8; 6], [u8; 6]) = (MAC_DEV, MAC_PEER);
+
+#[test]
+fn dsr_packets_too_big_for_the_tunnel_are_answered_with_icmp_too_big() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("t");
+    net.run(|ifindex| {
+        stay_on_this_cpu();
+        let mut lb = Lb::open("toobig", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 95, LbMode::Dsr, ID_A4);
+        lb.service(ip6(VIP6), 80, L4Proto::Tcp, 96, LbMode::Dsr, ID_A6);
+        // An IPv4 VIP with an IPv6 backend: IPv4-in-IPv6, 40 bytes of overhead.
+        lb.service(ip4(VIP4), 81, L4Proto::Tcp, 97, LbMode::Dsr, ID_A6);
+        // The veth's MTU is 1500. A 1500-byte IPv4 packet with DF (etherparse's default) needs
+        // 1520 once in IPIP: "fragmentation needed", next-hop MTU 1480, from the VIP.
+        let big4 = tcp4(CLIENT4, 40000, VIP4, 80, false, &[0x5a; 1460]);
+        assert!(Ipv4HeaderSlice::from_slice(&big4[14..34]).unwrap().dont_fragment());
+        let out = lb.run(&big4);
+        let expected = icmp4_error(BACK, VIP4, CLIENT4, (3, 4, [0, 0, 0x05, 0xc8]), &quote_of(&big4, 20));
+        assert_tx(&out, &expected, "IPv4 in IPIP, too big");
+        assert_icmp_checksums_valid(&out.data);
+        // What fits still goes to the backend.
+        let fits = tcp4(CLIENT4, 40000, VIP4, 80, false, &[0x5a; 1440]);
+        assert_tx(&lb.run(&fits), &expect_ipip(MAC_A, BACKEND_A4, &fits[14..]), "1480 bytes fit");
+
+        // IPv6: 1500 + 40 of IP6IP6: "packet too big", MTU 1460.
+        let big6 = tcp6(CLIENT6, 40000, VIP6, 80, false, &[0x5a; 1440]);
+        let out = lb.run(&big6);
+        let expected = icmp6_error(BACK, VIP6, CLIENT6, (2, 0, 1460u32.to_be_bytes()), &quote_of(&big6, 40));
+        assert_tx(&out, &expected, "IPv6 in IP6IP6, too big");
+        assert_icmp_checksums_valid(&out.data);
+
+        // IPv4 in IPv6: the overhead is the outer header's, 40 bytes: MTU 1460.
+        let big46 = tcp4(CLIENT4, 40000, VIP4, 81, false, &[0x5a; 1460]);
+        let expected = icmp4_error(BACK, VIP4, CLIENT4, (3, 4, [0, 0, 0x05, 0xb4]), &quote_of(&big46, 20));
+        assert_tx(&lb.run(&big46), &expected, "IPv4 in IPv6, too big");
+        let seen = lb.dp.lb().events().unwrap();
+        println!("after three too-big packets: too_big {}, mtu_pass {}", seen.too_big, seen.mtu_pass);
+        assert_eq!((seen.too_big, seen.mtu_pass), (3, 0));
+        // The service counts what came for its VIP; the backends count only what they were sent.
+        let lbm = lb.dp.lb();
+        assert_eq!(lbm.service_counters(95).unwrap().packets, 2);
+        assert_eq!(lbm.backend_counters(ID_A4).unwrap().packets, 1, "the 1480-byte packet only");
+        assert_eq!(lbm.backend_counters(ID_A4).unwrap().bytes, fits.len() as u64);
+        assert_eq!((lbm.backend_counters(ID_A6).unwrap().packets, lbm.service_counters(96).unwrap().packets), (0, 1));
+        // Likewise for a backend id beyond the per-CPU arrays (counted in the hash).
+        let high = LB_TRAFFIC_ARR_SIZE + 10;
+        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080 }).unwrap();
+        lb.service(ip4(VIP4), 82, L4Proto::Tcp, 98, LbMode::Dsr, high);
+        let big_high = tcp4(CLIENT4, 40000, VIP4, 82, false, &[0x5a; 1460]);
+        assert_eq!(lb.run(&big_high).retval, XDP_TX);
+        let fits_high = tcp4(CLIENT4, 40000, VIP4, 82, false, &[0x5a; 1440]);
+        assert_tx(&lb.run(&fits_high), &expect_ipip(MAC_B, BACKEND_B4, &fits_high[14..]), "high id, fits");
+        let counted = lb.dp.lb().backend_counters(high).unwrap();
+        assert_eq!((counted.packets, counted.bytes, counted.new_flows), (1, fits_high.len() as u64, 1));
+
+        // IPv4 options are quoted whole: the quote is IHL * 4 + 8 bytes.
+        let mut with_options = Vec::new();
+        let mut header = Ipv4Header::new(20 + 1460, 64, IpNumber::TCP, CLIENT4, VIP4).unwrap();
+        header.options = [1, 1, 1, 0].as_slice().try_into().unwrap(); // NOP NOP NOP EOL
+        PacketBuilder::ethernet2(MAC_PEER, MAC_DEV)
+            .ip(etherparse::IpHeaders::Ipv4(header, Default::default()))
+            .tcp(40002, 80, 1001, 64240)
+            .ack(5000)
+            .write(&mut with_options, &[0x5a; 1456])
+            .unwrap();
+        let expected = icmp4_error(BACK, VIP4, CLIENT4, (3, 4, [0, 0, 0x05, 0xc8]), &quote_of(&with_options, 24));
+        assert_tx(&lb.run(&with_options), &expected, "IPv4 with options, too big");
+
+        // A packet that may be fragmented (no DF) is not answered: passed, as before.
+        let mut no_df = big4.clone();
+        no_df[20] &= !0x40;
+        let mut h = Ipv4HeaderSlice::from_slice(&no_df[14..34]).unwrap().to_header();
+        h.header_checksum = h.calc_header_checksum();
+        no_df[14..34].copy_from_slice(&h.to_bytes());
+        assert_eq!(lb.run(&no_df).retval, XDP_PASS, "IPv4 without DF");
+        // Nor is one from a source no ICMP error may go to (here a multicast address).
+        let from_multicast = tcp4([224, 0, 0, 9], 40000, VIP4, 80, false, &[0x5a; 1460]);
+        assert_eq!(lb.run(&from_multicast).retval, XDP_PASS, "from a multicast source");
+        let seen = lb.dp.lb().events().unwrap();
+        assert_eq!((seen.too_big, seen.mtu_pass), (5, 2));
+
+        // At most FR_LB_TOO_BIG_PER_SEC (1,000) answers per CPU and one-second window; the rest
+        // is passed. 2,100 packets sent within a second span at most two windows.
+        let started = Instant::now();
+        let answered = (0..2100).filter(|_| lb.run(&big4).retval == XDP_TX).count();
+        let took = started.elapsed();
+        println!("2100 too-big packets in {took:?}: {answered} answered");
+        assert!(took < Duration::from_secs(1), "the loop must fit in a second for the bound below: {took:?}");
+        assert!((995..=2000).contains(&answered), "answered {answered}");
+        let seen = lb.dp.lb().events().unwrap();
+        assert_eq!((seen.too_big, seen.mtu_pass), (5 + answered as u64, 2 + (2100 - answered) as u64));
     });
 }
 

@@ -420,6 +420,7 @@ fn nat_answers_through_the_node(f: &'static Family, label: &str) {
         "frag_forwarded",
         "nat_reply",
         "vlan_redirect",
+        "too_big",
     ];
     let mut sorted = all;
     sorted.sort_unstable();
@@ -576,6 +577,28 @@ fn dsr_answers_from_the_backend(f: &'static Family, label: &str, by: DecapBy) {
         println!("backend daemon metrics: expected {series:?}");
         assert!(text.lines().any(|l| l == series), "{text}");
     }
+
+    // Every link here has MTU 1500, so the client's full-sized segments (1500-byte packets) do
+    // not fit the link to the backend once encapsulated. The node answers them with ICMP "too
+    // big" from the VIP, the client's path MTU discovery shrinks its segments, and a 64 KiB
+    // request arrives whole (without the answer it would stall: the old behaviour passed such
+    // packets to the node's stack, which does not forward tunnels from its own address).
+    const FR_LB_EV_TOO_BIG: u64 = 11;
+    let big: &'static str = Box::leak("x".repeat(64 * 1024).into_boxed_str());
+    // The answers leave by XDP_TX (back out of cl0), which a veth delivers at once only to a peer
+    // with an XDP program of its own (see Lab::new): the client's end gets xdp_sink, which passes
+    // everything but IPv4 UDP (this client sends none).
+    let _client_xdp = in_netns(&lab.client, || Ok(ferrule_ebpf::XdpSink::attach("up0")?)).unwrap();
+    let x = talk(&lab.client, lab.vip(), big).unwrap_or_else(|e| panic!("64 KiB request: {e:#}"));
+    let tail = format!(" served at {} for {}", lab.vip(), x.local);
+    println!("64 KiB request: answer of {} bytes, expected {}", x.answer.len(), big.len() + tail.len());
+    assert!(x.answer.len() == big.len() + tail.len() && x.answer.starts_with(big) && x.answer.ends_with(&tail));
+    let events = lb_events(&name).unwrap();
+    let too_big = events.iter().find(|(e, _)| *e == FR_LB_EV_TOO_BIG).map_or(0, |(_, n)| *n);
+    let route = lab.client.run("ip", ["route", "get", f.vip]).unwrap();
+    let pmtu = if f.host_len == 32 { "mtu 1480" } else { "mtu 1460" };
+    println!("too_big answers: {too_big} (events {events:?}); client: {}", route.trim());
+    assert!(too_big > 0 && route.contains(pmtu), "expected {pmtu} in the client's route cache");
     ferrule.stop().unwrap();
 
     // Removing it detaches the program (its tcx link is gone) and leaves no pin of it behind.

@@ -30,6 +30,10 @@
  *   A quoted IPv4 later fragment has no ports: XDP_PASS.
  * - Malformed headers (truncated, IHL < 5, lengths beyond the frame, an IP version that is not the
  *   ethertype's): XDP_PASS + FR_LB_EV_MALFORMED; the stack's own checks then discard them.
+ * - DSR, too big once encapsulated (the route's MTU): a TCP/UDP packet that may not be fragmented
+ *   (IPv4 with DF, IPv6) and is not a later fragment is answered with ICMP "fragmentation needed"
+ *   / ICMPv6 "packet too big" from the VIP (lb_too_big, FR_LB_EV_TOO_BIG, rate-limited per CPU);
+ *   anything else that does not fit is passed (FR_LB_EV_MTU_PASS).
  * - Tagged frames (one 802.1Q/802.1ad tag) are handled; the tag is kept, so they are sent back
  *   out (XDP_TX) only when the route's egress is the ingress interface, else passed.
  */
@@ -66,6 +70,10 @@
 #define LB_SEED_MAGLEV 0x6d61676cu
 #define LB_SEED_NAT 0x6e617470u
 #define LB_REFRESH_NS 1000000000ull
+/* lb_fib's answer for a DSR packet over the route's MTU once encapsulated (never a verdict). */
+#define LB_TOO_BIG (-2)
+/* Most bytes of a packet an ICMP "too big" quotes: its IP header(s) and 8 bytes of TCP/UDP. */
+#define LB_QUOTE_MAX 256
 
 enum lb_frag { LB_FRAG_NONE = 0, LB_FRAG_FIRST = 1, LB_FRAG_LATER = 2 };
 
@@ -98,7 +106,8 @@ struct lb_fwd {
 	__u32 backend_id; /* the backend `dst` is, or 0: picks the next-hop slot (lb_be_nh) */
 	__u8 family;
 	__u8 vlan;
-	__u8 pad[2];
+	__u8 tunnel; /* DSR: lb_fib answers LB_TOO_BIG when the route's MTU is exceeded */
+	__u8 pad;
 	__u64 now_ns; /* the packet's lb_pkt.now_ns: lb_fib reads the clock only when it is 0 */
 } __attribute__((aligned(8)));
 
@@ -181,6 +190,9 @@ struct lb_scratch {
 	struct lb_icmp icmp;
 	struct lb_nh_key nh_key;
 	struct lb_nh nh;
+	__u32 too_big_mtu; /* the route's MTU, when lb_fib answered LB_TOO_BIG */
+	__u32 pad;
+	__u8 quote[LB_QUOTE_MAX]; /* the start of a packet answered with ICMP "too big" */
 } __attribute__((aligned(8)));
 
 struct {
@@ -307,6 +319,29 @@ LB_COUNTERS_FN(lb_backend_counters, fr_lb_backend_stats)
 
 LB_TRAFFIC_FN(lb_service_traffic, fr_lb_service_traffic, lb_service_counters)
 LB_TRAFFIC_FN(lb_backend_traffic, fr_lb_backend_traffic, lb_backend_counters)
+
+/* Takes back a packet lb_backend_traffic counted on backend `id`, one answered in the backend's
+ * stead (lb_too_big). Counted on this CPU, so the count holds it, unless the id's counters were
+ * cleared since (then nothing is taken). */
+static __always_inline void lb_backend_uncount(__u32 id, __u64 bytes)
+{
+	struct fr_lb_counters *c;
+	struct fr_lb_traffic *t;
+
+	if (id < FR_LB_TRAFFIC_ARR_SIZE) {
+		t = bpf_map_lookup_elem(&fr_lb_backend_traffic, &id);
+		if (t && t->packets && t->bytes >= bytes) {
+			t->packets -= 1;
+			t->bytes -= bytes;
+		}
+		return;
+	}
+	c = bpf_map_lookup_elem(&fr_lb_backend_stats, &id);
+	if (c && c->packets && c->bytes >= bytes) {
+		c->packets -= 1;
+		c->bytes -= bytes;
+	}
+}
 
 /* Counts a drop on the service (`p->service_id`) and, once one was chosen, on the backend
  * (`p->backend_id`). Drops are rare: the counters are looked up here rather than carried along. */
@@ -680,6 +715,10 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_
 			__builtin_memcpy(fib->ipv6_dst, f->dst, 16);
 		}
 		rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && f->tunnel) {
+			s->too_big_mtu = fib->mtu_result; /* on FRAG_NEEDED, the route's MTU */
+			return LB_TOO_BIG;
+		}
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 			return lb_pass_event(rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? FR_LB_EV_MTU_PASS : FR_LB_EV_FIB_PASS);
 		nh = &s->nh;
@@ -733,6 +772,188 @@ static __always_inline __u32 lb_write_l2(struct xdp_md *ctx, const __u8 *saved, 
 	return ETH_HLEN;
 }
 
+/* Per-CPU budget of ICMP "too big" answers: FR_LB_TOO_BIG_PER_SEC per one-second window. */
+struct lb_too_big_budget {
+	__u64 window_ns;
+	__u32 sent;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_too_big_budget);
+} lb_too_big_budget SEC(".maps");
+
+static __always_inline int lb_too_big_allowed(__u64 now)
+{
+	__u32 zero = 0;
+	struct lb_too_big_budget *b = bpf_map_lookup_elem(&lb_too_big_budget, &zero);
+
+	if (!b)
+		return 0;
+	if (now - b->window_ns >= 1000000000ull) {
+		b->window_ns = now;
+		b->sent = 0;
+	}
+	if (b->sent >= FR_LB_TOO_BIG_PER_SEC)
+		return 0;
+	b->sent += 1;
+	return 1;
+}
+
+/* Whether the packet's source is one host (not unspecified, loopback, multicast or broadcast): the
+ * only sources an ICMP error may be sent to (RFC 1122 3.2.2, RFC 4443 2.4). */
+static __always_inline int lb_unicast_src(const struct lb_pkt *p)
+{
+	__u8 first = p->flow.src[0];
+
+	if (p->flow.family == FR_FAMILY_IPV4)
+		return first != 0 && first != 127 && first < 224;
+	if (first == 0xff)
+		return 0;
+	return *(const __u64 *)p->flow.src != 0 || *(const __u64 *)&p->flow.src[8] != 0;
+}
+
+/* The one's-complement sum of a 64-bit accumulation of 16- and 32-bit words, folded to 16 bits. */
+static __always_inline __u16 lb_fold64(__u64 sum)
+{
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return csum_fold((__u32)sum);
+}
+
+/*
+ * A DSR packet over the route's MTU once encapsulated (`outer_len` bytes of outer header already
+ * in front of it, `s->too_big_mtu` the route's MTU): when it may not be fragmented, it becomes an
+ * ICMP "fragmentation needed" (IPv4) / ICMPv6 "packet too big" from the VIP to the client, sent
+ * back out where it came from (XDP_TX, MACs swapped, a VLAN tag kept). Reported MTU: the route's
+ * minus the tunnel overhead, at least 68 / 1280. The quote is the packet's IP header(s) and the
+ * first 8 bytes of TCP/UDP (RFC 792; RFC 4443 allows less than 1280 bytes), which is what a host
+ * needs to find the connection. Everything else keeps the old way: passed, FR_LB_EV_MTU_PASS.
+ */
+static __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, const struct lb_pkt *p, __u32 outer_len)
+{
+	struct lb_scratch *s = lb_scratch();
+	int v4 = p->flow.family == FR_FAMILY_IPV4;
+	__u32 l2_len = lb_l2_len(p);
+	__u32 hdr_len = v4 ? sizeof(struct iphdr) + 8 : sizeof(struct ipv6hdr) + 8;
+	__u8 l2[18] __attribute__((aligned(8)));
+	__u32 mtu, len, l3;
+	void *data, *data_end;
+	__u64 quote_len, now, sum;
+	long csum;
+
+	if (!s)
+		return XDP_PASS;
+	if (p->frag == LB_FRAG_LATER || (p->flow.proto != IPPROTO_TCP && p->flow.proto != IPPROTO_UDP) ||
+	    (v4 && !(p->v4_frag_off & bpf_htons(LB_IP_DF))) || !lb_unicast_src(p))
+		return lb_pass_event(FR_LB_EV_MTU_PASS);
+	/* 64-bit, so that the register the helpers take is the one checked (with a 32-bit value
+	 * clang compares a zero-extended copy, and the verifier does not see the bounds). */
+	quote_len = (__u64)(__u32)(p->l4_off - l2_len) + 8;
+	if (quote_len < sizeof(struct iphdr) + 8 || quote_len > LB_QUOTE_MAX || outer_len > 40)
+		return lb_pass_event(FR_LB_EV_MTU_PASS);
+	now = p->now_ns ? p->now_ns : bpf_ktime_get_coarse_ns();
+	if (!lb_too_big_allowed(now))
+		return lb_pass_event(FR_LB_EV_MTU_PASS);
+	mtu = s->too_big_mtu > outer_len ? s->too_big_mtu - outer_len : 0;
+	if (v4 && mtu < 68)
+		mtu = 68;
+	if (!v4 && mtu < 1280)
+		mtu = 1280;
+
+	/* The quote, for the checksum, and the MACs, swapped, before the frame changes. */
+	if (bpf_xdp_load_bytes(ctx, l2_len + outer_len, s->quote, quote_len))
+		return lb_pass_event(FR_LB_EV_MTU_PASS);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (data + sizeof(l2) > data_end)
+		return lb_pass_event(FR_LB_EV_MTU_PASS);
+	__builtin_memcpy(l2, data + 6, 6);
+	__builtin_memcpy(l2 + 6, data, 6);
+	__builtin_memcpy(l2 + 12, data + 12, 6);
+	/* [L2][outer][quote][rest] -> [L2][outer][quote] -> [L2][IP][ICMP][quote] */
+	len = (__u32)(data_end - data);
+	if (bpf_xdp_adjust_tail(ctx, (int)(l2_len + outer_len + quote_len) - (int)len))
+		return lb_pass_event(FR_LB_EV_MTU_PASS);
+	if (bpf_xdp_adjust_head(ctx, (int)outer_len - (int)hdr_len))
+		return lb_pass_event(FR_LB_EV_MTU_PASS);
+	l3 = lb_write_l2(ctx, l2, p->vlan, v4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6), hdr_len);
+	if (l3 == 0 || l3 > 18)
+		return XDP_DROP; /* the frame was already cut: nothing left to pass */
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+
+	csum = bpf_csum_diff(NULL, 0, (__be32 *)s->quote, quote_len, 0);
+	sum = csum < 0 ? 0 : (__u64)(__u32)csum;
+	if (v4) {
+		struct iphdr *ip = data + l3;
+		struct lb_icmp_hdr *icmp = (void *)(ip + 1);
+
+		if ((void *)(icmp + 1) > data_end)
+			return XDP_DROP;
+		ip->version = 4;
+		ip->ihl = 5;
+		ip->tos = 0;
+		ip->tot_len = bpf_htons(hdr_len + quote_len);
+		ip->id = 0;
+		ip->frag_off = bpf_htons(LB_IP_DF);
+		ip->ttl = LB_TTL;
+		ip->protocol = IPPROTO_ICMP;
+		ip->check = 0;
+		ip->saddr = *(const __u32 *)p->flow.dst;
+		ip->daddr = *(const __u32 *)p->flow.src;
+		ip->check = csum_ipv4_header(ip);
+		icmp->type = 3; /* destination unreachable */
+		icmp->code = 4; /* fragmentation needed and DF set */
+		icmp->rest = bpf_htonl(mtu & 0xffff); /* unused (16 bits), next-hop MTU */
+		sum += *(__u16 *)icmp + (icmp->rest & 0xffff) + (icmp->rest >> 16);
+		icmp->check = ~lb_fold64(sum);
+	} else {
+		struct ipv6hdr *ip6 = data + l3;
+		struct lb_icmp_hdr *icmp = (void *)(ip6 + 1);
+		const __u32 *a = (const __u32 *)p->flow.src, *b = (const __u32 *)p->flow.dst;
+
+		if ((void *)(icmp + 1) > data_end)
+			return XDP_DROP;
+		*(__be32 *)ip6 = bpf_htonl(6u << 28);
+		ip6->payload_len = bpf_htons(8 + quote_len);
+		ip6->nexthdr = LB_NH_ICMPV6;
+		ip6->hop_limit = LB_TTL;
+		__builtin_memcpy(&ip6->saddr, p->flow.dst, 16);
+		__builtin_memcpy(&ip6->daddr, p->flow.src, 16);
+		icmp->type = 2; /* packet too big */
+		icmp->code = 0;
+		icmp->check = 0;
+		icmp->rest = bpf_htonl(mtu);
+		/* Pseudo-header: source, destination, upper-layer length, next header. */
+#pragma unroll
+		for (int k = 0; k < 4; k++)
+			sum += (__u64)a[k] + b[k];
+		sum += bpf_htonl(8 + quote_len) + bpf_htonl(LB_NH_ICMPV6);
+		sum += *(__u16 *)icmp + (icmp->rest & 0xffff) + (icmp->rest >> 16);
+		icmp->check = ~lb_fold64(sum);
+	}
+	/* The service's counters keep the packet (it was for the VIP); the backend never got it. */
+	if (p->backend_id)
+		lb_backend_uncount(p->backend_id, p->frame_len);
+	lb_event(FR_LB_EV_TOO_BIG);
+	return XDP_TX;
+}
+
+/* Sends an encapsulated packet on; one over the route's MTU is answered by lb_too_big. */
+static __always_inline int lb_encap_send(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fwd *f,
+					 __u32 outer_len)
+{
+	int rc = lb_fib(ctx, f);
+
+	if (rc == LB_TOO_BIG)
+		return lb_too_big(ctx, p, outer_len);
+	return rc;
+}
+
 /*
  * DSR: puts an outer IP header from the node's address to the backend in front of the IP packet
  * (IPIP / 6in4 with an IPv4 backend, IP6IP6 / 4in6 with an IPv6 one) and forwards it. The inner
@@ -768,6 +989,7 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	lb_node_addr(cfg, family, f->src);
 	f->family = family;
 	f->vlan = vlan;
+	f->tunnel = 1;
 	f->backend_id = p->backend_id;
 	f->now_ns = p->now_ns;
 
@@ -797,7 +1019,7 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 		o->daddr = *(__u32 *)f->dst;
 		o->check = csum_ipv4_header(o);
 		f->l3_len = inner_len + sizeof(*o);
-		return lb_fib(ctx, f);
+		return lb_encap_send(ctx, p, f, sizeof(*o));
 	}
 
 	struct ipv6hdr *o6;
@@ -822,7 +1044,7 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	__builtin_memcpy(&o6->saddr, f->src, 16);
 	__builtin_memcpy(&o6->daddr, f->dst, 16);
 	f->l3_len = inner_len + sizeof(*o6);
-	return lb_fib(ctx, f);
+	return lb_encap_send(ctx, p, f, sizeof(*o6));
 }
 
 /*
