@@ -198,6 +198,13 @@ struct fr_lb_traffic {
 #define FR_LB_TRAFFIC_ARR_SIZE 4096
 
 /*
+ * `fr_lb_gen` (array of one __u64): the generation of the load balancer's maps. User space adds
+ * one after each change to services, tables, backends or node addresses (after the change is in
+ * place). The fast path remembers a flow's service and backend per CPU only together with the
+ * generation it was confirmed under, and uses the memory only while that generation is current.
+ */
+
+/*
  * Node-wide events of the load balancer: index into `fr_lb_events` (per-CPU array of __u64).
  * Counted packets are passed to the stack unless the comment says where they went; the fast path
  * only drops what it decided to.

@@ -35,6 +35,7 @@ pub(crate) const SERVICES: &str = "fr_lb_services";
 const TABLES: &str = "fr_lb_tables";
 const BACKENDS: &str = "fr_lb_backends";
 const CONFIG: &str = "fr_lb_config";
+const GENERATION: &str = "fr_lb_gen";
 const SERVICE_STATS: &str = "fr_lb_service_stats";
 const BACKEND_STATS: &str = "fr_lb_backend_stats";
 /// Packets and bytes of the ids below `abi::LB_TRAFFIC_ARR_SIZE` (the rest of their counters
@@ -334,6 +335,11 @@ impl LbMaps<'_> {
     /// The node's addresses: outer source of DSR tunnels and SNAT source of NAT mode. A family
     /// left `None` makes services that need it drop (counted as `no_node_address`).
     pub fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<(), EbpfError> {
+        let result = self.set_node_addresses_unbumped(v4, v6);
+        self.bumped(result)
+    }
+
+    fn set_node_addresses_unbumped(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<(), EbpfError> {
         let mut cfg = LbConfig::default();
         if let Some(v4) = v4 {
             cfg.node_v4 = v4.octets();
@@ -348,6 +354,31 @@ impl LbMaps<'_> {
         array.set(0, cfg, 0).map_err(|e| EbpfError::map(CONFIG, "writing", e))
     }
 
+    /// Adds one to the maps' generation (`fr_lb_gen`) after a change, written or attempted: the
+    /// per-CPU flow cache of the fast path then stops using what it remembered, so every packet
+    /// sees the change as if it had no cache. Returns `result`, or the bump's error if the change
+    /// itself succeeded.
+    fn bumped<T>(&mut self, result: Result<T, EbpfError>) -> Result<T, EbpfError> {
+        let bump = self.bump_generation();
+        let value = result?;
+        bump?;
+        Ok(value)
+    }
+
+    fn bump_generation(&mut self) -> Result<(), EbpfError> {
+        let mut array: Array<_, u64> = Array::try_from(map_mut(self.ebpf, GENERATION)?)
+            .map_err(|e| EbpfError::map(GENERATION, "opening as array", e))?;
+        let now = array.get(&0, 0).map_err(|e| EbpfError::map(GENERATION, "reading", e))?;
+        array.set(0, now.wrapping_add(1), 0).map_err(|e| EbpfError::map(GENERATION, "writing", e))
+    }
+
+    /// The maps' generation: how many changes [`LbMaps`] made since the maps were created.
+    pub fn generation(&self) -> Result<u64, EbpfError> {
+        let array: Array<_, u64> = Array::try_from(map(self.ebpf, GENERATION)?)
+            .map_err(|e| EbpfError::map(GENERATION, "opening as array", e))?;
+        array.get(&0, 0).map_err(|e| EbpfError::map(GENERATION, "reading", e))
+    }
+
     fn check_backend_id(id: u32) -> Result<(), EbpfError> {
         if id == 0 || id >= abi::LB_MAX_BACKENDS {
             return Err(input(format!(
@@ -360,6 +391,11 @@ impl LbMaps<'_> {
 
     /// Creates or re-points backend `id` (1..=65535). Flows already on it follow the change.
     pub fn upsert_backend(&mut self, id: u32, backend: &BackendEntry) -> Result<(), EbpfError> {
+        let result = self.upsert_backend_unbumped(id, backend);
+        self.bumped(result)
+    }
+
+    fn upsert_backend_unbumped(&mut self, id: u32, backend: &BackendEntry) -> Result<(), EbpfError> {
         Self::check_backend_id(id)?;
         let (addr, family) = addr16(backend.address);
         let value = LbBackend { addr, port: backend.port.to_be(), family, flags: 0 };
@@ -369,6 +405,11 @@ impl LbMaps<'_> {
     /// Removes backend `id`: flows on it are re-balanced through their service's table, and tables
     /// still naming it drop what hashes there (`no_backend`). Its counters are cleared.
     pub fn remove_backend(&mut self, id: u32) -> Result<(), EbpfError> {
+        let result = self.remove_backend_unbumped(id);
+        self.bumped(result)
+    }
+
+    fn remove_backend_unbumped(&mut self, id: u32) -> Result<(), EbpfError> {
         Self::check_backend_id(id)?;
         self.backends_array()?.set(id, LbBackend::default(), 0).map_err(|e| EbpfError::map(BACKENDS, "clearing", e))?;
         remove_counters(self.ebpf, BACKEND_COUNTERS, id)
@@ -415,6 +456,11 @@ impl LbMaps<'_> {
     ///   service is never left pointing at a table that was not written, and services not in
     ///   the batch are never touched. (Applying the batch again finishes it.)
     pub fn upsert_services(&mut self, services: &[ServiceUpsert<'_>]) -> Result<(), EbpfError> {
+        let result = self.upsert_services_unbumped(services);
+        self.bumped(result)
+    }
+
+    fn upsert_services_unbumped(&mut self, services: &[ServiceUpsert<'_>]) -> Result<(), EbpfError> {
         check_batch(services)?;
         let per_batch = tables_per_batch();
         let mut installed = 0;
@@ -470,6 +516,11 @@ impl LbMaps<'_> {
 
     /// Removes a service, its table and its counters; a missing service is not an error.
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), EbpfError> {
+        let result = self.remove_service_unbumped(key);
+        self.bumped(result)
+    }
+
+    fn remove_service_unbumped(&mut self, key: &ServiceKey) -> Result<(), EbpfError> {
         let mut services: HashMap<_, LbServiceKey, LbService> = HashMap::try_from(map_mut(self.ebpf, SERVICES)?)
             .map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
         let Some(value) = absent_ok(services.get(&key.raw(), 0)).map_err(|e| EbpfError::map(SERVICES, "reading", e))?
@@ -486,6 +537,11 @@ impl LbMaps<'_> {
     /// (the [`LbMaps::upsert_services`] counterpart). Keys not installed are skipped. All keys go
     /// first, so no packet looks up a table being removed; then the tables, in one batch.
     pub fn remove_services(&mut self, keys: &[ServiceKey]) -> Result<(), EbpfError> {
+        let result = self.remove_services_unbumped(keys);
+        self.bumped(result)
+    }
+
+    fn remove_services_unbumped(&mut self, keys: &[ServiceKey]) -> Result<(), EbpfError> {
         let mut services: HashMap<_, LbServiceKey, LbService> = HashMap::try_from(map_mut(self.ebpf, SERVICES)?)
             .map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
         let mut ids = Vec::new();

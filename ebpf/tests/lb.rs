@@ -18,7 +18,7 @@ use etherparse::{
     IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice,
 };
 use ferrule_ebpf::{
-    abi::{LbCountersRaw, LB_TRAFFIC_ARR_SIZE},
+    abi::{LbCountersRaw, LbCtEntry, LbFlow, FAMILY_IPV4, LB_TRAFFIC_ARR_SIZE},
     test_run_skb, test_run_xdp, BackendEntry, Datapath, Decap, EbpfError, L4Proto, LbMode, ServiceKey, ServiceUpsert,
     TestRunOutput, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX,
 };
@@ -1615,6 +1615,86 @@ fn dsr_packets_too_big_for_the_tunnel_are_answered_with_icmp_too_big() {
         assert!((995..=2000).contains(&answered), "answered {answered}");
         let seen = lb.dp.lb().events().unwrap();
         assert_eq!((seen.too_big, seen.mtu_pass), (5 + answered as u64, 2 + (2100 - answered) as u64));
+    });
+}
+
+/// Deletes the conntrack entry of the IPv4 TCP flow `client`:`sport` → `vip`:`port` from the
+/// pinned map directly, behind `LbMaps`' back: the maps change without their generation.
+fn forget_flow_unannounced(lb: &Lb, client: [u8; 4], sport: u16, vip: [u8; 4], port: u16) {
+    let pin = lb.dp.pin_dir().join("maps").join("fr_lb_ct");
+    let data = aya::maps::MapData::from_pin(pin).unwrap();
+    let mut ct: aya::maps::HashMap<_, LbFlow, LbCtEntry> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap();
+    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+    src[..4].copy_from_slice(&client);
+    dst[..4].copy_from_slice(&vip);
+    let flow = LbFlow { src, dst, sport: sport.to_be(), dport: port.to_be(), proto: 6, family: FAMILY_IPV4, pad: 0 };
+    ct.remove(&flow).unwrap();
+}
+
+#[test]
+fn confirmed_dsr_flows_are_remembered_per_cpu_until_the_maps_change_or_a_second_passes() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("c");
+    net.run(|ifindex| {
+        stay_on_this_cpu();
+        let mut lb = Lb::open("fcache", ifindex);
+        let key = lb.service(ip4(VIP4), 80, L4Proto::Tcp, 41, LbMode::Dsr, ID_A4);
+        let syn = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+        let ack = tcp4(CLIENT4, 40000, VIP4, 80, false, b"data");
+        let new_flows = |lb: &mut Lb| lb.dp.lb().service_counters(41).unwrap().new_flows;
+        // A new flow (conntrack entry made), a conntrack hit (confirmed, remembered), then from
+        // memory: the same packets out, the same counts.
+        for (what, packet) in [("new flow", &syn), ("conntrack hit", &ack), ("remembered", &ack)] {
+            assert_tx(&lb.run(packet), &expect_ipip(MAC_A, BACKEND_A4, &packet[14..]), what);
+        }
+        let (service, backend) =
+            (lb.dp.lb().service_counters(41).unwrap(), lb.dp.lb().backend_counters(ID_A4).unwrap());
+        let bytes = (syn.len() + 2 * ack.len()) as u64;
+        assert_eq!((service.packets, service.bytes, service.new_flows), (3, bytes, 1));
+        assert_eq!((backend.packets, backend.bytes, backend.new_flows), (3, bytes, 1));
+
+        // Memory is what sends it: with the flow's conntrack entry deleted behind LbMaps' back (no
+        // new generation), the next packet still goes to its backend without starting a new flow.
+        forget_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);
+        assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), "remembered, entry gone");
+        assert_eq!(new_flows(&mut lb), 1, "remembered: no new flow");
+        // Any change through LbMaps (here the node addresses written again, unchanged) is a new
+        // generation: the full path runs, finds no conntrack entry and starts the flow over.
+        let generation = lb.dp.lb().generation().unwrap();
+        lb.dp.lb().set_node_addresses(Some(NODE4.into()), Some(NODE6.into())).unwrap();
+        assert_eq!(lb.dp.lb().generation().unwrap(), generation + 1);
+        assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), "after a change");
+        assert_eq!(new_flows(&mut lb), 2, "after a change: the full path, a new flow");
+
+        // A remembered flow sees a change of mode (DSR to NAT) at its next packet.
+        for what in ["conntrack hit", "remembered"] {
+            assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), what);
+        }
+        lb.dp.lb().upsert_service(&key, 41, LbMode::Nat, &[ID_A4; TABLE_SIZE]).unwrap();
+        let out = lb.run(&ack);
+        let (proto, dst) = (out.data[14 + 9], &out.data[14 + 16..14 + 20]);
+        println!("after the switch to NAT: verdict {}, protocol {proto}, destination {dst:?}", out.retval);
+        assert_eq!((out.retval, proto, dst), (XDP_TX, 6, &BACKEND_A4[..]), "translated, not tunnelled");
+
+        // Memory lasts at most a second without the full path: back to DSR, remembered, the entry
+        // deleted behind LbMaps' back again; no new flow while remembered, one once it lapsed.
+        lb.dp.lb().upsert_service(&key, 41, LbMode::Dsr, &[ID_A4; TABLE_SIZE]).unwrap();
+        assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), "conntrack hit again");
+        let remembered = Instant::now();
+        let before = new_flows(&mut lb);
+        forget_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);
+        assert_eq!(lb.run(&ack).retval, XDP_TX);
+        if remembered.elapsed() < Duration::from_millis(900) {
+            assert_eq!(new_flows(&mut lb), before, "within the second: remembered");
+        } else {
+            println!("(held up for {:?}: the memory may have lapsed already)", remembered.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), "after a second");
+        assert_eq!(new_flows(&mut lb), before + 1, "after a second: the full path, a new flow");
     });
 }
 

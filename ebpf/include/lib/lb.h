@@ -82,6 +82,7 @@ struct lb_pkt {
 	struct fr_lb_flow flow;
 	__u64 frame_len;
 	__u64 now_ns; /* the coarse clock, once lb_service has read it; 0 before */
+	__u64 gen; /* fr_lb_gen when the packet arrived (valid when `fc`) */
 	__u32 l4_off;
 	__u32 l3_len; /* IP header + payload, as the IP header says */
 	__u32 frag_id;
@@ -93,7 +94,8 @@ struct lb_pkt {
 	__u8 frag; /* enum lb_frag */
 	__u8 tos;
 	__u8 vlan;
-	__u8 pad[5];
+	__u8 fc; /* `gen` was read: a confirmed DSR flow may be remembered in lb_fc */
+	__u8 pad[4];
 } __attribute__((aligned(8)));
 
 /* Where a rewritten or encapsulated packet goes: its new L3 (and, for NAT, L4) endpoints. */
@@ -474,6 +476,71 @@ static __always_inline __u32 lb_backend_tag_of(__u32 id, const struct fr_lb_back
 		slot->be[k] = w[k];
 	slot->tag = tag;
 	return tag;
+}
+
+/*
+ * The flow cache: per CPU, a slot per hash of the flow remembers the service and backend of a DSR
+ * flow whose conntrack entry the full path just confirmed (conntrack lookup, backend and tag
+ * checks), with the generation of the maps (fr_lb_gen) read when that packet arrived. A later
+ * packet of the flow on this CPU, once its service lookup found the same DSR service, skips the
+ * conntrack lookup and the checks while the generation is the same, for at most LB_REFRESH_NS;
+ * then the full path runs again, which keeps the conntrack entry's recency and last-seen time
+ * fresh. Another flow in the slot, any change in the maps (user space bumps the generation after
+ * it), fragments and NAT take the full path. The probe comes after the service lookup, so traffic
+ * for no VIP does not pay for it. Private, not pinned: a new program starts empty.
+ */
+#define LB_FC_SLOTS 8192
+
+struct lb_fc_slot {
+	struct fr_lb_flow flow; /* family 0: empty */
+	__u64 gen;
+	__u64 until_ns; /* coarse clock */
+	__u32 service_id;
+	__u32 backend_id;
+} __attribute__((aligned(8)));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_FC_SLOTS);
+	__type(key, __u32);
+	__type(value, struct lb_fc_slot);
+} lb_fc SEC(".maps");
+
+_Static_assert(sizeof(struct fr_lb_flow) == 40, "flows are compared as five 64-bit words");
+
+/* A cheap mix of the flow (three multiplies; jhash of the whole key is what the slot saves). A
+ * collision costs only the full path. */
+static __always_inline __u32 lb_fc_index(const struct fr_lb_flow *f)
+{
+	const __u32 *s = (const __u32 *)f->src, *d = (const __u32 *)f->dst;
+	__u32 a = s[0] ^ s[1] ^ s[2] ^ s[3];
+	__u32 b = d[0] ^ d[1] ^ d[2] ^ d[3];
+	__u32 c = *(const __u32 *)&f->sport ^ f->proto;
+	__u32 h = a * 0x9e3779b1u ^ b * 0x85ebca77u ^ c * 0xc2b2ae3du;
+
+	return (h ^ (h >> 16)) & (LB_FC_SLOTS - 1);
+}
+
+static __always_inline int lb_flow_eq(const struct fr_lb_flow *a, const struct fr_lb_flow *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+/* Remembers a confirmed DSR flow (see lb_fc). */
+static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u32 bid, __u64 now)
+{
+	__u32 i = lb_fc_index(&p->flow);
+	struct lb_fc_slot *slot = bpf_map_lookup_elem(&lb_fc, &i);
+
+	if (!slot)
+		return;
+	__builtin_memcpy(&slot->flow, &p->flow, sizeof(slot->flow));
+	slot->gen = p->gen;
+	slot->until_ns = now + LB_REFRESH_NS;
+	slot->service_id = sid;
+	slot->backend_id = bid;
 }
 
 /* ---- parsing ---------------------------------------------------------------------------- */
@@ -1248,6 +1315,8 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 			/* Refresh rarely: a write per packet would bounce the line between CPUs. */
 			if (now - ct->last_seen_ns > LB_REFRESH_NS)
 				ct->last_seen_ns = now;
+			if (mode == FR_LB_MODE_DSR && p->frag == LB_FRAG_NONE && p->fc)
+				lb_fc_fill(p, sid, bid, now);
 		}
 	}
 	if (!ct) {
@@ -1712,6 +1781,41 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	return lb_encap(ctx, p, be, cfg);
 }
 
+/* A packet for DSR service `sid` of a flow remembered in lb_fc, for that service, under the
+ * current generation: counted and sent to its backend. LB_CONTINUE: not remembered, the full path
+ * decides. */
+static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 sid)
+{
+	__u32 zero = 0, i = lb_fc_index(&p->flow), bid;
+	const struct fr_lb_backend *be;
+	struct fr_lb_config *cfg;
+	struct lb_fc_slot *slot;
+	__u64 *gen, now;
+
+	gen = bpf_map_lookup_elem(&fr_lb_gen, &zero);
+	if (!gen)
+		return LB_CONTINUE;
+	p->gen = *gen;
+	p->fc = 1;
+	slot = bpf_map_lookup_elem(&lb_fc, &i);
+	if (!slot || slot->gen != p->gen || slot->service_id != sid || !lb_flow_eq(&slot->flow, &p->flow))
+		return LB_CONTINUE;
+	now = bpf_ktime_get_coarse_ns();
+	if (now >= slot->until_ns)
+		return LB_CONTINUE;
+	bid = slot->backend_id;
+	be = lb_backend(bid);
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!be || !cfg)
+		return LB_CONTINUE;
+	p->now_ns = now;
+	p->service_id = sid;
+	p->backend_id = bid;
+	lb_service_traffic(sid, p->frame_len);
+	lb_backend_traffic(bid, p->frame_len);
+	return lb_encap(ctx, p, be, cfg);
+}
+
 /* The load balancer's verdict for one packet. */
 static __always_inline int lb_process(struct xdp_md *ctx)
 {
@@ -1749,6 +1853,12 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
 	if (!svc)
 		return lb_nat_reply(ctx, p);
+	/* Probed only for a DSR service: traffic for no VIP pays nothing for the flow cache. */
+	if (svc->mode == FR_LB_MODE_DSR && p->frag == LB_FRAG_NONE) {
+		rc = lb_fast(ctx, p, svc->id);
+		if (rc != LB_CONTINUE)
+			return rc;
+	}
 	return lb_service(ctx, p, svc);
 }
 

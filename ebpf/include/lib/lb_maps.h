@@ -123,6 +123,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fr_lb_backend_traffic SEC(".maps");
 
+/* The generation of the load balancer's maps: see FR_LB_GEN in ferrule_abi.h. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fr_lb_gen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FR_LB_EV_MAX);
