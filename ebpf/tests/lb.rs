@@ -1633,7 +1633,7 @@ fn forget_flow_unannounced(lb: &Lb, client: [u8; 4], sport: u16, vip: [u8; 4], p
 }
 
 #[test]
-fn confirmed_dsr_flows_are_remembered_per_cpu_until_the_maps_change_or_a_second_passes() {
+fn confirmed_flows_are_remembered_per_cpu_until_the_maps_change_or_a_second_passes() {
     if !ferrule_tests::privileged() {
         return;
     }
@@ -1678,11 +1678,25 @@ fn confirmed_dsr_flows_are_remembered_per_cpu_until_the_maps_change_or_a_second_
         let (proto, dst) = (out.data[14 + 9], &out.data[14 + 16..14 + 20]);
         println!("after the switch to NAT: verdict {}, protocol {proto}, destination {dst:?}", out.retval);
         assert_eq!((out.retval, proto, dst), (XDP_TX, 6, &BACKEND_A4[..]), "translated, not tunnelled");
+        // NAT flows are remembered too (with their SNAT port): the same translation from memory,
+        // even with the conntrack entry gone behind LbMaps' back.
+        let translated = out.data;
+        for what in ["NAT conntrack hit", "NAT remembered"] {
+            assert_tx(&lb.run(&ack), &translated, what);
+        }
+        let before = new_flows(&mut lb);
+        forget_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);
+        assert_tx(&lb.run(&ack), &translated, "NAT remembered, entry gone");
+        assert_eq!(new_flows(&mut lb), before, "NAT remembered: no new flow");
 
         // Memory lasts at most a second without the full path: back to DSR, remembered, the entry
         // deleted behind LbMaps' back again; no new flow while remembered, one once it lapsed.
         lb.dp.lb().upsert_service(&key, 41, LbMode::Dsr, &[ID_A4; TABLE_SIZE]).unwrap();
-        assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), "conntrack hit again");
+        // (The entry was deleted above: the first packet starts the flow again, the second
+        // confirms it.)
+        for what in ["new flow again", "conntrack hit again"] {
+            assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), what);
+        }
         let remembered = Instant::now();
         let before = new_flows(&mut lb);
         forget_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);

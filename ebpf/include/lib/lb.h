@@ -479,15 +479,16 @@ static __always_inline __u32 lb_backend_tag_of(__u32 id, const struct fr_lb_back
 }
 
 /*
- * The flow cache: per CPU, a slot per hash of the flow remembers the service and backend of a DSR
- * flow whose conntrack entry the full path just confirmed (conntrack lookup, backend and tag
- * checks), with the generation of the maps (fr_lb_gen) read when that packet arrived. A later
- * packet of the flow on this CPU, once its service lookup found the same DSR service, skips the
- * conntrack lookup and the checks while the generation is the same, for at most LB_REFRESH_NS;
- * then the full path runs again, which keeps the conntrack entry's recency and last-seen time
- * fresh. Another flow in the slot, any change in the maps (user space bumps the generation after
- * it), fragments and NAT take the full path. The probe comes after the service lookup, so traffic
- * for no VIP does not pay for it. Private, not pinned: a new program starts empty.
+ * The flow cache: per CPU, a slot per hash of the flow remembers the service, backend (and, NAT,
+ * SNAT port) of a flow whose conntrack entry the full path just confirmed (conntrack lookup,
+ * backend and tag checks), with the generation of the maps (fr_lb_gen) read when that packet
+ * arrived. A later packet of the flow on this CPU, once its service lookup found the same service
+ * in the same mode, skips the conntrack lookup and the checks while the generation is the same,
+ * for at most LB_REFRESH_NS; then the full path runs again, which keeps the conntrack entry's
+ * recency and last-seen time fresh. Another flow in the slot, any change in the maps (user space
+ * bumps the generation after it) and fragments take the full path. The probe comes after the
+ * service lookup, so traffic for no VIP does not pay for it. Private, not pinned: a new program
+ * starts empty.
  */
 #define LB_FC_SLOTS 8192
 
@@ -497,6 +498,9 @@ struct lb_fc_slot {
 	__u64 until_ns; /* coarse clock */
 	__u32 service_id;
 	__u32 backend_id;
+	__be16 nat_port; /* NAT: the flow's SNAT port */
+	__u8 mode; /* FR_LB_MODE_* of the service when confirmed */
+	__u8 pad[5];
 } __attribute__((aligned(8)));
 
 struct {
@@ -528,8 +532,9 @@ static __always_inline int lb_flow_eq(const struct fr_lb_flow *a, const struct f
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
 }
 
-/* Remembers a confirmed DSR flow (see lb_fc). */
-static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u32 bid, __u64 now)
+/* Remembers a confirmed flow (see lb_fc). */
+static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u32 bid, __u8 mode, __be16 nat_port,
+				       __u64 now)
 {
 	__u32 i = lb_fc_index(&p->flow);
 	struct lb_fc_slot *slot = bpf_map_lookup_elem(&lb_fc, &i);
@@ -541,6 +546,8 @@ static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u32 
 	slot->until_ns = now + LB_REFRESH_NS;
 	slot->service_id = sid;
 	slot->backend_id = bid;
+	slot->nat_port = nat_port;
+	slot->mode = mode;
 }
 
 /* ---- parsing ---------------------------------------------------------------------------- */
@@ -1315,8 +1322,8 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 			/* Refresh rarely: a write per packet would bounce the line between CPUs. */
 			if (now - ct->last_seen_ns > LB_REFRESH_NS)
 				ct->last_seen_ns = now;
-			if (mode == FR_LB_MODE_DSR && p->frag == LB_FRAG_NONE && p->fc)
-				lb_fc_fill(p, sid, bid, now);
+			if (p->frag == LB_FRAG_NONE && p->fc)
+				lb_fc_fill(p, sid, bid, mode, nat_port, now);
 		}
 	}
 	if (!ct) {
@@ -1781,10 +1788,10 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	return lb_encap(ctx, p, be, cfg);
 }
 
-/* A packet for DSR service `sid` of a flow remembered in lb_fc, for that service, under the
- * current generation: counted and sent to its backend. LB_CONTINUE: not remembered, the full path
- * decides. */
-static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 sid)
+/* A packet for service `sid` (of `mode`) of a flow remembered in lb_fc, for that service and mode,
+ * under the current generation: counted and sent to its backend (encapsulated or translated).
+ * LB_CONTINUE: not remembered, the full path decides. */
+static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 sid, __u8 mode)
 {
 	__u32 zero = 0, i = lb_fc_index(&p->flow), bid;
 	const struct fr_lb_backend *be;
@@ -1798,7 +1805,8 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 s
 	p->gen = *gen;
 	p->fc = 1;
 	slot = bpf_map_lookup_elem(&lb_fc, &i);
-	if (!slot || slot->gen != p->gen || slot->service_id != sid || !lb_flow_eq(&slot->flow, &p->flow))
+	if (!slot || slot->gen != p->gen || slot->service_id != sid || slot->mode != mode ||
+	    !lb_flow_eq(&slot->flow, &p->flow))
 		return LB_CONTINUE;
 	now = bpf_ktime_get_coarse_ns();
 	if (now >= slot->until_ns)
@@ -1806,13 +1814,15 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 s
 	bid = slot->backend_id;
 	be = lb_backend(bid);
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
-	if (!be || !cfg)
+	if (!be || !cfg || (mode == FR_LB_MODE_NAT && (be->family != p->flow.family || slot->nat_port == 0)))
 		return LB_CONTINUE;
 	p->now_ns = now;
 	p->service_id = sid;
 	p->backend_id = bid;
 	lb_service_traffic(sid, p->frame_len);
 	lb_backend_traffic(bid, p->frame_len);
+	if (mode == FR_LB_MODE_NAT)
+		return lb_nat_forward(ctx, p, be, cfg, slot->nat_port);
 	return lb_encap(ctx, p, be, cfg);
 }
 
@@ -1853,9 +1863,9 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
 	if (!svc)
 		return lb_nat_reply(ctx, p);
-	/* Probed only for a DSR service: traffic for no VIP pays nothing for the flow cache. */
-	if (svc->mode == FR_LB_MODE_DSR && p->frag == LB_FRAG_NONE) {
-		rc = lb_fast(ctx, p, svc->id);
+	/* Probed only once a service was found: traffic for no VIP pays nothing for the flow cache. */
+	if (p->frag == LB_FRAG_NONE) {
+		rc = lb_fast(ctx, p, svc->id, svc->mode);
 		if (rc != LB_CONTINUE)
 			return rc;
 	}
