@@ -1,8 +1,10 @@
 //! `xdp_lb` cost per packet from `BPF_PROG_TEST_RUN`'s own timing, for conntrack hits and misses,
 //! IPv4 and IPv6, with 1 (one per family, so 2), 1,000 and 100,000 services installed; each figure
 //! is printed with its ratio to the first row's figure in the same column. DSR services are
-//! measured for hits and misses; one NAT service per family for hits (DNAT + SNAT, checksums);
-//! and a packet for no VIP (passed to the stack) gives what every packet pays: the test run's
+//! measured for hits and misses; one NAT service per family for hits (DNAT + SNAT, checksums).
+//! Hits are measured twice: on the full path ("ct hit": the maps' generation is moved on before
+//! each run, so the flow cache is never used) and from the flow cache ("cached": the same packet
+//! again, what an established flow's packets mostly take); a packet for no VIP (passed to the stack) gives what every packet pays: the test run's
 //! own cost, parsing and the service lookup. The floor, `xdp_fwd` (the least an XDP forwarder
 //! does) timed in the same turns, shows how much of each figure is the test run's own cost and
 //! how much the load balancer's. Also prints the
