@@ -1712,6 +1712,54 @@ fn confirmed_flows_are_remembered_per_cpu_until_the_maps_change_or_a_second_pass
     });
 }
 
+/// With more flows than the cache holds, it turns itself off for a while (lb.h: fewer than
+/// LB_FC_MIN_HITS = 256 hits in LB_FC_SAMPLE = 1024 probes: off for LB_FC_BYPASS = 15360 packets to
+/// a service), then samples again.
+#[test]
+fn a_flow_cache_that_mostly_misses_stays_out_of_the_way_for_a_while() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("y");
+    net.run(|ifindex| {
+        stay_on_this_cpu();
+        let mut lb = Lb::open("fcbypass", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 42, LbMode::Dsr, ID_A4);
+        let new_flows = |lb: &mut Lb| lb.dp.lb().service_counters(42).unwrap().new_flows;
+        let ack = tcp4(CLIENT4, 40000, VIP4, 80, false, b"data");
+        for what in ["new flow", "conntrack hit: remembered"] {
+            assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), what);
+        }
+        let started = Instant::now();
+        // 1,100 new flows: each probes the cache and misses.
+        for sport in 0..1100u16 {
+            assert_eq!(lb.run(&tcp4(CLIENT4, 1000 + sport, VIP4, 80, true, b"")).retval, XDP_TX);
+        }
+        // The cache is off: the remembered flow, its conntrack entry deleted behind LbMaps' back,
+        // takes the full path and starts over.
+        let before = new_flows(&mut lb);
+        forget_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);
+        assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), "while off");
+        assert_eq!(new_flows(&mut lb), before + 1, "while off: the full path, a new flow");
+        // 15,360 more packets to the service, then the cache is on again and still remembers the
+        // flow (same generation, within its second).
+        let other = tcp4(CLIENT4, 40001, VIP4, 80, true, b"");
+        for _ in 0..15_360 {
+            lb.run(&other);
+        }
+        let before = new_flows(&mut lb);
+        forget_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);
+        assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), "on again");
+        let took = started.elapsed();
+        println!("off and on again in {took:?}");
+        if took < Duration::from_millis(900) {
+            assert_eq!(new_flows(&mut lb), before, "on again: remembered");
+        } else {
+            println!("(took over 900 ms: the memory may have lapsed, not checked)");
+        }
+    });
+}
+
 #[test]
 fn tc_decap_strips_tunnels_to_allowed_addresses_only() {
     if !ferrule_tests::privileged() {

@@ -510,6 +510,30 @@ struct {
 	__type(value, struct lb_fc_slot);
 } lb_fc SEC(".maps");
 
+/*
+ * Whether the cache pays, per CPU: with more active flows than slots, most probes miss, and each
+ * miss (hash, probe, fill) makes the full path dearer. Every LB_FC_SAMPLE probes, fewer than
+ * LB_FC_MIN_HITS hits turn the cache off for the next LB_FC_BYPASS packets to a service (a
+ * counter check each), after which it samples again.
+ */
+#define LB_FC_SAMPLE 1024
+#define LB_FC_MIN_HITS 256
+#define LB_FC_BYPASS 15360
+
+struct lb_fc_stats {
+	__u32 probes;
+	__u32 hits;
+	__u32 bypass; /* packets still to let through without the cache */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_fc_stats);
+} lb_fc_stats SEC(".maps");
+
 _Static_assert(sizeof(struct fr_lb_flow) == 40, "flows are compared as five 64-bit words");
 
 /* A cheap mix of the flow (three multiplies; jhash of the whole key is what the slot saves). A
@@ -1793,15 +1817,33 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
  * LB_CONTINUE: not remembered, the full path decides. */
 static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 sid, __u8 mode)
 {
-	__u32 zero = 0, i = lb_fc_index(&p->flow), bid;
+	__u32 zero = 0, i, bid;
 	const struct fr_lb_backend *be;
+	struct lb_fc_stats *st;
 	struct fr_lb_config *cfg;
 	struct lb_fc_slot *slot;
 	__u64 *gen, now;
 
+	st = bpf_map_lookup_elem(&lb_fc_stats, &zero);
+	if (!st)
+		return LB_CONTINUE;
+	if (st->bypass) {
+		st->bypass -= 1;
+		return LB_CONTINUE; /* p->fc stays 0: nothing is remembered either */
+	}
+	if (st->probes >= LB_FC_SAMPLE) {
+		if (st->hits < LB_FC_MIN_HITS)
+			st->bypass = LB_FC_BYPASS;
+		st->probes = 0;
+		st->hits = 0;
+		if (st->bypass)
+			return LB_CONTINUE;
+	}
+	st->probes += 1;
 	gen = bpf_map_lookup_elem(&fr_lb_gen, &zero);
 	if (!gen)
 		return LB_CONTINUE;
+	i = lb_fc_index(&p->flow);
 	p->gen = *gen;
 	p->fc = 1;
 	slot = bpf_map_lookup_elem(&lb_fc, &i);
@@ -1816,6 +1858,7 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 s
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!be || !cfg || (mode == FR_LB_MODE_NAT && (be->family != p->flow.family || slot->nat_port == 0)))
 		return LB_CONTINUE;
+	st->hits += 1;
 	p->now_ns = now;
 	p->service_id = sid;
 	p->backend_id = bid;
