@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * The L4 load balancer's fast path, run by xdp_lb on every packet of an uplink: parse, service
- * lookup, backend choice (conntrack, else Maglev), then DSR encapsulation or NAT, and forwarding
- * through bpf_fib_lookup (answers cached for 50 ms: lb_be_nh, lb_nh_cache). Everything it does
- * not handle goes to the stack (XDP_PASS) with a counter; it drops only for the reasons of `enum
- * fr_lb_drop`, counted per service and, once a backend was chosen, on that backend too.
+ * lookup, backend choice (a flow remembered per CPU, lb_fc; else conntrack; else Maglev), then DSR
+ * encapsulation or NAT, and forwarding through bpf_fib_lookup (answers cached for 50 ms: lb_be_nh,
+ * lb_nh_cache). Everything it does not handle goes to the stack (XDP_PASS) with a counter; it
+ * drops only for the reasons of `enum fr_lb_drop`, counted per service and, once a backend was
+ * chosen, on that backend too.
  *
  * Defined behaviours (each has a datapath test):
  * - IPv4 options (IHL > 5): handled; L4 is found at IHL * 4 and the options travel untouched.
