@@ -83,7 +83,7 @@ struct lb_pkt {
 	struct fr_lb_flow flow;
 	__u64 frame_len;
 	__u64 now_ns; /* the coarse clock, once lb_service has read it; 0 before */
-	__u64 gen; /* fr_lb_gen when the packet arrived (valid when `fc`) */
+	__u64 gen; /* fr_lb_gen when the packet arrived (valid when `fc`); slots keep its low 32 bits */
 	__u32 l4_off;
 	__u32 l3_len; /* IP header + payload, as the IP header says */
 	__u32 frag_id;
@@ -489,20 +489,24 @@ static __always_inline __u32 lb_backend_tag_of(__u32 id, const struct fr_lb_back
  * recency and last-seen time fresh. Another flow in the slot, any change in the maps (user space
  * bumps the generation after it) and fragments take the full path. The probe comes after the
  * service lookup, so traffic for no VIP does not pay for it. Private, not pinned: a new program
- * starts empty.
+ * starts empty. 8192 slots of 64 bytes: 512 KiB per CPU.
  */
 #define LB_FC_SLOTS 8192
 
 struct lb_fc_slot {
 	struct fr_lb_flow flow; /* family 0: empty */
-	__u64 gen;
 	__u64 until_ns; /* coarse clock */
 	__u32 service_id;
 	__u32 backend_id;
+	/* The generation's low 32 bits: a slot lives at most a second, and 2^32 changes of the maps
+	 * in a second cannot happen, so they tell generations apart as well as all 64 would. */
+	__u32 gen;
 	__be16 nat_port; /* NAT: the flow's SNAT port */
 	__u8 mode; /* FR_LB_MODE_* of the service when confirmed */
-	__u8 pad[5];
+	__u8 pad;
 } __attribute__((aligned(8)));
+
+_Static_assert(sizeof(struct lb_fc_slot) == 64, "a slot is one cache line's worth");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -567,7 +571,7 @@ static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u32 
 	if (!slot)
 		return;
 	__builtin_memcpy(&slot->flow, &p->flow, sizeof(slot->flow));
-	slot->gen = p->gen;
+	slot->gen = (__u32)p->gen;
 	slot->until_ns = now + LB_REFRESH_NS;
 	slot->service_id = sid;
 	slot->backend_id = bid;
@@ -1848,7 +1852,7 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 s
 	p->gen = *gen;
 	p->fc = 1;
 	slot = bpf_map_lookup_elem(&lb_fc, &i);
-	if (!slot || slot->gen != p->gen || slot->service_id != sid || slot->mode != mode ||
+	if (!slot || slot->gen != (__u32)p->gen || slot->service_id != sid || slot->mode != mode ||
 	    !lb_flow_eq(&slot->flow, &p->flow))
 		return LB_CONTINUE;
 	now = bpf_ktime_get_coarse_ns();
