@@ -70,8 +70,16 @@ struct LbNet {
     dev: String,
 }
 
+/// The tags of the namespaces made so far: two tests with one tag would share a namespace name
+/// (and break each other when they run at once), so a second use fails at once instead.
+static TAGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 impl LbNet {
     fn new(tag: &str) -> Self {
+        let mut tags = TAGS.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(!tags.iter().any(|t| t == tag), "LbNet tag {tag:?} is used by another test");
+        tags.push(tag.to_owned());
+        drop(tags);
         let pid = std::process::id();
         let net = LbNet { ns: format!("frlb-{tag}-{pid}"), dev: format!("frl{tag}{pid}") };
         let peer = format!("{}p", net.dev);
@@ -1099,7 +1107,7 @@ fn vlan_tagged_and_ipv4_options_and_ipv6_extension_headers_are_handled() {
     if !ferrule_tests::privileged() {
         return;
     }
-    let net = LbNet::new("k");
+    let net = LbNet::new("ka");
     net.run(|ifindex| {
         let mut lb = Lb::open("hdrs", ifindex);
         lb.service(ip4(VIP4), 80, L4Proto::Tcp, 71, LbMode::Dsr, ID_A4);
@@ -1465,7 +1473,7 @@ fn next_hops_are_cached_for_a_moment_and_longer_packets_check_the_route_again() 
     if !ferrule_tests::privileged() {
         return;
     }
-    let net = LbNet::new("h");
+    let net = LbNet::new("hn");
     let ns = net.ns.clone();
     let dev = net.dev.clone();
     net.run(|ifindex| {
@@ -1528,7 +1536,7 @@ fn dsr_packets_too_big_for_the_tunnel_are_answered_with_icmp_too_big() {
     if !ferrule_tests::privileged() {
         return;
     }
-    let net = LbNet::new("t");
+    let net = LbNet::new("tb");
     net.run(|ifindex| {
         stay_on_this_cpu();
         let mut lb = Lb::open("toobig", ifindex);
@@ -1637,7 +1645,7 @@ fn confirmed_flows_are_remembered_per_cpu_until_the_maps_change_or_a_second_pass
     if !ferrule_tests::privileged() {
         return;
     }
-    let net = LbNet::new("c");
+    let net = LbNet::new("fc");
     net.run(|ifindex| {
         stay_on_this_cpu();
         let mut lb = Lb::open("fcache", ifindex);
