@@ -388,7 +388,7 @@ pub const LB_EVENTS: [LbEventKind; 12] = [
     LbEventKind {
         name: "too_big",
         count: |e| e.too_big,
-        meaning: "answered: too big once encapsulated; ICMP \"too big\" sent back to the client",
+        meaning: "answered: too big for the route to the backend; ICMP \"too big\" sent back to the client",
     },
 ];
 

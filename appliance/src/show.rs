@@ -844,7 +844,7 @@ icmp_no_flow          0  sent on: such an ICMP error (DSR) whose flow had no con
 frag_forwarded        0  sent on: a later fragment, to the backend its first fragment went to
 nat_reply            42  sent on: a backend's reply in a NAT flow, translated back to the client
 vlan_redirect         0  passed: a tagged frame whose next hop is out of another interface
-too_big               0  answered: too big once encapsulated; ICMP \"too big\" sent back to the client
+too_big               0  answered: too big for the route to the backend; ICMP \"too big\" sent back to the client
 
 Node-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)
 "
@@ -877,7 +877,7 @@ Node-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)
                 "frag_forwarded        0  sent on: a later fragment, to the backend its first fragment went to",
                 "nat_reply             0  sent on: a backend's reply in a NAT flow, translated back to the client",
                 "vlan_redirect         -  passed: a tagged frame whose next hop is out of another interface",
-                "too_big               0  answered: too big once encapsulated; ICMP \"too big\" sent back to the client",
+                "too_big               0  answered: too big for the route to the backend; ICMP \"too big\" sent back to the client",
                 "gre_pass              5",
                 "",
                 "Node-wide, summed over CPUs; passed = left to the kernel's stack (XDP_PASS)",

@@ -63,7 +63,8 @@ struct fr_iface_stats {
  * VIP to the client, with the route's MTU minus the overhead (FR_LB_EV_TOO_BIG), so path MTU
  * discovery shrinks the client's packets. At most FR_LB_TOO_BIG_PER_SEC such answers per CPU and
  * second; beyond that, and for packets that may be fragmented, the encapsulated packet is passed
- * to the stack (FR_LB_EV_MTU_PASS).
+ * to the stack (FR_LB_EV_MTU_PASS). NAT mode: the same for a packet over the MTU of the route to
+ * its backend (no overhead to take off).
  */
 #define FR_LB_TOO_BIG_PER_SEC 1000
 #define FR_LB_ENCAP4_OVERHEAD 20
@@ -221,7 +222,7 @@ enum fr_lb_event {
 	FR_LB_EV_FRAG_FORWARDED = 8, /* non-first fragment sent to its first fragment's backend */
 	FR_LB_EV_NAT_REPLY = 9, /* reply of a NAT flow translated back to the client */
 	FR_LB_EV_VLAN_REDIRECT = 10, /* tagged packet whose egress is another interface: passed */
-	FR_LB_EV_TOO_BIG = 11, /* too big once encapsulated: ICMP "too big" sent back to the client */
+	FR_LB_EV_TOO_BIG = 11, /* over the route to the backend's MTU: ICMP "too big" to the client */
 	FR_LB_EV_MAX = 16,
 };
 

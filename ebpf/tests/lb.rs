@@ -1626,6 +1626,44 @@ fn dsr_packets_too_big_for_the_tunnel_are_answered_with_icmp_too_big() {
     });
 }
 
+/// NAT adds no bytes, but a backend behind a smaller MTU than the client's gets the same answer:
+/// the route to backend A is given MTU 1400 here.
+#[test]
+fn nat_packets_too_big_for_the_backend_route_are_answered_with_icmp_too_big() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("nt");
+    for (dst, family) in [("198.51.100.10/32", "-4"), ("2001:db8:100::10/128", "-6")] {
+        run("ip", &["-n", &net.ns, family, "route", "add", dst, "dev", &net.dev, "mtu", "lock", "1400"]);
+    }
+    net.run(|ifindex| {
+        stay_on_this_cpu();
+        let mut lb = Lb::open("nattoobig", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 93, LbMode::Nat, ID_A4);
+        lb.service(ip6(VIP6), 80, L4Proto::Tcp, 94, LbMode::Nat, ID_A6);
+        // 1500 bytes with DF: "fragmentation needed", next-hop MTU 1400, quoting the packet as the
+        // client sent it (not as it would have been translated).
+        let big4 = tcp4(CLIENT4, 40000, VIP4, 80, false, &[0x5a; 1460]);
+        let expected = icmp4_error(BACK, VIP4, CLIENT4, (3, 4, [0, 0, 0x05, 0x78]), &quote_of(&big4, 20));
+        let out = lb.run(&big4);
+        assert_tx(&out, &expected, "NAT, IPv4, too big");
+        assert_icmp_checksums_valid(&out.data);
+        let big6 = tcp6(CLIENT6, 40000, VIP6, 80, false, &[0x5a; 1440]);
+        let expected = icmp6_error(BACK, VIP6, CLIENT6, (2, 0, 1400u32.to_be_bytes()), &quote_of(&big6, 40));
+        assert_tx(&lb.run(&big6), &expected, "NAT, IPv6, too big");
+        // What fits is translated as usual: to backend A's address and port.
+        let fits = tcp4(CLIENT4, 40000, VIP4, 80, false, &[0x5a; 1360]);
+        let out = lb.run(&fits);
+        let (dst, dport) = (&out.data[30..34], u16::from_be_bytes([out.data[36], out.data[37]]));
+        println!("1400 bytes: verdict {}, to {dst:?} port {dport}", out.retval);
+        assert_eq!((out.retval, dst, dport), (XDP_TX, &BACKEND_A4[..], 8080));
+        let events = lb.dp.lb().events().unwrap();
+        assert_eq!((events.too_big, events.mtu_pass), (2, 0));
+        assert_eq!(lb.dp.lb().backend_counters(ID_A4).unwrap().packets, 1, "only what it was sent");
+    });
+}
+
 /// Deletes the conntrack entry of the IPv4 TCP flow `client`:`sport` → `vip`:`port` from the
 /// pinned map directly, behind `LbMaps`' back: the maps change without their generation.
 fn forget_flow_unannounced(lb: &Lb, client: [u8; 4], sport: u16, vip: [u8; 4], port: u16) {

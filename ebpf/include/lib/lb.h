@@ -31,10 +31,11 @@
  *   A quoted IPv4 later fragment has no ports: XDP_PASS.
  * - Malformed headers (truncated, IHL < 5, lengths beyond the frame, an IP version that is not the
  *   ethertype's): XDP_PASS + FR_LB_EV_MALFORMED; the stack's own checks then discard them.
- * - DSR, too big once encapsulated (the route's MTU): a TCP/UDP packet that may not be fragmented
- *   (IPv4 with DF, IPv6) and is not a later fragment is answered with ICMP "fragmentation needed"
- *   / ICMPv6 "packet too big" from the VIP (lb_too_big, FR_LB_EV_TOO_BIG, rate-limited per CPU);
- *   anything else that does not fit is passed (FR_LB_EV_MTU_PASS).
+ * - Too big for the route to the backend (DSR: once encapsulated; NAT: as it is): a TCP/UDP packet
+ *   that may not be fragmented (IPv4 with DF, IPv6) and is not a later fragment is answered with
+ *   ICMP "fragmentation needed" / ICMPv6 "packet too big" from the VIP (lb_too_big,
+ *   FR_LB_EV_TOO_BIG, rate-limited per CPU); anything else that does not fit is passed
+ *   (FR_LB_EV_MTU_PASS).
  * - Tagged frames (one 802.1Q/802.1ad tag) are handled; the tag is kept, so they are sent back
  *   out (XDP_TX) only when the route's egress is the ingress interface, else passed.
  */
@@ -109,7 +110,7 @@ struct lb_fwd {
 	__u32 backend_id; /* the backend `dst` is, or 0: picks the next-hop slot (lb_be_nh) */
 	__u8 family;
 	__u8 vlan;
-	__u8 tunnel; /* DSR: lb_fib answers LB_TOO_BIG when the route's MTU is exceeded */
+	__u8 too_big; /* client's packet: lb_fib answers LB_TOO_BIG when the route's MTU is exceeded */
 	__u8 pad;
 	__u64 now_ns; /* the packet's lb_pkt.now_ns: lb_fib reads the clock only when it is 0 */
 } __attribute__((aligned(8)));
@@ -818,7 +819,7 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_
 			__builtin_memcpy(fib->ipv6_dst, f->dst, 16);
 		}
 		rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
-		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && f->tunnel) {
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && f->too_big) {
 			s->too_big_mtu = fib->mtu_result; /* on FRAG_NEEDED, the route's MTU */
 			return LB_TOO_BIG;
 		}
@@ -928,11 +929,12 @@ static __always_inline __u16 lb_fold64(__u64 sum)
 }
 
 /*
- * A DSR packet over the route's MTU once encapsulated (`outer_len` bytes of outer header already
- * in front of it, `s->too_big_mtu` the route's MTU): when it may not be fragmented, it becomes an
- * ICMP "fragmentation needed" (IPv4) / ICMPv6 "packet too big" from the VIP to the client, sent
- * back out where it came from (XDP_TX, MACs swapped, a VLAN tag kept). Reported MTU: the route's
- * minus the tunnel overhead, at least 68 / 1280. The quote is the packet's IP header(s) and the
+ * A client's packet over the MTU of the route to its backend (`s->too_big_mtu`): DSR, once
+ * encapsulated (`outer_len` bytes of outer header already in front of it); NAT, as it is
+ * (`outer_len` 0, not yet rewritten). When it may not be fragmented, it becomes an ICMP
+ * "fragmentation needed" (IPv4) / ICMPv6 "packet too big" from the VIP to the client, sent back
+ * out where it came from (XDP_TX, MACs swapped, a VLAN tag kept). Reported MTU: the route's minus
+ * the tunnel overhead, at least 68 / 1280. The quote is the packet's IP header(s) and the
  * first 8 bytes of TCP/UDP (RFC 792; RFC 4443 allows less than 1280 bytes), which is what a host
  * needs to find the connection. Everything else keeps the old way: passed, FR_LB_EV_MTU_PASS.
  */
@@ -1092,7 +1094,7 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	lb_node_addr(cfg, family, f->src);
 	f->family = family;
 	f->vlan = vlan;
-	f->tunnel = 1;
+	f->too_big = 1;
 	f->backend_id = p->backend_id;
 	f->now_ns = p->now_ns;
 
@@ -1291,6 +1293,7 @@ static __attribute__((noinline)) int lb_nat_forward(struct xdp_md *ctx, const st
 {
 	struct lb_scratch *s = lb_scratch();
 	struct lb_fwd *f;
+	int rc;
 
 	if (!s)
 		return XDP_PASS;
@@ -1305,9 +1308,16 @@ static __attribute__((noinline)) int lb_nat_forward(struct xdp_md *ctx, const st
 	f->vlan = p->vlan;
 	f->backend_id = p->backend_id;
 	f->now_ns = p->now_ns;
+	f->too_big = 1;
+	/* The next hop first, while the packet is still the client's: one over the route's MTU is
+	 * answered with ICMP "too big" quoting it as the client sent it. (The route lookup reads
+	 * only `f`; the MACs it writes and a redirect it sets up stand through the rewrite.) */
+	rc = lb_fib(ctx, f);
+	if (rc == LB_TOO_BIG)
+		return lb_too_big(ctx, p, 0);
 	if (lb_rewrite(ctx, p, f))
 		return lb_pass_event(FR_LB_EV_MALFORMED);
-	return lb_fib(ctx, f);
+	return rc;
 }
 
 /* A TCP/UDP packet to a service. */
