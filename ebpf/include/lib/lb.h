@@ -96,8 +96,9 @@ struct lb_pkt {
 	__u8 frag; /* enum lb_frag */
 	__u8 tos;
 	__u8 vlan;
-	__u8 fc; /* `gen` was read: a confirmed DSR flow may be remembered in lb_fc */
-	__u8 pad[4];
+	__u8 fc; /* `gen` and `fc_slot` are set: a confirmed flow may be remembered in lb_fc */
+	__u8 pad;
+	__u16 fc_slot; /* the flow's slot in lb_fc (lb_fc_index), when `fc` */
 } __attribute__((aligned(8)));
 
 /* Where a rewritten or encapsulated packet goes: its new L3 (and, for NAT, L4) endpoints. */
@@ -562,11 +563,11 @@ static __always_inline int lb_flow_eq(const struct fr_lb_flow *a, const struct f
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
 }
 
-/* Remembers a confirmed flow (see lb_fc). */
+/* Remembers a confirmed flow in the slot lb_fast probed (see lb_fc). */
 static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u32 bid, __u8 mode, __be16 nat_port,
 				       __u64 now)
 {
-	__u32 i = lb_fc_index(&p->flow);
+	__u32 i = p->fc_slot;
 	struct lb_fc_slot *slot = bpf_map_lookup_elem(&lb_fc, &i);
 
 	if (!slot)
@@ -1860,6 +1861,7 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 s
 		return LB_CONTINUE;
 	i = lb_fc_index(&p->flow);
 	p->gen = *gen;
+	p->fc_slot = i;
 	p->fc = 1;
 	slot = bpf_map_lookup_elem(&lb_fc, &i);
 	if (!slot || slot->gen != (__u32)p->gen || slot->service_id != sid || slot->mode != mode ||
@@ -1871,7 +1873,9 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 s
 	bid = slot->backend_id;
 	be = lb_backend(bid);
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
-	if (!be || !cfg || (mode == FR_LB_MODE_NAT && (be->family != p->flow.family || slot->nat_port == 0)))
+	/* (A slot is filled only from a conntrack hit the full path accepted, NAT with its SNAT port,
+	 * and any change to the backend since is a new generation.) */
+	if (!be || !cfg)
 		return LB_CONTINUE;
 	st->hits += 1;
 	p->now_ns = now;
