@@ -17,6 +17,15 @@ static __always_inline __u16 csum_fold(__u32 sum)
 	return (__u16)sum;
 }
 
+/* The folded sum of a 64-bit accumulation of 16- and 32-bit words (carries kept in the upper
+ * half, as bpf_csum_diff's result and a few more words added to it need). */
+static __always_inline __u16 csum_fold64(__u64 sum)
+{
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return csum_fold((__u32)sum);
+}
+
 /* RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for one 16-bit word m changed to m'. */
 static __always_inline __u16 csum_replace16(__u16 check, __u16 from, __u16 to)
 {

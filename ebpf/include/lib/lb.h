@@ -921,14 +921,6 @@ static __always_inline int lb_unicast_src(const struct lb_pkt *p)
 	return *(const __u64 *)p->flow.src != 0 || *(const __u64 *)&p->flow.src[8] != 0;
 }
 
-/* The one's-complement sum of a 64-bit accumulation of 16- and 32-bit words, folded to 16 bits. */
-static __always_inline __u16 lb_fold64(__u64 sum)
-{
-	sum = (sum & 0xffffffff) + (sum >> 32);
-	sum = (sum & 0xffffffff) + (sum >> 32);
-	return csum_fold((__u32)sum);
-}
-
 /*
  * A client's packet over the MTU of the route to its backend (`s->too_big_mtu`): DSR, once
  * encapsulated (`outer_len` bytes of outer header already in front of it); NAT, as it is
@@ -946,6 +938,7 @@ static __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, const struct
 	__u32 l2_len = lb_l2_len(p);
 	__u32 hdr_len = v4 ? sizeof(struct iphdr) + 8 : sizeof(struct ipv6hdr) + 8;
 	__u8 l2[18] __attribute__((aligned(8)));
+	struct lb_icmp_hdr *icmp;
 	__u32 mtu, len, l3;
 	void *data, *data_end;
 	__u64 quote_len, now, sum;
@@ -996,8 +989,8 @@ static __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, const struct
 	sum = csum < 0 ? 0 : (__u64)(__u32)csum;
 	if (v4) {
 		struct iphdr *ip = data + l3;
-		struct lb_icmp_hdr *icmp = (void *)(ip + 1);
 
+		icmp = (void *)(ip + 1);
 		if ((void *)(icmp + 1) > data_end)
 			return XDP_DROP;
 		ip->version = 4;
@@ -1015,13 +1008,11 @@ static __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, const struct
 		icmp->type = 3; /* destination unreachable */
 		icmp->code = 4; /* fragmentation needed and DF set */
 		icmp->rest = bpf_htonl(mtu & 0xffff); /* unused (16 bits), next-hop MTU */
-		sum += *(__u16 *)icmp + (icmp->rest & 0xffff) + (icmp->rest >> 16);
-		icmp->check = ~lb_fold64(sum);
 	} else {
 		struct ipv6hdr *ip6 = data + l3;
-		struct lb_icmp_hdr *icmp = (void *)(ip6 + 1);
 		const __u32 *a = (const __u32 *)p->flow.src, *b = (const __u32 *)p->flow.dst;
 
+		icmp = (void *)(ip6 + 1);
 		if ((void *)(icmp + 1) > data_end)
 			return XDP_DROP;
 		*(__be32 *)ip6 = bpf_htonl(6u << 28);
@@ -1032,16 +1023,16 @@ static __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, const struct
 		__builtin_memcpy(&ip6->daddr, p->flow.src, 16);
 		icmp->type = 2; /* packet too big */
 		icmp->code = 0;
-		icmp->check = 0;
 		icmp->rest = bpf_htonl(mtu);
 		/* Pseudo-header: source, destination, upper-layer length, next header. */
 #pragma unroll
 		for (int k = 0; k < 4; k++)
 			sum += (__u64)a[k] + b[k];
 		sum += bpf_htonl(8 + quote_len) + bpf_htonl(LB_NH_ICMPV6);
-		sum += *(__u16 *)icmp + (icmp->rest & 0xffff) + (icmp->rest >> 16);
-		icmp->check = ~lb_fold64(sum);
 	}
+	/* The ICMP header, all but its checksum field: type and code, then the 32 bits after it. */
+	sum += *(__u16 *)icmp + (icmp->rest & 0xffff) + (icmp->rest >> 16);
+	icmp->check = ~csum_fold64(sum);
 	/* The service's counters keep the packet (it was for the VIP); the backend never got it. */
 	if (p->backend_id)
 		lb_backend_uncount(p->backend_id, p->frame_len);
