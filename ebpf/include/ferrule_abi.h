@@ -206,6 +206,21 @@ struct fr_lb_traffic {
  */
 
 /*
+ * `fr_lb_vips` (array of FR_LB_VIP_SLOTS __u32): a counting filter over the services' VIPs. The
+ * slot of an address is its 16 bytes (IPv4 in the first 4, the rest 0) read as four host-order
+ * 32-bit words w0..w3: the top FR_LB_VIP_SLOT_BITS bits of (w0 ^ w1 ^ w2 ^ w3) * 0x9e3779b1; it
+ * counts the services whose VIP has that slot. A packet whose destination's slot counts 0 is for
+ * no service, known without a service lookup (nor a probe of the flow cache, which comes before
+ * the service lookup). User space counts a VIP in before its service is written and out after it
+ * is removed, and counts them all again from fr_lb_services when it loads the program, so a slot
+ * never counts fewer services than it has; more (another address in the slot, a service whose
+ * write failed) only costs packets to that slot the service lookup.
+ */
+#define FR_LB_VIP_SLOT_BITS 14
+#define FR_LB_VIP_SLOTS 16384
+#define FR_LB_VIP_MUL 2654435761
+
+/*
  * Node-wide events of the load balancer: index into `fr_lb_events` (per-CPU array of __u64).
  * Counted packets are passed to the stack unless the comment says where they went; the fast path
  * only drops what it decided to.

@@ -36,6 +36,8 @@ const TABLES: &str = "fr_lb_tables";
 const BACKENDS: &str = "fr_lb_backends";
 const CONFIG: &str = "fr_lb_config";
 const GENERATION: &str = "fr_lb_gen";
+/// The services' VIPs as a counting filter (`fr_lb_vips` in ferrule_abi.h).
+const VIPS: &str = "fr_lb_vips";
 const SERVICE_STATS: &str = "fr_lb_service_stats";
 const BACKEND_STATS: &str = "fr_lb_backend_stats";
 /// Packets and bytes of the ids below `abi::LB_TRAFFIC_ARR_SIZE` (the rest of their counters
@@ -495,8 +497,17 @@ impl LbMaps<'_> {
         let keys: Vec<LbServiceKey> = ready.iter().map(|s| s.key.raw()).collect();
         let values: Vec<LbService> =
             ready.iter().map(|s| LbService { id: s.id, mode: s.mode.raw(), flags: 0, pad: 0 }).collect();
+        // New VIPs go into the filter before their service can be looked up.
+        let new = new_keys(self.ebpf, &keys).map_err(|e| (0, e))?;
+        count_vips(self.ebpf, keys.iter().zip(&new).filter(|(_, n)| **n).map(|(k, _)| k), 1).map_err(|e| (0, e))?;
         let services_fd = map_fd(self.ebpf, SERVICES).map_err(|e| (0, e))?;
         if let Err(e) = sys::map_update_batch(services_fd, &keys, &values) {
+            // The new ones the kernel did not write are counted out again (if that fails too,
+            // their slots only count one too many: packets there take the service lookup).
+            let unwritten = keys.iter().zip(&new).skip(e.done).filter(|(_, n)| **n).map(|(k, _)| k);
+            if let Err(undo) = count_vips(self.ebpf, unwritten, -1) {
+                tracing::warn!("counting unwritten services out of fr_lb_vips: {undo}");
+            }
             let what = ready.get(e.done).map(|s| describe(s)).unwrap_or_default();
             return Err((e.done, batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_services)", &what, e.error)));
         }
@@ -529,6 +540,7 @@ impl LbMaps<'_> {
         };
         // The key first: from then on no packet looks the table up.
         absent_ok(services.remove(&key.raw())).map_err(|e| EbpfError::map(SERVICES, "removing", e))?;
+        count_vips(self.ebpf, [&key.raw()], -1)?;
         absent_ok(self.tables()?.remove(&value.id)).map_err(|e| EbpfError::map(TABLES, "removing", e))?;
         remove_counters(self.ebpf, SERVICE_COUNTERS, value.id)
     }
@@ -545,6 +557,7 @@ impl LbMaps<'_> {
         let mut services: HashMap<_, LbServiceKey, LbService> = HashMap::try_from(map_mut(self.ebpf, SERVICES)?)
             .map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
         let mut ids = Vec::new();
+        let mut removed = Vec::new();
         for key in keys {
             let Some(value) =
                 absent_ok(services.get(&key.raw(), 0)).map_err(|e| EbpfError::map(SERVICES, "reading", e))?
@@ -553,7 +566,9 @@ impl LbMaps<'_> {
             };
             absent_ok(services.remove(&key.raw())).map_err(|e| EbpfError::map(SERVICES, "removing", e))?;
             ids.push(value.id);
+            removed.push(key.raw());
         }
+        count_vips(self.ebpf, &removed, -1)?;
         // Only ids whose table exists: the kernel's batch delete stops at the first missing key.
         let mut with_table = Vec::new();
         {
@@ -626,6 +641,78 @@ impl LbMaps<'_> {
     pub fn events(&self) -> Result<LbEvents, EbpfError> {
         read_events(self.ebpf)
     }
+}
+
+/// The slot of `vip` (16 bytes, IPv4 zero-padded) in `fr_lb_vips`: ferrule_abi.h's formula, with
+/// the words in host order as the datapath reads them.
+fn vip_slot(vip: &[u8; 16]) -> u32 {
+    let word = |i: usize| u32::from_ne_bytes([vip[4 * i], vip[4 * i + 1], vip[4 * i + 2], vip[4 * i + 3]]);
+    (word(0) ^ word(1) ^ word(2) ^ word(3)).wrapping_mul(abi::LB_VIP_MUL) >> (32 - abi::LB_VIP_SLOT_BITS)
+}
+
+/// Which of `keys` are not in `fr_lb_services` (yet).
+fn new_keys(ebpf: &Ebpf, keys: &[LbServiceKey]) -> Result<Vec<bool>, EbpfError> {
+    let services: HashMap<_, LbServiceKey, LbService> =
+        HashMap::try_from(map(ebpf, SERVICES)?).map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
+    keys.iter()
+        .map(|k| Ok(absent_ok(services.get(k, 0)).map_err(|e| EbpfError::map(SERVICES, "reading", e))?.is_none()))
+        .collect()
+}
+
+/// Counts the VIPs of `keys` into (`sign` 1) or out of (-1) `fr_lb_vips`, one read and one write
+/// per slot touched. Single writer: only the process that owns the maps calls it.
+fn count_vips<'k>(
+    ebpf: &mut Ebpf,
+    keys: impl IntoIterator<Item = &'k LbServiceKey>,
+    sign: i64,
+) -> Result<(), EbpfError> {
+    let mut deltas: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
+    for key in keys {
+        *deltas.entry(vip_slot(&key.vip)).or_default() += sign;
+    }
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let mut array: Array<_, u32> =
+        Array::try_from(map_mut(ebpf, VIPS)?).map_err(|e| EbpfError::map(VIPS, "opening as array", e))?;
+    for (slot, delta) in deltas {
+        let now = array.get(&slot, 0).map_err(|e| EbpfError::map(VIPS, "reading", e))?;
+        // Never below 0: counts out follow counts in, and a slot only ever counts too many.
+        let next = (i64::from(now) + delta).clamp(0, i64::from(u32::MAX)) as u32;
+        array.set(slot, next, 0).map_err(|e| EbpfError::map(VIPS, "writing", e))?;
+    }
+    Ok(())
+}
+
+/// Counts every service's VIP into `fr_lb_vips` afresh from `fr_lb_services`, writing the slots
+/// whose count differs. Run when the program is loaded, before it is attached anywhere: a filter
+/// this build creates beside services an older build installed starts out counting them all, and
+/// one that a failed write left counting too many is exact again. (The program attached now, if
+/// it reads the filter, sees each slot go from one count that covers its services to another.)
+pub(crate) fn recount_vips(ebpf: &Ebpf) -> Result<(), EbpfError> {
+    let mut counts = vec![0u32; abi::LB_VIP_SLOTS as usize];
+    {
+        let services: HashMap<_, LbServiceKey, LbService> =
+            HashMap::try_from(map(ebpf, SERVICES)?).map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
+        for key in services.keys() {
+            let key = key.map_err(|e| EbpfError::map(SERVICES, "reading", e))?;
+            let slot = &mut counts[vip_slot(&key.vip) as usize];
+            *slot = slot.saturating_add(1);
+        }
+    }
+    let fd = match map(ebpf, VIPS)? {
+        Map::Array(data) => data.fd().as_fd(),
+        _ => return Err(EbpfError::map(VIPS, "opening as array", MapError::InvalidMapType { map_type: 0 })),
+    };
+    let now = sys::array_u32_values(fd, abi::LB_VIP_SLOTS)
+        .map_err(|e| EbpfError::syscall("BPF_MAP_LOOKUP_BATCH (reading fr_lb_vips)", e))?;
+    let (slots, values): (Vec<u32>, Vec<u32>) =
+        (0..abi::LB_VIP_SLOTS).zip(counts).filter(|(slot, count)| now[*slot as usize] != *count).unzip();
+    if !slots.is_empty() {
+        sys::map_update_batch(fd, &slots, &values)
+            .map_err(|e| EbpfError::syscall("BPF_MAP_UPDATE_BATCH (fr_lb_vips)", e.error))?;
+    }
+    Ok(())
 }
 
 /// A new inner array for `fr_lb_tables`: slot 0 = length, slots 1..=len = `table`.

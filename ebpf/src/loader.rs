@@ -275,6 +275,8 @@ impl Datapath {
         let prog_pin = pin_dir.join("progs").join(XDP_PROGRAM);
         remove_pin(&prog_pin)?;
         xdp.pin(&prog_pin).map_err(|e| EbpfError::Pin { path: prog_pin.clone(), source: Box::new(e) })?;
+        // Before this program is on any interface: its VIP filter must count every service.
+        crate::lb::recount_vips(&ebpf)?;
 
         let mut datapath = Datapath { ebpf, pin_dir, prog_id, statuses: Vec::new() };
         datapath.statuses = datapath.adopted_statuses()?;

@@ -485,13 +485,14 @@ static __always_inline __u32 lb_backend_tag_of(__u32 id, const struct fr_lb_back
  * The flow cache: per CPU, a slot per hash of the flow remembers the service, backend (and, NAT,
  * SNAT port) of a flow whose conntrack entry the full path just confirmed (conntrack lookup,
  * backend and tag checks), with the generation of the maps (fr_lb_gen) read when that packet
- * arrived. A later packet of the flow on this CPU, once its service lookup found the same service
- * in the same mode, skips the conntrack lookup and the checks while the generation is the same,
- * for at most LB_REFRESH_NS; then the full path runs again, which keeps the conntrack entry's
- * recency and last-seen time fresh. Another flow in the slot, any change in the maps (user space
- * bumps the generation after it) and fragments take the full path. The probe comes after the
- * service lookup, so traffic for no VIP does not pay for it. Private, not pinned: a new program
- * starts empty. 8192 slots of 64 bytes: 512 KiB per CPU.
+ * arrived. A later packet of the flow on this CPU skips the service lookup, the conntrack lookup
+ * and the checks while the generation is the same (any change to a service, its mode or table, a
+ * backend or the node's addresses is a new one), for at most LB_REFRESH_NS; then the full path
+ * runs again, which keeps the conntrack entry's recency and last-seen time fresh. Another flow in
+ * the slot, any change in the maps (user space bumps the generation after it) and fragments take
+ * the full path. Only packets to an address in the VIP filter (fr_lb_vips) probe it, so traffic
+ * for no VIP does not pay for it. Private, not pinned: a new program starts empty. 8192 slots of
+ * 64 bytes: 512 KiB per CPU.
  */
 #define LB_FC_SLOTS 8192
 
@@ -520,7 +521,7 @@ struct {
 /*
  * Whether the cache pays, per CPU: with more active flows than slots, most probes miss, and each
  * miss (hash, probe, fill) makes the full path dearer. Every LB_FC_SAMPLE probes, fewer than
- * LB_FC_MIN_HITS hits turn the cache off for the next LB_FC_BYPASS packets to a service (a
+ * LB_FC_MIN_HITS hits turn the cache off for the next LB_FC_BYPASS packets to a possible VIP (a
  * counter check each), after which it samples again.
  */
 #define LB_FC_SAMPLE 1024
@@ -561,6 +562,17 @@ static __always_inline int lb_flow_eq(const struct fr_lb_flow *a, const struct f
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+/* Whether `dst` (16 bytes, IPv4 zero-padded) may be a VIP: its slot in the fr_lb_vips filter
+ * counts a service (the slot's formula is in ferrule_abi.h). 0 means certainly not. */
+static __always_inline int lb_vip_maybe(const __u8 *dst)
+{
+	const __u32 *w = (const __u32 *)dst;
+	__u32 i = ((w[0] ^ w[1] ^ w[2] ^ w[3]) * (__u32)FR_LB_VIP_MUL) >> (32 - FR_LB_VIP_SLOT_BITS);
+	__u32 *count = bpf_map_lookup_elem(&fr_lb_vips, &i);
+
+	return count && *count;
 }
 
 /* Remembers a confirmed flow in the slot lb_fast probed (see lb_fc). */
@@ -1819,12 +1831,13 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	return lb_encap(ctx, p, be, cfg);
 }
 
-/* A packet for service `sid` (of `mode`) of a flow remembered in lb_fc, for that service and mode,
- * under the current generation: counted and sent to its backend (encapsulated or translated).
- * LB_CONTINUE: not remembered, the full path decides. */
-static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 sid, __u8 mode)
+/* A packet of a flow remembered in lb_fc under the current generation, which vouches that its
+ * service still exists with the id and mode remembered: counted and sent to its backend
+ * (encapsulated or translated). LB_CONTINUE: not remembered, the full path decides. */
+static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p)
 {
-	__u32 zero = 0, i, bid;
+	__u32 zero = 0, i, bid, sid;
+	__u8 mode;
 	const struct fr_lb_backend *be;
 	struct lb_fc_stats *st;
 	struct fr_lb_config *cfg;
@@ -1855,13 +1868,14 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p, __u32 s
 	p->fc_slot = i;
 	p->fc = 1;
 	slot = bpf_map_lookup_elem(&lb_fc, &i);
-	if (!slot || slot->gen != (__u32)p->gen || slot->service_id != sid || slot->mode != mode ||
-	    !lb_flow_eq(&slot->flow, &p->flow))
+	if (!slot || slot->gen != (__u32)p->gen || !lb_flow_eq(&slot->flow, &p->flow))
 		return LB_CONTINUE;
 	now = bpf_ktime_get_coarse_ns();
 	if (now >= slot->until_ns)
 		return LB_CONTINUE;
 	bid = slot->backend_id;
+	sid = slot->service_id;
+	mode = slot->mode;
 	be = lb_backend(bid);
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	/* (A slot is filled only from a conntrack hit the full path accepted, NAT with its SNAT port,
@@ -1907,6 +1921,14 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	rc = lb_parse_ports(ctx, p);
 	if (rc != LB_CONTINUE)
 		return rc;
+	/* For no VIP (replies of NAT flows among them): no service lookup, no flow cache. */
+	if (!lb_vip_maybe(p->flow.dst))
+		return lb_nat_reply(ctx, p);
+	if (p->frag == LB_FRAG_NONE) {
+		rc = lb_fast(ctx, p);
+		if (rc != LB_CONTINUE)
+			return rc;
+	}
 
 	__builtin_memset(sk, 0, sizeof(*sk));
 	__builtin_memcpy(sk->vip, p->flow.dst, 16);
@@ -1916,12 +1938,6 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
 	if (!svc)
 		return lb_nat_reply(ctx, p);
-	/* Probed only once a service was found: traffic for no VIP pays nothing for the flow cache. */
-	if (p->frag == LB_FRAG_NONE) {
-		rc = lb_fast(ctx, p, svc->id, svc->mode);
-		if (rc != LB_CONTINUE)
-			return rc;
-	}
 	return lb_service(ctx, p, svc);
 }
 
