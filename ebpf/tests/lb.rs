@@ -18,9 +18,9 @@ use etherparse::{
     IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice,
 };
 use ferrule_ebpf::{
-    abi::{LbCountersRaw, LbCtEntry, LbFlow, FAMILY_IPV4, LB_TRAFFIC_ARR_SIZE},
+    abi::{LbBackend, LbCountersRaw, LbCtEntry, LbFlow, FAMILY_IPV4, LB_TRAFFIC_ARR_SIZE},
     test_run_skb, test_run_xdp, BackendEntry, Datapath, Decap, EbpfError, L4Proto, LbMode, ServiceKey, ServiceUpsert,
-    TestRunOutput, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX,
+    TestRunOutput, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
 };
 use nix::sched::{setns, CloneFlags};
 
@@ -170,6 +170,10 @@ impl Lb {
 
     fn run(&self, packet: &[u8]) -> TestRunOutput {
         test_run_xdp(self.dp.xdp_program_fd().unwrap(), packet, self.ifindex, 1).unwrap()
+    }
+
+    fn upsert_backend_for_test(&mut self, id: u32, addr: [u8; 4]) {
+        self.dp.lb().upsert_backend(id, &BackendEntry { address: ip4(addr), port: 8080 }).unwrap();
     }
 }
 
@@ -1860,6 +1864,70 @@ fn confirmed_flows_are_remembered_per_cpu_until_the_maps_change_or_a_second_pass
         std::thread::sleep(Duration::from_millis(1100));
         assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), "after a second");
         assert_eq!(new_flows(&mut lb), before + 1, "after a second: the full path, a new flow");
+    });
+}
+
+/// Rewrites backend `id`'s address in `fr_lb_backends` through its pin, behind LbMaps' back (no
+/// new generation), as only a test would.
+fn move_backend_unannounced(lb: &Lb, id: u32, to: [u8; 4]) {
+    let data = aya::maps::MapData::from_pin(lb.dp.pin_dir().join("maps").join("fr_lb_backends")).unwrap();
+    let mut backends: aya::maps::Array<_, LbBackend> = aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    let mut be = backends.get(&id, 0).unwrap();
+    be.addr[..4].copy_from_slice(&to);
+    backends.set(id, be, 0).unwrap();
+}
+
+/// A remembered flow's packets go the way its last packet went (new endpoints, next hop) with
+/// nothing else looked up, while that next hop is fresh (LB_NH_TTL_NS, 50 ms, as any cached
+/// route lookup); then the backend's way is taken again, still without a new flow. Shown with the
+/// backend's address changed behind LbMaps' back (no new generation): the same packets keep the
+/// old address until the next hop is due, then follow the backend. A packet of the flow that
+/// comes in on another interface looks its own route up (here a rule for that interface routes
+/// the backend through another neighbour).
+#[test]
+fn remembered_flows_go_the_way_their_last_packet_went_while_its_next_hop_is_fresh() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("fw");
+    let peer = format!("{}p", net.dev);
+    run("ip", &["-n", &net.ns, "rule", "add", "iif", &peer, "table", "100"]);
+    run(
+        "ip",
+        &["-n", &net.ns, "route", "add", "198.51.100.10/32", "via", "198.51.100.11", "dev", &net.dev, "table", "100"],
+    );
+    net.run(move |ifindex| {
+        stay_on_this_cpu();
+        let peer_ifindex = nix::net::if_::if_nametoindex(peer.as_str()).expect("peer ifindex");
+        let mut lb = Lb::open("fcway", ifindex);
+        for (mode, id, port) in [(LbMode::Dsr, 42, 80), (LbMode::Nat, 43, 81)] {
+            lb.upsert_backend_for_test(ID_A4, BACKEND_A4);
+            lb.service(ip4(VIP4), port, L4Proto::Tcp, id, mode, ID_A4);
+            let syn = tcp4(CLIENT4, 40000, VIP4, port, true, b"");
+            let ack = tcp4(CLIENT4, 40000, VIP4, port, false, b"data");
+            // Outer (DSR) or translated (NAT) destination, and the destination MAC.
+            let way = |out: &TestRunOutput| (out.retval, out.data[14 + 16..14 + 20].to_vec(), out.data[..6].to_vec());
+            let to_a = (XDP_TX, BACKEND_A4.to_vec(), MAC_A.to_vec());
+            let to_b = (XDP_TX, BACKEND_B4.to_vec(), MAC_B.to_vec());
+            let looked_up = Instant::now(); // the route lookup of the first packet
+            assert_eq!(way(&lb.run(&syn)), to_a, "{mode:?} new flow");
+            assert_eq!(way(&lb.run(&ack)), to_a, "{mode:?} conntrack hit: remembered with its way");
+            let elsewhere = test_run_xdp(lb.dp.xdp_program_fd().unwrap(), &ack, peer_ifindex, 1).unwrap();
+            let via_b = (XDP_REDIRECT, BACKEND_A4.to_vec(), MAC_B.to_vec());
+            assert_eq!(way(&elsewhere), via_b, "{mode:?} in on another interface: its own route");
+            assert_eq!(way(&lb.run(&ack)), to_a, "{mode:?} back on the first: its route again");
+            move_backend_unannounced(&lb, ID_A4, BACKEND_B4);
+            let out = lb.run(&ack);
+            if looked_up.elapsed() < Duration::from_millis(40) {
+                assert_eq!(way(&out), to_a, "{mode:?} remembered: the way the last packet went");
+            } else {
+                println!("(held up for {:?}: the next hop may be due already)", looked_up.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(60));
+            assert_eq!(way(&lb.run(&ack)), to_b, "{mode:?} next hop due: the backend's way now");
+            assert_eq!(way(&lb.run(&ack)), to_b, "{mode:?} and remembered so");
+            assert_eq!(lb.dp.lb().service_counters(id).unwrap().new_flows, 1, "{mode:?}: one flow throughout");
+        }
     });
 }
 

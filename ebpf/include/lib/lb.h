@@ -101,7 +101,19 @@ struct lb_pkt {
 	__u16 fc_slot; /* the flow's slot in lb_fc (lb_fc_index), when `fc` */
 } __attribute__((aligned(8)));
 
-/* Where a rewritten or encapsulated packet goes: its new L3 (and, for NAT, L4) endpoints. */
+/* Value of the next-hop cache: one successful bpf_fib_lookup's answer, until `expires_ns`. */
+struct lb_nh {
+	__u64 expires_ns; /* coarse monotonic clock */
+	__u32 ifindex; /* egress */
+	__u16 mtu;
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u16 pad;
+	__u32 ingress; /* the lookup's ingress interface (the key's) */
+};
+
+/* Where a rewritten or encapsulated packet goes: its new L3 (and, for NAT, L4) endpoints; and,
+ * once lb_fib sent it, the next hop it went to. */
 struct lb_fwd {
 	__u8 src[16];
 	__u8 dst[16];
@@ -112,8 +124,9 @@ struct lb_fwd {
 	__u8 family;
 	__u8 vlan;
 	__u8 too_big; /* client's packet: lb_fib answers LB_TOO_BIG when the route's MTU is exceeded */
-	__u8 pad;
+	__u8 sent; /* lb_fib sent the packet to `nh` (XDP_TX or a redirect) */
 	__u64 now_ns; /* the packet's lb_pkt.now_ns: lb_fib reads the clock only when it is 0 */
+	struct lb_nh nh; /* when `sent` */
 } __attribute__((aligned(8)));
 
 struct lb_vlan_hdr {
@@ -135,16 +148,6 @@ struct lb_nh_key {
 	__u32 ifindex; /* ingress */
 	__u8 family;
 	__u8 pad[3];
-};
-
-/* Value of the next-hop cache: one successful bpf_fib_lookup's answer, until `expires_ns`. */
-struct lb_nh {
-	__u64 expires_ns; /* coarse monotonic clock */
-	__u32 ifindex; /* egress */
-	__u16 mtu;
-	__u8 dmac[6];
-	__u8 smac[6];
-	__u8 pad[6];
 };
 
 /* A per-CPU next-hop slot: one cached route lookup (its key and answer) for a backend. */
@@ -491,10 +494,12 @@ static __always_inline __u32 lb_backend_tag_of(__u32 id, const struct fr_lb_back
  * runs again, which keeps the conntrack entry's recency and last-seen time fresh. Another flow in
  * the slot, any change in the maps (user space bumps the generation after it) and fragments take
  * the full path. Only packets to an address in the VIP filter (fr_lb_vips) probe it, so traffic
- * for no VIP does not pay for it. Private, not pinned: a new program starts empty. 8192 slots of
- * 64 bytes: 512 KiB per CPU.
+ * for no VIP does not pay for it. Private, not pinned: a new program starts empty. 4096 slots of
+ * 152 bytes: 608 KiB per CPU. A slot also holds how the flow's last packet was sent (addresses,
+ * ports, next hop), so that the next one is rewritten or encapsulated and sent without looking
+ * anything else up (lb_fc_send).
  */
-#define LB_FC_SLOTS 8192
+#define LB_FC_SLOTS 4096
 
 struct lb_fc_slot {
 	struct fr_lb_flow flow; /* family 0: empty */
@@ -507,9 +512,13 @@ struct lb_fc_slot {
 	__be16 nat_port; /* NAT: the flow's SNAT port */
 	__u8 mode; /* FR_LB_MODE_* of the service when confirmed */
 	__u8 pad;
+	/* How the flow's last packet was sent (lb_fib's `sent` set): new endpoints and next hop.
+	 * The next packet goes the same way while the next hop is fresh (fwd.nh.expires_ns, the
+	 * route lookup's own lifetime), its VLAN tagging is the same and it fits the route's MTU. */
+	struct lb_fwd fwd;
 } __attribute__((aligned(8)));
 
-_Static_assert(sizeof(struct lb_fc_slot) == 64, "a slot is one cache line's worth");
+_Static_assert(sizeof(struct lb_fc_slot) == 152, "a slot is 152 bytes: 608 KiB per CPU");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -575,9 +584,10 @@ static __always_inline int lb_vip_maybe(const __u8 *dst)
 	return count && *count;
 }
 
-/* Remembers a confirmed flow in the slot lb_fast probed (see lb_fc). */
+/* Remembers a confirmed flow, whose packet `f` says how lb_fib sent, in the slot lb_fast probed
+ * (see lb_fc). */
 static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u32 bid, __u8 mode, __be16 nat_port,
-				       __u64 now)
+				       const struct lb_fwd *f)
 {
 	__u32 i = p->fc_slot;
 	struct lb_fc_slot *slot = bpf_map_lookup_elem(&lb_fc, &i);
@@ -586,11 +596,12 @@ static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u32 
 		return;
 	__builtin_memcpy(&slot->flow, &p->flow, sizeof(slot->flow));
 	slot->gen = (__u32)p->gen;
-	slot->until_ns = now + LB_REFRESH_NS;
+	slot->until_ns = p->now_ns + LB_REFRESH_NS;
 	slot->service_id = sid;
 	slot->backend_id = bid;
 	slot->nat_port = nat_port;
 	slot->mode = mode;
+	__builtin_memcpy(&slot->fwd, f, sizeof(*f));
 }
 
 /* ---- parsing ---------------------------------------------------------------------------- */
@@ -778,12 +789,33 @@ static __always_inline int lb_have_node_addr(const struct fr_lb_config *cfg, __u
 
 /* ---- forwarding ------------------------------------------------------------------------- */
 
+/* Writes the next hop's MAC addresses and sends the packet to it: XDP_TX out of the ingress
+ * interface, else a redirect (a tagged packet to another interface is passed: the tag belongs to
+ * the ingress). */
+static __always_inline int lb_nh_send(struct xdp_md *ctx, const struct lb_nh *nh, __u8 vlan)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
+	if (nh->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	if (vlan)
+		return lb_pass_event(FR_LB_EV_VLAN_REDIRECT);
+	return bpf_redirect(nh->ifindex, 0);
+}
+
 /*
  * Sets the MACs for the next hop towards `dst` and sends the packet there: XDP_TX when that is
- * the ingress interface, a redirect otherwise. No route or neighbour yet: the stack gets the
- * (already rewritten) packet, forwards it and resolves the neighbour for the next ones.
+ * the ingress interface, a redirect otherwise; `f` then records the next hop (`sent`, `nh`). No
+ * route or neighbour yet: the stack gets the (already rewritten) packet, forwards it and resolves
+ * the neighbour for the next ones.
  */
-static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_fwd *f)
+static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, struct lb_fwd *f)
 {
 	struct lb_scratch *s = lb_scratch();
 	__u32 ingress = ctx->ingress_ifindex;
@@ -791,8 +823,6 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_
 	struct bpf_fib_lookup *fib;
 	struct lb_nh_key *key;
 	struct lb_nh *nh;
-	void *data, *data_end;
-	struct ethhdr *eth;
 	__u64 now;
 	long rc;
 
@@ -841,6 +871,7 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_
 		nh = &s->nh;
 		__builtin_memset(nh, 0, sizeof(*nh));
 		nh->expires_ns = now + LB_NH_TTL_NS;
+		nh->ingress = ingress;
 		nh->ifindex = fib->ifindex;
 		nh->mtu = fib->mtu_result; /* on success, the route's MTU replaces tot_len */
 		__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
@@ -853,18 +884,12 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, const struct lb_
 		__builtin_memcpy(&slot->nh, nh, sizeof(*nh));
 	}
 send:
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return XDP_PASS;
-	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
-	if (nh->ifindex == ingress)
-		return XDP_TX;
-	if (f->vlan)
-		return lb_pass_event(FR_LB_EV_VLAN_REDIRECT);
-	return bpf_redirect(nh->ifindex, 0);
+	rc = lb_nh_send(ctx, nh, f->vlan);
+	if (rc == XDP_TX || rc == XDP_REDIRECT) {
+		__builtin_memcpy(&f->nh, nh, sizeof(*nh));
+		f->sent = 1;
+	}
+	return rc;
 }
 
 /* Writes the saved L2 header in front of a new outer header of `ethertype`; returns the L3
@@ -1053,7 +1078,7 @@ static __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, const struct
 }
 
 /* Sends an encapsulated packet on; one over the route's MTU is answered by lb_too_big. */
-static __always_inline int lb_encap_send(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fwd *f,
+static __always_inline int lb_encap_send(struct xdp_md *ctx, const struct lb_pkt *p, struct lb_fwd *f,
 					 __u32 outer_len)
 {
 	int rc = lb_fib(ctx, f);
@@ -1069,40 +1094,27 @@ static __always_inline int lb_encap_send(struct xdp_md *ctx, const struct lb_pkt
  * packet is untouched. Outer fields: TOS / traffic class copied from the inner header; IPv4 outer
  * copies the inner IPv4 id and DF (DF set for an inner IPv6 packet, which routers never
  * fragment); IPv6 outer copies an inner IPv6 flow label (0 for inner IPv4); TTL / hop limit 64.
+ *
+ * lb_encap_push puts the outer header from f->src to f->dst (of f->family) in front: LB_CONTINUE,
+ * or the verdict for a packet it cannot encapsulate. lb_encap finds those for a backend and sends
+ * the result on; a remembered flow's packet is sent with what its slot holds (lb_fc_send).
  */
-static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt *p, const struct fr_lb_backend *be,
-				    const struct fr_lb_config *cfg)
+static __always_inline int lb_encap_push(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fwd *f)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u8 saved[18] __attribute__((aligned(8)));
-	struct lb_scratch *s = lb_scratch();
-	struct lb_fwd *f;
 	int inner_v4 = p->flow.family == FR_FAMILY_IPV4;
 	__u8 inner_proto = inner_v4 ? IPPROTO_IPIP : IPPROTO_IPV6;
 	__u32 inner_len = p->l3_len;
 	int vlan = p->vlan;
-	__u8 family = be->family;
 	__u32 l3;
 
-	if (!s)
-		return XDP_PASS;
-	f = &s->fwd;
-	__builtin_memset(f, 0, sizeof(*f));
-	if (!lb_have_node_addr(cfg, family))
-		return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
 	if (data + sizeof(saved) > data_end)
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	__builtin_memcpy(saved, data, sizeof(saved));
-	__builtin_memcpy(f->dst, be->addr, 16);
-	lb_node_addr(cfg, family, f->src);
-	f->family = family;
-	f->vlan = vlan;
-	f->too_big = 1;
-	f->backend_id = p->backend_id;
-	f->now_ns = p->now_ns;
 
-	if (family == FR_FAMILY_IPV4) {
+	if (f->family == FR_FAMILY_IPV4) {
 		struct iphdr *o;
 
 		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
@@ -1124,11 +1136,10 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 		o->ttl = LB_TTL;
 		o->protocol = inner_proto;
 		o->check = 0;
-		o->saddr = *(__u32 *)f->src;
-		o->daddr = *(__u32 *)f->dst;
+		o->saddr = *(const __u32 *)f->src;
+		o->daddr = *(const __u32 *)f->dst;
 		o->check = csum_ipv4_header(o);
-		f->l3_len = inner_len + sizeof(*o);
-		return lb_encap_send(ctx, p, f, sizeof(*o));
+		return LB_CONTINUE;
 	}
 
 	struct ipv6hdr *o6;
@@ -1152,8 +1163,37 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	o6->hop_limit = LB_TTL;
 	__builtin_memcpy(&o6->saddr, f->src, 16);
 	__builtin_memcpy(&o6->daddr, f->dst, 16);
-	f->l3_len = inner_len + sizeof(*o6);
-	return lb_encap_send(ctx, p, f, sizeof(*o6));
+	return LB_CONTINUE;
+}
+
+static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt *p, const struct fr_lb_backend *be,
+				    const struct fr_lb_config *cfg)
+{
+	struct lb_scratch *s = lb_scratch();
+	__u8 family = be->family;
+	__u32 outer_len;
+	struct lb_fwd *f;
+	int rc;
+
+	if (!s)
+		return XDP_PASS;
+	f = &s->fwd;
+	__builtin_memset(f, 0, sizeof(*f));
+	if (!lb_have_node_addr(cfg, family))
+		return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
+	__builtin_memcpy(f->dst, be->addr, 16);
+	lb_node_addr(cfg, family, f->src);
+	f->family = family;
+	f->vlan = p->vlan;
+	f->too_big = 1;
+	f->backend_id = p->backend_id;
+	f->now_ns = p->now_ns;
+	rc = lb_encap_push(ctx, p, f);
+	if (rc != LB_CONTINUE)
+		return rc;
+	outer_len = family == FR_FAMILY_IPV4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+	f->l3_len = p->l3_len + outer_len;
+	return lb_encap_send(ctx, p, f, outer_len);
 }
 
 /*
@@ -1335,6 +1375,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	struct fr_lb_config *cfg;
 	__u32 zero = 0, bid = 0;
 	__be16 nat_port = 0;
+	int remember = 0, rc;
 	__u64 now;
 
 	p->service_id = sid;
@@ -1365,8 +1406,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 			/* Refresh rarely: a write per packet would bounce the line between CPUs. */
 			if (now - ct->last_seen_ns > LB_REFRESH_NS)
 				ct->last_seen_ns = now;
-			if (p->frag == LB_FRAG_NONE && p->fc)
-				lb_fc_fill(p, sid, bid, mode, nat_port, now);
+			remember = p->frag == LB_FRAG_NONE && p->fc;
 		}
 	}
 	if (!ct) {
@@ -1415,8 +1455,17 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	if (p->frag == LB_FRAG_FIRST)
 		lb_frag_record(p, bid, sid);
 	if (mode == FR_LB_MODE_NAT)
-		return lb_nat_forward(ctx, p, be, cfg, nat_port);
-	return lb_encap(ctx, p, be, cfg);
+		rc = lb_nat_forward(ctx, p, be, cfg, nat_port);
+	else
+		rc = lb_encap(ctx, p, be, cfg);
+	/* A confirmed flow sent on (not answered "too big", not passed) is remembered with how. */
+	if (remember && (rc == XDP_TX || rc == XDP_REDIRECT)) {
+		struct lb_scratch *s = lb_scratch();
+
+		if (s && s->fwd.sent)
+			lb_fc_fill(p, sid, bid, mode, nat_port, &s->fwd);
+	}
+	return rc;
 }
 
 /* A reply of a NAT flow (backend → node:SNAT port): translated back to VIP → client. */
@@ -1831,6 +1880,35 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	return lb_encap(ctx, p, be, cfg);
 }
 
+/* Sends a remembered flow's packet the way its last one went (slot->fwd): rewritten (NAT) or
+ * encapsulated (DSR) to the same endpoints, to the same next hop, while that is fresh, the packet
+ * came in where that one did, tagged as it was, and fits the route's MTU. LB_CONTINUE: not so,
+ * and the packet is as it came. */
+static __attribute__((noinline)) int lb_fc_send(struct xdp_md *ctx, const struct lb_pkt *p,
+						const struct lb_fc_slot *slot)
+{
+	const struct lb_fwd *f = &slot->fwd;
+	__u32 len = p->l3_len;
+	int rc;
+
+	if (p->now_ns >= f->nh.expires_ns || p->vlan != f->vlan || f->nh.ingress != ctx->ingress_ifindex)
+		return LB_CONTINUE;
+	if (slot->mode == FR_LB_MODE_NAT) {
+		if (len > f->nh.mtu)
+			return LB_CONTINUE;
+		if (lb_rewrite(ctx, p, f))
+			return lb_pass_event(FR_LB_EV_MALFORMED);
+	} else {
+		len += f->family == FR_FAMILY_IPV4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+		if (len > f->nh.mtu)
+			return LB_CONTINUE;
+		rc = lb_encap_push(ctx, p, f);
+		if (rc != LB_CONTINUE)
+			return rc;
+	}
+	return lb_nh_send(ctx, &f->nh, f->vlan);
+}
+
 /* A packet of a flow remembered in lb_fc under the current generation, which vouches that its
  * service still exists with the id and mode remembered: counted and sent to its backend
  * (encapsulated or translated). LB_CONTINUE: not remembered, the full path decides. */
@@ -1838,6 +1916,7 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p)
 {
 	__u32 zero = 0, i, bid, sid;
 	__u8 mode;
+	int rc;
 	const struct fr_lb_backend *be;
 	struct lb_fc_stats *st;
 	struct fr_lb_config *cfg;
@@ -1888,9 +1967,22 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p)
 	p->backend_id = bid;
 	lb_service_traffic(sid, p->frame_len);
 	lb_backend_traffic(bid, p->frame_len);
+	rc = lb_fc_send(ctx, p, slot);
+	if (rc != LB_CONTINUE)
+		return rc;
+	/* The next hop is due a new look (or the packet is longer, or tagged differently): the
+	 * backend's way, and the slot remembers how this packet went. */
 	if (mode == FR_LB_MODE_NAT)
-		return lb_nat_forward(ctx, p, be, cfg, slot->nat_port);
-	return lb_encap(ctx, p, be, cfg);
+		rc = lb_nat_forward(ctx, p, be, cfg, slot->nat_port);
+	else
+		rc = lb_encap(ctx, p, be, cfg);
+	if (rc == XDP_TX || rc == XDP_REDIRECT) {
+		struct lb_scratch *s = lb_scratch();
+
+		if (s && s->fwd.sent)
+			__builtin_memcpy(&slot->fwd, &s->fwd, sizeof(slot->fwd));
+	}
+	return rc;
 }
 
 /* The load balancer's verdict for one packet. */
