@@ -1880,28 +1880,33 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	return lb_encap(ctx, p, be, cfg);
 }
 
-/* Sends a remembered flow's packet the way its last one went (slot->fwd): rewritten (NAT) or
- * encapsulated (DSR) to the same endpoints, to the same next hop, while that is fresh, the packet
- * came in where that one did, tagged as it was, and fits the route's MTU. LB_CONTINUE: not so,
- * and the packet is as it came. */
+/* Whether a remembered flow's packet can go the way its last one went (slot->fwd): that next hop
+ * is fresh, the packet came in where that one did, tagged as it was, and fits the route's MTU
+ * (once encapsulated, for DSR). */
+static __always_inline int lb_fc_ready(const struct xdp_md *ctx, const struct lb_pkt *p,
+				       const struct lb_fc_slot *slot)
+{
+	const struct lb_fwd *f = &slot->fwd;
+	__u32 len = p->l3_len;
+
+	if (slot->mode != FR_LB_MODE_NAT)
+		len += f->family == FR_FAMILY_IPV4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+	return p->now_ns < f->nh.expires_ns && p->vlan == f->vlan && f->nh.ingress == ctx->ingress_ifindex &&
+	       len <= f->nh.mtu;
+}
+
+/* Sends a packet lb_fc_ready passed the way the flow's last one went: rewritten (NAT) or
+ * encapsulated (DSR) to the same endpoints, to the same next hop. */
 static __attribute__((noinline)) int lb_fc_send(struct xdp_md *ctx, const struct lb_pkt *p,
 						const struct lb_fc_slot *slot)
 {
 	const struct lb_fwd *f = &slot->fwd;
-	__u32 len = p->l3_len;
 	int rc;
 
-	if (p->now_ns >= f->nh.expires_ns || p->vlan != f->vlan || f->nh.ingress != ctx->ingress_ifindex)
-		return LB_CONTINUE;
 	if (slot->mode == FR_LB_MODE_NAT) {
-		if (len > f->nh.mtu)
-			return LB_CONTINUE;
 		if (lb_rewrite(ctx, p, f))
 			return lb_pass_event(FR_LB_EV_MALFORMED);
 	} else {
-		len += f->family == FR_FAMILY_IPV4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
-		if (len > f->nh.mtu)
-			return LB_CONTINUE;
 		rc = lb_encap_push(ctx, p, f);
 		if (rc != LB_CONTINUE)
 			return rc;
@@ -1952,26 +1957,28 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p)
 	now = bpf_ktime_get_coarse_ns();
 	if (now >= slot->until_ns)
 		return LB_CONTINUE;
+	/* (A slot is filled only from a conntrack hit the full path accepted, NAT with its SNAT port,
+	 * and any change to the service or backend since is a new generation.) */
 	bid = slot->backend_id;
 	sid = slot->service_id;
 	mode = slot->mode;
-	be = lb_backend(bid);
-	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
-	/* (A slot is filled only from a conntrack hit the full path accepted, NAT with its SNAT port,
-	 * and any change to the backend since is a new generation.) */
-	if (!be || !cfg)
-		return LB_CONTINUE;
 	st->hits += 1;
 	p->now_ns = now;
 	p->service_id = sid;
 	p->backend_id = bid;
+	if (lb_fc_ready(ctx, p, slot)) {
+		lb_service_traffic(sid, p->frame_len);
+		lb_backend_traffic(bid, p->frame_len);
+		return lb_fc_send(ctx, p, slot);
+	}
+	/* The next hop is due a new look (or the packet is longer, or came in elsewhere or tagged
+	 * differently): the backend's way, and the slot remembers how this packet went. */
+	be = lb_backend(bid);
+	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
+	if (!be || !cfg)
+		return LB_CONTINUE;
 	lb_service_traffic(sid, p->frame_len);
 	lb_backend_traffic(bid, p->frame_len);
-	rc = lb_fc_send(ctx, p, slot);
-	if (rc != LB_CONTINUE)
-		return rc;
-	/* The next hop is due a new look (or the packet is longer, or tagged differently): the
-	 * backend's way, and the slot remembers how this packet went. */
 	if (mode == FR_LB_MODE_NAT)
 		rc = lb_nat_forward(ctx, p, be, cfg, slot->nat_port);
 	else
