@@ -1166,28 +1166,41 @@ static __always_inline int lb_encap_push(struct xdp_md *ctx, const struct lb_pkt
 	return LB_CONTINUE;
 }
 
-static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt *p, const struct fr_lb_backend *be,
-				    const struct fr_lb_config *cfg)
+/* The packet's forwarding state (the scratch lb_fwd), cleared and set from the node's address of
+ * `family` to backend `be`, for a client's packet; NULL without scratch space. */
+static __always_inline struct lb_fwd *lb_fwd_to(const struct lb_pkt *p, const struct fr_lb_backend *be,
+						const struct fr_lb_config *cfg, __u8 family)
 {
 	struct lb_scratch *s = lb_scratch();
-	__u8 family = be->family;
-	__u32 outer_len;
 	struct lb_fwd *f;
-	int rc;
 
 	if (!s)
-		return XDP_PASS;
+		return NULL;
 	f = &s->fwd;
 	__builtin_memset(f, 0, sizeof(*f));
-	if (!lb_have_node_addr(cfg, family))
-		return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
-	__builtin_memcpy(f->dst, be->addr, 16);
 	lb_node_addr(cfg, family, f->src);
+	__builtin_memcpy(f->dst, be->addr, 16);
 	f->family = family;
 	f->vlan = p->vlan;
 	f->too_big = 1;
 	f->backend_id = p->backend_id;
 	f->now_ns = p->now_ns;
+	return f;
+}
+
+static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt *p, const struct fr_lb_backend *be,
+				    const struct fr_lb_config *cfg)
+{
+	__u8 family = be->family;
+	__u32 outer_len;
+	struct lb_fwd *f;
+	int rc;
+
+	if (!lb_have_node_addr(cfg, family))
+		return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
+	f = lb_fwd_to(p, be, cfg, family);
+	if (!f)
+		return XDP_PASS;
 	rc = lb_encap_push(ctx, p, f);
 	if (rc != LB_CONTINUE)
 		return rc;
@@ -1335,24 +1348,14 @@ static __attribute__((noinline)) int lb_nat_forward(struct xdp_md *ctx, const st
 						    const struct fr_lb_backend *be, const struct fr_lb_config *cfg,
 						    __be16 nat_port)
 {
-	struct lb_scratch *s = lb_scratch();
-	struct lb_fwd *f;
+	struct lb_fwd *f = lb_fwd_to(p, be, cfg, p->flow.family);
 	int rc;
 
-	if (!s)
+	if (!f)
 		return XDP_PASS;
-	f = &s->fwd;
-	__builtin_memset(f, 0, sizeof(*f));
-	lb_node_addr(cfg, p->flow.family, f->src);
-	__builtin_memcpy(f->dst, be->addr, 16);
 	f->sport = nat_port;
 	f->dport = be->port;
 	f->l3_len = p->l3_len;
-	f->family = p->flow.family;
-	f->vlan = p->vlan;
-	f->backend_id = p->backend_id;
-	f->now_ns = p->now_ns;
-	f->too_big = 1;
 	/* The next hop first, while the packet is still the client's: one over the route's MTU is
 	 * answered with ICMP "too big" quoting it as the client sent it. (The route lookup reads
 	 * only `f`; the MACs it writes and a redirect it sets up stand through the rewrite.) */
