@@ -206,18 +206,19 @@ struct fr_lb_traffic {
  */
 
 /*
- * `fr_lb_vips` (array of FR_LB_VIP_SLOTS __u32): a counting filter over the services' VIPs. The
+ * `fr_lb_vips` (array of FR_LB_VIP_WORDS __u64): a bitmap over the services' VIPs, 2^22 bits. The
  * slot of an address is its 16 bytes (IPv4 in the first 4, the rest 0) read as four host-order
- * 32-bit words w0..w3: the top FR_LB_VIP_SLOT_BITS bits of (w0 ^ w1 ^ w2 ^ w3) * 0x9e3779b1; it
- * counts the services whose VIP has that slot. A packet whose destination's slot counts 0 is for
- * no service, known without a service lookup (nor a probe of the flow cache, which comes before
- * the service lookup). User space counts a VIP in before its service is written and out after it
- * is removed, and counts them all again from fr_lb_services when it loads the program, so a slot
- * never counts fewer services than it has; more (another address in the slot, a service whose
- * write failed) only costs packets to that slot the service lookup.
+ * 32-bit words w0..w3: the top FR_LB_VIP_SLOT_BITS bits of (w0 ^ w1 ^ w2 ^ w3) * FR_LB_VIP_MUL,
+ * and its bit is bit (slot % 64) of word (slot / 64). A packet whose destination's bit is clear
+ * is for no service, known without a service lookup (nor a probe of the flow cache, which comes
+ * before the service lookup). User space counts the services of each slot (counted again from
+ * fr_lb_services when it loads the program, which also makes the bitmap exact), sets a slot's bit
+ * before its first service is written and clears it after its last is removed, so a bit is never
+ * clear while a service has it; a bit set for another address (1 in 40 with 100,000 VIPs) only
+ * costs packets to it the service lookup.
  */
-#define FR_LB_VIP_SLOT_BITS 14
-#define FR_LB_VIP_SLOTS 16384
+#define FR_LB_VIP_SLOT_BITS 22
+#define FR_LB_VIP_WORDS 65536
 #define FR_LB_VIP_MUL 2654435761
 
 /*

@@ -228,8 +228,8 @@ abi_consts! {
     "FR_LB_DROP_NAT_FAMILY" => pub const LB_DROP_NAT_FAMILY: usize = 4;
     "FR_LB_DROP_MAX" => pub const LB_DROP_MAX: usize = 8;
     "FR_LB_TRAFFIC_ARR_SIZE" => pub const LB_TRAFFIC_ARR_SIZE: u32 = 4096;
-    "FR_LB_VIP_SLOT_BITS" => pub const LB_VIP_SLOT_BITS: u32 = 14;
-    "FR_LB_VIP_SLOTS" => pub const LB_VIP_SLOTS: u32 = 16_384;
+    "FR_LB_VIP_SLOT_BITS" => pub const LB_VIP_SLOT_BITS: u32 = 22;
+    "FR_LB_VIP_WORDS" => pub const LB_VIP_WORDS: u32 = 65_536;
     "FR_LB_VIP_MUL" => pub const LB_VIP_MUL: u32 = 2_654_435_761;
     "FR_IFACE_STATS_ARR_SIZE" => pub const IFACE_STATS_ARR_SIZE: u32 = 1024;
     "FR_LB_EV_MALFORMED" => pub const LB_EV_MALFORMED: u32 = 0;

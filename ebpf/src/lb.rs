@@ -36,7 +36,7 @@ const TABLES: &str = "fr_lb_tables";
 const BACKENDS: &str = "fr_lb_backends";
 const CONFIG: &str = "fr_lb_config";
 const GENERATION: &str = "fr_lb_gen";
-/// The services' VIPs as a counting filter (`fr_lb_vips` in ferrule_abi.h).
+/// The services' VIPs as a bitmap (`fr_lb_vips` in ferrule_abi.h).
 const VIPS: &str = "fr_lb_vips";
 const SERVICE_STATS: &str = "fr_lb_service_stats";
 const BACKEND_STATS: &str = "fr_lb_backend_stats";
@@ -276,12 +276,20 @@ fn input(msg: impl Into<String>) -> EbpfError {
 /// Typed access to the load balancer's pinned maps of a loaded [`Datapath`].
 pub struct LbMaps<'a> {
     ebpf: &'a mut Ebpf,
+    vips: &'a mut VipCounts,
 }
+
+/// How many installed services have a VIP in each slot of `fr_lb_vips` (slots with none left
+/// out): what decides a slot's bit. Counted from `fr_lb_services` when the program is loaded
+/// ([`recount_vips`]) and kept by [`LbMaps`] since, the only writer of the maps.
+#[derive(Debug, Default)]
+pub(crate) struct VipCounts(StdHashMap<u32, u32>);
 
 impl Datapath {
     /// The load balancer's maps (shared by every program instance through their pins).
     pub fn lb(&mut self) -> LbMaps<'_> {
-        LbMaps { ebpf: self.ebpf_mut() }
+        let (ebpf, vips) = self.lb_parts();
+        LbMaps { ebpf, vips }
     }
 
     /// Node-wide LB events, without needing `&mut` (see [`LbMaps::events`]).
@@ -497,15 +505,16 @@ impl LbMaps<'_> {
         let keys: Vec<LbServiceKey> = ready.iter().map(|s| s.key.raw()).collect();
         let values: Vec<LbService> =
             ready.iter().map(|s| LbService { id: s.id, mode: s.mode.raw(), flags: 0, pad: 0 }).collect();
-        // New VIPs go into the filter before their service can be looked up.
+        // New VIPs go into the bitmap before their service can be looked up.
         let new = new_keys(self.ebpf, &keys).map_err(|e| (0, e))?;
-        count_vips(self.ebpf, keys.iter().zip(&new).filter(|(_, n)| **n).map(|(k, _)| k), 1).map_err(|e| (0, e))?;
+        let added = keys.iter().zip(&new).filter(|(_, n)| **n).map(|(k, _)| k);
+        count_vips(self.ebpf, self.vips, added, 1).map_err(|e| (0, e))?;
         let services_fd = map_fd(self.ebpf, SERVICES).map_err(|e| (0, e))?;
         if let Err(e) = sys::map_update_batch(services_fd, &keys, &values) {
             // The new ones the kernel did not write are counted out again (if that fails too,
-            // their slots only count one too many: packets there take the service lookup).
+            // their bits may stay set for no service: packets there take the service lookup).
             let unwritten = keys.iter().zip(&new).skip(e.done).filter(|(_, n)| **n).map(|(k, _)| k);
-            if let Err(undo) = count_vips(self.ebpf, unwritten, -1) {
+            if let Err(undo) = count_vips(self.ebpf, self.vips, unwritten, -1) {
                 tracing::warn!("counting unwritten services out of fr_lb_vips: {undo}");
             }
             let what = ready.get(e.done).map(|s| describe(s)).unwrap_or_default();
@@ -540,7 +549,7 @@ impl LbMaps<'_> {
         };
         // The key first: from then on no packet looks the table up.
         absent_ok(services.remove(&key.raw())).map_err(|e| EbpfError::map(SERVICES, "removing", e))?;
-        count_vips(self.ebpf, [&key.raw()], -1)?;
+        count_vips(self.ebpf, self.vips, [&key.raw()], -1)?;
         absent_ok(self.tables()?.remove(&value.id)).map_err(|e| EbpfError::map(TABLES, "removing", e))?;
         remove_counters(self.ebpf, SERVICE_COUNTERS, value.id)
     }
@@ -568,7 +577,7 @@ impl LbMaps<'_> {
             ids.push(value.id);
             removed.push(key.raw());
         }
-        count_vips(self.ebpf, &removed, -1)?;
+        count_vips(self.ebpf, self.vips, &removed, -1)?;
         // Only ids whose table exists: the kernel's batch delete stops at the first missing key.
         let mut with_table = Vec::new();
         {
@@ -615,7 +624,7 @@ impl LbMaps<'_> {
         // Slot 0 (the length), then all slots in one syscall: adopting 100,000 tables after a
         // restart must not take millions of syscalls.
         let read = |count| {
-            sys::array_u32_values(inner.fd().as_fd(), count)
+            sys::array_values::<u32>(inner.fd().as_fd(), count)
                 .map_err(|e| EbpfError::syscall("BPF_MAP_LOOKUP_BATCH (reading a Maglev table)", e))
         };
         let len = read(1)?[0];
@@ -659,60 +668,79 @@ fn new_keys(ebpf: &Ebpf, keys: &[LbServiceKey]) -> Result<Vec<bool>, EbpfError> 
         .collect()
 }
 
-/// Counts the VIPs of `keys` into (`sign` 1) or out of (-1) `fr_lb_vips`, one read and one write
-/// per slot touched. Single writer: only the process that owns the maps calls it.
+/// Counts the VIPs of `keys` into (`sign` 1) or out of (-1) `counts`, setting the bit of a slot
+/// that gets its first service and clearing that of a slot that lost its last, one read and one
+/// write per word touched.
 fn count_vips<'k>(
     ebpf: &mut Ebpf,
+    counts: &mut VipCounts,
     keys: impl IntoIterator<Item = &'k LbServiceKey>,
-    sign: i64,
+    sign: i32,
 ) -> Result<(), EbpfError> {
-    let mut deltas: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
+    // Per word: the bits to set and to clear.
+    let mut words: std::collections::BTreeMap<u32, (u64, u64)> = std::collections::BTreeMap::new();
     for key in keys {
-        *deltas.entry(vip_slot(&key.vip)).or_default() += sign;
+        let slot = vip_slot(&key.vip);
+        let count = counts.0.entry(slot).or_default();
+        let before = *count;
+        // Never below 0: counts out follow counts in.
+        *count = count.saturating_add_signed(sign);
+        let after = *count;
+        if after == 0 {
+            counts.0.remove(&slot);
+        }
+        let change = words.entry(slot / 64).or_default();
+        let bit = 1u64 << (slot % 64);
+        if before == 0 && after > 0 {
+            change.0 |= bit;
+            change.1 &= !bit;
+        } else if before > 0 && after == 0 {
+            change.1 |= bit;
+            change.0 &= !bit;
+        }
     }
-    if deltas.is_empty() {
-        return Ok(());
-    }
-    let mut array: Array<_, u32> =
+    let mut array: Array<_, u64> =
         Array::try_from(map_mut(ebpf, VIPS)?).map_err(|e| EbpfError::map(VIPS, "opening as array", e))?;
-    for (slot, delta) in deltas {
-        let now = array.get(&slot, 0).map_err(|e| EbpfError::map(VIPS, "reading", e))?;
-        // Never below 0: counts out follow counts in, and a slot only ever counts too many.
-        let next = (i64::from(now) + delta).clamp(0, i64::from(u32::MAX)) as u32;
-        array.set(slot, next, 0).map_err(|e| EbpfError::map(VIPS, "writing", e))?;
+    for (word, (set, clear)) in words.into_iter().filter(|(_, (set, clear))| set | clear != 0) {
+        let now = array.get(&word, 0).map_err(|e| EbpfError::map(VIPS, "reading", e))?;
+        array.set(word, (now | set) & !clear, 0).map_err(|e| EbpfError::map(VIPS, "writing", e))?;
     }
     Ok(())
 }
 
-/// Counts every service's VIP into `fr_lb_vips` afresh from `fr_lb_services`, writing the slots
-/// whose count differs. Run when the program is loaded, before it is attached anywhere: a filter
-/// this build creates beside services an older build installed starts out counting them all, and
-/// one that a failed write left counting too many is exact again. (The program attached now, if
-/// it reads the filter, sees each slot go from one count that covers its services to another.)
-pub(crate) fn recount_vips(ebpf: &Ebpf) -> Result<(), EbpfError> {
-    let mut counts = vec![0u32; abi::LB_VIP_SLOTS as usize];
+/// Counts every service's VIP afresh from `fr_lb_services` and makes the bitmap `fr_lb_vips` say
+/// exactly which slots have one, writing the words that differ. Run when the program is loaded,
+/// before it is attached anywhere: a bitmap this build creates beside services an older build
+/// installed starts out with all of them, and one left with a stray bit is exact again. (A
+/// program attached now that reads the bitmap sees a needed bit set throughout.)
+pub(crate) fn recount_vips(ebpf: &Ebpf) -> Result<VipCounts, EbpfError> {
+    let mut counts = VipCounts::default();
     {
         let services: HashMap<_, LbServiceKey, LbService> =
             HashMap::try_from(map(ebpf, SERVICES)?).map_err(|e| EbpfError::map(SERVICES, "opening as hash", e))?;
         for key in services.keys() {
             let key = key.map_err(|e| EbpfError::map(SERVICES, "reading", e))?;
-            let slot = &mut counts[vip_slot(&key.vip) as usize];
-            *slot = slot.saturating_add(1);
+            let count = counts.0.entry(vip_slot(&key.vip)).or_default();
+            *count = count.saturating_add(1);
         }
+    }
+    let mut bits = vec![0u64; abi::LB_VIP_WORDS as usize];
+    for slot in counts.0.keys() {
+        bits[(slot / 64) as usize] |= 1 << (slot % 64);
     }
     let fd = match map(ebpf, VIPS)? {
         Map::Array(data) => data.fd().as_fd(),
         _ => return Err(EbpfError::map(VIPS, "opening as array", MapError::InvalidMapType { map_type: 0 })),
     };
-    let now = sys::array_u32_values(fd, abi::LB_VIP_SLOTS)
+    let now = sys::array_values::<u64>(fd, abi::LB_VIP_WORDS)
         .map_err(|e| EbpfError::syscall("BPF_MAP_LOOKUP_BATCH (reading fr_lb_vips)", e))?;
-    let (slots, values): (Vec<u32>, Vec<u32>) =
-        (0..abi::LB_VIP_SLOTS).zip(counts).filter(|(slot, count)| now[*slot as usize] != *count).unzip();
-    if !slots.is_empty() {
-        sys::map_update_batch(fd, &slots, &values)
+    let (words, values): (Vec<u32>, Vec<u64>) =
+        (0..abi::LB_VIP_WORDS).zip(bits).filter(|(word, bits)| now[*word as usize] != *bits).unzip();
+    if !words.is_empty() {
+        sys::map_update_batch(fd, &words, &values)
             .map_err(|e| EbpfError::syscall("BPF_MAP_UPDATE_BATCH (fr_lb_vips)", e.error))?;
     }
-    Ok(())
+    Ok(counts)
 }
 
 /// A new inner array for `fr_lb_tables`: slot 0 = length, slots 1..=len = `table`.

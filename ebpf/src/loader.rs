@@ -219,6 +219,8 @@ pub struct Datapath {
     prog_id: u32,
     /// Result of the last `set_uplinks` (or, before it, what was found pinned at open).
     statuses: Vec<UplinkStatus>,
+    /// Services per slot of the VIP bitmap, counted at open and kept by `LbMaps`.
+    vips: crate::lb::VipCounts,
 }
 
 impl fmt::Debug for Datapath {
@@ -275,10 +277,10 @@ impl Datapath {
         let prog_pin = pin_dir.join("progs").join(XDP_PROGRAM);
         remove_pin(&prog_pin)?;
         xdp.pin(&prog_pin).map_err(|e| EbpfError::Pin { path: prog_pin.clone(), source: Box::new(e) })?;
-        // Before this program is on any interface: its VIP filter must count every service.
-        crate::lb::recount_vips(&ebpf)?;
+        // Before this program is on any interface: its VIP bitmap must have every service's bit.
+        let vips = crate::lb::recount_vips(&ebpf)?;
 
-        let mut datapath = Datapath { ebpf, pin_dir, prog_id, statuses: Vec::new() };
+        let mut datapath = Datapath { ebpf, pin_dir, prog_id, statuses: Vec::new(), vips };
         datapath.statuses = datapath.adopted_statuses()?;
         Ok(datapath)
     }
@@ -293,8 +295,9 @@ impl Datapath {
         &self.ebpf
     }
 
-    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The object and the VIP counts, for `LbMaps`.
+    pub(crate) fn lb_parts(&mut self) -> (&mut Ebpf, &mut crate::lb::VipCounts) {
+        (&mut self.ebpf, &mut self.vips)
     }
 
     /// The kernel's statistics of the loaded `xdp_lb` program (verifier instruction count, ...).

@@ -328,14 +328,14 @@ pub(crate) fn map_update_batch<K: aya::Pod, V: aya::Pod>(
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
-/// Reads slots `0..len` of an array map of `u32` in one `BPF_MAP_LOOKUP_BATCH` (reading a Maglev
-/// table of 65537 slots one element at a time would take as many syscalls).
-pub(crate) fn array_u32_values(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<u32>> {
-    if map_kv_sizes(map)? != (4, 4) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a map of u32 keys and u32 values"));
+/// Reads slots `0..len` of an array map of `V` (u32 keys) in one `BPF_MAP_LOOKUP_BATCH` (reading a
+/// Maglev table of 65537 slots one element at a time would take as many syscalls).
+pub(crate) fn array_values<V: aya::Pod + Default>(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<V>> {
+    if map_kv_sizes(map)? != (4, std::mem::size_of::<V>()) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a map of u32 keys and values of this size"));
     }
     let mut keys = vec![0u32; len as usize];
-    let mut values = vec![0u32; len as usize];
+    let mut values: Vec<V> = (0..len).map(|_| V::default()).collect();
     // The key the kernel stopped at (`out_batch`); unused, as the whole array is read at once.
     let mut next = 0u32;
     let mut attr = BatchAttr {
@@ -347,7 +347,7 @@ pub(crate) fn array_u32_values(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<
         ..Default::default()
     };
     // SAFETY: `attr` is the batch layout; `keys` and `values` have room for `count` elements of
-    // the map's key and value sizes (4 bytes, checked above) and `out_batch` for one key, all
+    // the map's key and value sizes (4 bytes and size_of::<V>(), checked above) and `out_batch` for one key, all
     // writable and outliving the call. A null `in_batch` starts at the first key.
     match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
         Ok(_) => {}

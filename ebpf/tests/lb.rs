@@ -1062,32 +1062,39 @@ fn traffic_that_is_not_for_a_service_passes_untouched() {
     });
 }
 
-/// The VIP filter's counts (`fr_lb_vips`) that are not 0, as (slot, count), through its pin.
-fn vip_filter(pin_dir: &std::path::Path) -> Vec<(u32, u32)> {
+/// The slots whose bit is set in the VIP bitmap (`fr_lb_vips`), in order, through its pin.
+fn vip_bits(pin_dir: &std::path::Path) -> Vec<u32> {
     let data = aya::maps::MapData::from_pin(pin_dir.join("maps").join("fr_lb_vips")).unwrap();
-    let array: aya::maps::Array<_, u32> = aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
-    (0..array.len()).map(|i| (i, array.get(&i, 0).unwrap())).filter(|(_, n)| *n != 0).collect()
+    let array: aya::maps::Array<_, u64> = aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    let mut slots = Vec::new();
+    for word in 0..array.len() {
+        let bits = array.get(&word, 0).unwrap();
+        slots.extend((0..64).filter(|b| bits >> b & 1 == 1).map(|b| word * 64 + b));
+    }
+    slots
 }
 
-fn set_vip_filter(pin_dir: &std::path::Path, slot: u32, count: u32) {
+fn set_vip_bit(pin_dir: &std::path::Path, slot: u32, on: bool) {
     let data = aya::maps::MapData::from_pin(pin_dir.join("maps").join("fr_lb_vips")).unwrap();
-    let mut array: aya::maps::Array<_, u32> = aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
-    array.set(slot, count, 0).unwrap();
+    let mut array: aya::maps::Array<_, u64> = aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    let bits = array.get(&(slot / 64), 0).unwrap();
+    let bit = 1u64 << (slot % 64);
+    array.set(slot / 64, if on { bits | bit } else { bits & !bit }, 0).unwrap();
 }
 
-/// Packets to an address whose slot in the VIP filter counts no service skip the service lookup
-/// (and pass): so the filter counts every service in before it is written and out after it is
-/// gone, and when the program is loaded it is counted again from the services map, which puts
-/// right a filter an older build never had (its pin is missing) or one that counts wrongly.
+/// Packets to an address whose bit in the VIP bitmap is clear skip the service lookup (and
+/// pass): so a VIP's bit is set before its first service is written and cleared only after its
+/// last is removed, and when the program is loaded the bitmap is made again from the services
+/// map, which puts right one an older build never had (its pin is missing) or one that is wrong.
 #[test]
-fn the_vip_filter_counts_every_service_and_is_recounted_when_the_program_loads() {
+fn the_vip_bitmap_covers_every_service_and_is_made_again_when_the_program_loads() {
     if !ferrule_tests::privileged() {
         return;
     }
     let net = LbNet::new("vf");
     net.run(|ifindex| {
         let root = bpffs();
-        let node = unique_node("vipfilter");
+        let node = unique_node("vipbits");
         let _guard = PinGuard::new(&root, &node);
         let tcp80 = ServiceKey { vip: ip4(VIP4), port: 80, proto: L4Proto::Tcp };
         let udp80 = ServiceKey { vip: ip4(VIP4), port: 80, proto: L4Proto::Udp };
@@ -1099,69 +1106,67 @@ fn the_vip_filter_counts_every_service_and_is_recounted_when_the_program_loads()
         {
             let mut dp = Datapath::open_at(&root, &node).unwrap();
             pin_dir = dp.pin_dir().to_owned();
-            assert_eq!(vip_filter(&pin_dir), vec![], "no service, nothing counted");
+            assert_eq!(vip_bits(&pin_dir), Vec::<u32>::new(), "no service, no bit");
             let mut lb = dp.lb();
             lb.set_node_addresses(Some(NODE4.into()), Some(NODE6.into())).unwrap();
             lb.upsert_backend(ID_A4, &BackendEntry { address: ip4(BACKEND_A4), port: 80 }).unwrap();
             lb.upsert_backend(ID_A6, &BackendEntry { address: ip6(BACKEND_A6), port: 443 }).unwrap();
             lb.upsert_service(&tcp80, 61, LbMode::Dsr, &[ID_A4; 13]).unwrap();
-            let one = vip_filter(&pin_dir);
+            let one = vip_bits(&pin_dir);
             assert_eq!(one.len(), 1, "{one:?}");
-            v4_slot = one[0].0;
+            v4_slot = one[0];
             lb.upsert_services(&[
                 ServiceUpsert { key: udp80, id: 62, mode: LbMode::Dsr, table: &[ID_A4; 13] },
                 ServiceUpsert { key: tcp6, id: 63, mode: LbMode::Dsr, table: &[ID_A6; 13] },
-                // An update of an installed service counts nothing more.
                 ServiceUpsert { key: tcp80, id: 61, mode: LbMode::Dsr, table: &[ID_A4; 13] },
             ])
             .unwrap();
-            let three = vip_filter(&pin_dir);
-            assert_eq!(three.len(), 2, "two addresses, two slots: {three:?}");
-            assert!(three.contains(&(v4_slot, 2)), "{three:?}");
-            v6_slot = three.iter().find(|(slot, _)| *slot != v4_slot).unwrap().0;
-            assert!(three.contains(&(v6_slot, 1)));
+            let two = vip_bits(&pin_dir);
+            assert_eq!(two.len(), 2, "two addresses, two bits: {two:?}");
+            assert!(two.contains(&v4_slot));
+            v6_slot = *two.iter().find(|slot| **slot != v4_slot).unwrap();
             let fd = dp.xdp_program_fd().unwrap();
             assert_eq!(test_run_xdp(fd, &syn, ifindex, 1).unwrap().retval, XDP_TX);
             assert_eq!(test_run_xdp(fd, &dgram, ifindex, 1).unwrap().retval, XDP_TX);
 
-            // The filter is what lets a packet reach the service lookup: a slot counting 0
-            // behind LbMaps' back makes the VIP's packets the stack's, new flows and cached ones.
-            set_vip_filter(&pin_dir, v4_slot, 0);
+            // The bitmap is what lets a packet reach the service lookup: a bit cleared behind
+            // LbMaps' back makes the VIP's packets the stack's, new flows and remembered ones.
+            set_vip_bit(&pin_dir, v4_slot, false);
             assert_eq!(test_run_xdp(fd, &syn, ifindex, 1).unwrap().retval, XDP_PASS);
             assert_eq!(test_run_xdp(fd, &dgram, ifindex, 1).unwrap().retval, XDP_PASS);
-            set_vip_filter(&pin_dir, v4_slot, 2);
+            set_vip_bit(&pin_dir, v4_slot, true);
 
+            // The VIP keeps its bit while it has a service (UDP here), whatever is removed twice.
             let mut lb = dp.lb();
             lb.remove_service(&tcp80).unwrap();
-            lb.remove_service(&tcp80).unwrap(); // a second removal counts nothing out
-            let mut both = vec![(v4_slot, 1), (v6_slot, 1)];
-            both.sort_unstable();
-            assert_eq!(vip_filter(&pin_dir), both);
+            lb.remove_service(&tcp80).unwrap();
+            assert_eq!(vip_bits(&pin_dir), two);
             assert_eq!(test_run_xdp(dp.xdp_program_fd().unwrap(), &dgram, ifindex, 1).unwrap().retval, XDP_TX);
             let mut lb = dp.lb();
             lb.remove_services(&[tcp6, tcp6]).unwrap();
-            assert_eq!(vip_filter(&pin_dir), vec![(v4_slot, 1)]);
+            assert_eq!(vip_bits(&pin_dir), vec![v4_slot]);
         } // restart
 
-        // An older build had no filter: its pin is missing, and the new one starts counting the
-        // services already installed before any packet can see it.
+        // An older build had no bitmap: its pin is missing, and the new one has the services
+        // already installed before any packet can see it.
         std::fs::remove_file(pin_dir.join("maps").join("fr_lb_vips")).unwrap();
         let mut dp = Datapath::open_at(&root, &node).unwrap();
-        assert_eq!(vip_filter(&pin_dir), vec![(v4_slot, 1)], "recounted from the services");
+        assert_eq!(vip_bits(&pin_dir), vec![v4_slot], "made from the services");
         let fd = dp.xdp_program_fd().unwrap();
         let other = udp4(CLIENT4, 40001, VIP4, 80, b"y");
         assert_eq!(test_run_xdp(fd, &other, ifindex, 1).unwrap().retval, XDP_TX, "the VIP is served");
         drop(dp);
 
-        // Counts that are wrong either way (too many, too few) are exact after the next load.
-        set_vip_filter(&pin_dir, v4_slot, 0);
-        set_vip_filter(&pin_dir, v6_slot, 7);
+        // Bits wrong either way (a needed one clear, a stray one set) are right after the next load,
+        // and the counts it makes decide when the last service's bit goes.
+        set_vip_bit(&pin_dir, v4_slot, false);
+        set_vip_bit(&pin_dir, v6_slot, true);
         dp = Datapath::open_at(&root, &node).unwrap();
-        assert_eq!(vip_filter(&pin_dir), vec![(v4_slot, 1)]);
+        assert_eq!(vip_bits(&pin_dir), vec![v4_slot]);
         assert_eq!(test_run_xdp(dp.xdp_program_fd().unwrap(), &dgram, ifindex, 1).unwrap().retval, XDP_TX);
         let mut lb = dp.lb();
         lb.remove_service(&udp80).unwrap();
-        assert_eq!(vip_filter(&pin_dir), vec![]);
+        assert_eq!(vip_bits(&pin_dir), Vec::<u32>::new());
         assert_eq!(test_run_xdp(dp.xdp_program_fd().unwrap(), &dgram, ifindex, 1).unwrap().retval, XDP_PASS);
         dp.unpin_all().unwrap();
     });

@@ -573,15 +573,16 @@ static __always_inline int lb_flow_eq(const struct fr_lb_flow *a, const struct f
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
 }
 
-/* Whether `dst` (16 bytes, IPv4 zero-padded) may be a VIP: its slot in the fr_lb_vips filter
- * counts a service (the slot's formula is in ferrule_abi.h). 0 means certainly not. */
+/* Whether `dst` (16 bytes, IPv4 zero-padded) may be a VIP: its bit in the fr_lb_vips bitmap is
+ * set (the slot's formula is in ferrule_abi.h). 0 means certainly not. */
 static __always_inline int lb_vip_maybe(const __u8 *dst)
 {
 	const __u32 *w = (const __u32 *)dst;
-	__u32 i = ((w[0] ^ w[1] ^ w[2] ^ w[3]) * (__u32)FR_LB_VIP_MUL) >> (32 - FR_LB_VIP_SLOT_BITS);
-	__u32 *count = bpf_map_lookup_elem(&fr_lb_vips, &i);
+	__u32 slot = ((w[0] ^ w[1] ^ w[2] ^ w[3]) * (__u32)FR_LB_VIP_MUL) >> (32 - FR_LB_VIP_SLOT_BITS);
+	__u32 word = slot >> 6;
+	__u64 *bits = bpf_map_lookup_elem(&fr_lb_vips, &word);
 
-	return count && *count;
+	return bits && ((*bits >> (slot & 63)) & 1);
 }
 
 /* Remembers a confirmed flow, whose packet `f` says how lb_fib sent, in the slot lb_fast probed

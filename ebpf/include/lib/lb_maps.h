@@ -132,12 +132,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fr_lb_gen SEC(".maps");
 
-/* The services' VIPs as a counting filter: see fr_lb_vips in ferrule_abi.h. */
+/* The services' VIPs as a bitmap: see fr_lb_vips in ferrule_abi.h. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, FR_LB_VIP_SLOTS);
+	__uint(max_entries, FR_LB_VIP_WORDS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fr_lb_vips SEC(".maps");
 
