@@ -82,6 +82,11 @@ impl Ferrule {
         self
     }
 
+    /// Runs the daemon from `bin` from the next start on (an upgrade, when it was another build).
+    pub fn set_bin(&mut self, bin: PathBuf) {
+        self.bin = bin;
+    }
+
     /// Starts the daemon (extra flags such as `--resume` appended) and waits until its first
     /// reconcile pass is done.
     pub fn start(&mut self, extra: &[&str]) -> Result<()> {

@@ -146,6 +146,17 @@ enum Backends {
 // Addressing
 
 /// (ToR address, node address) of the link between node `n` and ToR `t` (both 0-based).
+/// `FERRULE_UPGRADE_FROM`: another `ferrule` build (absolute path) that the nodes start as; the
+/// restart in check 4 then brings them back as the build under test, which makes it an upgrade
+/// (by hand: CI has no older build).
+fn upgrade_from() -> Result<Option<PathBuf>> {
+    match std::env::var_os("FERRULE_UPGRADE_FROM").map(PathBuf::from) {
+        None => Ok(None),
+        Some(bin) if bin.is_absolute() && bin.is_file() => Ok(Some(bin)),
+        Some(bin) => bail!("FERRULE_UPGRADE_FROM={}: not an absolute path to a file", bin.display()),
+    }
+}
+
 fn tor_link(n: usize, t: usize) -> (String, String) {
     let base = 64 + 4 * n + 2 * t;
     (format!("192.0.2.{base}"), format!("192.0.2.{}", base + 1))
@@ -450,6 +461,9 @@ impl Fabric {
             let name = format!("lbf{}{label}{}", std::process::id(), n + 1);
             let mut ferrule =
                 Ferrule::new(ns, dir.path(), &name, &node_config(&name, n, Backends::Base, graceful_restart))?;
+            if let Some(old) = upgrade_from()? {
+                ferrule.set_bin(old);
+            }
             ferrule.start(&[])?;
             nodes.push(ferrule);
         }
@@ -1072,6 +1086,8 @@ fn check_long_lived(fabric: &mut Fabric, restart_nodes: bool) {
                     paths_lost.push(line);
                 }
             }
+            // (With FERRULE_UPGRADE_FROM, the node comes back as the build under test.)
+            fabric.nodes[n].set_bin(ferrule_tests::ferrule::ferrule_bin());
             fabric.nodes[n].start(&["--resume"]).unwrap();
             let node = &fabric.nodes[n];
             let status = node.show(&["status"]).unwrap();
