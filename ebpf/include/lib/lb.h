@@ -72,7 +72,8 @@
 #define LB_SEED_MAGLEV 0x6d61676cu
 #define LB_SEED_NAT 0x6e617470u
 #define LB_REFRESH_NS 1000000000ull
-/* lb_fib's answer for a DSR packet over the route's MTU once encapsulated (never a verdict). */
+/* lb_fib's answer for a client's packet over the route's MTU (DSR: once encapsulated); never a
+ * verdict. */
 #define LB_TOO_BIG (-2)
 /* Most bytes of a packet an ICMP "too big" quotes: its IP header(s) and 8 bytes of TCP/UDP. */
 #define LB_QUOTE_MAX 256
@@ -505,16 +506,15 @@ struct lb_fc_slot {
 	struct fr_lb_flow flow; /* family 0: empty */
 	__u64 until_ns; /* coarse clock */
 	__u32 service_id;
-	__u32 backend_id;
 	/* The generation's low 32 bits: a slot lives at most a second, and 2^32 changes of the maps
 	 * in a second cannot happen, so they tell generations apart as well as all 64 would. */
 	__u32 gen;
-	__be16 nat_port; /* NAT: the flow's SNAT port */
 	__u8 mode; /* FR_LB_MODE_* of the service when confirmed */
-	__u8 pad;
-	/* How the flow's last packet was sent (lb_fib's `sent` set): new endpoints and next hop.
-	 * The next packet goes the same way while the next hop is fresh (fwd.nh.expires_ns, the
-	 * route lookup's own lifetime), its VLAN tagging is the same and it fits the route's MTU. */
+	__u8 pad[7];
+	/* How the flow's last packet was sent (lb_fib's `sent` set): new endpoints (NAT: the SNAT
+	 * port is fwd.sport), the backend (fwd.backend_id) and the next hop. The next packet goes the
+	 * same way while the next hop is fresh (fwd.nh.expires_ns, the route lookup's own lifetime),
+	 * its VLAN tagging is the same and it fits the route's MTU. */
 	struct lb_fwd fwd;
 } __attribute__((aligned(8)));
 
@@ -585,10 +585,9 @@ static __always_inline int lb_vip_maybe(const __u8 *dst)
 	return bits && ((*bits >> (slot & 63)) & 1);
 }
 
-/* Remembers a confirmed flow, whose packet `f` says how lb_fib sent, in the slot lb_fast probed
- * (see lb_fc). */
-static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u32 bid, __u8 mode, __be16 nat_port,
-				       const struct lb_fwd *f)
+/* Remembers a confirmed flow of service `sid` (`mode`), whose packet `f` says how lb_fib sent, in
+ * the slot lb_fast probed (see lb_fc). */
+static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u8 mode, const struct lb_fwd *f)
 {
 	__u32 i = p->fc_slot;
 	struct lb_fc_slot *slot = bpf_map_lookup_elem(&lb_fc, &i);
@@ -599,8 +598,6 @@ static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u32 
 	slot->gen = (__u32)p->gen;
 	slot->until_ns = p->now_ns + LB_REFRESH_NS;
 	slot->service_id = sid;
-	slot->backend_id = bid;
-	slot->nat_port = nat_port;
 	slot->mode = mode;
 	__builtin_memcpy(&slot->fwd, f, sizeof(*f));
 }
@@ -915,6 +912,12 @@ static __always_inline __u32 lb_write_l2(struct xdp_md *ctx, const __u8 *saved, 
 	return ETH_HLEN;
 }
 
+/* The length of an IP header of `family` without options or extensions: an outer header's. */
+static __always_inline __u32 lb_ip_hdr_len(__u8 family)
+{
+	return family == FR_FAMILY_IPV4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+}
+
 /* Per-CPU budget of ICMP "too big" answers: FR_LB_TOO_BIG_PER_SEC per one-second window. */
 struct lb_too_big_budget {
 	__u64 window_ns;
@@ -974,7 +977,7 @@ static __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, const struct
 	struct lb_scratch *s = lb_scratch();
 	int v4 = p->flow.family == FR_FAMILY_IPV4;
 	__u32 l2_len = lb_l2_len(p);
-	__u32 hdr_len = v4 ? sizeof(struct iphdr) + 8 : sizeof(struct ipv6hdr) + 8;
+	__u32 hdr_len = lb_ip_hdr_len(p->flow.family) + 8;
 	__u8 l2[18] __attribute__((aligned(8)));
 	struct lb_icmp_hdr *icmp;
 	__u32 mtu, len, l3;
@@ -1205,7 +1208,7 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 	rc = lb_encap_push(ctx, p, f);
 	if (rc != LB_CONTINUE)
 		return rc;
-	outer_len = family == FR_FAMILY_IPV4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+	outer_len = lb_ip_hdr_len(family);
 	f->l3_len = p->l3_len + outer_len;
 	return lb_encap_send(ctx, p, f, outer_len);
 }
@@ -1368,6 +1371,29 @@ static __attribute__((noinline)) int lb_nat_forward(struct xdp_md *ctx, const st
 	return rc;
 }
 
+/* Sends a client's packet to backend `be` the service's way (`mode`; NAT with `nat_port`): the
+ * verdict, and in `*sent` the forwarding state lb_fib sent it with, or NULL when it was not sent
+ * on (answered "too big", passed, dropped). */
+static __always_inline int lb_to_backend(struct xdp_md *ctx, struct lb_pkt *p, const struct fr_lb_backend *be,
+					 const struct fr_lb_config *cfg, __u8 mode, __be16 nat_port,
+					 const struct lb_fwd **sent)
+{
+	struct lb_scratch *s;
+	int rc;
+
+	*sent = NULL;
+	if (mode == FR_LB_MODE_NAT)
+		rc = lb_nat_forward(ctx, p, be, cfg, nat_port);
+	else
+		rc = lb_encap(ctx, p, be, cfg);
+	if (rc != XDP_TX && rc != XDP_REDIRECT)
+		return rc;
+	s = lb_scratch();
+	if (s && s->fwd.sent)
+		*sent = &s->fwd;
+	return rc;
+}
+
 /* A TCP/UDP packet to a service. */
 static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pkt *p, const struct fr_lb_service *svc)
 {
@@ -1378,6 +1404,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	struct fr_lb_ct_entry *ct;
 	struct fr_lb_config *cfg;
 	__u32 zero = 0, bid = 0;
+	const struct lb_fwd *sent;
 	__be16 nat_port = 0;
 	int remember = 0, rc;
 	__u64 now;
@@ -1458,17 +1485,10 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 
 	if (p->frag == LB_FRAG_FIRST)
 		lb_frag_record(p, bid, sid);
-	if (mode == FR_LB_MODE_NAT)
-		rc = lb_nat_forward(ctx, p, be, cfg, nat_port);
-	else
-		rc = lb_encap(ctx, p, be, cfg);
+	rc = lb_to_backend(ctx, p, be, cfg, mode, nat_port, &sent);
 	/* A confirmed flow sent on (not answered "too big", not passed) is remembered with how. */
-	if (remember && (rc == XDP_TX || rc == XDP_REDIRECT)) {
-		struct lb_scratch *s = lb_scratch();
-
-		if (s && s->fwd.sent)
-			lb_fc_fill(p, sid, bid, mode, nat_port, &s->fwd);
-	}
+	if (remember && sent)
+		lb_fc_fill(p, sid, mode, sent);
 	return rc;
 }
 
@@ -1894,7 +1914,7 @@ static __always_inline int lb_fc_ready(const struct xdp_md *ctx, const struct lb
 	__u32 len = p->l3_len;
 
 	if (slot->mode != FR_LB_MODE_NAT)
-		len += f->family == FR_FAMILY_IPV4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+		len += lb_ip_hdr_len(f->family);
 	return p->now_ns < f->nh.expires_ns && p->vlan == f->vlan && f->nh.ingress == ctx->ingress_ifindex &&
 	       len <= f->nh.mtu;
 }
@@ -1924,6 +1944,7 @@ static __attribute__((noinline)) int lb_fc_send(struct xdp_md *ctx, const struct
 static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p)
 {
 	__u32 zero = 0, i, bid, sid;
+	const struct lb_fwd *sent;
 	__u8 mode;
 	int rc;
 	const struct fr_lb_backend *be;
@@ -1963,7 +1984,7 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p)
 		return LB_CONTINUE;
 	/* (A slot is filled only from a conntrack hit the full path accepted, NAT with its SNAT port,
 	 * and any change to the service or backend since is a new generation.) */
-	bid = slot->backend_id;
+	bid = slot->fwd.backend_id;
 	sid = slot->service_id;
 	mode = slot->mode;
 	st->hits += 1;
@@ -1983,16 +2004,9 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p)
 		return LB_CONTINUE;
 	lb_service_traffic(sid, p->frame_len);
 	lb_backend_traffic(bid, p->frame_len);
-	if (mode == FR_LB_MODE_NAT)
-		rc = lb_nat_forward(ctx, p, be, cfg, slot->nat_port);
-	else
-		rc = lb_encap(ctx, p, be, cfg);
-	if (rc == XDP_TX || rc == XDP_REDIRECT) {
-		struct lb_scratch *s = lb_scratch();
-
-		if (s && s->fwd.sent)
-			__builtin_memcpy(&slot->fwd, &s->fwd, sizeof(slot->fwd));
-	}
+	rc = lb_to_backend(ctx, p, be, cfg, mode, slot->fwd.sport, &sent);
+	if (sent)
+		__builtin_memcpy(&slot->fwd, sent, sizeof(slot->fwd));
 	return rc;
 }
 
