@@ -668,42 +668,37 @@ fn new_keys(ebpf: &Ebpf, keys: &[LbServiceKey]) -> Result<Vec<bool>, EbpfError> 
         .collect()
 }
 
-/// Counts the VIPs of `keys` into (`sign` 1) or out of (-1) `counts`, setting the bit of a slot
-/// that gets its first service and clearing that of a slot that lost its last, one read and one
-/// write per word touched.
+impl VipCounts {
+    /// Word `word` of the bitmap these counts make: a bit per slot that has a service.
+    fn word(&self, word: u32) -> u64 {
+        (0..64).filter(|bit| self.0.contains_key(&(word * 64 + bit))).fold(0, |w, bit| w | 1 << bit)
+    }
+}
+
+/// Counts the VIPs of `keys` into (`sign` 1) or out of (-1) `counts`, then writes each bitmap word
+/// they touched as the counts make it: a slot's bit is set once it has a service and cleared once
+/// it has none.
 fn count_vips<'k>(
     ebpf: &mut Ebpf,
     counts: &mut VipCounts,
     keys: impl IntoIterator<Item = &'k LbServiceKey>,
     sign: i32,
 ) -> Result<(), EbpfError> {
-    // Per word: the bits to set and to clear.
-    let mut words: std::collections::BTreeMap<u32, (u64, u64)> = std::collections::BTreeMap::new();
+    let mut words = std::collections::BTreeSet::new();
     for key in keys {
         let slot = vip_slot(&key.vip);
         let count = counts.0.entry(slot).or_default();
-        let before = *count;
         // Never below 0: counts out follow counts in.
         *count = count.saturating_add_signed(sign);
-        let after = *count;
-        if after == 0 {
+        if *count == 0 {
             counts.0.remove(&slot);
         }
-        let change = words.entry(slot / 64).or_default();
-        let bit = 1u64 << (slot % 64);
-        if before == 0 && after > 0 {
-            change.0 |= bit;
-            change.1 &= !bit;
-        } else if before > 0 && after == 0 {
-            change.1 |= bit;
-            change.0 &= !bit;
-        }
+        words.insert(slot / 64);
     }
     let mut array: Array<_, u64> =
         Array::try_from(map_mut(ebpf, VIPS)?).map_err(|e| EbpfError::map(VIPS, "opening as array", e))?;
-    for (word, (set, clear)) in words.into_iter().filter(|(_, (set, clear))| set | clear != 0) {
-        let now = array.get(&word, 0).map_err(|e| EbpfError::map(VIPS, "reading", e))?;
-        array.set(word, (now | set) & !clear, 0).map_err(|e| EbpfError::map(VIPS, "writing", e))?;
+    for word in words {
+        array.set(word, counts.word(word), 0).map_err(|e| EbpfError::map(VIPS, "writing", e))?;
     }
     Ok(())
 }
@@ -728,10 +723,7 @@ pub(crate) fn recount_vips(ebpf: &Ebpf) -> Result<VipCounts, EbpfError> {
     for slot in counts.0.keys() {
         bits[(slot / 64) as usize] |= 1 << (slot % 64);
     }
-    let fd = match map(ebpf, VIPS)? {
-        Map::Array(data) => data.fd().as_fd(),
-        _ => return Err(EbpfError::map(VIPS, "opening as array", MapError::InvalidMapType { map_type: 0 })),
-    };
+    let fd = map_fd(ebpf, VIPS)?;
     let now = sys::array_values::<u64>(fd, abi::LB_VIP_WORDS)
         .map_err(|e| EbpfError::syscall("BPF_MAP_LOOKUP_BATCH (reading fr_lb_vips)", e))?;
     let (words, values): (Vec<u32>, Vec<u64>) =
@@ -844,10 +836,10 @@ fn tables_per_batch() -> usize {
     (limit / 4).clamp(MIN_TABLES_PER_BATCH, MAX_TABLES_PER_BATCH) as usize
 }
 
-/// The fd of a hash or hash-of-maps map of the object, for the batch syscalls aya lacks.
+/// The fd of a hash, hash-of-maps or array map of the object, for the batch syscalls aya lacks.
 fn map_fd<'e>(ebpf: &'e Ebpf, name: &'static str) -> Result<BorrowedFd<'e>, EbpfError> {
     match map(ebpf, name)? {
-        Map::HashMap(data) | Map::HashOfMaps(data) => Ok(data.fd().as_fd()),
+        Map::HashMap(data) | Map::HashOfMaps(data) | Map::Array(data) => Ok(data.fd().as_fd()),
         _ => Err(EbpfError::map(name, "opening for a batch update", MapError::InvalidMapType { map_type: 0 })),
     }
 }

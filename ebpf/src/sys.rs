@@ -347,8 +347,8 @@ pub(crate) fn array_values<V: aya::Pod + Default>(map: BorrowedFd<'_>, len: u32)
         ..Default::default()
     };
     // SAFETY: `attr` is the batch layout; `keys` and `values` have room for `count` elements of
-    // the map's key and value sizes (4 bytes and size_of::<V>(), checked above) and `out_batch` for one key, all
-    // writable and outliving the call. A null `in_batch` starts at the first key.
+    // the map's key and value sizes (4 bytes and size_of::<V>(), checked above) and `out_batch`
+    // for one key, all writable and outliving the call. A null `in_batch` starts at the first key.
     match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
         Ok(_) => {}
         // ENOENT: the end of the map was reached; `count` says how much was read.
