@@ -4,8 +4,9 @@
 //! measured for hits and misses; one NAT service per family for hits (DNAT + SNAT, checksums).
 //! Hits are measured twice: on the full path ("ct hit": the maps' generation is moved on before
 //! each run, so the flow cache is never used) and from the flow cache ("cached": the same packet
-//! again, what an established flow's packets mostly take); a packet for no VIP (passed to the stack) gives what every packet pays: the test run's
-//! own cost, parsing and the service lookup. The floor, `xdp_fwd` (the least an XDP forwarder
+//! again, what an established flow's packets mostly take); a packet for no VIP (passed to the
+//! stack) gives what every packet pays: the test run's own cost, parsing and the VIP bitmap. The
+//! floor, `xdp_fwd` (the least an XDP forwarder
 //! does) timed in the same turns, shows how much of each figure is the test run's own cost and
 //! how much the load balancer's. Also prints the
 //! verifier's instruction count of each program, how long installing the services took (batched,

@@ -1938,7 +1938,7 @@ fn remembered_flows_go_the_way_their_last_packet_went_while_its_next_hop_is_fres
 
 /// With more flows than the cache holds, it turns itself off for a while (lb.h: fewer than
 /// LB_FC_MIN_HITS = 256 hits in LB_FC_SAMPLE = 1024 probes: off for LB_FC_BYPASS = 15360 packets to
-/// a service), then samples again.
+/// a possible VIP), then samples again.
 #[test]
 fn a_flow_cache_that_mostly_misses_stays_out_of_the_way_for_a_while() {
     if !ferrule_tests::privileged() {
