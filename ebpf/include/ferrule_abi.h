@@ -222,6 +222,12 @@ struct fr_lb_traffic {
 #define FR_LB_VIP_MUL 2654435761
 
 /*
+ * Slots per CPU of xdp_lb's flow cache (`lb_fc`, private to the program, not pinned): an array the
+ * loader sizes to FR_LB_FC_SLOTS times the possible CPUs. A power of two.
+ */
+#define FR_LB_FC_SLOTS 4096
+
+/*
  * Node-wide events of the load balancer: index into `fr_lb_events` (per-CPU array of __u64).
  * Counted packets are passed to the stack unless the comment says where they went; the fast path
  * only drops what it decided to.

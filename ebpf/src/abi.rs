@@ -231,6 +231,7 @@ abi_consts! {
     "FR_LB_VIP_SLOT_BITS" => pub const LB_VIP_SLOT_BITS: u32 = 22;
     "FR_LB_VIP_WORDS" => pub const LB_VIP_WORDS: u32 = 65_536;
     "FR_LB_VIP_MUL" => pub const LB_VIP_MUL: u32 = 2_654_435_761;
+    "FR_LB_FC_SLOTS" => pub const LB_FC_SLOTS: u32 = 4096;
     "FR_IFACE_STATS_ARR_SIZE" => pub const IFACE_STATS_ARR_SIZE: u32 = 1024;
     "FR_LB_EV_MALFORMED" => pub const LB_EV_MALFORMED: u32 = 0;
     "FR_LB_EV_EXT_HDR_LIMIT" => pub const LB_EV_EXT_HDR_LIMIT: u32 = 1;

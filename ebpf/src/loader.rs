@@ -32,6 +32,8 @@ const XDP_OBJECT: &str = "xdp_lb";
 const IFACE_STATS_MAP: &str = "fr_iface_stats";
 /// The per-CPU array counting interfaces whose ifindex is below `abi::IFACE_STATS_ARR_SIZE`.
 const IFACE_STATS_ARR_MAP: &str = "fr_iface_stats_arr";
+/// The program's private flow cache, sized here: `abi::LB_FC_SLOTS` per possible CPU.
+const FLOW_CACHE: &str = "lb_fc";
 /// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 /// Where the kernel and every tool expect bpffs.
@@ -264,8 +266,14 @@ impl Datapath {
         let maps_dir = pin_dir.join("maps");
         check_pinned_maps(XDP_OBJECT, objects::XDP_LB, &maps_dir)?;
 
+        // The flow cache holds a part per CPU (lb.h: lb_fc), indexed by CPU number.
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| EbpfError::syscall("reading the possible CPUs", e))?;
+        let fc_slots = u32::try_from(cpus).ok().and_then(|n| n.checked_mul(abi::LB_FC_SLOTS)).ok_or_else(|| {
+            EbpfError::syscall("sizing the flow cache", std::io::Error::other(format!("{cpus} CPUs")))
+        })?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(FLOW_CACHE, fc_slots)
             .load(objects::XDP_LB)
             .map_err(|e| EbpfError::load(XDP_OBJECT, e))?;
         let xdp = xdp_program_mut(&mut ebpf)?;

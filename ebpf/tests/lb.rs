@@ -1872,6 +1872,56 @@ fn confirmed_flows_are_remembered_per_cpu_until_the_maps_change_or_a_second_pass
     });
 }
 
+/// The flow cache is one array with a part per possible CPU (lb.h: lb_fc; the loader sizes it):
+/// every CPU this test may run on remembers a flow in its own part, and a flow remembered on one
+/// CPU is not known on another (its packets there take the full path).
+#[test]
+fn every_cpu_remembers_flows_in_a_part_of_the_flow_cache_of_its_own() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("sched_getaffinity");
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
+    println!("CPUs this test runs on in turn: {cpus:?}");
+    let on_cpu = |cpu: usize| {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).expect("CPU index");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
+    };
+    let net = LbNet::new("fcpu");
+    net.run(move |ifindex| {
+        let mut lb = Lb::open("fcpu", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 44, LbMode::Dsr, ID_A4);
+        let new_flows = |lb: &mut Lb| lb.dp.lb().service_counters(44).unwrap().new_flows;
+        for (n, &cpu) in cpus.iter().enumerate() {
+            on_cpu(cpu);
+            let sport = 41000 + n as u16;
+            let ack = tcp4(CLIENT4, sport, VIP4, 80, false, b"data");
+            for what in ["new flow", "conntrack hit"] {
+                assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), &format!("CPU {cpu}: {what}"));
+            }
+            let before = new_flows(&mut lb);
+            forget_flow_unannounced(&lb, CLIENT4, sport, VIP4, 80);
+            assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), &format!("CPU {cpu}: remembered"));
+            assert_eq!(new_flows(&mut lb), before, "CPU {cpu}: remembered in its part, no new flow");
+        }
+        if let (Some(&first), Some(&last)) = (cpus.first(), cpus.last()) {
+            if first != last {
+                on_cpu(first);
+                let ack = tcp4(CLIENT4, 42000, VIP4, 80, false, b"data");
+                for _ in 0..2 {
+                    assert_eq!(lb.run(&ack).retval, XDP_TX);
+                }
+                forget_flow_unannounced(&lb, CLIENT4, 42000, VIP4, 80);
+                let before = new_flows(&mut lb);
+                on_cpu(last);
+                assert_tx(&lb.run(&ack), &expect_ipip(MAC_A, BACKEND_A4, &ack[14..]), "on another CPU");
+                assert_eq!(new_flows(&mut lb), before + 1, "remembered on CPU {first} only: a new flow on CPU {last}");
+            }
+        }
+    });
+}
+
 /// Rewrites backend `id`'s address in `fr_lb_backends` through its pin, behind LbMaps' back (no
 /// new generation), as only a test would.
 fn move_backend_unannounced(lb: &Lb, id: u32, to: [u8; 4]) {

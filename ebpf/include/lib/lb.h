@@ -98,8 +98,7 @@ struct lb_pkt {
 	__u8 tos;
 	__u8 vlan;
 	__u8 fc; /* `gen` and `fc_slot` are set: a confirmed flow may be remembered in lb_fc */
-	__u8 pad;
-	__u16 fc_slot; /* the flow's slot in lb_fc (lb_fc_index), when `fc` */
+	__u32 fc_slot; /* the flow's slot in lb_fc (this CPU's part, at lb_fc_index), when `fc` */
 } __attribute__((aligned(8)));
 
 /* Value of the next-hop cache: one successful bpf_fib_lookup's answer, until `expires_ns`. */
@@ -126,6 +125,11 @@ struct lb_fwd {
 	__u8 vlan;
 	__u8 too_big; /* client's packet: lb_fib answers LB_TOO_BIG when the route's MTU is exceeded */
 	__u8 sent; /* lb_fib sent the packet to `nh` (XDP_TX or a redirect) */
+	/* NAT: what the rewrite adds to the IPv4 header checksum (addresses) and to the L4 checksum
+	 * (addresses and ports), folded (lb_nat_deltas). They depend only on the flow and `src`,
+	 * `dst`, `sport`, `dport`, so a remembered flow's next packet reuses them. */
+	__u16 d_addr;
+	__u16 d_l4;
 	__u64 now_ns; /* the packet's lb_pkt.now_ns: lb_fib reads the clock only when it is 0 */
 	struct lb_nh nh; /* when `sent` */
 } __attribute__((aligned(8)));
@@ -182,6 +186,24 @@ struct lb_icmp {
 } __attribute__((aligned(8)));
 
 /*
+ * Whether the flow cache (lb_fc) pays, per CPU: with more active flows than slots, most probes
+ * miss, and each miss (hash, probe, fill) makes the full path dearer. Every LB_FC_SAMPLE probes,
+ * fewer than LB_FC_MIN_HITS hits turn the cache off for the next LB_FC_BYPASS packets to a
+ * possible VIP (a counter check each), after which it samples again. Kept in the scratch space,
+ * which every packet has looked up already.
+ */
+#define LB_FC_SAMPLE 1024
+#define LB_FC_MIN_HITS 256
+#define LB_FC_BYPASS 15360
+
+struct lb_fc_stats {
+	__u32 probes;
+	__u32 hits;
+	__u32 bypass; /* packets still to let through without the cache */
+	__u32 pad;
+};
+
+/*
  * Per-CPU scratch space for the larger temporaries: the BPF stack is 512 bytes for the whole call
  * chain. Each field has one user at a time (a callee never uses its caller's field), and XDP runs
  * to completion on its CPU, so one copy per CPU suffices.
@@ -201,6 +223,7 @@ struct lb_scratch {
 	struct lb_nh nh;
 	__u32 too_big_mtu; /* the route's MTU, when lb_fib answered LB_TOO_BIG */
 	__u32 pad;
+	struct lb_fc_stats fc_stats; /* lives across packets, unlike the rest */
 	__u8 quote[LB_QUOTE_MAX]; /* the start of a packet answered with ICMP "too big" */
 } __attribute__((aligned(8)));
 
@@ -495,12 +518,17 @@ static __always_inline __u32 lb_backend_tag_of(__u32 id, const struct fr_lb_back
  * runs again, which keeps the conntrack entry's recency and last-seen time fresh. Another flow in
  * the slot, any change in the maps (user space bumps the generation after it) and fragments take
  * the full path. Only packets to an address in the VIP filter (fr_lb_vips) probe it, so traffic
- * for no VIP does not pay for it. Private, not pinned: a new program starts empty. 4096 slots of
- * 152 bytes: 608 KiB per CPU. A slot also holds how the flow's last packet was sent (addresses,
- * ports, next hop), so that the next one is rewritten or encapsulated and sent without looking
- * anything else up (lb_fc_send).
+ * for no VIP does not pay for it. Private, not pinned: a new program starts empty. A slot also
+ * holds how the flow's last packet was sent (addresses, ports, next hop, NAT's checksum deltas),
+ * so that the next one is rewritten or encapsulated and sent without looking anything else up
+ * (lb_fc_send).
+ *
+ * FR_LB_FC_SLOTS slots of 160 bytes per CPU (640 KiB), CPU c's at [c * FR_LB_FC_SLOTS, ...) of
+ * one plain array that the loader sizes for the possible CPUs: a per-CPU array would first load
+ * the slot's own per-CPU pointer, from a table of 4096 of them (32 KiB), a cache miss of its own
+ * for every other flow. Mappable, so the slots start on a page and none straddles more lines
+ * than its size needs. XDP runs to completion on its CPU, so no other CPU touches a CPU's slots.
  */
-#define LB_FC_SLOTS 4096
 
 struct lb_fc_slot {
 	struct fr_lb_flow flow; /* family 0: empty */
@@ -518,38 +546,15 @@ struct lb_fc_slot {
 	struct lb_fwd fwd;
 } __attribute__((aligned(8)));
 
-_Static_assert(sizeof(struct lb_fc_slot) == 152, "a slot is 152 bytes: 608 KiB per CPU");
+_Static_assert(sizeof(struct lb_fc_slot) == 160, "a slot is 160 bytes: 640 KiB per CPU");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LB_FC_SLOTS);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FR_LB_FC_SLOTS); /* times the possible CPUs: the loader's */
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct lb_fc_slot);
 } lb_fc SEC(".maps");
-
-/*
- * Whether the cache pays, per CPU: with more active flows than slots, most probes miss, and each
- * miss (hash, probe, fill) makes the full path dearer. Every LB_FC_SAMPLE probes, fewer than
- * LB_FC_MIN_HITS hits turn the cache off for the next LB_FC_BYPASS packets to a possible VIP (a
- * counter check each), after which it samples again.
- */
-#define LB_FC_SAMPLE 1024
-#define LB_FC_MIN_HITS 256
-#define LB_FC_BYPASS 15360
-
-struct lb_fc_stats {
-	__u32 probes;
-	__u32 hits;
-	__u32 bypass; /* packets still to let through without the cache */
-	__u32 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct lb_fc_stats);
-} lb_fc_stats SEC(".maps");
 
 _Static_assert(sizeof(struct fr_lb_flow) == 40, "flows are compared as five 64-bit words");
 
@@ -563,7 +568,7 @@ static __always_inline __u32 lb_fc_index(const struct fr_lb_flow *f)
 	__u32 c = *(const __u32 *)&f->sport ^ f->proto;
 	__u32 h = a * 0x9e3779b1u ^ b * 0x85ebca77u ^ c * 0xc2b2ae3du;
 
-	return (h ^ (h >> 16)) & (LB_FC_SLOTS - 1);
+	return (h ^ (h >> 16)) & (FR_LB_FC_SLOTS - 1);
 }
 
 static __always_inline int lb_flow_eq(const struct fr_lb_flow *a, const struct fr_lb_flow *b)
@@ -1214,9 +1219,28 @@ static __attribute__((noinline)) int lb_encap(struct xdp_md *ctx, struct lb_pkt 
 }
 
 /*
+ * NAT: the checksum deltas (RFC 1624) of rewriting the packet's addresses and ports (p->flow) to
+ * `to`'s, into to->d_addr (IPv4 header: the addresses) and to->d_l4 (L4 pseudo-header and ports),
+ * folded: adding a folded delta gives the very bits the unfolded one does (both are the same sum
+ * modulo 0xffff, and neither is 0 unless the whole sum is).
+ */
+static __always_inline void lb_nat_deltas(const struct lb_pkt *p, struct lb_fwd *to)
+{
+	int words = p->flow.family == FR_FAMILY_IPV4 ? 1 : 4;
+	__u32 d;
+
+	d = csum_delta_addr(0, p->flow.src, to->src, words);
+	d = csum_delta_addr(d, p->flow.dst, to->dst, words);
+	to->d_addr = csum_fold(d);
+	d = csum_delta16(d, p->flow.sport, to->sport);
+	d = csum_delta16(d, p->flow.dport, to->dport);
+	to->d_l4 = csum_fold(d);
+}
+
+/*
  * NAT: rewrites addresses and ports of a TCP/UDP packet to (src:sport → dst:dport), fixing the
- * IPv4 header checksum and the L4 checksum incrementally (a UDP/IPv4 checksum of 0, "none",
- * stays 0).
+ * IPv4 header checksum and the L4 checksum incrementally with the deltas lb_nat_deltas put in
+ * `to` (a UDP/IPv4 checksum of 0, "none", stays 0).
  */
 static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fwd *to)
 {
@@ -1226,7 +1250,6 @@ static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct
 	__u32 off = p->l4_off;
 	__be16 *ports;
 	__u16 *check;
-	__u32 d;
 	int udp = p->flow.proto == IPPROTO_UDP;
 	int v4 = p->flow.family == FR_FAMILY_IPV4;
 	const __u8 *src = to->src, *dst = to->dst;
@@ -1240,16 +1263,12 @@ static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct
 	check = udp ? (void *)ports + 6 : (void *)ports + 16;
 	if ((void *)(check + 1) > data_end)
 		return -1;
-	/* One delta for the addresses, shared by the IPv4 header and the L4 pseudo-header, and
-	 * folded once per checksum (p->flow still holds the old addresses and ports). */
 	if (v4) {
 		struct iphdr *ip = data + l3;
 
 		if ((void *)(ip + 1) > data_end)
 			return -1;
-		d = csum_delta_addr(0, p->flow.src, src, 1);
-		d = csum_delta_addr(d, p->flow.dst, dst, 1);
-		ip->check = csum_apply(ip->check, d);
+		ip->check = csum_apply(ip->check, to->d_addr);
 		ip->saddr = *(const __u32 *)src;
 		ip->daddr = *(const __u32 *)dst;
 	} else {
@@ -1257,18 +1276,13 @@ static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct
 
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
-		d = csum_delta_addr(0, p->flow.src, src, 4);
-		d = csum_delta_addr(d, p->flow.dst, dst, 4);
 		__builtin_memcpy(&ip6->saddr, src, 16);
 		__builtin_memcpy(&ip6->daddr, dst, 16);
 	}
 	/* A UDP/IPv4 checksum of 0 means "none" and stays 0. */
 	if (!(udp && v4 && *check == 0)) {
-		__u16 c;
+		__u16 c = csum_apply(*check, to->d_l4);
 
-		d = csum_delta16(d, ports[0], sport);
-		d = csum_delta16(d, ports[1], dport);
-		c = csum_apply(*check, d);
 		/* For UDP 0 means "no checksum"; a computed 0 is sent as its other form. */
 		*check = udp && c == 0 ? 0xffff : c;
 	}
@@ -1360,6 +1374,7 @@ static __attribute__((noinline)) int lb_nat_forward(struct xdp_md *ctx, const st
 	f->sport = nat_port;
 	f->dport = be->port;
 	f->l3_len = p->l3_len;
+	lb_nat_deltas(p, f);
 	/* The next hop first, while the packet is still the client's: one over the route's MTU is
 	 * answered with ICMP "too big" quoting it as the client sent it. (The route lookup reads
 	 * only `f`; the MACs it writes and a redirect it sets up stand through the rewrite.) */
@@ -1530,6 +1545,7 @@ static __attribute__((noinline)) int lb_nat_reply(struct xdp_md *ctx, struct lb_
 	f->l3_len = p->l3_len;
 	f->family = p->flow.family;
 	f->vlan = p->vlan;
+	lb_nat_deltas(p, f);
 	if (lb_rewrite(ctx, p, f))
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	lb_event(FR_LB_EV_NAT_REPLY);
@@ -1941,21 +1957,19 @@ static __attribute__((noinline)) int lb_fc_send(struct xdp_md *ctx, const struct
 /* A packet of a flow remembered in lb_fc under the current generation, which vouches that its
  * service still exists with the id and mode remembered: counted and sent to its backend
  * (encapsulated or translated). LB_CONTINUE: not remembered, the full path decides. */
-static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p)
+static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_scratch *s)
 {
+	struct lb_pkt *p = &s->pkt;
+	struct lb_fc_stats *st = &s->fc_stats;
 	__u32 zero = 0, i, bid, sid;
 	const struct lb_fwd *sent;
 	__u8 mode;
 	int rc;
 	const struct fr_lb_backend *be;
-	struct lb_fc_stats *st;
 	struct fr_lb_config *cfg;
 	struct lb_fc_slot *slot;
 	__u64 *gen, now;
 
-	st = bpf_map_lookup_elem(&lb_fc_stats, &zero);
-	if (!st)
-		return LB_CONTINUE;
 	if (st->bypass) {
 		st->bypass -= 1;
 		return LB_CONTINUE; /* p->fc stays 0: nothing is remembered either */
@@ -1972,7 +1986,7 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_pkt *p)
 	gen = bpf_map_lookup_elem(&fr_lb_gen, &zero);
 	if (!gen)
 		return LB_CONTINUE;
-	i = lb_fc_index(&p->flow);
+	i = bpf_get_smp_processor_id() * FR_LB_FC_SLOTS + lb_fc_index(&p->flow);
 	p->gen = *gen;
 	p->fc_slot = i;
 	p->fc = 1;
@@ -2042,7 +2056,7 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	if (!lb_vip_maybe(p->flow.dst))
 		return lb_nat_reply(ctx, p);
 	if (p->frag == LB_FRAG_NONE) {
-		rc = lb_fast(ctx, p);
+		rc = lb_fast(ctx, s);
 		if (rc != LB_CONTINUE)
 			return rc;
 	}
