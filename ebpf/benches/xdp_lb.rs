@@ -307,6 +307,22 @@ struct Load {
     vmalloc_kib: i64,
 }
 
+/// Pin directories `ferrule/bench-<pid>-<row>` of runs whose process is gone (interrupted before
+/// they unpinned): their programs and maps would stay loaded for good otherwise.
+fn remove_pins_of_interrupted_runs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join("ferrule")) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("bench-").and_then(|rest| rest.split('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => println!("removed the pins of an interrupted run: {}", entry.path().display()),
+                Err(e) => eprintln!("could not remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("xdp_lb bench: needs root (eBPF, netns); run with sudo -E");
@@ -324,6 +340,7 @@ fn main() {
     let ifindex = nix::net::if_::if_nametoindex(DEV).unwrap();
     let root = Path::new("/sys/fs/bpf");
     ferrule_ebpf::ensure_bpffs(root).unwrap();
+    remove_pins_of_interrupted_runs(root);
     let size = table_size();
     let (table4, table6) = (vec![1u32; size], vec![2u32; size]);
     let mut per_service = Duration::ZERO;
