@@ -224,6 +224,8 @@ struct lb_scratch {
 	__u32 too_big_mtu; /* the route's MTU, when lb_fib answered LB_TOO_BIG */
 	__u32 pad;
 	struct lb_fc_stats fc_stats; /* lives across packets, unlike the rest */
+	__u64 clock_ns; /* lb_clock's, across packets too: the coarse clock ... */
+	__u64 clock_jiffies; /* ... as read when jiffies was this */
 	__u8 quote[LB_QUOTE_MAX]; /* the start of a packet answered with ICMP "too big" */
 } __attribute__((aligned(8)));
 
@@ -275,6 +277,24 @@ static __always_inline struct lb_scratch *lb_scratch(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&lb_scratch_map, &zero);
+}
+
+/*
+ * The coarse monotonic clock (bpf_ktime_get_coarse_ns: the time of the last tick), read through
+ * the helper once per jiffy on each CPU: it moves only when a tick moves jiffies too, and jiffies
+ * is a load the verifier inlines, where the helper is a call into the timekeeping code (a few ns
+ * on every packet). A CPU that reads between a tick's update of jiffies and of the clock keeps
+ * that tick's old time for the jiffy: one tick behind, which the coarse clock may be anyway.
+ */
+static __always_inline __u64 lb_clock(struct lb_scratch *s)
+{
+	__u64 j = bpf_jiffies64();
+
+	if (j != s->clock_jiffies || s->clock_ns == 0) {
+		s->clock_ns = bpf_ktime_get_coarse_ns();
+		s->clock_jiffies = j;
+	}
+	return s->clock_ns;
 }
 
 static __always_inline __u32 lb_l2_len(const struct lb_pkt *p)
@@ -831,7 +851,7 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, struct lb_fwd *f
 
 	if (!s)
 		return XDP_PASS;
-	now = f->now_ns ? f->now_ns : bpf_ktime_get_coarse_ns();
+	now = f->now_ns ? f->now_ns : lb_clock(s);
 	if (f->backend_id) {
 		__u32 i = (f->backend_id ^ (ingress << 7)) & (LB_BE_NH_SLOTS - 1);
 
@@ -1000,7 +1020,7 @@ static __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, const struct
 	quote_len = (__u64)(__u32)(p->l4_off - l2_len) + 8;
 	if (quote_len < sizeof(struct iphdr) + 8 || quote_len > LB_QUOTE_MAX || outer_len > 40)
 		return lb_pass_event(FR_LB_EV_MTU_PASS);
-	now = p->now_ns ? p->now_ns : bpf_ktime_get_coarse_ns();
+	now = p->now_ns ? p->now_ns : lb_clock(s);
 	if (!lb_too_big_allowed(now))
 		return lb_pass_event(FR_LB_EV_MTU_PASS);
 	mtu = s->too_big_mtu > outer_len ? s->too_big_mtu - outer_len : 0;
@@ -1242,7 +1262,7 @@ static __always_inline void lb_nat_deltas(const struct lb_pkt *p, struct lb_fwd 
  * IPv4 header checksum and the L4 checksum incrementally with the deltas lb_nat_deltas put in
  * `to` (a UDP/IPv4 checksum of 0, "none", stays 0).
  */
-static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fwd *to)
+static __always_inline int lb_rewrite_body(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fwd *to)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -1289,6 +1309,13 @@ static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct
 	ports[0] = sport;
 	ports[1] = dport;
 	return 0;
+}
+
+/* lb_rewrite_body as a function of its own, verified once, for the full path's callers; a
+ * remembered flow's send (lb_fc_send) has the body inline and saves the call. */
+static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fwd *to)
+{
+	return lb_rewrite_body(ctx, p, to);
 }
 
 /*
@@ -1418,6 +1445,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	const struct fr_lb_backend *be = NULL;
 	struct fr_lb_ct_entry *ct;
 	struct fr_lb_config *cfg;
+	struct lb_scratch *s;
 	__u32 zero = 0, bid = 0;
 	const struct lb_fwd *sent;
 	__be16 nat_port = 0;
@@ -1435,7 +1463,10 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 
 	/* The coarse clock (the last tick) is plenty for a once-a-second refresh and reads no
 	 * hardware clock, which costs tens of ns per packet in a VM. */
-	now = bpf_ktime_get_coarse_ns();
+	s = lb_scratch();
+	if (!s)
+		return XDP_PASS;
+	now = lb_clock(s);
 	p->now_ns = now; /* one clock read per packet: lb_fib uses it too */
 	ct = bpf_map_lookup_elem(&fr_lb_ct, &p->flow);
 	if (ct) {
@@ -1937,14 +1968,14 @@ static __always_inline int lb_fc_ready(const struct xdp_md *ctx, const struct lb
 
 /* Sends a packet lb_fc_ready passed the way the flow's last one went: rewritten (NAT) or
  * encapsulated (DSR) to the same endpoints, to the same next hop. */
-static __attribute__((noinline)) int lb_fc_send(struct xdp_md *ctx, const struct lb_pkt *p,
+static __always_inline int lb_fc_send(struct xdp_md *ctx, const struct lb_pkt *p,
 						const struct lb_fc_slot *slot)
 {
 	const struct lb_fwd *f = &slot->fwd;
 	int rc;
 
 	if (slot->mode == FR_LB_MODE_NAT) {
-		if (lb_rewrite(ctx, p, f))
+		if (lb_rewrite_body(ctx, p, f))
 			return lb_pass_event(FR_LB_EV_MALFORMED);
 	} else {
 		rc = lb_encap_push(ctx, p, f);
@@ -1993,7 +2024,7 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_scratch *s)
 	slot = bpf_map_lookup_elem(&lb_fc, &i);
 	if (!slot || slot->gen != (__u32)p->gen || !lb_flow_eq(&slot->flow, &p->flow))
 		return LB_CONTINUE;
-	now = bpf_ktime_get_coarse_ns();
+	now = lb_clock(s);
 	if (now >= slot->until_ns)
 		return LB_CONTINUE;
 	/* (A slot is filled only from a conntrack hit the full path accepted, NAT with its SNAT port,
