@@ -15,9 +15,10 @@ int xdp_lb(struct xdp_md *ctx)
 {
 	/* Linear part only: multi-buffer (frags) programs are not loaded with BPF_F_XDP_HAS_FRAGS. */
 	__u64 len = (__u64)ctx->data_end - (__u64)ctx->data;
+	__u32 ingress = ctx->ingress_ifindex; /* read once: three dependent loads through ctx */
 
-	fr_iface_stats_count(ctx->ingress_ifindex, len);
-	return lb_process(ctx);
+	fr_iface_stats_count(ingress, len);
+	return lb_process(ctx, ingress);
 }
 
 /*

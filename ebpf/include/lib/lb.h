@@ -813,9 +813,10 @@ static __always_inline int lb_have_node_addr(const struct fr_lb_config *cfg, __u
 /* ---- forwarding ------------------------------------------------------------------------- */
 
 /* Writes the next hop's MAC addresses and sends the packet to it: XDP_TX out of the ingress
- * interface, else a redirect (a tagged packet to another interface is passed: the tag belongs to
- * the ingress). */
-static __always_inline int lb_nh_send(struct xdp_md *ctx, const struct lb_nh *nh, __u8 vlan)
+ * interface (`ingress`, ctx's, which callers have read already: through ctx it is three dependent
+ * loads), else a redirect (a tagged packet to another interface is passed: the tag belongs to the
+ * ingress). */
+static __always_inline int lb_nh_send(struct xdp_md *ctx, const struct lb_nh *nh, __u8 vlan, __u32 ingress)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -825,7 +826,7 @@ static __always_inline int lb_nh_send(struct xdp_md *ctx, const struct lb_nh *nh
 		return XDP_PASS;
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
-	if (nh->ifindex == ctx->ingress_ifindex)
+	if (nh->ifindex == ingress)
 		return XDP_TX;
 	if (vlan)
 		return lb_pass_event(FR_LB_EV_VLAN_REDIRECT);
@@ -907,7 +908,7 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, struct lb_fwd *f
 		__builtin_memcpy(&slot->nh, nh, sizeof(*nh));
 	}
 send:
-	rc = lb_nh_send(ctx, nh, f->vlan);
+	rc = lb_nh_send(ctx, nh, f->vlan, ingress);
 	if (rc == XDP_TX || rc == XDP_REDIRECT) {
 		__builtin_memcpy(&f->nh, nh, sizeof(*nh));
 		f->sent = 1;
@@ -1954,22 +1955,21 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 /* Whether a remembered flow's packet can go the way its last one went (slot->fwd): that next hop
  * is fresh, the packet came in where that one did, tagged as it was, and fits the route's MTU
  * (once encapsulated, for DSR). */
-static __always_inline int lb_fc_ready(const struct xdp_md *ctx, const struct lb_pkt *p,
-				       const struct lb_fc_slot *slot)
+static __always_inline int lb_fc_ready(const struct lb_pkt *p, const struct lb_fc_slot *slot, __u32 ingress)
 {
 	const struct lb_fwd *f = &slot->fwd;
 	__u32 len = p->l3_len;
 
 	if (slot->mode != FR_LB_MODE_NAT)
 		len += lb_ip_hdr_len(f->family);
-	return p->now_ns < f->nh.expires_ns && p->vlan == f->vlan && f->nh.ingress == ctx->ingress_ifindex &&
+	return p->now_ns < f->nh.expires_ns && p->vlan == f->vlan && f->nh.ingress == ingress &&
 	       len <= f->nh.mtu;
 }
 
 /* Sends a packet lb_fc_ready passed the way the flow's last one went: rewritten (NAT) or
  * encapsulated (DSR) to the same endpoints, to the same next hop. */
-static __always_inline int lb_fc_send(struct xdp_md *ctx, const struct lb_pkt *p,
-						const struct lb_fc_slot *slot)
+static __always_inline int lb_fc_send(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fc_slot *slot,
+				      __u32 ingress)
 {
 	const struct lb_fwd *f = &slot->fwd;
 	int rc;
@@ -1982,13 +1982,13 @@ static __always_inline int lb_fc_send(struct xdp_md *ctx, const struct lb_pkt *p
 		if (rc != LB_CONTINUE)
 			return rc;
 	}
-	return lb_nh_send(ctx, &f->nh, f->vlan);
+	return lb_nh_send(ctx, &f->nh, f->vlan, ingress);
 }
 
 /* A packet of a flow remembered in lb_fc under the current generation, which vouches that its
  * service still exists with the id and mode remembered: counted and sent to its backend
  * (encapsulated or translated). LB_CONTINUE: not remembered, the full path decides. */
-static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_scratch *s)
+static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_scratch *s, __u32 ingress)
 {
 	struct lb_pkt *p = &s->pkt;
 	struct lb_fc_stats *st = &s->fc_stats;
@@ -2036,10 +2036,10 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_scratch *s)
 	p->now_ns = now;
 	p->service_id = sid;
 	p->backend_id = bid;
-	if (lb_fc_ready(ctx, p, slot)) {
+	if (lb_fc_ready(p, slot, ingress)) {
 		lb_service_traffic(sid, p->frame_len);
 		lb_backend_traffic(bid, p->frame_len);
-		return lb_fc_send(ctx, p, slot);
+		return lb_fc_send(ctx, p, slot, ingress);
 	}
 	/* The next hop is due a new look (or the packet is longer, or came in elsewhere or tagged
 	 * differently): the backend's way, and the slot remembers how this packet went. */
@@ -2055,8 +2055,8 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_scratch *s)
 	return rc;
 }
 
-/* The load balancer's verdict for one packet. */
-static __always_inline int lb_process(struct xdp_md *ctx)
+/* The load balancer's verdict for one packet, which came in on `ingress` (ctx's). */
+static __always_inline int lb_process(struct xdp_md *ctx, __u32 ingress)
 {
 	struct lb_scratch *s = lb_scratch();
 	struct fr_lb_service_key *sk;
@@ -2087,7 +2087,7 @@ static __always_inline int lb_process(struct xdp_md *ctx)
 	if (!lb_vip_maybe(p->flow.dst))
 		return lb_nat_reply(ctx, p);
 	if (p->frag == LB_FRAG_NONE) {
-		rc = lb_fast(ctx, s);
+		rc = lb_fast(ctx, s, ingress);
 		if (rc != LB_CONTINUE)
 			return rc;
 	}
