@@ -267,8 +267,8 @@ impl Datapath {
         check_pinned_maps(XDP_OBJECT, objects::XDP_LB, &maps_dir)?;
 
         // The flow cache holds a part per CPU (lb.h: lb_fc), indexed by CPU number.
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| EbpfError::syscall("reading the possible CPUs", e))?;
-        let fc_slots = u32::try_from(cpus).ok().and_then(|n| n.checked_mul(abi::LB_FC_SLOTS)).ok_or_else(|| {
+        let cpus = cpu_ids_end()?;
+        let fc_slots = cpus.checked_mul(abi::LB_FC_SLOTS).ok_or_else(|| {
             EbpfError::syscall("sizing the flow cache", std::io::Error::other(format!("{cpus} CPUs")))
         })?;
         let mut ebpf = EbpfLoader::new()
@@ -861,6 +861,30 @@ fn inner_map_diffs(name: &str, path: &Path, inner: &aya_obj::Map) -> Result<Vec<
     .collect())
 }
 
+/// One more than the highest possible CPU number: the parts a per-CPU-indexed array needs. (The
+/// count of possible CPUs is less when the kernel's list has gaps, e.g. `0-3,8-11`.)
+fn cpu_ids_end() -> Result<u32, EbpfError> {
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let list = std::fs::read_to_string(POSSIBLE).map_err(|e| EbpfError::syscall("reading the possible CPUs", e))?;
+    cpu_list_end(&list).ok_or_else(|| {
+        EbpfError::syscall("reading the possible CPUs", std::io::Error::other(format!("{POSSIBLE}: {list:?}")))
+    })
+}
+
+/// One more than the highest CPU of a kernel CPU list (`0-3,8,10-11`); None if it is not one.
+fn cpu_list_end(list: &str) -> Option<u32> {
+    let mut end = None;
+    for range in list.trim().split(',') {
+        let (first, last) = range.split_once('-').unwrap_or((range, range));
+        let (first, last) = (first.parse::<u32>().ok()?, last.parse::<u32>().ok()?);
+        if first > last {
+            return None;
+        }
+        end = end.max(last.checked_add(1));
+    }
+    end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -871,6 +895,18 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_flow_cache_has_a_part_for_the_highest_possible_cpu_not_for_the_count() {
+        assert_eq!(cpu_list_end("0\n"), Some(1));
+        assert_eq!(cpu_list_end("0-1\n"), Some(2));
+        assert_eq!(cpu_list_end("0-3,8-11"), Some(12), "8 CPUs, numbered up to 11");
+        assert_eq!(cpu_list_end("0,2,5"), Some(6));
+        for bad in ["", "x", "3-1", "0-", "0-1,", "-1"] {
+            assert_eq!(cpu_list_end(bad), None, "{bad:?}");
+        }
+        assert!(cpu_ids_end().unwrap() >= 1, "this machine's list reads");
     }
 
     #[test]
