@@ -786,9 +786,10 @@ cmd_status() {
     echo "== fr-tor2: birdc show protocols"
     ip netns exec fr-tor2 birdc -s "$RUN/tor2/bird.ctl" show protocols 2>&1 \
         | sed 's/^/  /' || ok=1
-    echo "== fr-tor2: birdc show route protocol node1 / node2"
+    # node1 / node2 are BIRD's listening templates; the sessions they accept are dnode11, dnode21, ...
+    echo "== fr-tor2: birdc show route (the sessions node1 / node2 accepted: dnode1*, dnode2*)"
     for name in "${NODES[@]}"; do
-        ip netns exec fr-tor2 birdc -s "$RUN/tor2/bird.ctl" show route protocol "$name" 2>&1 \
+        ip netns exec fr-tor2 birdc -s "$RUN/tor2/bird.ctl" "show route where proto ~ \"d${name}*\"" 2>&1 \
             | sed 's/^/  /' || ok=1
     done
     echo "== fr-tor1 / fr-tor2: kernel routes to the VIPs $VIP and $VIP_DSR (one next hop per node)"
