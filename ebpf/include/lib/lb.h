@@ -84,7 +84,6 @@ enum lb_frag { LB_FRAG_NONE = 0, LB_FRAG_FIRST = 1, LB_FRAG_LATER = 2 };
 struct lb_pkt {
 	struct fr_lb_flow flow;
 	__u64 frame_len;
-	__u64 now_ns; /* the coarse clock, once lb_service has read it; 0 before */
 	__u64 gen; /* fr_lb_gen when the packet arrived (valid when `fc`); slots keep its low 32 bits */
 	__u32 l4_off;
 	__u32 l3_len; /* IP header + payload, as the IP header says */
@@ -130,7 +129,6 @@ struct lb_fwd {
 	 * `dst`, `sport`, `dport`, so a remembered flow's next packet reuses them. */
 	__u16 d_addr;
 	__u16 d_l4;
-	__u64 now_ns; /* the packet's lb_pkt.now_ns: lb_fib reads the clock only when it is 0 */
 	struct lb_nh nh; /* when `sent` */
 } __attribute__((aligned(8)));
 
@@ -549,7 +547,6 @@ static __always_inline __u32 lb_backend_tag_of(__u32 id, const struct fr_lb_back
  * for every other flow. Mappable, so the slots start on a page and none straddles more lines
  * than its size needs. XDP runs to completion on its CPU, so no other CPU touches a CPU's slots.
  */
-
 struct lb_fc_slot {
 	struct fr_lb_flow flow; /* family 0: empty */
 	__u64 until_ns; /* coarse clock */
@@ -564,6 +561,9 @@ struct lb_fc_slot {
 	 * same way while the next hop is fresh (fwd.nh.expires_ns, the route lookup's own lifetime),
 	 * its VLAN tagging is the same and it fits the route's MTU. */
 	struct lb_fwd fwd;
+	/* To 160 bytes: every slot then starts on 32 bytes of the page-aligned array, and none spans
+	 * more than the three lines 160 bytes need. */
+	__u8 align[8];
 } __attribute__((aligned(8)));
 
 _Static_assert(sizeof(struct lb_fc_slot) == 160, "a slot is 160 bytes: 640 KiB per CPU");
@@ -611,8 +611,9 @@ static __always_inline int lb_vip_maybe(const __u8 *dst)
 }
 
 /* Remembers a confirmed flow of service `sid` (`mode`), whose packet `f` says how lb_fib sent, in
- * the slot lb_fast probed (see lb_fc). */
-static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u8 mode, const struct lb_fwd *f)
+ * the slot lb_fast probed (see lb_fc), from `now` (lb_clock) on. */
+static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u8 mode, const struct lb_fwd *f,
+				       __u64 now)
 {
 	__u32 i = p->fc_slot;
 	struct lb_fc_slot *slot = bpf_map_lookup_elem(&lb_fc, &i);
@@ -621,7 +622,7 @@ static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u8 m
 		return;
 	__builtin_memcpy(&slot->flow, &p->flow, sizeof(slot->flow));
 	slot->gen = (__u32)p->gen;
-	slot->until_ns = p->now_ns + LB_REFRESH_NS;
+	slot->until_ns = now + LB_REFRESH_NS;
 	slot->service_id = sid;
 	slot->mode = mode;
 	__builtin_memcpy(&slot->fwd, f, sizeof(*f));
@@ -852,7 +853,7 @@ static __attribute__((noinline)) int lb_fib(struct xdp_md *ctx, struct lb_fwd *f
 
 	if (!s)
 		return XDP_PASS;
-	now = f->now_ns ? f->now_ns : lb_clock(s);
+	now = lb_clock(s);
 	if (f->backend_id) {
 		__u32 i = (f->backend_id ^ (ingress << 7)) & (LB_BE_NH_SLOTS - 1);
 
@@ -1021,7 +1022,7 @@ static __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, const struct
 	quote_len = (__u64)(__u32)(p->l4_off - l2_len) + 8;
 	if (quote_len < sizeof(struct iphdr) + 8 || quote_len > LB_QUOTE_MAX || outer_len > 40)
 		return lb_pass_event(FR_LB_EV_MTU_PASS);
-	now = p->now_ns ? p->now_ns : lb_clock(s);
+	now = lb_clock(s);
 	if (!lb_too_big_allowed(now))
 		return lb_pass_event(FR_LB_EV_MTU_PASS);
 	mtu = s->too_big_mtu > outer_len ? s->too_big_mtu - outer_len : 0;
@@ -1214,7 +1215,6 @@ static __always_inline struct lb_fwd *lb_fwd_to(const struct lb_pkt *p, const st
 	f->vlan = p->vlan;
 	f->too_big = 1;
 	f->backend_id = p->backend_id;
-	f->now_ns = p->now_ns;
 	return f;
 }
 
@@ -1468,7 +1468,6 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	if (!s)
 		return XDP_PASS;
 	now = lb_clock(s);
-	p->now_ns = now; /* one clock read per packet: lb_fib uses it too */
 	ct = bpf_map_lookup_elem(&fr_lb_ct, &p->flow);
 	if (ct) {
 		bid = ct->backend_id;
@@ -1488,12 +1487,8 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		}
 	}
 	if (!ct) {
-		struct lb_scratch *s = lb_scratch();
-		struct fr_lb_ct_entry *entry;
+		struct fr_lb_ct_entry *entry = &s->ct;
 
-		if (!s)
-			return XDP_PASS;
-		entry = &s->ct;
 		__builtin_memset(entry, 0, sizeof(*entry));
 		bid = lb_maglev(sid, lb_hash_flow(&p->flow, LB_SEED_MAGLEV));
 		be = lb_backend(bid);
@@ -1535,7 +1530,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	rc = lb_to_backend(ctx, p, be, cfg, mode, nat_port, &sent);
 	/* A confirmed flow sent on (not answered "too big", not passed) is remembered with how. */
 	if (remember && sent)
-		lb_fc_fill(p, sid, mode, sent);
+		lb_fc_fill(p, sid, mode, sent, now);
 	return rc;
 }
 
@@ -1955,14 +1950,15 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 /* Whether a remembered flow's packet can go the way its last one went (slot->fwd): that next hop
  * is fresh, the packet came in where that one did, tagged as it was, and fits the route's MTU
  * (once encapsulated, for DSR). */
-static __always_inline int lb_fc_ready(const struct lb_pkt *p, const struct lb_fc_slot *slot, __u32 ingress)
+static __always_inline int lb_fc_ready(const struct lb_pkt *p, const struct lb_fc_slot *slot, __u32 ingress,
+				       __u64 now)
 {
 	const struct lb_fwd *f = &slot->fwd;
 	__u32 len = p->l3_len;
 
 	if (slot->mode != FR_LB_MODE_NAT)
 		len += lb_ip_hdr_len(f->family);
-	return p->now_ns < f->nh.expires_ns && p->vlan == f->vlan && f->nh.ingress == ingress &&
+	return now < f->nh.expires_ns && p->vlan == f->vlan && f->nh.ingress == ingress &&
 	       len <= f->nh.mtu;
 }
 
@@ -2033,10 +2029,9 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_scratch *s, __u
 	sid = slot->service_id;
 	mode = slot->mode;
 	st->hits += 1;
-	p->now_ns = now;
 	p->service_id = sid;
 	p->backend_id = bid;
-	if (lb_fc_ready(p, slot, ingress)) {
+	if (lb_fc_ready(p, slot, ingress, now)) {
 		lb_service_traffic(sid, p->frame_len);
 		lb_backend_traffic(bid, p->frame_len);
 		return lb_fc_send(ctx, p, slot, ingress);
