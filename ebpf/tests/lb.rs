@@ -1289,6 +1289,57 @@ fn vlan_tagged_and_ipv4_options_and_ipv6_extension_headers_are_handled() {
     });
 }
 
+/// An untagged IPv4 TCP/UDP packet without options goes through the common-case parser
+/// (lb_parse_plain4), a tagged one through the general parser: both must find the same flow, or a
+/// flow would change backend when its packets change shape. Each packet's flow was confirmed by
+/// the other parser, then the service's table moved every new flow elsewhere.
+#[test]
+fn the_common_case_parser_and_the_general_one_find_the_same_flow() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("pp");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("parsers", ifindex);
+        let key = lb.service(ip4(VIP4), 80, L4Proto::Tcp, 75, LbMode::Dsr, ID_A4);
+        let tagged = |sport: u16, syn: bool| {
+            let mut out = Vec::new();
+            let b = PacketBuilder::ethernet2(MAC_PEER, MAC_DEV)
+                .single_vlan(etherparse::VlanId::try_new(100).unwrap())
+                .ipv4(CLIENT4, VIP4, 64)
+                .tcp(sport, 80, 1000, 64240);
+            let b = if syn { b.syn() } else { b };
+            b.write(&mut out, b"").unwrap();
+            out
+        };
+        let tagged_to = |mac: [u8; 6], backend: [u8; 4], packet: &[u8]| {
+            let plain = expect_ipip(mac, backend, &packet[18..]);
+            [&plain[..12], &packet[12..16], &plain[12..]].concat()
+        };
+
+        // Confirmed untagged (common case), then tagged (general) after the table moved to B.
+        let syn = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
+        assert_tx(&lb.run(&syn), &expect_ipip(MAC_A, BACKEND_A4, &syn[14..]), "untagged SYN");
+        lb.dp.lb().upsert_service(&key, 75, LbMode::Dsr, &[ID_B4; TABLE_SIZE]).unwrap();
+        let ack = tagged(40000, false);
+        assert_tx(&lb.run(&ack), &tagged_to(MAC_A, BACKEND_A4, &ack), "tagged packet of the untagged flow");
+
+        // Confirmed tagged (general), then untagged (common case) after the table moved back to A.
+        let syn = tagged(40001, true);
+        assert_tx(&lb.run(&syn), &tagged_to(MAC_B, BACKEND_B4, &syn), "tagged SYN");
+        lb.dp.lb().upsert_service(&key, 75, LbMode::Dsr, &[ID_A4; TABLE_SIZE]).unwrap();
+        let ack = tcp4(CLIENT4, 40001, VIP4, 80, false, b"");
+        assert_tx(&lb.run(&ack), &expect_ipip(MAC_B, BACKEND_B4, &ack[14..]), "untagged packet of the tagged flow");
+
+        let lbm = lb.dp.lb();
+        assert_eq!(lbm.service_counters(75).unwrap().new_flows, 2);
+        assert_eq!(
+            (lbm.backend_counters(ID_A4).unwrap().packets, lbm.backend_counters(ID_B4).unwrap().packets),
+            (2, 2)
+        );
+    });
+}
+
 #[test]
 fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
     if !ferrule_tests::privileged() {
