@@ -1289,9 +1289,10 @@ fn vlan_tagged_and_ipv4_options_and_ipv6_extension_headers_are_handled() {
     });
 }
 
-/// An untagged IPv4 TCP/UDP packet without options goes through the common-case parser
-/// (lb_parse_plain4), a tagged one through the general parser: both must find the same flow, or a
-/// flow would change backend when its packets change shape. Each packet's flow was confirmed by
+/// An untagged IPv4 TCP/UDP packet without options, or IPv6 without extension headers, goes
+/// through the common-case parser (lb_parse_plain), a tagged one or one with an extension header
+/// through the general parser: both must find the same flow, or a flow would change backend when
+/// its packets change shape. Each packet's flow was confirmed by
 /// the other parser, then the service's table moved every new flow elsewhere.
 #[test]
 fn the_common_case_parser_and_the_general_one_find_the_same_flow() {
@@ -1337,6 +1338,40 @@ fn the_common_case_parser_and_the_general_one_find_the_same_flow() {
             (lbm.backend_counters(ID_A4).unwrap().packets, lbm.backend_counters(ID_B4).unwrap().packets),
             (2, 2)
         );
+
+        // IPv6: without extension headers (common case), then with a destination-options header
+        // (general), and the other way round.
+        let key6 = lb.service(ip6(VIP6), 53, L4Proto::Udp, 76, LbMode::Dsr, ID_A6);
+        let with_dstopts = |sport: u16| {
+            let mut u = Vec::new();
+            PacketBuilder::ipv6(CLIENT6, VIP6, 64).udp(sport, 53).write(&mut u, b"q").unwrap();
+            let mut payload = vec![17, 0, 1, 4, 0, 0, 0, 0]; // UDP next, PadN filling 8 bytes
+            payload.extend_from_slice(&u[40..]);
+            let header = Ipv6Header {
+                traffic_class: 0,
+                flow_label: Ipv6FlowLabel::ZERO,
+                payload_length: payload.len() as u16,
+                next_header: IpNumber(60),
+                hop_limit: 64,
+                source: CLIENT6,
+                destination: VIP6,
+            };
+            let mut out = eth(MAC_DEV, MAC_PEER, 0x86dd);
+            header.write(&mut out).unwrap();
+            out.extend_from_slice(&payload);
+            out
+        };
+        let first = udp6(CLIENT6, 40000, VIP6, 53, b"q");
+        assert_tx(&lb.run(&first), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &first[14..]), "IPv6 without extensions");
+        lb.dp.lb().upsert_service(&key6, 76, LbMode::Dsr, &[ID_B6; TABLE_SIZE]).unwrap();
+        let next = with_dstopts(40000);
+        assert_tx(&lb.run(&next), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &next[14..]), "then with an extension");
+        let first = with_dstopts(40001);
+        assert_tx(&lb.run(&first), &expect_ip6_tunnel(MAC_B, BACKEND_B6, &first[14..]), "IPv6 with an extension");
+        lb.dp.lb().upsert_service(&key6, 76, LbMode::Dsr, &[ID_A6; TABLE_SIZE]).unwrap();
+        let next = udp6(CLIENT6, 40001, VIP6, 53, b"q");
+        assert_tx(&lb.run(&next), &expect_ip6_tunnel(MAC_B, BACKEND_B6, &next[14..]), "then without");
+        assert_eq!(lb.dp.lb().service_counters(76).unwrap().new_flows, 2);
     });
 }
 

@@ -749,55 +749,92 @@ static __always_inline int lb_parse(struct xdp_md *ctx, struct lb_pkt *p)
 }
 
 /*
- * The common case, parsed with less: an untagged IPv4 packet without options, not a fragment,
- * TCP or UDP with its whole fixed header inside the datagram. Writes every field of `p` exactly as
- * lb_parse and lb_parse_ports would (no memset first: the stores are the clearing) and returns 1;
- * 0 for anything else, which the general parser then takes from the start, events and all.
+ * The common case, parsed with less: an untagged IPv4 packet without options and not a fragment,
+ * or an untagged IPv6 packet without extension headers, carrying TCP or UDP with its whole fixed
+ * header inside the datagram. Writes every field of `p` exactly as lb_parse and lb_parse_ports
+ * would (no memset first: the stores are the clearing) and returns 1; 0 for anything else, which
+ * the general parser then takes from the start, events and all.
  */
-_Static_assert(sizeof(struct lb_pkt) == 96, "lb_parse_plain4 writes every field of lb_pkt: extend it too");
+_Static_assert(sizeof(struct lb_pkt) == 96, "lb_parse_plain writes every field of lb_pkt: extend it too");
 
-static __always_inline int lb_parse_plain4(struct xdp_md *ctx, struct lb_pkt *p)
+static __always_inline __u32 lb_plain_l4_need(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? 20 : proto == IPPROTO_UDP ? 8 : 0;
+}
+
+static __always_inline int lb_parse_plain(struct xdp_md *ctx, struct lb_pkt *p)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
-	__be16 *ports = (void *)(ip + 1);
+	__u64 frame_len = data_end - data;
 	__u64 *flow = (__u64 *)&p->flow;
-	__u32 need, tot;
+	__be16 *ports;
+	__u32 need, l3_len;
 	__u8 proto;
 
-	if ((void *)ports + 8 > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || *(__u8 *)ip != 0x45 ||
-	    (ip->frag_off & bpf_htons(LB_IP_MF | LB_IP_OFFSET)))
+	if ((void *)(eth + 1) > data_end)
 		return 0;
-	proto = ip->protocol;
-	if (proto == IPPROTO_TCP)
-		need = 20;
-	else if (proto == IPPROTO_UDP)
-		need = 8;
-	else
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		ports = (void *)(ip + 1);
+		if ((void *)ports + 8 > data_end || *(__u8 *)ip != 0x45 ||
+		    (ip->frag_off & bpf_htons(LB_IP_MF | LB_IP_OFFSET)))
+			return 0;
+		proto = ip->protocol;
+		need = lb_plain_l4_need(proto);
+		l3_len = bpf_ntohs(ip->tot_len);
+		if (!need || (void *)ports + need > data_end || l3_len < sizeof(*ip) + need ||
+		    ETH_HLEN + l3_len > frame_len)
+			return 0;
+		/* Addresses zero-padded to 16 bytes. */
+		flow[0] = ip->saddr;
+		flow[1] = 0;
+		flow[2] = ip->daddr;
+		flow[3] = 0;
+		flow[4] = *(__u32 *)ports | (__u64)proto << 32 | (__u64)FR_FAMILY_IPV4 << 40;
+		p->frag_id = ip->id;
+		p->v6_word0 = 0;
+		p->v4_id = ip->id;
+		p->v4_frag_off = ip->frag_off;
+		p->tos = ip->tos;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		const __u64 *a;
+		__u32 plen;
+
+		ports = (void *)(ip6 + 1);
+		if ((void *)ports + 8 > data_end || ip6->version != 6)
+			return 0;
+		proto = ip6->nexthdr;
+		need = lb_plain_l4_need(proto);
+		plen = bpf_ntohs(ip6->payload_len);
+		if (!need || (void *)ports + need > data_end || plen < need ||
+		    ETH_HLEN + sizeof(*ip6) + plen > frame_len)
+			return 0;
+		a = (const __u64 *)&ip6->saddr;
+		flow[0] = a[0];
+		flow[1] = a[1];
+		flow[2] = a[2];
+		flow[3] = a[3];
+		flow[4] = *(__u32 *)ports | (__u64)proto << 32 | (__u64)FR_FAMILY_IPV6 << 40;
+		l3_len = sizeof(*ip6) + plen;
+		p->frag_id = 0;
+		p->v6_word0 = *(__be32 *)ip6;
+		p->v4_id = 0;
+		p->v4_frag_off = 0;
+		p->tos = (bpf_ntohl(p->v6_word0) >> 20) & 0xff;
+	} else {
 		return 0;
-	tot = bpf_ntohs(ip->tot_len);
-	if ((void *)ports + need > data_end || tot < sizeof(*ip) + need || ETH_HLEN + tot > (__u64)(data_end - data))
-		return 0;
-	/* The flow as five words: addresses zero-padded to 16 bytes, then ports, proto, family, pad. */
-	flow[0] = ip->saddr;
-	flow[1] = 0;
-	flow[2] = ip->daddr;
-	flow[3] = 0;
-	flow[4] = *(__u32 *)ports | (__u64)proto << 32 | (__u64)FR_FAMILY_IPV4 << 40;
-	p->frame_len = data_end - data;
+	}
+	p->frame_len = frame_len;
 	p->gen = 0;
-	p->l4_off = ETH_HLEN + sizeof(*ip);
-	p->l3_len = tot;
-	p->frag_id = ip->id;
-	p->v6_word0 = 0;
-	p->v4_id = ip->id;
-	p->v4_frag_off = ip->frag_off;
+	p->l4_off = (void *)ports - data;
+	p->l3_len = l3_len;
 	p->service_id = 0;
 	p->backend_id = 0;
 	p->frag = LB_FRAG_NONE;
-	p->tos = ip->tos;
 	p->vlan = 0;
 	p->fc = 0;
 	p->fc_slot = 0;
@@ -2119,7 +2156,7 @@ static __always_inline int lb_process(struct xdp_md *ctx, __u32 ingress)
 		return XDP_PASS;
 	p = &s->pkt;
 	sk = &s->sk;
-	if (!lb_parse_plain4(ctx, p)) {
+	if (!lb_parse_plain(ctx, p)) {
 		__builtin_memset(p, 0, sizeof(*p));
 		rc = lb_parse(ctx, p);
 		if (rc != LB_CONTINUE)
