@@ -1864,6 +1864,35 @@ fn nat_packets_too_big_for_the_backend_route_are_answered_with_icmp_too_big() {
     });
 }
 
+/// IPv6 hosts may not be told an MTU below 1280. With the route to backend A6 at 1300, IP6IP6
+/// leaves 1260: a 1400-byte packet is answered with 1280 (its source can shrink to that), but a
+/// packet of 1280 bytes or less cannot be made to fit by telling its source anything, and an
+/// answer would come back for every such packet: it is passed, counted (`mtu_pass`).
+#[test]
+fn packets_no_longer_than_the_least_mtu_a_host_may_be_told_are_passed_not_answered() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("tm");
+    run("ip", &["-n", &net.ns, "-6", "route", "add", "2001:db8:100::10/128", "dev", &net.dev, "mtu", "lock", "1300"]);
+    net.run(|ifindex| {
+        stay_on_this_cpu();
+        let mut lb = Lb::open("leastmtu", ifindex);
+        lb.service(ip6(VIP6), 80, L4Proto::Tcp, 99, LbMode::Dsr, ID_A6);
+        let big = tcp6(CLIENT6, 40000, VIP6, 80, false, &[0x5a; 1340]);
+        assert_eq!(big.len() - 14, 1400);
+        let expected = icmp6_error(BACK, VIP6, CLIENT6, (2, 0, 1280u32.to_be_bytes()), &quote_of(&big, 40));
+        assert_tx(&lb.run(&big), &expected, "1400 bytes: told 1280");
+        let least = tcp6(CLIENT6, 40000, VIP6, 80, false, &[0x5a; 1220]);
+        assert_eq!(least.len() - 14, 1280);
+        assert_eq!(lb.run(&least).retval, XDP_PASS, "1280 bytes: nothing to tell");
+        let fits = tcp6(CLIENT6, 40000, VIP6, 80, false, &[0x5a; 1200]);
+        assert_tx(&lb.run(&fits), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &fits[14..]), "1260 bytes fit");
+        let events = lb.dp.lb().events().unwrap();
+        assert_eq!((events.too_big, events.mtu_pass), (1, 1));
+    });
+}
+
 /// Deletes the conntrack entry of the IPv4 TCP flow `client`:`sport` → `vip`:`port` from the
 /// pinned map directly, behind `LbMaps`' back: the maps change without their generation.
 fn forget_flow_unannounced(lb: &Lb, client: [u8; 4], sport: u16, vip: [u8; 4], port: u16) {

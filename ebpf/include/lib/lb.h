@@ -1088,7 +1088,8 @@ static __always_inline int lb_unicast_src(const struct lb_pkt *p)
  * (`outer_len` 0, not yet rewritten). When it may not be fragmented, it becomes an ICMP
  * "fragmentation needed" (IPv4) / ICMPv6 "packet too big" from the VIP to the client, sent back
  * out where it came from (XDP_TX, MACs swapped, a VLAN tag kept). Reported MTU: the route's minus
- * the tunnel overhead, at least 68 / 1280. The quote is the packet's IP header(s) and the
+ * the tunnel overhead, at least 68 / 1280 (a packet no longer than that is passed: telling its
+ * source would not make it fit). The quote is the packet's IP header(s) and the
  * first 8 bytes of TCP/UDP (RFC 792; RFC 4443 allows less than 1280 bytes), which is what a host
  * needs to find the connection. Everything else keeps the old way: passed, FR_LB_EV_MTU_PASS.
  */
@@ -1115,14 +1116,19 @@ static __attribute__((noinline)) int lb_too_big(struct xdp_md *ctx, const struct
 	quote_len = (__u64)(__u32)(p->l4_off - l2_len) + 8;
 	if (quote_len < sizeof(struct iphdr) + 8 || quote_len > LB_QUOTE_MAX || outer_len > 40)
 		return lb_pass_event(FR_LB_EV_MTU_PASS);
-	now = lb_clock(s);
-	if (!lb_too_big_allowed(now))
-		return lb_pass_event(FR_LB_EV_MTU_PASS);
 	mtu = s->too_big_mtu > outer_len ? s->too_big_mtu - outer_len : 0;
 	if (v4 && mtu < 68)
 		mtu = 68;
 	if (!v4 && mtu < 1280)
 		mtu = 1280;
+	/* The least a host may be told (68 / 1280) can exceed what fits: a packet no longer than the
+	 * MTU it would be told cannot be made smaller by telling it, and answering would only repeat
+	 * itself. Passed. */
+	if (p->l3_len <= mtu)
+		return lb_pass_event(FR_LB_EV_MTU_PASS);
+	now = lb_clock(s);
+	if (!lb_too_big_allowed(now))
+		return lb_pass_event(FR_LB_EV_MTU_PASS);
 
 	/* The quote, for the checksum, and the MACs, swapped, before the frame changes. */
 	if (bpf_xdp_load_bytes(ctx, l2_len + outer_len, s->quote, quote_len))
