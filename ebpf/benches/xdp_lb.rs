@@ -1,7 +1,8 @@
 //! `xdp_lb` cost per packet from `BPF_PROG_TEST_RUN`'s own timing, for conntrack hits and misses,
 //! IPv4 and IPv6, with 1 (one per family, so 2), 1,000 and 100,000 services installed; each figure
 //! is printed with its ratio to the first row's figure in the same column. DSR services are
-//! measured for hits and misses; one NAT service per family for hits (DNAT + SNAT, checksums).
+//! measured for hits and misses; one NAT service per family for hits (DNAT + SNAT, checksums) and
+//! for its backend's replies (translated back to the client, routed towards the clients' side).
 //! Hits are measured twice: on the full path ("ct hit": the maps' generation is moved on before
 //! each run, so the flow cache is never used) and from the flow cache ("cached": the same packet
 //! again, what an established flow's packets mostly take); a packet for no VIP (passed to the
@@ -78,6 +79,11 @@ fn setup_netns() {
     ip(&["addr", "add", "2001:db8:100::1/64", "dev", DEV, "nodad"]);
     ip(&["neigh", "add", "198.51.100.10", "lladdr", "02:00:00:00:00:0a", "dev", DEV, "nud", "permanent"]);
     ip(&["neigh", "add", "2001:db8:100::10", "lladdr", "02:00:00:00:00:0a", "dev", DEV, "nud", "permanent"]);
+    // The clients' side, for the NAT replies: a router with a permanent neighbour entry.
+    ip(&["neigh", "add", "198.51.100.254", "lladdr", "02:00:00:00:00:fe", "dev", DEV, "nud", "permanent"]);
+    ip(&["neigh", "add", "2001:db8:100::fe", "lladdr", "02:00:00:00:00:fe", "dev", DEV, "nud", "permanent"]);
+    ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.254", "dev", DEV]);
+    ip(&["-6", "route", "add", "2001:db8:7::/64", "via", "2001:db8:100::fe", "dev", DEV]);
     sh(&["ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
 }
 
@@ -100,6 +106,34 @@ fn tcp6(client: u8, dst: [u8; 16], sport: u16) -> Vec<u8> {
         .ipv6([0x20, 0x01, 0x0d, 0xb8, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, client], dst, 64)
         .tcp(sport, 80, 1, 64240)
         .syn()
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+/// A SYN-ACK from the NAT backend 198.51.100.10:80 to the node's SNAT port.
+fn nat_reply4(port: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x0a], [2, 0, 0, 0, 0, 1])
+        .ipv4([198, 51, 100, 10], [198, 51, 100, 1], 64)
+        .tcp(80, port, 1, 64240)
+        .syn()
+        .ack(2)
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+/// The same from the IPv6 backend 2001:db8:100::10.
+fn nat_reply6(port: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    let node = "2001:db8:100::1".parse::<Ipv6Addr>().unwrap().octets();
+    let backend = "2001:db8:100::10".parse::<Ipv6Addr>().unwrap().octets();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x0a], [2, 0, 0, 0, 0, 1])
+        .ipv6(backend, node, 64)
+        .tcp(80, port, 1, 64240)
+        .syn()
+        .ack(2)
         .write(&mut out, &[])
         .unwrap();
     out
@@ -128,6 +162,8 @@ struct Row {
     fc_nat4: u64,
     nat6: u64,
     fc_nat6: u64,
+    reply4: u64,
+    reply6: u64,
     pass: u64,
 }
 
@@ -187,6 +223,16 @@ fn measure(dp: &Datapath, ifindex: u32, client: u8) -> Row {
         })
     };
     let miss = |make: &dyn Fn(u16) -> Vec<u8>| average(&|i| make(2 + i));
+    // The backend's answer to the NAT flows: from the backend to the node's SNAT port, which the
+    // flow's translated packet shows.
+    let nat_reply = {
+        let out4 = test_run_xdp(fd, &tcp4(client, NAT_VIP4, 1), ifindex, 1).unwrap();
+        let out6 = test_run_xdp(fd, &tcp6(client, NAT_VIP6, 1), ifindex, 1).unwrap();
+        assert_eq!((out4.retval, out6.retval), (XDP_TX, XDP_TX), "the NAT flows are forwarded");
+        let port4 = u16::from_be_bytes([out4.data[34], out4.data[35]]);
+        let port6 = u16::from_be_bytes([out6.data[54], out6.data[55]]);
+        (nat_reply4(port4), nat_reply6(port6))
+    };
     Row {
         hit4: ct_hit(tcp4(client, vip4, 1)),
         fc4: hit(tcp4(client, vip4, 1)),
@@ -198,6 +244,8 @@ fn measure(dp: &Datapath, ifindex: u32, client: u8) -> Row {
         fc_nat4: hit(tcp4(client, NAT_VIP4, 1)),
         nat6: ct_hit(tcp6(client, NAT_VIP6, 1)),
         fc_nat6: hit(tcp6(client, NAT_VIP6, 1)),
+        reply4: average(&|_| nat_reply.0.clone()),
+        reply6: average(&|_| nat_reply.1.clone()),
         pass: average_of(&|_| tcp4(client, [192, 0, 2, 99], 1), XDP_PASS),
     }
 }
@@ -296,6 +344,8 @@ fn median_row(rows: &[Row]) -> Row {
         fc_nat4: median(|r| r.fc_nat4),
         nat6: median(|r| r.nat6),
         fc_nat6: median(|r| r.fc_nat6),
+        reply4: median(|r| r.reply4),
+        reply6: median(|r| r.reply6),
         pass: median(|r| r.pass),
     }
 }
@@ -446,7 +496,8 @@ fn main() {
          first row in parentheses:"
     );
     println!(
-        "{:>9} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15}",
+        "{:>9} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} | {:>15} \
+         | {:>15} | {:>15}",
         "services",
         "IPv4 ct hit",
         "IPv4 cached",
@@ -458,12 +509,14 @@ fn main() {
         "NAT4 cached",
         "NAT6 ct hit",
         "NAT6 cached",
+        "NAT4 reply",
+        "NAT6 reply",
         "not a VIP"
     );
     let cell = |v: u64, b: u64| format!("{v:>6} ({:>5.2}x)", ratio(v, b));
     for (n, r) in &rows {
         println!(
-            "{n:>9} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}",
+            "{n:>9} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}",
             cell(r.hit4, base.hit4),
             cell(r.fc4, base.fc4),
             cell(r.miss4, base.miss4),
@@ -474,18 +527,21 @@ fn main() {
             cell(r.fc_nat4, base.fc_nat4),
             cell(r.nat6, base.nat6),
             cell(r.fc_nat6, base.fc_nat6),
+            cell(r.reply4, base.reply4),
+            cell(r.reply6, base.reply6),
             cell(r.pass, base.pass),
         );
     }
     println!(
         "floor, in the same turns: {floor_ns} ns/packet for xdp_fwd (MAC and TTL rewrite, a redirect, nothing looked \
          up; the test run's own cost included). Above it, with {} services: IPv4 ct hit {} ns, IPv4 cached {} ns, \
-         NAT4 ct hit {} ns, NAT4 cached {} ns, not a VIP {} ns",
+         NAT4 ct hit {} ns, NAT4 cached {} ns, NAT4 reply {} ns, not a VIP {} ns",
         rows[0].0,
         base.hit4.saturating_sub(floor_ns),
         base.fc4.saturating_sub(floor_ns),
         base.nat4.saturating_sub(floor_ns),
         base.fc_nat4.saturating_sub(floor_ns),
+        base.reply4.saturating_sub(floor_ns),
         base.pass.saturating_sub(floor_ns)
     );
     let _ = Command::new("ip").args(["netns", "del", NS]).status();
