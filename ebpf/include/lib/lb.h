@@ -1636,12 +1636,18 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 /* A reply of a NAT flow (backend → node:SNAT port): translated back to VIP → client. */
 /* Whether a packet to `dst`:`dport` (of `family`) is addressed to one of the node's SNAT ports,
  * i.e. belongs to the reply direction of a NAT flow. */
+/* Whether `port` is one NAT mode takes its SNAT ports from: only then may a packet be a reply. */
+static __always_inline int lb_in_snat_range(__be16 port)
+{
+	return (__u16)(bpf_ntohs(port) - FR_LB_NAT_PORT_MIN) < FR_LB_NAT_PORT_COUNT;
+}
+
 static __always_inline int lb_to_snat_port(const __u8 *dst, __be16 dport, __u8 family)
 {
 	struct fr_lb_config *cfg;
 	__u32 zero = 0;
 
-	if ((__u16)(bpf_ntohs(dport) - FR_LB_NAT_PORT_MIN) >= FR_LB_NAT_PORT_COUNT)
+	if (!lb_in_snat_range(dport))
 		return 0;
 	cfg = bpf_map_lookup_elem(&fr_lb_config, &zero);
 	if (!cfg || !lb_have_node_addr(cfg, family))
@@ -2179,9 +2185,10 @@ static __always_inline int lb_process(struct xdp_md *ctx, __u32 ingress)
 		if (rc != LB_CONTINUE)
 			return rc;
 	}
-	/* For no VIP (replies of NAT flows among them): no service lookup, no flow cache. */
+	/* For no VIP (replies of NAT flows among them): no service lookup, no flow cache, and unless
+	 * the port is an SNAT port, not even the call to the reply check. */
 	if (!lb_vip_maybe(p->flow.dst))
-		return lb_nat_reply(ctx, p);
+		return lb_in_snat_range(p->flow.dport) ? lb_nat_reply(ctx, p) : XDP_PASS;
 	if (p->frag == LB_FRAG_NONE) {
 		rc = lb_fast(ctx, s, ingress);
 		if (rc != LB_CONTINUE)
