@@ -18,7 +18,7 @@ use etherparse::{
     IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice,
 };
 use ferrule_ebpf::{
-    abi::{LbBackend, LbCountersRaw, LbCtEntry, LbFlow, FAMILY_IPV4, LB_TRAFFIC_ARR_SIZE},
+    abi::{LbBackend, LbCountersRaw, LbCtEntry, LbFlow, LbNatEntry, FAMILY_IPV4, LB_TRAFFIC_ARR_SIZE},
     test_run_skb, test_run_xdp, BackendEntry, Datapath, Decap, EbpfError, L4Proto, LbMode, ServiceKey, ServiceUpsert,
     TestRunOutput, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
 };
@@ -1905,6 +1905,103 @@ fn forget_flow_unannounced(lb: &Lb, client: [u8; 4], sport: u16, vip: [u8; 4], p
     dst[..4].copy_from_slice(&vip);
     let flow = LbFlow { src, dst, sport: sport.to_be(), dport: port.to_be(), proto: 6, family: FAMILY_IPV4, pad: 0 };
     ct.remove(&flow).unwrap();
+}
+
+/// The IPv4 TCP flow `src`:`sport` → `dst`:`dport` as the datapath keys it.
+fn flow4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> LbFlow {
+    let (mut s16, mut d16) = ([0u8; 16], [0u8; 16]);
+    s16[..4].copy_from_slice(&src);
+    d16[..4].copy_from_slice(&dst);
+    LbFlow { src: s16, dst: d16, sport: sport.to_be(), dport: dport.to_be(), proto: 6, family: FAMILY_IPV4, pad: 0 }
+}
+
+/// The first SNAT port lb_nat_claim tries for an IPv4 TCP client flow to `vip`:80: the flow's
+/// hash (lb_hash_flow with LB_SEED_NAT, a murmur3 over its ten 32-bit words) into the NAT range.
+fn first_nat_port(client: [u8; 4], sport: u16, vip: [u8; 4]) -> u16 {
+    let mut words = [0u32; 10];
+    words[0] = u32::from_le_bytes(client);
+    words[4] = u32::from_le_bytes(vip);
+    words[8] = u32::from_le_bytes([sport.to_be_bytes()[0], sport.to_be_bytes()[1], 0, 80]);
+    words[9] = u32::from_le_bytes([6, FAMILY_IPV4, 0, 0]);
+    let mut h: u32 = 0x6e61_7470; // LB_SEED_NAT
+    for w in words {
+        let w = w.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+        h = (h ^ w).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+    }
+    h ^= 40;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    (10_000 + h % 22_768) as u16
+}
+
+/// Replies of a NAT flow are remembered like its forward packets: the next ones skip the NAT
+/// table (shown by deleting its entry behind LbMaps' back: still translated). When the SNAT port
+/// is then claimed for another client, the remembered reply must not be used: the backend's next
+/// reply on that port goes to the new client.
+#[test]
+fn remembered_nat_replies_end_when_their_snat_port_is_claimed_again() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("nr");
+    // Another client whose first SNAT port is the first client's (found with the hash; bounded
+    // search), with a neighbour entry so that its replies are forwarded rather than passed.
+    let port = first_nat_port(CLIENT4, 40000, VIP4);
+    let other = (1..=250u8)
+        .filter(|&host| host != CLIENT4[3])
+        .flat_map(|host| (1024..=65535u16).map(move |sport| ([203, 0, 113, host], sport)))
+        .find(|&(client, sport)| first_nat_port(client, sport, VIP4) == port)
+        .expect("some client flow hashes to the port");
+    let other_addr = Ipv4Addr::from(other.0).to_string();
+    run(
+        "ip",
+        &[
+            "-n",
+            &net.ns,
+            "neigh",
+            "add",
+            &other_addr,
+            "lladdr",
+            "02:00:00:00:00:08",
+            "dev",
+            &net.dev,
+            "nud",
+            "permanent",
+        ],
+    );
+    net.run(|ifindex| {
+        stay_on_this_cpu();
+        let mut lb = Lb::open("natreply", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 23, LbMode::Nat, ID_A4);
+        let claimed = nat_port_of(&lb, &tcp4(CLIENT4, 40000, VIP4, 80, true, b""));
+        assert_eq!(claimed, port, "the test's copy of the claim's hash");
+        let to = |out: &TestRunOutput| {
+            (out.retval, out.data[30..34].to_vec(), u16::from_be_bytes([out.data[36], out.data[37]]))
+        };
+
+        let reply = tcp4(BACKEND_A4, 8080, NODE4, port, false, b"HTTP/1.0 200 OK\r\n\r\n");
+        let first = lb.run(&reply);
+        assert_eq!(to(&first), (XDP_TX, CLIENT4.to_vec(), 40000), "full path");
+        assert_checksums_valid(&first.data);
+        assert_eq!(hex(&lb.run(&reply).data), hex(&first.data), "remembered: the same bytes");
+
+        let pin = lb.dp.pin_dir().join("maps").join("fr_lb_nat");
+        let mut nat: aya::maps::HashMap<_, LbFlow, LbNatEntry> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(pin).unwrap()))
+                .unwrap();
+        nat.remove(&flow4(BACKEND_A4, 8080, NODE4, port)).unwrap();
+        assert_eq!(to(&lb.run(&reply)), (XDP_TX, CLIENT4.to_vec(), 40000), "remembered, with the entry gone");
+
+        let claimed = nat_port_of(&lb, &tcp4(other.0, other.1, VIP4, 80, true, b""));
+        assert_eq!(claimed, port, "the port, free again, goes to the other client");
+        let out = lb.run(&reply);
+        assert_eq!(to(&out), (XDP_TX, other.0.to_vec(), other.1), "the backend's reply reaches the new client");
+        assert_checksums_valid(&out.data);
+        assert_eq!(to(&lb.run(&reply)), (XDP_TX, other.0.to_vec(), other.1), "and is remembered for it");
+    });
 }
 
 #[test]

@@ -554,8 +554,9 @@ struct lb_fc_slot {
 	/* The generation's low 32 bits: a slot lives at most a second, and 2^32 changes of the maps
 	 * in a second cannot happen, so they tell generations apart as well as all 64 would. */
 	__u32 gen;
-	__u8 mode; /* FR_LB_MODE_* of the service when confirmed */
-	__u8 pad[7];
+	__u8 mode; /* FR_LB_MODE_* of the service when confirmed, or LB_FC_MODE_NAT_REPLY */
+	__u8 pad[3];
+	__u32 epoch; /* LB_FC_MODE_NAT_REPLY: the SNAT port's lb_nat_epoch before the NAT lookup */
 	/* How the flow's last packet was sent (lb_fib's `sent` set): new endpoints (NAT: the SNAT
 	 * port is fwd.sport), the backend (fwd.backend_id) and the next hop. The next packet goes the
 	 * same way while the next hop is fresh (fwd.nh.expires_ns, the route lookup's own lifetime),
@@ -577,6 +578,32 @@ struct {
 } lb_fc SEC(".maps");
 
 _Static_assert(sizeof(struct fr_lb_flow) == 40, "flows are compared as five 64-bit words");
+
+/*
+ * Replies of NAT flows (backend -> node:SNAT port) are remembered in lb_fc too, keyed by the
+ * reply's flow, with how the last one went back to the client (mode LB_FC_MODE_NAT_REPLY, no
+ * service's). The generation does not cover the NAT table, whose entries come and go in the
+ * datapath (an LRU), so a port's entry could be gone and the port claimed for another client
+ * while a slot still holds the old translation. Every claim attempt of an SNAT port first moves
+ * that port's epoch on; a slot keeps the epoch read before its NAT lookup and answers only while
+ * the epoch is still that: a slot filled from the old entry is then never used for the new one.
+ * Private (not pinned): after a restart both lb_fc and the epochs start empty.
+ */
+#define LB_FC_MODE_NAT_REPLY 0x80
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FR_LB_NAT_PORT_COUNT);
+	__type(key, __u32);
+	__type(value, __u32);
+} lb_nat_epoch SEC(".maps");
+
+static __always_inline __u32 *lb_nat_epoch_of(__be16 port)
+{
+	__u32 i = (__u16)(bpf_ntohs(port) - FR_LB_NAT_PORT_MIN);
+
+	return bpf_map_lookup_elem(&lb_nat_epoch, &i);
+}
 
 /* A cheap mix of the flow (three multiplies; jhash of the whole key is what the slot saves). A
  * collision costs only the full path. */
@@ -613,7 +640,7 @@ static __always_inline int lb_vip_maybe(const __u8 *dst)
 /* Remembers a confirmed flow of service `sid` (`mode`), whose packet `f` says how lb_fib sent, in
  * the slot lb_fast probed (see lb_fc), from `now` (lb_clock) on. */
 static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u8 mode, const struct lb_fwd *f,
-				       __u64 now)
+				       __u64 now, __u32 epoch)
 {
 	__u32 i = p->fc_slot;
 	struct lb_fc_slot *slot = bpf_map_lookup_elem(&lb_fc, &i);
@@ -625,6 +652,7 @@ static __always_inline void lb_fc_fill(const struct lb_pkt *p, __u32 sid, __u8 m
 	slot->until_ns = now + LB_REFRESH_NS;
 	slot->service_id = sid;
 	slot->mode = mode;
+	slot->epoch = epoch;
 	__builtin_memcpy(&slot->fwd, f, sizeof(*f));
 }
 
@@ -1454,8 +1482,14 @@ static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, con
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
 		struct fr_lb_nat_entry *old;
+		__u32 *epoch;
 
 		rk->dport = bpf_htons(FR_LB_NAT_PORT_MIN + (h + i * 7919u) % FR_LB_NAT_PORT_COUNT);
+		/* Before the entry can exist: replies remembered from an earlier entry of this port
+		 * are not used once it may name another client (lb_nat_epoch). */
+		epoch = lb_nat_epoch_of(rk->dport);
+		if (epoch)
+			__sync_fetch_and_add(epoch, 1);
 		if (bpf_map_update_elem(&fr_lb_nat, rk, ne, BPF_NOEXIST) == 0)
 			return rk->dport;
 		old = bpf_map_lookup_elem(&fr_lb_nat, rk);
@@ -1629,19 +1663,96 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	rc = lb_to_backend(ctx, p, be, cfg, mode, nat_port, &sent);
 	/* A confirmed flow sent on (not answered "too big", not passed) is remembered with how. */
 	if (remember && sent)
-		lb_fc_fill(p, sid, mode, sent, now);
+		lb_fc_fill(p, sid, mode, sent, now, 0);
 	return rc;
 }
 
-/* A reply of a NAT flow (backend → node:SNAT port): translated back to VIP → client. */
-/* Whether a packet to `dst`:`dport` (of `family`) is addressed to one of the node's SNAT ports,
- * i.e. belongs to the reply direction of a NAT flow. */
+/*
+ * Probes the flow cache for the packet's flow, unless the cache is off for now (lb_fc_stats):
+ * sets p->gen, p->fc_slot and p->fc (a confirmed flow may then be remembered there) and returns
+ * the slot if it holds this flow under the current generation and within its second, with
+ * `*now` set (lb_clock); else NULL.
+ */
+static __always_inline struct lb_fc_slot *lb_fc_probe(struct lb_scratch *s, __u64 *now)
+{
+	struct lb_pkt *p = &s->pkt;
+	struct lb_fc_stats *st = &s->fc_stats;
+	struct lb_fc_slot *slot;
+	__u32 zero = 0, i;
+	__u64 *gen;
+
+	if (st->bypass) {
+		st->bypass -= 1;
+		return NULL; /* p->fc stays 0: nothing is remembered either */
+	}
+	if (st->probes >= LB_FC_SAMPLE) {
+		if (st->hits < LB_FC_MIN_HITS)
+			st->bypass = LB_FC_BYPASS;
+		st->probes = 0;
+		st->hits = 0;
+		if (st->bypass)
+			return NULL;
+	}
+	st->probes += 1;
+	gen = bpf_map_lookup_elem(&fr_lb_gen, &zero);
+	if (!gen)
+		return NULL;
+	i = bpf_get_smp_processor_id() * FR_LB_FC_SLOTS + lb_fc_index(&p->flow);
+	p->gen = *gen;
+	p->fc_slot = i;
+	p->fc = 1;
+	slot = bpf_map_lookup_elem(&lb_fc, &i);
+	if (!slot || slot->gen != (__u32)p->gen || !lb_flow_eq(&slot->flow, &p->flow))
+		return NULL;
+	*now = lb_clock(s);
+	if (*now >= slot->until_ns)
+		return NULL;
+	st->hits += 1;
+	return slot;
+}
+
+/* Whether a remembered flow's packet can go the way its last one went (slot->fwd): that next hop
+ * is fresh, the packet came in where that one did, tagged as it was, and fits the route's MTU
+ * (once encapsulated, for DSR). */
+static __always_inline int lb_fc_ready(const struct lb_pkt *p, const struct lb_fc_slot *slot, __u32 ingress,
+				       __u64 now)
+{
+	const struct lb_fwd *f = &slot->fwd;
+	__u32 len = p->l3_len;
+
+	if (slot->mode == FR_LB_MODE_DSR)
+		len += lb_ip_hdr_len(f->family);
+	return now < f->nh.expires_ns && p->vlan == f->vlan && f->nh.ingress == ingress &&
+	       len <= f->nh.mtu;
+}
+
+/* Sends a packet lb_fc_ready passed the way the flow's last one went: rewritten (NAT, either way)
+ * or encapsulated (DSR) to the same endpoints, to the same next hop. */
+static __always_inline int lb_fc_send(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fc_slot *slot,
+				      __u32 ingress)
+{
+	const struct lb_fwd *f = &slot->fwd;
+	int rc;
+
+	if (slot->mode != FR_LB_MODE_DSR) {
+		if (lb_rewrite_body(ctx, p, f))
+			return lb_pass_event(FR_LB_EV_MALFORMED);
+	} else {
+		rc = lb_encap_push(ctx, p, f);
+		if (rc != LB_CONTINUE)
+			return rc;
+	}
+	return lb_nh_send(ctx, &f->nh, f->vlan, ingress);
+}
+
 /* Whether `port` is one NAT mode takes its SNAT ports from: only then may a packet be a reply. */
 static __always_inline int lb_in_snat_range(__be16 port)
 {
 	return (__u16)(bpf_ntohs(port) - FR_LB_NAT_PORT_MIN) < FR_LB_NAT_PORT_COUNT;
 }
 
+/* Whether a packet to `dst`:`dport` (of `family`) is addressed to one of the node's SNAT ports,
+ * i.e. belongs to the reply direction of a NAT flow. */
 static __always_inline int lb_to_snat_port(const __u8 *dst, __be16 dport, __u8 family)
 {
 	struct fr_lb_config *cfg;
@@ -1655,19 +1766,43 @@ static __always_inline int lb_to_snat_port(const __u8 *dst, __be16 dport, __u8 f
 	return family == FR_FAMILY_IPV4 ? lb_addr_eq(cfg->node_v4, dst, 1) : lb_addr_eq(cfg->node_v6, dst, 4);
 }
 
-static __attribute__((noinline)) int lb_nat_reply(struct xdp_md *ctx, struct lb_pkt *p)
+/*
+ * A reply of a NAT flow (backend -> node:SNAT port), which came in on `ingress`: translated back
+ * to VIP -> client and sent towards the client. Remembered in lb_fc like a forward flow (see
+ * lb_nat_epoch), so that the next replies on this CPU skip the NAT table and the route lookup.
+ */
+static __attribute__((noinline)) int lb_nat_reply(struct xdp_md *ctx, struct lb_pkt *p, __u32 ingress)
 {
 	struct lb_scratch *s = lb_scratch();
+	struct lb_fc_slot *slot = NULL;
 	struct fr_lb_nat_entry *ne;
+	__u32 *epoch, seen = 0, sid;
 	struct lb_fwd *f;
+	__u64 now = 0;
+	int rc;
 
 	if (!lb_to_snat_port(p->flow.dst, p->flow.dport, p->flow.family))
 		return XDP_PASS;
 	if (p->frag != LB_FRAG_NONE)
 		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
-	ne = bpf_map_lookup_elem(&fr_lb_nat, &p->flow);
-	if (!ne || !s)
+	if (!s)
 		return XDP_PASS;
+	/* The port's epoch before the NAT table is read: a claim of the port after this read moves
+	 * it on, so a slot filled below from an entry gone since is never used. */
+	epoch = lb_nat_epoch_of(p->flow.dport);
+	if (epoch)
+		seen = *epoch;
+	if (!p->fc) /* (lb_fast has probed already when the address shares a VIP's bit) */
+		slot = lb_fc_probe(s, &now);
+	if (slot && epoch && slot->mode == LB_FC_MODE_NAT_REPLY && slot->epoch == seen &&
+	    lb_fc_ready(p, slot, ingress, now)) {
+		lb_event(FR_LB_EV_NAT_REPLY);
+		return lb_fc_send(ctx, p, slot, ingress);
+	}
+	ne = bpf_map_lookup_elem(&fr_lb_nat, &p->flow);
+	if (!ne)
+		return XDP_PASS;
+	sid = ne->service_id;
 	f = &s->fwd;
 	__builtin_memset(f, 0, sizeof(*f));
 	__builtin_memcpy(f->src, ne->vip, 16);
@@ -1681,7 +1816,13 @@ static __attribute__((noinline)) int lb_nat_reply(struct xdp_md *ctx, struct lb_
 	if (lb_rewrite(ctx, p, f))
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	lb_event(FR_LB_EV_NAT_REPLY);
-	return lb_fib(ctx, f);
+	rc = lb_fib(ctx, f);
+	if (p->fc && epoch && f->sent) {
+		if (!now)
+			now = lb_clock(s);
+		lb_fc_fill(p, sid, LB_FC_MODE_NAT_REPLY, f, now, seen);
+	}
+	return rc;
 }
 
 /* A non-first fragment: to its first fragment's backend, if that was seen. */
@@ -2052,88 +2193,30 @@ static __attribute__((noinline)) int lb_icmp_error(struct xdp_md *ctx, struct lb
 	return lb_encap(ctx, p, be, cfg);
 }
 
-/* Whether a remembered flow's packet can go the way its last one went (slot->fwd): that next hop
- * is fresh, the packet came in where that one did, tagged as it was, and fits the route's MTU
- * (once encapsulated, for DSR). */
-static __always_inline int lb_fc_ready(const struct lb_pkt *p, const struct lb_fc_slot *slot, __u32 ingress,
-				       __u64 now)
-{
-	const struct lb_fwd *f = &slot->fwd;
-	__u32 len = p->l3_len;
-
-	if (slot->mode != FR_LB_MODE_NAT)
-		len += lb_ip_hdr_len(f->family);
-	return now < f->nh.expires_ns && p->vlan == f->vlan && f->nh.ingress == ingress &&
-	       len <= f->nh.mtu;
-}
-
-/* Sends a packet lb_fc_ready passed the way the flow's last one went: rewritten (NAT) or
- * encapsulated (DSR) to the same endpoints, to the same next hop. */
-static __always_inline int lb_fc_send(struct xdp_md *ctx, const struct lb_pkt *p, const struct lb_fc_slot *slot,
-				      __u32 ingress)
-{
-	const struct lb_fwd *f = &slot->fwd;
-	int rc;
-
-	if (slot->mode == FR_LB_MODE_NAT) {
-		if (lb_rewrite_body(ctx, p, f))
-			return lb_pass_event(FR_LB_EV_MALFORMED);
-	} else {
-		rc = lb_encap_push(ctx, p, f);
-		if (rc != LB_CONTINUE)
-			return rc;
-	}
-	return lb_nh_send(ctx, &f->nh, f->vlan, ingress);
-}
-
 /* A packet of a flow remembered in lb_fc under the current generation, which vouches that its
  * service still exists with the id and mode remembered: counted and sent to its backend
  * (encapsulated or translated). LB_CONTINUE: not remembered, the full path decides. */
 static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_scratch *s, __u32 ingress)
 {
 	struct lb_pkt *p = &s->pkt;
-	struct lb_fc_stats *st = &s->fc_stats;
-	__u32 zero = 0, i, bid, sid;
+	__u32 zero = 0, bid, sid;
 	const struct lb_fwd *sent;
 	__u8 mode;
 	int rc;
 	const struct fr_lb_backend *be;
 	struct fr_lb_config *cfg;
 	struct lb_fc_slot *slot;
-	__u64 *gen, now;
+	__u64 now = 0;
 
-	if (st->bypass) {
-		st->bypass -= 1;
-		return LB_CONTINUE; /* p->fc stays 0: nothing is remembered either */
-	}
-	if (st->probes >= LB_FC_SAMPLE) {
-		if (st->hits < LB_FC_MIN_HITS)
-			st->bypass = LB_FC_BYPASS;
-		st->probes = 0;
-		st->hits = 0;
-		if (st->bypass)
-			return LB_CONTINUE;
-	}
-	st->probes += 1;
-	gen = bpf_map_lookup_elem(&fr_lb_gen, &zero);
-	if (!gen)
-		return LB_CONTINUE;
-	i = bpf_get_smp_processor_id() * FR_LB_FC_SLOTS + lb_fc_index(&p->flow);
-	p->gen = *gen;
-	p->fc_slot = i;
-	p->fc = 1;
-	slot = bpf_map_lookup_elem(&lb_fc, &i);
-	if (!slot || slot->gen != (__u32)p->gen || !lb_flow_eq(&slot->flow, &p->flow))
-		return LB_CONTINUE;
-	now = lb_clock(s);
-	if (now >= slot->until_ns)
+	slot = lb_fc_probe(s, &now);
+	/* A reply's slot (its destination, a node address, may share a VIP's bit) is lb_nat_reply's. */
+	if (!slot || slot->mode == LB_FC_MODE_NAT_REPLY)
 		return LB_CONTINUE;
 	/* (A slot is filled only from a conntrack hit the full path accepted, NAT with its SNAT port,
 	 * and any change to the service or backend since is a new generation.) */
 	bid = slot->fwd.backend_id;
 	sid = slot->service_id;
 	mode = slot->mode;
-	st->hits += 1;
 	p->service_id = sid;
 	p->backend_id = bid;
 	if (lb_fc_ready(p, slot, ingress, now)) {
@@ -2188,7 +2271,7 @@ static __always_inline int lb_process(struct xdp_md *ctx, __u32 ingress)
 	/* For no VIP (replies of NAT flows among them): no service lookup, no flow cache, and unless
 	 * the port is an SNAT port, not even the call to the reply check. */
 	if (!lb_vip_maybe(p->flow.dst))
-		return lb_in_snat_range(p->flow.dport) ? lb_nat_reply(ctx, p) : XDP_PASS;
+		return lb_in_snat_range(p->flow.dport) ? lb_nat_reply(ctx, p, ingress) : XDP_PASS;
 	if (p->frag == LB_FRAG_NONE) {
 		rc = lb_fast(ctx, s, ingress);
 		if (rc != LB_CONTINUE)
@@ -2202,7 +2285,7 @@ static __always_inline int lb_process(struct xdp_md *ctx, __u32 ingress)
 	sk->family = p->flow.family;
 	svc = bpf_map_lookup_elem(&fr_lb_services, sk);
 	if (!svc)
-		return lb_nat_reply(ctx, p);
+		return lb_nat_reply(ctx, p, ingress);
 	return lb_service(ctx, p, svc);
 }
 
