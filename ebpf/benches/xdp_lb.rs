@@ -112,31 +112,18 @@ fn tcp6(client: u8, dst: [u8; 16], sport: u16) -> Vec<u8> {
     out
 }
 
-/// A SYN-ACK from the NAT backend 198.51.100.10:80 to the node's SNAT port.
-fn nat_reply4(port: u16) -> Vec<u8> {
+/// A SYN-ACK from the NAT backend (198.51.100.10 or 2001:db8:100::10, port 80) to the node's
+/// SNAT port `port`.
+fn nat_reply(port: u16, v6: bool) -> Vec<u8> {
     let mut out = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x0a], [2, 0, 0, 0, 0, 1])
-        .ipv4([198, 51, 100, 10], [198, 51, 100, 1], 64)
-        .tcp(80, port, 1, 64240)
-        .syn()
-        .ack(2)
-        .write(&mut out, &[])
-        .unwrap();
-    out
-}
-
-/// The same from the IPv6 backend 2001:db8:100::10.
-fn nat_reply6(port: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    let node = "2001:db8:100::1".parse::<Ipv6Addr>().unwrap().octets();
-    let backend = "2001:db8:100::10".parse::<Ipv6Addr>().unwrap().octets();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x0a], [2, 0, 0, 0, 0, 1])
-        .ipv6(backend, node, 64)
-        .tcp(80, port, 1, 64240)
-        .syn()
-        .ack(2)
-        .write(&mut out, &[])
-        .unwrap();
+    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0x0a], [2, 0, 0, 0, 0, 1]);
+    let ip = if v6 {
+        let addr = |a: &str| a.parse::<Ipv6Addr>().unwrap().octets();
+        eth.ipv6(addr("2001:db8:100::10"), addr("2001:db8:100::1"), 64)
+    } else {
+        eth.ipv4([198, 51, 100, 10], [198, 51, 100, 1], 64)
+    };
+    ip.tcp(80, port, 1, 64240).syn().ack(2).write(&mut out, &[]).unwrap();
     out
 }
 
@@ -234,7 +221,7 @@ fn measure(dp: &Datapath, ifindex: u32, client: u8) -> Row {
         assert_eq!((out4.retval, out6.retval), (XDP_TX, XDP_TX), "the NAT flows are forwarded");
         let port4 = u16::from_be_bytes([out4.data[34], out4.data[35]]);
         let port6 = u16::from_be_bytes([out6.data[54], out6.data[55]]);
-        (nat_reply4(port4), nat_reply6(port6))
+        (nat_reply(port4, false), nat_reply(port6, true))
     };
     Row {
         hit4: ct_hit(tcp4(client, vip4, 1)),

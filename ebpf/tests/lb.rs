@@ -1216,6 +1216,31 @@ fn malformed_headers_pass_with_a_counter() {
     });
 }
 
+/// A UDP datagram CLIENT6:`sport` → VIP6:`dport` carrying `payload` behind `count`
+/// destination-options headers (8 bytes each, a PadN option filling them), in its frame.
+fn udp6_behind_dstopts(count: usize, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::new();
+    PacketBuilder::ipv6(CLIENT6, VIP6, 64).udp(sport, dport).write(&mut udp, payload).unwrap();
+    let mut body = Vec::new();
+    for i in 0..count {
+        body.extend_from_slice(&[if i + 1 == count { 17 } else { 60 }, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    body.extend_from_slice(&udp[40..]);
+    let header = Ipv6Header {
+        traffic_class: 0,
+        flow_label: Ipv6FlowLabel::ZERO,
+        payload_length: body.len() as u16,
+        next_header: IpNumber(if count == 0 { 17 } else { 60 }),
+        hop_limit: 64,
+        source: CLIENT6,
+        destination: VIP6,
+    };
+    let mut out = eth(MAC_DEV, MAC_PEER, 0x86dd);
+    header.write(&mut out).unwrap();
+    out.extend_from_slice(&body);
+    out
+}
+
 #[test]
 fn vlan_tagged_and_ipv4_options_and_ipv6_extension_headers_are_handled() {
     if !ferrule_tests::privileged() {
@@ -1252,37 +1277,9 @@ fn vlan_tagged_and_ipv4_options_and_ipv6_extension_headers_are_handled() {
         assert_tx(&lb.run(&with_options), &expect_ipip(MAC_A, BACKEND_A4, &with_options[14..]), "IPv4 options");
 
         // IPv6 with a destination-options header before UDP.
-        let udp = {
-            let mut u = Vec::new();
-            PacketBuilder::ipv6(CLIENT6, VIP6, 64).udp(40000, 80).write(&mut u, b"hi").unwrap();
-            u[40..].to_vec()
-        };
-        let ext = |next: u8| vec![next, 0, 1, 4, 0, 0, 0, 0]; // PadN option filling 8 bytes
-        let v6_with = |exts: &[Vec<u8>], last_next: u8| {
-            let mut payload = Vec::new();
-            for (i, e) in exts.iter().enumerate() {
-                let mut e = e.clone();
-                e[0] = if i + 1 == exts.len() { last_next } else { 60 };
-                payload.extend_from_slice(&e);
-            }
-            payload.extend_from_slice(&udp);
-            let header = Ipv6Header {
-                traffic_class: 0,
-                flow_label: Ipv6FlowLabel::ZERO,
-                payload_length: payload.len() as u16,
-                next_header: IpNumber(if exts.is_empty() { 17 } else { 60 }),
-                hop_limit: 64,
-                source: CLIENT6,
-                destination: VIP6,
-            };
-            let mut out = eth(MAC_DEV, MAC_PEER, 0x86dd);
-            header.write(&mut out).unwrap();
-            out.extend_from_slice(&payload);
-            out
-        };
-        let one = v6_with(&[ext(17)], 17);
+        let one = udp6_behind_dstopts(1, 40000, 80, b"hi");
         assert_tx(&lb.run(&one), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &one[14..]), "IPv6 destination options");
-        let five = v6_with(&[ext(60), ext(60), ext(60), ext(60), ext(17)], 17);
+        let five = udp6_behind_dstopts(5, 40000, 80, b"hi");
         let out = lb.run(&five);
         assert_eq!((out.retval, out.data), (XDP_PASS, five), "more extension headers than walked");
         assert_eq!(lb.dp.lb().events().unwrap().ext_hdr_limit, 1);
@@ -1342,31 +1339,12 @@ fn the_common_case_parser_and_the_general_one_find_the_same_flow() {
         // IPv6: without extension headers (common case), then with a destination-options header
         // (general), and the other way round.
         let key6 = lb.service(ip6(VIP6), 53, L4Proto::Udp, 76, LbMode::Dsr, ID_A6);
-        let with_dstopts = |sport: u16| {
-            let mut u = Vec::new();
-            PacketBuilder::ipv6(CLIENT6, VIP6, 64).udp(sport, 53).write(&mut u, b"q").unwrap();
-            let mut payload = vec![17, 0, 1, 4, 0, 0, 0, 0]; // UDP next, PadN filling 8 bytes
-            payload.extend_from_slice(&u[40..]);
-            let header = Ipv6Header {
-                traffic_class: 0,
-                flow_label: Ipv6FlowLabel::ZERO,
-                payload_length: payload.len() as u16,
-                next_header: IpNumber(60),
-                hop_limit: 64,
-                source: CLIENT6,
-                destination: VIP6,
-            };
-            let mut out = eth(MAC_DEV, MAC_PEER, 0x86dd);
-            header.write(&mut out).unwrap();
-            out.extend_from_slice(&payload);
-            out
-        };
         let first = udp6(CLIENT6, 40000, VIP6, 53, b"q");
         assert_tx(&lb.run(&first), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &first[14..]), "IPv6 without extensions");
         lb.dp.lb().upsert_service(&key6, 76, LbMode::Dsr, &[ID_B6; TABLE_SIZE]).unwrap();
-        let next = with_dstopts(40000);
+        let next = udp6_behind_dstopts(1, 40000, 53, b"q");
         assert_tx(&lb.run(&next), &expect_ip6_tunnel(MAC_A, BACKEND_A6, &next[14..]), "then with an extension");
-        let first = with_dstopts(40001);
+        let first = udp6_behind_dstopts(1, 40001, 53, b"q");
         assert_tx(&lb.run(&first), &expect_ip6_tunnel(MAC_B, BACKEND_B6, &first[14..]), "IPv6 with an extension");
         lb.dp.lb().upsert_service(&key6, 76, LbMode::Dsr, &[ID_A6; TABLE_SIZE]).unwrap();
         let next = udp6(CLIENT6, 40001, VIP6, 53, b"q");
