@@ -1792,7 +1792,9 @@ static __attribute__((noinline)) int lb_nat_reply(struct xdp_md *ctx, struct lb_
 	epoch = lb_nat_epoch_of(p->flow.dport);
 	if (epoch)
 		seen = *epoch;
-	if (!p->fc) /* (lb_fast has probed already when the address shares a VIP's bit) */
+	/* p->fc: lb_fast probed already (the address shares a VIP's bit). While the cache is off
+	 * (p->fc 0) such a rare packet is counted against the bypass twice, which only shortens it. */
+	if (!p->fc)
 		slot = lb_fc_probe(s, &now);
 	if (slot && epoch && slot->mode == LB_FC_MODE_NAT_REPLY && slot->epoch == seen &&
 	    lb_fc_ready(p, slot, ingress, now)) {
@@ -1817,11 +1819,8 @@ static __attribute__((noinline)) int lb_nat_reply(struct xdp_md *ctx, struct lb_
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	lb_event(FR_LB_EV_NAT_REPLY);
 	rc = lb_fib(ctx, f);
-	if (p->fc && epoch && f->sent) {
-		if (!now)
-			now = lb_clock(s);
-		lb_fc_fill(p, sid, LB_FC_MODE_NAT_REPLY, f, now, seen);
-	}
+	if (p->fc && epoch && f->sent)
+		lb_fc_fill(p, sid, LB_FC_MODE_NAT_REPLY, f, lb_clock(s), seen);
 	return rc;
 }
 
