@@ -151,10 +151,12 @@ fn frr_admin_down_is_not_a_failure_and_removing_our_session_tells_frr() {
         down.is_failure(),
         down.counters.failures
     );
-    assert_eq!(
-        (down.state, down.remote_state, down.diag),
-        (State::Down, State::AdminDown, Diag::NEIGHBOR_SIGNALED_SESSION_DOWN)
-    );
+    assert_eq!((down.state, down.diag), (State::Down, Diag::NEIGHBOR_SIGNALED_SESSION_DOWN), "{down:?}");
+    // FRR sends one AdminDown packet and then nothing: once our detection time has passed
+    // without a packet (vtysh may return that late on a busy machine), the peer is forgotten
+    // (its state back to Down, nothing received), while the reason we went Down stays.
+    let forgotten = down.remote_state == State::Down && down.last_received.is_none();
+    assert!(down.remote_state == State::AdminDown || forgotten, "{down:?}");
     assert!(down.peer_admin_down && !down.is_failure() && down.counters.failures == 0, "{down:?}");
 
     frr.vtysh(&["configure terminal", "bfd", &frr_peer_line(&lab.addrs), "no shutdown"]).unwrap();

@@ -223,6 +223,26 @@ fn peer_admin_down_takes_the_session_down_without_calling_it_a_failure() {
     assert!(!s.peer_admin_down());
 }
 
+/// FRR sends a single AdminDown packet when its session is shut down, then nothing: the silence
+/// that follows forgets the peer once the detection time passes, but the session stays Down for
+/// the reason it went Down (the peer's AdminDown), still not a failure.
+#[test]
+fn silence_after_the_peers_admin_down_forgets_the_peer_but_not_why_we_went_down() {
+    let t0 = Instant::now();
+    let mut s = session(t0);
+    bring_up(&mut s, t0);
+    let mut admin = from_peer(State::AdminDown, 1000, 100, 3);
+    admin.diag = Diag::ADMINISTRATIVELY_DOWN;
+    s.handle(t0 + ms(50), Input::Received(admin));
+    assert_eq!(s.remote().state, State::AdminDown);
+    assert!(s.last_received().is_some());
+    // 3 x max(1 s, 100 ms) after that packet, and then some.
+    assert!(changes(&s.handle(t0 + ms(3100), Input::Tick)).is_empty());
+    assert_eq!((s.state(), s.diag(), s.peer_admin_down()), (State::Down, Diag::NEIGHBOR_SIGNALED_SESSION_DOWN, true));
+    assert_eq!((s.remote().state, s.last_received()), (State::Down, None));
+    assert_eq!(s.counters().failures, 0);
+}
+
 #[test]
 fn admin_down_tells_the_peer_ignores_it_and_restarts_when_enabled() {
     let t0 = Instant::now();
