@@ -130,7 +130,10 @@ struct fr_lb_ct_entry {
 	__u32 backend_id;
 	__u32 service_id;
 	__be16 nat_port; /* NAT mode: the SNAT source port; 0 in DSR mode */
-	__u16 pad;
+	/* NAT mode: the low bits of the port's epoch (a private map of the datapath's, moved on by
+	 * every claim of the port) when the port's reverse entry was last found to be this flow's.
+	 * Older versions wrote 0 here. */
+	__u16 nat_epoch;
 	/* Digest of the backend's address and port when the flow was created: once the id is given
 	 * to another backend it no longer matches, and the flow starts over (NAT state included)
 	 * instead of following the id to a host that never saw it. */

@@ -125,7 +125,7 @@ abi_structs! {
         pub backend_id: u32,
         pub service_id: u32,
         pub nat_port: u16,
-        pub pad: u16,
+        pub nat_epoch: u16,
         pub backend_tag: u32,
     }
 

@@ -1874,15 +1874,23 @@ fn packets_no_longer_than_the_least_mtu_a_host_may_be_told_are_passed_not_answer
 /// Deletes the conntrack entry of the IPv4 TCP flow `client`:`sport` → `vip`:`port` from the
 /// pinned map directly, behind `LbMaps`' back: the maps change without their generation.
 fn forget_flow_unannounced(lb: &Lb, client: [u8; 4], sport: u16, vip: [u8; 4], port: u16) {
+    ct_map(lb).remove(&flow4(client, sport, vip, port)).unwrap();
+}
+
+/// The pinned conntrack map, opened behind LbMaps' back.
+fn ct_map(lb: &Lb) -> aya::maps::HashMap<aya::maps::MapData, LbFlow, LbCtEntry> {
     let pin = lb.dp.pin_dir().join("maps").join("fr_lb_ct");
-    let data = aya::maps::MapData::from_pin(pin).unwrap();
-    let mut ct: aya::maps::HashMap<_, LbFlow, LbCtEntry> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap();
-    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
-    src[..4].copy_from_slice(&client);
-    dst[..4].copy_from_slice(&vip);
-    let flow = LbFlow { src, dst, sport: sport.to_be(), dport: port.to_be(), proto: 6, family: FAMILY_IPV4, pad: 0 };
-    ct.remove(&flow).unwrap();
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(pin).unwrap())).unwrap()
+}
+
+/// Makes the conntrack entry of an IPv4 TCP flow look a second old (due for its refresh), behind
+/// LbMaps' back (no new generation).
+fn age_flow_unannounced(lb: &Lb, client: [u8; 4], sport: u16, vip: [u8; 4], port: u16) {
+    let mut ct = ct_map(lb);
+    let flow = flow4(client, sport, vip, port);
+    let mut entry = ct.get(&flow, 0).unwrap();
+    entry.last_seen_ns = entry.last_seen_ns.saturating_sub(2_000_000_000);
+    ct.insert(flow, entry, 0).unwrap();
 }
 
 /// The IPv4 TCP flow `src`:`sport` → `dst`:`dport` as the datapath keys it.
@@ -1979,6 +1987,91 @@ fn remembered_nat_replies_end_when_their_snat_port_is_claimed_again() {
         assert_eq!(to(&out), (XDP_TX, other.0.to_vec(), other.1), "the backend's reply reaches the new client");
         assert_checksums_valid(&out.data);
         assert_eq!(to(&lb.run(&reply)), (XDP_TX, other.0.to_vec(), other.1), "and is remembered for it");
+    });
+}
+
+/// A NAT flow's SNAT port lives in two LRU maps: conntrack (client flow -> port) and the NAT
+/// table (reply flow -> client). When the NAT table evicts the flow's entry while conntrack keeps
+/// the flow, the flow's first packet after conntrack's once-a-second refresh claims the same port
+/// again, so its replies are translated again. When the port is claimed for another client, the
+/// flow's next packet moves it to another port instead of joining that client's connection to
+/// the backend, also when the flow was being sent from the flow cache.
+#[test]
+fn a_nat_flow_whose_reply_entry_was_evicted_claims_its_port_again_or_moves_off_a_taken_one() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("ne");
+    // Another client whose first SNAT port is the first client's (bounded search over the hash).
+    let port = first_nat_port(CLIENT4, 40000, VIP4);
+    let other = (1..=250u8)
+        .filter(|&host| host != CLIENT4[3])
+        .flat_map(|host| (1024..=65535u16).map(move |sport| ([203, 0, 113, host], sport)))
+        .find(|&(client, sport)| first_nat_port(client, sport, VIP4) == port)
+        .expect("some client flow hashes to the port");
+    let other_addr = Ipv4Addr::from(other.0).to_string();
+    run(
+        "ip",
+        &[
+            "-n",
+            &net.ns,
+            "neigh",
+            "add",
+            &other_addr,
+            "lladdr",
+            "02:00:00:00:00:08",
+            "dev",
+            &net.dev,
+            "nud",
+            "permanent",
+        ],
+    );
+    net.run(|ifindex| {
+        stay_on_this_cpu();
+        let mut lb = Lb::open("natevict", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 24, LbMode::Nat, ID_A4);
+        let pin = lb.dp.pin_dir().join("maps").join("fr_lb_nat");
+        let mut nat: aya::maps::HashMap<_, LbFlow, LbNatEntry> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(pin).unwrap()))
+                .unwrap();
+        let ack = tcp4(CLIENT4, 40000, VIP4, 80, false, b"data");
+        let reply_to = |port: u16| tcp4(BACKEND_A4, 8080, NODE4, port, false, b"HTTP/1.0 200 OK\r\n\r\n");
+        let client_of = |out: &TestRunOutput| {
+            assert_eq!(out.retval, XDP_TX, "a translated reply");
+            assert_checksums_valid(&out.data);
+            (out.data[30..34].to_vec(), u16::from_be_bytes([out.data[36], out.data[37]]))
+        };
+        let client_of_port = |nat: &aya::maps::HashMap<_, LbFlow, LbNatEntry>, port: u16| {
+            let e = nat.get(&flow4(BACKEND_A4, 8080, NODE4, port), 0).ok()?;
+            Some((e.client[..4].to_vec(), u16::from_be(e.client_port)))
+        };
+        let ours = Some((CLIENT4.to_vec(), 40000));
+
+        assert_eq!(nat_port_of(&lb, &tcp4(CLIENT4, 40000, VIP4, 80, true, b"")), port, "the test's copy of the hash");
+        // Evicted; the flow's next packet after conntrack's refresh (a second on: the test ages
+        // the entry) claims the port again.
+        nat.remove(&flow4(BACKEND_A4, 8080, NODE4, port)).unwrap();
+        age_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);
+        assert_eq!(nat_port_of(&lb, &ack), port, "conntrack hit, entry evicted: the same port");
+        assert_eq!(client_of_port(&nat, port), ours, "the entry is back");
+        assert_eq!(client_of(&lb.run(&reply_to(port))), (CLIENT4.to_vec(), 40000), "and translates replies");
+        assert_eq!(nat_port_of(&lb, &ack), port, "remembered");
+
+        // Evicted again, and the port claimed by another client's new flow to the same backend
+        // while this flow is remembered: the flow's next packet must not go out from that port.
+        nat.remove(&flow4(BACKEND_A4, 8080, NODE4, port)).unwrap();
+        let syn = tcp4(other.0, other.1, VIP4, 80, true, b"");
+        assert_eq!(nat_port_of(&lb, &syn), port, "the port, free, goes to the other client");
+        let moved = nat_port_of(&lb, &ack);
+        assert_ne!(moved, port, "the flow left the other client's port");
+        assert!((10000..10000 + 22768).contains(&moved), "an SNAT port: {moved}");
+        assert_eq!(client_of_port(&nat, moved), ours, "the new port's entry is the flow's");
+        assert_eq!(client_of_port(&nat, port), Some((other.0.to_vec(), other.1)), "the old one still the other's");
+        for what in ["conntrack hit on the new port", "remembered"] {
+            assert_eq!(nat_port_of(&lb, &ack), moved, "{what}");
+        }
+        assert_eq!(client_of(&lb.run(&reply_to(moved))), (CLIENT4.to_vec(), 40000));
+        assert_eq!(client_of(&lb.run(&reply_to(port))), (other.0.to_vec(), other.1));
     });
 }
 

@@ -556,7 +556,7 @@ struct lb_fc_slot {
 	__u32 gen;
 	__u8 mode; /* FR_LB_MODE_* of the service when confirmed, or LB_FC_MODE_NAT_REPLY */
 	__u8 pad[3];
-	__u32 epoch; /* LB_FC_MODE_NAT_REPLY: the SNAT port's lb_nat_epoch before the NAT lookup */
+	__u32 epoch; /* NAT, either way: the SNAT port's lb_nat_epoch before the NAT table was read */
 	/* How the flow's last packet was sent (lb_fib's `sent` set): new endpoints (NAT: the SNAT
 	 * port is fwd.sport), the backend (fwd.backend_id) and the next hop. The next packet goes the
 	 * same way while the next hop is fresh (fwd.nh.expires_ns, the route lookup's own lifetime),
@@ -587,7 +587,11 @@ _Static_assert(sizeof(struct fr_lb_flow) == 40, "flows are compared as five 64-b
  * while a slot still holds the old translation. Every claim attempt of an SNAT port first moves
  * that port's epoch on; a slot keeps the epoch read before its NAT lookup and answers only while
  * the epoch is still that: a slot filled from the old entry is then never used for the new one.
- * Private (not pinned): after a restart both lb_fc and the epochs start empty.
+ * A NAT flow's forward slots keep it the same way (read before the full path checked that the
+ * port's entry is still the flow's), so that once the port is another client's, the flow's next
+ * packet takes the full path, which moves it to another port instead of sending it into that
+ * client's connection. Private (not pinned): after a restart both lb_fc and the epochs start
+ * empty.
  */
 #define LB_FC_MODE_NAT_REPLY 0x80
 
@@ -1446,19 +1450,31 @@ static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct
 	return lb_rewrite_body(ctx, p, to);
 }
 
+/* Whether NAT entry `old` translates replies back to the client flow `ne` describes. */
+static __always_inline int lb_nat_is(const struct fr_lb_nat_entry *old, const struct fr_lb_nat_entry *ne,
+				     __u8 family)
+{
+	return old->client_port == ne->client_port && old->vip_port == ne->vip_port &&
+	       lb_addr_eq_family(old->client, ne->client, family) && lb_addr_eq_family(old->vip, ne->vip, family);
+}
+
 /*
- * Chooses the SNAT port of a new NAT flow from its hash and claims the reverse entry
- * (backend → node:port). A taken port is probed a few times; the same client flow finding its
- * own entry (conntrack evicted first) re-uses it. Returns the port, or 0 when none is free.
+ * The SNAT port of a NAT flow (service and backend in `p`), with its reverse entry (backend →
+ * node:port) naming this client flow. `have`: the port conntrack holds for the flow (0: a new flow). It stays while its entry
+ * is still the flow's (a lookup, nothing written); an entry the LRU evicted is claimed again for
+ * the same port. Otherwise (a new flow, or the port gone to another client after the eviction)
+ * a port is chosen from the flow's hash, probing a taken one a few times; the same client flow
+ * finding its own entry (conntrack evicted first) re-uses it. Returns the port, or 0 when none
+ * is free.
  */
 static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, const struct fr_lb_backend *be,
-							const struct fr_lb_config *cfg, __u32 bid, __u32 sid)
+							const struct fr_lb_config *cfg, __be16 have)
 {
 	struct lb_scratch *s = lb_scratch();
-	__u32 h = lb_hash_flow(&p->flow, LB_SEED_NAT);
 	__u8 family = p->flow.family;
-	struct fr_lb_nat_entry *ne;
+	struct fr_lb_nat_entry *ne, *old;
 	struct fr_lb_flow *rk;
+	__u32 h;
 
 	if (!s)
 		return 0;
@@ -1476,15 +1492,25 @@ static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, con
 	__builtin_memcpy(ne->vip, p->flow.dst, 16);
 	ne->client_port = p->flow.sport;
 	ne->vip_port = p->flow.dport;
-	ne->service_id = sid;
-	ne->backend_id = bid;
+	ne->service_id = p->service_id;
+	ne->backend_id = p->backend_id;
+	if (have) {
+		rk->dport = have;
+		old = bpf_map_lookup_elem(&fr_lb_nat, rk);
+		if (old && lb_nat_is(old, ne, family))
+			return have;
+	}
+	h = lb_hash_flow(&p->flow, LB_SEED_NAT);
 
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
-		struct fr_lb_nat_entry *old;
 		__u32 *epoch;
 
-		rk->dport = bpf_htons(FR_LB_NAT_PORT_MIN + (h + i * 7919u) % FR_LB_NAT_PORT_COUNT);
+		/* A port conntrack still holds is tried first: free again, it is the flow's again. */
+		if (i == 0 && have)
+			rk->dport = have;
+		else
+			rk->dport = bpf_htons(FR_LB_NAT_PORT_MIN + (h + i * 7919u) % FR_LB_NAT_PORT_COUNT);
 		/* Before the entry can exist: replies remembered from an earlier entry of this port
 		 * are not used once it may name another client (lb_nat_epoch). */
 		epoch = lb_nat_epoch_of(rk->dport);
@@ -1493,8 +1519,7 @@ static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, con
 		if (bpf_map_update_elem(&fr_lb_nat, rk, ne, BPF_NOEXIST) == 0)
 			return rk->dport;
 		old = bpf_map_lookup_elem(&fr_lb_nat, rk);
-		if (old && old->client_port == ne->client_port && old->vip_port == ne->vip_port &&
-		    lb_addr_eq_family(old->client, ne->client, family) && lb_addr_eq_family(old->vip, ne->vip, family))
+		if (old && lb_nat_is(old, ne, family))
 			return rk->dport;
 	}
 	return 0;
@@ -1583,7 +1608,8 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	__u32 zero = 0, bid = 0;
 	const struct lb_fwd *sent;
 	__be16 nat_port = 0;
-	int remember = 0, rc;
+	int remember = 0, stale = 0, rc;
+	__u32 seen = 0, *epoch;
 	__u64 now;
 
 	p->service_id = sid;
@@ -1614,9 +1640,45 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 			nat_port = ct->nat_port;
 			p->backend_id = bid;
 			/* Refresh rarely: a write per packet would bounce the line between CPUs. */
-			if (now - ct->last_seen_ns > LB_REFRESH_NS)
+			if (now - ct->last_seen_ns > LB_REFRESH_NS) {
 				ct->last_seen_ns = now;
+				stale = 1;
+			}
 			remember = p->frag == LB_FRAG_NONE && p->fc;
+		}
+	}
+	if (ct && mode == FR_LB_MODE_NAT && lb_have_node_addr(cfg, p->flow.family)) {
+		/*
+		 * The SNAT port's reverse entry lives in another LRU map, which may evict it while
+		 * conntrack keeps the flow: replies would find no translation, and the port could be
+		 * claimed for another client, whose connection to the same backend this flow's packets
+		 * would then join. So the entry is looked up again (lb_nat_claim: claimed again when
+		 * gone, another port when taken) once a second, with conntrack's refresh, and whenever
+		 * the port's epoch (see lb_nat_epoch: every claim attempt of the port moves it on) is
+		 * no longer the one conntrack last checked it under. A remembered packet checks the
+		 * epoch read here before the lookup.
+		 */
+		__be16 port;
+
+		epoch = lb_nat_epoch_of(nat_port);
+		if (epoch)
+			seen = *epoch;
+		if (!epoch || stale || ct->nat_epoch != (__u16)seen) {
+			port = lb_nat_claim(p, be, cfg, nat_port);
+			if (port == 0)
+				return lb_drop(p, FR_LB_DROP_NAT_PORTS);
+			epoch = lb_nat_epoch_of(port);
+			if (!epoch || port != nat_port || *epoch != seen) {
+				/* Claimed again, or moved to another port (for the backend, a new
+				 * connection): remembered from the next packet on. */
+				seen = epoch ? *epoch : 0;
+				remember = 0;
+			}
+			if (ct->nat_port != port)
+				ct->nat_port = port;
+			if (ct->nat_epoch != (__u16)seen)
+				ct->nat_epoch = (__u16)seen;
+			nat_port = port;
 		}
 	}
 	if (!ct) {
@@ -1633,9 +1695,12 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 				return lb_drop(p, FR_LB_DROP_NAT_FAMILY);
 			if (!lb_have_node_addr(cfg, p->flow.family))
 				return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
-			nat_port = lb_nat_claim(p, be, cfg, bid, sid);
+			nat_port = lb_nat_claim(p, be, cfg, 0);
 			if (nat_port == 0)
 				return lb_drop(p, FR_LB_DROP_NAT_PORTS);
+			epoch = lb_nat_epoch_of(nat_port);
+			if (epoch)
+				entry->nat_epoch = (__u16)*epoch;
 		}
 		entry->created_ns = now;
 		entry->last_seen_ns = now;
@@ -1663,7 +1728,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 	rc = lb_to_backend(ctx, p, be, cfg, mode, nat_port, &sent);
 	/* A confirmed flow sent on (not answered "too big", not passed) is remembered with how. */
 	if (remember && sent)
-		lb_fc_fill(p, sid, mode, sent, now, 0);
+		lb_fc_fill(p, sid, mode, sent, now, seen);
 	return rc;
 }
 
@@ -2216,6 +2281,13 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_scratch *s, __u
 	bid = slot->fwd.backend_id;
 	sid = slot->service_id;
 	mode = slot->mode;
+	/* NAT: unless the SNAT port was claimed again since the slot's fill (lb_nat_epoch). */
+	if (mode == FR_LB_MODE_NAT) {
+		__u32 *epoch = lb_nat_epoch_of(slot->fwd.sport);
+
+		if (!epoch || *epoch != slot->epoch)
+			return LB_CONTINUE;
+	}
 	p->service_id = sid;
 	p->backend_id = bid;
 	if (lb_fc_ready(p, slot, ingress, now)) {
