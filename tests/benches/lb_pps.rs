@@ -266,9 +266,16 @@ impl Lab {
         } else {
             None
         };
-        // Resolved neighbours both ways: XDP forwards only to neighbours the kernel knows.
+        // Resolved neighbours both ways: XDP forwards only to neighbours the kernel knows. Made
+        // permanent: a flood keeps the backend's veth ring full, which drops the kernel's ARP
+        // probes of a stale entry as well, and a neighbour that fails so stops the next turn
+        // (seen once: the node's entry for the backend FAILED after an nftables turn).
         net::ping(&node, SOURCE.parse()?, 1)?;
         net::ping(&node, BACKEND.parse()?, 1)?;
+        for (addr, dev, owner, owner_dev) in [(SOURCE, "lb0", &source, "up0"), (BACKEND, "be0", &backend, "up0")] {
+            let lladdr = mac(owner, owner_dev)?.map(|b| format!("{b:02x}")).join(":");
+            node.run("ip", ["neigh", "replace", addr, "lladdr", &lladdr, "dev", dev, "nud", "permanent"])?;
+        }
         let (dst_mac, src_mac) = (mac(&node, "lb0")?, mac(&source, "up0")?);
         let frames = (0..flows).map(|i| udp_frame(dst_mac, src_mac, FIRST_SOURCE_PORT + i)).collect();
         // The sink: native XDP on the backend's up0 counts and drops the datagrams before any skb
