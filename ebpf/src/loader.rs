@@ -34,6 +34,8 @@ const IFACE_STATS_MAP: &str = "fr_iface_stats";
 const IFACE_STATS_ARR_MAP: &str = "fr_iface_stats_arr";
 /// The program's private flow cache, sized here: `abi::LB_FC_SLOTS` per possible CPU.
 const FLOW_CACHE: &str = "lb_fc";
+/// The datapath's global that offsets the SNAT ports' epochs, set to a random value per load.
+const NAT_EPOCH_BASE: &str = "lb_nat_epoch_base";
 /// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 /// Where the kernel and every tool expect bpffs.
@@ -271,9 +273,13 @@ impl Datapath {
         let fc_slots = cpus.checked_mul(abi::LB_FC_SLOTS).ok_or_else(|| {
             EbpfError::syscall("sizing the flow cache", std::io::Error::other(format!("{cpus} CPUs")))
         })?;
+        // A new base for the SNAT ports' epochs with every load (lb.h: lb_nat_epoch_base): the
+        // epochs restart from 0, while conntrack keeps values stored under the previous load.
+        let epoch_base = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), cpus) as u32;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .map_max_entries(FLOW_CACHE, fc_slots)
+            .override_global(NAT_EPOCH_BASE, &epoch_base, true)
             .load(objects::XDP_LB)
             .map_err(|e| EbpfError::load(XDP_OBJECT, e))?;
         let xdp = xdp_program_mut(&mut ebpf)?;

@@ -1995,7 +1995,9 @@ fn remembered_nat_replies_end_when_their_snat_port_is_claimed_again() {
 /// the flow, the flow's first packet after conntrack's once-a-second refresh claims the same port
 /// again, so its replies are translated again. When the port is claimed for another client, the
 /// flow's next packet moves it to another port instead of joining that client's connection to
-/// the backend, also when the flow was being sent from the flow cache.
+/// the backend, also when the flow was being sent from the flow cache; a port found taken is
+/// left alone (the flow that has it stays remembered). Without node address, a conntrack hit is
+/// dropped like a new flow, not sent from 0.0.0.0.
 #[test]
 fn a_nat_flow_whose_reply_entry_was_evicted_claims_its_port_again_or_moves_off_a_taken_one() {
     if !ferrule_tests::privileged() {
@@ -2055,7 +2057,7 @@ fn a_nat_flow_whose_reply_entry_was_evicted_claims_its_port_again_or_moves_off_a
         assert_eq!(nat_port_of(&lb, &ack), port, "conntrack hit, entry evicted: the same port");
         assert_eq!(client_of_port(&nat, port), ours, "the entry is back");
         assert_eq!(client_of(&lb.run(&reply_to(port))), (CLIENT4.to_vec(), 40000), "and translates replies");
-        assert_eq!(nat_port_of(&lb, &ack), port, "remembered");
+        assert_eq!(nat_port_of(&lb, &ack), port, "conntrack hit, remembered from here");
 
         // Evicted again, and the port claimed by another client's new flow to the same backend
         // while this flow is remembered: the flow's next packet must not go out from that port.
@@ -2067,11 +2069,31 @@ fn a_nat_flow_whose_reply_entry_was_evicted_claims_its_port_again_or_moves_off_a
         assert!((10000..10000 + 22768).contains(&moved), "an SNAT port: {moved}");
         assert_eq!(client_of_port(&nat, moved), ours, "the new port's entry is the flow's");
         assert_eq!(client_of_port(&nat, port), Some((other.0.to_vec(), other.1)), "the old one still the other's");
-        for what in ["conntrack hit on the new port", "remembered"] {
+        for what in ["conntrack hit on the new port, remembered from here", "from memory"] {
             assert_eq!(nat_port_of(&lb, &ack), moved, "{what}");
         }
         assert_eq!(client_of(&lb.run(&reply_to(moved))), (CLIENT4.to_vec(), 40000));
         assert_eq!(client_of(&lb.run(&reply_to(port))), (other.0.to_vec(), other.1));
+
+        // A third client's new flow whose first port is the flow's takes another: a taken port's
+        // epoch stays, so the flow is still sent from memory (its conntrack entry deleted behind
+        // LbMaps' back: no new flow is made).
+        let third = (1..=250u8)
+            .filter(|&host| host != CLIENT4[3] && host != other.0[3])
+            .flat_map(|host| (1024..=65535u16).map(move |sport| ([203, 0, 113, host], sport)))
+            .find(|&(client, sport)| first_nat_port(client, sport, VIP4) == moved)
+            .expect("some client flow hashes to the port");
+        assert_ne!(nat_port_of(&lb, &tcp4(third.0, third.1, VIP4, 80, true, b"")), moved);
+        let before = lb.dp.lb().service_counters(24).unwrap().new_flows;
+        forget_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);
+        assert_eq!(nat_port_of(&lb, &ack), moved, "still from memory");
+        assert_eq!(lb.dp.lb().service_counters(24).unwrap().new_flows, before, "from memory: no new flow");
+
+        // Without node addresses (a new generation: nothing from memory), the other client's
+        // conntrack hit is dropped and counted, as its new flow would be.
+        lb.dp.lb().set_node_addresses(None, None).unwrap();
+        assert_eq!(lb.run(&tcp4(other.0, other.1, VIP4, 80, false, b"data")).retval, XDP_DROP);
+        assert_eq!(lb.dp.lb().service_counters(24).unwrap().drops.no_node_address, 1);
     });
 }
 

@@ -602,11 +602,25 @@ struct {
 	__type(value, __u32);
 } lb_nat_epoch SEC(".maps");
 
+/*
+ * Added to every epoch as read: a random base the loader sets for each load. The epochs start
+ * from 0 with every load of the program, while conntrack (pinned) keeps what it stored under the
+ * previous one; with the base, an old value matches a new one only by a 1-in-65,536 chance (16
+ * bits are kept there), which the check once a second covers.
+ */
+volatile const __u32 lb_nat_epoch_base = 0;
+
 static __always_inline __u32 *lb_nat_epoch_of(__be16 port)
 {
 	__u32 i = (__u16)(bpf_ntohs(port) - FR_LB_NAT_PORT_MIN);
 
 	return bpf_map_lookup_elem(&lb_nat_epoch, &i);
+}
+
+/* The epoch `e` points to (lb_nat_epoch_of), as remembered and compared. */
+static __always_inline __u32 lb_nat_epoch_val(const __u32 *e)
+{
+	return *e + lb_nat_epoch_base;
 }
 
 /* A cheap mix of the flow (three multiplies; jhash of the whole key is what the slot saves). A
@@ -1460,15 +1474,16 @@ static __always_inline int lb_nat_is(const struct fr_lb_nat_entry *old, const st
 
 /*
  * The SNAT port of a NAT flow (service and backend in `p`), with its reverse entry (backend →
- * node:port) naming this client flow. `have`: the port conntrack holds for the flow (0: a new flow). It stays while its entry
- * is still the flow's (a lookup, nothing written); an entry the LRU evicted is claimed again for
- * the same port. Otherwise (a new flow, or the port gone to another client after the eviction)
- * a port is chosen from the flow's hash, probing a taken one a few times; the same client flow
- * finding its own entry (conntrack evicted first) re-uses it. Returns the port, or 0 when none
- * is free.
+ * node:port) naming this client flow. `have`: the port conntrack holds for the flow (0: a new
+ * flow), tried first: kept while its entry is still the flow's (a lookup, nothing written), and
+ * claimed again when the LRU evicted the entry. Otherwise (a new flow, or the port gone to another
+ * client) a port is chosen from the flow's hash, trying a few; the same client flow finding its
+ * own entry (conntrack evicted first) re-uses it. Returns the port, or 0 when none is free, and in
+ * `*seen` the port's epoch (lb_nat_epoch_val) as read before the lookup or insert that showed the
+ * port to be the flow's: a claim of the port after that moves the epoch past it.
  */
 static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, const struct fr_lb_backend *be,
-							const struct fr_lb_config *cfg, __be16 have)
+							const struct fr_lb_config *cfg, __be16 have, __u32 *seen)
 {
 	struct lb_scratch *s = lb_scratch();
 	__u8 family = p->flow.family;
@@ -1494,33 +1509,40 @@ static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, con
 	ne->vip_port = p->flow.dport;
 	ne->service_id = p->service_id;
 	ne->backend_id = p->backend_id;
-	if (have) {
-		rk->dport = have;
-		old = bpf_map_lookup_elem(&fr_lb_nat, rk);
-		if (old && lb_nat_is(old, ne, family))
-			return have;
-	}
+	*seen = 0;
 	h = lb_hash_flow(&p->flow, LB_SEED_NAT);
 
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
-		__u32 *epoch;
+		__u32 *epoch, v = 0;
 
-		/* A port conntrack still holds is tried first: free again, it is the flow's again. */
 		if (i == 0 && have)
 			rk->dport = have;
 		else
 			rk->dport = bpf_htons(FR_LB_NAT_PORT_MIN + (h + i * 7919u) % FR_LB_NAT_PORT_COUNT);
-		/* Before the entry can exist: replies remembered from an earlier entry of this port
-		 * are not used once it may name another client (lb_nat_epoch). */
 		epoch = lb_nat_epoch_of(rk->dport);
 		if (epoch)
-			__sync_fetch_and_add(epoch, 1);
-		if (bpf_map_update_elem(&fr_lb_nat, rk, ne, BPF_NOEXIST) == 0)
-			return rk->dport;
+			v = lb_nat_epoch_val(epoch);
 		old = bpf_map_lookup_elem(&fr_lb_nat, rk);
-		if (old && lb_nat_is(old, ne, family))
+		if (!old) {
+			/* Free. The epoch moves on before the entry can exist, so that nothing
+			 * remembered under the port's earlier entry is used once it names this client
+			 * (lb_nat_epoch); only a free port's: a taken one's stays, and so do the slots
+			 * of the flow that has it. */
+			if (epoch) {
+				__sync_fetch_and_add(epoch, 1);
+				v = lb_nat_epoch_val(epoch);
+			}
+			if (bpf_map_update_elem(&fr_lb_nat, rk, ne, BPF_NOEXIST) == 0) {
+				*seen = v;
+				return rk->dport;
+			}
+			old = bpf_map_lookup_elem(&fr_lb_nat, rk); /* another CPU's, since the lookup */
+		}
+		if (old && lb_nat_is(old, ne, family)) {
+			*seen = v;
 			return rk->dport;
+		}
 	}
 	return 0;
 }
@@ -1647,7 +1669,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 			remember = p->frag == LB_FRAG_NONE && p->fc;
 		}
 	}
-	if (ct && mode == FR_LB_MODE_NAT && lb_have_node_addr(cfg, p->flow.family)) {
+	if (ct && mode == FR_LB_MODE_NAT) {
 		/*
 		 * The SNAT port's reverse entry lives in another LRU map, which may evict it while
 		 * conntrack keeps the flow: replies would find no translation, and the port could be
@@ -1658,22 +1680,26 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		 * no longer the one conntrack last checked it under. A remembered packet checks the
 		 * epoch read here before the lookup.
 		 */
+		__u32 checked;
+
+		if (!lb_have_node_addr(cfg, p->flow.family))
+			return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
 		__be16 port;
 
 		epoch = lb_nat_epoch_of(nat_port);
 		if (epoch)
-			seen = *epoch;
+			seen = lb_nat_epoch_val(epoch);
 		if (!epoch || stale || ct->nat_epoch != (__u16)seen) {
-			port = lb_nat_claim(p, be, cfg, nat_port);
+			port = lb_nat_claim(p, be, cfg, nat_port, &checked);
 			if (port == 0)
 				return lb_drop(p, FR_LB_DROP_NAT_PORTS);
-			epoch = lb_nat_epoch_of(port);
-			if (!epoch || port != nat_port || *epoch != seen) {
+			if (!epoch || port != nat_port || checked != seen) {
 				/* Claimed again, or moved to another port (for the backend, a new
-				 * connection): remembered from the next packet on. */
-				seen = epoch ? *epoch : 0;
+				 * connection), or the epoch moved meanwhile: remembered from the next
+				 * packet on. */
 				remember = 0;
 			}
+			seen = checked;
 			if (ct->nat_port != port)
 				ct->nat_port = port;
 			if (ct->nat_epoch != (__u16)seen)
@@ -1695,12 +1721,10 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 				return lb_drop(p, FR_LB_DROP_NAT_FAMILY);
 			if (!lb_have_node_addr(cfg, p->flow.family))
 				return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
-			nat_port = lb_nat_claim(p, be, cfg, 0);
+			nat_port = lb_nat_claim(p, be, cfg, 0, &seen);
 			if (nat_port == 0)
 				return lb_drop(p, FR_LB_DROP_NAT_PORTS);
-			epoch = lb_nat_epoch_of(nat_port);
-			if (epoch)
-				entry->nat_epoch = (__u16)*epoch;
+			entry->nat_epoch = (__u16)seen;
 		}
 		entry->created_ns = now;
 		entry->last_seen_ns = now;
@@ -1856,7 +1880,7 @@ static __attribute__((noinline)) int lb_nat_reply(struct xdp_md *ctx, struct lb_
 	 * it on, so a slot filled below from an entry gone since is never used. */
 	epoch = lb_nat_epoch_of(p->flow.dport);
 	if (epoch)
-		seen = *epoch;
+		seen = lb_nat_epoch_val(epoch);
 	/* p->fc: lb_fast probed already (the address shares a VIP's bit). While the cache is off
 	 * (p->fc 0) such a rare packet is counted against the bypass twice, which only shortens it. */
 	if (!p->fc)
@@ -2285,7 +2309,7 @@ static __always_inline int lb_fast(struct xdp_md *ctx, struct lb_scratch *s, __u
 	if (mode == FR_LB_MODE_NAT) {
 		__u32 *epoch = lb_nat_epoch_of(slot->fwd.sport);
 
-		if (!epoch || *epoch != slot->epoch)
+		if (!epoch || lb_nat_epoch_val(epoch) != slot->epoch)
 			return LB_CONTINUE;
 	}
 	p->service_id = sid;
