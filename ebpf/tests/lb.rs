@@ -1893,6 +1893,22 @@ fn age_flow_unannounced(lb: &Lb, client: [u8; 4], sport: u16, vip: [u8; 4], port
     ct.insert(flow, entry, 0).unwrap();
 }
 
+/// A client flow (address 203.0.113.<host>, a host not in `avoid`, and port) to VIP4:80 whose
+/// first SNAT port is `port` (a bounded search over the claim's hash), given a neighbour entry in
+/// `net` so that its replies are forwarded rather than passed.
+fn client_hashing_to(net: &LbNet, port: u16, avoid: &[u8]) -> ([u8; 4], u16) {
+    let found = (1..=250u8)
+        .filter(|host| !avoid.contains(host))
+        .flat_map(|host| (1024..=65535u16).map(move |sport| ([203, 0, 113, host], sport)))
+        .find(|&(client, sport)| first_nat_port(client, sport, VIP4) == port)
+        .expect("some client flow hashes to the port");
+    let addr = Ipv4Addr::from(found.0).to_string();
+    let args =
+        ["-n", &net.ns, "neigh", "replace", &addr, "lladdr", "02:00:00:00:00:08", "dev", &net.dev, "nud", "permanent"];
+    run("ip", &args);
+    found
+}
+
 /// The IPv4 TCP flow `src`:`sport` → `dst`:`dport` as the datapath keys it.
 fn flow4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> LbFlow {
     let (mut s16, mut d16) = ([0u8; 16], [0u8; 16]);
@@ -1933,31 +1949,8 @@ fn remembered_nat_replies_end_when_their_snat_port_is_claimed_again() {
         return;
     }
     let net = LbNet::new("nr");
-    // Another client whose first SNAT port is the first client's (found with the hash; bounded
-    // search), with a neighbour entry so that its replies are forwarded rather than passed.
     let port = first_nat_port(CLIENT4, 40000, VIP4);
-    let other = (1..=250u8)
-        .filter(|&host| host != CLIENT4[3])
-        .flat_map(|host| (1024..=65535u16).map(move |sport| ([203, 0, 113, host], sport)))
-        .find(|&(client, sport)| first_nat_port(client, sport, VIP4) == port)
-        .expect("some client flow hashes to the port");
-    let other_addr = Ipv4Addr::from(other.0).to_string();
-    run(
-        "ip",
-        &[
-            "-n",
-            &net.ns,
-            "neigh",
-            "add",
-            &other_addr,
-            "lladdr",
-            "02:00:00:00:00:08",
-            "dev",
-            &net.dev,
-            "nud",
-            "permanent",
-        ],
-    );
+    let other = client_hashing_to(&net, port, &[CLIENT4[3]]);
     net.run(|ifindex| {
         stay_on_this_cpu();
         let mut lb = Lb::open("natreply", ifindex);
@@ -2004,30 +1997,8 @@ fn a_nat_flow_whose_reply_entry_was_evicted_claims_its_port_again_or_moves_off_a
         return;
     }
     let net = LbNet::new("ne");
-    // Another client whose first SNAT port is the first client's (bounded search over the hash).
     let port = first_nat_port(CLIENT4, 40000, VIP4);
-    let other = (1..=250u8)
-        .filter(|&host| host != CLIENT4[3])
-        .flat_map(|host| (1024..=65535u16).map(move |sport| ([203, 0, 113, host], sport)))
-        .find(|&(client, sport)| first_nat_port(client, sport, VIP4) == port)
-        .expect("some client flow hashes to the port");
-    let other_addr = Ipv4Addr::from(other.0).to_string();
-    run(
-        "ip",
-        &[
-            "-n",
-            &net.ns,
-            "neigh",
-            "add",
-            &other_addr,
-            "lladdr",
-            "02:00:00:00:00:08",
-            "dev",
-            &net.dev,
-            "nud",
-            "permanent",
-        ],
-    );
+    let other = client_hashing_to(&net, port, &[CLIENT4[3]]);
     net.run(|ifindex| {
         stay_on_this_cpu();
         let mut lb = Lb::open("natevict", ifindex);
@@ -2078,11 +2049,7 @@ fn a_nat_flow_whose_reply_entry_was_evicted_claims_its_port_again_or_moves_off_a
         // A third client's new flow whose first port is the flow's takes another: a taken port's
         // epoch stays, so the flow is still sent from memory (its conntrack entry deleted behind
         // LbMaps' back: no new flow is made).
-        let third = (1..=250u8)
-            .filter(|&host| host != CLIENT4[3] && host != other.0[3])
-            .flat_map(|host| (1024..=65535u16).map(move |sport| ([203, 0, 113, host], sport)))
-            .find(|&(client, sport)| first_nat_port(client, sport, VIP4) == moved)
-            .expect("some client flow hashes to the port");
+        let third = client_hashing_to(&net, moved, &[CLIENT4[3], other.0[3]]);
         assert_ne!(nat_port_of(&lb, &tcp4(third.0, third.1, VIP4, 80, true, b"")), moved);
         let before = lb.dp.lb().service_counters(24).unwrap().new_flows;
         forget_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);
