@@ -18,7 +18,7 @@ use etherparse::{
     IpNumber, Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, PacketBuilder, SlicedPacket, TransportSlice,
 };
 use ferrule_ebpf::{
-    abi::{LbBackend, LbCountersRaw, LbCtEntry, LbFlow, LbNatEntry, FAMILY_IPV4, LB_TRAFFIC_ARR_SIZE},
+    abi::{LbBackend, LbCountersRaw, LbCtEntry, LbFlow, LbNatEntry, FAMILY_IPV4, FAMILY_IPV6, LB_TRAFFIC_ARR_SIZE},
     test_run_skb, test_run_xdp, BackendEntry, Datapath, Decap, EbpfError, L4Proto, LbMode, ServiceKey, ServiceUpsert,
     TestRunOutput, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
 };
@@ -1885,9 +1885,8 @@ fn ct_map(lb: &Lb) -> aya::maps::HashMap<aya::maps::MapData, LbFlow, LbCtEntry> 
 
 /// Makes the conntrack entry of an IPv4 TCP flow look a second old (due for its refresh), behind
 /// LbMaps' back (no new generation).
-fn age_flow_unannounced(lb: &Lb, client: [u8; 4], sport: u16, vip: [u8; 4], port: u16) {
+fn age_flow_unannounced(lb: &Lb, flow: LbFlow) {
     let mut ct = ct_map(lb);
-    let flow = flow4(client, sport, vip, port);
     let mut entry = ct.get(&flow, 0).unwrap();
     entry.last_seen_ns = entry.last_seen_ns.saturating_sub(2_000_000_000);
     ct.insert(flow, entry, 0).unwrap();
@@ -1907,6 +1906,11 @@ fn client_hashing_to(net: &LbNet, port: u16, avoid: &[u8]) -> ([u8; 4], u16) {
         ["-n", &net.ns, "neigh", "replace", &addr, "lladdr", "02:00:00:00:00:08", "dev", &net.dev, "nud", "permanent"];
     run("ip", &args);
     found
+}
+
+/// The IPv6 TCP flow `src`:`sport` → `dst`:`dport` as the datapath keys it.
+fn flow6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> LbFlow {
+    LbFlow { src, dst, sport: sport.to_be(), dport: dport.to_be(), proto: 6, family: FAMILY_IPV6, pad: 0 }
 }
 
 /// The IPv4 TCP flow `src`:`sport` → `dst`:`dport` as the datapath keys it.
@@ -1989,8 +1993,8 @@ fn remembered_nat_replies_end_when_their_snat_port_is_claimed_again() {
 /// again, so its replies are translated again. When the port is claimed for another client, the
 /// flow's next packet moves it to another port instead of joining that client's connection to
 /// the backend, also when the flow was being sent from the flow cache; a port found taken is
-/// left alone (the flow that has it stays remembered). Without node address, a conntrack hit is
-/// dropped like a new flow, not sent from 0.0.0.0.
+/// left alone (the flow that has it stays remembered). IPv6 claims an evicted entry again too.
+/// Without node address, a conntrack hit is dropped like a new flow, not sent from 0.0.0.0.
 #[test]
 fn a_nat_flow_whose_reply_entry_was_evicted_claims_its_port_again_or_moves_off_a_taken_one() {
     if !ferrule_tests::privileged() {
@@ -2024,7 +2028,7 @@ fn a_nat_flow_whose_reply_entry_was_evicted_claims_its_port_again_or_moves_off_a
         // Evicted; the flow's next packet after conntrack's refresh (a second on: the test ages
         // the entry) claims the port again.
         nat.remove(&flow4(BACKEND_A4, 8080, NODE4, port)).unwrap();
-        age_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);
+        age_flow_unannounced(&lb, flow4(CLIENT4, 40000, VIP4, 80));
         assert_eq!(nat_port_of(&lb, &ack), port, "conntrack hit, entry evicted: the same port");
         assert_eq!(client_of_port(&nat, port), ours, "the entry is back");
         assert_eq!(client_of(&lb.run(&reply_to(port))), (CLIENT4.to_vec(), 40000), "and translates replies");
@@ -2055,6 +2059,15 @@ fn a_nat_flow_whose_reply_entry_was_evicted_claims_its_port_again_or_moves_off_a
         forget_flow_unannounced(&lb, CLIENT4, 40000, VIP4, 80);
         assert_eq!(nat_port_of(&lb, &ack), moved, "still from memory");
         assert_eq!(lb.dp.lb().service_counters(24).unwrap().new_flows, before, "from memory: no new flow");
+
+        // IPv6 the same way: evicted, and claimed again after conntrack's refresh.
+        lb.service(ip6(VIP6), 80, L4Proto::Tcp, 27, LbMode::Nat, ID_A6);
+        let port6 = nat_port_of(&lb, &tcp6(CLIENT6, 40000, VIP6, 80, true, b""));
+        nat.remove(&flow6(BACKEND_A6, 8080, NODE6, port6)).unwrap();
+        age_flow_unannounced(&lb, flow6(CLIENT6, 40000, VIP6, 80));
+        assert_eq!(nat_port_of(&lb, &tcp6(CLIENT6, 40000, VIP6, 80, false, b"data")), port6, "IPv6: the same port");
+        let entry = nat.get(&flow6(BACKEND_A6, 8080, NODE6, port6), 0).expect("IPv6: the entry is back");
+        assert_eq!((entry.client, u16::from_be(entry.client_port)), (CLIENT6, 40000));
 
         // Without node addresses (a new generation: nothing from memory), the other client's
         // conntrack hit is dropped and counted, as its new flow would be.
