@@ -1842,6 +1842,46 @@ fn nat_packets_too_big_for_the_backend_route_are_answered_with_icmp_too_big() {
     });
 }
 
+/// The reply direction of NAT: a backend's reply longer than the route to the client allows is
+/// answered to the backend (from the node's address, which it sent to) with ICMP "too big",
+/// quoting the reply as the backend sent it, so that its path MTU discovery hears of it; the
+/// route to the client is given MTU 1400 here. What fits is translated as usual.
+#[test]
+fn nat_replies_too_big_for_the_client_route_are_answered_to_the_backend() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("rt");
+    for (dst, family) in [("203.0.113.7/32", "-4"), ("2001:db8:7::7/128", "-6")] {
+        run("ip", &["-n", &net.ns, family, "route", "add", dst, "dev", &net.dev, "mtu", "lock", "1400"]);
+    }
+    net.run(|ifindex| {
+        stay_on_this_cpu();
+        let mut lb = Lb::open("natreplybig", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 95, LbMode::Nat, ID_A4);
+        lb.service(ip6(VIP6), 80, L4Proto::Tcp, 96, LbMode::Nat, ID_A6);
+        let port4 = nat_port_of(&lb, &tcp4(CLIENT4, 40000, VIP4, 80, true, b""));
+        let port6 = nat_port_of(&lb, &tcp6(CLIENT6, 40000, VIP6, 80, true, b""));
+
+        let big4 = tcp4(BACKEND_A4, 8080, NODE4, port4, false, &[0x5a; 1460]);
+        let expected = icmp4_error(BACK, NODE4, BACKEND_A4, (3, 4, [0, 0, 0x05, 0x78]), &quote_of(&big4, 20));
+        let out = lb.run(&big4);
+        assert_tx(&out, &expected, "NAT reply, IPv4, too big");
+        assert_icmp_checksums_valid(&out.data);
+        let big6 = tcp6(BACKEND_A6, 8080, NODE6, port6, false, &[0x5a; 1440]);
+        let expected = icmp6_error(BACK, NODE6, BACKEND_A6, (2, 0, 1400u32.to_be_bytes()), &quote_of(&big6, 40));
+        assert_tx(&lb.run(&big6), &expected, "NAT reply, IPv6, too big");
+
+        let fits = tcp4(BACKEND_A4, 8080, NODE4, port4, false, &[0x5a; 1360]);
+        let out = lb.run(&fits);
+        let (dst, dport) = (&out.data[30..34], u16::from_be_bytes([out.data[36], out.data[37]]));
+        assert_eq!((out.retval, dst, dport), (XDP_TX, &CLIENT4[..], 40000), "1400 bytes: translated");
+        assert_checksums_valid(&out.data);
+        let events = lb.dp.lb().events().unwrap();
+        assert_eq!((events.too_big, events.mtu_pass, events.nat_reply), (2, 0, 1));
+    });
+}
+
 /// IPv6 hosts may not be told an MTU below 1280. With the route to backend A6 at 1300, IP6IP6
 /// leaves 1260: a 1400-byte packet is answered with 1280 (its source can shrink to that), but a
 /// packet of 1280 bytes or less cannot be made to fit by telling its source anything, and an

@@ -1903,11 +1903,19 @@ static __attribute__((noinline)) int lb_nat_reply(struct xdp_md *ctx, struct lb_
 	f->l3_len = p->l3_len;
 	f->family = p->flow.family;
 	f->vlan = p->vlan;
+	f->too_big = 1;
 	lb_nat_deltas(p, f);
+	/* The route first, while the packet is still the backend's: one longer than the route to the
+	 * client allows is answered to the backend with ICMP "too big" quoting it as it was sent
+	 * (translated and passed, the stack's answer would go to the VIP: the backend's path MTU
+	 * discovery would never hear of it). The MACs and a redirect lb_fib sets up stand through
+	 * the rewrite. */
+	rc = lb_fib(ctx, f);
+	if (rc == LB_TOO_BIG)
+		return lb_too_big(ctx, p, 0);
 	if (lb_rewrite(ctx, p, f))
 		return lb_pass_event(FR_LB_EV_MALFORMED);
 	lb_event(FR_LB_EV_NAT_REPLY);
-	rc = lb_fib(ctx, f);
 	if (p->fc && epoch && f->sent)
 		lb_fc_fill(p, sid, LB_FC_MODE_NAT_REPLY, f, lb_clock(s), seen);
 	return rc;
