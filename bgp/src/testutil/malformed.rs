@@ -76,6 +76,22 @@ fn mp_reach_v6(flags: u8, nh_len: u8, nlri: &[u8]) -> Vec<u8> {
 
 const V6_NLRI: &[u8] = &[48, 0x20, 0x01, 0x0d, 0xb8, 0, 1];
 
+/// MP_REACH_NLRI for IPv6 unicast with next hop `nh` (16 or 32 bytes) and NLRI 2001:db8:1::/48.
+fn mp_reach_v6_via(nh: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 2, 1, nh.len() as u8];
+    v.extend_from_slice(nh);
+    v.push(0);
+    v.extend_from_slice(V6_NLRI);
+    let mut a = vec![0x80, 14, v.len() as u8];
+    a.extend_from_slice(&v);
+    a
+}
+
+/// The 16 bytes of an IPv6 address.
+fn v6(a: &str) -> [u8; 16] {
+    a.parse::<std::net::Ipv6Addr>().expect("an IPv6 address").octets()
+}
+
 pub fn cases() -> Vec<Case> {
     use Expected::*;
     let e = ebgp4();
@@ -130,6 +146,31 @@ pub fn cases() -> Vec<Case> {
         c(
             "next_hop length 5",
             update_bytes(&[], &[ORIGIN, AS_PATH4, &[0x40, 3, 5, 192, 0, 2, 1, 0]], NLRI),
+            e,
+            TreatAsWithdraw(attr_type::NEXT_HOP),
+        ),
+        // RFC 4271 6.3 / RFC 7606 7.3: a NEXT_HOP that is not a unicast host address.
+        c(
+            "next_hop 0.0.0.0",
+            update_bytes(&[], &[ORIGIN, AS_PATH4, &[0x40, 3, 4, 0, 0, 0, 0]], NLRI),
+            e,
+            TreatAsWithdraw(attr_type::NEXT_HOP),
+        ),
+        c(
+            "next_hop loopback (speakers on one host)",
+            update_bytes(&[], &[ORIGIN, AS_PATH4, &[0x40, 3, 4, 127, 0, 0, 1]], NLRI),
+            e,
+            Accept,
+        ),
+        c(
+            "next_hop multicast",
+            update_bytes(&[], &[ORIGIN, AS_PATH4, &[0x40, 3, 4, 224, 0, 0, 5]], NLRI),
+            e,
+            TreatAsWithdraw(attr_type::NEXT_HOP),
+        ),
+        c(
+            "next_hop limited broadcast",
+            update_bytes(&[], &[ORIGIN, AS_PATH4, &[0x40, 3, 4, 255, 255, 255, 255]], NLRI),
             e,
             TreatAsWithdraw(attr_type::NEXT_HOP),
         ),
@@ -270,6 +311,30 @@ pub fn cases() -> Vec<Case> {
             update_bytes(&[], &[ORIGIN, AS_PATH4, &mp_reach_v6(0xc0, 16, V6_NLRI)], &[]),
             e,
             TreatAsWithdraw(attr_type::MP_REACH_NLRI),
+        ),
+        c(
+            "mp_reach ipv6 next hop multicast",
+            update_bytes(&[], &[ORIGIN, AS_PATH4, &mp_reach_v6_via(&v6("ff02::1"))], &[]),
+            e,
+            TreatAsWithdraw(attr_type::MP_REACH_NLRI),
+        ),
+        c(
+            "mp_reach ipv6 next hop loopback (speakers on one host)",
+            update_bytes(&[], &[ORIGIN, AS_PATH4, &mp_reach_v6_via(&v6("::1"))], &[]),
+            e,
+            Accept,
+        ),
+        c(
+            "mp_reach ipv6 next hop unspecified",
+            update_bytes(&[], &[ORIGIN, AS_PATH4, &mp_reach_v6_via(&v6("::"))], &[]),
+            e,
+            TreatAsWithdraw(attr_type::MP_REACH_NLRI),
+        ),
+        c(
+            "mp_reach ipv6 next hop unspecified beside a link-local one (unnumbered)",
+            update_bytes(&[], &[ORIGIN, AS_PATH4, &mp_reach_v6_via(&[v6("::"), v6("fe80::1")].concat())], &[]),
+            e,
+            Accept,
         ),
         c(
             "well-formed mp_reach ipv6 with link-local",

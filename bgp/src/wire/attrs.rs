@@ -331,9 +331,23 @@ pub(crate) fn decode_u32(v: &[u8], what: &'static str) -> ValueResult<u32> {
     Ok(u32::from_be_bytes(b))
 }
 
+/// Whether `a` can be a next hop: a unicast host address. RFC 4271 6.3 calls a NEXT_HOP that is
+/// not a valid IP host address syntactically incorrect (RFC 7606 7.3: treat-as-withdraw): 0/8
+/// ("this network"), 224/4 (multicast) and 240/4 (reserved, the limited broadcast among them)
+/// are not; installed, 0.0.0.0 would even make the route on-link. Loopback addresses are left
+/// to the peer: a session between speakers on one host runs over them and names them.
+pub(crate) fn is_host_v4(a: Ipv4Addr) -> bool {
+    let first = a.octets()[0];
+    first != 0 && first < 224
+}
+
 pub(crate) fn decode_next_hop(v: &[u8]) -> ValueResult<Ipv4Addr> {
     let b: [u8; 4] = v.try_into().map_err(|_| "NEXT_HOP length is not 4")?;
-    Ok(Ipv4Addr::from(b))
+    let a = Ipv4Addr::from(b);
+    if !is_host_v4(a) {
+        return Err("NEXT_HOP is not a unicast host address");
+    }
+    Ok(a)
 }
 
 pub(crate) fn decode_aggregator(v: &[u8], four_octet: bool) -> ValueResult<Aggregator> {

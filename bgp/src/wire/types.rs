@@ -306,6 +306,28 @@ impl NextHop {
     }
 
     /// Parses the next-hop field of MP_REACH_NLRI by its length (4, 16 or 32 octets).
+    /// Why an MP_REACH_NLRI next hop cannot be one (the same rule as NEXT_HOP's, see
+    /// `attrs::is_host_v4`; for IPv6: no multicast address in either field, and
+    /// some address: an unspecified global one only beside a link-local one, as unnumbered
+    /// sessions send), or `None` when it can.
+    pub(crate) fn unusable(&self) -> Option<&'static str> {
+        match *self {
+            NextHop::V4(a) if !super::attrs::is_host_v4(a) => {
+                Some("MP_REACH_NLRI next hop is not a unicast host address")
+            }
+            NextHop::V4(_) => None,
+            NextHop::V6 { global, link_local } => {
+                if global.is_multicast() || link_local.is_some_and(|l| l.is_multicast()) {
+                    Some("MP_REACH_NLRI next hop is a multicast address")
+                } else if global.is_unspecified() && link_local.is_none_or(|l| l.is_unspecified()) {
+                    Some("MP_REACH_NLRI next hop has no address")
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
     pub(crate) fn decode(b: &[u8]) -> Option<NextHop> {
         match b.len() {
             4 => Some(NextHop::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),

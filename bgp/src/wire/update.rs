@@ -424,7 +424,15 @@ pub(crate) fn decode_update<'a>(body: &'a [u8], opts: &DecodeOptions) -> Result<
                 }
             }
             type_code::MP_REACH_NLRI => match decode_mp_reach(v, opts) {
-                Ok(Some(m)) => u.mp_reach = Some(m),
+                // A next hop that is no address to send to: the NLRI could be located, so
+                // treat-as-withdraw (RFC 7606 7.3's rule for NEXT_HOP, and section 2's default).
+                Ok(Some(m)) => {
+                    let unusable = m.next_hop.unusable();
+                    u.mp_reach = Some(m);
+                    if let Some(r) = unusable {
+                        fault(&mut u, code, Taw, r);
+                    }
+                }
                 Ok(None) => {
                     fault(&mut u, code, Discard, "MP_REACH_NLRI for an address family this speaker does not support")
                 }
