@@ -247,6 +247,23 @@ fn end_of_rib_is_recognised_for_both_families() {
     assert_eq!(u.end_of_rib(), Some(Family::Ipv6Unicast));
 }
 
+/// Attributes disregarded without a fault (LOCAL_PREF from an external peer, an unknown optional
+/// non-transitive one) leave nothing in the decoded attributes, but a message that carried them
+/// is no End-of-RIB marker (RFC 4724 2): a graceful-restart helper would sweep the peer's stale
+/// routes on it.
+#[test]
+fn an_update_carrying_only_disregarded_attributes_is_no_end_of_rib() {
+    let ebgp = DecodeOptions { ebgp: true, ..DecodeOptions::default() };
+    for attr in [&[0x40u8, 5, 4, 0, 0, 0, 100][..], &[0x80, 0x63, 1, 0]] {
+        let mut body = vec![0, 0, 0, attr.len() as u8];
+        body.extend_from_slice(attr);
+        let bytes = msg(19 + body.len() as u16, 2, &body);
+        let Message::Update(u) = decode(&bytes, &ebgp) else { panic!() };
+        assert!(u.faults.is_empty() && u.attributes == PathAttributes::default(), "{attr:?}: disregarded");
+        assert_eq!(u.end_of_rib(), None, "{attr:?}");
+    }
+}
+
 #[test]
 fn two_octet_session_merges_as4_path_and_as4_aggregator() {
     #[rustfmt::skip]

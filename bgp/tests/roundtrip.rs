@@ -156,6 +156,7 @@ fn random_updates_round_trip_through_encode_message() {
             mp_unreach: None,
             nlri: Prefixes::List(&v4),
             faults: vec![],
+            carried_attributes: true,
         };
         let mut out = Vec::new();
         encode_message(

@@ -183,6 +183,13 @@ pub fn cases() -> Vec<Case> {
             TreatAsWithdraw(attr_type::LOCAL_PREF),
         ),
         c("local_pref length 3 from ebgp is ignored", with(&[0x40, 5, 3, 0, 0, 100]), e, Accept),
+        c("local_pref with optional flag from ebgp is ignored", with(&[0x80, 5, 4, 0, 0, 0, 100]), e, Accept),
+        c(
+            "local_pref with optional flag from ibgp",
+            with(&[0x80, 5, 4, 0, 0, 0, 100]),
+            ibgp,
+            TreatAsWithdraw(attr_type::LOCAL_PREF),
+        ),
         c("atomic_aggregate length 1", with(&[0x40, 6, 1, 0]), e, AttributeDiscard(attr_type::ATOMIC_AGGREGATE)),
         c(
             "aggregator length 6 on a 4-octet session",

@@ -148,6 +148,11 @@ pub struct Update<'a> {
     pub nlri: Prefixes<'a>,
     /// Problems handled by attribute-discard or treat-as-withdraw; empty for a clean message.
     pub faults: Vec<AttributeFault>,
+    /// Whether the message carried path attributes other than MP_UNREACH_NLRI, also ones
+    /// disregarded without a fault (LOCAL_PREF from an external peer, unknown optional
+    /// non-transitive ones), which leave no trace in `attributes`: such a message is no
+    /// End-of-RIB marker.
+    pub carried_attributes: bool,
 }
 
 impl Default for Update<'_> {
@@ -159,6 +164,7 @@ impl Default for Update<'_> {
             mp_unreach: None,
             nlri: Prefixes::EMPTY,
             faults: Vec::new(),
+            carried_attributes: false,
         }
     }
 }
@@ -211,7 +217,7 @@ impl<'a> Update<'a> {
         if !self.withdrawn.is_empty() || !self.nlri.is_empty() || self.mp_reach.is_some() {
             return None;
         }
-        if self.attributes != PathAttributes::default() || !self.faults.is_empty() {
+        if self.attributes != PathAttributes::default() || !self.faults.is_empty() || self.carried_attributes {
             return None;
         }
         match self.mp_unreach {
@@ -313,6 +319,9 @@ pub(crate) fn decode_update<'a>(body: &'a [u8], opts: &DecodeOptions) -> Result<
         };
         let v = &whole[hdr..];
         rest = &rest[hdr + len..];
+        if code != type_code::MP_UNREACH_NLRI {
+            u.carried_attributes = true;
+        }
 
         // RFC 7606 3(g): a repeated MP_* attribute resets the session; other repeats are
         // discarded, keeping the first.
@@ -324,6 +333,11 @@ pub(crate) fn decode_update<'a>(body: &'a [u8], opts: &DecodeOptions) -> Result<
             continue;
         }
 
+        // RFC 7606 7.5: from an external peer LOCAL_PREF is disregarded whatever it contains,
+        // its flags included.
+        if code == type_code::LOCAL_PREF && opts.ebgp {
+            continue;
+        }
         let Some(expected) = attrs::expected_flags(code) else {
             if fl & flags::OPTIONAL == 0 {
                 // RFC 4271 6.3, unchanged by RFC 7606.
@@ -369,9 +383,8 @@ pub(crate) fn decode_update<'a>(body: &'a [u8], opts: &DecodeOptions) -> Result<
                 Ok(m) => a.med = Some(m),
                 Err(r) => fault(&mut u, code, Taw, r),
             },
-            // RFC 7606 7.5: from an external peer the attribute is disregarded whatever it
-            // contains; from an internal one a bad length is treat-as-withdraw.
-            type_code::LOCAL_PREF if opts.ebgp => {}
+            // RFC 7606 7.5: from an internal peer a bad length is treat-as-withdraw (from an
+            // external one the attribute was disregarded above).
             type_code::LOCAL_PREF => match attrs::decode_u32(v, "LOCAL_PREF length is not 4") {
                 Ok(lp) => a.local_pref = Some(lp),
                 Err(r) => fault(&mut u, code, Taw, r),
