@@ -138,6 +138,26 @@ pub fn cases() -> Vec<Case> {
             TreatAsWithdraw(attr_type::AS_PATH),
         ),
         c(
+            "as_path with a confederation segment from ebgp",
+            update_bytes(
+                &[],
+                &[ORIGIN, &[0x40, 2, 12, 3, 1, 0, 0, 0xfd, 0xe9, 2, 1, 0, 0, 0xfd, 0xe8], NEXT_HOP],
+                NLRI,
+            ),
+            e,
+            TreatAsWithdraw(attr_type::AS_PATH),
+        ),
+        c(
+            "as_path with a confederation segment from ibgp",
+            update_bytes(
+                &[],
+                &[ORIGIN, &[0x40, 2, 12, 3, 1, 0, 0, 0xfd, 0xe9, 2, 1, 0, 0, 0xfd, 0xe8], NEXT_HOP],
+                NLRI,
+            ),
+            ibgp,
+            Accept,
+        ),
+        c(
             "as_path contains AS 0",
             update_bytes(&[], &[ORIGIN, &[0x40, 2, 6, 2, 1, 0, 0, 0, 0], NEXT_HOP], NLRI),
             e,

@@ -372,6 +372,13 @@ pub(crate) fn decode_update<'a>(body: &'a [u8], opts: &DecodeOptions) -> Result<
                 Err(r) => fault(&mut u, code, Taw, r),
             },
             type_code::AS_PATH => match attrs::decode_as_path(v, opts.four_octet_asn) {
+                // RFC 5065 5: confederation segments from a peer outside the confederation (an
+                // external one; this speaker is in none) make the AS_PATH malformed, and RFC
+                // 7606 7.2 makes that treat-as-withdraw (they would also shorten the path that
+                // best-path selection counts).
+                Ok(p) if opts.ebgp && p.segments.iter().any(|s| s.kind.is_confed()) => {
+                    fault(&mut u, code, Taw, "AS_PATH from an external peer has confederation segments")
+                }
                 Ok(p) => a.as_path = Some(p),
                 Err(r) => fault(&mut u, code, Taw, r),
             },
