@@ -305,7 +305,6 @@ impl NextHop {
         }
     }
 
-    /// Parses the next-hop field of MP_REACH_NLRI by its length (4, 16 or 32 octets).
     /// Why an MP_REACH_NLRI next hop cannot be one (the same rule as NEXT_HOP's, see
     /// `attrs::is_host_v4`; for IPv6: no multicast address in either field, and
     /// some address: an unspecified global one only beside a link-local one, as unnumbered
@@ -328,6 +327,7 @@ impl NextHop {
         }
     }
 
+    /// Parses the next-hop field of MP_REACH_NLRI by its length (4, 16 or 32 octets).
     pub(crate) fn decode(b: &[u8]) -> Option<NextHop> {
         match b.len() {
             4 => Some(NextHop::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),

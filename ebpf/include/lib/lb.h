@@ -1681,11 +1681,10 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		 * epoch read here before the lookup.
 		 */
 		__u32 checked;
+		__be16 port;
 
 		if (!lb_have_node_addr(cfg, p->flow.family))
 			return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
-		__be16 port;
-
 		epoch = lb_nat_epoch_of(nat_port);
 		if (epoch)
 			seen = lb_nat_epoch_val(epoch);
