@@ -211,7 +211,8 @@ pub enum ImportAction {
     Med(u32),
 }
 
-/// What to do when a peer sends more accepted prefixes than `limit`.
+/// What to do when a peer sends more accepted prefixes of one address family than `limit` (each
+/// family negotiated with the peer is counted against the limit on its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaxPrefix {
     pub limit: u32,

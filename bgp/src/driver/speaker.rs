@@ -917,6 +917,9 @@ impl SpeakerTask {
                 if outcome.treat_as_withdraw {
                     warn!(%peer, faults = ?update.faults, "malformed UPDATE handled as withdraw (RFC 7606)");
                 }
+                if outcome.ignored > 0 {
+                    warn!(%peer, prefixes = outcome.ignored, "UPDATE for an address family the session did not negotiate: ignored");
+                }
                 if let Some(event) = outcome.max_prefix {
                     warn!(%peer, "{event}");
                     if event.action == MaxPrefixAction::Teardown {

@@ -168,7 +168,7 @@ impl PolicyRule {
     }
 }
 
-/// What to do when a peer's accepted prefixes exceed `limit`.
+/// What to do when a peer's accepted prefixes of one address family exceed `limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MaxPrefixAction {
     /// Report once when crossing the limit (again after falling back under it); keep the

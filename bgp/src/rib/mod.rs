@@ -139,7 +139,8 @@ pub struct MaxPrefixEvent {
     /// Family of the prefix that crossed the limit.
     pub family: Family,
     pub limit: u32,
-    /// Accepted prefixes (all families) including the one that crossed the limit.
+    /// Accepted prefixes of `family` including the one that crossed the limit (the limit
+    /// applies to each family on its own).
     pub accepted: usize,
     pub action: MaxPrefixAction,
 }
@@ -160,7 +161,7 @@ impl fmt::Display for MaxPrefixEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "peer {} has {} accepted prefixes (the last in {}), over its max_prefix limit of {}; ",
+            "peer {} has {} accepted {} prefixes, over its max_prefix limit of {} per family; ",
             self.addr, self.accepted, self.family, self.limit
         )?;
         f.write_str(match self.action {
@@ -178,6 +179,8 @@ pub struct UpdateOutcome {
     pub changes: Vec<RouteChange>,
     /// The UPDATE was the End-of-RIB marker of this family (RFC 4724 2).
     pub end_of_rib: Option<Family>,
+    /// Prefixes of a family the session did not negotiate, ignored.
+    pub ignored: u64,
     /// Set when this UPDATE crossed the peer's prefix limit.
     pub max_prefix: Option<MaxPrefixEvent>,
     /// The codec decided treat-as-withdraw (RFC 7606): every prefix it carried was withdrawn.
@@ -268,8 +271,16 @@ struct PeerState {
     export: ExportPolicy,
     interner: Interner,
     counters: PeerCounters,
-    /// A Warn event was reported and the count has not fallen back under the limit since.
-    warned: bool,
+    /// Families the session negotiated: NLRI of any other family are ignored (as FRR and BIRD
+    /// do; RFC 4760 leaves it open), so a peer cannot put routes of a family it was not agreed
+    /// to carry into the RIB, past import rules written for the families configured.
+    families: [bool; 2],
+    /// Prefixes in the Adj-RIB-In by family ([`family_index`]): the max-prefix limit applies to
+    /// each family on its own, as the NOTIFICATION names one AFI/SAFI (RFC 4486 4).
+    accepted: [usize; 2],
+    /// A Warn event was reported for the family and its count has not fallen back under the
+    /// limit since.
+    warned: [bool; 2],
     /// Teardown limit crossed: refuse every announcement until the next `peer_up`.
     tripped: bool,
     out: export::AdjRibOut,
@@ -517,14 +528,20 @@ impl Rib {
             export: ExportPolicy::default(),
             interner: Interner::default(),
             counters: PeerCounters::default(),
-            warned: false,
+            families: [false; 2],
+            accepted: [0; 2],
+            warned: [false; 2],
             tripped: false,
             out: export::AdjRibOut::default(),
         });
         state.up = true;
         state.import = import;
         state.export = export;
-        state.warned = false;
+        state.families = [false; 2];
+        for family in &session.families {
+            state.families[family_index(*family)] = true;
+        }
+        state.warned = [false; 2];
         state.tripped = false;
         state.out = export::AdjRibOut::new(session);
         state.counters.sent = 0;
@@ -556,9 +573,14 @@ impl Rib {
         state.counters.treat_as_withdraw += u64::from(out.treat_as_withdraw);
 
         for prefix in update.withdrawals() {
+            if !state.families[family_index(prefix.family())] {
+                state.counters.ignored += 1;
+                out.ignored += 1;
+                continue;
+            }
             state.counters.withdrawn += 1;
             let r = tables.apply(prefix, Op::Remove(source), &ctx);
-            account(state, &r);
+            account(state, prefix.family(), &r);
             out.changes.extend(r.change);
         }
         if out.treat_as_withdraw {
@@ -566,9 +588,15 @@ impl Rib {
         }
 
         let as_loop = info.ebgp && update.attributes.as_path.as_ref().is_some_and(|p| p.contains(config.local_asn));
-        let classic = (update.nlri, update.attributes.next_hop.map(NextHop::V4));
-        let mp = update.mp_reach.map(|m| (m.nlri, Some(m.next_hop)));
-        for (nlri, next_hop) in [Some(classic), mp].into_iter().flatten() {
+        let classic = (Family::Ipv4Unicast, update.nlri, update.attributes.next_hop.map(NextHop::V4));
+        let mp = update.mp_reach.map(|m| (m.family, m.nlri, Some(m.next_hop)));
+        for (family, nlri, next_hop) in [Some(classic), mp].into_iter().flatten() {
+            if !state.families[family_index(family)] {
+                let n = nlri.iter().count() as u64;
+                state.counters.ignored += n;
+                out.ignored += n;
+                continue;
+            }
             let field = Field { nlri, next_hop, update, as_loop, since };
             announce(state, &info, field, tables, &ctx, &mut out);
         }
@@ -586,6 +614,7 @@ impl Rib {
         state.up = false;
         state.out = export::AdjRibOut::default();
         state.counters.accepted = 0;
+        state.accepted = [0; 2];
         state.counters.stale = 0;
         state.counters.sent = 0;
         state.interner = Interner::default();
@@ -632,9 +661,18 @@ impl Rib {
             Some(f) => std::slice::from_ref(f),
             None => &ALL_FAMILIES,
         };
-        let n = tables.remove_where(Source::Peer(peer), families, |p| p.is(STALE), &ctx, &mut changes);
-        state.counters.stale -= n;
-        state.counters.accepted -= n;
+        for family in families {
+            let n = tables.remove_where(
+                Source::Peer(peer),
+                std::slice::from_ref(family),
+                |p| p.is(STALE),
+                &ctx,
+                &mut changes,
+            );
+            state.counters.stale -= n;
+            state.counters.accepted -= n;
+            state.accepted[family_index(*family)] -= n;
+        }
         Ok(changes)
     }
 
@@ -681,21 +719,32 @@ impl Rib {
     }
 }
 
-/// Keeps the peer's counters in step with one table operation.
-fn account(state: &mut PeerState, r: &OpResult) {
+/// Index of `family` in the per-family arrays of [`PeerState`].
+fn family_index(family: Family) -> usize {
+    match family {
+        Family::Ipv4Unicast => 0,
+        Family::Ipv6Unicast => 1,
+    }
+}
+
+/// Keeps the peer's counters in step with one table operation on a prefix of `family`.
+fn account(state: &mut PeerState, family: Family, r: &OpResult) {
     let c = &mut state.counters;
+    let i = family_index(family);
     if r.inserted {
         c.accepted += 1;
+        state.accepted[i] += 1;
     }
     if r.removed {
         c.accepted -= 1;
+        state.accepted[i] -= 1;
     }
     if r.was_stale {
         c.stale -= 1;
     }
     if let Some(limit) = state.import.max_prefix.map(|m| m.limit) {
-        if c.accepted <= limit as usize {
-            state.warned = false;
+        if state.accepted[i] <= limit as usize {
+            state.warned[i] = false;
         }
     }
 }
@@ -722,7 +771,7 @@ fn announce(
     let source = Source::Peer(info.id);
     let apply = |tables: &mut Tables, state: &mut PeerState, prefix: Prefix, op: Op, out: &mut UpdateOutcome| {
         let r = tables.apply(prefix, op, ctx);
-        account(state, &r);
+        account(state, prefix.family(), &r);
         out.changes.extend(r.change);
     };
     // Built on the first accepted prefix: a fully rejected UPDATE allocates nothing.
@@ -774,14 +823,15 @@ fn announce(
         };
         if let Some(max) = state.import.max_prefix {
             // Only a new prefix can cross the limit, and the lookup happens only near it.
-            let at_limit = state.counters.accepted >= max.limit as usize;
-            if at_limit && !state.warned && tables.get(&prefix).and_then(|s| s.find(source)).is_none() {
+            let i = family_index(prefix.family());
+            let at_limit = state.accepted[i] >= max.limit as usize;
+            if at_limit && !state.warned[i] && tables.get(&prefix).and_then(|s| s.find(source)).is_none() {
                 let event = MaxPrefixEvent {
                     peer: info.id,
                     addr: info.addr,
                     family: prefix.family(),
                     limit: max.limit,
-                    accepted: state.counters.accepted + 1,
+                    accepted: state.accepted[i] + 1,
                     action: max.action,
                 };
                 out.max_prefix = Some(event);
@@ -791,7 +841,7 @@ fn announce(
                         reject(tables, state, out);
                         continue;
                     }
-                    MaxPrefixAction::Warn => state.warned = true,
+                    MaxPrefixAction::Warn => state.warned[i] = true,
                 }
             }
         }

@@ -49,6 +49,8 @@ pub struct PeerCounters {
     pub rejected: u64,
     /// UPDATEs handled as treat-as-withdraw (RFC 7606).
     pub treat_as_withdraw: u64,
+    /// Prefixes announced or withdrawn in a family the session did not negotiate, ignored.
+    pub ignored: u64,
     /// Prefixes in the peer's Adj-RIB-In now.
     pub accepted: usize,
     /// Of those, still stale after a graceful restart.

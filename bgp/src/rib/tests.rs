@@ -685,6 +685,79 @@ fn max_prefix_teardown_refuses_the_excess_and_builds_the_cease_data() {
     assert_eq!(e6.notification().data, vec![0, 2, 1, 0, 0x01, 0x86, 0xa0]);
 }
 
+#[test]
+fn max_prefix_counts_each_family_against_the_limit_on_its_own() {
+    let mut rib = rib();
+    let t = Instant::now();
+    let a = peer(1, 65001, true);
+    let import = ImportPolicy {
+        max_prefix: Some(MaxPrefix { limit: 2, action: MaxPrefixAction::Teardown }),
+        ..ImportPolicy::accept_all()
+    };
+    rib.peer_up(a, import, ExportPolicy::default(), session_v4());
+    announce(&mut rib, &a, &["192.0.2.0/24", "198.51.100.0/24"], path(&[65001]), t);
+    // Two IPv6 prefixes beside two IPv4 ones: each family is at its limit, none over it.
+    let v6 = [p("2001:db8:1::/48"), p("2001:db8:2::/48"), p("2001:db8:3::/48")];
+    let hop = NextHop::V6 { global: "2001:db8::1".parse().unwrap(), link_local: None };
+    fn mp<'a>(nlri: &'a [Prefix], next_hop: NextHop) -> Update<'a> {
+        Update {
+            attributes: path(&[65001]),
+            mp_reach: Some(MpReach { family: Family::Ipv6Unicast, next_hop, nlri: Prefixes::List(nlri) }),
+            ..Update::default()
+        }
+    }
+    let out = rib.apply_update(a.id, &mp(&v6[..2], hop), t).unwrap();
+    assert_eq!((out.max_prefix, out.changes.len()), (None, 2));
+    assert_eq!(rib.peer(a.id).unwrap().counters.accepted, 4, "the summary still counts both families");
+    // The third IPv6 prefix crosses the IPv6 limit, and the event names that family's count.
+    let out = rib.apply_update(a.id, &mp(&v6[2..], hop), t).unwrap();
+    let event = out.max_prefix.expect("IPv6 over its limit");
+    assert_eq!((event.family, event.accepted), (Family::Ipv6Unicast, 3));
+    assert_eq!(event.notification().data, vec![0, 2, 1, 0, 0, 0, 2]);
+    assert!(event.to_string().contains("3 accepted ipv6-unicast prefixes"), "{event}");
+}
+
+#[test]
+fn nlri_of_a_family_the_session_did_not_negotiate_are_ignored() {
+    let mut rib = rib();
+    let t = Instant::now();
+    let a = peer(1, 65001, true);
+    let v4_only = ExportSession { families: vec![Family::Ipv4Unicast], ..session_v4() };
+    rib.peer_up(a, ImportPolicy::accept_all(), ExportPolicy::default(), v4_only);
+    let v6 = [p("2001:db8:1::/48")];
+    let hop = NextHop::V6 { global: "2001:db8::1".parse().unwrap(), link_local: None };
+    // IPv6 in MP_REACH beside IPv4 in the classic field: only the IPv4 prefix is taken.
+    let v4 = [p(PFX)];
+    let u = Update {
+        attributes: PathAttributes { next_hop: Some(nh(&a)), ..path(&[65001]) },
+        nlri: Prefixes::List(&v4),
+        mp_reach: Some(MpReach { family: Family::Ipv6Unicast, next_hop: hop, nlri: Prefixes::List(&v6) }),
+        ..Update::default()
+    };
+    let out = rib.apply_update(a.id, &u, t).unwrap();
+    assert_eq!((out.changes.len(), out.ignored), (1, 1));
+    assert!(rib.best(&v6[0]).is_none());
+    assert_eq!(best_peer(&rib, PFX), Some(Source::Peer(a.id)));
+    let u = Update {
+        mp_unreach: Some(MpUnreach { family: Family::Ipv6Unicast, withdrawn: Prefixes::List(&v6) }),
+        ..Update::default()
+    };
+    assert_eq!(rib.apply_update(a.id, &u, t).unwrap().ignored, 1);
+    let c = rib.peer(a.id).unwrap().counters;
+    assert_eq!((c.received, c.accepted, c.withdrawn, c.ignored), (1, 1, 0, 2));
+
+    // An IPv6-only session (RFC 8950 peers may negotiate only IPv6): the classic IPv4 fields
+    // are ignored the same way, withdrawals included.
+    let b = peer(2, 65002, true);
+    let v6_only = ExportSession { families: vec![Family::Ipv6Unicast], ..session_v4() };
+    rib.peer_up(b, ImportPolicy::accept_all(), ExportPolicy::default(), v6_only);
+    let out = announce(&mut rib, &b, &["198.51.100.0/24"], path(&[65002]), t);
+    assert_eq!((out.changes.len(), out.ignored), (0, 1));
+    assert!(rib.best(&p("198.51.100.0/24")).is_none());
+    assert_eq!(withdraw(&mut rib, &b, &[PFX], t).ignored, 1);
+    assert_eq!(best_peer(&rib, PFX), Some(Source::Peer(a.id)), "b cannot withdraw a's route anyway");
+}
+
 // ----- export -----
 
 fn export_peer(rib: &mut Rib, info: PeerInfo, session: ExportSession) -> ExportDiff {

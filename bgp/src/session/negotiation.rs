@@ -179,7 +179,8 @@ pub fn negotiate(config: &SessionConfig, local: &Open, peer: &Open) -> Negotiate
     let peer_enh = enh_families(peer);
     let extended_nexthop: Vec<Family> =
         enh_families(local).into_iter().filter(|f| peer_enh.contains(f) && families.contains(f)).collect();
-    let peer_graceful_restart = peer.capabilities.iter().find_map(|c| match c {
+    // RFC 4724 3: of several Graceful Restart capabilities, all but the last are ignored.
+    let peer_graceful_restart = peer.capabilities.iter().rev().find_map(|c| match c {
         Capability::GracefulRestart(gr) => Some(gr.clone()),
         _ => None,
     });
@@ -342,9 +343,13 @@ mod tests {
         };
         let peer = peer_open(vec![Capability::GracefulRestart(gr.clone())]);
         let n = negotiate(&c, &local_open(&c), &peer);
-        assert_eq!(n.peer_graceful_restart, Some(gr));
+        assert_eq!(n.peer_graceful_restart, Some(gr.clone()));
         assert!(!n.graceful_restart, "we did not advertise GR");
         c.graceful_restart = Some(GracefulRestartConfig::default());
         assert!(negotiate(&c, &local_open(&c), &peer).graceful_restart);
+        // RFC 4724 3: of two copies, the last one counts.
+        let last = GracefulRestart { restart_state: false, restart_time: 120, families: vec![], ..gr.clone() };
+        let twice = peer_open(vec![Capability::GracefulRestart(gr), Capability::GracefulRestart(last.clone())]);
+        assert_eq!(negotiate(&c, &local_open(&c), &twice).peer_graceful_restart, Some(last));
     }
 }
