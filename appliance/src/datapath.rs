@@ -525,3 +525,19 @@ impl Datapath for InMemoryDatapath {
         Ok(Attached { uplinks: live(&self.attached), decap: live(&self.decap_attached) })
     }
 }
+
+#[cfg(test)]
+mod limits {
+    /// Config validation bounds what reaches the datapath by its own constants (the config crate
+    /// does not depend on the eBPF one): a config it accepts is one the maps can hold.
+    #[test]
+    fn config_limits_fit_the_datapath() {
+        use ferrule_ebpf::abi;
+        assert!(ferrule_config::MAX_MAGLEV_TABLE_SIZE as usize <= ferrule_ebpf::MAX_TABLE_SIZE);
+        // The largest prime within it, not one far below.
+        assert!(ferrule_ebpf::MAX_TABLE_SIZE - (ferrule_config::MAX_MAGLEV_TABLE_SIZE as usize) < 16);
+        assert_eq!(ferrule_config::MAX_SERVICES, abi::LB_MAX_SERVICES as usize);
+        // Backend ids are 1..LB_MAX_BACKENDS-1, and a reload may need the old and new sets at once.
+        assert!(2 * ferrule_config::MAX_BACKENDS < abi::LB_MAX_BACKENDS as usize);
+    }
+}

@@ -21,6 +21,7 @@ pub use model::{
     ImportRule, Listen, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Password, Peer, PeerOptions, Protocol, Service,
 };
 pub use redact::redact_secrets;
+pub use validate::{MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_SERVICES};
 
 use locate::{FieldPath, Locator};
 use raw::RawModel;

@@ -820,6 +820,44 @@ fn rejects_bad_health_announce_and_table_size() {
     assert!(one_error(&small).message.contains("too small for 1 backends"));
 }
 
+#[test]
+fn table_size_and_backend_count_stay_within_what_the_datapath_holds() {
+    let sized = |n: u32| WEB.replace("mode = \"dsr\"", &format!("mode = \"dsr\"\nmaglev_table_size = {n}"));
+    assert_eq!(ok(&sized(MAX_MAGLEV_TABLE_SIZE)).services[0].maglev_table_size, 1_048_573);
+    // The next prime, 1,048,583, is over the datapath's 2^20 slots.
+    let e = one_error(&sized(1_048_583));
+    assert!(e.message.contains("between 7 and 1048573"), "{e}");
+
+    // 328 services of 100 backends each (their tables 10,007 slots): 32,800 distinct backends.
+    let mut text = String::from("[node]\nname = \"node1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n");
+    for i in 0..328u32 {
+        text.push_str(&format!(
+            "[[services]]\nname = \"s{i}\"\nvip = \"2001:db8:200::{i:x}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\nmaglev_table_size = 10007\nbackends = ["
+        ));
+        for j in 0..100u32 {
+            let n = i * 100 + j;
+            text.push_str(&format!("{{ address = \"2001:db8:300::{:x}:{:x}\", port = 80 }},", n >> 16, n & 0xffff));
+        }
+        text.push_str("]\n");
+    }
+    let e = one_error(&text);
+    assert_eq!(e.path, "services");
+    assert!(e.message.contains("32800 distinct backends") && e.message.contains("32767"), "{e}");
+    // Shared backends count once: the same 100 behind every service are well within it.
+    let shared: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("backends") {
+                "backends = [ { address = \"2001:db8:300::21\", port = 80 } ]".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(ok(&shared).services.len(), 328);
+}
+
 /// Inputs the fuzzer found that made toml_edit 0.24 panic while locating errors (fixed by 0.25).
 #[test]
 fn malformed_documents_found_by_fuzzing_are_rejected_without_panic() {

@@ -2,7 +2,7 @@
 //! The rules live here and only here (the model boundary); the checks are pure functions on
 //! values, and the `Validator` attaches paths and positions. No I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
@@ -559,6 +559,24 @@ impl<'a> Validator<'a> {
             }
             services.push(service);
         }
+        if services.len() > MAX_SERVICES {
+            let message = format!(
+                "{} services, more than the {MAX_SERVICES} the load balancer holds; split them over more nodes",
+                services.len()
+            );
+            self.error(path, message);
+            ok = false;
+        }
+        let backends: HashSet<(IpAddr, u16)> =
+            services.iter().flat_map(|s| s.backends.iter().map(|b| (b.address, b.port))).collect();
+        if backends.len() > MAX_BACKENDS {
+            let message = format!(
+                "{} distinct backends (address and port) over all services, more than the {MAX_BACKENDS} the load balancer holds",
+                backends.len()
+            );
+            self.error(path, message);
+            ok = false;
+        }
         ok.then_some(services)
     }
 
@@ -723,10 +741,23 @@ impl<'a> Validator<'a> {
     }
 }
 
+/// The largest prime table the datapath takes (its tables hold at most 2^20 slots,
+/// `ferrule_ebpf::MAX_TABLE_SIZE`; a test in the appliance ties the two).
+pub const MAX_MAGLEV_TABLE_SIZE: u32 = 1_048_573;
+
+/// Services the datapath holds (`FR_LB_MAX_SERVICES`). The reconciler removes services before
+/// it adds others, so any config within this can replace any other.
+pub const MAX_SERVICES: usize = 131_072;
+
+/// Distinct backends (address and port) over all services. The datapath numbers backends
+/// 1..65,535 (`FR_LB_MAX_BACKENDS`), and a backend leaves only after the tables stop naming it,
+/// so a reload that replaces every backend needs the old and the new at once: half of them each.
+pub const MAX_BACKENDS: usize = 32_767;
+
 /// Maglev needs a prime table size (every backend's permutation then visits every slot), large
 /// against the number of backends so each gets close to its weighted share.
 fn check_maglev_size(n: i64, backends: Option<usize>) -> Result<u32, String> {
-    const MAX: i64 = 16_777_213; // largest prime below 2^24: bounds the per-service map size
+    const MAX: i64 = MAX_MAGLEV_TABLE_SIZE as i64;
     if !(7..=MAX).contains(&n) || !is_prime(n as u64) {
         return Err(format!("maglev_table_size {n} must be a prime between 7 and {MAX}, e.g. 65537 or 655373"));
     }

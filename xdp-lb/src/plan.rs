@@ -19,8 +19,10 @@
 //! only that service's table and move only the slots Maglev has to. A service whose backends are
 //! all drained has an empty table, as one with no healthy backend.
 //!
-//! Order. `UpsertBackend`s first, then `UpsertService`s, `RemoveService`s, and `RemoveBackend`s
-//! last, so a table never references a backend that is not in the backend map.
+//! Order. `RemoveService`s first (their ids are free for the services added in the same pass, so
+//! any set of services up to the datapath's limit can replace any other), then `UpsertBackend`s,
+//! `UpsertService`s, and `RemoveBackend`s last, so a table never references a backend that is not
+//! in the backend map.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -135,7 +137,15 @@ pub fn plan(desired: &[Service], health: &HealthView, observed: &LbState) -> Vec
         }
     }
 
+    // Services no longer wanted go first, so that their ids are free for new ones: any set of
+    // services up to the datapath's limit can replace any other (their tables name backends,
+    // which stay until the end).
     let mut ops = Vec::new();
+    for (key, entry) in &observed.services {
+        if !services.contains_key(key) {
+            ops.push(LbOp::RemoveService { id: entry.id, key: *key });
+        }
+    }
     let mut free_backend_ids = FreeIds::new(observed.backends.keys().copied());
     for addr in &wanted {
         if !backend_ids.contains_key(addr) {
@@ -145,7 +155,8 @@ pub fn plan(desired: &[Service], health: &HealthView, observed: &LbState) -> Vec
         }
     }
 
-    let mut free_service_ids = FreeIds::new(observed.services.values().map(|s| s.id));
+    let mut free_service_ids =
+        FreeIds::new(observed.services.iter().filter(|(key, _)| services.contains_key(key)).map(|(_, s)| s.id));
     let mut adopted_service_ids = BTreeSet::new();
     for (key, service) in &services {
         let current = observed.services.get(key);
@@ -160,11 +171,6 @@ pub fn plan(desired: &[Service], health: &HealthView, observed: &LbState) -> Vec
         }
     }
 
-    for (key, entry) in &observed.services {
-        if !services.contains_key(key) {
-            ops.push(LbOp::RemoveService { id: entry.id, key: *key });
-        }
-    }
     let kept: BTreeSet<u32> = backend_ids.values().copied().collect();
     for &id in observed.backends.keys() {
         if !kept.contains(&id) {
@@ -419,14 +425,14 @@ mod tests {
         let ops = plan(&[web(&["198.51.100.3", "198.51.100.4"])], &health, &state);
 
         let rank = |op: &LbOp| match op {
-            LbOp::UpsertBackend { .. } => 0,
-            LbOp::UpsertService { .. } => 1,
-            LbOp::RemoveService { .. } => 2,
+            LbOp::RemoveService { .. } => 0,
+            LbOp::UpsertBackend { .. } => 1,
+            LbOp::UpsertService { .. } => 2,
             LbOp::RemoveBackend { .. } => 3,
         };
         let ranks: Vec<u8> = ops.iter().map(rank).collect();
         assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{ops:?}");
-        assert_eq!(ranks, [0, 0, 1, 2, 3, 3, 3]);
+        assert_eq!(ranks, [0, 1, 1, 2, 3, 3, 3]);
         assert!(ops.contains(&LbOp::RemoveService { id: 2, key: key_of(&other) }));
         // Applying them one at a time never leaves a table pointing at a missing backend.
         let next = applied(&state, &ops);
@@ -449,16 +455,29 @@ mod tests {
     }
 
     #[test]
-    fn changed_port_is_a_new_service_with_a_new_id() {
+    fn changed_port_is_a_new_service_taking_the_freed_id() {
         let health = HealthView::default();
         let old = svc("192.0.2.10", 80, &["198.51.100.1"]);
         let new = svc("192.0.2.10", 8080, &["198.51.100.1"]);
         let (_, state) = converge(std::slice::from_ref(&old), &health, &LbState::default());
         let (ops, next) = converge(std::slice::from_ref(&new), &health, &state);
-        assert!(matches!(&ops[0], LbOp::UpsertService { id: 2, key, .. } if *key == key_of(&new)), "{ops:?}");
-        assert_eq!(ops[1], LbOp::RemoveService { id: 1, key: key_of(&old) });
+        assert_eq!(ops[0], LbOp::RemoveService { id: 1, key: key_of(&old) });
+        assert!(matches!(&ops[1], LbOp::UpsertService { id: 1, key, .. } if *key == key_of(&new)), "{ops:?}");
         assert_eq!(ops.len(), 2, "the backend stays: {ops:?}");
         assert_eq!(next.services.len(), 1);
+    }
+
+    #[test]
+    fn a_full_replacement_of_services_needs_no_more_ids_than_services() {
+        // Two services replaced by two others: the new ones take the ids 1 and 2 the old ones
+        // leave, so a datapath full of services can be replaced by another full set.
+        let health = HealthView::default();
+        let old = [svc("192.0.2.10", 80, &["198.51.100.1"]), svc("192.0.2.11", 80, &["198.51.100.1"])];
+        let new = [svc("192.0.2.20", 80, &["198.51.100.1"]), svc("192.0.2.21", 80, &["198.51.100.1"])];
+        let (_, state) = converge(&old, &health, &LbState::default());
+        let (_, next) = converge(&new, &health, &state);
+        let ids: BTreeSet<u32> = next.services.values().map(|s| s.id).collect();
+        assert_eq!(ids, BTreeSet::from([1, 2]));
     }
 
     #[test]
