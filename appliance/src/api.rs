@@ -103,6 +103,10 @@ pub struct DatapathStatus {
     /// Why `tc_decap` could not be set up, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decap_error: Option<String>,
+    /// Why the last change of the load balancer's maps failed (retried every pass; the VIPs of
+    /// services not in the maps are not announced meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb_error: Option<String>,
 }
 
 async fn status(State(state): State<AppState>) -> Json<Status> {
@@ -134,6 +138,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
             bgp_error: observed.bgp_error,
             decap: observed.decap,
             decap_error: observed.decap_error,
+            lb_error: observed.lb_error,
         },
     })
 }

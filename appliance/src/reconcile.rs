@@ -22,6 +22,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// How often the loop re-checks even when nothing changed.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Plans and applies per pass, at most: adopting the maps, installing services, announcing them.
+const ROUNDS: usize = 3;
+
 /// What the daemon has observed of the world after its last pass.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Observed {
@@ -85,14 +88,22 @@ pub struct Desired<'a> {
 }
 
 impl Desired<'_> {
-    /// VIPs (as /32 or /128) with a healthy backend, per each service's `announce` rule.
-    pub fn vips(&self) -> std::collections::BTreeSet<IpNet> {
+    /// VIPs (as /32 or /128) with a healthy backend, per each service's `announce` rule, of the
+    /// services the load balancer's maps hold with a table (`installed`; `None`, maps not read:
+    /// none). A VIP is announced only once the datapath can take its traffic, and not while a
+    /// service's install keeps failing: the pass that installs a service announces it in its next
+    /// round ([`pass`]); one removed is withdrawn before its maps entry goes.
+    pub fn vips(&self, installed: Option<&LbState>) -> std::collections::BTreeSet<IpNet> {
+        let Some(lb) = installed else { return Default::default() };
         let local = |addr: std::net::IpAddr| self.connected.iter().any(|net| net.contains(&addr));
-        ferrule_xdp_lb::vips_to_announce(&self.accepted.model.services, self.health, local)
+        let services = self.accepted.model.services.iter().filter(|s| {
+            lb.services.get(&ferrule_xdp_lb::ServiceKey::of(s)).is_some_and(|entry| !entry.table.is_empty())
+        });
+        ferrule_xdp_lb::vips_to_announce(services, self.health, local)
     }
 
-    pub fn speaker_config(&self) -> SpeakerConfig {
-        crate::bgp::speaker_config(&self.accepted.model, &self.vips(), self.links)
+    pub fn speaker_config(&self, installed: Option<&LbState>) -> SpeakerConfig {
+        crate::bgp::speaker_config(&self.accepted.model, &self.vips(installed), self.links)
     }
 }
 
@@ -131,7 +142,7 @@ pub fn plan(desired: &Desired<'_>, observed: &Observed) -> Vec<Op> {
     if !(in_place && observed.applied_generation.is_some()) {
         ops.push(Op::SetUplinks(wanted.clone()));
     }
-    let speaker = desired.speaker_config();
+    let speaker = desired.speaker_config(observed.lb.as_ref());
     if observed.bgp_applied.as_ref() != Some(&speaker) {
         ops.push(Op::ConfigureBgp(Box::new(speaker)));
     }
@@ -263,112 +274,127 @@ async fn pass(
         }
         Err(err) => warn!(error = %format!("{err:#}"), "cannot read which interfaces carry our programs"),
     }
-    for op in plan(want, &observed) {
-        match op {
-            Op::SetUplinks(uplinks) => match datapath.set_uplinks(uplinks).await {
-                Ok(statuses) => {
-                    for status in statuses.iter().filter(|s| !s.attached) {
-                        failed = true;
-                        warn!(uplink = %status.name, error = status.error.as_deref().unwrap_or("not attached"),
-                            "uplink not attached; retrying every {}s", RESYNC_INTERVAL.as_secs());
-                    }
-                    if observed.uplinks != statuses {
-                        info!(uplinks = ?statuses.iter().map(|s| (&s.name, s.attached)).collect::<Vec<_>>(), "uplinks set");
-                    }
-                    observed.uplinks = statuses;
-                }
-                Err(err) => {
-                    failed = true;
-                    warn!(error = %format!("{err:#}"), "datapath unavailable");
-                }
-            },
-            Op::ConfigureBgp(config) => match speaker.set_config((*config).clone()).await {
-                Ok(()) => {
-                    let vips: Vec<String> = want.vips().iter().map(ToString::to_string).collect();
-                    if vips != observed.announced_vips {
-                        info!(?vips, "service VIPs announced");
-                    }
-                    observed.announced_vips = vips;
-                    observed.bgp_generation = Some(desired.generation);
-                    observed.bgp_applied = Some(*config);
-                    observed.bgp_error = None;
-                }
-                Err(err) => {
-                    failed = true;
-                    warn!(error = %err, "BGP configuration not applied; retrying every {}s", RESYNC_INTERVAL.as_secs());
-                    observed.bgp_error = Some(err.to_string());
-                }
-            },
-            Op::AdoptLb => match datapath.lb_state().await {
-                Ok(state) => {
-                    if !state.services.is_empty() {
-                        info!(
-                            services = state.services.len(),
-                            backends = state.backends.len(),
-                            "load balancer state adopted from the pinned maps"
-                        );
-                    }
-                    observed.lb = Some(state);
-                }
-                Err(err) => {
-                    failed = true;
-                    warn!(error = %format!("{err:#}"), "cannot read the load balancer's maps");
-                    observed.lb_error = Some(format!("{err:#}"));
-                }
-            },
-            Op::ApplyLb(ops) => {
-                let result = datapath.apply_lb(ops.clone()).await;
-                // On a failure part of the ops may have landed: read the maps back next pass.
-                match result {
-                    Ok(()) => {
-                        let lb = observed.lb.get_or_insert_with(LbState::default);
-                        for op in &ops {
-                            if let Err(err) = lb.apply(op) {
-                                warn!(?err, "load balancer state out of step; re-reading the maps");
-                                observed.lb = None;
-                                break;
-                            }
+    // Rounds: one that changed what the load balancer's maps hold plans again at once, so that
+    // the VIPs of services it installed are announced in this pass, not at the next event.
+    for _ in 0..ROUNDS {
+        let ops = plan(want, &observed);
+        if ops.is_empty() {
+            break;
+        }
+        let lb_before = observed.lb.clone();
+        for op in ops {
+            match op {
+                Op::SetUplinks(uplinks) => match datapath.set_uplinks(uplinks).await {
+                    Ok(statuses) => {
+                        for status in statuses.iter().filter(|s| !s.attached) {
+                            failed = true;
+                            warn!(uplink = %status.name, error = status.error.as_deref().unwrap_or("not attached"),
+                                "uplink not attached; retrying every {}s", RESYNC_INTERVAL.as_secs());
                         }
-                        info!(ops = ops.len(), "load balancer maps updated");
-                        observed.lb_error = None;
+                        if observed.uplinks != statuses {
+                            info!(uplinks = ?statuses.iter().map(|s| (&s.name, s.attached)).collect::<Vec<_>>(), "uplinks set");
+                        }
+                        observed.uplinks = statuses;
                     }
                     Err(err) => {
                         failed = true;
-                        warn!(error = %format!("{err:#}"), "load balancer maps not updated; retrying");
-                        observed.lb_error = Some(format!("{err:#}"));
-                        observed.lb = None;
+                        warn!(error = %format!("{err:#}"), "datapath unavailable");
                     }
-                }
-            }
-            Op::SetDecap(want) => match datapath.set_decap(want.clone()).await {
-                Ok(status) => {
-                    for i in status.interfaces.iter().filter(|i| !i.attached) {
+                },
+                Op::ConfigureBgp(config) => match speaker.set_config((*config).clone()).await {
+                    Ok(()) => {
+                        let vips: Vec<String> =
+                            want.vips(observed.lb.as_ref()).iter().map(ToString::to_string).collect();
+                        if vips != observed.announced_vips {
+                            info!(?vips, "service VIPs announced");
+                        }
+                        observed.announced_vips = vips;
+                        observed.bgp_generation = Some(desired.generation);
+                        observed.bgp_applied = Some(*config);
+                        observed.bgp_error = None;
+                    }
+                    Err(err) => {
                         failed = true;
-                        warn!(interface = %i.name, error = i.error.as_deref().unwrap_or("not attached"),
-                            "tc_decap not attached; retrying every {}s", RESYNC_INTERVAL.as_secs());
+                        warn!(error = %err, "BGP configuration not applied; retrying every {}s", RESYNC_INTERVAL.as_secs());
+                        observed.bgp_error = Some(err.to_string());
                     }
-                    if observed.decap.as_ref() != Some(&status) && !want.is_empty() {
-                        info!(interfaces = ?status.interfaces.iter().map(|i| (&i.name, i.attached)).collect::<Vec<_>>(),
-                            addresses = ?status.addresses, "tc_decap set");
+                },
+                Op::AdoptLb => match datapath.lb_state().await {
+                    Ok(state) => {
+                        if !state.services.is_empty() {
+                            info!(
+                                services = state.services.len(),
+                                backends = state.backends.len(),
+                                "load balancer state adopted from the pinned maps"
+                            );
+                        }
+                        observed.lb = Some(state);
                     }
-                    observed.decap = (!want.is_empty()).then_some(status);
-                    observed.decap_applied = Some(want);
-                    observed.decap_error = None;
+                    Err(err) => {
+                        failed = true;
+                        warn!(error = %format!("{err:#}"), "cannot read the load balancer's maps");
+                        observed.lb_error = Some(format!("{err:#}"));
+                    }
+                },
+                Op::ApplyLb(ops) => {
+                    let result = datapath.apply_lb(ops.clone()).await;
+                    // On a failure part of the ops may have landed: read the maps back next pass.
+                    match result {
+                        Ok(()) => {
+                            let lb = observed.lb.get_or_insert_with(LbState::default);
+                            for op in &ops {
+                                if let Err(err) = lb.apply(op) {
+                                    warn!(?err, "load balancer state out of step; re-reading the maps");
+                                    observed.lb = None;
+                                    break;
+                                }
+                            }
+                            info!(ops = ops.len(), "load balancer maps updated");
+                            observed.lb_error = None;
+                        }
+                        Err(err) => {
+                            failed = true;
+                            warn!(error = %format!("{err:#}"), "load balancer maps not updated; retrying");
+                            observed.lb_error = Some(format!("{err:#}"));
+                            // Part of the ops may have landed: what the maps hold decides what is
+                            // announced, so read them back now (unread, nothing is announced).
+                            observed.lb = datapath.lb_state().await.ok();
+                        }
+                    }
                 }
-                Err(err) => {
-                    failed = true;
-                    warn!(error = %format!("{err:#}"), "tc_decap not set up; retrying every {}s", RESYNC_INTERVAL.as_secs());
-                    observed.decap_error = Some(format!("{err:#}"));
-                    observed.decap_applied = None;
-                }
-            },
-            Op::SetNodeAddresses(v4, v6) => match datapath.set_node_addresses(v4, v6).await {
-                Ok(()) => observed.node_addresses = Some((v4, v6)),
-                Err(err) => {
-                    failed = true;
-                    warn!(error = %format!("{err:#}"), "cannot set the node's addresses in the datapath");
-                }
-            },
+                Op::SetDecap(want) => match datapath.set_decap(want.clone()).await {
+                    Ok(status) => {
+                        for i in status.interfaces.iter().filter(|i| !i.attached) {
+                            failed = true;
+                            warn!(interface = %i.name, error = i.error.as_deref().unwrap_or("not attached"),
+                                "tc_decap not attached; retrying every {}s", RESYNC_INTERVAL.as_secs());
+                        }
+                        if observed.decap.as_ref() != Some(&status) && !want.is_empty() {
+                            info!(interfaces = ?status.interfaces.iter().map(|i| (&i.name, i.attached)).collect::<Vec<_>>(),
+                                addresses = ?status.addresses, "tc_decap set");
+                        }
+                        observed.decap = (!want.is_empty()).then_some(status);
+                        observed.decap_applied = Some(want);
+                        observed.decap_error = None;
+                    }
+                    Err(err) => {
+                        failed = true;
+                        warn!(error = %format!("{err:#}"), "tc_decap not set up; retrying every {}s", RESYNC_INTERVAL.as_secs());
+                        observed.decap_error = Some(format!("{err:#}"));
+                        observed.decap_applied = None;
+                    }
+                },
+                Op::SetNodeAddresses(v4, v6) => match datapath.set_node_addresses(v4, v6).await {
+                    Ok(()) => observed.node_addresses = Some((v4, v6)),
+                    Err(err) => {
+                        failed = true;
+                        warn!(error = %format!("{err:#}"), "cannot set the node's addresses in the datapath");
+                    }
+                },
+            }
+        }
+        if observed.lb == lb_before {
+            break;
         }
     }
     if failed {
@@ -572,6 +598,15 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// What the maps hold once `a`'s services are installed with every backend healthy.
+    fn installed(a: &Accepted) -> Observed {
+        let mut lb = LbState::default();
+        for op in ferrule_xdp_lb::plan(&a.model.services, &HealthView::default(), &lb) {
+            lb.apply(&op).unwrap();
+        }
+        Observed { lb: Some(lb), ..Default::default() }
+    }
+
     #[test]
     fn vip_is_announced_while_a_backend_is_healthy_and_withdrawn_when_none_is() {
         let a = with_service(1, "healthy");
@@ -584,7 +619,7 @@ mod tests {
                 node_addresses: (None, None),
                 links: &Default::default(),
             },
-            &Observed::default(),
+            &installed(&a),
         );
         assert_eq!(announced(&ops), ["203.0.113.10/32"]);
 
@@ -598,7 +633,7 @@ mod tests {
         let vip = ["203.0.113.10/32".parse().unwrap()].into();
         let seen = Observed {
             bgp_applied: Some(crate::bgp::speaker_config(&a.model, &vip, &Default::default())),
-            ..Default::default()
+            ..installed(&a)
         };
         let ops = plan(
             &Desired {
@@ -637,9 +672,37 @@ mod tests {
                 node_addresses: (None, None),
                 links: &Default::default(),
             },
-            &Observed::default(),
+            &installed(&a),
         );
         assert_eq!(announced(&near), ["203.0.113.10/32"]);
+    }
+
+    #[test]
+    fn a_vip_is_announced_only_once_its_service_is_in_the_maps() {
+        let a = with_service(1, "healthy");
+        let health = HealthView::default();
+        let desired = Desired {
+            accepted: &a,
+            health: &health,
+            connected: &[],
+            node_addresses: (None, None),
+            links: &Default::default(),
+        };
+        // Maps not read yet, or read without the service (not installed yet, or its install
+        // failed): nothing announced, and the plan installs it.
+        for observed in [Observed::default(), Observed { lb: Some(LbState::default()), ..Default::default() }] {
+            let ops = plan(&desired, &observed);
+            assert!(announced(&ops).is_empty(), "{ops:?}");
+        }
+        let ops = plan(&desired, &Observed { lb: Some(LbState::default()), ..Default::default() });
+        assert!(ops.iter().any(|op| matches!(op, Op::ApplyLb(_))), "{ops:?}");
+        // Installed with an empty table (every backend drained or down): not announced either.
+        let mut empty = installed(&a);
+        for entry in empty.lb.as_mut().unwrap().services.values_mut() {
+            entry.table = Arc::new(Vec::new());
+        }
+        assert!(announced(&plan(&desired, &empty)).is_empty());
+        assert_eq!(announced(&plan(&desired, &installed(&a))), ["203.0.113.10/32"]);
     }
 
     #[test]

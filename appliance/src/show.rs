@@ -454,6 +454,9 @@ pub fn render_status(s: &Status) -> String {
             );
         }
     }
+    if let Some(error) = &s.datapath.lb_error {
+        let _ = writeln!(out, "\nLoad balancer maps not updated (retrying): {error}");
+    }
     if let Some(error) = &s.datapath.decap_error {
         let _ = writeln!(out, "\nDSR decapsulation (tc_decap) not set up: {error}");
     }
@@ -528,6 +531,7 @@ mod tests {
                 bgp_error: None,
                 decap: None,
                 decap_error: None,
+                lb_error: None,
             },
         }
     }
@@ -556,6 +560,18 @@ eth0             attached
 eth7             down      interface \"eth7\": attaching tc_decap (tcx ingress): No such device
 "
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_table_shows_why_the_load_balancer_maps_were_not_updated() {
+        let mut status = sample_status();
+        assert!(!render_status(&status).contains("Load balancer"));
+        status.datapath.lb_error = Some("map fr_lb_tables: Cannot allocate memory".into());
+        let text = render_status(&status);
+        assert!(
+            text.contains("\nLoad balancer maps not updated (retrying): map fr_lb_tables: Cannot allocate memory\n"),
             "{text}"
         );
     }

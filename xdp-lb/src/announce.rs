@@ -15,9 +15,13 @@ use crate::{HealthView, ServiceKey};
 /// (`local`). Several services (ports) on one VIP share the one prefix, so the VIP stays announced
 /// while any of them qualifies. A service whose backends are all drained attracts no traffic: its
 /// table is empty, so it could only drop new flows.
-pub fn vips_to_announce(desired: &[Service], health: &HealthView, local: impl Fn(IpAddr) -> bool) -> BTreeSet<IpNet> {
+pub fn vips_to_announce<'a>(
+    desired: impl IntoIterator<Item = &'a Service>,
+    health: &HealthView,
+    local: impl Fn(IpAddr) -> bool,
+) -> BTreeSet<IpNet> {
     desired
-        .iter()
+        .into_iter()
         .filter(|service| {
             let key = ServiceKey::of(service);
             service.backends.iter().any(|b| {
