@@ -15,7 +15,7 @@ use crate::datapath::DatapathHandle;
 use crate::metrics::Metrics;
 use crate::model::Accepted;
 use ferrule_bgp::driver::{Speaker, SpeakerConfig};
-use ferrule_xdp_lb::{HealthView, LbOp, LbState};
+use ferrule_xdp_lb::{HealthView, LbOp, LbState, TableCache};
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -134,7 +134,14 @@ pub fn forget_detached(observed: &mut Observed, live: &crate::datapath::Attached
 }
 
 /// Ops that take `observed` to `desired`. Uplinks that failed to attach are retried every pass.
+#[cfg(test)]
 pub fn plan(desired: &Desired<'_>, observed: &Observed) -> Vec<Op> {
+    plan_with(desired, observed, &mut TableCache::default())
+}
+
+/// [`plan`] with the Maglev tables of earlier passes (`cache`), built again only for services
+/// whose inputs changed.
+pub fn plan_with(desired: &Desired<'_>, observed: &Observed, cache: &mut TableCache) -> Vec<Op> {
     let wanted = &desired.accepted.model.node.uplinks;
     let in_place = observed.uplinks.len() == wanted.len()
         && observed.uplinks.iter().zip(wanted).all(|(seen, name)| seen.attached && &seen.name == name);
@@ -159,7 +166,7 @@ pub fn plan(desired: &Desired<'_>, observed: &Observed) -> Vec<Op> {
     match &observed.lb {
         None => ops.push(Op::AdoptLb),
         Some(lb) => {
-            let lb_ops = ferrule_xdp_lb::plan(&desired.accepted.model.services, desired.health, lb);
+            let lb_ops = ferrule_xdp_lb::plan_with(&desired.accepted.model.services, desired.health, lb, cache);
             if !lb_ops.is_empty() {
                 ops.push(Op::ApplyLb(lb_ops));
             }
@@ -177,6 +184,7 @@ pub async fn run(
     metrics: Metrics,
 ) {
     let mut previous: Option<Arc<Accepted>> = None;
+    let mut tables = TableCache::default();
     let mut tick = tokio::time::interval(RESYNC_INTERVAL);
     let mut unnumbered = crate::unnumbered::Links::new();
     let neighbor_changed = unnumbered.changed();
@@ -193,7 +201,7 @@ pub async fn run(
         let links = unnumbered.update(&desired.model);
         let want =
             Desired { accepted: &desired, health: &health, connected: &connected, node_addresses, links: &links };
-        pass(&want, &datapath, &speaker, &observed_tx, &metrics).instrument(span).await;
+        pass(&want, &datapath, &speaker, &observed_tx, &metrics, &mut tables).instrument(span).await;
         previous = Some(desired);
         tokio::select! {
             changed = model_rx.changed() => if changed.is_err() { return },
@@ -259,6 +267,7 @@ async fn pass(
     speaker: &Speaker,
     observed_tx: &watch::Sender<Observed>,
     metrics: &Metrics,
+    tables: &mut TableCache,
 ) {
     metrics.reconcile_passes.inc();
     let desired = want.accepted;
@@ -277,7 +286,7 @@ async fn pass(
     // Rounds: one that changed what the load balancer's maps hold plans again at once, so that
     // the VIPs of services it installed are announced in this pass, not at the next event.
     for _ in 0..ROUNDS {
-        let ops = plan(want, &observed);
+        let ops = plan_with(want, &observed, tables);
         if ops.is_empty() {
             break;
         }

@@ -6,10 +6,12 @@
 //! Run: `cargo bench -p ferrule-xdp-lb`.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ferrule_config::{AnnounceWhen, Backend, Mode, Protocol, Service};
 use ferrule_xdp_lb::maglev::{build_table, MaglevBackend};
+use ferrule_xdp_lb::{plan, plan_with, BackendHealth, HealthView, LbState, ServiceKey, TableCache};
 
 fn backends(n: u32) -> Vec<MaglevBackend> {
     (0..n)
@@ -109,5 +111,69 @@ fn main() {
         let ideal = 1.0 / f64::from(n + 1);
         let maglev = changed(&build_table(&backends(n), size).unwrap(), &build_table(&backends(n + 1), size).unwrap());
         println!("{n:>5} {:>8.2}% {:>8.2}% {:>12.3}x", ideal * 100.0, maglev * 100.0, maglev / ideal);
+    }
+
+    reconciler_pass();
+}
+
+/// What a reconciler pass pays to plan the load balancer when nothing changed, and after one
+/// backend of one service went down: with the table cache it keeps between passes, against
+/// building every table anew (what `plan` does, and what every pass did before the cache).
+fn reconciler_pass() {
+    let n: u32 = std::env::var("FERRULE_BENCH_PLAN_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let services: Vec<Service> = (0..n)
+        .map(|i| Service {
+            name: format!("s{i}"),
+            vip: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x200, 0, 0, 0, (i >> 16) as u16, i as u16)),
+            port: 80,
+            protocol: Protocol::Tcp,
+            mode: Mode::Dsr,
+            backends: (0..3)
+                .map(|b| Backend {
+                    address: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x300, 0, 0, 0, i as u16, b)),
+                    port: 8080,
+                    weight: 1,
+                })
+                .collect(),
+            health: None,
+            announce: AnnounceWhen::Healthy,
+            maglev_table_size: 65537,
+        })
+        .collect();
+    let healthy = HealthView::default();
+    let mut state = LbState::default();
+    for op in plan(&services, &healthy, &state) {
+        state.apply(&op).unwrap();
+    }
+    let mut one_down = HealthView::default();
+    let b = &services[0].backends[0];
+    one_down.set(
+        ServiceKey::of(&services[0]),
+        SocketAddr::new(b.address, b.port),
+        BackendHealth::Unhealthy { reason: "bench".into() },
+    );
+    let mut cache = TableCache::default();
+    assert!(plan_with(&services, &healthy, &state, &mut cache).is_empty());
+    println!();
+    println!("Reconciler pass, {n} services of 65537 slots and 3 backends (median; baseline = every table built anew)");
+    println!("{:<28} {:>12} {:>12} {:>8}", "", "cached", "anew", "ratio");
+    // "one backend down" flips that backend at every pass, so each cached pass builds one table.
+    for (what, flips) in [("nothing changed", false), ("one backend flips", true)] {
+        let mut down = false;
+        let cached = median_time(5, || {
+            down = flips && !down;
+            let health = if down { &one_down } else { &healthy };
+            black_box(plan_with(&services, health, &state, &mut cache));
+        });
+        let health = if flips { &one_down } else { &healthy };
+        let anew = median_time(3, || {
+            black_box(plan(&services, health, &state));
+        });
+        println!(
+            "{what:<28} {:>9.2} ms {:>9.2} ms {:>7.0}x",
+            cached.as_secs_f64() * 1e3,
+            anew.as_secs_f64() * 1e3,
+            anew.as_secs_f64() / cached.as_secs_f64()
+        );
     }
 }

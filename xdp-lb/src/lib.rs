@@ -22,7 +22,7 @@ pub use announce::vips_to_announce;
 pub use checker::{check_once, run as run_health_checker, CheckError};
 pub use health::{BackendHealth, HealthView};
 pub use maglev::{build_table, MaglevBackend, MaglevError};
-pub use plan::{plan, ApplyError, BackendEntry, LbOp, LbState, ServiceEntry};
+pub use plan::{plan, plan_with, ApplyError, BackendEntry, LbOp, LbState, ServiceEntry, TableCache};
 
 /// What identifies a service in the datapath: the frontend packets are matched on. Two services
 /// with the same key cannot coexist (the config validation rejects it).
