@@ -305,11 +305,8 @@ struct KernelMd5;
 
 impl Md5Setter for KernelMd5 {
     fn set(&self, socket: std::os::fd::BorrowedFd<'_>, target: Md5Target, key: &[u8]) -> std::io::Result<()> {
-        let peer = ferrule_ebpf::sockopt::Md5Peer {
-            address: target.address,
-            prefix_len: target.prefix_len,
-            ifindex: target.ifindex,
-        };
+        let peer =
+            ferrule_ebpf::sockopt::Md5Peer { address: target.address, prefix_len: target.prefix_len, ifindex: None };
         ferrule_ebpf::sockopt::set_tcp_md5(socket, peer, key)
     }
 }

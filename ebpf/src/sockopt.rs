@@ -32,7 +32,8 @@ pub struct Md5Peer {
     pub address: IpAddr,
     /// Apply to every address in `address/prefix_len` (listen ranges); `None` = this address.
     pub prefix_len: Option<u8>,
-    /// Only on this interface (link-local peers); `None` = any.
+    /// Only on this L3 master (VRF) device; `None` = any. Linux refuses (EINVAL) the index of
+    /// any other device, so link-local peers are keyed by address alone.
     pub ifindex: Option<u32>,
 }
 
@@ -179,5 +180,16 @@ mod tests {
         assert!(err.to_string().contains("IPv6 peer"), "{err}");
         // Removing a key never set is fine.
         set_tcp_md5(v4.as_fd(), peer("127.0.0.1".parse().unwrap()), b"").unwrap();
+    }
+
+    /// Why link-local peers are keyed by address alone: the kernel takes an interface in a key
+    /// only for a VRF device, and refuses the loopback's (any other device's) index.
+    #[test]
+    fn a_link_local_peer_is_keyed_by_address_since_an_interface_key_needs_a_vrf() {
+        let v6 = TcpListener::bind("[::1]:0").unwrap();
+        let link_local: IpAddr = "fe80::1".parse().unwrap();
+        set_tcp_md5(v6.as_fd(), peer(link_local), b"k3y").unwrap();
+        let err = set_tcp_md5(v6.as_fd(), Md5Peer { ifindex: Some(1), ..peer(link_local) }, b"k3y").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
     }
 }

@@ -8,7 +8,8 @@
 //!  3. the right password applied to the running daemon: Established again.
 //!
 //! Unnumbered peering over a link with IPv6 link-local addresses only, against FRR
-//! (`neighbor IF interface`) and BIRD (`protocol radv` + dynamic BGP over `fe80::/10`):
+//! (`neighbor IF interface`, with a TCP MD5 key) and BIRD (`protocol radv` + dynamic BGP over
+//! `fe80::/10`):
 //!  1. we find the ToR from its router advertisements: Established on both sides, over the
 //!     link-local addresses;
 //!  2. the ToR's defaults become kernel routes through its link-local address, the IPv4 one
@@ -445,6 +446,9 @@ fn link_local(ns: &NetNs, ifname: &str) -> Result<Ipv6Addr> {
     }
 }
 
+/// The TCP MD5 key of the unnumbered session with FRR.
+const UNNUMBERED_KEY: &str = "unnumbered-k3y";
+
 fn unnumbered_lab(kind: Kind) -> Result<UnnumberedLab> {
     let tag = if kind == Kind::Frr { "unf" } else { "unb" };
     let dir = TestDir::new(&format!("fabric-{tag}"))?;
@@ -477,10 +481,13 @@ fn unnumbered_lab(kind: Kind) -> Result<UnnumberedLab> {
     println!("[link] {}:tor0 {node_ll} <-> {}:srv0 {tor_ll}: link-local addresses only", node.name(), tor_ns.name());
 
     let name = node_name(tag);
+    // Against FRR the session also carries a TCP MD5 key, which Linux takes for a link-local
+    // peer only by address (an interface in the key needs a VRF).
+    let password = if kind == Kind::Frr { format!("password = \"{UNNUMBERED_KEY}\"\n") } else { String::new() };
     let config = node_config(
         &name,
         &format!(
-            "[[bgp.peers]]\ninterface = \"tor0\"\nasn = {TOR_ASN}\nhold_time = 9\nimport = [\"0.0.0.0/0\", \"::/0\"]\n\n\
+            "[[bgp.peers]]\ninterface = \"tor0\"\nasn = {TOR_ASN}\nhold_time = 9\nimport = [\"0.0.0.0/0\", \"::/0\"]\n{password}\n\
              [[bgp.announce]]\nprefix = \"{NODE_V4}/32\"\n\n[[bgp.announce]]\nprefix = \"{NODE_V6}/128\"\n"
         ),
     );
@@ -491,7 +498,7 @@ fn unnumbered_lab(kind: Kind) -> Result<UnnumberedLab> {
             let bgpd = format!(
                 "frr defaults datacenter\nhostname {}\n!\nrouter bgp {TOR_ASN}\n bgp router-id 192.0.2.2\n \
                  no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n no bgp network import-check\n \
-                 neighbor srv0 interface remote-as external\n \
+                 neighbor srv0 interface remote-as external\n neighbor srv0 password {UNNUMBERED_KEY}\n \
                  address-family ipv4 unicast\n  neighbor srv0 activate\n  network 0.0.0.0/0\n exit-address-family\n \
                  address-family ipv6 unicast\n  neighbor srv0 activate\n  network ::/0\n exit-address-family\n!\n",
                 tor_ns.name()

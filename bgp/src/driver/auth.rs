@@ -36,8 +36,6 @@ pub struct Md5Target {
     pub address: IpAddr,
     /// Every address in `address/prefix_len` (listen ranges); `None` = exactly `address`.
     pub prefix_len: Option<u8>,
-    /// Only on this interface (link-local peers).
-    pub ifindex: Option<u32>,
 }
 
 /// Installs (or, with an empty key, removes) a TCP MD5 key on a socket.

@@ -500,11 +500,8 @@ async fn bfd_changed(bfd: &mut Option<watch::Receiver<BfdStatus>>) -> Option<Bfd
 async fn connect(remote: SocketAddr, md5: Option<(Arc<dyn Md5Setter>, Md5Key)>) -> std::io::Result<TcpStream> {
     let socket = if remote.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some((setter, key)) = md5 {
-        let ifindex = match remote {
-            SocketAddr::V6(a) if a.scope_id() != 0 => Some(a.scope_id()),
-            _ => None,
-        };
-        let target = Md5Target { address: remote.ip(), prefix_len: None, ifindex };
+        // By address alone, a link-local peer's too (see Speaker::set_listener_keys).
+        let target = Md5Target { address: remote.ip(), prefix_len: None };
         setter.set(socket.as_fd(), target, key.bytes())?;
     }
     socket.connect(remote).await

@@ -597,12 +597,15 @@ impl SpeakerTask {
         let mut wanted = BTreeMap::new();
         for p in &config.peers {
             if let Some(key) = &p.md5 {
-                wanted.insert(Md5Target { address: p.address, prefix_len: None, ifindex: p.ifindex }, key.clone());
+                // By address alone, link-local peers included: Linux takes an interface in a key
+                // only for a VRF device (EINVAL for any other), so two link-local peers with one
+                // address on different links share a key.
+                wanted.insert(Md5Target { address: p.address, prefix_len: None }, key.clone());
             }
         }
         for l in &config.listen {
             if let Some(key) = &l.template.md5 {
-                let target = Md5Target { address: l.prefix.addr(), prefix_len: Some(l.prefix.len()), ifindex: None };
+                let target = Md5Target { address: l.prefix.addr(), prefix_len: Some(l.prefix.len()) };
                 wanted.insert(target, key.clone());
             }
         }
