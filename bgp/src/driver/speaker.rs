@@ -777,11 +777,11 @@ impl SpeakerTask {
             PeerEvent::Update { peer, message, opts } => self.update(peer, &message, opts).await,
             PeerEvent::RouteRefresh { peer, family } => {
                 debug!(%peer, ?family, "route refresh: sending our routes again");
-                if let Some((info, session, negotiated)) = self.peers.get(&peer).and_then(|s| s.registered.clone()) {
+                if let Some((info, _, negotiated)) = self.peers.get(&peer).and_then(|s| s.registered.clone()) {
                     if let Some(rib) = self.rib.as_mut() {
-                        let import = self.peers[&peer].config.import.clone();
-                        rib.peer_up(info, import, ExportPolicy::default(), session);
-                        self.export_to(peer, &negotiated).await;
+                        if rib.resend(info.id).is_ok() {
+                            self.export_to(peer, &negotiated).await;
+                        }
                     }
                 }
             }
@@ -810,8 +810,10 @@ impl SpeakerTask {
                     Some(gr) if gr.restart_time > 0 => {
                         let preserved: BTreeSet<Family> =
                             gr.families.iter().filter_map(|f| Family::from_afi_safi(f.afi, f.safi)).collect();
+                        let mut changes = Vec::new();
                         match rib.mark_stale(slot.id) {
-                            Ok(n) => {
+                            Ok((n, removed)) => {
+                                changes = removed;
                                 info!(%peer, stale = n, restart_time_s = gr.restart_time, "graceful restart helper: keeping the peer's routes as stale");
                             }
                             Err(err) => debug!(%peer, %err, "peer down"),
@@ -819,7 +821,6 @@ impl SpeakerTask {
                         slot.stale_until = Some(Instant::now() + Duration::from_secs(u64::from(gr.restart_time)));
                         slot.stale_families = preserved.clone();
                         // Families the peer did not list in its capability are not preserved.
-                        let mut changes = Vec::new();
                         for family in FAMILIES.into_iter().filter(|f| !preserved.contains(f)) {
                             changes.extend(rib.sweep_stale(slot.id, Some(family)).unwrap_or_default());
                         }
@@ -883,10 +884,12 @@ impl SpeakerTask {
                     .collect(),
                 _ => BTreeSet::new(),
             };
-            for family in FAMILIES.into_iter().filter(|f| !preserved.contains(f)) {
+            // A family no longer negotiated never gets an End-of-RIB: its stale routes go too.
+            let waits = |f: &Family| preserved.contains(f) && negotiated.families.contains(f);
+            for family in FAMILIES.into_iter().filter(|f| !waits(f)) {
                 swept.extend(rib.sweep_stale(slot.id, Some(family)).unwrap_or_default());
             }
-            slot.stale_families.retain(|f| preserved.contains(f) && negotiated.families.contains(f));
+            slot.stale_families.retain(waits);
             slot.stale_until = (!slot.stale_families.is_empty()).then(|| Instant::now() + STALE_PATH_TIME);
             info!(%peer, waiting_for_end_of_rib = ?slot.stale_families, "graceful restart helper: peer is back");
         }

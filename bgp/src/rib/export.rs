@@ -120,6 +120,11 @@ impl AdjRibOut {
     pub fn new(session: ExportSession) -> Self {
         AdjRibOut { session: Some(session), sent: BTreeMap::new(), eor_pending: true }
     }
+
+    /// Nothing sent yet on the same session (a route refresh).
+    pub fn restart(&self) -> Self {
+        self.session.clone().map(AdjRibOut::new).unwrap_or_default()
+    }
 }
 
 /// An IPv6 next hop from the session's addresses: global (+ link-local on a shared link);

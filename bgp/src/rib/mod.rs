@@ -603,6 +603,16 @@ impl Rib {
         Ok(out)
     }
 
+    /// The peer asked for our routes again (ROUTE-REFRESH): the Adj-RIB-Out starts over, so the
+    /// next [`Rib::export`] sends everything, then End-of-RIB. The peer's import state (its
+    /// routes, a crossed max-prefix limit) is left as it is.
+    pub fn resend(&mut self, peer: PeerId) -> Result<(), RibError> {
+        let state = self.peers.get_mut(&peer).ok_or(RibError::UnknownPeer { peer })?;
+        state.out = state.out.restart();
+        state.counters.sent = 0;
+        Ok(())
+    }
+
     /// The session went down without graceful restart: every path of the peer leaves the
     /// Adj-RIB-In and the Loc-RIB, and its Adj-RIB-Out is forgotten.
     pub fn peer_down(&mut self, peer: PeerId) -> Result<Vec<RouteChange>, RibError> {
@@ -632,8 +642,11 @@ impl Rib {
     /// Graceful restart (RFC 4724 4.2): the peer's session dropped but its forwarding state is
     /// kept. Its paths stay in the Loc-RIB, marked stale; announcements after the next
     /// `peer_up` clear the mark, and [`Rib::sweep_stale`] removes what was not refreshed.
-    /// Returns how many paths were marked. The peer counts as down until `peer_up`.
-    pub fn mark_stale(&mut self, peer: PeerId) -> Result<usize, RibError> {
+    /// Paths still stale from an earlier restart are removed (RFC 4724 4.2, consecutive
+    /// restarts). Returns how many paths were marked, and the changes of those removed. The
+    /// peer counts as down until `peer_up`.
+    pub fn mark_stale(&mut self, peer: PeerId) -> Result<(usize, Vec<RouteChange>), RibError> {
+        let removed = self.sweep_stale(peer, None)?;
         let state = self.peers.get_mut(&peer).ok_or(RibError::UnknownPeer { peer })?;
         let source = Source::Peer(peer);
         let mut n = 0;
@@ -647,7 +660,7 @@ impl Rib {
         state.out = export::AdjRibOut::default();
         state.counters.stale += n;
         state.counters.sent = 0;
-        Ok(n)
+        Ok((n, removed))
     }
 
     /// Removes the peer's paths still stale in `family` (after its End-of-RIB, or when the

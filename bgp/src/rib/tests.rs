@@ -612,7 +612,7 @@ fn stale_paths_stay_until_swept_and_refreshed_ones_survive() {
     };
     rib.apply_update(a.id, &u, t).unwrap();
 
-    assert_eq!(rib.mark_stale(a.id).unwrap(), 3);
+    assert_eq!(rib.mark_stale(a.id).unwrap(), (3, vec![]));
     assert!(rib.lookup(&p(PFX), t).unwrap().paths[0].stale);
     assert_eq!(rib.len(), 3, "stale routes keep forwarding");
     up(&mut rib, a);
@@ -628,6 +628,53 @@ fn stale_paths_stay_until_swept_and_refreshed_ones_survive() {
     let c = rib.peer(a.id).unwrap().counters;
     assert_eq!((c.accepted, c.stale), (1, 0));
     assert_eq!(rib.len(), 1);
+}
+
+#[test]
+fn a_second_restart_removes_paths_still_stale_from_the_first() {
+    // RFC 4724 4.2: the peer restarts, re-sends only PFX, and restarts again before its
+    // End-of-RIB: 198.51.100.0/24, stale since the first restart, goes; PFX is kept as stale.
+    let mut rib = rib();
+    let t = Instant::now();
+    let a = peer(1, 65001, true);
+    up(&mut rib, a);
+    announce(&mut rib, &a, &[PFX, "198.51.100.0/24"], path(&[65001]), t);
+    assert_eq!(rib.mark_stale(a.id).unwrap().0, 2);
+    up(&mut rib, a);
+    announce(&mut rib, &a, &[PFX], path(&[65001]), t);
+    let (marked, removed) = rib.mark_stale(a.id).unwrap();
+    assert_eq!(marked, 1);
+    assert_eq!(
+        removed.iter().map(|c| (c.prefix, c.best.is_none())).collect::<Vec<_>>(),
+        [(p("198.51.100.0/24"), true)]
+    );
+    assert!(rib.lookup(&p(PFX), t).unwrap().paths[0].stale);
+    let c = rib.peer(a.id).unwrap().counters;
+    assert_eq!((c.accepted, c.stale), (1, 1));
+}
+
+#[test]
+fn a_route_refresh_resends_everything_and_keeps_a_crossed_limit() {
+    let mut rib = rib();
+    let t = Instant::now();
+    let a = peer(1, 65001, true);
+    let import = ImportPolicy {
+        max_prefix: Some(MaxPrefix { limit: 1, action: MaxPrefixAction::Teardown }),
+        ..ImportPolicy::accept_all()
+    };
+    rib.peer_up(a, import, ExportPolicy::default(), session_v4());
+    rib.set_local_routes(vec![LocalRoute::new(p("192.0.2.0/24"))], t);
+    let first = rib.export(a.id).unwrap();
+    assert!(!first.is_empty());
+    assert!(rib.export(a.id).unwrap().is_empty(), "nothing new");
+    announce(&mut rib, &a, &[PFX], path(&[65001]), t);
+    assert!(announce(&mut rib, &a, &["198.51.100.0/24"], path(&[65001]), t).max_prefix.is_some());
+
+    rib.resend(a.id).unwrap();
+    assert_eq!(rib.export(a.id).unwrap(), first, "the same routes and End-of-RIB again");
+    // The limit stays crossed until the session restarts: still refused.
+    let out = announce(&mut rib, &a, &["203.0.113.0/25"], path(&[65001]), t);
+    assert_eq!((out.rejected, rib.len()), (1, 2));
 }
 
 // ----- max-prefix -----

@@ -11,7 +11,7 @@ use super::timers::{idle_hold, keepalive_interval, Jitter, OPEN_SENT_HOLD};
 use super::{ConnId, Counters, DownReason, Input, Output, State};
 use crate::wire::{
     encode_message, msg_type, DecodeOptions, EncodeError, EncodeOptions, Family, Message, Notification,
-    NotificationError, Open, MAX_MESSAGE_LEN,
+    NotificationError, Open, RefreshSubtype, MAX_MESSAGE_LEN,
 };
 
 /// A message the driver asked to send that cannot be sent.
@@ -334,9 +334,12 @@ impl Session {
                 match msg {
                     Message::Update(u) => out.push(Output::Update(u)),
                     Message::RouteRefresh(r) => {
-                        // RFC 2918 3: a refresh for a family not negotiated is ignored.
+                        // RFC 2918 3: a refresh for a family not negotiated is ignored. Only a
+                        // request asks for our routes: BoRR/EoRR mark the peer's own re-sending
+                        // (RFC 7313, which we do not advertise), other subtypes are ignored (7313 5).
                         let negotiated = conn.negotiated.as_ref().map(|n| &n.families[..]).unwrap_or(&[]);
-                        if Family::from_afi_safi(r.afi, r.safi).is_some_and(|f| negotiated.contains(&f)) {
+                        let request = r.subtype == RefreshSubtype::Request;
+                        if request && Family::from_afi_safi(r.afi, r.safi).is_some_and(|f| negotiated.contains(&f)) {
                             out.push(Output::RouteRefresh(r));
                         }
                     }

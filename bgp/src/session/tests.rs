@@ -645,6 +645,12 @@ fn route_refresh_is_handed_on_for_negotiated_families_only() {
     assert_eq!(t.recv(1, Message::RouteRefresh(v4)), vec![Output::RouteRefresh(v4)]);
     let v6 = RouteRefresh { afi: Afi::IPV6, safi: Safi::UNICAST, subtype: RefreshSubtype::Request };
     assert!(t.recv(1, Message::RouteRefresh(v6)).is_empty(), "RFC 2918: ignored");
+    // RFC 7313: BoRR/EoRR mark the peer's own re-sending, other subtypes are ignored; none of
+    // them asks for our routes.
+    for subtype in [RefreshSubtype::Begin, RefreshSubtype::End, RefreshSubtype::Other(7)] {
+        let r = RouteRefresh { subtype, ..v4 };
+        assert!(t.recv(1, Message::RouteRefresh(r)).is_empty(), "{subtype:?}");
+    }
     assert_eq!(t.s.state(), State::Established);
 }
 

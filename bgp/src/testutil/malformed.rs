@@ -328,6 +328,24 @@ pub fn cases() -> Vec<Case> {
             SessionReset(3, 9),
         ),
         c(
+            "mp_unreach length overruns path attributes",
+            update_bytes(&[], &[&[0x80, 15, 0x20, 0, 2, 1, 48, 0x20]], &[]),
+            e,
+            SessionReset(3, 5),
+        ),
+        c(
+            "mp_reach extended length overruns path attributes",
+            update_bytes(&[], &[ORIGIN, AS_PATH4, &[0x90, 14, 0x01, 0x00, 0, 2, 1, 16]], &[]),
+            e,
+            SessionReset(3, 5),
+        ),
+        c(
+            "mp_unreach header truncated",
+            update_bytes(&[], &[ORIGIN, AS_PATH4, NEXT_HOP, &[0x90, 15, 0]], NLRI),
+            e,
+            SessionReset(3, 5),
+        ),
+        c(
             "mp_unreach prefix truncated",
             update_bytes(&[], &[&[0x80, 15, 5, 0, 2, 1, 48, 0x20]], &[]),
             e,

@@ -300,9 +300,20 @@ pub(crate) fn decode_update<'a>(body: &'a [u8], opts: &DecodeOptions) -> Result<
     let mut rest = attr_bytes;
     while !rest.is_empty() {
         // RFC 7606 4: an attribute header or value running past the Total Path Attribute
-        // Length is treat-as-withdraw; that length still locates the NLRI.
+        // Length is treat-as-withdraw; that length still locates the NLRI. Not for MP_REACH_NLRI
+        // or MP_UNREACH_NLRI: treat-as-withdraw needs their prefixes parsed (RFC 7606 3, 5.3),
+        // and a withdrawal lost with them would leave routes the peer took back, so the session
+        // is reset.
+        let mp = |code: Option<u8>| matches!(code, Some(type_code::MP_REACH_NLRI | type_code::MP_UNREACH_NLRI));
         let (fl, code) = match rest {
             [fl, code, ..] if rest.len() >= if fl & flags::EXTENDED_LENGTH != 0 { 4 } else { 3 } => (*fl, *code),
+            _ if mp(rest.get(1).copied()) => {
+                return Err(reset(
+                    N::AttributeLengthError,
+                    &[],
+                    "MP_REACH_NLRI or MP_UNREACH_NLRI header is truncated",
+                ));
+            }
             _ => {
                 fault(&mut u, rest.get(1).copied().unwrap_or(0), Taw, "attribute header is truncated");
                 break;
@@ -314,6 +325,13 @@ pub(crate) fn decode_update<'a>(body: &'a [u8], opts: &DecodeOptions) -> Result<
             (usize::from(rest[2]), 3)
         };
         let Some(whole) = rest.get(..hdr + len) else {
+            if mp(Some(code)) {
+                return Err(reset(
+                    N::AttributeLengthError,
+                    rest,
+                    "MP_REACH_NLRI or MP_UNREACH_NLRI length overruns the path attributes",
+                ));
+            }
             fault(&mut u, code, Taw, "attribute length overruns the path attributes");
             break;
         };
