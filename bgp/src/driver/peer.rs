@@ -93,7 +93,10 @@ enum Io {
 }
 
 struct Conn {
-    writer: OwnedWriteHalf,
+    /// To the connection's writer task ([`write_loop`]): writes never block this task, whose
+    /// hold timer and BFD must fire even while a peer takes nothing.
+    writer: mpsc::UnboundedSender<WriteCmd>,
+    writer_task: JoinHandle<()>,
     reader: JoinHandle<()>,
     /// Received bytes; `buffer[start..]` is not yet decoded (consumed bytes are dropped on the
     /// next read, so decoding never moves memory).
@@ -124,6 +127,49 @@ pub struct PeerTask {
 
 /// Largest read per syscall; a full-table burst is read in 64 KiB pieces.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// How long one write may wait for a peer that takes nothing (RFC 9687's send hold time: the
+/// larger of 8 minutes and twice the hold time). Meanwhile the session's own timers run: a peer
+/// whose process hung sends no KEEPALIVE either, and its hold timer ends the session first.
+fn send_hold_time(hold_time: u16) -> Duration {
+    Duration::from_secs(480.max(2 * u64::from(hold_time)))
+}
+
+enum WriteCmd {
+    Data(Vec<u8>),
+    /// Send FIN after what is queued.
+    Shutdown,
+}
+
+/// Writes what `cmds` brings to `writer`, in order; a write that fails or waits longer than
+/// `send_hold` reports the connection closed to `io`.
+async fn write_loop(
+    id: ConnId,
+    mut writer: OwnedWriteHalf,
+    mut cmds: mpsc::UnboundedReceiver<WriteCmd>,
+    io: mpsc::Sender<Io>,
+    send_hold: Duration,
+) {
+    while let Some(cmd) = cmds.recv().await {
+        let bytes = match cmd {
+            WriteCmd::Data(bytes) => bytes,
+            WriteCmd::Shutdown => {
+                let _ = tokio::time::timeout(send_hold, writer.shutdown()).await;
+                return;
+            }
+        };
+        let err = match tokio::time::timeout(send_hold, writer.write_all(&bytes)).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(err)) => err,
+            Err(_) => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the peer took nothing for {} s (send hold time, RFC 9687)", send_hold.as_secs()),
+            ),
+        };
+        let _ = io.send(Io::Closed(id, Some(err))).await;
+        return;
+    }
+}
 
 impl PeerTask {
     pub fn new(
@@ -215,9 +261,12 @@ impl PeerTask {
     /// Graceful restart of this process: the connections close without a NOTIFICATION (the peer
     /// sees a transport failure and, with graceful restart, keeps our routes as stale).
     async fn abandon(&mut self) {
-        for (_, mut conn) in self.conns.drain() {
-            let _ = conn.writer.shutdown().await;
+        for (_, conn) in self.conns.drain() {
             conn.reader.abort();
+            if conn.writer.send(WriteCmd::Shutdown).is_ok() {
+                // What was queued, then FIN; a peer that takes nothing is not waited for.
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.writer_task).await;
+            }
         }
         if let Some((_, task)) = self.connecting.take() {
             task.abort();
@@ -274,8 +323,12 @@ impl PeerTask {
             }
             Io::Closed(conn, err) => {
                 if self.conns.contains_key(&conn) {
-                    if let Some(err) = err {
-                        debug!(peer = %self.peer(), %err, "connection error");
+                    match err {
+                        Some(err) if err.kind() == std::io::ErrorKind::TimedOut => {
+                            warn!(peer = %self.peer(), %err, "closing the connection")
+                        }
+                        Some(err) => debug!(peer = %self.peer(), %err, "connection error"),
+                        None => {}
                     }
                     self.drop_conn(conn);
                     let outputs = self.session.handle(now, Input::Closed { conn });
@@ -348,7 +401,10 @@ impl PeerTask {
     fn adopt_as(&mut self, id: ConnId, stream: TcpStream) -> ConnId {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
-        let (mut read, writer) = stream.into_split();
+        let (mut read, write_half) = stream.into_split();
+        let (writer, commands) = mpsc::unbounded_channel();
+        let send_hold = send_hold_time(self.session.config().hold_time);
+        let writer_task = tokio::spawn(write_loop(id, write_half, commands, self.io_tx.clone(), send_hold));
         let tx = self.io_tx.clone();
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; READ_CHUNK];
@@ -370,13 +426,14 @@ impl PeerTask {
                 }
             }
         });
-        self.conns.insert(id, Conn { writer, reader, buffer: Vec::new(), start: 0, local });
+        self.conns.insert(id, Conn { writer, writer_task, reader, buffer: Vec::new(), start: 0, local });
         id
     }
 
     fn drop_conn(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.remove(&conn) {
             c.reader.abort();
+            c.writer_task.abort();
         }
     }
 
@@ -432,17 +489,19 @@ impl PeerTask {
             }
             Output::Send { conn, bytes } => {
                 let Some(c) = self.conns.get_mut(&conn) else { return Vec::new() };
-                if let Err(err) = c.writer.write_all(&bytes).await {
-                    debug!(peer = %self.peer(), %err, "write failed");
+                // Queued for the writer task; it reports a failed write as the connection closed.
+                if c.writer.send(WriteCmd::Data(bytes)).is_err() {
+                    debug!(peer = %self.peer(), "write failed: the connection's writer is gone");
                     self.drop_conn(conn);
                     return owned_only(self.session.handle(now, Input::Closed { conn }));
                 }
                 Vec::new()
             }
             Output::Close { conn } => {
-                if let Some(mut c) = self.conns.remove(&conn) {
-                    let _ = c.writer.shutdown().await;
+                if let Some(c) = self.conns.remove(&conn) {
                     c.reader.abort();
+                    // The writer sends what is queued (a NOTIFICATION) and then FIN, on its own.
+                    let _ = c.writer.send(WriteCmd::Shutdown);
                 }
                 Vec::new()
             }

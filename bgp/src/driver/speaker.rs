@@ -1363,6 +1363,74 @@ mod tests {
         assert!(!routes[0].paths[0].stale, "refreshed by the new process: {routes:?}");
     }
 
+    /// A peer that completes its OPEN and then neither reads nor sends: our writes of a table
+    /// larger than the socket can hold block, and the session must still end by its hold timer
+    /// (3 s) instead of waiting on the write. The peer advertises a small MSS and receive buffer,
+    /// so a few thousand routes fill what the kernel buffers.
+    #[tokio::test]
+    async fn a_peer_that_takes_nothing_ends_by_the_hold_timer_while_a_write_waits() {
+        use crate::wire::{encode_message, Afi, Capability, EncodeOptions, Message, Open, Safi};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_tcp_mss(536).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
+        socket.listen(1).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(socket.into()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+
+        let node = Speaker::spawn();
+        let mut cfg = config(65101, "192.0.2.1", 0, peer(65001, port, false, &[]), false);
+        cfg.announcements = (0..200_000u32)
+            .map(|i| LocalRoute::new(v4(&format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255))))
+            .collect();
+        node.set_config(cfg).await.unwrap();
+
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n >= 29, "the node's OPEN");
+        let open = Open {
+            my_as: 65001,
+            hold_time: 3,
+            bgp_id: "192.0.2.2".parse().unwrap(),
+            capabilities: vec![
+                Capability::Multiprotocol { afi: Afi::IPV4, safi: Safi::UNICAST },
+                Capability::FourOctetAsn(65001),
+            ],
+        };
+        let mut out = Vec::new();
+        encode_message(&Message::Open(open), &EncodeOptions::default(), &mut out).unwrap();
+        encode_message(&Message::Keepalive, &EncodeOptions::default(), &mut out).unwrap();
+        stream.write_all(&out).await.unwrap();
+        // From here on the peer takes nothing (the stream stays open, unread, until the end).
+
+        let state = || async { node.summary().await.unwrap()[0].state.clone() };
+        let mut established = false;
+        for _ in 0..100 {
+            established = state().await == "Established";
+            if established {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(established, "the session came up: {}", state().await);
+        let up = std::time::Instant::now();
+        let mut left = None;
+        while up.elapsed() < Duration::from_secs(10) {
+            if state().await != "Established" {
+                left = Some(up.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = left.unwrap_or_else(|| panic!("still Established 10 s after the peer stopped (hold time 3 s)"));
+        assert!(left >= Duration::from_secs(2), "down after {left:?}, before the hold time");
+        drop(stream);
+    }
+
     /// A listen range accepts a session from any address in it, with the template's settings;
     /// the neighbor goes when its session does.
     #[tokio::test]
