@@ -89,15 +89,17 @@ pub struct Desired<'a> {
 
 impl Desired<'_> {
     /// VIPs (as /32 or /128) with a healthy backend, per each service's `announce` rule, of the
-    /// services the load balancer's maps hold with a table (`installed`; `None`, maps not read:
-    /// none). A VIP is announced only once the datapath can take its traffic, and not while a
-    /// service's install keeps failing: the pass that installs a service announces it in its next
-    /// round ([`pass`]); one removed is withdrawn before its maps entry goes.
+    /// services the load balancer's maps hold with a table (`installed`). A VIP is announced only
+    /// once the datapath can take its traffic, and not while a service's install keeps failing:
+    /// the pass that installs a service announces it in its next round ([`pass`]); one removed
+    /// is withdrawn before its maps entry goes. Maps that could not be read (`None`, which
+    /// `pass` tries before planning) do not withdraw anything: every service counts.
     pub fn vips(&self, installed: Option<&LbState>) -> std::collections::BTreeSet<IpNet> {
-        let Some(lb) = installed else { return Default::default() };
         let local = |addr: std::net::IpAddr| self.connected.iter().any(|net| net.contains(&addr));
         let services = self.accepted.model.services.iter().filter(|s| {
-            lb.services.get(&ferrule_xdp_lb::ServiceKey::of(s)).is_some_and(|entry| !entry.table.is_empty())
+            installed.is_none_or(|lb| {
+                lb.services.get(&ferrule_xdp_lb::ServiceKey::of(s)).is_some_and(|entry| !entry.table.is_empty())
+            })
         });
         ferrule_xdp_lb::vips_to_announce(services, self.health, local)
     }
@@ -212,6 +214,29 @@ pub async fn run(
     }
 }
 
+/// Reads what the load balancer's maps hold into `observed.lb` (after a restart: adopts it, does
+/// not rebuild it); false, with the error in `observed.lb_error`, if they cannot be read.
+async fn adopt_lb(datapath: &DatapathHandle, observed: &mut Observed) -> bool {
+    match datapath.lb_state().await {
+        Ok(state) => {
+            if !state.services.is_empty() {
+                info!(
+                    services = state.services.len(),
+                    backends = state.backends.len(),
+                    "load balancer state adopted from the pinned maps"
+                );
+            }
+            observed.lb = Some(state);
+            true
+        }
+        Err(err) => {
+            warn!(error = %format!("{err:#}"), "cannot read the load balancer's maps");
+            observed.lb_error = Some(format!("{err:#}"));
+            false
+        }
+    }
+}
+
 /// The first global IPv4 and IPv6 address found on the uplinks, in uplink order.
 fn uplink_addresses(uplinks: &[String]) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return (None, None) };
@@ -283,6 +308,12 @@ async fn pass(
         }
         Err(err) => warn!(error = %format!("{err:#}"), "cannot read which interfaces carry our programs"),
     }
+    // What the maps hold is read before the first plan: after a restart the VIPs they serve go
+    // into the speaker's first configuration, so that the End-of-RIB a graceful restart waits
+    // for does not go out without them (the peers would withdraw them until the next round).
+    if observed.lb.is_none() {
+        failed |= !adopt_lb(datapath, &mut observed).await;
+    }
     // Rounds: one that changed what the load balancer's maps hold plans again at once, so that
     // the VIPs of services it installed are announced in this pass, not at the next event.
     for _ in 0..ROUNDS {
@@ -328,23 +359,7 @@ async fn pass(
                         observed.bgp_error = Some(err.to_string());
                     }
                 },
-                Op::AdoptLb => match datapath.lb_state().await {
-                    Ok(state) => {
-                        if !state.services.is_empty() {
-                            info!(
-                                services = state.services.len(),
-                                backends = state.backends.len(),
-                                "load balancer state adopted from the pinned maps"
-                            );
-                        }
-                        observed.lb = Some(state);
-                    }
-                    Err(err) => {
-                        failed = true;
-                        warn!(error = %format!("{err:#}"), "cannot read the load balancer's maps");
-                        observed.lb_error = Some(format!("{err:#}"));
-                    }
-                },
+                Op::AdoptLb => failed |= !adopt_lb(datapath, &mut observed).await,
                 Op::ApplyLb(ops) => {
                     let result = datapath.apply_lb(ops.clone()).await;
                     // On a failure part of the ops may have landed: read the maps back next pass.
@@ -697,14 +712,13 @@ mod tests {
             node_addresses: (None, None),
             links: &Default::default(),
         };
-        // Maps not read yet, or read without the service (not installed yet, or its install
-        // failed): nothing announced, and the plan installs it.
-        for observed in [Observed::default(), Observed { lb: Some(LbState::default()), ..Default::default() }] {
-            let ops = plan(&desired, &observed);
-            assert!(announced(&ops).is_empty(), "{ops:?}");
-        }
+        // Maps read without the service (not installed yet, or its install failed): not
+        // announced, and the plan installs it.
         let ops = plan(&desired, &Observed { lb: Some(LbState::default()), ..Default::default() });
+        assert!(announced(&ops).is_empty(), "{ops:?}");
         assert!(ops.iter().any(|op| matches!(op, Op::ApplyLb(_))), "{ops:?}");
+        // Maps that could not be read withdraw nothing.
+        assert_eq!(announced(&plan(&desired, &Observed::default())), ["203.0.113.10/32"]);
         // Installed with an empty table (every backend drained or down): not announced either.
         let mut empty = installed(&a);
         for entry in empty.lb.as_mut().unwrap().services.values_mut() {
