@@ -799,7 +799,10 @@ impl SpeakerTask {
                 let keep = n.graceful_restart
                     && matches!(
                         reason,
-                        DownReason::ConnectionClosed | DownReason::HoldTimerExpired | DownReason::PathDown(_)
+                        DownReason::ConnectionClosed
+                            | DownReason::HoldTimerExpired
+                            | DownReason::PathDown(_)
+                            | DownReason::PeerRestarted
                     );
                 n.peer_graceful_restart.as_ref().filter(|_| keep).cloned()
             });

@@ -10,7 +10,7 @@ use super::negotiation::{local_open, negotiate, validate_open, Negotiated};
 use super::timers::{idle_hold, keepalive_interval, Jitter, OPEN_SENT_HOLD};
 use super::{ConnId, Counters, DownReason, Input, Output, State};
 use crate::wire::{
-    encode_message, msg_type, DecodeOptions, EncodeError, EncodeOptions, Family, Message, Notification,
+    encode_message, msg_type, Capability, DecodeOptions, EncodeError, EncodeOptions, Family, Message, Notification,
     NotificationError, Open, RefreshSubtype, MAX_MESSAGE_LEN,
 };
 
@@ -370,6 +370,22 @@ impl Session {
             return;
         }
         let inbound = self.conn(id).expect("caller looked the connection up").inbound;
+        // RFC 4724 4.2: with graceful restart on the Established session, a new OPEN from the
+        // peer says it restarted and its old connection is gone (its RST lost): the old one is
+        // closed without a NOTIFICATION, the session counts as down (the helper keeps the
+        // peer's routes as stale), and the new connection goes on.
+        let restarted = self.conns.iter().find(|c| {
+            c.id != id
+                && c.state == State::Established
+                && c.negotiated.as_ref().is_some_and(|n| n.graceful_restart)
+                && open.capabilities.iter().any(|cap| matches!(cap, Capability::GracefulRestart(_)))
+        });
+        if let Some(old) = restarted.map(|c| c.id) {
+            if let Some(old) = self.take_conn(old) {
+                out.push(Output::Close { conn: old.id });
+                self.report_down(State::Established, DownReason::PeerRestarted, out);
+            }
+        }
         // RFC 4271 6.8: only a connection whose OPEN we have (OpenConfirm, Established) can
         // collide; we never know the peer's identifier before its OPEN.
         if let Some(other) = self.conns.iter().find(|c| c.id != id && c.state >= State::OpenConfirm) {

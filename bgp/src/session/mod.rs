@@ -222,6 +222,9 @@ pub enum DownReason {
     ConnectionClosed,
     /// [`Input::PathDown`]: e.g. BFD detected the failure before the hold timer.
     PathDown(String),
+    /// A new OPEN from the peer while the session with graceful restart was Established: the
+    /// peer restarted and its old connection is gone (RFC 4724 4.2).
+    PeerRestarted,
 }
 
 impl DownReason {
@@ -247,6 +250,7 @@ impl fmt::Display for DownReason {
             DownReason::NotificationReceived(n) => write!(f, "received NOTIFICATION {n}"),
             DownReason::ConnectionClosed => f.write_str("connection closed by peer"),
             DownReason::PathDown(reason) => f.write_str(reason),
+            DownReason::PeerRestarted => f.write_str("the peer restarted (new OPEN with graceful restart)"),
         }
     }
 }

@@ -61,6 +61,7 @@ fn render(o: &Output<'_>) -> Vec<String> {
                 DownReason::NotificationReceived(n) => format!("received {}/{}", n.code, n.subcode),
                 DownReason::ConnectionClosed => "connection-closed".into(),
                 DownReason::PathDown(_) => "path-down".into(),
+                DownReason::PeerRestarted => "peer-restarted".into(),
             };
             vec![format!("down {r} established={was_established}")]
         }

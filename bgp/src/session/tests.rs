@@ -856,6 +856,47 @@ fn collision(local_id: Ipv4Addr, peer_id: Ipv4Addr) -> (T, Vec<Output<'static>>)
     (t, out)
 }
 
+/// Established on conn 1 with graceful restart negotiated (or not); the peer's new OPEN, with
+/// its GR capability, arrives on inbound conn 2.
+fn reopened_after_restart(gr_on_our_side: bool) -> (T, Vec<Output<'static>>) {
+    let mut c = config();
+    if gr_on_our_side {
+        c.graceful_restart = Some(GracefulRestartConfig::default());
+    }
+    let mut t = T::new(c);
+    let gr = GracefulRestart { restart_state: true, notification: false, restart_time: 120, families: vec![] };
+    let mut open = peer_open(90);
+    open.capabilities.push(Capability::GracefulRestart(gr));
+    t.input(Input::Start);
+    t.input(Input::Connected { conn: ConnId(1), inbound: false });
+    t.recv(1, Message::Open(open.clone()));
+    t.recv(1, Message::Keepalive);
+    assert_eq!(t.s.established_conn(), Some(ConnId(1)));
+    t.at(20.0).input(Input::Connected { conn: ConnId(2), inbound: true });
+    let out = t.at(20.0).recv(2, Message::Open(open));
+    (t, out)
+}
+
+#[test]
+fn a_new_open_under_graceful_restart_replaces_the_established_connection() {
+    // RFC 4724 4.2: the old connection closes without a NOTIFICATION, the session is down
+    // (the helper keeps the routes stale) and the new connection goes on to Established.
+    let (mut t, out) = reopened_after_restart(true);
+    assert_eq!(closed(&out), vec![1]);
+    assert!(sent(&out).iter().all(|(conn, m)| *conn == 2 && *m == Sent::Keepalive), "{:?}", sent(&out));
+    assert_eq!(down(&out), Some((DownReason::PeerRestarted, true)));
+    assert_eq!(t.s.state(), State::OpenConfirm);
+    t.recv(2, Message::Keepalive);
+    assert_eq!(t.s.established_conn(), Some(ConnId(2)));
+
+    // Without graceful restart negotiated the Established connection still wins (RFC 4271 6.8).
+    let (t, out) = reopened_after_restart(false);
+    assert_eq!(sent(&out), vec![(2, Sent::Notification(6, 7, vec![]))]);
+    assert_eq!(closed(&out), vec![2]);
+    assert!(down(&out).is_none());
+    assert_eq!(t.s.established_conn(), Some(ConnId(1)));
+}
+
 #[test]
 fn collision_keeps_our_outbound_connection_when_our_identifier_is_higher() {
     let (mut t, out) = collision(Ipv4Addr::new(203, 0, 113, 9), PEER_ID);
