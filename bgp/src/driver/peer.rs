@@ -61,6 +61,8 @@ pub enum PeerCmd {
     /// This process is restarting gracefully: close the connections without a NOTIFICATION, so
     /// that a peer with graceful restart keeps our routes, and end the task.
     Abandon,
+    /// Our own restart converged: later OPENs say so ([`Session::restart_complete`]).
+    RestartComplete,
 }
 
 /// The peer's state as `show bgp summary` reads it.
@@ -294,6 +296,7 @@ impl PeerTask {
                 let outputs = self.session.handle(now, Input::PathDown { reason });
                 self.perform(outputs).await;
             }
+            PeerCmd::RestartComplete => self.session.restart_complete(),
             // Handled by `run`.
             PeerCmd::Abandon => {}
         }

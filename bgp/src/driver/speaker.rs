@@ -462,6 +462,11 @@ impl SpeakerTask {
         if self.restarting.take().is_some() {
             info!("graceful restart complete: kernel routes follow the RIB again");
             self.fib.send_if_modified(|fib| Arc::make_mut(fib).set_deferred(false));
+            // Later connections' OPENs no longer say we restarted. A full command queue (a
+            // task busy with a slow peer) leaves that peer's bits until its task is recreated.
+            for slot in self.peers.values() {
+                let _ = slot.cmd.try_send(PeerCmd::RestartComplete);
+            }
         }
     }
 

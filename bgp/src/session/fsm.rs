@@ -99,6 +99,22 @@ impl Session {
         &self.config
     }
 
+    /// Our restart is over: the OPENs of later connections no longer set the Restart State (R)
+    /// and Forwarding State (F) bits (RFC 4724 3: R says the speaker has restarted). The
+    /// connection in place keeps what it negotiated.
+    pub fn restart_complete(&mut self) {
+        let Some(gr) = self.config.graceful_restart.as_mut() else { return };
+        if !gr.restarting && !gr.forwarding_preserved {
+            return;
+        }
+        gr.restarting = false;
+        gr.forwarding_preserved = false;
+        self.local_open = local_open(&self.config);
+        self.open_bytes.clear();
+        encode_message(&Message::Open(self.local_open.clone()), &EncodeOptions::default(), &mut self.open_bytes)
+            .expect("the same OPEN encoded at start, two bits changed");
+    }
+
     pub fn state(&self) -> State {
         self.conns.iter().map(|c| c.state).max().unwrap_or(self.base)
     }

@@ -856,6 +856,33 @@ fn collision(local_id: Ipv4Addr, peer_id: Ipv4Addr) -> (T, Vec<Output<'static>>)
     (t, out)
 }
 
+#[test]
+fn once_our_restart_is_complete_later_opens_no_longer_say_we_restarted() {
+    let mut c = config();
+    c.graceful_restart =
+        Some(GracefulRestartConfig { restart_time: 120, restarting: true, forwarding_preserved: true });
+    let mut t = T::new(c);
+    let gr_bits = |out: &[Output<'_>]| {
+        sent(out).into_iter().find_map(|(_, m)| match m {
+            Sent::Open(o) => o.capabilities.into_iter().find_map(|cap| match cap {
+                Capability::GracefulRestart(g) => {
+                    Some((g.restart_state, g.families.iter().any(|f| f.forwarding_preserved)))
+                }
+                _ => None,
+            }),
+            _ => None,
+        })
+    };
+    t.input(Input::Start);
+    let out = t.input(Input::Connected { conn: ConnId(1), inbound: false });
+    assert_eq!(gr_bits(&out), Some((true, true)), "R and F while restarting");
+    t.s.restart_complete();
+    // The connection fails; the next one's OPEN has neither bit, and still the capability.
+    t.at(1.0).input(Input::Closed { conn: ConnId(1) });
+    let out = t.at(2.0).input(Input::Connected { conn: ConnId(2), inbound: true });
+    assert_eq!(gr_bits(&out), Some((false, false)));
+}
+
 /// Established on conn 1 with graceful restart negotiated (or not); the peer's new OPEN, with
 /// its GR capability, arrives on inbound conn 2.
 fn reopened_after_restart(gr_on_our_side: bool) -> (T, Vec<Output<'static>>) {
