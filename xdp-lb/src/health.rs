@@ -13,7 +13,7 @@
 //! `fall` intervals of misrouted new flows, the same as a backend that fails while running.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -142,6 +142,9 @@ struct Target {
     epoch: u64,
 }
 
+/// A target's check and what it found (state, reason, since), carried to its successor.
+type Verdict = (HealthCheck, RiseFall, Option<String>, Instant);
+
 /// Which backend to check when, and their rise/fall states. One probe per target at a time: a
 /// check that outlives its interval delays the next one rather than piling up connections.
 #[derive(Debug, Default)]
@@ -156,8 +159,11 @@ impl Scheduler {
     /// Follows a new service list. Targets whose check did not change keep their state and
     /// schedule; a changed check keeps the health state but restarts counting and is run at once;
     /// new targets start healthy with their first check spread over one interval, so a thousand
-    /// backends are not all probed in the same millisecond. Backends of services without a check
-    /// are unchecked since they first appear so (a backend of weight 0 is checked like any other).
+    /// backends are not all probed in the same millisecond, unless another service's target
+    /// (the same service under a changed VIP, port or protocol) checked the same backend with the
+    /// same check: its verdict carries over, so a known-dead backend does not draw traffic again
+    /// for `fall` intervals. Backends of services without a check are unchecked since they first
+    /// appear so (a backend of weight 0 is checked like any other).
     pub(crate) fn reconfigure(&mut self, services: &[Service], now: Instant) {
         let mut wanted: BTreeMap<TargetKey, &HealthCheck> = BTreeMap::new();
         let mut unchecked: BTreeMap<TargetKey, Instant> = BTreeMap::new();
@@ -176,6 +182,11 @@ impl Scheduler {
             }
         }
         self.unchecked = unchecked;
+        // Verdicts by backend and check, of targets about to go, for the ones that replace them.
+        let mut known: HashMap<SocketAddr, Vec<Verdict>> = HashMap::new();
+        for ((_, backend), t) in self.targets.iter().filter(|(key, _)| !wanted.contains_key(key)) {
+            known.entry(*backend).or_default().push((t.check.clone(), t.state, t.reason.clone(), t.since));
+        }
         self.targets.retain(|key, _| wanted.contains_key(key));
         for (key, check) in wanted {
             match self.targets.get_mut(&key) {
@@ -190,11 +201,16 @@ impl Scheduler {
                 }
                 None => {
                     self.epochs += 1;
+                    let carried = known.get(&key.1).and_then(|v| v.iter().find(|(c, ..)| c == check));
+                    let (state, reason, since) = match carried {
+                        Some((_, state, reason, since)) => (RiseFall { streak: 0, ..*state }, reason.clone(), *since),
+                        None => (RiseFall::new(), None, now),
+                    };
                     let target = Target {
                         check: check.clone(),
-                        state: RiseFall::new(),
-                        reason: None,
-                        since: now,
+                        state,
+                        reason,
+                        since,
                         next_due: now + first_delay(&key, check.interval_ms),
                         in_flight: false,
                         epoch: self.epochs,
@@ -435,6 +451,32 @@ mod tests {
         // Its schedule was kept too: the next check of 8081 is at 300 ms as before.
         let due: Vec<u16> = s.take_due(t0 + Duration::from_millis(300)).iter().map(|p| p.key.1.port()).collect();
         assert!(due.contains(&8080) && due.contains(&8081), "{due:?}");
+    }
+
+    #[test]
+    fn a_service_whose_vip_or_port_changes_keeps_its_backends_verdicts() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::default();
+        s.reconfigure(&[service(80, &[8080, 8081], Some(check(100)))], t0);
+        for round in 1..=2u64 {
+            run_due(&mut s, t0 + Duration::from_millis(100 * round), |port| port == 8080);
+        }
+        assert!(!s.view().is_healthy(&key(80, 8081).0, key(80, 8081).1));
+        // The service moves to port 81 (a new key): 8081 is still known dead, 8080 healthy.
+        let t1 = t0 + Duration::from_millis(250);
+        s.reconfigure(&[service(81, &[8080, 8081], Some(check(100)))], t1);
+        let view = s.view();
+        assert_eq!(view.len(), 2);
+        assert_eq!(
+            view.get(&key(81, 8081).0, key(81, 8081).1),
+            Some(&BackendHealth::Unhealthy { reason: "connect: refused".to_owned() })
+        );
+        assert!(view.is_healthy(&key(81, 8080).0, key(81, 8080).1));
+        // With another check the verdict does not carry: it starts healthy, as a new backend.
+        let mut other = check(100);
+        other.fall = 5;
+        s.reconfigure(&[service(82, &[8081], Some(other))], t1);
+        assert!(s.view().is_healthy(&key(82, 8081).0, key(82, 8081).1));
     }
 
     #[test]
