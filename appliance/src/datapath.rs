@@ -27,6 +27,8 @@ pub trait Datapath {
     fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()>;
     /// Outer source addresses of DSR tunnels and NAT.
     fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<()>;
+    /// The source ports NAT mode takes (`node.snat_ports`).
+    fn set_snat_ports(&mut self, ports: ferrule_config::PortRange) -> Result<()>;
     /// Counters of each service id and backend id asked for.
     fn lb_counters(&mut self, services: &[u32], backends: &[u32]) -> Result<(Vec<LbCounters>, Vec<LbCounters>)>;
     /// The load balancer's node-wide events (`enum fr_lb_event`), summed over CPUs.
@@ -198,6 +200,10 @@ impl Datapath for NodeDatapath {
         Ok(self.xdp.lb().set_node_addresses(v4, v6)?)
     }
 
+    fn set_snat_ports(&mut self, ports: ferrule_config::PortRange) -> Result<()> {
+        Ok(self.xdp.lb().set_nat_ports(ports.first..=ports.last)?)
+    }
+
     fn lb_counters(&mut self, services: &[u32], backends: &[u32]) -> Result<(Vec<LbCounters>, Vec<LbCounters>)> {
         let lb = self.xdp.lb();
         let s = services.iter().map(|id| lb.service_counters(*id)).collect::<Result<_, _>>()?;
@@ -271,6 +277,7 @@ enum Command {
     LbState(Reply<LbState>),
     ApplyLb(Vec<LbOp>, Reply<()>),
     NodeAddresses(Option<Ipv4Addr>, Option<Ipv6Addr>, Reply<()>),
+    SnatPorts(ferrule_config::PortRange, Reply<()>),
     LbCounters(Vec<u32>, Vec<u32>, Reply<(Vec<LbCounters>, Vec<LbCounters>)>),
     LbEvents(Reply<LbEvents>),
     SetDecap(ferrule_config::Decap, Reply<DecapStatus>),
@@ -325,6 +332,9 @@ impl DatapathHandle {
                         }
                         Command::NodeAddresses(v4, v6, reply) => {
                             let _ = reply.send(datapath.set_node_addresses(v4, v6));
+                        }
+                        Command::SnatPorts(ports, reply) => {
+                            let _ = reply.send(datapath.set_snat_ports(ports));
                         }
                         Command::LbCounters(services, backends, reply) => {
                             let _ = reply.send(datapath.lb_counters(&services, &backends));
@@ -381,6 +391,10 @@ impl DatapathHandle {
 
     pub async fn set_node_addresses(&self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<()> {
         self.ask(|reply| Command::NodeAddresses(v4, v6, reply)).await
+    }
+
+    pub async fn set_snat_ports(&self, ports: ferrule_config::PortRange) -> Result<()> {
+        self.ask(|reply| Command::SnatPorts(ports, reply)).await
     }
 
     pub async fn lb_counters(
@@ -489,6 +503,10 @@ impl Datapath for InMemoryDatapath {
     }
 
     fn set_node_addresses(&mut self, _v4: Option<Ipv4Addr>, _v6: Option<Ipv6Addr>) -> Result<()> {
+        Ok(())
+    }
+
+    fn set_snat_ports(&mut self, _ports: ferrule_config::PortRange) -> Result<()> {
         Ok(())
     }
 

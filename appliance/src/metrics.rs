@@ -539,6 +539,9 @@ mod tests {
         fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> anyhow::Result<()> {
             self.0.set_node_addresses(v4, v6)
         }
+        fn set_snat_ports(&mut self, ports: ferrule_config::PortRange) -> anyhow::Result<()> {
+            self.0.set_snat_ports(ports)
+        }
         fn lb_counters(
             &mut self,
             services: &[u32],

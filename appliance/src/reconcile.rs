@@ -43,6 +43,8 @@ pub struct Observed {
     pub lb: Option<LbState>,
     /// Outer source addresses given to the datapath (DSR tunnels, NAT).
     pub node_addresses: Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
+    /// The SNAT ports given to the datapath.
+    pub snat_ports: Option<ferrule_config::PortRange>,
     /// Why the last load-balancer change failed, if it did.
     pub lb_error: Option<String>,
     /// Why the speaker refused the last `[bgp]` section (e.g. the listen port is taken).
@@ -70,6 +72,9 @@ pub enum Op {
     ApplyLb(Vec<LbOp>),
     /// Set the node's addresses used as outer source by DSR and NAT.
     SetNodeAddresses(Option<Ipv4Addr>, Option<Ipv6Addr>),
+    /// Set the source ports NAT mode takes; planned first, so that a program attached by the
+    /// same pass never runs with the loader's default.
+    SetSnatPorts(ferrule_config::PortRange),
     /// Make `tc_decap` match `[decap]` (this node as a DSR backend); empty removes it.
     SetDecap(ferrule_config::Decap),
 }
@@ -148,6 +153,10 @@ pub fn plan_with(desired: &Desired<'_>, observed: &Observed, cache: &mut TableCa
     let in_place = observed.uplinks.len() == wanted.len()
         && observed.uplinks.iter().zip(wanted).all(|(seen, name)| seen.attached && &seen.name == name);
     let mut ops = Vec::new();
+    let snat_ports = desired.accepted.model.node.snat_ports;
+    if observed.snat_ports != Some(snat_ports) {
+        ops.push(Op::SetSnatPorts(snat_ports));
+    }
     if !(in_place && observed.applied_generation.is_some()) {
         ops.push(Op::SetUplinks(wanted.clone()));
     }
@@ -235,6 +244,15 @@ async fn adopt_lb(datapath: &DatapathHandle, observed: &mut Observed) -> bool {
             false
         }
     }
+}
+
+/// The kernel's `ip_local_port_range` (the ports of the node's own outgoing connections), when it
+/// overlaps `ports`.
+fn local_port_overlap(ports: ferrule_config::PortRange) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u16>().ok());
+    let (low, high) = (fields.next()??, fields.next()??);
+    (low <= ports.last && ports.first <= high).then(|| format!("{low}-{high}"))
 }
 
 /// The first global IPv4 and IPv6 address found on the uplinks, in uplink order.
@@ -408,6 +426,21 @@ async fn pass(
                         observed.decap_applied = None;
                     }
                 },
+                Op::SetSnatPorts(ports) => match datapath.set_snat_ports(ports).await {
+                    Ok(()) => {
+                        if observed.snat_ports.is_some() {
+                            warn!(%ports, "SNAT ports changed: NAT flows on ports outside them move to new ports (their backends see new connections)");
+                        }
+                        if let Some(overlap) = local_port_overlap(ports) {
+                            warn!(%ports, local_port_range = %overlap, "the SNAT ports overlap the kernel's ip_local_port_range: an outgoing connection of the node to a backend could share a port with a NAT flow; move one of them");
+                        }
+                        observed.snat_ports = Some(ports);
+                    }
+                    Err(err) => {
+                        failed = true;
+                        warn!(error = %format!("{err:#}"), "cannot set the SNAT ports in the datapath");
+                    }
+                },
                 Op::SetNodeAddresses(v4, v6) => match datapath.set_node_addresses(v4, v6).await {
                     Ok(()) => observed.node_addresses = Some((v4, v6)),
                     Err(err) => {
@@ -483,6 +516,7 @@ mod tests {
             announced_vips: Vec::new(),
             lb: Some(LbState::default()),
             node_addresses: Some((None, None)),
+            snat_ports: Some(accepted.model.node.snat_ports),
             lb_error: None,
             bgp_error: None,
             decap_applied: Some(accepted.model.decap.clone()),
@@ -498,6 +532,7 @@ mod tests {
         assert_eq!(
             plan_for(&a, &Observed::default()),
             vec![
+                Op::SetSnatPorts(Default::default()),
                 Op::SetUplinks(vec!["eth0".into()]),
                 Op::ConfigureBgp(Box::new(speaker_of(&a))),
                 Op::SetNodeAddresses(None, None),
@@ -583,6 +618,18 @@ mod tests {
     fn nothing_to_do_when_every_uplink_is_attached_and_bgp_is_current() {
         let a = accepted(&["eth0"], 1);
         assert!(plan_for(&a, &observed_for(vec![attached("eth0")], &a)).is_empty());
+    }
+
+    #[test]
+    fn changed_snat_ports_are_set_before_anything_else() {
+        let a = accepted(&["eth0"], 1);
+        let observed = observed_for(vec![attached("eth0")], &a);
+        let mut model = a.model.clone();
+        model.node.snat_ports = ferrule_config::PortRange { first: 20_000, last: 29_999 };
+        let b = Accepted { model, ..accepted(&["eth0"], 2) };
+        assert_eq!(plan_for(&b, &observed), vec![Op::SetSnatPorts(b.model.node.snat_ports)]);
+        // A first pass sets them before it attaches the program.
+        assert_eq!(plan_for(&b, &Observed::default())[0], Op::SetSnatPorts(b.model.node.snat_ports));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::model::{Announce, Model, Peer, Service};
 /// removed ones the old value; order follows the model that holds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelDiff {
-    /// The node's name, ASN or router-id changed (uplinks are reported separately below).
+    /// The node's name, ASN, router-id or SNAT ports changed (uplinks are reported separately
+    /// below).
     pub node_changed: bool,
     pub uplinks_added: Vec<String>,
     pub uplinks_removed: Vec<String>,
@@ -40,6 +41,7 @@ pub fn diff(old: &Model, new: &Model) -> ModelDiff {
     let node_changed = old.node.name != new.node.name
         || old.node.asn != new.node.asn
         || old.node.router_id != new.node.router_id
+        || old.node.snat_ports != new.node.snat_ports
         || old.bgp.listen_port != new.bgp.listen_port;
 
     let (uplinks_added, uplinks_removed, _) = keyed(&old.node.uplinks, &new.node.uplinks, |u| u.clone());
@@ -94,6 +96,7 @@ mod tests {
                 asn: 65101,
                 router_id: "192.0.2.11".parse().unwrap(),
                 uplinks: vec!["eth0".into(), "eth1".into()],
+                snat_ports: Default::default(),
             },
             bgp: Bgp {
                 listen_port: 179,

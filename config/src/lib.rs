@@ -18,7 +18,8 @@ pub use diff::{diff, ModelDiff};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use model::{
     Announce, AnnounceWhen, Backend, Bfd, Bgp, Decap, GracefulRestart, HealthCheck, HealthKind, ImportAction,
-    ImportRule, Listen, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Password, Peer, PeerOptions, Protocol, Service,
+    ImportRule, Listen, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Password, Peer, PeerOptions, PortRange,
+    Protocol, Service,
 };
 pub use redact::redact_secrets;
 pub use validate::{MAX_BACKENDS, MAX_MAGLEV_TABLE_SIZE, MAX_SERVICES};

@@ -49,6 +49,55 @@ pub struct Node {
     /// NICs the XDP datapath attaches to.
     #[serde(default)]
     pub uplinks: Vec<String>,
+    /// Source ports NAT-mode services take on the node's address (`snat_ports = "10000-32767"`).
+    #[serde(default)]
+    pub snat_ports: PortRange,
+}
+
+/// Ports `first..=last`, written `"first-last"` (in TOML and JSON alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub(crate) fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+/// The datapath's default: below Linux's default `ip_local_port_range` (32768-60999), so that the
+/// node's own outgoing connections never take a port a translated flow has.
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange { first: 10_000, last: 32_767 }
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> String {
+        r.to_string()
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<PortRange, String> {
+        crate::validate::check_snat_ports(&s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,7 @@ pub(crate) struct RawNode {
     pub router_id: Option<String>,
     #[serde(default)]
     pub uplinks: Vec<String>,
+    pub snat_ports: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -821,6 +821,27 @@ fn rejects_bad_health_announce_and_table_size() {
 }
 
 #[test]
+fn snat_ports_default_and_bounds() {
+    assert_eq!(ok(WEB).node.snat_ports, PortRange { first: 10_000, last: 32_767 });
+    let with = |v: &str| {
+        WEB.replace("router_id = \"192.0.2.11\"", &format!("router_id = \"192.0.2.11\"\nsnat_ports = \"{v}\""))
+    };
+    assert_eq!(ok(&with("20000-29999")).node.snat_ports, PortRange { first: 20_000, last: 29_999 });
+    assert_eq!(ok(&with("1024-1279")).node.snat_ports.to_string(), "1024-1279");
+    for (value, needle) in [
+        ("20000", "not a port range"),
+        ("20000-70000", "not a port range"),
+        ("500-2000", "below 1024"),
+        ("30000-20000", "ends before it starts"),
+        ("20000-20100", "has 101 ports"),
+    ] {
+        let e = one_error(&with(value));
+        assert_eq!(e.path, "node.snat_ports", "{value}");
+        assert!(e.message.contains(needle), "{value}: {e}");
+    }
+}
+
+#[test]
 fn table_size_and_backend_count_stay_within_what_the_datapath_holds() {
     let sized = |n: u32| WEB.replace("mode = \"dsr\"", &format!("mode = \"dsr\"\nmaglev_table_size = {n}"));
     assert_eq!(ok(&sized(MAX_MAGLEV_TABLE_SIZE)).services[0].maglev_table_size, 1_048_573);

@@ -10,12 +10,12 @@ use ipnet::IpNet;
 use crate::bgp_types::{Community, LargeCommunity, PrefixFilter};
 use crate::error::ConfigError;
 use crate::locate::{FieldPath, Locator};
-use crate::model::Decap;
 use crate::model::{
     default_bgp_port, default_hold_time, default_listen_limit, default_maglev_table_size, default_max_prefix_action,
     Announce, AnnounceWhen, Backend, Bfd, Bgp, GracefulRestart, HealthCheck, HealthKind, ImportAction, ImportRule,
     Listen, MaxPrefix, MaxPrefixAction, Mode, Model, Node, Password, Peer, PeerOptions, Protocol, Service,
 };
+use crate::model::{Decap, PortRange};
 use crate::raw::{
     known_keys, RawAnnounce, RawBackend, RawBfd, RawBgp, RawDecap, RawGracefulRestart, RawHealth, RawImportRule,
     RawListen, RawMaxPrefix, RawModel, RawNode, RawPeer, RawService,
@@ -144,7 +144,11 @@ impl<'a> Validator<'a> {
         let asn = self.required(&path.key("asn"), raw.asn, "65101", check_asn);
         let router_id = self.required(&path.key("router_id"), raw.router_id, "\"192.0.2.11\"", |s| check_router_id(&s));
         let uplinks = self.uplinks(&path.key("uplinks"), raw.uplinks);
-        Some(Node { name: name?, asn: asn?, router_id: router_id?, uplinks: uplinks? })
+        let snat_ports = match raw.snat_ports {
+            Some(s) => self.check(&path.key("snat_ports"), check_snat_ports(&s)),
+            None => Some(PortRange::default()),
+        };
+        Some(Node { name: name?, asn: asn?, router_id: router_id?, uplinks: uplinks?, snat_ports: snat_ports? })
     }
 
     fn uplinks(&mut self, path: &FieldPath, raw: Vec<String>) -> Option<Vec<String>> {
@@ -894,6 +898,35 @@ fn parse_ip(s: &str) -> Result<IpAddr, String> {
             format!("`{s}` is not an IP address; write one like 2001:db8::1 or 192.0.2.1")
         }
     })
+}
+
+/// Fewest SNAT ports accepted: each backend (address and port) can have this many NAT flows per
+/// node address at once.
+const MIN_SNAT_PORTS: u32 = 256;
+
+pub(crate) fn check_snat_ports(s: &str) -> Result<PortRange, String> {
+    let example = "e.g. \"10000-32767\" (the default)";
+    let parsed =
+        s.split_once('-').and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+    let Some((first, last)) = parsed else {
+        return Err(format!("snat_ports `{s}` is not a port range FIRST-LAST; use {example}"));
+    };
+    if first < 1024 {
+        return Err(format!(
+            "snat_ports `{s}` starts below 1024, among well-known service ports; start at 1024 or above, {example}"
+        ));
+    }
+    if first > last {
+        return Err(format!("snat_ports `{s}` ends before it starts; write the lower port first, {example}"));
+    }
+    let range = PortRange { first, last };
+    if range.len() < MIN_SNAT_PORTS {
+        return Err(format!(
+            "snat_ports `{s}` has {} ports; give at least {MIN_SNAT_PORTS} (each is one NAT flow per backend at a time), {example}",
+            range.len()
+        ));
+    }
+    Ok(range)
 }
 
 fn check_router_id(s: &str) -> Result<Ipv4Addr, String> {

@@ -47,12 +47,20 @@ struct fr_iface_stats {
 #define FR_LB_FRAGS_SIZE 8192
 
 /*
- * SNAT source ports of NAT mode: [FR_LB_NAT_PORT_MIN, FR_LB_NAT_PORT_MIN + FR_LB_NAT_PORT_COUNT).
+ * Default SNAT source ports of NAT mode: [FR_LB_NAT_PORT_MIN, FR_LB_NAT_PORT_MIN +
+ * FR_LB_NAT_PORT_COUNT), until the daemon sets `node.snat_ports` (lb_nat_ports in lib/lb.h).
  * Below Linux's default ip_local_port_range (32768-60999) so the node's own connections never
  * collide with translated flows; the node must keep its local port range out of this one.
  */
 #define FR_LB_NAT_PORT_MIN 10000
 #define FR_LB_NAT_PORT_COUNT 22768
+
+/* Value of the datapath's private `lb_nat_ports` map (array of 1): SNAT ports [first, first +
+ * count). */
+struct fr_lb_nat_ports {
+	__u32 first;
+	__u32 count;
+};
 
 /*
  * DSR encapsulation overhead: 20 bytes (IPIP, outer IPv4) or 40 bytes (IP6IP6 and IPv4-in-IPv6,

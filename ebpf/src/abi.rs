@@ -107,6 +107,12 @@ abi_structs! {
         pub flags: u32,
     }
 
+    /// The one value of the private `lb_nat_ports`: SNAT ports `[first, first + count)`.
+    "fr_lb_nat_ports" => pub struct LbNatPorts {
+        pub first: u32,
+        pub count: u32,
+    }
+
     /// Key of `fr_lb_ct` and `fr_lb_nat`: one direction of a connection.
     "fr_lb_flow" => pub struct LbFlow {
         pub src: [u8; 16],

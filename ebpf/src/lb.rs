@@ -25,7 +25,7 @@ use aya::{
 };
 
 use crate::{
-    abi::{self, DecapAddr, LbBackend, LbConfig, LbCountersRaw, LbService, LbServiceKey, LbTraffic},
+    abi::{self, DecapAddr, LbBackend, LbConfig, LbCountersRaw, LbNatPorts, LbService, LbServiceKey, LbTraffic},
     error::chain_to_string,
     loader::{check_pinned_maps, ensure_bpffs, node_pin_dir, Datapath, DEFAULT_BPFFS},
     objects, sys, EbpfError,
@@ -35,6 +35,7 @@ pub(crate) const SERVICES: &str = "fr_lb_services";
 const TABLES: &str = "fr_lb_tables";
 const BACKENDS: &str = "fr_lb_backends";
 const CONFIG: &str = "fr_lb_config";
+const NAT_PORTS: &str = "lb_nat_ports";
 const GENERATION: &str = "fr_lb_gen";
 /// The services' VIPs as a bitmap (`fr_lb_vips` in ferrule_abi.h).
 const VIPS: &str = "fr_lb_vips";
@@ -302,6 +303,17 @@ fn map<'e>(ebpf: &'e Ebpf, name: &'static str) -> Result<&'e Map, EbpfError> {
     ebpf.map(name).ok_or(EbpfError::MissingFromObject { object: "xdp_lb", what: "map", name })
 }
 
+/// Writes the private `lb_nat_ports` (see [`LbMaps::set_nat_ports`]); the loader's default first.
+pub(crate) fn set_nat_ports(ebpf: &mut Ebpf, ports: std::ops::RangeInclusive<u16>) -> Result<(), EbpfError> {
+    let (first, last) = (u32::from(*ports.start()), u32::from(*ports.end()));
+    if first == 0 || first > last {
+        return Err(input(format!("SNAT ports {first}-{last}: give a non-empty range of ports above 0")));
+    }
+    let mut array: Array<_, LbNatPorts> =
+        Array::try_from(map_mut(ebpf, NAT_PORTS)?).map_err(|e| EbpfError::map(NAT_PORTS, "opening as array", e))?;
+    array.set(0, LbNatPorts { first, count: last - first + 1 }, 0).map_err(|e| EbpfError::map(NAT_PORTS, "writing", e))
+}
+
 fn map_mut<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Map, EbpfError> {
     ebpf.map_mut(name).ok_or(EbpfError::MissingFromObject { object: "xdp_lb", what: "map", name })
 }
@@ -362,6 +374,15 @@ impl LbMaps<'_> {
         let mut array: Array<_, LbConfig> =
             Array::try_from(map_mut(self.ebpf, CONFIG)?).map_err(|e| EbpfError::map(CONFIG, "opening as array", e))?;
         array.set(0, cfg, 0).map_err(|e| EbpfError::map(CONFIG, "writing", e))
+    }
+
+    /// The SNAT ports NAT mode takes (`first..=last`): new flows take ports from them, and only
+    /// packets to them can be replies. A flow whose port is left out moves to one inside on its
+    /// next packet (which its backend sees as another connection); replies to ports left out are
+    /// no longer translated.
+    pub fn set_nat_ports(&mut self, ports: std::ops::RangeInclusive<u16>) -> Result<(), EbpfError> {
+        let result = set_nat_ports(self.ebpf, ports);
+        self.bumped(result)
     }
 
     /// Adds one to the maps' generation (`fr_lb_gen`) after a change, written or attempted: the

@@ -282,6 +282,9 @@ impl Datapath {
             .override_global(NAT_EPOCH_BASE, &epoch_base, true)
             .load(objects::XDP_LB)
             .map_err(|e| EbpfError::load(XDP_OBJECT, e))?;
+        // The default SNAT ports until the daemon sets its own, before the program can run.
+        let first = abi::LB_NAT_PORT_MIN;
+        crate::lb::set_nat_ports(&mut ebpf, first..=first + (abi::LB_NAT_PORT_COUNT - 1))?;
         let xdp = xdp_program_mut(&mut ebpf)?;
         xdp.load().map_err(|e| EbpfError::program(XDP_PROGRAM, "loading", e))?;
         let prog_id = xdp.info().map_err(|e| EbpfError::program(XDP_PROGRAM, "reading program info", e))?.id();

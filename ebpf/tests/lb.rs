@@ -719,6 +719,48 @@ fn udp_datagram4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> 
     out
 }
 
+/// `node.snat_ports`: new NAT flows take ports from the configured range, replies are taken only
+/// on it, and a flow whose port a change of the range left out moves into the new one on its
+/// next packet (its old port's replies are no longer translated).
+#[test]
+fn nat_takes_its_snat_ports_from_the_configured_range() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("sp");
+    net.run(|ifindex| {
+        let mut lb = Lb::open("natports", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 21, LbMode::Nat, ID_A4);
+        let first = tcp4(CLIENT4, 40000, VIP4, 80, false, b"a");
+        let old_port = nat_port_of(&lb, &first);
+        assert!((10_000..32_768).contains(&old_port), "the default range: {old_port}");
+
+        lb.dp.lb().set_nat_ports(50_000..=50_015).unwrap();
+        let second = tcp4(CLIENT4, 40001, VIP4, 80, false, b"b");
+        let new_port = nat_port_of(&lb, &second);
+        assert!((50_000..=50_015).contains(&new_port), "a new flow in the new range: {new_port}");
+        let reply = tcp4(BACKEND_A4, 8080, NODE4, new_port, false, b"ok");
+        assert_eq!(lb.run(&reply).retval, XDP_TX, "its reply translated");
+
+        // The first flow's port is outside the range now: its replies are the node's business,
+        // and its next packet moves it into the range.
+        let stale_reply = tcp4(BACKEND_A4, 8080, NODE4, old_port, false, b"ok");
+        let out = lb.run(&stale_reply);
+        assert_eq!((out.retval, out.data), (XDP_PASS, stale_reply));
+        let moved = nat_port_of(&lb, &first);
+        assert!((50_000..=50_015).contains(&moved), "moved into the range: {moved}");
+        let reply = tcp4(BACKEND_A4, 8080, NODE4, moved, false, b"ok");
+        assert_eq!(lb.run(&reply).retval, XDP_TX);
+
+        // An empty or reversed range is refused and changes nothing.
+        let (high, low) = (60_000, 59_999);
+        assert!(lb.dp.lb().set_nat_ports(high..=low).is_err());
+        assert!(lb.dp.lb().set_nat_ports(0..=10).is_err());
+        let third = tcp4(CLIENT4, 40002, VIP4, 80, false, b"c");
+        assert!((50_000..=50_015).contains(&nat_port_of(&lb, &third)));
+    });
+}
+
 const FRAG_NEEDED_1500: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0xdc]);
 const PACKET_TOO_BIG_1280: (u8, u8, [u8; 4]) = (2, 0, 1280u32.to_be_bytes());
 const ROUTER4: [u8; 4] = [198, 51, 100, 254];

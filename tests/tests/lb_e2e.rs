@@ -155,9 +155,12 @@ impl Lab {
     }
 }
 
+/// `node.snat_ports` of the node: not the default, so that NAT shows it took the setting.
+const SNAT_PORTS: &str = "20000-20999";
+
 fn config(name: &str, f: &Family, uplinks: &str, mode: &str, backend_port: u16) -> String {
     format!(
-        "[node]\nname = \"{name}\"\nasn = 65101\nrouter_id = \"{}\"\nuplinks = [{uplinks}]\n\n\
+        "[node]\nname = \"{name}\"\nasn = 65101\nrouter_id = \"{}\"\nuplinks = [{uplinks}]\nsnat_ports = \"{SNAT_PORTS}\"\n\n\
          [[services]]\nname = \"web\"\nvip = \"{}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{mode}\"\n\
          announce = \"local\"\n\
          backends = [ {{ address = \"{}\", port = {backend_port} }} ]\n",
@@ -392,7 +395,8 @@ fn nat_answers_through_the_node(f: &'static Family, label: &str) {
     println!("NAT answer: expected to start with {expected_prefix:?} (backend sees the node's SNAT address)");
     assert!(x.answer.starts_with(&expected_prefix), "answer {:?}", x.answer);
     let snat_port: u16 = x.answer[expected_prefix.len()..].parse().expect("SNAT port in the answer");
-    println!("SNAT port seen by the backend: {snat_port} (client port {})", x.local.port());
+    println!("SNAT port seen by the backend: {snat_port} (client port {}), expected in {SNAT_PORTS}", x.local.port());
+    assert!((20_000..=20_999).contains(&snat_port), "SNAT port {snat_port} outside node.snat_ports {SNAT_PORTS}");
 
     let web = check_counters(&ferrule, f, backend);
     println!("service: {web}");

@@ -221,6 +221,7 @@ struct lb_scratch {
 	struct lb_nh nh;
 	__u32 too_big_mtu; /* the route's MTU, when lb_fib answered LB_TOO_BIG */
 	__u32 pad;
+	struct fr_lb_nat_ports nat_ports; /* lb_nat_claim's copy of lb_nat_ports (no stack) */
 	struct lb_fc_stats fc_stats; /* lives across packets, unlike the rest */
 	__u64 clock_ns; /* lb_clock's, across packets too: the coarse clock ... */
 	__u64 clock_jiffies; /* ... as read when jiffies was this */
@@ -597,10 +598,30 @@ _Static_assert(sizeof(struct fr_lb_flow) == 40, "flows are compared as five 64-b
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, FR_LB_NAT_PORT_COUNT);
+	__uint(max_entries, 65536); /* by port number: any SNAT range */
 	__type(key, __u32);
 	__type(value, __u32);
 } lb_nat_epoch SEC(".maps");
+
+/*
+ * The SNAT ports (`node.snat_ports`): private, written by the loader (the default range) before
+ * the program can run and by the daemon from the config before it attaches the program, and
+ * whenever the setting changes.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fr_lb_nat_ports);
+} lb_nat_ports SEC(".maps");
+
+/* The SNAT range; NULL only if the map cannot be read (then no port is an SNAT port). */
+static __always_inline const struct fr_lb_nat_ports *lb_nat_range(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&lb_nat_ports, &zero);
+}
 
 /*
  * Added to every epoch as read: a random base the loader sets for each load. The epochs start
@@ -610,9 +631,17 @@ struct {
  */
 volatile const __u32 lb_nat_epoch_base = 0;
 
+/* Whether `port` is one NAT mode takes its SNAT ports from: only then may a packet be a reply. */
+static __always_inline int lb_in_snat_range(__be16 port)
+{
+	const struct fr_lb_nat_ports *range = lb_nat_range();
+
+	return range && (__u32)bpf_ntohs(port) - range->first < range->count;
+}
+
 static __always_inline __u32 *lb_nat_epoch_of(__be16 port)
 {
-	__u32 i = (__u16)(bpf_ntohs(port) - FR_LB_NAT_PORT_MIN);
+	__u32 i = bpf_ntohs(port);
 
 	return bpf_map_lookup_elem(&lb_nat_epoch, &i);
 }
@@ -1486,6 +1515,7 @@ static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, con
 							const struct fr_lb_config *cfg, __be16 have, __u32 *seen)
 {
 	struct lb_scratch *s = lb_scratch();
+	const struct fr_lb_nat_ports *range;
 	__u8 family = p->flow.family;
 	struct fr_lb_nat_entry *ne, *old;
 	struct fr_lb_flow *rk;
@@ -1511,15 +1541,21 @@ static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, con
 	ne->backend_id = p->backend_id;
 	*seen = 0;
 	h = lb_hash_flow(&p->flow, LB_SEED_NAT);
+	range = lb_nat_range();
+	if (!range || !range->count)
+		return 0;
+	s->nat_ports = *range; /* read from the scratch in the loop: the stack is at its limit */
 
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
 		__u32 *epoch, v = 0;
 
-		if (i == 0 && have)
+		/* A port left out by a change of `node.snat_ports` is not kept: its replies would
+		 * no longer be taken for replies. */
+		if (i == 0 && have && (__u32)bpf_ntohs(have) - s->nat_ports.first < s->nat_ports.count)
 			rk->dport = have;
 		else
-			rk->dport = bpf_htons(FR_LB_NAT_PORT_MIN + (h + i * 7919u) % FR_LB_NAT_PORT_COUNT);
+			rk->dport = bpf_htons(s->nat_ports.first + (h + i * 7919u) % s->nat_ports.count);
 		epoch = lb_nat_epoch_of(rk->dport);
 		if (epoch)
 			v = lb_nat_epoch_val(epoch);
@@ -1677,8 +1713,9 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		 * would then join. So the entry is looked up again (lb_nat_claim: claimed again when
 		 * gone, another port when taken) once a second, with conntrack's refresh, and whenever
 		 * the port's epoch (see lb_nat_epoch: every claim attempt of the port moves it on) is
-		 * no longer the one conntrack last checked it under. A remembered packet checks the
-		 * epoch read here before the lookup.
+		 * no longer the one conntrack last checked it under, or the port is no longer in the
+		 * SNAT range (`node.snat_ports` changed: lb_nat_claim moves it into the range). A
+		 * remembered packet checks the epoch read here before the lookup.
 		 */
 		__u32 checked;
 		__be16 port;
@@ -1688,7 +1725,7 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		epoch = lb_nat_epoch_of(nat_port);
 		if (epoch)
 			seen = lb_nat_epoch_val(epoch);
-		if (!epoch || stale || ct->nat_epoch != (__u16)seen) {
+		if (!epoch || stale || ct->nat_epoch != (__u16)seen || !lb_in_snat_range(nat_port)) {
 			port = lb_nat_claim(p, be, cfg, nat_port, &checked);
 			if (port == 0)
 				return lb_drop(p, FR_LB_DROP_NAT_PORTS);
@@ -1831,12 +1868,6 @@ static __always_inline int lb_fc_send(struct xdp_md *ctx, const struct lb_pkt *p
 			return rc;
 	}
 	return lb_nh_send(ctx, &f->nh, f->vlan, ingress);
-}
-
-/* Whether `port` is one NAT mode takes its SNAT ports from: only then may a packet be a reply. */
-static __always_inline int lb_in_snat_range(__be16 port)
-{
-	return (__u16)(bpf_ntohs(port) - FR_LB_NAT_PORT_MIN) < FR_LB_NAT_PORT_COUNT;
 }
 
 /* Whether a packet to `dst`:`dport` (of `family`) is addressed to one of the node's SNAT ports,
