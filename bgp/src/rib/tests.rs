@@ -45,6 +45,12 @@ fn session_v4() -> ExportSession {
     }
 }
 
+/// `up`, with a max-prefix `limit` and `action` on the peer's import.
+fn up_limited(rib: &mut Rib, info: PeerInfo, limit: u32, action: MaxPrefixAction) {
+    let import = ImportPolicy { max_prefix: Some(MaxPrefix { limit, action }), ..ImportPolicy::accept_all() };
+    rib.peer_up(info, import, ExportPolicy::default(), session_v4());
+}
+
 fn up(rib: &mut Rib, info: PeerInfo) {
     rib.peer_up(info, ImportPolicy::accept_all(), ExportPolicy::default(), session_v4());
 }
@@ -658,11 +664,7 @@ fn a_route_refresh_resends_everything_and_keeps_a_crossed_limit() {
     let mut rib = rib();
     let t = Instant::now();
     let a = peer(1, 65001, true);
-    let import = ImportPolicy {
-        max_prefix: Some(MaxPrefix { limit: 1, action: MaxPrefixAction::Teardown }),
-        ..ImportPolicy::accept_all()
-    };
-    rib.peer_up(a, import, ExportPolicy::default(), session_v4());
+    up_limited(&mut rib, a, 1, MaxPrefixAction::Teardown);
     rib.set_local_routes(vec![LocalRoute::new(p("192.0.2.0/24"))], t);
     let first = rib.export(a.id).unwrap();
     assert!(!first.is_empty());
@@ -684,11 +686,7 @@ fn max_prefix_warn_reports_once_and_keeps_the_routes() {
     let mut rib = rib();
     let t = Instant::now();
     let a = peer(1, 65001, true);
-    let import = ImportPolicy {
-        max_prefix: Some(MaxPrefix { limit: 2, action: MaxPrefixAction::Warn }),
-        ..ImportPolicy::accept_all()
-    };
-    rib.peer_up(a, import, ExportPolicy::default(), session_v4());
+    up_limited(&mut rib, a, 2, MaxPrefixAction::Warn);
     let out = announce(&mut rib, &a, &["192.0.2.0/24", "198.51.100.0/24"], path(&[65001]), t);
     assert_eq!(out.max_prefix, None, "at the limit is not over it");
     let out = announce(&mut rib, &a, &[PFX, "203.0.113.0/25"], path(&[65001]), t);
@@ -707,11 +705,7 @@ fn max_prefix_teardown_refuses_the_excess_and_builds_the_cease_data() {
     let mut rib = rib();
     let t = Instant::now();
     let a = peer(1, 65001, true);
-    let import = ImportPolicy {
-        max_prefix: Some(MaxPrefix { limit: 2, action: MaxPrefixAction::Teardown }),
-        ..ImportPolicy::accept_all()
-    };
-    rib.peer_up(a, import, ExportPolicy::default(), session_v4());
+    up_limited(&mut rib, a, 2, MaxPrefixAction::Teardown);
     announce(&mut rib, &a, &["192.0.2.0/24", "198.51.100.0/24"], path(&[65001]), t);
     // Replacing an already accepted prefix at the limit is not growth.
     let out = announce(&mut rib, &a, &["192.0.2.0/24"], path(&[65001, 64500]), t);
@@ -737,11 +731,7 @@ fn max_prefix_counts_each_family_against_the_limit_on_its_own() {
     let mut rib = rib();
     let t = Instant::now();
     let a = peer(1, 65001, true);
-    let import = ImportPolicy {
-        max_prefix: Some(MaxPrefix { limit: 2, action: MaxPrefixAction::Teardown }),
-        ..ImportPolicy::accept_all()
-    };
-    rib.peer_up(a, import, ExportPolicy::default(), session_v4());
+    up_limited(&mut rib, a, 2, MaxPrefixAction::Teardown);
     announce(&mut rib, &a, &["192.0.2.0/24", "198.51.100.0/24"], path(&[65001]), t);
     // Two IPv6 prefixes beside two IPv4 ones: each family is at its limit, none over it.
     let v6 = [p("2001:db8:1::/48"), p("2001:db8:2::/48"), p("2001:db8:3::/48")];
