@@ -441,6 +441,27 @@ pub struct InMemoryDatapath {
     pub decap_events: Option<DecapEvents>,
     /// The interfaces the last `set_decap` attached.
     decap_attached: Vec<String>,
+    /// Failures a test switches on while the datapath thread runs.
+    pub faults: std::sync::Arc<Faults>,
+}
+
+/// Calls of [`InMemoryDatapath`] that fail while set.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct Faults {
+    pub apply_lb: std::sync::atomic::AtomicBool,
+    pub lb_state: std::sync::atomic::AtomicBool,
+    pub snat_ports: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(test)]
+impl Faults {
+    fn check(flag: &std::sync::atomic::AtomicBool, what: &str) -> Result<()> {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(anyhow!("{what}: injected failure"));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -454,6 +475,7 @@ impl InMemoryDatapath {
             events: Some(LbEvents::default()),
             decap_events: None,
             decap_attached: Vec::new(),
+            faults: Default::default(),
         }
     }
 }
@@ -492,10 +514,12 @@ impl Datapath for InMemoryDatapath {
     }
 
     fn lb_state(&mut self) -> Result<LbState> {
+        Faults::check(&self.faults.lb_state, "reading the maps")?;
         Ok(self.lb.clone())
     }
 
     fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()> {
+        Faults::check(&self.faults.apply_lb, "writing the maps")?;
         for op in ops {
             self.lb.apply(op).map_err(|e| anyhow!("{e:?}"))?;
         }
@@ -507,7 +531,7 @@ impl Datapath for InMemoryDatapath {
     }
 
     fn set_snat_ports(&mut self, _ports: ferrule_config::PortRange) -> Result<()> {
-        Ok(())
+        Faults::check(&self.faults.snat_ports, "setting the SNAT ports")
     }
 
     fn lb_counters(&mut self, services: &[u32], backends: &[u32]) -> Result<(Vec<LbCounters>, Vec<LbCounters>)> {

@@ -94,23 +94,29 @@ pub struct Desired<'a> {
 
 impl Desired<'_> {
     /// VIPs (as /32 or /128) with a healthy backend, per each service's `announce` rule, of the
-    /// services the load balancer's maps hold with a table (`installed`). A VIP is announced only
-    /// once the datapath can take its traffic, and not while a service's install keeps failing:
-    /// the pass that installs a service announces it in its next round ([`pass`]); one removed
-    /// is withdrawn before its maps entry goes. Maps that could not be read (`None`, which
-    /// `pass` tries before planning) do not withdraw anything: every service counts.
-    pub fn vips(&self, installed: Option<&LbState>) -> std::collections::BTreeSet<IpNet> {
+    /// services the load balancer's maps hold with a table (`observed.lb`). A VIP is announced
+    /// only once the datapath can take its traffic, and not while a service's install keeps
+    /// failing: the pass that installs a service announces it in its next round ([`pass`]); one
+    /// removed is withdrawn before its maps entry goes. While the maps cannot be read (`None`;
+    /// `pass` reads them before planning and after a failed change) nothing new is announced and
+    /// nothing announced is withdrawn but by the config or health.
+    pub fn vips(&self, observed: &Observed) -> std::collections::BTreeSet<IpNet> {
         let local = |addr: std::net::IpAddr| self.connected.iter().any(|net| net.contains(&addr));
+        let installed = observed.lb.as_ref();
         let services = self.accepted.model.services.iter().filter(|s| {
             installed.is_none_or(|lb| {
                 lb.services.get(&ferrule_xdp_lb::ServiceKey::of(s)).is_some_and(|entry| !entry.table.is_empty())
             })
         });
-        ferrule_xdp_lb::vips_to_announce(services, self.health, local)
+        let mut vips = ferrule_xdp_lb::vips_to_announce(services, self.health, local);
+        if installed.is_none() {
+            vips.retain(|vip| observed.announced_vips.contains(&vip.to_string()));
+        }
+        vips
     }
 
-    pub fn speaker_config(&self, installed: Option<&LbState>) -> SpeakerConfig {
-        crate::bgp::speaker_config(&self.accepted.model, &self.vips(installed), self.links)
+    pub fn speaker_config(&self, observed: &Observed) -> SpeakerConfig {
+        crate::bgp::speaker_config(&self.accepted.model, &self.vips(observed), self.links)
     }
 }
 
@@ -160,7 +166,7 @@ pub fn plan_with(desired: &Desired<'_>, observed: &Observed, cache: &mut TableCa
     if !(in_place && observed.applied_generation.is_some()) {
         ops.push(Op::SetUplinks(wanted.clone()));
     }
-    let speaker = desired.speaker_config(observed.lb.as_ref());
+    let speaker = desired.speaker_config(observed);
     if observed.bgp_applied.as_ref() != Some(&speaker) {
         ops.push(Op::ConfigureBgp(Box::new(speaker)));
     }
@@ -236,6 +242,7 @@ async fn adopt_lb(datapath: &DatapathHandle, observed: &mut Observed) -> bool {
                 );
             }
             observed.lb = Some(state);
+            observed.lb_error = None;
             true
         }
         Err(err) => {
@@ -342,6 +349,12 @@ async fn pass(
         let lb_before = observed.lb.clone();
         for op in ops {
             match op {
+                // A program attached now would run with the loader's default SNAT ports: links
+                // keep what they run (after a restart, the previous program) until they are set.
+                Op::SetUplinks(_) if observed.snat_ports.is_none() => {
+                    failed = true;
+                    warn!("uplinks not (re)attached: the SNAT ports are not set in the datapath yet; retrying");
+                }
                 Op::SetUplinks(uplinks) => match datapath.set_uplinks(uplinks).await {
                     Ok(statuses) => {
                         for status in statuses.iter().filter(|s| !s.attached) {
@@ -361,8 +374,7 @@ async fn pass(
                 },
                 Op::ConfigureBgp(config) => match speaker.set_config((*config).clone()).await {
                     Ok(()) => {
-                        let vips: Vec<String> =
-                            want.vips(observed.lb.as_ref()).iter().map(ToString::to_string).collect();
+                        let vips: Vec<String> = want.vips(&observed).iter().map(ToString::to_string).collect();
                         if vips != observed.announced_vips {
                             info!(?vips, "service VIPs announced");
                         }
@@ -399,7 +411,7 @@ async fn pass(
                             warn!(error = %format!("{err:#}"), "load balancer maps not updated; retrying");
                             observed.lb_error = Some(format!("{err:#}"));
                             // Part of the ops may have landed: what the maps hold decides what is
-                            // announced, so read them back now (unread, nothing is announced).
+                            // announced, so read them back now (unread: see Desired::vips).
                             observed.lb = datapath.lb_state().await.ok();
                         }
                     }
@@ -764,8 +776,10 @@ mod tests {
         let ops = plan(&desired, &Observed { lb: Some(LbState::default()), ..Default::default() });
         assert!(announced(&ops).is_empty(), "{ops:?}");
         assert!(ops.iter().any(|op| matches!(op, Op::ApplyLb(_))), "{ops:?}");
-        // Maps that could not be read withdraw nothing.
-        assert_eq!(announced(&plan(&desired, &Observed::default())), ["203.0.113.10/32"]);
+        // Maps that could not be read: nothing new is announced, nothing announced is withdrawn.
+        assert!(announced(&plan(&desired, &Observed::default())).is_empty());
+        let was = Observed { announced_vips: vec!["203.0.113.10/32".into()], ..Default::default() };
+        assert_eq!(announced(&plan(&desired, &was)), ["203.0.113.10/32"]);
         // Installed with an empty table (every backend drained or down): not announced either.
         let mut empty = installed(&a);
         for entry in empty.lb.as_mut().unwrap().services.values_mut() {
@@ -828,6 +842,58 @@ mod tests {
         let states: Vec<_> = decap.interfaces.iter().map(|i| (i.name.as_str(), i.attached)).collect();
         assert_eq!(states, vec![("eth0", true), ("eth9", false)]);
         assert!(decap.interfaces[1].error.as_deref().unwrap().contains("eth9"));
+        task.abort();
+    }
+
+    /// A service added while the maps can be neither written nor read back is not announced,
+    /// and one announced before stays; uplinks are not attached while the SNAT ports cannot be
+    /// set (the program would run with the default ones).
+    #[tokio::test]
+    async fn failed_map_changes_announce_nothing_new_and_unset_snat_ports_attach_nothing() {
+        let faults = Arc::new(crate::datapath::Faults::default());
+        let shared = faults.clone();
+        let datapath = DatapathHandle::spawn("/nonexistent".into(), move || {
+            let mut d = InMemoryDatapath::new(&["eth0"]);
+            d.faults = shared;
+            Ok(d)
+        })
+        .unwrap();
+        let (model_tx, model_rx) = watch::channel(Arc::new(with_service(1, "healthy")));
+        let (observed_tx, mut observed_rx) = watch::channel(Observed::default());
+        let (_health_tx, health_rx) = watch::channel(HealthView::default());
+        let task = tokio::spawn(run(model_rx, health_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
+        assert_eq!(seen.announced_vips, ["203.0.113.10/32"]);
+
+        faults.apply_lb.store(true, std::sync::atomic::Ordering::SeqCst);
+        faults.lb_state.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut model = with_service(2, "healthy").model.clone();
+        let mut api = model.services[0].clone();
+        api.name = "api".into();
+        api.vip = "203.0.113.20".parse().unwrap();
+        model.services.push(api);
+        model_tx.send_replace(Arc::new(Accepted { model, ..with_service(2, "healthy") }));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(2)).await.unwrap().clone();
+        assert_eq!(seen.announced_vips, ["203.0.113.10/32"], "the new VIP is not announced, the old one stays");
+        assert!(seen.lb_error.is_some());
+        task.abort();
+
+        // A fresh daemon whose SNAT ports cannot be set attaches nothing.
+        let faults = Arc::new(crate::datapath::Faults::default());
+        faults.snat_ports.store(true, std::sync::atomic::Ordering::SeqCst);
+        let shared = faults.clone();
+        let datapath = DatapathHandle::spawn("/nonexistent".into(), move || {
+            let mut d = InMemoryDatapath::new(&["eth0"]);
+            d.faults = shared;
+            Ok(d)
+        })
+        .unwrap();
+        let (_model_tx, model_rx) = watch::channel(Arc::new(accepted(&["eth0"], 1)));
+        let (observed_tx, mut observed_rx) = watch::channel(Observed::default());
+        let (_health_tx, health_rx) = watch::channel(HealthView::default());
+        let task = tokio::spawn(run(model_rx, health_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
+        assert!(seen.uplinks.is_empty() && seen.snat_ports.is_none(), "{:?}", seen.uplinks);
         task.abort();
     }
 }
