@@ -114,6 +114,9 @@ pub struct PeerTask {
     status: watch::Sender<PeerStatus>,
     conns: HashMap<ConnId, Conn>,
     connecting: Option<(ConnId, JoinHandle<()>)>,
+    /// Writers of closed connections still sending what was queued (a NOTIFICATION), each
+    /// aborted after CLOSE_GRACE by a watchdog; waited for when the task ends.
+    closing: Vec<tokio::task::AbortHandle>,
     next_conn: u64,
     io_tx: mpsc::Sender<Io>,
     io_rx: mpsc::Receiver<Io>,
@@ -129,6 +132,9 @@ pub struct PeerTask {
 
 /// Largest read per syscall; a full-table burst is read in 64 KiB pieces.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// How long a closed connection's writer may take to send what was queued (a NOTIFICATION).
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// How long one write may wait for a peer that takes nothing (RFC 9687's send hold time: the
 /// larger of 8 minutes and twice the hold time). Meanwhile the session's own timers run: a peer
@@ -196,6 +202,7 @@ impl PeerTask {
             status,
             conns: HashMap::new(),
             connecting: None,
+            closing: Vec::new(),
             next_conn: 1,
             io_tx,
             io_rx,
@@ -238,6 +245,7 @@ impl PeerTask {
         }
         let outputs = self.session.handle(Instant::now(), Input::Stop);
         self.perform(outputs).await;
+        self.flush_closing().await;
         for (_, conn) in self.conns.drain() {
             conn.reader.abort();
         }
@@ -258,6 +266,16 @@ impl PeerTask {
             let outputs = self.session.handle(Instant::now(), Input::PathDown { reason });
             self.perform(outputs).await;
         }
+    }
+
+    /// Waits (at most CLOSE_GRACE) for the writers of closed connections to send what they hold,
+    /// so that a Cease queued on the way out leaves before the process does.
+    async fn flush_closing(&mut self) {
+        let until = tokio::time::Instant::now() + CLOSE_GRACE;
+        while self.closing.iter().any(|h| !h.is_finished()) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.closing.clear();
     }
 
     /// Graceful restart of this process: the connections close without a NOTIFICATION (the peer
@@ -503,8 +521,19 @@ impl PeerTask {
             Output::Close { conn } => {
                 if let Some(c) = self.conns.remove(&conn) {
                     c.reader.abort();
-                    // The writer sends what is queued (a NOTIFICATION) and then FIN, on its own.
+                    // The writer sends what is queued (a NOTIFICATION) and then FIN, on its own,
+                    // but not for long: a peer that took nothing would keep the socket (and the
+                    // peer's view of the old session) alive for the send hold time.
                     let _ = c.writer.send(WriteCmd::Shutdown);
+                    let abort = c.writer_task.abort_handle();
+                    self.closing.retain(|h| !h.is_finished());
+                    self.closing.push(abort.clone());
+                    let task = c.writer_task;
+                    tokio::spawn(async move {
+                        if tokio::time::timeout(CLOSE_GRACE, task).await.is_err() {
+                            abort.abort();
+                        }
+                    });
                 }
                 Vec::new()
             }

@@ -847,8 +847,9 @@ impl SpeakerTask {
             }
         }
         // A dynamic neighbor exists only while its session does (its stale routes, if any, are
-        // not kept: the address may never come back).
-        if self.peers.get(&peer).is_some_and(|s| s.dynamic.is_some()) {
+        // not kept: the address may never come back); one that restarted is back already, on a
+        // new connection of the same task.
+        if reason != DownReason::PeerRestarted && self.peers.get(&peer).is_some_and(|s| s.dynamic.is_some()) {
             info!(%peer, "dynamic BGP neighbor gone");
             self.remove_peer(peer).await;
         }
@@ -1437,6 +1438,83 @@ mod tests {
         let left = left.unwrap_or_else(|| panic!("still Established 10 s after the peer stopped (hold time 3 s)"));
         assert!(left >= Duration::from_secs(2), "down after {left:?}, before the hold time");
         drop(stream);
+    }
+
+    /// A dynamic neighbor with graceful restart whose host restarted (its old connection still
+    /// Established here) comes back with a new OPEN: the new connection replaces the old one and
+    /// the neighbor stays (it was removed, and the new connection Ceased with it).
+    #[tokio::test]
+    async fn a_dynamic_neighbor_that_restarted_reconnects_under_graceful_restart() {
+        use crate::wire::{encode_message, Afi, Capability, EncodeOptions, GracefulRestart, Message, Open, Safi};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = Speaker::spawn();
+        let template = PeerConfig { passive: true, graceful_restart: Some(30), ..peer(65200, 0, true, &[]) };
+        let range = ListenRange { prefix: v4("127.0.0.0/8"), limit: 1, template };
+        let server_config = SpeakerConfig {
+            local_asn: 65101,
+            router_id: "192.0.2.1".parse().unwrap(),
+            listen_port: port,
+            install_routes: true,
+            peers: Vec::new(),
+            listen: vec![range],
+            announcements: Vec::new(),
+        };
+        server.set_config(server_config).await.unwrap();
+        let open = Open {
+            my_as: 65200,
+            hold_time: 0,
+            bgp_id: "192.0.2.9".parse().unwrap(),
+            capabilities: vec![
+                Capability::Multiprotocol { afi: Afi::IPV4, safi: Safi::UNICAST },
+                Capability::FourOctetAsn(65200),
+                Capability::GracefulRestart(GracefulRestart {
+                    restart_state: true,
+                    notification: false,
+                    restart_time: 30,
+                    families: vec![],
+                }),
+            ],
+        };
+        let mut hello = Vec::new();
+        encode_message(&Message::Open(open), &EncodeOptions::default(), &mut hello).unwrap();
+        encode_message(&Message::Keepalive, &EncodeOptions::default(), &mut hello).unwrap();
+        let established = || async {
+            for _ in 0..200 {
+                let s = server.summary().await.unwrap();
+                if s.len() == 1 && s[0].state == "Established" {
+                    return s[0].flaps;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("not Established: {:?}", server.summary().await.unwrap());
+        };
+
+        let mut first = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        first.write_all(&hello).await.unwrap();
+        assert_eq!(established().await, 0);
+        // The host restarts; its old connection is never closed towards us.
+        let mut second = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        second.write_all(&hello).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut first_ended = false;
+        for _ in 0..40 {
+            match tokio::time::timeout(Duration::from_millis(100), first.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    first_ended = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(first_ended, "the old connection is closed");
+        assert_eq!(established().await, 1, "Established again, on the new connection, after one flap");
+        // And it stays: the new connection is not Ceased a moment later.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let s = server.summary().await.unwrap();
+        assert_eq!((s.len(), s[0].state.as_str()), (1, "Established"), "{s:?}");
+        drop(second);
     }
 
     /// A listen range accepts a session from any address in it, with the template's settings;

@@ -99,16 +99,17 @@ impl Session {
         &self.config
     }
 
-    /// Our restart is over: the OPENs of later connections no longer set the Restart State (R)
-    /// and Forwarding State (F) bits (RFC 4724 3: R says the speaker has restarted). The
-    /// connection in place keeps what it negotiated.
+    /// Our restart is over: the OPENs of later connections no longer set the Restart State bit
+    /// (RFC 4724 3: R says the speaker has restarted). The Forwarding State bits stay: the
+    /// forwarding state is still preserved, and a helper seeing them clear on a reconnect would
+    /// drop our routes at once instead of waiting for our End-of-RIB. The connection in place
+    /// keeps what it negotiated.
     pub fn restart_complete(&mut self) {
         let Some(gr) = self.config.graceful_restart.as_mut() else { return };
-        if !gr.restarting && !gr.forwarding_preserved {
+        if !gr.restarting {
             return;
         }
         gr.restarting = false;
-        gr.forwarding_preserved = false;
         self.local_open = local_open(&self.config);
         self.open_bytes.clear();
         encode_message(&Message::Open(self.local_open.clone()), &EncodeOptions::default(), &mut self.open_bytes)

@@ -877,10 +877,10 @@ fn once_our_restart_is_complete_later_opens_no_longer_say_we_restarted() {
     let out = t.input(Input::Connected { conn: ConnId(1), inbound: false });
     assert_eq!(gr_bits(&out), Some((true, true)), "R and F while restarting");
     t.s.restart_complete();
-    // The connection fails; the next one's OPEN has neither bit, and still the capability.
+    // The connection fails; the next one's OPEN has no R bit, and F still (forwarding is kept).
     t.at(1.0).input(Input::Closed { conn: ConnId(1) });
     let out = t.at(2.0).input(Input::Connected { conn: ConnId(2), inbound: true });
-    assert_eq!(gr_bits(&out), Some((false, false)));
+    assert_eq!(gr_bits(&out), Some((false, true)));
 }
 
 /// Established on conn 1 with graceful restart negotiated (or not); the peer's new OPEN, with
