@@ -170,7 +170,7 @@ pub(crate) fn known_keys(table: &[&str]) -> &'static [&'static str] {
     match table {
         [] => &["node", "bgp", "services", "decap"],
         ["decap"] => &["interfaces", "addresses"],
-        ["node"] => &["name", "asn", "router_id", "uplinks"],
+        ["node"] => &["name", "asn", "router_id", "uplinks", "snat_ports"],
         ["bgp"] => &["listen_port", "install_routes", "peers", "listen", "announce"],
         ["bgp", "peers"] => &[
             "address",

@@ -839,6 +839,8 @@ fn snat_ports_default_and_bounds() {
         assert_eq!(e.path, "node.snat_ports", "{value}");
         assert!(e.message.contains(needle), "{value}: {e}");
     }
+    let typo = WEB.replace("router_id = \"192.0.2.11\"", "router_id = \"192.0.2.11\"\nsnat_port = \"20000-29999\"");
+    assert!(one_error(&typo).message.contains("did you mean `snat_ports`?"), "{}", one_error(&typo));
 }
 
 #[test]

@@ -1542,9 +1542,13 @@ static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, con
 	*seen = 0;
 	h = lb_hash_flow(&p->flow, LB_SEED_NAT);
 	range = lb_nat_range();
-	if (!range || !range->count)
+	if (!range)
 		return 0;
 	s->nat_ports = *range; /* read from the scratch in the loop: the stack is at its limit */
+	/* The daemon may be rewriting the range (not atomically): a torn copy that is empty or runs
+	 * past port 65535 takes no port for this packet rather than a wrapped one. */
+	if (!s->nat_ports.count || s->nat_ports.first + s->nat_ports.count > 65536)
+		return 0;
 
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
