@@ -221,11 +221,13 @@ struct lb_scratch {
 	struct lb_nh nh;
 	__u32 too_big_mtu; /* the route's MTU, when lb_fib answered LB_TOO_BIG */
 	__u32 pad;
-	struct fr_lb_nat_ports nat_ports; /* lb_nat_claim's copy of lb_nat_ports (no stack) */
 	struct lb_fc_stats fc_stats; /* lives across packets, unlike the rest */
 	__u64 clock_ns; /* lb_clock's, across packets too: the coarse clock ... */
 	__u64 clock_jiffies; /* ... as read when jiffies was this */
 	__u8 quote[LB_QUOTE_MAX]; /* the start of a packet answered with ICMP "too big" */
+	/* lb_nat_claim's copy of lb_nat_ports (no stack); last, so that the fields every packet
+	 * touches keep their offsets and cache lines. */
+	struct fr_lb_nat_ports nat_ports;
 } __attribute__((aligned(8)));
 
 struct {
