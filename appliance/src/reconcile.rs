@@ -845,11 +845,8 @@ mod tests {
         task.abort();
     }
 
-    /// A service added while the maps can be neither written nor read back is not announced,
-    /// and one announced before stays; uplinks are not attached while the SNAT ports cannot be
-    /// set (the program would run with the default ones).
-    #[tokio::test]
-    async fn failed_map_changes_announce_nothing_new_and_unset_snat_ports_attach_nothing() {
+    /// An in-memory datapath with eth0, and the switches of its failures.
+    fn faulty_datapath() -> (DatapathHandle, Arc<crate::datapath::Faults>) {
         let faults = Arc::new(crate::datapath::Faults::default());
         let shared = faults.clone();
         let datapath = DatapathHandle::spawn("/nonexistent".into(), move || {
@@ -858,6 +855,15 @@ mod tests {
             Ok(d)
         })
         .unwrap();
+        (datapath, faults)
+    }
+
+    /// A service added while the maps can be neither written nor read back is not announced,
+    /// and one announced before stays; uplinks are not attached while the SNAT ports cannot be
+    /// set (the program would run with the default ones).
+    #[tokio::test]
+    async fn failed_map_changes_announce_nothing_new_and_unset_snat_ports_attach_nothing() {
+        let (datapath, faults) = faulty_datapath();
         let (model_tx, model_rx) = watch::channel(Arc::new(with_service(1, "healthy")));
         let (observed_tx, mut observed_rx) = watch::channel(Observed::default());
         let (_health_tx, health_rx) = watch::channel(HealthView::default());
@@ -879,15 +885,8 @@ mod tests {
         task.abort();
 
         // A fresh daemon whose SNAT ports cannot be set attaches nothing.
-        let faults = Arc::new(crate::datapath::Faults::default());
+        let (datapath, faults) = faulty_datapath();
         faults.snat_ports.store(true, std::sync::atomic::Ordering::SeqCst);
-        let shared = faults.clone();
-        let datapath = DatapathHandle::spawn("/nonexistent".into(), move || {
-            let mut d = InMemoryDatapath::new(&["eth0"]);
-            d.faults = shared;
-            Ok(d)
-        })
-        .unwrap();
         let (_model_tx, model_rx) = watch::channel(Arc::new(accepted(&["eth0"], 1)));
         let (observed_tx, mut observed_rx) = watch::channel(Observed::default());
         let (_health_tx, health_rx) = watch::channel(HealthView::default());

@@ -1440,17 +1440,11 @@ mod tests {
         drop(stream);
     }
 
-    /// A dynamic neighbor with graceful restart whose host restarted (its old connection still
-    /// Established here) comes back with a new OPEN: the new connection replaces the old one and
-    /// the neighbor stays (it was removed, and the new connection Ceased with it).
-    #[tokio::test]
-    async fn a_dynamic_neighbor_that_restarted_reconnects_under_graceful_restart() {
-        use crate::wire::{encode_message, Afi, Capability, EncodeOptions, GracefulRestart, Message, Open, Safi};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
+    /// A speaker (AS 65101) accepting one dynamic neighbor from 127.0.0.0/8 configured from
+    /// `template`, on a free loopback port.
+    async fn listening_for_127_0_0_0_8(template: PeerConfig) -> (Speaker, u16) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let server = Speaker::spawn();
-        let template = PeerConfig { passive: true, graceful_restart: Some(30), ..peer(65200, 0, true, &[]) };
         let range = ListenRange { prefix: v4("127.0.0.0/8"), limit: 1, template };
         let server_config = SpeakerConfig {
             local_asn: 65101,
@@ -1462,6 +1456,19 @@ mod tests {
             announcements: Vec::new(),
         };
         server.set_config(server_config).await.unwrap();
+        (server, port)
+    }
+
+    /// A dynamic neighbor with graceful restart whose host restarted (its old connection still
+    /// Established here) comes back with a new OPEN: the new connection replaces the old one and
+    /// the neighbor stays (it was removed, and the new connection Ceased with it).
+    #[tokio::test]
+    async fn a_dynamic_neighbor_that_restarted_reconnects_under_graceful_restart() {
+        use crate::wire::{encode_message, Afi, Capability, EncodeOptions, GracefulRestart, Message, Open, Safi};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let template = PeerConfig { passive: true, graceful_restart: Some(30), ..peer(65200, 0, true, &[]) };
+        let (server, port) = listening_for_127_0_0_0_8(template).await;
         let open = Open {
             my_as: 65200,
             hold_time: 0,
@@ -1521,20 +1528,8 @@ mod tests {
     /// the neighbor goes when its session does.
     #[tokio::test]
     async fn listen_range_accepts_a_dynamic_neighbor() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let server = Speaker::spawn();
         let template = PeerConfig { passive: true, ..peer(65200, 0, true, &[v4("203.0.113.0/24")]) };
-        let range = ListenRange { prefix: v4("127.0.0.0/8"), limit: 1, template };
-        let server_config = SpeakerConfig {
-            local_asn: 65101,
-            router_id: "192.0.2.1".parse().unwrap(),
-            listen_port: port,
-            install_routes: true,
-            peers: Vec::new(),
-            listen: vec![range],
-            announcements: Vec::new(),
-        };
-        server.set_config(server_config).await.unwrap();
+        let (server, port) = listening_for_127_0_0_0_8(template).await;
         let vm = Speaker::spawn();
         vm.set_config(config(65200, "192.0.2.9", 0, peer(65101, port, false, &[]), false)).await.unwrap();
         let vm_config = SpeakerConfig {
