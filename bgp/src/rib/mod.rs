@@ -276,7 +276,9 @@ struct PeerState {
     /// to carry into the RIB, past import rules written for the families configured.
     families: [bool; 2],
     /// Prefixes in the Adj-RIB-In by family ([`family_index`]): the max-prefix limit applies to
-    /// each family on its own, as the NOTIFICATION names one AFI/SAFI (RFC 4486 4).
+    /// each family on its own, as the NOTIFICATION names one AFI/SAFI (RFC 4486 4). Their sum is
+    /// `PeerCounters::accepted`, filled in when the counters are read (`counters.accepted` is
+    /// not kept).
     accepted: [usize; 2],
     /// A Warn event was reported for the family and its count has not fallen back under the
     /// limit since.
@@ -623,7 +625,6 @@ impl Rib {
         tables.remove_where(Source::Peer(peer), &ALL_FAMILIES, |_| true, &ctx, &mut changes);
         state.up = false;
         state.out = export::AdjRibOut::default();
-        state.counters.accepted = 0;
         state.accepted = [0; 2];
         state.counters.stale = 0;
         state.counters.sent = 0;
@@ -683,7 +684,6 @@ impl Rib {
                 &mut changes,
             );
             state.counters.stale -= n;
-            state.counters.accepted -= n;
             state.accepted[family_index(*family)] -= n;
         }
         Ok(changes)
@@ -742,18 +742,15 @@ fn family_index(family: Family) -> usize {
 
 /// Keeps the peer's counters in step with one table operation on a prefix of `family`.
 fn account(state: &mut PeerState, family: Family, r: &OpResult) {
-    let c = &mut state.counters;
     let i = family_index(family);
     if r.inserted {
-        c.accepted += 1;
         state.accepted[i] += 1;
     }
     if r.removed {
-        c.accepted -= 1;
         state.accepted[i] -= 1;
     }
     if r.was_stale {
-        c.stale -= 1;
+        state.counters.stale -= 1;
     }
     if let Some(limit) = state.import.max_prefix.map(|m| m.limit) {
         if state.accepted[i] <= limit as usize {

@@ -129,7 +129,7 @@ impl Rib {
         Some(PeerSummary {
             info: *self.infos.get(&peer)?,
             up: state.up,
-            counters: state.counters,
+            counters: PeerCounters { accepted: state.accepted.iter().sum(), ..state.counters },
             attribute_sets: state.interner.len(),
         })
     }
