@@ -633,12 +633,18 @@ static __always_inline const struct fr_lb_nat_ports *lb_nat_range(void)
  */
 volatile const __u32 lb_nat_epoch_base = 0;
 
+/* Whether `port` is in `range`. */
+static __always_inline int lb_port_in(const struct fr_lb_nat_ports *range, __be16 port)
+{
+	return (__u32)bpf_ntohs(port) - range->first < range->count;
+}
+
 /* Whether `port` is one NAT mode takes its SNAT ports from: only then may a packet be a reply. */
 static __always_inline int lb_in_snat_range(__be16 port)
 {
 	const struct fr_lb_nat_ports *range = lb_nat_range();
 
-	return range && (__u32)bpf_ntohs(port) - range->first < range->count;
+	return range && lb_port_in(range, port);
 }
 
 static __always_inline __u32 *lb_nat_epoch_of(__be16 port)
@@ -1558,7 +1564,7 @@ static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, con
 
 		/* A port left out by a change of `node.snat_ports` is not kept: its replies would
 		 * no longer be taken for replies. */
-		if (i == 0 && have && (__u32)bpf_ntohs(have) - s->nat_ports.first < s->nat_ports.count)
+		if (i == 0 && have && lb_port_in(&s->nat_ports, have))
 			rk->dport = have;
 		else
 			rk->dport = bpf_htons(s->nat_ports.first + (h + i * 7919u) % s->nat_ports.count);
