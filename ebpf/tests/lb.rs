@@ -747,10 +747,26 @@ fn nat_takes_its_snat_ports_from_the_configured_range() {
         let stale_reply = tcp4(BACKEND_A4, 8080, NODE4, old_port, false, b"ok");
         let out = lb.run(&stale_reply);
         assert_eq!((out.retval, out.data), (XDP_PASS, stale_reply));
+        // So is an ICMP error about its replies: conntrack still holds the old port, which is
+        // no longer the flow's to translate to.
+        let quote = tcp_segment4(VIP4, 80, CLIENT4, 40000);
+        let icmp = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &quote);
+        let unhandled = lb.dp.lb().events().unwrap().nat_unhandled;
+        let out = lb.run(&icmp);
+        assert_eq!((out.retval, &out.data), (XDP_PASS, &icmp), "error about a flow on a port left out");
+        assert_eq!(lb.dp.lb().events().unwrap().nat_unhandled, unhandled + 1);
         let moved = nat_port_of(&lb, &first);
         assert!((50_000..=50_015).contains(&moved), "moved into the range: {moved}");
         let reply = tcp4(BACKEND_A4, 8080, NODE4, moved, false, b"ok");
         assert_eq!(lb.run(&reply).retval, XDP_TX);
+        let expected = icmp4_error(
+            out_to(MAC_A),
+            NODE4,
+            BACKEND_A4,
+            FRAG_NEEDED_1500,
+            &tcp_segment4(BACKEND_A4, 8080, NODE4, moved),
+        );
+        assert_tx(&lb.run(&icmp), &expected, "the same error once the flow moved");
 
         // An empty or reversed range is refused and changes nothing.
         let (high, low) = (60_000, 59_999);

@@ -1501,6 +1501,18 @@ static __attribute__((noinline)) int lb_rewrite(struct xdp_md *ctx, const struct
 	return lb_rewrite_body(ctx, p, to);
 }
 
+/* The key of a NAT flow's replies in fr_lb_nat (backend → node), all but the SNAT port (0). */
+static __always_inline void lb_nat_reply_key(struct fr_lb_flow *rk, const struct fr_lb_backend *be,
+					     const struct fr_lb_config *cfg, __u8 proto, __u8 family)
+{
+	__builtin_memset(rk, 0, sizeof(*rk));
+	__builtin_memcpy(rk->src, be->addr, 16);
+	lb_node_addr(cfg, family, rk->dst);
+	rk->sport = be->port;
+	rk->proto = proto;
+	rk->family = family;
+}
+
 /* Whether NAT entry `old` translates replies back to the client flow `ne` describes. */
 static __always_inline int lb_nat_is(const struct fr_lb_nat_entry *old, const struct fr_lb_nat_entry *ne,
 				     __u8 family)
@@ -1533,14 +1545,8 @@ static __attribute__((noinline)) __be16 lb_nat_claim(const struct lb_pkt *p, con
 		return 0;
 	rk = &s->nat_key;
 	ne = &s->nat;
-	__builtin_memset(rk, 0, sizeof(*rk));
+	lb_nat_reply_key(rk, be, cfg, p->flow.proto, p->flow.family);
 	__builtin_memset(ne, 0, sizeof(*ne));
-
-	__builtin_memcpy(rk->src, be->addr, 16);
-	lb_node_addr(cfg, p->flow.family, rk->dst);
-	rk->sport = be->port;
-	rk->proto = p->flow.proto;
-	rk->family = p->flow.family;
 	__builtin_memcpy(ne->client, p->flow.src, 16);
 	__builtin_memcpy(ne->vip, p->flow.dst, 16);
 	ne->client_port = p->flow.sport;
@@ -2141,8 +2147,10 @@ static __attribute__((noinline)) int lb_icmp_nat_forward(struct lb_pkt *p, __u32
 {
 	struct lb_scratch *s = lb_scratch();
 	const struct fr_lb_backend *be;
+	struct fr_lb_nat_entry *ne;
 	struct fr_lb_ct_entry *ct;
 	struct fr_lb_config *cfg;
+	struct fr_lb_flow *rk;
 	struct lb_icmp *x;
 	__u32 zero = 0, bid;
 	__be16 nat_port;
@@ -2168,6 +2176,19 @@ static __attribute__((noinline)) int lb_icmp_nat_forward(struct lb_pkt *p, __u32
 		return XDP_PASS;
 	if (!lb_have_node_addr(cfg, family))
 		return lb_drop(p, FR_LB_DROP_NO_NODE_ADDRESS);
+	/* The port conntrack holds may no longer be the flow's: left out by a change of
+	 * `node.snat_ports` (its replies are not translated any more; the flow's next packet moves
+	 * it), or claimed by another client since the LRU evicted the flow's reverse entry. An error
+	 * translated to it would tell the backend about someone else's connection. */
+	if (!lb_in_snat_range(nat_port))
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
+	rk = &s->nat_key;
+	lb_nat_reply_key(rk, be, cfg, s->flow.proto, family);
+	rk->dport = nat_port;
+	ne = bpf_map_lookup_elem(&fr_lb_nat, rk);
+	if (!ne || ne->client_port != s->flow.sport || ne->vip_port != s->flow.dport ||
+	    !lb_addr_eq_family(ne->client, s->flow.src, family) || !lb_addr_eq_family(ne->vip, s->flow.dst, family))
+		return lb_pass_event(FR_LB_EV_NAT_UNHANDLED);
 	lb_backend_traffic(bid, p->frame_len);
 	lb_node_addr(cfg, family, x->outer_src);
 	__builtin_memcpy(x->outer_dst, be->addr, 16);
