@@ -167,7 +167,14 @@ fn state_number(state: &str) -> i64 {
 impl Collector for BgpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let neighbors = self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let labels = |n: &NeighborSummary| vec![("peer", n.address.to_string()), ("peer_asn", n.asn.to_string())];
+        // A link-local neighbor is named by its link too: two ToRs may share an address.
+        let labels = |n: &NeighborSummary| {
+            let mut labels = vec![("peer", n.address.to_string()), ("peer_asn", n.asn.to_string())];
+            if let Some(interface) = &n.interface {
+                labels.push(("interface", interface.clone()));
+            }
+            labels
+        };
         type Count = fn(&NeighborSummary) -> u64;
         type Level = fn(&NeighborSummary) -> i64;
         let counters: [(&str, &str, Count); 3] = [
@@ -437,9 +444,18 @@ mod tests {
             stale: 0,
             bfd: None,
         };
+        // Two ToRs with one link-local address, each on its own link: two series.
+        let tor = |interface: &str, messages_in| NeighborSummary {
+            address: "fe80::1".parse().unwrap(),
+            asn: 65001,
+            interface: Some(interface.into()),
+            messages_in,
+            ..neighbor.clone()
+        };
+        let (tor_a, tor_b) = (tor("eth0", 11), tor("eth1", 12));
         let text = metrics.encode(
             vec![InterfaceStats { ifindex: 2, name: Some("eth0".into()), packets: 5, bytes: 640 }],
-            vec![neighbor],
+            vec![neighbor, tor_a, tor_b],
             vec![],
             None,
             None,
@@ -447,6 +463,8 @@ mod tests {
         let peer = "{peer=\"2001:db8:1::1\",peer_asn=\"65000\"}";
         for series in [
             format!("ferrule_bgp_session_state{peer} 6"),
+            "ferrule_bgp_messages_received_total{peer=\"fe80::1\",peer_asn=\"65001\",interface=\"eth0\"} 11".into(),
+            "ferrule_bgp_messages_received_total{peer=\"fe80::1\",peer_asn=\"65001\",interface=\"eth1\"} 12".into(),
             format!("ferrule_bgp_messages_received_total{peer} 7"),
             format!("ferrule_bgp_session_flaps_total{peer} 1"),
             format!("ferrule_bgp_prefixes_accepted{peer} 3"),

@@ -988,6 +988,29 @@ fn peer_identity_mistakes_are_explained() {
     assert_error(&e, "bgp.peers[1].interface", at(&dup, "\"eth0\"", 1), "already defined at t.toml:");
 }
 
+/// One link-local address on two links is two peers (two ToRs may both use fe80::1), with one
+/// TCP MD5 password between them: the listening socket keys by address.
+#[test]
+fn one_link_local_address_on_two_links_is_two_peers_with_one_password() {
+    let peer = |iface: &str, password: &str| {
+        format!("[[bgp.peers]]\naddress = \"fe80::1\"\ninterface = \"{iface}\"\nasn = 65001\n{password}")
+    };
+    let text = format!("{NODE}{}{}", peer("eth0", "password = \"s3cret\"\n"), peer("eth1", "password = \"s3cret\"\n"));
+    let model = ok(&text);
+    let found: Vec<_> = model.bgp.peers.iter().map(|p| (p.address, p.interface.clone())).collect();
+    let ll: std::net::IpAddr = "fe80::1".parse().unwrap();
+    assert_eq!(found, [(Some(ll), Some("eth0".into())), (Some(ll), Some("eth1".into()))]);
+
+    for second in ["password = \"other\"\n", ""] {
+        let text = format!("{NODE}{}{}", peer("eth0", "password = \"s3cret\"\n"), peer("eth1", second));
+        let e = one_error(&text);
+        assert_eq!(e.path, "bgp.peers[1].password", "{e}");
+        assert!(e.message.contains("one key per address") && e.message.contains("t.toml:"), "{e}");
+    }
+    let same_link = format!("{NODE}{}{}", peer("eth0", ""), peer("eth0", ""));
+    assert!(one_error(&same_link).message.contains("already defined"));
+}
+
 #[test]
 fn bfd_and_graceful_restart_ranges_are_checked() {
     let cases = [

@@ -181,6 +181,7 @@ impl<'a> Validator<'a> {
 
         let mut peers = Vec::new();
         let mut seen_peers: HashMap<String, FieldPath> = HashMap::new();
+        let mut seen_link_local: HashMap<IpAddr, (FieldPath, Option<Password>)> = HashMap::new();
         for (i, peer) in raw.peers.into_iter().enumerate() {
             let p = path.key("peers").index(i);
             let settings = self.peer_settings(&p, &peer);
@@ -189,7 +190,12 @@ impl<'a> Validator<'a> {
                 ok = false;
                 continue;
             };
-            let key = address.map_or_else(|| interface.clone().unwrap_or_default(), |a| a.to_string());
+            // A link-local address is one peer per link: fe80::1 on eth0 and on eth1 are two ToRs.
+            let key = match (address, &interface) {
+                (Some(a), Some(i)) => format!("{a}%{i}"),
+                (Some(a), None) => a.to_string(),
+                (None, i) => i.clone().unwrap_or_default(),
+            };
             if let Some(first) = seen_peers.get(&key) {
                 let message = format!(
                     "peer {key} is already defined at {}; keep one [[bgp.peers]] entry per address or interface",
@@ -199,6 +205,27 @@ impl<'a> Validator<'a> {
                 ok = false;
             } else {
                 seen_peers.insert(key, key_path);
+            }
+            if let (Some(a @ IpAddr::V6(_)), Some(_), Some(options)) = (address, &interface, &settings) {
+                // The listening socket holds one TCP MD5 key per address: Linux ties a key to an
+                // interface only for a VRF device, so one link-local address on two links must
+                // carry one password (or none on both).
+                match seen_link_local.get(&a) {
+                    Some((first, password)) if *password != options.password => {
+                        let message = format!(
+                            "peer {a} on another link ({}) has another TCP MD5 password; the listening socket holds \
+                             one key per address (Linux ties a key to an interface only in a VRF): give both the same \
+                             password, or neither",
+                            self.loc.describe(first)
+                        );
+                        self.error(&p.key("password"), message);
+                        ok = false;
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen_link_local.insert(a, (p.key("address"), options.password.clone()));
+                    }
+                }
             }
             match (asn, settings) {
                 (Some(asn), Some(options)) => peers.push(Peer { address, interface, asn, options }),

@@ -11,13 +11,22 @@
 //!  3. our RAs (router lifetime 0) gave the ToR's kernel, which accepts RAs, no default route;
 //!  4. BIRD 2 `protocol radv`: we learn BIRD's link-local address;
 //!  5. an interface with IPv6 disabled, or no such interface, is refused with an error that names
-//!     it and the fix.
+//!     it and the fix;
+//!  6. two ToRs that both use `fe80::1`, each on its own link, are two peers of the node's
+//!     speaker: both sessions come up and each ToR's route is installed through its own link.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
+use ferrule_bgp::driver::{NeighborSummary, PeerConfig, Speaker, SpeakerConfig};
 use ferrule_bgp::nd::{Discovery, Mac, Neighbor};
+use ferrule_bgp::policy::ImportPolicy;
+use ferrule_bgp::rib::LocalRoute;
+use ferrule_bgp::wire::Prefix;
 use ferrule_tests::{cmd, in_netns, net, Bird, Frr, NetNs, TestDir};
 
 /// The node's side of the link (facing the ToR) and the ToR's side (facing the server).
@@ -293,4 +302,150 @@ fn frr_neighbor_address(frr: &Frr) -> Result<String> {
 
 fn frr_logs(frr: &Frr) -> String {
     ferrule_tests::BgpPeer::log_tail(frr)
+}
+
+/// Check 6. Node `lln` with `tor0` and `tor1`; ToR namespaces `llta` and `lltb`, whose `srv0`
+/// has `fe80::1` as its only address (as switches are often configured). Three speakers, one per
+/// namespace: each ToR peers with the node's link-local address on its link and announces a
+/// prefix of its own; the node has `fe80::1%tor0` (AS 65001) and `fe80::1%tor1` (AS 65002).
+#[test]
+fn two_tors_with_one_link_local_address_are_two_peers() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    two_tors_scenario().unwrap();
+}
+
+/// A next hop of the node's FIB: gateway and interface.
+type Hop = (IpAddr, Option<u32>);
+
+const TOR_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+const NODE_ASN: u32 = 65000;
+
+fn bgp_peer(address: IpAddr, ifindex: u32, asn: u32) -> PeerConfig {
+    PeerConfig {
+        address,
+        ifindex: Some(ifindex),
+        port: 179,
+        asn,
+        passive: false,
+        hold_time: 9,
+        connect_retry: Duration::from_millis(500),
+        import: ImportPolicy::accept_all(),
+        md5: None,
+        graceful_restart: None,
+        bfd: None,
+    }
+}
+
+fn speaker_config(asn: u32, router_id: [u8; 4], peers: Vec<PeerConfig>, announce: Option<Prefix>) -> SpeakerConfig {
+    SpeakerConfig {
+        local_asn: asn,
+        router_id: router_id.into(),
+        listen_port: 179,
+        install_routes: true,
+        peers,
+        listen: Vec::new(),
+        announcements: announce.map(LocalRoute::new).into_iter().collect(),
+    }
+}
+
+/// A ToR's speaker, in its namespace on a thread of its own, until `stop` (at most 2 minutes).
+fn tor_speaker(ns: &NetNs, config: SpeakerConfig, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Result<()>> {
+    let ns = ns.name().to_string();
+    std::thread::spawn(move || {
+        let netns = std::fs::File::open(format!("/run/netns/{ns}"))?;
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let speaker = Speaker::spawn();
+            speaker.set_config(config).await?;
+            let until = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            speaker.shutdown(false).await;
+            Ok(())
+        })
+    })
+}
+
+fn two_tors_scenario() -> Result<()> {
+    let node = NetNs::new("lln")?;
+    let tors = [NetNs::new("llta")?, NetNs::new("lltb")?];
+    let node_ifs = ["tor0", "tor1"];
+    for (tor, node_if) in tors.iter().zip(node_ifs) {
+        net::veth(&node, node_if, tor, TOR_IF)?;
+        // The ToR's only address on the link: fe80::1 (its own EUI-64 one removed).
+        cmd::poll_until("the ToR's link-local address", Duration::from_secs(5), Duration::from_millis(50), || {
+            Ok(net::link_local(tor, TOR_IF).is_ok())
+        })?;
+        tor.run("ip", ["-6", "addr", "flush", "dev", TOR_IF, "scope", "link"])?;
+        tor.run("ip", ["-6", "addr", "add", &format!("{TOR_LL}/64"), "dev", TOR_IF, "nodad"])?;
+    }
+    let mut node_lls = Vec::new();
+    for node_if in node_ifs {
+        cmd::poll_until("the node's link-local address", Duration::from_secs(5), Duration::from_millis(50), || {
+            Ok(net::link_local(&node, node_if).is_ok())
+        })?;
+        node_lls.push(net::link_local(&node, node_if)?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for (i, tor) in tors.iter().enumerate() {
+        let ifindex = ifindex_of(tor, TOR_IF)?;
+        let prefix = Prefix::new(Ipv6Addr::new(0x2001, 0xdb8, 0xa + i as u16, 0, 0, 0, 0, 0).into(), 48)?;
+        let peer = bgp_peer(node_lls[i], ifindex, NODE_ASN);
+        let config = speaker_config(65001 + i as u32, [192, 0, 2, 1 + i as u8], vec![peer], Some(prefix));
+        threads.push(tor_speaker(tor, config, stop.clone()));
+    }
+    let ifindexes = [ifindex_of(&node, "tor0")?, ifindex_of(&node, "tor1")?];
+    let peers =
+        vec![bgp_peer(IpAddr::V6(TOR_LL), ifindexes[0], 65001), bgp_peer(IpAddr::V6(TOR_LL), ifindexes[1], 65002)];
+    let config = speaker_config(NODE_ASN, [192, 0, 2, 100], peers, None);
+    let seen = in_netns(&node, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let speaker = Speaker::spawn();
+            speaker.set_config(config).await?;
+            let until = Instant::now() + Duration::from_secs(30);
+            let (summary, routes) = loop {
+                let summary = speaker.summary().await?;
+                let fib = speaker.fib().borrow().clone();
+                let routes: Vec<(String, Vec<Hop>)> = fib
+                    .iter()
+                    .map(|(p, hops)| (p.to_string(), hops.iter().map(|h| (h.gateway, h.ifindex)).collect()))
+                    .collect();
+                let up = summary.iter().filter(|n| n.state == "Established").count();
+                if (up == 2 && routes.len() == 2) || Instant::now() > until {
+                    break (summary, routes);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            speaker.shutdown(false).await;
+            anyhow::Ok((summary, routes))
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().map_err(|_| anyhow::anyhow!("a ToR speaker thread panicked"))??;
+    }
+    let (summary, routes) = seen?;
+    let neighbors: Vec<(String, Option<String>, u32, String)> = summary
+        .iter()
+        .map(|n: &NeighborSummary| (n.address.to_string(), n.interface.clone(), n.asn, n.state.clone()))
+        .collect();
+    println!("[two ToRs] 6 neighbors: expected fe80::1%tor0 AS 65001 and fe80::1%tor1 AS 65002 Established, saw {neighbors:?}");
+    println!("[two ToRs] 6 routes: expected 2001:db8:a::/48 via fe80::1%tor0, 2001:db8:b::/48 via fe80::1%tor1, saw {routes:?}");
+    let ll = TOR_LL.to_string();
+    assert_eq!(
+        neighbors,
+        [
+            (ll.clone(), Some("tor0".to_string()), 65001, "Established".to_string()),
+            (ll.clone(), Some("tor1".to_string()), 65002, "Established".to_string()),
+        ]
+    );
+    let via = |i: usize| vec![(IpAddr::V6(TOR_LL), Some(ifindexes[i]))];
+    assert_eq!(routes, [("2001:db8:a::/48".to_string(), via(0)), ("2001:db8:b::/48".to_string(), via(1))]);
+    Ok(())
 }

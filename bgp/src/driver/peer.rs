@@ -21,27 +21,69 @@ use crate::bfd::BfdStatus;
 use crate::session::{ConnId, Counters, DownReason, Input, Negotiated, Output, Session, State};
 use crate::wire::{decode_message, DecodeOptions, Family, Notification};
 
+/// How the speaker tells its peers apart: the address, and for a link-local one the interface
+/// too. Two ToRs may well use one link-local address (`fe80::1` is a common choice), each on its
+/// own link: they are two peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerKey {
+    pub address: IpAddr,
+    /// The interface index; only ever set for an IPv6 link-local `address`.
+    pub ifindex: Option<u32>,
+}
+
+impl PeerKey {
+    /// `address` (an IPv4-mapped one as IPv4), with `ifindex` kept only if it is link-local.
+    pub fn new(address: IpAddr, ifindex: Option<u32>) -> PeerKey {
+        let address = address.to_canonical();
+        let link_local = matches!(address, IpAddr::V6(a) if super::fib::is_link_local(a));
+        PeerKey { address, ifindex: ifindex.filter(|_| link_local) }
+    }
+
+    /// The key of a connection's remote end: a link-local address carries its interface as the
+    /// scope id (the kernel sets it on accepted sockets; we set it when connecting).
+    pub fn of_remote(remote: SocketAddr) -> PeerKey {
+        let scope = match remote {
+            SocketAddr::V6(a) if a.scope_id() != 0 => Some(a.scope_id()),
+            _ => None,
+        };
+        PeerKey::new(remote.ip(), scope)
+    }
+}
+
+/// `fe80::1%eth0` (the interface's index when it has no name any more), or the bare address.
+impl std::fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ifindex {
+            None => write!(f, "{}", self.address),
+            Some(index) => match nix::net::if_::if_indextoname(index) {
+                Ok(name) => write!(f, "{}%{}", self.address, name.to_string_lossy()),
+                Err(_) => write!(f, "{}%{index}", self.address),
+            },
+        }
+    }
+}
+
 /// What a peer task tells the speaker.
 #[derive(Debug)]
 pub enum PeerEvent {
     Established {
-        peer: IpAddr,
+        peer: PeerKey,
         negotiated: Box<Negotiated>,
         local: SocketAddr,
     },
     /// One received UPDATE accepted by the FSM: the whole message and the options to decode it.
     Update {
-        peer: IpAddr,
+        peer: PeerKey,
         message: Vec<u8>,
         opts: DecodeOptions,
     },
     /// The peer asked for our routes of a family again.
     RouteRefresh {
-        peer: IpAddr,
+        peer: PeerKey,
         family: Option<Family>,
     },
     Down {
-        peer: IpAddr,
+        peer: PeerKey,
         reason: DownReason,
         was_established: bool,
     },
@@ -214,8 +256,8 @@ impl PeerTask {
         (task, status_rx)
     }
 
-    fn peer(&self) -> IpAddr {
-        self.addressing.remote.ip()
+    fn peer(&self) -> PeerKey {
+        PeerKey::of_remote(self.addressing.remote)
     }
 
     /// Runs until `cmds` closes (the peer was removed from the config): then stops the session
@@ -382,13 +424,13 @@ impl PeerTask {
                     let raw = &data[..used];
                     c.start += used;
                     let outputs = self.session.handle(now, Input::Message { conn, msg });
-                    split_outputs(self.addressing.remote.ip(), outputs, Some((raw, opts)))
+                    split_outputs(PeerKey::of_remote(self.addressing.remote), outputs, Some((raw, opts)))
                 }
                 Err(err) => {
                     c.start = c.buffer.len();
                     warn!(peer = %self.addressing.remote.ip(), reason = err.reason, notification = %err.notification, "malformed message");
                     let outputs = self.session.handle(now, Input::DecodeError { conn, err });
-                    split_outputs(self.addressing.remote.ip(), outputs, None)
+                    split_outputs(PeerKey::of_remote(self.addressing.remote), outputs, None)
                 }
             };
             self.send_events(events).await;
@@ -601,7 +643,7 @@ async fn connect(remote: SocketAddr, md5: Option<(Arc<dyn Md5Setter>, Md5Key)>) 
 /// Separates outputs that are events for the speaker (converted to owned form here, while the
 /// message buffer is still borrowed) from the socket work the task performs itself.
 fn split_outputs(
-    peer: IpAddr,
+    peer: PeerKey,
     outputs: Vec<Output<'_>>,
     raw: Option<(&[u8], DecodeOptions)>,
 ) -> (Vec<PeerEvent>, Vec<Output<'static>>) {
@@ -622,7 +664,7 @@ fn split_outputs(
                 events.push(PeerEvent::Established {
                     peer,
                     negotiated: Box::new(negotiated),
-                    local: SocketAddr::new(peer, 0),
+                    local: SocketAddr::new(peer.address, 0),
                 })
             }
             Output::Down { reason, was_established } => {
@@ -644,5 +686,5 @@ fn split_outputs(
 }
 
 fn owned_only(outputs: Vec<Output<'_>>) -> Vec<Output<'static>> {
-    split_outputs(IpAddr::from([0, 0, 0, 0]), outputs, None).1
+    split_outputs(PeerKey::new(IpAddr::from([0, 0, 0, 0]), None), outputs, None).1
 }

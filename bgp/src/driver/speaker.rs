@@ -18,7 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::auth::{Md5, Md5Key, Md5Target};
 use super::fib::{is_link_local, Fib};
-use super::peer::{PeerAddressing, PeerCmd, PeerEvent, PeerStatus, PeerTask};
+use super::peer::{PeerAddressing, PeerCmd, PeerEvent, PeerKey, PeerStatus, PeerTask};
 use crate::bfd::{Bfd, BfdPeer, BfdStatus, BfdSummary};
 use crate::policy::{ExportPolicy, ImportPolicy, MaxPrefixAction};
 use crate::rib::{ExportSession, LocalRoute, PeerId, PeerInfo, PrefixView, Rib, RibConfig, RouteChange, Source};
@@ -59,6 +59,13 @@ pub struct PeerConfig {
     pub graceful_restart: Option<u16>,
     /// Single-hop BFD with this interval and multiplier; its failure takes the session down.
     pub bfd: Option<BfdConfig>,
+}
+
+impl PeerConfig {
+    /// The peer's key in the speaker: its address, and the interface of a link-local one.
+    pub fn key(&self) -> PeerKey {
+        PeerKey::new(self.address, self.ifindex)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +109,7 @@ pub enum SpeakerError {
     #[error("cannot listen for BGP on port {port}: {source}; set [bgp] listen_port to a free port, or 0 to accept no incoming sessions")]
     Listen { port: u16, source: std::io::Error },
     #[error("peer {peer}: {source}")]
-    Peer { peer: IpAddr, source: crate::session::ConfigError },
+    Peer { peer: PeerKey, source: crate::session::ConfigError },
     #[error("peer {peer}: a TCP MD5 password is set but this speaker cannot set MD5 keys")]
     Md5Unavailable { peer: IpAddr },
     #[error("{0}")]
@@ -294,9 +301,9 @@ struct Restarting {
     until: Instant,
     /// Peers (with graceful restart) whose End-of-RIB we still wait for, per family; filled
     /// when each session comes up.
-    waiting: BTreeMap<IpAddr, BTreeSet<Family>>,
+    waiting: BTreeMap<PeerKey, BTreeSet<Family>>,
     /// Configured peers with graceful restart that have not come up yet.
-    not_up: BTreeSet<IpAddr>,
+    not_up: BTreeSet<PeerKey>,
 }
 
 struct Listener {
@@ -310,7 +317,7 @@ struct Listener {
 struct SpeakerTask {
     config: Option<SpeakerConfig>,
     rib: Option<Rib>,
-    peers: BTreeMap<IpAddr, PeerSlot>,
+    peers: BTreeMap<PeerKey, PeerSlot>,
     next_id: u32,
     listener: Option<Listener>,
     events_tx: mpsc::Sender<PeerEvent>,
@@ -434,7 +441,7 @@ impl SpeakerTask {
 
     async fn timers(&mut self) {
         let now = Instant::now();
-        let expired: Vec<IpAddr> =
+        let expired: Vec<PeerKey> =
             self.peers.iter().filter(|(_, s)| s.stale_until.is_some_and(|t| t <= now)).map(|(a, _)| *a).collect();
         for peer in expired {
             let Some(slot) = self.peers.get_mut(&peer) else { continue };
@@ -501,8 +508,8 @@ impl SpeakerTask {
                 return Err(SpeakerError::Md5Unavailable { peer: p.address });
             }
             let session = Session::new(session_config(&config, p, self.restarting.is_some()))
-                .map_err(|source| SpeakerError::Peer { peer: p.address, source })?;
-            sessions.insert(p.address, session);
+                .map_err(|source| SpeakerError::Peer { peer: p.key(), source })?;
+            sessions.insert(p.key(), session);
         }
         for l in &config.listen {
             if l.template.md5.is_some() && self.options.md5.is_none() {
@@ -513,12 +520,12 @@ impl SpeakerTask {
         self.set_listener_keys(&config)?;
         if let Some(r) = self.restarting.as_mut() {
             if self.config.is_none() {
-                r.not_up = config.peers.iter().filter(|p| p.graceful_restart.is_some()).map(|p| p.address).collect();
+                r.not_up = config.peers.iter().filter(|p| p.graceful_restart.is_some()).map(PeerConfig::key).collect();
             }
         }
 
-        let wanted: BTreeMap<IpAddr, &PeerConfig> = config.peers.iter().map(|p| (p.address, p)).collect();
-        let stale: Vec<IpAddr> = self
+        let wanted: BTreeMap<PeerKey, &PeerConfig> = config.peers.iter().map(|p| (p.key(), p)).collect();
+        let stale: Vec<PeerKey> = self
             .peers
             .iter()
             .filter(|(addr, slot)| match slot.dynamic {
@@ -528,7 +535,7 @@ impl SpeakerTask {
                     wanted.contains_key(addr)
                         || !config.listen.iter().any(|l| {
                             l.prefix == range
-                                && PeerConfig { ifindex: slot.config.ifindex, ..dynamic_config(l, **addr) }
+                                && PeerConfig { ifindex: slot.config.ifindex, ..dynamic_config(l, addr.address) }
                                     == slot.config
                         })
                 }
@@ -604,8 +611,22 @@ impl SpeakerTask {
             if let Some(key) = &p.md5 {
                 // By address alone, link-local peers included: Linux takes an interface in a key
                 // only for a VRF device (EINVAL for any other), so two link-local peers with one
-                // address on different links share a key.
-                wanted.insert(Md5Target { address: p.address, prefix_len: None }, key.clone());
+                // address on different links share a key: the first one's is kept (the
+                // configuration refuses two passwords for one address it can see; an address
+                // found on the link is known only now).
+                let target = Md5Target { address: p.address, prefix_len: None };
+                match wanted.get(&target) {
+                    None => {
+                        wanted.insert(target, key.clone());
+                    }
+                    Some(first) if first != key => warn!(
+                        peer = %p.key(),
+                        "another peer with this address on another link has a different TCP MD5 password; \
+                         the listening socket takes one key per address, so this peer's inbound connections \
+                         are checked against the other's"
+                    ),
+                    Some(_) => {}
+                }
             }
         }
         for l in &config.listen {
@@ -631,13 +652,13 @@ impl SpeakerTask {
     }
 
     async fn accepted(&mut self, stream: TcpStream, remote: SocketAddr) {
-        let ip = remote.ip().to_canonical();
-        match self.peers.get(&ip) {
+        let key = PeerKey::of_remote(remote);
+        match self.peers.get(&key) {
             Some(slot) => {
                 let _ = slot.cmd.send(PeerCmd::Inbound(stream)).await;
             }
             None => {
-                let Some(range) = self.listen_range_for(ip) else {
+                let Some(range) = self.listen_range_for(key.address) else {
                     // Not a neighbor: close at once (dropping the stream), as routers do.
                     debug!(%remote, "refused a BGP connection from an address that is not a configured peer");
                     return;
@@ -647,12 +668,7 @@ impl SpeakerTask {
                     warn!(%remote, range = %range.prefix, limit = range.limit, "refused a BGP connection: the listen range is at its session limit");
                     return;
                 }
-                let mut config = dynamic_config(&range, ip);
-                if let SocketAddr::V6(a) = remote {
-                    if a.scope_id() != 0 {
-                        config.ifindex = Some(a.scope_id());
-                    }
-                }
+                let config = PeerConfig { ifindex: key.ifindex, ..dynamic_config(&range, key.address) };
                 let restarting = self.restarting.is_some();
                 let Some(speaker) = self.config.as_ref() else { return };
                 let session = match Session::new(session_config(speaker, &config, restarting)) {
@@ -664,7 +680,7 @@ impl SpeakerTask {
                 };
                 info!(%remote, range = %range.prefix, asn = config.asn, "dynamic BGP neighbor accepted");
                 self.add_peer(config, session, Some(range.prefix)).await;
-                if let Some(slot) = self.peers.get(&ip) {
+                if let Some(slot) = self.peers.get(&key) {
                     let _ = slot.cmd.send(PeerCmd::Inbound(stream)).await;
                 }
             }
@@ -698,11 +714,12 @@ impl SpeakerTask {
         };
         let (task, status) = PeerTask::new(session, addressing, self.events_tx.clone(), bfd.clone());
         let (cmd, cmd_rx) = mpsc::channel(64);
-        let span = tracing::info_span!("bgp_peer", peer = %config.address);
+        let key = config.key();
+        let span = tracing::info_span!("bgp_peer", peer = %key);
         let handle = tokio::spawn(task.run(cmd_rx).instrument(span));
-        info!(peer = %config.address, asn = config.asn, "BGP peer added");
+        info!(peer = %key, asn = config.asn, "BGP peer added");
         self.peers.insert(
-            config.address,
+            key,
             PeerSlot {
                 id,
                 config,
@@ -746,10 +763,10 @@ impl SpeakerTask {
         }
     }
 
-    async fn remove_peer(&mut self, addr: IpAddr) {
+    async fn remove_peer(&mut self, addr: PeerKey) {
         let Some(slot) = self.peers.remove(&addr) else { return };
         if let (Some(bfd), Some(_)) = (&self.bfd, slot.config.bfd) {
-            let _ = bfd.remove(addr, slot.config.ifindex).await;
+            let _ = bfd.remove(addr.address, slot.config.ifindex).await;
         }
         if let Some(r) = self.restarting.as_mut() {
             r.waiting.remove(&addr);
@@ -797,7 +814,7 @@ impl SpeakerTask {
     /// A session left Established (or failed after OpenSent). With graceful restart negotiated
     /// and a transport failure (not a NOTIFICATION, RFC 4724 4.2; RFC 8538 is not supported),
     /// the peer's routes stay, stale, for its restart time; otherwise they go at once.
-    async fn down(&mut self, peer: IpAddr, was_established: bool, reason: DownReason) {
+    async fn down(&mut self, peer: PeerKey, was_established: bool, reason: DownReason) {
         let Some(slot) = self.peers.get_mut(&peer) else { return };
         if was_established || slot.up {
             let helper = slot.registered.as_ref().and_then(|(_, _, n)| {
@@ -855,7 +872,7 @@ impl SpeakerTask {
         }
     }
 
-    async fn established(&mut self, peer: IpAddr, negotiated: Negotiated, local: SocketAddr) {
+    async fn established(&mut self, peer: PeerKey, negotiated: Negotiated, local: SocketAddr) {
         let Some(slot) = self.peers.get_mut(&peer) else { return };
         let Some(rib) = self.rib.as_mut() else { return };
         if negotiated.families.is_empty() {
@@ -863,7 +880,7 @@ impl SpeakerTask {
         }
         let info = PeerInfo {
             id: slot.id,
-            addr: peer,
+            addr: peer.address,
             asn: negotiated.peer_asn,
             router_id: negotiated.peer_router_id,
             ebgp: negotiated.ebgp,
@@ -913,7 +930,7 @@ impl SpeakerTask {
         self.export_to(peer, &negotiated).await;
     }
 
-    async fn update(&mut self, peer: IpAddr, message: &[u8], opts: DecodeOptions) {
+    async fn update(&mut self, peer: PeerKey, message: &[u8], opts: DecodeOptions) {
         let Some(slot) = self.peers.get(&peer) else { return };
         let Some(rib) = self.rib.as_mut() else { return };
         let update = match decode_message(message, &opts) {
@@ -956,7 +973,7 @@ impl SpeakerTask {
 
     /// The peer has sent all its routes of `family`: stale ones it did not refresh go (helper),
     /// and our own restart stops waiting for it in that family.
-    fn end_of_rib(&mut self, peer: IpAddr, family: Family) {
+    fn end_of_rib(&mut self, peer: PeerKey, family: Family) {
         let Some(slot) = self.peers.get_mut(&peer) else { return };
         let mut changes = Vec::new();
         if slot.stale_families.remove(&family) {
@@ -981,7 +998,7 @@ impl SpeakerTask {
     }
 
     async fn export_all(&mut self) {
-        let up: Vec<(IpAddr, Negotiated)> = self
+        let up: Vec<(PeerKey, Negotiated)> = self
             .peers
             .iter()
             .filter_map(|(addr, s)| s.registered.as_ref().map(|(_, _, n)| (*addr, n.clone())))
@@ -991,7 +1008,7 @@ impl SpeakerTask {
         }
     }
 
-    async fn export_to(&mut self, peer: IpAddr, negotiated: &Negotiated) {
+    async fn export_to(&mut self, peer: PeerKey, negotiated: &Negotiated) {
         let (Some(slot), Some(rib)) = (self.peers.get(&peer), self.rib.as_mut()) else { return };
         let diff = match rib.export(slot.id) {
             Ok(diff) => diff,
