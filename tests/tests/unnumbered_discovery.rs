@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use ferrule_bgp::driver::{NeighborSummary, PeerConfig, Speaker, SpeakerConfig};
+use ferrule_bgp::driver::{NeighborSummary, PeerConfig, RouteQuery, Speaker, SpeakerConfig};
 use ferrule_bgp::nd::{Discovery, Mac, Neighbor};
 use ferrule_bgp::policy::ImportPolicy;
 use ferrule_bgp::rib::LocalRoute;
@@ -422,15 +422,21 @@ fn two_tors_scenario() -> Result<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
+            let from: Vec<(String, Vec<String>)> = speaker
+                .routes(RouteQuery::All)
+                .await?
+                .into_iter()
+                .map(|r| (r.prefix, r.paths.into_iter().map(|p| p.from).collect()))
+                .collect();
             speaker.shutdown(false).await;
-            anyhow::Ok((summary, routes))
+            anyhow::Ok((summary, routes, from))
         })
     });
     stop.store(true, Ordering::Relaxed);
     for thread in threads {
         thread.join().map_err(|_| anyhow::anyhow!("a ToR speaker thread panicked"))??;
     }
-    let (summary, routes) = seen?;
+    let (summary, routes, from) = seen?;
     let neighbors: Vec<(String, Option<String>, u32, String)> = summary
         .iter()
         .map(|n: &NeighborSummary| (n.address.to_string(), n.interface.clone(), n.asn, n.state.clone()))
@@ -447,5 +453,8 @@ fn two_tors_scenario() -> Result<()> {
     );
     let via = |i: usize| vec![(IpAddr::V6(TOR_LL), Some(ifindexes[i]))];
     assert_eq!(routes, [("2001:db8:a::/48".to_string(), via(0)), ("2001:db8:b::/48".to_string(), via(1))]);
+    println!("[two ToRs] 6 `show bgp routes` from: expected fe80::1%tor0 and fe80::1%tor1, saw {from:?}");
+    let path = |prefix: &str, peer: &str| (prefix.to_string(), vec![peer.to_string()]);
+    assert_eq!(from, [path("2001:db8:a::/48", "fe80::1%tor0"), path("2001:db8:b::/48", "fe80::1%tor1")]);
     Ok(())
 }

@@ -169,7 +169,8 @@ pub struct RouteEntry {
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct PathEntry {
-    /// `local` for the node's own announcement, else the peer's address.
+    /// `local` for the node's own announcement, else the peer's address (`fe80::1%eth0` for a
+    /// link-local one).
     pub from: String,
     pub next_hop: Option<String>,
     pub as_path: String,
@@ -1083,11 +1084,13 @@ impl SpeakerTask {
             RouteQuery::Prefix(p) => rib.lookup(&p, now).into_iter().collect(),
             RouteQuery::Address(a) => rib.longest_match(a, now).into_iter().collect(),
         };
-        views.into_iter().map(route_entry).collect()
+        // A link-local peer is named with its link (`fe80::1%eth0`): two may share the address.
+        let key_of = |id: PeerId| self.peers.iter().find(|(_, s)| s.id == id).map(|(key, _)| *key);
+        views.into_iter().map(|view| route_entry(view, key_of)).collect()
     }
 }
 
-fn route_entry(view: PrefixView) -> RouteEntry {
+fn route_entry(view: PrefixView, key_of: impl Fn(PeerId) -> Option<PeerKey>) -> RouteEntry {
     let paths = view
         .paths
         .iter()
@@ -1096,8 +1099,11 @@ fn route_entry(view: PrefixView) -> RouteEntry {
             PathEntry {
                 from: match (p.source, p.peer_addr) {
                     (Source::Local, _) => "local".into(),
-                    (_, Some(addr)) => addr.to_string(),
-                    (Source::Peer(id), None) => id.to_string(),
+                    (Source::Peer(id), addr) => match (key_of(id), addr) {
+                        (Some(key), _) => key.to_string(),
+                        (None, Some(addr)) => addr.to_string(),
+                        (None, None) => id.to_string(),
+                    },
                 },
                 next_hop: p.attrs.next_hop.map(|nh| match nh {
                     NextHop::V4(a) => a.to_string(),
@@ -1345,6 +1351,112 @@ mod tests {
         assert_eq!(node.summary().await.unwrap()[0].stale, 0);
     }
 
+    /// Graceful restart, helper side: a raw peer (AS 65000) announces one IPv4 and one IPv6
+    /// route, drops its connection (a restart) and comes back with an OPEN whose Multiprotocol
+    /// capabilities no longer have IPv6 unicast, though its graceful restart capability still
+    /// lists it as preserved. That family's stale route can never be refreshed or confirmed by
+    /// an End-of-RIB, so it goes as the session comes up; the IPv4 one stays stale until the
+    /// peer's IPv4 End-of-RIB.
+    #[tokio::test]
+    async fn a_peer_back_without_a_family_loses_that_familys_stale_routes_at_once() {
+        use crate::testutil::malformed::{update_bytes, AS_PATH4, ORIGIN};
+        use crate::wire::{encode_message, Afi, Capability, EncodeOptions, GracefulRestart, GracefulRestartFamily};
+        use crate::wire::{Message, Open, Safi};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (p4, p6) = (v4("203.0.113.0/24"), v4("2001:db8:7::/48"));
+        let node = Speaker::spawn();
+        let tor = PeerConfig { hold_time: 30, ..peer(65000, port, false, &[p4, p6]) };
+        node.set_config(gr_config(65101, "192.0.2.1", 0, tor, &[])).await.unwrap();
+
+        let open = |families: &[(Afi, Safi)], restarted: bool| {
+            let mut capabilities: Vec<Capability> =
+                families.iter().map(|&(afi, safi)| Capability::Multiprotocol { afi, safi }).collect();
+            let families = [(Afi::IPV4, Safi::UNICAST), (Afi::IPV6, Safi::UNICAST)];
+            capabilities.push(Capability::FourOctetAsn(65000));
+            capabilities.push(Capability::GracefulRestart(GracefulRestart {
+                restart_state: restarted,
+                notification: false,
+                restart_time: 30,
+                families: families
+                    .iter()
+                    .map(|&(afi, safi)| GracefulRestartFamily { afi, safi, forwarding_preserved: true })
+                    .collect(),
+            }));
+            let open = Open { my_as: 65000, hold_time: 30, bgp_id: "192.0.2.2".parse().unwrap(), capabilities };
+            let mut out = Vec::new();
+            encode_message(&Message::Open(open), &EncodeOptions::default(), &mut out).unwrap();
+            encode_message(&Message::Keepalive, &EncodeOptions::default(), &mut out).unwrap();
+            out
+        };
+        let accept = || async {
+            let (mut stream, _) =
+                tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+            let mut buf = vec![0u8; 4096];
+            assert!(stream.read(&mut buf).await.unwrap() >= 29, "the node's OPEN");
+            stream
+        };
+        let both = [(Afi::IPV4, Safi::UNICAST), (Afi::IPV6, Safi::UNICAST)];
+        let state = || async { node.summary().await.unwrap()[0].state.clone() };
+        let wait = |up: bool| async move {
+            for _ in 0..200 {
+                if (state().await == "Established") == up {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("the session did not {} within 5 s", if up { "come up" } else { "go down" });
+        };
+        // (prefix, stale) of every path the node holds.
+        let paths = || async {
+            let routes = node.routes(RouteQuery::All).await.unwrap();
+            routes.into_iter().flat_map(|r| r.paths.into_iter().map(move |p| (r.prefix.clone(), p.stale))).collect()
+        };
+
+        let mut first = accept().await;
+        let mut out = open(&both, false);
+        out.extend(update_bytes(&[], &[ORIGIN, AS_PATH4, &[0x40, 3, 4, 127, 0, 0, 1]], &[24, 203, 0, 113]));
+        let mut mp_reach = vec![0x80, 14, 28, 0, 2, 1, 16];
+        mp_reach.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        mp_reach.extend_from_slice(&[0, 48, 0x20, 0x01, 0x0d, 0xb8, 0, 7]);
+        out.extend(update_bytes(&[], &[ORIGIN, AS_PATH4, &mp_reach], &[]));
+        first.write_all(&out).await.unwrap();
+        wait(true).await;
+        let mut held: Vec<(String, bool)> = Vec::new();
+        for _ in 0..200 {
+            held = paths().await;
+            if held.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let fresh = |stale| vec![("203.0.113.0/24".to_string(), stale), ("2001:db8:7::/48".to_string(), stale)];
+        assert_eq!(held, fresh(false), "both routes learned");
+
+        drop(first); // the peer restarts: no NOTIFICATION
+        wait(false).await;
+        assert_eq!(paths().await, fresh(true), "both kept, stale");
+
+        // Back, with IPv4 unicast only.
+        let mut second = accept().await;
+        second.write_all(&open(&[(Afi::IPV4, Safi::UNICAST)], true)).await.unwrap();
+        wait(true).await;
+        assert_eq!(paths().await, [("203.0.113.0/24".to_string(), true)], "IPv6 gone at once, IPv4 waits");
+
+        second.write_all(&update_bytes(&[], &[], &[])).await.unwrap(); // IPv4 End-of-RIB
+        let mut left = paths().await;
+        for _ in 0..200 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            left = paths().await;
+        }
+        assert!(left.is_empty(), "the IPv4 route, not refreshed, swept by End-of-RIB: {left:?}");
+    }
+
     /// Graceful restart, restarting side: the node's process restarts; the ToR (helper) never
     /// loses the node's prefix; the new node process starts with a deferred FIB (the installer
     /// deletes nothing) that turns complete when the ToR's End-of-RIB arrives.
@@ -1454,7 +1566,38 @@ mod tests {
         }
         let left = left.unwrap_or_else(|| panic!("still Established 10 s after the peer stopped (hold time 3 s)"));
         assert!(left >= Duration::from_secs(2), "down after {left:?}, before the hold time");
+
+        // The NOTIFICATION queued behind the table cannot leave either: the closed connection's
+        // writer gets 2 s (CLOSE_GRACE), then our socket is closed, not kept for the send hold
+        // time (8 min). A closed socket with data still unsent stays in /proc/net/tcp as an
+        // orphan, without an inode.
+        let (ours, theirs) = (stream.peer_addr().unwrap().port(), port);
+        let down = std::time::Instant::now();
+        let mut closed = None;
+        while down.elapsed() < Duration::from_secs(6) {
+            if socket_inode(ours, theirs).is_none_or(|inode| inode == 0) {
+                closed = Some(down.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let closed = closed.unwrap_or_else(|| {
+            panic!("our end (port {ours}) still open 6 s after the session ended: {:?}", socket_inode(ours, theirs))
+        });
+        assert!(closed >= Duration::from_millis(1500), "closed after {closed:?}, before the grace period");
         drop(stream);
+    }
+
+    /// The inode of the IPv4 TCP socket from local port `local` to remote port `remote` in
+    /// /proc/net/tcp: 0 once no file descriptor holds it (an orphan), None when it is gone.
+    fn socket_inode(local: u16, remote: u16) -> Option<u64> {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let port = |field: &str| field.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+        table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let matches = fields.len() > 9 && port(fields[1]) == Some(local) && port(fields[2]) == Some(remote);
+            matches.then(|| fields[9].parse().unwrap_or(0))
+        })
     }
 
     /// A speaker (AS 65101) accepting one dynamic neighbor from 127.0.0.0/8 configured from
