@@ -434,6 +434,7 @@ mod tests {
             sent: 2,
             messages_in: 7,
             messages_out: 8,
+            out_queue: 0,
             flaps: 1,
             hold_time: Some(90),
             families: vec![],

@@ -339,6 +339,10 @@ pub fn render_bgp_summary(status: &Status, neighbors: &[NeighborSummary]) -> Str
         if n.stale > 0 {
             notes.push(format!("GR: {} stale", n.stale));
         }
+        if n.out_queue > 0 {
+            // Bytes the peer has not read yet (FRR's OutQ); route changes wait above 1 MiB.
+            notes.push(format!("OutQ {} bytes", n.out_queue));
+        }
         if let Some(err) = &n.last_error {
             notes.push(err.clone());
         }
@@ -605,6 +609,7 @@ eth7             down      interface \"eth7\": attaching tc_decap (tcx ingress):
             sent: 1,
             messages_in: 12,
             messages_out: 14,
+            out_queue: 0,
             flaps: 0,
             hold_time: Some(90),
             families: vec!["IPv6 unicast".into()],
@@ -623,12 +628,13 @@ eth7             down      interface \"eth7\": attaching tc_decap (tcx ingress):
         n.dynamic = Some("2001:db8:500::/64".into());
         n.bfd = Some("Up".into());
         n.stale = 2;
+        n.out_queue = 1_500_000;
         let mut ll = neighbor("Established", Some(5));
         ll.address = "fe80::1".parse().unwrap();
         ll.interface = Some("tor1".into());
         let text = render_bgp_summary(&sample_status(), &[n, ll]);
         let line = text.lines().find(|l| l.starts_with("*2001:db8:1::1")).unwrap_or_else(|| panic!("{text}"));
-        assert!(line.ends_with("BFD Up; GR: 2 stale"), "{line}");
+        assert!(line.ends_with("BFD Up; GR: 2 stale; OutQ 1500000 bytes"), "{line}");
         assert!(text.contains("* dynamic neighbor"), "{text}");
         assert!(text.lines().any(|l| l.starts_with("fe80::1%tor1 ")), "unnumbered neighbor with its interface: {text}");
     }

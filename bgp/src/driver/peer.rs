@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,6 +171,9 @@ pub struct PeerTask {
     bfd: Option<watch::Receiver<BfdStatus>>,
     /// BFD path failures already acted on.
     bfd_failures: u64,
+    /// Bytes queued for this peer's connections and not yet written into a socket; the speaker
+    /// holds back further UPDATEs while there are many ([`PeerTask::unsent`]).
+    unsent: Arc<AtomicUsize>,
 }
 
 /// Largest read per syscall; a full-table burst is read in 64 KiB pieces.
@@ -186,9 +190,29 @@ fn send_hold_time(hold_time: u16) -> Duration {
 }
 
 enum WriteCmd {
-    Data(Vec<u8>),
+    Data(Queued),
     /// Send FIN after what is queued.
     Shutdown,
+}
+
+/// Bytes on their way to a connection's writer task, counted in the peer's unsent total until
+/// written into the socket or dropped (a closed connection's queue, an aborted writer).
+struct Queued {
+    bytes: Vec<u8>,
+    unsent: Arc<AtomicUsize>,
+}
+
+impl Queued {
+    fn new(bytes: Vec<u8>, unsent: &Arc<AtomicUsize>) -> Queued {
+        unsent.fetch_add(bytes.len(), Ordering::Relaxed);
+        Queued { bytes, unsent: unsent.clone() }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.unsent.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
 }
 
 /// Writes what `cmds` brings to `writer`, in order; a write that fails or waits longer than
@@ -201,14 +225,14 @@ async fn write_loop(
     send_hold: Duration,
 ) {
     while let Some(cmd) = cmds.recv().await {
-        let bytes = match cmd {
-            WriteCmd::Data(bytes) => bytes,
+        let queued = match cmd {
+            WriteCmd::Data(queued) => queued,
             WriteCmd::Shutdown => {
                 let _ = tokio::time::timeout(send_hold, writer.shutdown()).await;
                 return;
             }
         };
-        let err = match tokio::time::timeout(send_hold, writer.write_all(&bytes)).await {
+        let err = match tokio::time::timeout(send_hold, writer.write_all(&queued.bytes)).await {
             Ok(Ok(())) => continue,
             Ok(Err(err)) => err,
             Err(_) => std::io::Error::new(
@@ -252,8 +276,15 @@ impl PeerTask {
             md5_baseline,
             bfd_failures: bfd.as_ref().map_or(0, |rx| rx.borrow().counters.failures),
             bfd,
+            unsent: Arc::new(AtomicUsize::new(0)),
         };
         (task, status_rx)
+    }
+
+    /// The count of bytes queued for the peer and not yet taken by its socket, kept current by
+    /// the task and its writers.
+    pub fn unsent(&self) -> Arc<AtomicUsize> {
+        self.unsent.clone()
     }
 
     fn peer(&self) -> PeerKey {
@@ -553,7 +584,7 @@ impl PeerTask {
             Output::Send { conn, bytes } => {
                 let Some(c) = self.conns.get_mut(&conn) else { return Vec::new() };
                 // Queued for the writer task; it reports a failed write as the connection closed.
-                if c.writer.send(WriteCmd::Data(bytes)).is_err() {
+                if c.writer.send(WriteCmd::Data(Queued::new(bytes, &self.unsent))).is_err() {
                     debug!(peer = %self.peer(), "write failed: the connection's writer is gone");
                     self.drop_conn(conn);
                     return owned_only(self.session.handle(now, Input::Closed { conn }));

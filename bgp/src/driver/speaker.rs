@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::AsFd as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -141,6 +142,9 @@ pub struct NeighborSummary {
     pub sent: u64,
     pub messages_in: u64,
     pub messages_out: u64,
+    /// Bytes queued for the peer that its socket has not taken yet (FRR's OutQ, in bytes).
+    #[serde(default)]
+    pub out_queue: u64,
     /// Times the session left Established.
     pub flaps: u64,
     pub hold_time: Option<u16>,
@@ -294,7 +298,23 @@ struct PeerSlot {
     stale_families: BTreeSet<Family>,
     /// The peer's BFD session, for `show`.
     bfd: Option<watch::Receiver<BfdStatus>>,
+    /// Bytes queued for the peer, not yet written into its socket ([`PeerTask::unsent`]).
+    unsent: Arc<AtomicUsize>,
+    /// Route changes wait while `unsent` is above [`OUT_QUEUE_HIGH`]: the peer gets their net
+    /// effect once it has read, instead of every step queued in our memory.
+    export_deferred: bool,
 }
+
+/// Bytes queued for a peer above which its UPDATEs wait (the Adj-RIB-Out keeps what it was last
+/// sent, so what changes meanwhile is sent as one difference later). A session's first
+/// announcement, of any size, always goes at once.
+#[cfg(not(test))]
+const OUT_QUEUE_HIGH: usize = 1 << 20;
+/// Lower in unit tests, so that a table a debug build encodes quickly is above it.
+#[cfg(test)]
+const OUT_QUEUE_HIGH: usize = 64 << 10;
+/// How often deferred exports look again.
+const EXPORT_RETRY: Duration = Duration::from_millis(100);
 
 /// Our own graceful restart, while it converges.
 struct Restarting {
@@ -433,14 +453,25 @@ impl SpeakerTask {
         }
     }
 
-    /// The earliest graceful-restart timer: a helper's stale routes or our own deferral.
+    /// The earliest timer: a helper's stale routes, our own deferral, or another look at
+    /// UPDATEs held back for a peer that has not read.
     fn next_timer(&self) -> Option<Instant> {
         let stale = self.peers.values().filter_map(|s| s.stale_until).min();
         let ours = self.restarting.as_ref().map(|r| r.until);
-        stale.into_iter().chain(ours).min()
+        let retry = self.peers.values().any(|s| s.export_deferred).then(|| Instant::now() + EXPORT_RETRY);
+        stale.into_iter().chain(ours).chain(retry).min()
     }
 
     async fn timers(&mut self) {
+        let deferred: Vec<(PeerKey, Negotiated)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.export_deferred)
+            .filter_map(|(key, s)| s.registered.as_ref().map(|(_, _, n)| (*key, n.clone())))
+            .collect();
+        for (peer, negotiated) in deferred {
+            self.export_to(peer, &negotiated).await;
+        }
         let now = Instant::now();
         let expired: Vec<PeerKey> =
             self.peers.iter().filter(|(_, s)| s.stale_until.is_some_and(|t| t <= now)).map(|(a, _)| *a).collect();
@@ -714,6 +745,7 @@ impl SpeakerTask {
             None => None,
         };
         let (task, status) = PeerTask::new(session, addressing, self.events_tx.clone(), bfd.clone());
+        let unsent = task.unsent();
         let (cmd, cmd_rx) = mpsc::channel(64);
         let key = config.key();
         let span = tracing::info_span!("bgp_peer", peer = %key);
@@ -734,6 +766,8 @@ impl SpeakerTask {
                 stale_until: None,
                 stale_families: BTreeSet::new(),
                 bfd,
+                unsent,
+                export_deferred: false,
             },
         );
     }
@@ -817,6 +851,7 @@ impl SpeakerTask {
     /// the peer's routes stay, stale, for its restart time; otherwise they go at once.
     async fn down(&mut self, peer: PeerKey, was_established: bool, reason: DownReason) {
         let Some(slot) = self.peers.get_mut(&peer) else { return };
+        slot.export_deferred = false; // the next session starts with a whole export
         if was_established || slot.up {
             let helper = slot.registered.as_ref().and_then(|(_, _, n)| {
                 let keep = n.graceful_restart
@@ -1010,7 +1045,16 @@ impl SpeakerTask {
     }
 
     async fn export_to(&mut self, peer: PeerKey, negotiated: &Negotiated) {
-        let (Some(slot), Some(rib)) = (self.peers.get(&peer), self.rib.as_mut()) else { return };
+        let (Some(slot), Some(rib)) = (self.peers.get_mut(&peer), self.rib.as_mut()) else { return };
+        let unsent = slot.unsent.load(Ordering::Relaxed);
+        if unsent > OUT_QUEUE_HIGH {
+            if !slot.export_deferred {
+                debug!(%peer, unsent, "the peer has not read what was sent; route changes wait");
+            }
+            slot.export_deferred = true;
+            return;
+        }
+        slot.export_deferred = false;
         let diff = match rib.export(slot.id) {
             Ok(diff) => diff,
             Err(err) => {
@@ -1059,6 +1103,7 @@ impl SpeakerTask {
                     sent: counters.sent as u64,
                     messages_in: c.received.total(),
                     messages_out: c.sent.total(),
+                    out_queue: slot.unsent.load(Ordering::Relaxed) as u64,
                     flaps,
                     hold_time: status.negotiated.as_ref().map(|n| n.hold_time),
                     dynamic: slot.dynamic.map(|p| p.to_string()),
@@ -1586,6 +1631,111 @@ mod tests {
         });
         assert!(closed >= Duration::from_millis(1500), "closed after {closed:?}, before the grace period");
         drop(stream);
+    }
+
+    /// A peer that stops reading while our announcements keep changing: the changes wait
+    /// instead of piling up in our memory (the queue does not grow past what the first export
+    /// put there), and once the peer reads again it receives their net effect: exactly the
+    /// last set of announcements.
+    #[tokio::test]
+    async fn route_changes_for_a_peer_that_does_not_read_wait_and_go_as_one_difference() {
+        use crate::testutil::malformed::ebgp4;
+        use crate::wire::{decode_message, encode_message, Afi, Capability, EncodeOptions, Message, Open, Safi};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_tcp_mss(536).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
+        socket.listen(1).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(socket.into()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+
+        // Round r announces 10.r.x.y/32 for 40,000 routes: every round replaces all of them.
+        let routes = |round: u32| -> Vec<LocalRoute> {
+            (0..40_000u32).map(|i| LocalRoute::new(v4(&format!("10.{round}.{}.{}/32", i >> 8, i & 255)))).collect()
+        };
+        let node = Speaker::spawn();
+        let mut cfg =
+            config(65101, "192.0.2.1", 0, PeerConfig { hold_time: 60, ..peer(65001, port, false, &[]) }, false);
+        cfg.announcements = routes(0);
+        node.set_config(cfg.clone()).await.unwrap();
+
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n >= 29, "the node's OPEN");
+        let mut received = buf[n..n].to_vec(); // what follows the OPEN in later reads
+        let open = Open {
+            my_as: 65001,
+            hold_time: 60,
+            bgp_id: "192.0.2.2".parse().unwrap(),
+            capabilities: vec![
+                Capability::Multiprotocol { afi: Afi::IPV4, safi: Safi::UNICAST },
+                Capability::FourOctetAsn(65001),
+            ],
+        };
+        let mut out = Vec::new();
+        encode_message(&Message::Open(open), &EncodeOptions::default(), &mut out).unwrap();
+        encode_message(&Message::Keepalive, &EncodeOptions::default(), &mut out).unwrap();
+        stream.write_all(&out).await.unwrap();
+
+        // The first export is queued whole; the peer has read almost none of it.
+        let queued = || async { node.summary().await.unwrap()[0].out_queue };
+        let mut first = 0;
+        for _ in 0..200 {
+            first = queued().await;
+            if first > OUT_QUEUE_HIGH as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(first > OUT_QUEUE_HIGH as u64, "the first export is queued: {first} bytes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first = queued().await;
+
+        for round in 1..=10 {
+            cfg.announcements = routes(round);
+            node.set_config(cfg.clone()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = queued().await;
+        // Each round would have queued ~450 KB (40,000 withdrawals and 40,000 announcements).
+        assert!(after <= first + 64, "the queue grew from {first} to {after} bytes while the peer read nothing");
+
+        // The peer reads again: what it ends up with is exactly round 10's routes.
+        let want: BTreeSet<Prefix> = routes(10).into_iter().map(|r| r.prefix).collect();
+        let mut have: BTreeSet<Prefix> = BTreeSet::new();
+        let mut start = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut chunk = vec![0u8; 64 * 1024];
+        while have != want {
+            let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                other => panic!("reading stopped ({other:?}) with {} routes, {} wanted", have.len(), want.len()),
+            };
+            received.extend_from_slice(&chunk[..n]);
+            while let Some((message, len)) = decode_message(&received[start..], &ebgp4()).unwrap() {
+                if let Message::Update(u) = message {
+                    for p in u.withdrawn.iter() {
+                        have.remove(&p);
+                    }
+                    have.extend(u.nlri.iter());
+                }
+                start += len;
+            }
+        }
+        // And nothing after it undoes that.
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut chunk)).await {
+            assert!(n > 0, "the node closed the session");
+            received.extend_from_slice(&chunk[..n]);
+            while let Some((message, len)) = decode_message(&received[start..], &ebgp4()).unwrap() {
+                assert!(!matches!(message, Message::Update(_)), "an UPDATE after the last round's routes");
+                start += len;
+            }
+        }
+        assert_eq!(node.summary().await.unwrap()[0].state, "Established");
     }
 
     /// The inode of the IPv4 TCP socket from local port `local` to remote port `remote` in
