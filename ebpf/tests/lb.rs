@@ -2082,6 +2082,24 @@ fn remembered_nat_replies_end_when_their_snat_port_is_claimed_again() {
         assert_eq!(to(&out), (XDP_TX, other.0.to_vec(), other.1), "the backend's reply reaches the new client");
         assert_checksums_valid(&out.data);
         assert_eq!(to(&lb.run(&reply)), (XDP_TX, other.0.to_vec(), other.1), "and is remembered for it");
+
+        // Conntrack still gives the first client's flow the port: an ICMP error about that
+        // flow's replies is not translated to it (it would tell the backend about the other
+        // client's connection); one about the other client's replies is.
+        let unhandled = lb.dp.lb().events().unwrap().nat_unhandled;
+        let icmp = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &tcp_segment4(VIP4, 80, CLIENT4, 40000));
+        let out = lb.run(&icmp);
+        assert_eq!((out.retval, &out.data), (XDP_PASS, &icmp), "error about the flow that lost its port");
+        assert_eq!(lb.dp.lb().events().unwrap().nat_unhandled, unhandled + 1);
+        let icmp = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &tcp_segment4(VIP4, 80, other.0, other.1));
+        let expected = icmp4_error(
+            out_to(MAC_A),
+            NODE4,
+            BACKEND_A4,
+            FRAG_NEEDED_1500,
+            &tcp_segment4(BACKEND_A4, 8080, NODE4, port),
+        );
+        assert_tx(&lb.run(&icmp), &expected, "error about the flow that has the port now");
     });
 }
 
