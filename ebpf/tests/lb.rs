@@ -749,24 +749,12 @@ fn nat_takes_its_snat_ports_from_the_configured_range() {
         assert_eq!((out.retval, out.data), (XDP_PASS, stale_reply));
         // So is an ICMP error about its replies: conntrack still holds the old port, which is
         // no longer the flow's to translate to.
-        let quote = tcp_segment4(VIP4, 80, CLIENT4, 40000);
-        let icmp = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &quote);
-        let unhandled = lb.dp.lb().events().unwrap().nat_unhandled;
-        let out = lb.run(&icmp);
-        assert_eq!((out.retval, &out.data), (XDP_PASS, &icmp), "error about a flow on a port left out");
-        assert_eq!(lb.dp.lb().events().unwrap().nat_unhandled, unhandled + 1);
+        let icmp = nat_icmp_passes_unhandled(&mut lb, (CLIENT4, 40000), "error about a flow on a port left out");
         let moved = nat_port_of(&lb, &first);
         assert!((50_000..=50_015).contains(&moved), "moved into the range: {moved}");
         let reply = tcp4(BACKEND_A4, 8080, NODE4, moved, false, b"ok");
         assert_eq!(lb.run(&reply).retval, XDP_TX);
-        let expected = icmp4_error(
-            out_to(MAC_A),
-            NODE4,
-            BACKEND_A4,
-            FRAG_NEEDED_1500,
-            &tcp_segment4(BACKEND_A4, 8080, NODE4, moved),
-        );
-        assert_tx(&lb.run(&icmp), &expected, "the same error once the flow moved");
+        assert_tx(&lb.run(&icmp), &nat_icmp_to_backend_a(moved), "the same error once the flow moved");
 
         // An empty or reversed range is refused and changes nothing.
         let (high, low) = (60_000, 59_999);
@@ -781,6 +769,22 @@ const FRAG_NEEDED_1500: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0xdc]);
 const PACKET_TOO_BIG_1280: (u8, u8, [u8; 4]) = (2, 0, 1280u32.to_be_bytes());
 const ROUTER4: [u8; 4] = [198, 51, 100, 254];
 const ROUTER6: [u8; 16] = v6(0x100, 0xfe);
+
+/// An ICMP "fragmentation needed" from a router about the reply VIP4:80 -> `client` passes to
+/// the stack unchanged, counted as nat_unhandled. Returns the error.
+fn nat_icmp_passes_unhandled(lb: &mut Lb, client: ([u8; 4], u16), what: &str) -> Vec<u8> {
+    let icmp = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &tcp_segment4(VIP4, 80, client.0, client.1));
+    let unhandled = lb.dp.lb().events().unwrap().nat_unhandled;
+    let out = lb.run(&icmp);
+    assert_eq!((out.retval, &out.data), (XDP_PASS, &icmp), "{what}");
+    assert_eq!(lb.dp.lb().events().unwrap().nat_unhandled, unhandled + 1, "{what}");
+    icmp
+}
+
+/// That error as backend A (port 8080) gets it for its packet to the node's SNAT `port`.
+fn nat_icmp_to_backend_a(port: u16) -> Vec<u8> {
+    icmp4_error(out_to(MAC_A), NODE4, BACKEND_A4, FRAG_NEEDED_1500, &tcp_segment4(BACKEND_A4, 8080, NODE4, port))
+}
 
 /// Sends a request of a new NAT flow and returns the SNAT port it was given.
 fn nat_port_of(lb: &Lb, request: &[u8]) -> u16 {
@@ -2086,20 +2090,9 @@ fn remembered_nat_replies_end_when_their_snat_port_is_claimed_again() {
         // Conntrack still gives the first client's flow the port: an ICMP error about that
         // flow's replies is not translated to it (it would tell the backend about the other
         // client's connection); one about the other client's replies is.
-        let unhandled = lb.dp.lb().events().unwrap().nat_unhandled;
-        let icmp = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &tcp_segment4(VIP4, 80, CLIENT4, 40000));
-        let out = lb.run(&icmp);
-        assert_eq!((out.retval, &out.data), (XDP_PASS, &icmp), "error about the flow that lost its port");
-        assert_eq!(lb.dp.lb().events().unwrap().nat_unhandled, unhandled + 1);
+        nat_icmp_passes_unhandled(&mut lb, (CLIENT4, 40000), "error about the flow that lost its port");
         let icmp = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &tcp_segment4(VIP4, 80, other.0, other.1));
-        let expected = icmp4_error(
-            out_to(MAC_A),
-            NODE4,
-            BACKEND_A4,
-            FRAG_NEEDED_1500,
-            &tcp_segment4(BACKEND_A4, 8080, NODE4, port),
-        );
-        assert_tx(&lb.run(&icmp), &expected, "error about the flow that has the port now");
+        assert_tx(&lb.run(&icmp), &nat_icmp_to_backend_a(port), "error about the flow that has the port now");
     });
 }
 

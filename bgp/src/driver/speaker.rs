@@ -1564,15 +1564,9 @@ mod tests {
         assert!(!routes[0].paths[0].stale, "refreshed by the new process: {routes:?}");
     }
 
-    /// A peer that completes its OPEN and then neither reads nor sends: our writes of a table
-    /// larger than the socket can hold block, and the session must still end by its hold timer
-    /// (3 s) instead of waiting on the write. The peer advertises a small MSS and receive buffer,
-    /// so a few thousand routes fill what the kernel buffers.
-    #[tokio::test]
-    async fn a_peer_that_takes_nothing_ends_by_the_hold_timer_while_a_write_waits() {
-        use crate::wire::{encode_message, Afi, Capability, EncodeOptions, Message, Open, Safi};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
+    /// A listener for a peer that reads slowly: a small MSS and receive buffer, so that a few
+    /// thousand routes fill what the kernel buffers.
+    fn slow_reader_listener() -> (TcpListener, u16) {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         socket.set_tcp_mss(536).unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
@@ -1581,13 +1575,14 @@ mod tests {
         socket.set_nonblocking(true).unwrap();
         let listener = TcpListener::from_std(socket.into()).unwrap();
         let port = listener.local_addr().unwrap().port();
+        (listener, port)
+    }
 
-        let node = Speaker::spawn();
-        let mut cfg = config(65101, "192.0.2.1", 0, peer(65001, port, false, &[]), false);
-        cfg.announcements = (0..200_000u32)
-            .map(|i| LocalRoute::new(v4(&format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255))))
-            .collect();
-        node.set_config(cfg).await.unwrap();
+    /// Accepts the node's connection, reads its OPEN and answers as AS 65001 (IPv4 unicast,
+    /// 4-octet AS) with OPEN and KEEPALIVE.
+    async fn accept_as_65001(listener: &TcpListener, hold_time: u16) -> TcpStream {
+        use crate::wire::{encode_message, Afi, Capability, EncodeOptions, Message, Open, Safi};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
         let mut buf = vec![0u8; 4096];
@@ -1595,7 +1590,7 @@ mod tests {
         assert!(n >= 29, "the node's OPEN");
         let open = Open {
             my_as: 65001,
-            hold_time: 3,
+            hold_time,
             bgp_id: "192.0.2.2".parse().unwrap(),
             capabilities: vec![
                 Capability::Multiprotocol { afi: Afi::IPV4, safi: Safi::UNICAST },
@@ -1606,6 +1601,25 @@ mod tests {
         encode_message(&Message::Open(open), &EncodeOptions::default(), &mut out).unwrap();
         encode_message(&Message::Keepalive, &EncodeOptions::default(), &mut out).unwrap();
         stream.write_all(&out).await.unwrap();
+        stream
+    }
+
+    /// A peer that completes its OPEN and then neither reads nor sends: our writes of a table
+    /// larger than the socket can hold block, and the session must still end by its hold timer
+    /// (3 s) instead of waiting on the write. The peer advertises a small MSS and receive buffer,
+    /// so a few thousand routes fill what the kernel buffers.
+    #[tokio::test]
+    async fn a_peer_that_takes_nothing_ends_by_the_hold_timer_while_a_write_waits() {
+        let (listener, port) = slow_reader_listener();
+
+        let node = Speaker::spawn();
+        let mut cfg = config(65101, "192.0.2.1", 0, peer(65001, port, false, &[]), false);
+        cfg.announcements = (0..200_000u32)
+            .map(|i| LocalRoute::new(v4(&format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255))))
+            .collect();
+        node.set_config(cfg).await.unwrap();
+
+        let stream = accept_as_65001(&listener, 3).await;
         // The hold timer runs from the KEEPALIVE: the session cannot end by it before 3 s from
         // here. (Measured from here, not from when the summary first said Established: the
         // speaker answers that only after encoding the table, late in a loaded debug build.)
@@ -1661,17 +1675,10 @@ mod tests {
     #[tokio::test]
     async fn route_changes_for_a_peer_that_does_not_read_wait_and_go_as_one_difference() {
         use crate::testutil::malformed::ebgp4;
-        use crate::wire::{decode_message, encode_message, Afi, Capability, EncodeOptions, Message, Open, Safi};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use crate::wire::{decode_message, Message};
+        use tokio::io::AsyncReadExt;
 
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_tcp_mss(536).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket.bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
-        socket.listen(1).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let listener = TcpListener::from_std(socket.into()).unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let (listener, port) = slow_reader_listener();
 
         // Round r announces 10.r.x.y/32 for 40,000 routes: every round replaces all of them.
         let routes = |round: u32| -> Vec<LocalRoute> {
@@ -1683,24 +1690,8 @@ mod tests {
         cfg.announcements = routes(0);
         node.set_config(cfg.clone()).await.unwrap();
 
-        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n >= 29, "the node's OPEN");
-        let mut received = buf[n..n].to_vec(); // what follows the OPEN in later reads
-        let open = Open {
-            my_as: 65001,
-            hold_time: 60,
-            bgp_id: "192.0.2.2".parse().unwrap(),
-            capabilities: vec![
-                Capability::Multiprotocol { afi: Afi::IPV4, safi: Safi::UNICAST },
-                Capability::FourOctetAsn(65001),
-            ],
-        };
-        let mut out = Vec::new();
-        encode_message(&Message::Open(open), &EncodeOptions::default(), &mut out).unwrap();
-        encode_message(&Message::Keepalive, &EncodeOptions::default(), &mut out).unwrap();
-        stream.write_all(&out).await.unwrap();
+        let mut stream = accept_as_65001(&listener, 60).await;
+        let mut received = Vec::new(); // what the node sends after its OPEN
 
         // The first export is queued whole; the peer has read almost none of it.
         let queued = || async { node.summary().await.unwrap()[0].out_queue };
