@@ -140,6 +140,8 @@ struct Lb {
     dp: Datapath,
     _guard: PinGuard,
     ifindex: u32,
+    /// The pins' node name, for [`Lb::restart`].
+    node: String,
 }
 
 impl Lb {
@@ -158,7 +160,16 @@ impl Lb {
         ] {
             lb.upsert_backend(id, &BackendEntry { address: addr, port }).unwrap();
         }
-        Lb { dp, _guard: guard, ifindex }
+        Lb { dp, _guard: guard, ifindex, node }
+    }
+
+    /// What a restart of the daemon does: the datapath opened again on the same pins (a new
+    /// load of the program, its private maps new and empty, the pinned maps adopted).
+    fn restart(self) -> Lb {
+        let Lb { dp, _guard, ifindex, node } = self;
+        drop(dp);
+        let dp = Datapath::open_at(&bpffs(), &node).unwrap();
+        Lb { dp, _guard, ifindex, node }
     }
 
     /// A service whose whole table points at `backend`.
@@ -2093,6 +2104,41 @@ fn remembered_nat_replies_end_when_their_snat_port_is_claimed_again() {
         nat_icmp_passes_unhandled(&mut lb, (CLIENT4, 40000), "error about the flow that lost its port");
         let icmp = icmp4_error(IN, ROUTER4, VIP4, FRAG_NEEDED_1500, &tcp_segment4(VIP4, 80, other.0, other.1));
         assert_tx(&lb.run(&icmp), &nat_icmp_to_backend_a(port), "error about the flow that has the port now");
+    });
+}
+
+/// The SNAT ports' epochs (a private map, all zero again after a restart) are offset by a base
+/// chosen at every load, so that an epoch conntrack stored before the restart cannot equal one
+/// counted after it. Here the flow's port is claimed once before the restart (epoch 1) and, once
+/// its reverse entry is evicted, once after it by another client (epoch 1 again): with one base
+/// for both loads, the flow's next packet would take the two for the same claim and go out from
+/// the other client's port. (Conntrack keeps 16 bits of the epoch: two random bases agree there
+/// once in 65,536 runs, and this test would fail then.)
+#[test]
+fn a_nat_flow_does_not_keep_a_port_claimed_by_another_client_after_a_restart() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("nb");
+    let port = first_nat_port(CLIENT4, 40000, VIP4);
+    let other = client_hashing_to(&net, port, &[CLIENT4[3]]);
+    net.run(|ifindex| {
+        stay_on_this_cpu();
+        let mut lb = Lb::open("natbase", ifindex);
+        lb.service(ip4(VIP4), 80, L4Proto::Tcp, 28, LbMode::Nat, ID_A4);
+        assert_eq!(nat_port_of(&lb, &tcp4(CLIENT4, 40000, VIP4, 80, true, b"")), port, "the test's copy of the hash");
+
+        let lb = lb.restart();
+        let pin = lb.dp.pin_dir().join("maps").join("fr_lb_nat");
+        let mut nat: aya::maps::HashMap<_, LbFlow, LbNatEntry> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(pin).unwrap()))
+                .unwrap();
+        nat.remove(&flow4(BACKEND_A4, 8080, NODE4, port)).unwrap();
+        assert_eq!(nat_port_of(&lb, &tcp4(other.0, other.1, VIP4, 80, true, b"")), port, "free: the other client's");
+        let moved = nat_port_of(&lb, &tcp4(CLIENT4, 40000, VIP4, 80, false, b"data"));
+        assert_ne!(moved, port, "the flow left the other client's port");
+        let owner = nat.get(&flow4(BACKEND_A4, 8080, NODE4, moved), 0).unwrap();
+        assert_eq!((owner.client[..4].to_vec(), u16::from_be(owner.client_port)), (CLIENT4.to_vec(), 40000));
     });
 }
 
