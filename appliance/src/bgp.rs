@@ -50,26 +50,33 @@ pub fn speaker_config(model: &Model, vips: &BTreeSet<IpNet>, links: &BTreeMap<St
             announcements.push(route);
         }
     }
+    // Peers the speaker cannot be given yet (an unnumbered one before its neighbour is found, a
+    // link-local one whose interface is missing): those with graceful restart are awaited by
+    // name, so that our own restart waits for them as for any configured peer.
+    let mut peers = Vec::new();
+    let mut awaiting_peers = Vec::new();
+    for p in &model.bgp.peers {
+        let link = p.interface.as_ref().and_then(|name| links.get(name));
+        let (address, ifindex) = match (p.address, link) {
+            (Some(address), None) if p.interface.is_none() => (address, None),
+            (Some(address), Some(link)) => (address, Some(link.ifindex)),
+            (None, Some(Link { ifindex, neighbor: Some(n) })) => (IpAddr::V6(*n), Some(*ifindex)),
+            _ => {
+                if p.options.graceful_restart.is_some() {
+                    let address = p.address.map_or("unnumbered peer".to_string(), |a| a.to_string());
+                    awaiting_peers.push(format!("{address} on {}", p.interface.as_deref().unwrap_or("?")));
+                }
+                continue;
+            }
+        };
+        peers.push(peer_config(address, ifindex, p.asn, &p.options));
+    }
     SpeakerConfig {
         local_asn: model.node.asn,
         router_id: model.node.router_id,
         listen_port: model.bgp.listen_port,
         install_routes: model.bgp.install_routes,
-        peers: model
-            .bgp
-            .peers
-            .iter()
-            .filter_map(|p| {
-                let link = p.interface.as_ref().and_then(|name| links.get(name));
-                let (address, ifindex) = match (p.address, link) {
-                    (Some(address), None) if p.interface.is_none() => (address, None),
-                    (Some(address), Some(link)) => (address, Some(link.ifindex)),
-                    (None, Some(Link { ifindex, neighbor: Some(n) })) => (IpAddr::V6(*n), Some(*ifindex)),
-                    _ => return None,
-                };
-                Some(peer_config(address, ifindex, p.asn, &p.options))
-            })
-            .collect(),
+        peers,
         listen: model
             .bgp
             .listen
@@ -81,6 +88,7 @@ pub fn speaker_config(model: &Model, vips: &BTreeSet<IpNet>, links: &BTreeMap<St
             })
             .collect(),
         announcements,
+        awaiting_peers,
     }
 }
 
@@ -246,6 +254,8 @@ med = 5
         links.insert("eth0".to_string(), Link { ifindex: 4, neighbor: None });
         let c = speaker_config(&model, &BTreeSet::new(), &links);
         assert!(c.peers.is_empty(), "no neighbor found on eth0 and eth1 missing: {:?}", c.peers);
+        // A restart waits for the unnumbered peer with graceful restart (eth1's has none).
+        assert_eq!(c.awaiting_peers, ["unnumbered peer on eth0"]);
         assert_eq!((c.listen[0].prefix.to_string(), c.listen[0].limit), ("2001:db8:500::/64".into(), 5));
         assert_eq!(c.listen[0].template.asn, 65200);
 
@@ -256,6 +266,7 @@ med = 5
         assert_eq!(found, [("fe80::1".to_string(), Some(4)), ("fe80::2".to_string(), Some(5))]);
         assert_eq!(c.peers[0].md5, Some(Md5Key::new(b"k3y")));
         assert_eq!((c.peers[0].graceful_restart, c.peers[1].graceful_restart), (Some(90), None));
+        assert!(c.awaiting_peers.is_empty(), "{:?}", c.awaiting_peers);
     }
 
     #[test]

@@ -347,6 +347,7 @@ fn speaker_config(asn: u32, router_id: [u8; 4], peers: Vec<PeerConfig>, announce
         peers,
         listen: Vec::new(),
         announcements: announce.map(LocalRoute::new).into_iter().collect(),
+        awaiting_peers: Vec::new(),
     }
 }
 

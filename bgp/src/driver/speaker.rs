@@ -40,6 +40,10 @@ pub struct SpeakerConfig {
     /// Ranges accepting dynamic neighbors (route server for VMs and legacy hosts).
     pub listen: Vec<ListenRange>,
     pub announcements: Vec<LocalRoute>,
+    /// Peers with graceful restart that the configuration has but cannot give the speaker yet
+    /// (an unnumbered peer before its link-local address is found), by name: our own restart
+    /// waits for them too (up to its restart time), as for a configured peer not yet up.
+    pub awaiting_peers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,6 +334,10 @@ struct Restarting {
     waiting: BTreeMap<PeerKey, BTreeSet<Family>>,
     /// Configured peers with graceful restart that have not come up yet.
     not_up: BTreeSet<PeerKey>,
+    /// Peers that came up during the restart (waited for once, whatever happens next).
+    seen: BTreeSet<PeerKey>,
+    /// [`SpeakerConfig::awaiting_peers`] of the latest configuration.
+    awaiting: Vec<String>,
 }
 
 struct Listener {
@@ -367,6 +375,8 @@ impl SpeakerTask {
             until: Instant::now() + d,
             waiting: BTreeMap::new(),
             not_up: BTreeSet::new(),
+            seen: BTreeSet::new(),
+            awaiting: Vec::new(),
         });
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (accept_tx, accept_rx) = mpsc::channel(16);
@@ -501,7 +511,8 @@ impl SpeakerTask {
         }
         if self.restarting.as_ref().is_some_and(|r| r.until <= now) {
             let r = self.restarting.as_ref().expect("checked");
-            let waiting: Vec<String> = r.waiting.keys().chain(&r.not_up).map(ToString::to_string).collect();
+            let waiting: Vec<String> =
+                r.waiting.keys().chain(&r.not_up).map(ToString::to_string).chain(r.awaiting.iter().cloned()).collect();
             warn!(waiting = %waiting.join(", "), "graceful restart: deferral time over before every End-of-RIB arrived");
             self.end_restart();
         }
@@ -522,7 +533,11 @@ impl SpeakerTask {
 
     /// Ends the deferral once nobody is left to wait for.
     fn check_restart_done(&mut self) {
-        if self.restarting.as_ref().is_some_and(|r| r.waiting.is_empty() && r.not_up.is_empty()) {
+        if self
+            .restarting
+            .as_ref()
+            .is_some_and(|r| r.waiting.is_empty() && r.not_up.is_empty() && r.awaiting.is_empty())
+        {
             self.end_restart();
         }
     }
@@ -561,11 +576,13 @@ impl SpeakerTask {
         }
         self.listen(config.listen_port).await?;
         self.set_listener_keys(&config)?;
-        if let Some(r) = self.restarting.as_mut() {
-            if self.config.is_none() {
-                r.not_up = config.peers.iter().filter(|p| p.graceful_restart.is_some()).map(PeerConfig::key).collect();
-            }
-        }
+        // Whether our restart waits for anyone; a restart that never had anyone to wait for keeps
+        // deferring until its time is up (its peers without graceful restart send no End-of-RIB
+        // we could wait for).
+        let waited_for = self
+            .restarting
+            .as_ref()
+            .is_some_and(|r| !r.waiting.is_empty() || !r.not_up.is_empty() || !r.awaiting.is_empty());
 
         let wanted: BTreeMap<PeerKey, &PeerConfig> = config.peers.iter().map(|p| (p.key(), p)).collect();
         let stale: Vec<PeerKey> = self
@@ -594,6 +611,17 @@ impl SpeakerTask {
                 self.add_peer(wanted[&addr].clone(), session, None).await;
             }
         }
+        // Our restart waits for every peer with graceful restart that any configuration names
+        // while it lasts (an unnumbered peer appears only once its address is found), not only
+        // those of the first one, and for those still awaited by name.
+        if let Some(r) = self.restarting.as_mut() {
+            for key in config.peers.iter().filter(|p| p.graceful_restart.is_some()).map(PeerConfig::key) {
+                if !r.seen.contains(&key) {
+                    r.not_up.insert(key);
+                }
+            }
+            r.awaiting = config.awaiting_peers.clone();
+        }
 
         let rib = self.rib.as_mut().expect("created above");
         let changes = rib.set_local_routes(config.announcements.clone(), Instant::now());
@@ -602,6 +630,9 @@ impl SpeakerTask {
         }
         self.publish(&changes);
         self.config = Some(config);
+        if waited_for {
+            self.check_restart_done(); // a peer no longer configured or awaited may have been the last
+        }
         self.export_all().await;
         Ok(())
     }
@@ -816,10 +847,11 @@ impl SpeakerTask {
             let _ = bfd.remove(addr.address, slot.config.ifindex).await;
         }
         if let Some(r) = self.restarting.as_mut() {
+            // A peer changed (removed, then added again) is waited for again.
             r.waiting.remove(&addr);
             r.not_up.remove(&addr);
+            r.seen.remove(&addr);
         }
-        self.check_restart_done();
         info!(peer = %addr, "BGP peer removed or changed; closing its session");
         drop(slot.cmd);
         if tokio::time::timeout(Duration::from_secs(2), slot.task).await.is_err() {
@@ -917,6 +949,7 @@ impl SpeakerTask {
         if reason != DownReason::PeerRestarted && self.peers.get(&peer).is_some_and(|s| s.dynamic.is_some()) {
             info!(%peer, "dynamic BGP neighbor gone");
             self.remove_peer(peer).await;
+            self.check_restart_done();
         }
     }
 
@@ -970,7 +1003,8 @@ impl SpeakerTask {
         }
         // Our own restart: wait for this peer's End-of-RIB in every family it negotiated.
         if let Some(r) = self.restarting.as_mut() {
-            if r.not_up.remove(&peer) && negotiated.graceful_restart {
+            let configured = r.not_up.remove(&peer);
+            if r.seen.insert(peer) && configured && negotiated.graceful_restart {
                 r.waiting.insert(peer, negotiated.families.iter().copied().collect());
             }
         }
@@ -1288,6 +1322,7 @@ mod tests {
             peers: vec![peer],
             listen: Vec::new(),
             announcements: if announce { vec![LocalRoute::new(default_v4())] } else { Vec::new() },
+            awaiting_peers: Vec::new(),
         }
     }
 
@@ -1357,6 +1392,7 @@ mod tests {
             peers: vec![PeerConfig { graceful_restart: Some(30), ..peer }],
             listen: Vec::new(),
             announcements: announce.iter().map(|p| LocalRoute::new(v4(p))).collect(),
+            awaiting_peers: Vec::new(),
         }
     }
 
@@ -1518,6 +1554,58 @@ mod tests {
             left = paths().await;
         }
         assert!(left.is_empty(), "the IPv4 route, not refreshed, swept by End-of-RIB: {left:?}");
+    }
+
+    /// Graceful restart, restarting side, with peers the first configuration cannot name: an
+    /// unnumbered peer appears in a later configuration, once its address is found. The node's
+    /// restart waits for it: its FIB stays deferred after the first ToR's End-of-RIB while the
+    /// second is awaited by name, and after it is configured until its own End-of-RIB.
+    #[tokio::test]
+    async fn restart_waits_for_peers_that_a_later_configuration_names() {
+        let ports: Vec<u16> =
+            (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+        let mut tors = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let tor = Speaker::spawn();
+            let id = format!("192.0.2.{}", 2 + i);
+            tor.set_config(gr_config(65001, &id, *port, peer(65101, 0, true, &[]), &[])).await.unwrap();
+            tors.push(tor);
+        }
+        let node = Speaker::spawn_with(SpeakerOptions { md5: None, restarting: Some(Duration::from_secs(30)) });
+        let first = gr_config(65101, "192.0.2.1", 0, peer(65001, ports[0], false, &[]), &[]);
+        let awaiting = SpeakerConfig { awaiting_peers: vec!["unnumbered peer on eth9".into()], ..first.clone() };
+        node.set_config(awaiting.clone()).await.unwrap();
+        let up = |n: usize| {
+            let node = node.clone();
+            async move {
+                for _ in 0..200 {
+                    let s = node.summary().await.unwrap();
+                    if s.iter().filter(|p| p.state == "Established").count() == n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                panic!("{n} sessions not Established within 5 s");
+            }
+        };
+        up(1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await; // the first ToR's End-of-RIB is in
+        assert!(node.fib().borrow().deferred(), "still waiting for the peer not yet configured");
+
+        // The second peer is found: configured now (and no longer awaited by name). Peers are
+        // told apart by address: the second ToR is reached at 127.0.0.2.
+        let mut both = first.clone();
+        let second = peer(65001, ports[1], false, &[]);
+        both.peers.push(PeerConfig {
+            address: Ipv4Addr::new(127, 0, 0, 2).into(),
+            graceful_restart: Some(30),
+            ..second
+        });
+        node.set_config(both).await.unwrap();
+        up(2).await;
+        let fib = wait_fib(&node.fib(), "deferral over after the second ToR's End-of-RIB", |f| !f.deferred()).await;
+        assert!(fib.is_empty(), "{fib:?}");
+        drop(tors);
     }
 
     /// Graceful restart, restarting side: the node's process restarts; the ToR (helper) never
@@ -1788,6 +1876,7 @@ mod tests {
             peers: Vec::new(),
             listen: vec![range],
             announcements: Vec::new(),
+            awaiting_peers: Vec::new(),
         };
         server.set_config(server_config).await.unwrap();
         (server, port)
