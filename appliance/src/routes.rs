@@ -53,8 +53,10 @@ pub enum RouteOp {
 
 /// The ops that take the kernel's routes with our protocol id (`kernel`) to `desired`: deletes
 /// first, then adds and replaces, each in prefix order. While `desired` is deferred (a graceful
-/// restart converging), routes it does not hold yet are kept: they forward traffic the peers'
-/// End-of-RIB will confirm or the restart timer will end.
+/// restart converging), the routes kept from before the restart are left as they are, neither
+/// deleted nor replaced (route selection waits for the peers' End-of-RIB, RFC 4724 4.1: one
+/// ECMP leg re-learned first must not shrink a kept route to itself); only prefixes without a
+/// route are added.
 pub fn plan(desired: &Fib, kernel: &Fib) -> Vec<RouteOp> {
     let mut ops: Vec<RouteOp> = if desired.deferred() {
         Vec::new()
@@ -64,7 +66,9 @@ pub fn plan(desired: &Fib, kernel: &Fib) -> Vec<RouteOp> {
     for (prefix, wanted) in desired.iter() {
         match kernel.get(prefix) {
             None => ops.push(RouteOp::Add(*prefix, wanted.to_vec())),
-            Some(seen) if !installed_as(wanted, seen) => ops.push(RouteOp::Replace(*prefix, wanted.to_vec())),
+            Some(seen) if !desired.deferred() && !installed_as(wanted, seen) => {
+                ops.push(RouteOp::Replace(*prefix, wanted.to_vec()))
+            }
             Some(_) => {}
         }
     }
@@ -210,15 +214,26 @@ pub async fn run<T: RouteTable>(
 /// Removes every route with our protocol id, for an orderly shutdown: a node that stops
 /// routing must not keep drawing traffic towards next hops it no longer tracks. A graceful
 /// restart skips this (the routes then stay while the next process adopts them), so the
-/// daemon calls it in exactly one place.
+/// daemon calls it in exactly one place. Every route is tried: one the kernel removed already
+/// (its link went down) must not leave the others behind. The first error is returned with the
+/// count of the others.
 pub async fn flush_on_shutdown(table: &mut impl RouteTable) -> Result<usize> {
     let kernel = table.routes().await.context("reading the kernel's routes")?;
     let mut removed = 0;
+    let mut errors = Vec::new();
     for op in plan(&Fib::new(), &kernel) {
-        table.apply(&op).await?;
-        removed += 1;
+        match table.apply(&op).await {
+            Ok(()) => removed += 1,
+            Err(err) => errors.push(err),
+        }
     }
-    Ok(removed)
+    match errors.len() {
+        0 => Ok(removed),
+        n => {
+            let first = errors.swap_remove(0);
+            Err(first.context(format!("{n} of {} routes not removed ({removed} removed)", removed + n)))
+        }
+    }
 }
 
 /// The kernel's main table over rtnetlink, in the daemon's network namespace.
@@ -496,6 +511,28 @@ mod tests {
         assert_eq!(plan(&desired, &kernel), vec![RouteOp::Add(prefix("0.0.0.0/0"), vec![hop("192.0.2.2", None)])]);
         desired.set_deferred(false);
         assert_eq!(plan(&desired, &kernel)[0], RouteOp::Delete(prefix("203.0.113.0/24")));
+
+        // A kept ECMP route that one re-learned leg would shrink stays whole until the end.
+        let kernel = fib(&[("0.0.0.0/0", vec![hop("192.0.2.2", Some(2)), hop("192.0.2.6", Some(5))])]);
+        let mut desired = fib(&[("0.0.0.0/0", vec![hop("192.0.2.2", None)])]);
+        desired.set_deferred(true);
+        assert_eq!(plan(&desired, &kernel), vec![], "nothing replaced while deferred");
+        desired.set_deferred(false);
+        assert_eq!(plan(&desired, &kernel), vec![RouteOp::Replace(prefix("0.0.0.0/0"), vec![hop("192.0.2.2", None)])]);
+    }
+
+    /// A route the kernel removed already (its link went down) fails to delete; the flush still
+    /// removes every other route, then reports the failure.
+    #[tokio::test]
+    async fn the_shutdown_flush_removes_every_route_it_can() {
+        let mut table = InMemoryRouteTable::default();
+        for p in ["198.51.100.0/24", "203.0.113.0/24", "192.0.2.128/25"] {
+            table.routes.lock().unwrap().insert(prefix(p), vec![hop("192.0.2.9", Some(2))]);
+        }
+        table.fail_next.store(1, std::sync::atomic::Ordering::SeqCst);
+        let err = flush_on_shutdown(&mut table).await.unwrap_err();
+        assert!(format!("{err:#}").contains("1 of 3 routes not removed (2 removed)"), "{err:#}");
+        assert_eq!(table.routes.lock().unwrap().len(), 1, "only the failed one left");
     }
 
     #[test]
