@@ -13,13 +13,16 @@
 //!     session makes FRR report the neighbor administratively down.
 //!
 //! Plus GTSM: a Control packet that arrives with a TTL / hop limit below 255 is dropped, the
-//! same packet with 255 is accepted. The detection-time figures (medians over five cuts against
+//! same packet with 255 is accepted; and a stall of our own runtime longer than the detection
+//! time, while FRR keeps sending, is no failure. The detection-time figures (medians over five cuts against
 //! FRR, BIRD as the baseline) are the benchmark `benches/bfd_detection.rs`.
 
 mod bfd_lab;
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV6, UdpSocket};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use bfd_lab::*;
@@ -185,6 +188,60 @@ fn frr_admin_down_is_not_a_failure_and_removing_our_session_tells_frr() {
     println!("[{who}] 5 removed: expected our last status AdminDown and the channel closed, saw {}", last.state);
     assert!(drained.is_ok(), "the status channel closes on removal");
     assert_eq!(last.state, State::AdminDown);
+}
+
+/// Our runtime stalls (both its workers busy for 500 ms, beyond our 300 ms detection time) while
+/// FRR keeps sending: when the BFD task runs again, its expired deadline and FRR's queued
+/// packets are there together, and the packets must be read first: no false Down. Our
+/// multiplier is 10, so that FRR's detection of us (1 s) outlasts the stall. Ten stalls: were
+/// the expiry handled first by chance, about half of them would end the session.
+#[test]
+fn a_stall_of_our_runtime_is_not_taken_for_the_peers_silence() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let lab = Lab::new(Kind::Frr, Transport::V4, FAST, "bfst").unwrap();
+    let who = lab.who();
+    let peer = BfdPeer::new(lab.addrs.theirs, FAST, 10).local(lab.addrs.ours).interface(lab.ifindex);
+    let mut status = lab.rt.block_on(lab.bfd.add(peer)).unwrap();
+    lab.wait_up(&mut status, FAST).unwrap();
+    std::thread::sleep(SETTLE);
+    let before = status.borrow().counters.failures;
+    for _ in 0..10 {
+        stall_workers(&lab, ms(500));
+        std::thread::sleep(ms(300));
+    }
+    let after = status.borrow().clone();
+    println!(
+        "[{who}] stalls: expected Up and no new failure after ten 500 ms stalls of our runtime, saw {} with {} \
+         failure(s) ({} before)",
+        after.state, after.counters.failures, before
+    );
+    assert_eq!((after.state, after.counters.failures), (State::Up, before), "{after:?}");
+}
+
+/// Keeps both worker threads of the lab's runtime busy for `stall` (each waits, bounded, until
+/// the other has started, so they cannot both be on one worker).
+fn stall_workers(lab: &Lab, stall: Duration) {
+    let started = Arc::new(AtomicUsize::new(0));
+    lab.rt.block_on(async {
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let started = started.clone();
+                tokio::spawn(async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let since = Instant::now();
+                    while started.load(Ordering::SeqCst) < 2 && since.elapsed() < Duration::from_secs(1) {
+                        std::thread::sleep(ms(1));
+                    }
+                    std::thread::sleep(stall);
+                })
+            })
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
 }
 
 /// GTSM (RFC 5881 5): the same Down packet is dropped at TTL / hop limit 254 and accepted at

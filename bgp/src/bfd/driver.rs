@@ -398,6 +398,9 @@ struct Task {
 /// not BFD and is dropped as truncated.
 const RECV_BUF: usize = 512;
 
+/// Datagrams read per socket before expiring deadlines (see [`Task::run`]).
+const DRAIN_MAX: usize = 256;
+
 impl Task {
     async fn run(mut self, rx4: UdpSocket, rx6: UdpSocket, mut cmds: mpsc::Receiver<Cmd>) {
         let mut buf4 = [0u8; RECV_BUF];
@@ -414,7 +417,15 @@ impl Task {
                 },
                 got = recv(&rx4, &mut buf4, &mut cmsg4) => self.datagram(got, &buf4),
                 got = recv(&rx6, &mut buf6, &mut cmsg6) => self.datagram(got, &buf6),
-                _ = sleep => self.tick(Instant::now()),
+                _ = sleep => {
+                    // A late wake-up (the runtime is shared with BGP and the rest of the daemon)
+                    // may find the peers' packets already queued beside the expired deadline:
+                    // read them first, so that this task's own stall is not taken for the
+                    // peers' silence. Bounded, so that a flood cannot hold the timers off.
+                    self.drain(rx4.as_raw_fd(), &mut buf4, &mut cmsg4);
+                    self.drain(rx6.as_raw_fd(), &mut buf6, &mut cmsg6);
+                    self.tick(Instant::now())
+                }
             }
         }
         // Every handle is gone: tell every peer we are going away.
@@ -483,6 +494,17 @@ impl Task {
             entry.span.in_scope(|| info!("BFD session removed"));
         }
         true
+    }
+
+    /// Handles the datagrams already queued on `fd`, at most [`DRAIN_MAX`].
+    fn drain(&mut self, fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) {
+        for _ in 0..DRAIN_MAX {
+            match recv_now(fd, buf, cmsg) {
+                Ok(d) => self.datagram(Ok(d), buf),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) => return self.datagram(Err(err), buf),
+            }
+        }
     }
 
     fn tick(&mut self, now: Instant) {
