@@ -55,6 +55,17 @@ impl Links {
             model.bgp.peers.iter().filter(|p| p.address.is_none()).filter_map(|p| p.interface.as_deref()).collect();
         self.discoveries.retain(|name, _| unnumbered.contains(name.as_str()));
         self.found.retain(|name, _| unnumbered.contains(name.as_str()));
+        // A discovery whose interface was deleted and created again (its socket is bound to the
+        // old index, and the peer would be given that index) or whose MAC changed starts over.
+        // The neighbour found stays until the new discovery hears otherwise: the ToR is most
+        // likely the same.
+        self.discoveries.retain(|name, handle| {
+            let unchanged = handle.interface_unchanged();
+            if !unchanged {
+                warn!(interface = %name, "the interface was recreated or its MAC changed: restarting neighbour discovery");
+            }
+            unchanged
+        });
         for name in &unnumbered {
             if self.discoveries.contains_key(*name) {
                 continue;

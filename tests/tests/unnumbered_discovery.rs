@@ -13,7 +13,9 @@
 //!  5. an interface with IPv6 disabled, or no such interface, is refused with an error that names
 //!     it and the fix;
 //!  6. two ToRs that both use `fe80::1`, each on its own link, are two peers of the node's
-//!     speaker: both sessions come up and each ToR's route is installed through its own link.
+//!     speaker: both sessions come up and each ToR's route is installed through its own link;
+//!  7. a running discovery notices its interface's MAC changed, or the interface deleted and
+//!     created again under the same name, so that the daemon starts it over.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -458,4 +460,39 @@ fn two_tors_scenario() -> Result<()> {
     let path = |prefix: &str, peer: &str| (prefix.to_string(), vec![peer.to_string()]);
     assert_eq!(from, [path("2001:db8:a::/48", "fe80::1%tor0"), path("2001:db8:b::/48", "fe80::1%tor1")]);
     Ok(())
+}
+
+/// Check 7.
+#[test]
+fn discovery_notices_its_interface_recreated_or_its_mac_changed() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let node = NetNs::new("ndre").unwrap();
+    let tor = NetNs::new("ndret").unwrap();
+    net::veth(&node, NODE_IF, &tor, TOR_IF).unwrap();
+    let seen = in_netns(&node, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            // Commands started from this thread run in the node namespace too.
+            let ip = |args: &[&str]| cmd::run(std::process::Command::new("ip").args(args));
+            let discovery = Discovery::spawn(NODE_IF, RA_INTERVAL)?;
+            let at_start = discovery.interface_unchanged();
+            ip(&["link", "set", "dev", NODE_IF, "address", "02:00:00:00:00:99"])?;
+            let mac_changed = discovery.interface_unchanged();
+            let discovery = Discovery::spawn(NODE_IF, RA_INTERVAL)?;
+            let restarted = discovery.interface_unchanged();
+            ip(&["link", "del", NODE_IF])?;
+            let gone = discovery.interface_unchanged();
+            ip(&["link", "add", NODE_IF, "type", "veth", "peer", "name", "tor0p"])?;
+            let recreated = discovery.interface_unchanged();
+            anyhow::Ok([at_start, mac_changed, restarted, gone, recreated])
+        })
+    })
+    .unwrap();
+    println!(
+        "[recreate] 7 interface unchanged: expected at start, after a MAC change, restarted, deleted, recreated = \
+         [true, false, true, false, false], saw {seen:?}"
+    );
+    assert_eq!(seen, [true, false, true, false, false]);
 }

@@ -155,6 +155,8 @@ pub struct Discovery {
 pub struct DiscoveryHandle {
     interface: String,
     ifindex: u32,
+    /// The interface's MAC when the discovery started (advertised in our RAs).
+    mac: Option<Mac>,
     peer: watch::Receiver<Option<Neighbor>>,
     task: JoinHandle<()>,
 }
@@ -172,6 +174,14 @@ impl DiscoveryHandle {
     /// The interface index: the scope id of the peer's link-local address.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// Whether the interface is still the one the discovery started on: same index, same MAC.
+    /// An interface deleted and created again (a VLAN or veth recreated, a driver reset) has a
+    /// new index, to which the socket is not bound; a changed MAC (bond failover, `ip link set
+    /// address`) would still be advertised as ours. Either way the discovery must start over.
+    pub fn interface_unchanged(&self) -> bool {
+        lookup(&self.interface).is_ok_and(|link| link.ifindex == self.ifindex && link.mac == self.mac)
     }
 }
 
@@ -235,7 +245,7 @@ impl Discovery {
         info!(interface = ifname, ifindex = link.ifindex, mac = ?link.mac.map(|m| m.to_string()), ?interval, "starting neighbour discovery");
         let span = tracing::info_span!("nd", interface = ifname);
         let task = tokio::spawn(task.run().instrument(span));
-        Ok(DiscoveryHandle { interface: ifname.to_string(), ifindex: link.ifindex, peer: peer_rx, task })
+        Ok(DiscoveryHandle { interface: ifname.to_string(), ifindex: link.ifindex, mac: link.mac, peer: peer_rx, task })
     }
 
     async fn run(mut self) {
