@@ -104,6 +104,10 @@ pub trait RouteTable: Send {
     /// [`ROUTE_METRIC`].
     fn routes(&mut self) -> impl Future<Output = Result<Fib>> + Send;
     fn apply(&mut self, op: &RouteOp) -> impl Future<Output = Result<()>> + Send;
+    /// Whether the kernel can take `hop` now: false when its interface is down (the kernel
+    /// refuses a whole multipath route for one such next hop). A hop the kernel resolves by
+    /// itself (no interface) is taken as usable.
+    fn usable(&self, hop: &FibNextHop) -> bool;
 }
 
 /// Reads the kernel's routes, plans and applies. Every op is tried; the first error (with the
@@ -114,9 +118,30 @@ pub async fn sync(desired: &Fib, table: &mut impl RouteTable) -> Result<usize> {
     let mut errors = Vec::new();
     // Per-route lines at debug level: a table load changes thousands of routes, and formatting a
     // log line for each would cost more than the netlink work.
-    let (mut added, mut replaced, mut removed) = (0, 0, 0);
+    let (mut added, mut replaced, mut removed, mut partial) = (0, 0, 0, 0);
     for op in &ops {
-        match table.apply(op).await {
+        let result = match table.apply(op).await {
+            // One next hop on a link that is down (a session not yet timed out, no BFD) makes the
+            // kernel refuse the whole ECMP route: install the usable ones rather than nothing.
+            // The next pass tries the whole set again.
+            Err(err) => match op {
+                RouteOp::Add(prefix, hops) | RouteOp::Replace(prefix, hops) if hops.len() > 1 => {
+                    let usable: Vec<FibNextHop> = hops.iter().filter(|h| table.usable(h)).cloned().collect();
+                    if usable.is_empty() || usable.len() == hops.len() {
+                        Err(err)
+                    } else if table.apply(&RouteOp::Replace(*prefix, usable.clone())).await.is_ok() {
+                        partial += 1;
+                        debug!(%prefix, next_hops = %list(&usable), wanted = %list(hops), "kernel route installed with the next hops whose interface is up");
+                        continue;
+                    } else {
+                        Err(err)
+                    }
+                }
+                _ => Err(err),
+            },
+            ok => ok,
+        };
+        match result {
             Ok(()) => match op {
                 RouteOp::Add(prefix, hops) => {
                     added += 1;
@@ -136,6 +161,9 @@ pub async fn sync(desired: &Fib, table: &mut impl RouteTable) -> Result<usize> {
     }
     if added + replaced + removed > 0 {
         info!(added, replaced, removed, "kernel routes changed");
+    }
+    if partial > 0 {
+        info!(routes = partial, "kernel routes installed without their next hops on interfaces that are down");
     }
     if let Some(first) = errors.first() {
         bail!("{} of {} kernel route changes failed, the first: {first:#}", errors.len(), ops.len());
@@ -257,6 +285,16 @@ impl NetlinkRouteTable {
 }
 
 impl RouteTable for NetlinkRouteTable {
+    fn usable(&self, hop: &FibNextHop) -> bool {
+        use nix::net::if_::InterfaceFlags;
+        let Some(index) = hop.ifindex else { return true };
+        let Ok(name) = nix::net::if_::if_indextoname(index) else { return false };
+        let Ok(mut all) = nix::ifaddrs::getifaddrs() else { return true };
+        let name = name.to_string_lossy();
+        all.find(|a| a.interface_name == name)
+            .is_some_and(|a| a.flags.contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING))
+    }
+
     async fn routes(&mut self) -> Result<Fib> {
         let mut fib = Fib::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -421,10 +459,16 @@ pub struct InMemoryRouteTable {
     pub routes: Arc<std::sync::Mutex<Fib>>,
     /// How many of the next changes fail (as a busy or refusing kernel would).
     pub fail_next: Arc<std::sync::atomic::AtomicUsize>,
+    /// Interfaces that are down: a route with a next hop on one is refused whole.
+    pub down: Arc<std::sync::Mutex<std::collections::BTreeSet<u32>>>,
 }
 
 #[cfg(test)]
 impl RouteTable for InMemoryRouteTable {
+    fn usable(&self, hop: &FibNextHop) -> bool {
+        hop.ifindex.is_none_or(|i| !self.down.lock().unwrap().contains(&i))
+    }
+
     async fn routes(&mut self) -> Result<Fib> {
         Ok(self.routes.lock().unwrap().clone())
     }
@@ -433,6 +477,11 @@ impl RouteTable for InMemoryRouteTable {
         use std::sync::atomic::Ordering;
         if self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             bail!("Device or resource busy");
+        }
+        if let RouteOp::Add(_, hops) | RouteOp::Replace(_, hops) = op {
+            if !hops.iter().all(|h| self.usable(h)) {
+                bail!("Network is down");
+            }
         }
         let mut routes = self.routes.lock().unwrap();
         match op {
@@ -519,6 +568,29 @@ mod tests {
         assert_eq!(plan(&desired, &kernel), vec![], "nothing replaced while deferred");
         desired.set_deferred(false);
         assert_eq!(plan(&desired, &kernel), vec![RouteOp::Replace(prefix("0.0.0.0/0"), vec![hop("192.0.2.2", None)])]);
+    }
+
+    /// A next hop on an interface that is down makes the kernel refuse a whole ECMP route: the
+    /// usable next hops are installed instead, and the whole set once the link is back.
+    #[tokio::test]
+    async fn an_ecmp_route_with_a_next_hop_on_a_down_link_is_installed_without_it() {
+        let mut table = InMemoryRouteTable::default();
+        let both = vec![hop("192.0.2.2", Some(2)), hop("192.0.2.6", Some(5))];
+        let desired = fib(&[("0.0.0.0/0", both.clone())]);
+        table.down.lock().unwrap().insert(5);
+        sync(&desired, &mut table).await.unwrap();
+        assert_eq!(*table.routes.lock().unwrap(), fib(&[("0.0.0.0/0", vec![hop("192.0.2.2", Some(2))])]));
+        sync(&desired, &mut table).await.expect("still nothing to report while the link is down");
+        assert_eq!(table.routes.lock().unwrap().len(), 1);
+
+        // Every next hop down: nothing to install, and that is an error.
+        table.down.lock().unwrap().insert(2);
+        table.routes.lock().unwrap().clear();
+        assert!(sync(&desired, &mut table).await.is_err());
+
+        table.down.lock().unwrap().clear();
+        sync(&desired, &mut table).await.unwrap();
+        assert_eq!(*table.routes.lock().unwrap(), desired);
     }
 
     /// A route the kernel removed already (its link went down) fails to delete; the flush still
