@@ -459,6 +459,13 @@ impl Session {
         let timers = self.config.timers;
         let tx = if self.state == State::Up { timers.desired_min_tx } else { timers.desired_min_tx.max(SLOW_TX) };
         let rx = timers.required_min_rx;
+        if self.state != State::Up {
+            // Not Up, the values in use are the advertised ones at once, also when a slower
+            // transmit rate advertised while Up was still waiting for the peer's Final (6.8.3:
+            // at least 1 s while not Up).
+            self.tx_in_use = tx;
+            self.rx_in_use = rx;
+        }
         if tx == self.desired_min_tx && rx == self.required_min_rx {
             return;
         }

@@ -323,6 +323,20 @@ fn a_longer_transmit_interval_waits_for_the_final() {
     assert_eq!(s.next_deadline(), Some(t0 + ms(120) + ms(500)).min(Some(t0 + ms(130) + ms(300))));
 }
 
+/// A slower rate advertised while Up waits for the Final; if the session goes Down first, it
+/// applies at once (not Up, the rate is at least 1 s: 6.8.3), not the old fast one.
+#[test]
+fn a_slower_rate_still_waiting_for_its_final_applies_when_the_session_goes_down() {
+    let t0 = Instant::now();
+    let mut s = session(t0);
+    bring_up(&mut s, t0);
+    s.handle(t0 + ms(30), Input::Reconfigure(Timers::new(ms(2000), ms(100), 3).unwrap()));
+    assert_eq!(s.transmit_interval(), Some(ms(100)), "old rate until the peer confirms");
+    s.handle(t0 + ms(60), Input::Received(from_peer(State::Down, 100, 100, 3)));
+    assert_eq!(s.state(), State::Down);
+    assert_eq!(s.transmit_interval(), Some(ms(2000)), "the advertised rate, not the fast one");
+}
+
 #[test]
 fn a_shorter_receive_interval_keeps_the_old_detection_time_until_the_final() {
     let t0 = Instant::now();
