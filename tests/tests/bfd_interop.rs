@@ -244,6 +244,55 @@ fn stall_workers(lab: &Lab, stall: Duration) {
     });
 }
 
+/// A removed session keeps telling its peer AdminDown for a few seconds (about one packet a
+/// second), not once: one lost packet would make the peer see a failure. The peer here is a
+/// plain UDP socket on port 3784 that records the state of every Control packet.
+#[test]
+fn a_removed_session_sends_admin_down_more_than_once() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let node = NetNs::new("bfdn").unwrap();
+    let peer_ns = NetNs::new("bfdp").unwrap();
+    net::veth(&node, NODE_IF, &peer_ns, PEER_IF).unwrap();
+    net::add_addr(&node, NODE_IF, &format!("{NODE_V4}/24")).unwrap();
+    net::add_addr(&peer_ns, PEER_IF, &format!("{PEER_V4}/24")).unwrap();
+    let ifindex = ifindex(&node, NODE_IF).unwrap();
+    let (rt, bfd) = start_driver(&node).unwrap();
+
+    // The peer: every Control packet's state (the top two bits of its second byte) for 6 s.
+    let netns = std::fs::File::open(format!("/run/netns/{}", peer_ns.name())).unwrap();
+    let listener = std::thread::spawn(move || -> Result<Vec<(Duration, u8)>> {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let socket = UdpSocket::bind("0.0.0.0:3784")?;
+        socket.set_read_timeout(Some(ms(100)))?;
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        while start.elapsed() < Duration::from_secs(6) {
+            if let Ok(n) = socket.recv(&mut buf) {
+                if n >= 24 {
+                    seen.push((start.elapsed(), buf[1] >> 6));
+                }
+            }
+        }
+        Ok(seen)
+    });
+    std::thread::sleep(ms(200));
+    let peer = BfdPeer::new(PEER_V4.parse().unwrap(), FAST, MULTIPLIER).interface(ifindex);
+    let _status = rt.block_on(bfd.add(peer)).unwrap();
+    std::thread::sleep(ms(1500));
+    assert!(rt.block_on(bfd.remove(PEER_V4.parse().unwrap(), Some(ifindex))).unwrap());
+    let seen = listener.join().unwrap().unwrap();
+    let admin_down: Vec<Duration> = seen.iter().filter(|(_, state)| *state == 0).map(|(at, _)| *at).collect();
+    println!(
+        "removal: expected AdminDown (state 0) at least twice after the Down ones, saw {} packets, AdminDown at {admin_down:?}",
+        seen.len()
+    );
+    assert!(seen.iter().any(|(_, state)| *state == 1), "Down packets before the removal: {seen:?}");
+    assert!(admin_down.len() >= 2, "{seen:?}");
+}
+
 /// GTSM (RFC 5881 5): the same Down packet is dropped at TTL / hop limit 254 and accepted at
 /// 255; a packet from an address without a session is dropped too.
 #[test]

@@ -260,7 +260,12 @@ impl Bfd {
         let rx4 = rx_socket(SocketAddr::from((Ipv4Addr::UNSPECIFIED, CONTROL_PORT)))?;
         let rx6 = rx_socket(SocketAddr::from((Ipv6Addr::UNSPECIFIED, CONTROL_PORT)))?;
         let (cmds, cmd_rx) = mpsc::channel(64);
-        let task = Task { sessions: HashMap::new(), by_key: HashMap::new(), counters: DriverCounters::default() };
+        let task = Task {
+            sessions: HashMap::new(),
+            by_key: HashMap::new(),
+            retiring: Vec::new(),
+            counters: DriverCounters::default(),
+        };
         tokio::spawn(task.run(rx4, rx6, cmd_rx));
         Ok(Bfd { cmds })
     }
@@ -391,8 +396,15 @@ struct Task {
     /// By local discriminator.
     sessions: HashMap<u32, Entry>,
     by_key: HashMap<Key, u32>,
+    /// Removed sessions still sending AdminDown until the time given ([`RETIRE_TIME`]).
+    retiring: Vec<(Entry, Instant)>,
     counters: DriverCounters,
 }
+
+/// How long a removed session keeps sending AdminDown (at the slow rate, about one packet a
+/// second): a single lost packet would make the peer see a detection-time failure instead of an
+/// administrative shutdown (RFC 5882 3.2).
+const RETIRE_TIME: Duration = Duration::from_secs(3);
 
 /// Largest datagram read; anything longer than a Control packet with authentication is
 /// not BFD and is dropped as truncated.
@@ -408,7 +420,8 @@ impl Task {
         let mut cmsg4 = nix::cmsg_space!(i32, nix::libc::in_pktinfo);
         let mut cmsg6 = nix::cmsg_space!(i32, nix::libc::in6_pktinfo);
         loop {
-            let deadline = self.sessions.values().filter_map(|e| e.session.next_deadline()).min();
+            let retiring = self.retiring.iter().flat_map(|(e, until)| [e.session.next_deadline(), Some(*until)]);
+            let deadline = self.sessions.values().map(|e| e.session.next_deadline()).chain(retiring).flatten().min();
             let sleep = crate::driver::sleep_until(deadline);
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
@@ -459,6 +472,9 @@ impl Task {
         let timers = peer.check()?;
         let key = peer.key();
         let now = Instant::now();
+        // A session added again stops the old one's AdminDown: the peer would take it for the
+        // new session's (both carry the peer's discriminator back).
+        self.retiring.retain(|(e, _)| e.peer.key() != key);
         if let Some(entry) = self.by_key.get(&key).and_then(|d| self.sessions.get_mut(d)) {
             if entry.peer.local != peer.local {
                 entry.tx = tx_socket(&peer).map_err(|source| BfdError::Socket { peer: peer.peer, source })?;
@@ -490,8 +506,14 @@ impl Task {
     fn remove(&mut self, key: Key) -> bool {
         let Some(discr) = self.by_key.remove(&key) else { return false };
         if let Some(mut entry) = self.sessions.remove(&discr) {
-            entry.handle(Instant::now(), Input::AdminDown, &mut self.counters);
+            let now = Instant::now();
+            entry.handle(now, Input::AdminDown, &mut self.counters);
             entry.span.in_scope(|| info!("BFD session removed"));
+            // Its status channel closes now (the last value AdminDown); the session itself goes
+            // on sending AdminDown for a while.
+            let last = entry.status.borrow().clone();
+            entry.status = watch::channel(last).0;
+            self.retiring.push((entry, now + RETIRE_TIME));
         }
         true
     }
@@ -509,6 +531,12 @@ impl Task {
 
     fn tick(&mut self, now: Instant) {
         for entry in self.sessions.values_mut() {
+            if entry.session.next_deadline().is_some_and(|at| at <= now) {
+                entry.handle(now, Input::Tick, &mut self.counters);
+            }
+        }
+        self.retiring.retain(|(_, until)| *until > now);
+        for (entry, _) in &mut self.retiring {
             if entry.session.next_deadline().is_some_and(|at| at <= now) {
                 entry.handle(now, Input::Tick, &mut self.counters);
             }
