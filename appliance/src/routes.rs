@@ -104,10 +104,10 @@ pub trait RouteTable: Send {
     /// [`ROUTE_METRIC`].
     fn routes(&mut self) -> impl Future<Output = Result<Fib>> + Send;
     fn apply(&mut self, op: &RouteOp) -> impl Future<Output = Result<()>> + Send;
-    /// Whether the kernel can take `hop` now: false when its interface is down (the kernel
-    /// refuses a whole multipath route for one such next hop). A hop the kernel resolves by
-    /// itself (no interface) is taken as usable.
-    fn usable(&self, hop: &FibNextHop) -> bool;
+    /// The interfaces that are up (administratively: the kernel refuses a whole multipath route
+    /// for one next hop on an interface that is not, and takes one without carrier, marked
+    /// linkdown). Read once per pass, when a route failed.
+    fn interfaces_up(&self) -> std::collections::BTreeSet<u32>;
 }
 
 /// Reads the kernel's routes, plans and applies. Every op is tried; the first error (with the
@@ -119,17 +119,27 @@ pub async fn sync(desired: &Fib, table: &mut impl RouteTable) -> Result<usize> {
     // Per-route lines at debug level: a table load changes thousands of routes, and formatting a
     // log line for each would cost more than the netlink work.
     let (mut added, mut replaced, mut removed, mut partial) = (0, 0, 0, 0);
+    let mut up: Option<std::collections::BTreeSet<u32>> = None;
     for op in &ops {
         let result = match table.apply(op).await {
             // One next hop on a link that is down (a session not yet timed out, no BFD) makes the
             // kernel refuse the whole ECMP route: install the usable ones rather than nothing.
             // The next pass tries the whole set again.
+            // (A hop the kernel resolves by itself, without an interface, is taken as usable.)
             Err(err) => match op {
                 RouteOp::Add(prefix, hops) | RouteOp::Replace(prefix, hops) if hops.len() > 1 => {
-                    let usable: Vec<FibNextHop> = hops.iter().filter(|h| table.usable(h)).cloned().collect();
+                    let up = up.get_or_insert_with(|| table.interfaces_up());
+                    let usable: Vec<FibNextHop> =
+                        hops.iter().filter(|h| h.ifindex.is_none_or(|i| up.contains(&i))).cloned().collect();
+                    // The same kind of op: an add that found another route in place must not
+                    // replace it.
+                    let fallback = match op {
+                        RouteOp::Add(..) => RouteOp::Add(*prefix, usable.clone()),
+                        _ => RouteOp::Replace(*prefix, usable.clone()),
+                    };
                     if usable.is_empty() || usable.len() == hops.len() {
                         Err(err)
-                    } else if table.apply(&RouteOp::Replace(*prefix, usable.clone())).await.is_ok() {
+                    } else if table.apply(&fallback).await.is_ok() {
                         partial += 1;
                         debug!(%prefix, next_hops = %list(&usable), wanted = %list(hops), "kernel route installed with the next hops whose interface is up");
                         continue;
@@ -285,14 +295,11 @@ impl NetlinkRouteTable {
 }
 
 impl RouteTable for NetlinkRouteTable {
-    fn usable(&self, hop: &FibNextHop) -> bool {
-        use nix::net::if_::InterfaceFlags;
-        let Some(index) = hop.ifindex else { return true };
-        let Ok(name) = nix::net::if_::if_indextoname(index) else { return false };
-        let Ok(mut all) = nix::ifaddrs::getifaddrs() else { return true };
-        let name = name.to_string_lossy();
-        all.find(|a| a.interface_name == name)
-            .is_some_and(|a| a.flags.contains(InterfaceFlags::IFF_UP | InterfaceFlags::IFF_RUNNING))
+    fn interfaces_up(&self) -> std::collections::BTreeSet<u32> {
+        let Ok(all) = nix::ifaddrs::getifaddrs() else { return std::collections::BTreeSet::new() };
+        all.filter(|a| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
+            .filter_map(|a| nix::net::if_::if_nametoindex(a.interface_name.as_str()).ok())
+            .collect()
     }
 
     async fn routes(&mut self) -> Result<Fib> {
@@ -465,8 +472,9 @@ pub struct InMemoryRouteTable {
 
 #[cfg(test)]
 impl RouteTable for InMemoryRouteTable {
-    fn usable(&self, hop: &FibNextHop) -> bool {
-        hop.ifindex.is_none_or(|i| !self.down.lock().unwrap().contains(&i))
+    fn interfaces_up(&self) -> std::collections::BTreeSet<u32> {
+        let down = self.down.lock().unwrap();
+        (1..64).filter(|i| !down.contains(i)).collect()
     }
 
     async fn routes(&mut self) -> Result<Fib> {
@@ -479,7 +487,8 @@ impl RouteTable for InMemoryRouteTable {
             bail!("Device or resource busy");
         }
         if let RouteOp::Add(_, hops) | RouteOp::Replace(_, hops) = op {
-            if !hops.iter().all(|h| self.usable(h)) {
+            let down = self.down.lock().unwrap();
+            if hops.iter().any(|h| h.ifindex.is_some_and(|i| down.contains(&i))) {
                 bail!("Network is down");
             }
         }

@@ -180,8 +180,14 @@ impl DiscoveryHandle {
     /// An interface deleted and created again (a VLAN or veth recreated, a driver reset) has a
     /// new index, to which the socket is not bound; a changed MAC (bond failover, `ip link set
     /// address`) would still be advertised as ours. Either way the discovery must start over.
+    /// An interface that cannot be read just now (another error than its absence) counts as
+    /// unchanged: a restart would only lose the neighbour for nothing.
     pub fn interface_unchanged(&self) -> bool {
-        lookup(&self.interface).is_ok_and(|link| link.ifindex == self.ifindex && link.mac == self.mac)
+        match lookup(&self.interface) {
+            Ok(link) => link.ifindex == self.ifindex && link.mac == self.mac,
+            Err(NdError::NoSuchInterface { .. }) => false,
+            Err(_) => true,
+        }
     }
 }
 
