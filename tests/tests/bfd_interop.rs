@@ -293,6 +293,76 @@ fn a_removed_session_sends_admin_down_more_than_once() {
     assert!(admin_down.len() >= 2, "{seen:?}");
 }
 
+/// BFD that cannot start when its BGP peer is added (here: another process holds UDP port 3784,
+/// as FRR's bfdd would) is tried again: once the port is free, the peer gets its BFD session
+/// without any configuration change.
+#[test]
+fn bfd_that_could_not_start_is_retried() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    use ferrule_bgp::driver::{BfdConfig, PeerConfig, Speaker, SpeakerConfig};
+    use ferrule_bgp::policy::ImportPolicy;
+
+    let node = NetNs::new("bfdn").unwrap();
+    let peer_ns = NetNs::new("bfdp").unwrap();
+    net::veth(&node, NODE_IF, &peer_ns, PEER_IF).unwrap();
+    net::add_addr(&node, NODE_IF, &format!("{NODE_V4}/24")).unwrap();
+    net::add_addr(&peer_ns, PEER_IF, &format!("{PEER_V4}/24")).unwrap();
+    let seen = in_netns(&node, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            // [::] takes IPv4 too (unless bindv6only); either way the driver cannot bind both.
+            let blockers = UdpSocket::bind("[::]:3784")?;
+            let speaker = Speaker::spawn();
+            let peer = PeerConfig {
+                address: PEER_V4.parse()?,
+                ifindex: None,
+                port: 179,
+                asn: 65001,
+                passive: true,
+                hold_time: 9,
+                connect_retry: ms(1000),
+                import: ImportPolicy::default(),
+                md5: None,
+                graceful_restart: None,
+                bfd: Some(BfdConfig { interval: FAST, multiplier: MULTIPLIER }),
+            };
+            let config = SpeakerConfig {
+                local_asn: 65000,
+                router_id: NODE_V4.parse()?,
+                listen_port: 0,
+                install_routes: false,
+                peers: vec![peer],
+                listen: Vec::new(),
+                announcements: Vec::new(),
+                awaiting_peers: Vec::new(),
+            };
+            speaker.set_config(config).await?;
+            let bfd_state = || async { speaker.summary().await.map(|s| s[0].bfd.clone()) };
+            tokio::time::sleep(ms(500)).await;
+            let while_taken = bfd_state().await?;
+            drop(blockers);
+            let freed = Instant::now();
+            let mut after = None;
+            while after.is_none() && freed.elapsed() < Duration::from_secs(12) {
+                tokio::time::sleep(ms(100)).await;
+                after = bfd_state().await?;
+            }
+            speaker.shutdown(false).await;
+            anyhow::Ok((while_taken, after, freed.elapsed()))
+        })
+    })
+    .unwrap();
+    println!(
+        "BFD retry: expected no BFD session while port 3784 was taken and one within 12 s of freeing it, saw {:?} \
+         then {:?} after {:?}",
+        seen.0, seen.1, seen.2
+    );
+    assert_eq!(seen.0, None);
+    assert!(seen.1.is_some(), "{seen:?}");
+}
+
 /// GTSM (RFC 5881 5): the same Down packet is dropped at TTL / hop limit 254 and accepted at
 /// 255; a packet from an address without a session is dropped too.
 #[test]

@@ -106,6 +106,8 @@ pub enum PeerCmd {
     Abandon,
     /// Our own restart converged: later OPENs say so ([`Session::restart_complete`]).
     RestartComplete,
+    /// The peer's BFD session, started late (BFD could not start when the peer was added).
+    Bfd(watch::Receiver<BfdStatus>),
 }
 
 /// The peer's state as `show bgp summary` reads it.
@@ -388,6 +390,11 @@ impl PeerTask {
                 self.perform(outputs).await;
             }
             PeerCmd::RestartComplete => self.session.restart_complete(),
+            PeerCmd::Bfd(rx) => {
+                // Failures from here on count; the task's select loop watches the new receiver.
+                self.bfd_failures = rx.borrow().counters.failures;
+                self.bfd = Some(rx);
+            }
             // Handled by `run`.
             PeerCmd::Abandon => {}
         }

@@ -367,7 +367,13 @@ struct SpeakerTask {
     /// When exports held back for peers that have not read look again (fixed when set, so
     /// that a stream of other events cannot keep putting it off).
     export_retry_at: Option<Instant>,
+    /// When peers whose BFD session could not start (port 3784 taken, the interface missing)
+    /// try again.
+    bfd_retry_at: Option<Instant>,
 }
+
+/// How often a BFD session that could not start is tried again.
+const BFD_RETRY: Duration = Duration::from_secs(5);
 
 impl SpeakerTask {
     fn new(fib: watch::Sender<Arc<Fib>>, options: SpeakerOptions) -> SpeakerTask {
@@ -395,6 +401,7 @@ impl SpeakerTask {
             restarting,
             bfd: None,
             export_retry_at: None,
+            bfd_retry_at: None,
         }
     }
 
@@ -477,10 +484,28 @@ impl SpeakerTask {
     fn next_timer(&self) -> Option<Instant> {
         let stale = self.peers.values().filter_map(|s| s.stale_until).min();
         let ours = self.restarting.as_ref().map(|r| r.until);
-        stale.into_iter().chain(ours).chain(self.export_retry_at).min()
+        stale.into_iter().chain(ours).chain(self.export_retry_at).chain(self.bfd_retry_at).min()
     }
 
     async fn timers(&mut self) {
+        if self.bfd_retry_at.is_some_and(|t| t <= Instant::now()) {
+            self.bfd_retry_at = None;
+            let missing: Vec<(PeerKey, PeerConfig, BfdConfig)> = self
+                .peers
+                .iter()
+                .filter(|(_, s)| s.bfd.is_none())
+                .filter_map(|(key, s)| s.config.bfd.map(|b| (*key, s.config.clone(), b)))
+                .collect();
+            for (key, config, params) in missing {
+                if let Some(rx) = self.start_bfd(&config, params, true).await {
+                    info!(peer = %key, "BFD session started");
+                    if let Some(slot) = self.peers.get_mut(&key) {
+                        slot.bfd = Some(rx.clone());
+                        let _ = slot.cmd.send(PeerCmd::Bfd(rx)).await;
+                    }
+                }
+            }
+        }
         if self.export_retry_at.is_some_and(|t| t <= Instant::now()) {
             self.export_retry_at = None;
             let deferred: Vec<(PeerKey, Negotiated)> = self
@@ -783,7 +808,7 @@ impl SpeakerTask {
         let connect_timeout = config.connect_retry.mul_f64(0.7);
         let addressing = PeerAddressing { remote, connect_timeout, md5 };
         let bfd = match config.bfd {
-            Some(params) => self.start_bfd(&config, params).await,
+            Some(params) => self.start_bfd(&config, params, false).await,
             None => None,
         };
         let (task, status) = PeerTask::new(session, addressing, self.events_tx.clone(), bfd.clone());
@@ -816,13 +841,25 @@ impl SpeakerTask {
     }
 
     /// The peer's BFD session (the BFD task starts with the first one). A failure is logged and
-    /// the BGP session runs without BFD: BFD only speeds up failure detection.
-    async fn start_bfd(&mut self, config: &PeerConfig, params: BfdConfig) -> Option<watch::Receiver<BfdStatus>> {
+    /// the BGP session runs without BFD (BFD only speeds up failure detection) until a retry
+    /// every [`BFD_RETRY`] succeeds.
+    /// `retry`: a later attempt, whose failure is logged at debug level (the first one warned).
+    async fn start_bfd(
+        &mut self,
+        config: &PeerConfig,
+        params: BfdConfig,
+        retry: bool,
+    ) -> Option<watch::Receiver<BfdStatus>> {
         if self.bfd.is_none() {
             match Bfd::spawn() {
                 Ok(bfd) => self.bfd = Some(bfd),
                 Err(err) => {
-                    warn!(peer = %config.address, %err, "BFD unavailable; the session relies on its hold timer");
+                    if retry {
+                        debug!(peer = %config.key(), %err, "BFD still unavailable");
+                    } else {
+                        warn!(peer = %config.key(), %err, "BFD unavailable; the session relies on its hold timer until BFD can start (retried every 5 s)");
+                    }
+                    self.bfd_retry_at.get_or_insert_with(|| Instant::now() + BFD_RETRY);
                     return None;
                 }
             }
@@ -835,7 +872,12 @@ impl SpeakerTask {
         match bfd.add(peer).await {
             Ok(rx) => Some(rx),
             Err(err) => {
-                warn!(peer = %config.address, %err, "BFD session not started; the session relies on its hold timer");
+                if retry {
+                    debug!(peer = %config.key(), %err, "BFD session still not started");
+                } else {
+                    warn!(peer = %config.key(), %err, "BFD session not started; the session relies on its hold timer until it can (retried every 5 s)");
+                }
+                self.bfd_retry_at.get_or_insert_with(|| Instant::now() + BFD_RETRY);
                 None
             }
         }
