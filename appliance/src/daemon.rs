@@ -201,15 +201,23 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        // Only a socket is ours to replace: a mistyped --socket naming a file is not deleted.
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket; pass --socket with the API socket's path", path.display());
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!("another ferrule daemon is serving {}; stop it or pass --socket", path.display());
         }
         std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
-    // Create under a umask-independent mode: bind, then restrict before anyone is told it exists.
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot bind the API socket {}", path.display()))?;
+    // The socket is created with the mode the umask leaves: under a 0077 umask, so that it is
+    // never open to others between bind and chmod.
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(previous);
+    let listener = bound.with_context(|| format!("cannot bind the API socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot set mode 0600 on {}", path.display()))?;
     Ok(listener)
@@ -334,5 +342,32 @@ async fn reload(models: &ModelStore, config: Option<&Path>) {
         Ok(Ok(Outcome::Unchanged(_))) => info!("SIGHUP: config file unchanged"),
         Ok(Err(err)) => error!("SIGHUP: config rejected; running config unchanged:\n{err}"),
         Err(err) => error!(%err, "SIGHUP: reload task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stale socket (its daemon gone) is replaced, and the new one has mode 0600; a file that
+    /// is not a socket is refused and left alone.
+    #[tokio::test]
+    async fn the_api_socket_replaces_a_stale_socket_but_never_another_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferrule.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // the file stays, nobody listens
+        let listener = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = bind_socket(&path).unwrap_err();
+        assert!(err.to_string().contains("another ferrule daemon"), "{err:#}");
+        drop(listener);
+
+        let state = dir.path().join("state.redb");
+        std::fs::write(&state, b"precious").unwrap();
+        let err = bind_socket(&state).unwrap_err();
+        assert!(err.to_string().contains("is not a socket"), "{err:#}");
+        assert_eq!(std::fs::read(&state).unwrap(), b"precious");
     }
 }

@@ -575,16 +575,8 @@ impl SpeakerTask {
             // The FIB is built from route changes as they happen: switching it on (or off)
             // starts the sessions over so it holds exactly the Loc-RIB.
             || self.config.as_ref().is_some_and(|old| old.install_routes != config.install_routes);
-        if identity_changed {
-            // Every session carries the local AS and router id in its OPEN: start over.
-            if !self.peers.is_empty() {
-                info!(asn = config.local_asn, router_id = %config.router_id, "local AS or router id changed; resetting every session");
-            }
-            self.stop_all_peers();
-            self.rib = Some(Rib::new(RibConfig::new(config.local_asn, config.router_id)));
-            self.fib.send_if_modified(|fib| Arc::make_mut(fib).clear());
-        }
-        // Validate every peer before touching anything, so a bad one changes nothing.
+        // Validate every peer, and take the listening port, before touching anything, so that a
+        // configuration refused here leaves the running sessions, RIB and FIB as they were.
         let mut sessions = BTreeMap::new();
         for p in &config.peers {
             if p.md5.is_some() && self.options.md5.is_none() {
@@ -601,6 +593,15 @@ impl SpeakerTask {
         }
         self.listen(config.listen_port).await?;
         self.set_listener_keys(&config)?;
+        if identity_changed {
+            // Every session carries the local AS and router id in its OPEN: start over.
+            if !self.peers.is_empty() {
+                info!(asn = config.local_asn, router_id = %config.router_id, "local AS or router id changed; resetting every session");
+            }
+            self.stop_all_peers();
+            self.rib = Some(Rib::new(RibConfig::new(config.local_asn, config.router_id)));
+            self.fib.send_if_modified(|fib| Arc::make_mut(fib).clear());
+        }
         // Whether our restart waits for anyone; a restart that never had anyone to wait for keeps
         // deferring until its time is up (its peers without graceful restart send no End-of-RIB
         // we could wait for).
@@ -666,16 +667,20 @@ impl SpeakerTask {
         if self.listener.as_ref().map(|l| l.port) == Some(port) {
             return Ok(());
         }
-        if let Some(old) = self.listener.take() {
-            old.task.abort();
-        }
         if port == 0 {
+            if let Some(old) = self.listener.take() {
+                old.task.abort();
+            }
             return Ok(());
         }
+        // The new port first: if it cannot be had, the old listener goes on accepting.
         // [::] also accepts IPv4 (as mapped addresses) unless the host set bindv6only.
         let listener = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
             .await
             .map_err(|source| SpeakerError::Listen { port, source })?;
+        if let Some(old) = self.listener.take() {
+            old.task.abort();
+        }
         info!(port, "listening for BGP sessions");
         let listener = Arc::new(listener);
         let socket = listener.clone();
@@ -1388,6 +1393,32 @@ mod tests {
             graceful_restart: None,
             bfd: None,
         }
+    }
+
+    /// A configuration the speaker refuses late (its listening port is taken) changes nothing:
+    /// with a new local AS, which resets every session when applied, the running session, its
+    /// route in the FIB and the listener on the old port all stay.
+    #[tokio::test]
+    async fn a_refused_configuration_leaves_sessions_routes_and_listener_as_they_were() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tor = Speaker::spawn();
+        let node = Speaker::spawn();
+        tor.set_config(config(65001, "192.0.2.2", port, peer(65101, 0, true, &[]), true)).await.unwrap();
+        let node_port = std::net::TcpListener::bind("[::]:0").unwrap().local_addr().unwrap().port();
+        let running = config(65101, "192.0.2.1", node_port, peer(65001, port, false, &[default_v4()]), false);
+        node.set_config(running.clone()).await.unwrap();
+        wait_fib(&node.fib(), "the ToR's default route", |f| f.get(&default_v4()).is_some()).await;
+
+        let taken = std::net::TcpListener::bind("[::]:0").unwrap();
+        let refused =
+            SpeakerConfig { local_asn: 65102, listen_port: taken.local_addr().unwrap().port(), ..running.clone() };
+        let err = node.set_config(refused).await.unwrap_err();
+        assert!(matches!(err, SpeakerError::Listen { .. }), "{err}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(node.summary().await.unwrap()[0].state, "Established", "the session stays");
+        assert!(node.fib().borrow().get(&default_v4()).is_some(), "its route stays");
+        let still = tokio::net::TcpStream::connect(("127.0.0.1", node_port)).await;
+        assert!(still.is_ok(), "the old port still listens: {still:?}");
     }
 
     /// Two speakers on loopback: the "ToR" announces a default route, the "node" imports it
