@@ -180,12 +180,11 @@ async fn shutdown(State(state): State<AppState>) -> Response {
 /// `PUT /v1/config`: the same TOML as the file. 200 with a summary when accepted (or unchanged),
 /// 400 with the `ferrule check` error text when invalid; the running config stays as it was.
 async fn put_config(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let source = headers
-        .get(SOURCE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or(DEFAULT_SOURCE)
-        .to_owned();
+    // Percent-encoded by the CLI (a header value is visible ASCII; the path may not be).
+    let source = headers.get(SOURCE_HEADER).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty()).map_or_else(
+        || DEFAULT_SOURCE.to_owned(),
+        |s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned(),
+    );
     let text = match String::from_utf8(body.to_vec()) {
         Ok(text) => text,
         Err(err) => {
@@ -809,6 +808,11 @@ pub(crate) mod tests {
         let (code, running) = call(&f.app, "GET", "/v1/config", "", None).await;
         assert_eq!((code, running.as_str()), (StatusCode::OK, GOOD));
         assert_eq!(f.models.current().generation, 1);
+
+        // A path that is not ASCII comes percent-encoded (as the CLI sends it) and is named as is.
+        let (code, body) = call(&f.app, "PUT", "/v1/config", bad, Some("/etc/ferrule/n%C5%93ud%20a.toml")).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(body.lines().all(|l| l.starts_with("/etc/ferrule/nœud a.toml:")), "{body}");
     }
 
     #[tokio::test]

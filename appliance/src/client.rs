@@ -39,6 +39,9 @@ pub fn run(command: impl std::future::Future<Output = Result<Done>>) -> ExitCode
     }
 }
 
+/// What the source header encodes besides non-ASCII: controls, space and `%` itself.
+const SOURCE_ENCODE: percent_encoding::AsciiSet = percent_encoding::CONTROLS.add(b' ').add(b'%');
+
 pub struct Response {
     pub status: StatusCode,
     pub body: String,
@@ -52,6 +55,8 @@ pub async fn request(socket: &Path, method: Method, path: &str, body: Option<(St
     let mut builder = Request::builder().method(method).uri(path).header("host", "ferrule");
     let payload = match body {
         Some((text, source)) => {
+            // A header value is visible ASCII: a path with other characters goes percent-encoded.
+            let source = percent_encoding::utf8_percent_encode(source, &SOURCE_ENCODE).to_string();
             builder = builder.header(SOURCE_HEADER, source).header("content-type", "application/toml");
             text
         }
@@ -137,6 +142,10 @@ pub async fn apply(config: PathBuf, args: ClientArgs) -> Result<Done> {
             }
             Ok(Done::Rejected)
         }
+        StatusCode::PAYLOAD_TOO_LARGE => Err(anyhow!(
+            "the daemon's API takes configs up to 2 MiB and this one is larger; start the daemon with --config FILE, \
+             or change the file it was started with and send it SIGHUP"
+        )),
         other => Err(anyhow!("daemon answered {other}: {}", response.body.trim_end())),
     }
 }
