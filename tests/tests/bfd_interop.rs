@@ -190,6 +190,16 @@ fn frr_admin_down_is_not_a_failure_and_removing_our_session_tells_frr() {
     assert_eq!(last.state, State::AdminDown);
 }
 
+/// A node and a peer namespace joined by a veth with IPv4 addresses (no daemon on either side).
+fn v4_link() -> (NetNs, NetNs) {
+    let node = NetNs::new("bfdn").unwrap();
+    let peer_ns = NetNs::new("bfdp").unwrap();
+    net::veth(&node, NODE_IF, &peer_ns, PEER_IF).unwrap();
+    net::add_addr(&node, NODE_IF, &format!("{NODE_V4}/24")).unwrap();
+    net::add_addr(&peer_ns, PEER_IF, &format!("{PEER_V4}/24")).unwrap();
+    (node, peer_ns)
+}
+
 /// Our runtime stalls (both its workers busy for 500 ms, beyond our 300 ms detection time) while
 /// FRR keeps sending: when the BFD task runs again, its expired deadline and FRR's queued
 /// packets are there together, and the packets must be read first: no false Down. Our
@@ -252,11 +262,7 @@ fn a_removed_session_sends_admin_down_more_than_once() {
     if !ferrule_tests::privileged() {
         return;
     }
-    let node = NetNs::new("bfdn").unwrap();
-    let peer_ns = NetNs::new("bfdp").unwrap();
-    net::veth(&node, NODE_IF, &peer_ns, PEER_IF).unwrap();
-    net::add_addr(&node, NODE_IF, &format!("{NODE_V4}/24")).unwrap();
-    net::add_addr(&peer_ns, PEER_IF, &format!("{PEER_V4}/24")).unwrap();
+    let (node, peer_ns) = v4_link();
     let ifindex = ifindex(&node, NODE_IF).unwrap();
     let (rt, bfd) = start_driver(&node).unwrap();
 
@@ -304,11 +310,7 @@ fn bfd_that_could_not_start_is_retried() {
     use ferrule_bgp::driver::{BfdConfig, PeerConfig, Speaker, SpeakerConfig};
     use ferrule_bgp::policy::ImportPolicy;
 
-    let node = NetNs::new("bfdn").unwrap();
-    let peer_ns = NetNs::new("bfdp").unwrap();
-    net::veth(&node, NODE_IF, &peer_ns, PEER_IF).unwrap();
-    net::add_addr(&node, NODE_IF, &format!("{NODE_V4}/24")).unwrap();
-    net::add_addr(&peer_ns, PEER_IF, &format!("{PEER_V4}/24")).unwrap();
+    let (node, _peer_ns) = v4_link();
     let seen = in_netns(&node, || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async {
@@ -371,11 +373,7 @@ fn drops_control_packets_whose_ttl_or_hop_limit_is_not_255() {
         return;
     }
     let dir = TestDir::new("bgts").unwrap();
-    let node = NetNs::new("bfdn").unwrap();
-    let peer_ns = NetNs::new("bfdp").unwrap();
-    net::veth(&node, NODE_IF, &peer_ns, PEER_IF).unwrap();
-    net::add_addr(&node, NODE_IF, &format!("{NODE_V4}/24")).unwrap();
-    net::add_addr(&peer_ns, PEER_IF, &format!("{PEER_V4}/24")).unwrap();
+    let (node, peer_ns) = v4_link();
     net::add_addr(&peer_ns, PEER_IF, "192.0.2.3/24").unwrap();
     let ifindex = ifindex(&node, NODE_IF).unwrap();
     let (rt, bfd) = start_driver(&node).unwrap();
