@@ -51,15 +51,21 @@ impl PeerKey {
     }
 }
 
-/// `fe80::1%eth0` (the interface's index when it has no name any more), or the bare address.
+/// The interface's name, or its index when it has no name any more (so that two link-local
+/// peers on different links stay apart either way).
+pub(crate) fn interface_name(index: u32) -> String {
+    match nix::net::if_::if_indextoname(index) {
+        Ok(name) => name.to_string_lossy().into_owned(),
+        Err(_) => index.to_string(),
+    }
+}
+
+/// `fe80::1%eth0`, or the bare address.
 impl std::fmt::Display for PeerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.ifindex {
             None => write!(f, "{}", self.address),
-            Some(index) => match nix::net::if_::if_indextoname(index) {
-                Ok(name) => write!(f, "{}%{}", self.address, name.to_string_lossy()),
-                Err(_) => write!(f, "{}%{index}", self.address),
-            },
+            Some(index) => write!(f, "{}%{}", self.address, interface_name(index)),
         }
     }
 }

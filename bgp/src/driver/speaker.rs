@@ -1186,12 +1186,7 @@ impl SpeakerTask {
                 let flaps = c.established_transitions.saturating_sub(u64::from(status.state == State::Established));
                 NeighborSummary {
                     address: slot.config.address,
-                    // The index when the interface has no name any more, so that two neighbors
-                    // sharing a link-local address stay apart (as PeerKey's Display does).
-                    interface: slot.config.ifindex.map(|i| match nix::net::if_::if_indextoname(i) {
-                        Ok(name) => name.to_string_lossy().into_owned(),
-                        Err(_) => i.to_string(),
-                    }),
+                    interface: slot.config.ifindex.map(super::peer::interface_name),
                     asn: slot.config.asn,
                     state: status.state.to_string(),
                     uptime_s: c.established_since.map(|t| t.elapsed().as_secs()),
