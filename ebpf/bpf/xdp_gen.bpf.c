@@ -3,17 +3,20 @@
  * Benchmark traffic: a generator, a sink and a minimal forwarder, for tests/benches/lb_pps.rs; not
  * part of the datapath.
  *
- * xdp_gen is never attached to an interface: user space runs it with
- * BPF_PROG_TEST_RUN in live-frames mode (src/test_run.rs, `XdpTrafficGen`), where the kernel hands
- * it a copy of a page per repetition and XDP_TX sends it out of the ingress interface named in the
- * context. All it does besides XDP_TX is write the next of the frames user space prepared over the
- * page, because neither the page's content nor one frame per syscall is enough:
- * - the kernel recycles live-frame pages without rewriting them, and on a veth the receiver (an
- *   XDP NAT, the stack's DNAT) edits the very page in place, so a page comes back as the packet
- *   the receiver forwarded, not the one generated;
- * - each live-frames syscall costs a grace period to set up and tear down (~20 ms here), so a
- *   syscall has to send many frames, and the flows have to vary within it.
- * It never drops what it was given; it drops only when user space has not prepared any frame.
+ * xdp_gen is a frame loop in the manner of a packet generator that never leaves the kernel: it is
+ * attached to one end (the loop's receiving end) of a veth pair reserved for it, and every frame
+ * that reaches it is rewritten as the next of the frames user space prepared and redirected with
+ * BPF_F_BROADCAST to every interface in gen_out: the interface traffic goes out of (a copy, made
+ * by the kernel) and the pair's other end, which hands the frame straight back to the loop. So a
+ * few seed frames, sent once from user space, keep circulating, and each turn sends one frame out
+ * as an XDP frame (ndo_xdp_xmit): no socket, no skb, no copy on the receiver's side, as a NIC's
+ * driver hands frames to XDP. (This replaced BPF_PROG_TEST_RUN in live-frames mode, which some
+ * kernels refuse with EPERM even to root.) Rewriting every turn matters: the receiver of a copy
+ * (an XDP NAT, the stack's DNAT) may edit it in place, and the flows have to vary.
+ *
+ * A run ends by itself: after `limit` frames sent, or once user space sets `stop`, every frame
+ * that comes round is dropped, so the loop empties within one turn. It drops anything that is not
+ * a GEN_FRAME_LEN frame too (nothing else should be on the pair: no addresses, no IPv6).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -25,6 +28,8 @@
 /* Every generated frame is a minimum-size Ethernet frame (60 bytes before the FCS). */
 #define GEN_FRAME_LEN 60
 #define GEN_MAX_FRAMES 1024
+/* gen_out's slots: 0 the interface traffic goes out of, 1 the loop's other end. */
+#define GEN_OUT_SLOTS 2
 
 /* Not part of the datapath ABI: only the benchmark wrapper writes these. A frame is plain bytes;
  * the control struct crosses to user space, so it has a checked mirror (src/abi.rs, GenCtl). */
@@ -32,9 +37,18 @@ struct gen_frame {
 	__u8 bytes[GEN_FRAME_LEN];
 };
 
+/* Written by user space only, whole, to start or stop a run. */
 struct fr_gen_ctl {
-	__u32 frames; /* how many of gen_frames are prepared, set by user space */
-	__u32 next;   /* the next frame to send; one thread runs the generator at a time */
+	__u64 limit;  /* frames this run may send */
+	__u32 frames; /* how many of gen_frames are prepared */
+	__u32 stop;   /* end the run now */
+};
+
+/* Written by the program only (user space resets it between runs, when the loop is empty). */
+struct fr_gen_state {
+	__u64 sent; /* frames sent so far in this run */
+	__u32 next; /* the next frame to send; the loop runs on one CPU at a time */
+	__u32 pad;
 };
 
 struct {
@@ -51,6 +65,20 @@ struct {
 	__type(value, struct fr_gen_ctl);
 } gen_ctl SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fr_gen_state);
+} gen_state SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP);
+	__uint(max_entries, GEN_OUT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} gen_out SEC(".maps");
+
 SEC("xdp")
 int xdp_gen(struct xdp_md *ctx)
 {
@@ -58,18 +86,23 @@ int xdp_gen(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 zero = 0;
 	struct fr_gen_ctl *ctl = bpf_map_lookup_elem(&gen_ctl, &zero);
+	struct fr_gen_state *st = bpf_map_lookup_elem(&gen_state, &zero);
 
-	if (!ctl || ctl->frames == 0 || data + GEN_FRAME_LEN > data_end)
+	/* Exactly one frame's length; the verifier learns the bound from the first test only. */
+	if (data + GEN_FRAME_LEN > data_end || data_end - data != GEN_FRAME_LEN)
 		return XDP_DROP;
-	__u32 i = ctl->next;
+	if (!ctl || !st || ctl->frames == 0 || ctl->stop || st->sent >= ctl->limit)
+		return XDP_DROP;
+	__u32 i = st->next;
 	if (i >= ctl->frames)
 		i = 0;
-	ctl->next = i + 1;
+	st->next = i + 1;
 	struct gen_frame *frame = bpf_map_lookup_elem(&gen_frames, &i);
 	if (!frame)
 		return XDP_DROP;
 	__builtin_memcpy(data, frame->bytes, GEN_FRAME_LEN);
-	return XDP_TX;
+	st->sent += 1;
+	return bpf_redirect_map(&gen_out, 0, BPF_F_BROADCAST);
 }
 
 struct {

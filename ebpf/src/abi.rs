@@ -185,11 +185,21 @@ abi_structs! {
         pub pad: [u8; 3],
     }
 
-    /// Value of the benchmark generator's `gen_ctl` (`bpf/xdp_gen.bpf.c`, not the datapath):
-    /// how many frames are prepared, and the next to send.
+    /// Value of the benchmark generator's `gen_ctl` (`bpf/xdp_gen.bpf.c`, not the datapath),
+    /// written by user space only: how many frames a run may send, how many are prepared, and
+    /// whether to stop now.
     "fr_gen_ctl" => pub struct GenCtl {
+        pub limit: u64,
         pub frames: u32,
+        pub stop: u32,
+    }
+
+    /// Value of the benchmark generator's `gen_state`, written by the program only: frames sent in
+    /// this run, and the next to send.
+    "fr_gen_state" => pub struct GenState {
+        pub sent: u64,
         pub next: u32,
+        pub pad: u32,
     }
 
     /// Value of the benchmark forwarder's `fwd_ctl` (`bpf/xdp_gen.bpf.c`, not the datapath):

@@ -22,8 +22,8 @@ pub use loader::{
     UplinkStatus, DEFAULT_BPFFS,
 };
 pub use test_run::{
-    test_run_skb, test_run_xdp, LiveRun, TestRunOutput, XdpForward, XdpSink, XdpTrafficGen, GEN_FRAME_LEN,
-    GEN_MAX_FRAMES, MAX_LIVE_BATCH, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+    test_run_skb, test_run_xdp, TestRunOutput, XdpForward, XdpSink, XdpTrafficGen, GEN_FRAME_LEN, GEN_MAX_FRAMES,
+    GEN_MAX_SEEDS, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
 };
 
 /// The compiled BPF objects, 8-byte aligned as aya requires.

@@ -156,40 +156,57 @@ pub(crate) fn prog_test_run(
     Ok(TestRunRaw { retval: attr.retval, data_len: attr.data_size_out as usize, duration_ns: attr.duration })
 }
 
-/// `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux 5.18+): the XDP verdict is carried out on real interfaces.
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-
-/// Runs the XDP program `prog` `repeat` times in live-frames mode: each repetition gets a fresh
-/// copy of `data_in`, and its verdict is carried out for real (XDP_TX sends the copy out of the
-/// ingress interface in `ctx_in`, XDP_PASS hands it to that interface's stack), `batch_size` at a
-/// time (0: the kernel's default, 64). Returns the average run time per repetition in ns.
-///
-/// The kernel refuses `data_out`/`ctx_out` in this mode, and does not report per-packet failures
-/// (a full transmit ring drops the frame, counted only by the interface and tracepoints).
-pub(crate) fn prog_test_run_xdp_live(
-    prog: BorrowedFd<'_>,
-    data_in: &[u8],
-    ctx_in: &[u8],
-    repeat: u32,
-    batch_size: u32,
-) -> io::Result<u32> {
-    let len = |n: usize| u32::try_from(n).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer over 4 GiB"));
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: len(data_in.len())?,
-        data_in: data_in.as_ptr() as u64,
-        repeat,
-        ctx_size_in: len(ctx_in.len())?,
-        ctx_in: ctx_in.as_ptr() as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        batch_size,
-        ..Default::default()
+/// Sends `count` copies of the Ethernet frame `frame` out of interface `ifindex` (in the calling
+/// thread's network namespace) through a packet socket, bypassing the qdisc: how the benchmark
+/// generator seeds its loop. Fails on the first frame the kernel does not take.
+pub(crate) fn send_raw_frames(ifindex: u32, frame: &[u8], count: u32) -> io::Result<()> {
+    let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex"))?;
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor this function owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let bypass: libc::c_int = 1;
+    // SAFETY: `bypass` is a c_int readable for its size; the fd is valid.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &bypass as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
-    // SAFETY: `attr` is the BPF_PROG_TEST_RUN layout; `data_in` and `ctx_in` are readable for the
-    // sizes given and outlive the call. `data_out` and `ctx_out` are null, so the kernel writes
-    // only into `attr` itself (sizes, retval, duration).
-    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr)? };
-    Ok(attr.duration)
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex;
+    addr.sll_halen = 6;
+    if frame.len() >= 6 {
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+    }
+    for _ in 0..count {
+        // SAFETY: `frame` is readable for its length and `addr` is a sockaddr_ll of the size given.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+                &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;

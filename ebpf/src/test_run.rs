@@ -2,14 +2,16 @@
 //! returns the verdict and the packet the program left. Tests use it as "packet in → packet out";
 //! it must not attach anything.
 //!
-//! For benchmarks only, [`XdpTrafficGen`] uses the same command in live-frames mode as a traffic
-//! source (the kernel transmits prepared frames out of an interface, with no socket and no skb),
-//! and [`XdpSink`] is its receiving end, the one thing here that attaches (and only itself).
+//! For benchmarks only: [`XdpTrafficGen`], a traffic source that keeps frames circulating in the
+//! kernel (an XDP program on a veth pair of its own, sending a copy of each frame out of an
+//! interface as it comes round: no socket and no skb per frame), [`XdpSink`], its receiving end,
+//! and [`XdpForward`], the floor a forwarder's cost is read against. These attach (only
+//! themselves), which nothing else here does.
 
 use std::os::fd::{AsFd as _, BorrowedFd};
 
 use aya::{
-    maps::{Array, PerCpuArray},
+    maps::{Array, DevMap, PerCpuArray},
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -87,58 +89,88 @@ const GEN_OBJECT: &str = "xdp_gen";
 const GEN_PROGRAM: &str = "xdp_gen";
 const GEN_FRAMES: &str = "gen_frames";
 const GEN_CTL: &str = "gen_ctl";
+const GEN_STATE: &str = "gen_state";
+const GEN_OUT: &str = "gen_out";
 /// The length of every frame [`XdpTrafficGen`] sends: a minimum-size Ethernet frame (60 bytes
 /// before the FCS), `GEN_FRAME_LEN` in `bpf/xdp_gen.bpf.c`.
 pub const GEN_FRAME_LEN: usize = 60;
 /// How many different frames it cycles through at most (`GEN_MAX_FRAMES` in `xdp_gen.bpf.c`).
 pub const GEN_MAX_FRAMES: usize = 1024;
-/// The kernel's largest live-frames batch (`TEST_XDP_MAX_BATCH` in net/bpf/test_run.c).
-pub const MAX_LIVE_BATCH: u32 = 256;
+/// How many frames may circulate at once: a veth's ring holds 256, and the loop's frames all pass
+/// through one.
+pub const GEN_MAX_SEEDS: u32 = 256;
+/// How long a stopped loop is given to empty: every frame in it is dropped at its next turn, which
+/// takes microseconds; this leaves room for a loaded machine.
+const GEN_DRAIN: std::time::Duration = std::time::Duration::from_millis(50);
 
-use crate::abi::{FwdCtl, GenCtl};
+use crate::abi::{FwdCtl, GenCtl, GenState};
 
-/// A benchmark traffic source in the manner of xdp-trafficgen: `xdp_gen` run with
-/// `BPF_PROG_TEST_RUN` in live-frames mode (Linux 5.18+), so the kernel sends frames straight out
-/// of an interface's `ndo_xdp_xmit`: no socket, no skb, no routing, tens of ns per frame.
+/// A benchmark traffic source that never leaves the kernel: `xdp_gen` (`bpf/xdp_gen.bpf.c`)
+/// attached to one end of a veth pair reserved for it, where a few seed frames circulate; at each
+/// turn the program writes the next of the [`frames`](Self::set_frames) user space prepared over
+/// the frame (round-robin) and redirects it with `BPF_F_BROADCAST` both out of the interface the
+/// traffic is for (a copy, as an XDP frame through `ndo_xdp_xmit`: no socket, no skb) and back
+/// into the loop. A run sends a set number of frames, or fewer if stopped, then the loop empties.
 ///
-/// The program writes the next of the [`frames`](Self::set_frames) user space prepared over each
-/// copy, round-robin, and answers XDP_TX: the kernel recycles live-frame pages without rewriting
-/// them, and on a veth the receiver (a NAT) edits the page in place, so the kernel's own copy of
-/// the input is not enough; and one syscall must send many frames (setting one up costs an RCU
-/// grace period, ~20 ms here), so the flows have to vary within it.
+/// This is how xdp-trafficgen works on kernels that allow `BPF_PROG_TEST_RUN` in live-frames mode;
+/// some refuse that even to root (EPERM), and the loop needs nothing but native XDP and a devmap.
 ///
-/// Not for the daemon: it loads a program and two maps of its own, attaches nothing and pins
-/// nothing (all go away with this value). Frames go out exactly as given, so the caller builds
-/// complete frames (destination MAC of the peer, checksums). On a veth, the peer must be able to
-/// receive XDP frames (an XDP program or GRO on the peer), or the kernel drops them; the peer's
-/// ring holds 256 frames, and what does not fit is dropped (counted as the sender's tx drops).
+/// Where the loop runs: in the softirq of the CPU that sent the seeds (then the receive processing
+/// of what it sends runs there too), or, with threaded NAPI on the loop's receiving end, in that
+/// interface's NAPI kernel thread (`napi/{loop_rx}-*`), which can be pinned to a CPU and whose CPU
+/// time is the generator's. The receiver of the copies must take XDP frames (on a veth: an XDP
+/// program or GRO on its peer), and its ring holds 256 frames: what does not fit is dropped,
+/// counted as the sending interface's transmit drops.
+///
+/// Not for the daemon: it loads a program and maps of its own and pins nothing; detached when
+/// dropped. Frames go out exactly as given, so the caller builds complete frames (destination MAC
+/// of the peer, checksums).
 pub struct XdpTrafficGen {
     ebpf: Ebpf,
-    frames: usize,
+    frames: u32,
+    /// The loop's other end, where seed frames are sent from.
+    seed_ifindex: u32,
+    running: bool,
 }
 
 impl std::fmt::Debug for XdpTrafficGen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XdpTrafficGen").field("frames", &self.frames).finish_non_exhaustive()
+        f.debug_struct("XdpTrafficGen")
+            .field("frames", &self.frames)
+            .field("running", &self.running)
+            .finish_non_exhaustive()
     }
 }
 
-/// What one [`XdpTrafficGen::send`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LiveRun {
-    /// Frames the program ran on and handed to the interface (`count`). The interface may still
-    /// drop some (a full veth ring): its counters say how many went out.
-    pub frames: u32,
-    /// Average time per frame, as the kernel measured it: program, transmit, and whatever
-    /// receive processing ran in this thread's softirqs.
-    pub ns_per_frame: u32,
-}
-
 impl XdpTrafficGen {
-    /// Loads `xdp_gen` and its maps into the kernel (needs root, or CAP_BPF + CAP_NET_ADMIN).
-    /// It sends nothing until [`set_frames`](Self::set_frames).
-    pub fn load() -> Result<XdpTrafficGen, EbpfError> {
+    /// Loads `xdp_gen` and attaches it in native mode to `loop_rx`, the receiving end of a veth
+    /// pair whose other end is `loop_tx`, to send out of `out`. Names are resolved in the calling
+    /// thread's network namespace (enter it with `setns` first); the pair should carry nothing
+    /// else (no addresses, IPv6 off), since the loop drops any frame that is not
+    /// [`GEN_FRAME_LEN`] bytes but sends one that is. It sends nothing until
+    /// [`start`](Self::start).
+    pub fn attach(loop_rx: &str, loop_tx: &str, out: &str) -> Result<XdpTrafficGen, EbpfError> {
+        let index = |name: &str| {
+            nix::net::if_::if_nametoindex(name)
+                .map_err(|e| EbpfError::TestRunInput(format!("interface {name:?} in this namespace: {e}")))
+        };
+        let (seed_ifindex, out_ifindex) = (index(loop_tx)?, index(out)?);
+        index(loop_rx)?;
         let mut ebpf = EbpfLoader::new().load(objects::XDP_GEN).map_err(|e| EbpfError::load(GEN_OBJECT, e))?;
+        let map = ebpf.map_mut(GEN_OUT).ok_or(EbpfError::MissingFromObject {
+            object: GEN_OBJECT,
+            what: "map",
+            name: GEN_OUT,
+        })?;
+        let mut targets = DevMap::try_from(map).map_err(|e| EbpfError::map(GEN_OUT, "opening as devmap", e))?;
+        // Slot 0: out of `out`; slot 1: out of `loop_tx`, i.e. into `loop_rx` again.
+        for (slot, ifindex) in [(0, out_ifindex), (1, seed_ifindex)] {
+            targets.set(slot, ifindex, None, 0).map_err(|e| match e {
+                aya::maps::xdp::XdpMapError::MapError(e) => EbpfError::map(GEN_OUT, "writing", e),
+                // No program is chained, so the kernel's support for chaining is not in question.
+                other => EbpfError::TestRunInput(format!("map `{GEN_OUT}`: {other}")),
+            })?;
+        }
         let program = ebpf.program_mut(GEN_PROGRAM).ok_or(EbpfError::MissingFromObject {
             object: GEN_OBJECT,
             what: "program",
@@ -146,17 +178,21 @@ impl XdpTrafficGen {
         })?;
         let xdp: &mut Xdp = program.try_into().map_err(|e| EbpfError::program(GEN_PROGRAM, "using as XDP", e))?;
         xdp.load().map_err(|e| EbpfError::program(GEN_PROGRAM, "loading", e))?;
-        Ok(XdpTrafficGen { ebpf, frames: 0 })
+        xdp.attach(loop_rx, XdpMode::Driver).map_err(|e| EbpfError::program(GEN_PROGRAM, "attaching", e))?;
+        Ok(XdpTrafficGen { ebpf, frames: 0, seed_ifindex, running: false })
     }
 
     /// Prepares the frames to send, round-robin from the first: 1 to [`GEN_MAX_FRAMES`] of
-    /// exactly [`GEN_FRAME_LEN`] bytes each.
+    /// exactly [`GEN_FRAME_LEN`] bytes each. Not while a run is on.
     pub fn set_frames(&mut self, frames: &[[u8; GEN_FRAME_LEN]]) -> Result<(), EbpfError> {
         if frames.is_empty() || frames.len() > GEN_MAX_FRAMES {
             return Err(EbpfError::TestRunInput(format!(
                 "{} frames; the generator takes 1 to {GEN_MAX_FRAMES}",
                 frames.len()
             )));
+        }
+        if self.running {
+            return Err(EbpfError::TestRunInput("frames changed during a run: stop it first".to_owned()));
         }
         let map = self.ebpf.map_mut(GEN_FRAMES).ok_or(EbpfError::MissingFromObject {
             object: GEN_OBJECT,
@@ -168,58 +204,79 @@ impl XdpTrafficGen {
         for (i, frame) in (0u32..).zip(frames) {
             array.set(i, frame, 0).map_err(|e| EbpfError::map(GEN_FRAMES, "writing", e))?;
         }
+        // At most GEN_MAX_FRAMES (checked above).
+        self.frames = frames.len() as u32;
+        Ok(())
+    }
+
+    fn write_ctl(&mut self, ctl: GenCtl) -> Result<(), EbpfError> {
         let map = self.ebpf.map_mut(GEN_CTL).ok_or(EbpfError::MissingFromObject {
             object: GEN_OBJECT,
             what: "map",
             name: GEN_CTL,
         })?;
-        let mut ctl: Array<_, GenCtl> =
+        let mut array: Array<_, GenCtl> =
             Array::try_from(map).map_err(|e| EbpfError::map(GEN_CTL, "opening as array", e))?;
-        // `frames.len()` is at most GEN_MAX_FRAMES (checked above).
-        ctl.set(0, GenCtl { frames: frames.len() as u32, next: 0 }, 0)
-            .map_err(|e| EbpfError::map(GEN_CTL, "writing", e))?;
-        self.frames = frames.len();
-        Ok(())
+        array.set(0, ctl, 0).map_err(|e| EbpfError::map(GEN_CTL, "writing", e))
     }
 
-    /// Sends `count` frames out of interface `ifindex` (cycling through the prepared frames,
-    /// continuing where the previous call stopped), `batch_size` frames per kernel batch (`None`:
-    /// the kernel's default, 64; at most [`MAX_LIVE_BATCH`]).
-    ///
-    /// `ifindex` is resolved in the calling thread's network namespace: call this from a thread
-    /// that has entered the namespace holding the interface (`setns`). The call returns when all
-    /// `count` frames are sent; keep `count` small enough to bound it (at ~100 ns a frame, 2^20
-    /// frames take ~0.1 s), and call again for more.
-    pub fn send(&self, ifindex: u32, count: u32, batch_size: Option<u32>) -> Result<LiveRun, EbpfError> {
+    fn state(&self) -> Result<GenState, EbpfError> {
+        let map = self.ebpf.map(GEN_STATE).ok_or(EbpfError::MissingFromObject {
+            object: GEN_OBJECT,
+            what: "map",
+            name: GEN_STATE,
+        })?;
+        let array: Array<_, GenState> =
+            Array::try_from(map).map_err(|e| EbpfError::map(GEN_STATE, "opening as array", e))?;
+        array.get(&0, 0).map_err(|e| EbpfError::map(GEN_STATE, "reading", e))
+    }
+
+    /// Starts a run that sends at most `limit` frames out of `out`, with `seeds` frames
+    /// circulating (1 to [`GEN_MAX_SEEDS`]: more in flight keeps the loop busier, up to what its
+    /// ring holds), sent now from `loop_tx` by a packet socket opened in the calling thread's
+    /// network namespace. The run then goes on by itself, in the kernel, until `limit` or
+    /// [`stop`](Self::stop).
+    pub fn start(&mut self, limit: u64, seeds: u32) -> Result<(), EbpfError> {
         let invalid = |msg: String| Err(EbpfError::TestRunInput(msg));
         if self.frames == 0 {
             return invalid("no frames prepared (XdpTrafficGen::set_frames)".to_owned());
         }
-        if ifindex == 0 {
-            return invalid("live frames need the ingress interface XDP_TX sends out of (ifindex 0)".to_owned());
+        if limit == 0 {
+            return invalid("a run of 0 frames".to_owned());
         }
-        if count == 0 {
-            return invalid("a count of 0 frames (the kernel would send one)".to_owned());
+        if seeds == 0 || seeds > GEN_MAX_SEEDS {
+            return invalid(format!("{seeds} seed frames; the loop takes 1 to {GEN_MAX_SEEDS}"));
         }
-        let batch_size = batch_size.unwrap_or(0);
-        if batch_size > MAX_LIVE_BATCH {
-            return invalid(format!("batch of {batch_size} frames; the kernel takes at most {MAX_LIVE_BATCH}"));
+        if self.running {
+            self.stop()?;
         }
-        // The kernel's copy of the input only sizes each page's packet: the program writes the
-        // frame itself. `struct xdp_md`, as in `test_run_xdp`: the kernel takes ingress_ifindex
-        // from it and requires data = 0, data_end = the input's length.
-        let input = [0u8; GEN_FRAME_LEN];
-        let ctx = [0, GEN_FRAME_LEN as u32, 0, ifindex, 0, 0].map(u32::to_ne_bytes).concat();
-        let program = self.ebpf.program(GEN_PROGRAM).ok_or(EbpfError::MissingFromObject {
+        // The loop is empty (stopped, or never started): the program's state can be reset.
+        let map = self.ebpf.map_mut(GEN_STATE).ok_or(EbpfError::MissingFromObject {
             object: GEN_OBJECT,
-            what: "program",
-            name: GEN_PROGRAM,
+            what: "map",
+            name: GEN_STATE,
         })?;
-        let xdp: &Xdp = program.try_into().map_err(|e| EbpfError::program(GEN_PROGRAM, "using as XDP", e))?;
-        let fd = xdp.fd().map_err(|e| EbpfError::program(GEN_PROGRAM, "getting its fd", e))?;
-        let ns_per_frame = sys::prog_test_run_xdp_live(fd.as_fd(), &input, &ctx, count, batch_size)
-            .map_err(|source| EbpfError::syscall("BPF_PROG_TEST_RUN (live frames)", source))?;
-        Ok(LiveRun { frames: count, ns_per_frame })
+        let mut state: Array<_, GenState> =
+            Array::try_from(map).map_err(|e| EbpfError::map(GEN_STATE, "opening as array", e))?;
+        state.set(0, GenState::default(), 0).map_err(|e| EbpfError::map(GEN_STATE, "writing", e))?;
+        self.write_ctl(GenCtl { limit, frames: self.frames, stop: 0 })?;
+        self.running = true;
+        sys::send_raw_frames(self.seed_ifindex, &[0u8; GEN_FRAME_LEN], seeds)
+            .map_err(|source| EbpfError::syscall("sending the generator's seed frames", source))
+    }
+
+    /// Frames sent so far in the current (or last) run.
+    pub fn sent(&self) -> Result<u64, EbpfError> {
+        Ok(self.state()?.sent)
+    }
+
+    /// Ends the run (every frame that comes round is dropped), waits for the loop to empty and
+    /// returns the frames the run sent.
+    pub fn stop(&mut self) -> Result<u64, EbpfError> {
+        self.write_ctl(GenCtl { limit: 0, frames: self.frames, stop: 1 })?;
+        std::thread::sleep(GEN_DRAIN);
+        self.running = false;
+        self.sent()
     }
 }
 
@@ -343,7 +400,8 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// A namespace with a veth pair `gen0` ↔ `sink0`, both up, deleted on drop.
+    /// A namespace with veth pairs `gen0` ↔ `sink0` and `gl0` ↔ `gl1` (the generator's loop), all
+    /// up, deleted on drop.
     struct Throwaway(String);
 
     impl Throwaway {
@@ -354,7 +412,9 @@ mod tests {
             ip(&["netns", "exec", &ns.0, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
             ip(&["netns", "exec", &ns.0, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
             ip(&["-n", &ns.0, "link", "add", "gen0", "type", "veth", "peer", "name", "sink0"]);
-            for dev in ["gen0", "sink0"] {
+            // The generator's loop: its program goes on gl1, seeds come from gl0.
+            ip(&["-n", &ns.0, "link", "add", "gl0", "type", "veth", "peer", "name", "gl1"]);
+            for dev in ["gen0", "sink0", "gl0", "gl1"] {
                 ip(&["-n", &ns.0, "link", "set", dev, "up"]);
             }
             // A veth receives XDP frames only with NAPI on, which GRO (or an XDP program) turns on.
@@ -411,35 +471,83 @@ mod tests {
         frame
     }
 
+    /// Runs the generator in `ns` (loop `gl1` <- `gl0`, out of `gen0`) for one run of `limit`
+    /// frames with `seeds` in flight, and returns what it says it sent once it reached the limit
+    /// (bounded wait), after which it is stopped.
+    fn run_to_limit(gen: &mut XdpTrafficGen, limit: u64, seeds: u32) -> u64 {
+        gen.start(limit, seeds).expect("starting a run");
+        for _ in 0..250 {
+            if gen.sent().expect("reading the count") >= limit {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        gen.stop().expect("stopping the run")
+    }
+
+    /// Waits (bounded) until `count` reaches `want`, then returns it (receive processing may end
+    /// just after the generator does).
+    fn settled(want: u64, count: impl Fn() -> u64) -> u64 {
+        let mut got = count();
+        for _ in 0..50 {
+            if got >= want {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            got = count();
+        }
+        got
+    }
+
     #[test]
-    fn live_frames_arrive_on_the_veth_peer_exactly_count_times() {
+    fn the_loop_sends_exactly_limit_frames_per_run_and_nothing_after_it() {
         if !ferrule_tests::privileged() {
             return;
         }
         let ns = Throwaway::new("gen");
         let dst = ns.sink0_mac();
-        let before = ns.link_stats("sink0")["rx"]["packets"].as_u64().expect("rx packets");
-        const N: u32 = 1000;
-        let run = ns.inside(|| {
-            let ifindex = nix::net::if_::if_nametoindex("gen0").expect("gen0 in this namespace");
-            let mut gen = XdpTrafficGen::load().expect("loading xdp_gen");
+        let rx = || ns.link_stats("sink0")["rx"]["packets"].as_u64().expect("rx packets");
+        let before = rx();
+        const N: u64 = 1000;
+        let (first, second, after_stop) = ns.inside(|| {
+            let mut gen = XdpTrafficGen::attach("gl1", "gl0", "gen0").expect("attaching xdp_gen");
             gen.set_frames(&[frame(dst, 1), frame(dst, 2), frame(dst, 3)]).expect("preparing frames");
-            // Two calls with different batch sizes: the count is per call, whatever the batching.
-            let first = gen.send(ifindex, N / 2, None).expect("live test run");
-            let second = gen.send(ifindex, N / 2, Some(10)).expect("live test run");
-            first.frames + second.frames
+            // Two runs with different numbers of frames in flight: the limit holds for each.
+            let first = run_to_limit(&mut gen, N, 1);
+            let second = run_to_limit(&mut gen, N / 2, 16);
+            // Stopped: nothing more goes out, whatever was still circulating.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            (first, second, gen.sent().expect("reading the count"))
         });
-        assert_eq!(run, N);
-        // Receive processing may finish just after the syscall returns (NAPI): wait a little, bounded.
-        let mut received = 0;
-        for _ in 0..50 {
-            received = ns.link_stats("sink0")["rx"]["packets"].as_u64().expect("rx packets") - before;
-            if received >= u64::from(N) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!((first, second, after_stop), (N, N / 2, N / 2));
+        let received = settled(N + N / 2, || rx() - before);
+        assert_eq!(received, N + N / 2, "sink0 stats: {}", ns.link_stats("sink0"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(rx() - before, N + N / 2, "the loop sent nothing after its runs");
+    }
+
+    #[test]
+    fn a_stopped_run_ends_before_its_limit() {
+        if !ferrule_tests::privileged() {
+            return;
         }
-        assert_eq!(received, u64::from(N), "sink0 stats: {}", ns.link_stats("sink0"));
+        let ns = Throwaway::new("stop");
+        let dst = ns.sink0_mac();
+        let rx = || ns.link_stats("sink0")["rx"]["packets"].as_u64().expect("rx packets");
+        let (sent, later) = ns.inside(|| {
+            let mut gen = XdpTrafficGen::attach("gl1", "gl0", "gen0").expect("attaching xdp_gen");
+            gen.set_frames(&[frame(dst, 7)]).expect("preparing frames");
+            gen.start(u64::MAX, 4).expect("starting an unlimited run");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let sent = gen.stop().expect("stopping");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            (sent, gen.sent().expect("reading the count"))
+        });
+        assert!(sent > 0, "the run sent frames before it was stopped");
+        assert_eq!(later, sent, "nothing is sent once stopped");
+        let received = settled(sent, rx);
+        // The receiver's ring may have dropped some (an unlimited run outpaces it); never more.
+        assert!(received <= sent && received > 0, "received {received} of {sent}");
     }
 
     #[test]
@@ -453,37 +561,34 @@ mod tests {
         // IPv4, IHL 5, protocol UDP; the sink looks no further.
         udp[14] = 0x45;
         udp[23] = 17;
-        const N: u32 = 5000;
+        const N: u64 = 5000;
         let (sink, sent) = ns.inside(|| {
             let sink = XdpSink::attach("sink0").expect("attaching xdp_sink");
-            let ifindex = nix::net::if_::if_nametoindex("gen0").expect("gen0 in this namespace");
-            let mut gen = XdpTrafficGen::load().expect("loading xdp_gen");
+            let mut gen = XdpTrafficGen::attach("gl1", "gl0", "gen0").expect("attaching xdp_gen");
             gen.set_frames(&[udp]).expect("preparing frames");
-            (sink, gen.send(ifindex, N, Some(MAX_LIVE_BATCH)).expect("live test run").frames)
+            (sink, run_to_limit(&mut gen, N, 8))
         });
         assert_eq!(sent, N);
-        let mut received = 0;
-        for _ in 0..50 {
-            received = sink.received().expect("reading the sink's counter");
-            if received >= u64::from(N) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert_eq!(received, u64::from(N), "sink0 stats: {}", ns.link_stats("sink0"));
+        let received = settled(N, || sink.received().expect("reading the sink's counter"));
+        assert_eq!(received, N, "sink0 stats: {}", ns.link_stats("sink0"));
     }
 
     #[test]
-    fn live_frames_refuse_no_frames_a_missing_interface_and_an_oversized_batch() {
+    fn the_generator_refuses_no_frames_no_limit_bad_seeds_and_missing_interfaces() {
         if !ferrule_tests::privileged() {
             return;
         }
-        let mut gen = XdpTrafficGen::load().expect("loading xdp_gen");
-        assert!(matches!(gen.send(1, 1, None), Err(EbpfError::TestRunInput(_))), "no frames yet");
-        assert!(matches!(gen.set_frames(&[]), Err(EbpfError::TestRunInput(_))));
-        gen.set_frames(&[frame([0x02, 0, 0, 0, 0, 2], 0)]).expect("one frame");
-        assert!(matches!(gen.send(0, 1, None), Err(EbpfError::TestRunInput(_))));
-        assert!(matches!(gen.send(1, 1, Some(MAX_LIVE_BATCH + 1)), Err(EbpfError::TestRunInput(_))));
+        let ns = Throwaway::new("refuse");
+        ns.inside(|| {
+            assert!(matches!(XdpTrafficGen::attach("gl1", "gl0", "nope0"), Err(EbpfError::TestRunInput(_))));
+            let mut gen = XdpTrafficGen::attach("gl1", "gl0", "gen0").expect("attaching xdp_gen");
+            assert!(matches!(gen.start(1, 1), Err(EbpfError::TestRunInput(_))), "no frames yet");
+            assert!(matches!(gen.set_frames(&[]), Err(EbpfError::TestRunInput(_))));
+            gen.set_frames(&[frame([0x02, 0, 0, 0, 0, 2], 0)]).expect("one frame");
+            assert!(matches!(gen.start(0, 1), Err(EbpfError::TestRunInput(_))));
+            assert!(matches!(gen.start(1, 0), Err(EbpfError::TestRunInput(_))));
+            assert!(matches!(gen.start(1, GEN_MAX_SEEDS + 1), Err(EbpfError::TestRunInput(_))));
+        });
     }
 
     #[test]

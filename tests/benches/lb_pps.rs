@@ -7,16 +7,19 @@
 //! source up0 192.0.2.2 ── lb0 192.0.2.1  node  be0 198.51.100.1 ── up0 198.51.100.2 backend
 //! ```
 //!
-//! - **Source**: `ferrule_ebpf::XdpTrafficGen`, the way xdp-trafficgen does it: `xdp_gen` run by
-//!   `BPF_PROG_TEST_RUN` in live-frames mode with the source's `up0` as ingress interface, so each
-//!   frame is a page the kernel hands to `up0`'s `ndo_xdp_xmit` (XDP_TX): no socket, no skb, no
-//!   copy into an XDP buffer on the node's side. The frames are complete 60-byte Ethernet/IPv4/UDP
-//!   frames to the VIP (destination MAC the node's `lb0`, checksums computed here), one per source
-//!   port (`LB_PPS_FLOWS`, ports 20000..), sent round-robin by one thread, as fast as it can, for
-//!   the warm-up plus the window, bounded by `LB_PPS_MAX_PACKETS` too. (This replaced a userspace
-//!   `sendmmsg` sender, which cost more than the paths it measured and made every packet an skb
-//!   that the node's veth then copied into an XDP frame; keeping it would mean a second traffic
-//!   path, a second set of knobs and figures that mean something else, so it is gone.)
+//! - **Source**: `ferrule_ebpf::XdpTrafficGen`, a frame loop that never leaves the kernel:
+//!   `xdp_gen` on `gl1`, one end of a veth pair of the source's own, rewrites each frame that
+//!   comes round as the next of the prepared frames and redirects it with `BPF_F_BROADCAST` both
+//!   back into the loop and out of `up0`, as an XDP frame through `ndo_xdp_xmit`: no socket, no
+//!   skb, no copy into an XDP buffer on the node's side (as a NIC driver hands its DMA buffers to
+//!   XDP). `GEN_SEEDS` frames circulate (sent once by a packet socket). The frames are complete
+//!   60-byte Ethernet/IPv4/UDP frames to the VIP (destination MAC the node's `lb0`, checksums
+//!   computed here), one per source port (`LB_PPS_FLOWS`, ports 20000..), round-robin, as fast as
+//!   the loop turns, for the warm-up plus the window, bounded by `LB_PPS_MAX_PACKETS` too. (This
+//!   replaced `BPF_PROG_TEST_RUN` in live-frames mode, the way xdp-trafficgen sends, which some
+//!   kernels refuse with EPERM even to root; before that a userspace `sendmmsg` sender, which cost
+//!   more than the paths it measured and made every packet an skb that the node's veth then
+//!   copied into an XDP frame.)
 //! - **Node**, either `ferrule daemon` with one UDP service in NAT mode (DNAT to the backend,
 //!   SNAT to the node, as nftables does below), XDP native on `lb0` and `be0`; or, with every
 //!   Ferrule pin removed (so XDP is detached, checked), an nftables `dnat` + `snat` pair in the
@@ -50,23 +53,34 @@
 //!
 //! What it measures, honestly (generator, node and backend share this machine's CPUs, 2 here,
 //! with whatever else runs on it; the load average is printed):
-//! - `LB_PPS_NAPI=threaded` (the default): the generator is pinned to CPU 0 and overloads the
-//!   node (a veth ring holds 256 frames; the rest is dropped at the source, which costs the node
-//!   nothing). The node's and the sink's threads share what CPU is left, mostly CPU 1, as the
-//!   scheduler decides; frames the node forwarded but the backend's ring could not take are
-//!   dropped there (after the node paid for them), so delivered pps moves with scheduling and
-//!   with the sink's cost, which differs between paths (an skb the stack forwarded is turned into
-//!   an XDP buffer on the backend's veth, an XDP frame is not).
-//! - `LB_PPS_NAPI=inline`: the veths' receive processing runs in the generator's own softirqs,
-//!   after each batch of 64 frames: generator, node and sink run one after the other on one CPU,
-//!   nothing is dropped on the way, and `gen ns/frame` is the whole chain's CPU time per packet,
+//! - `LB_PPS_NAPI=threaded` (the default): the generator (the loop's NAPI thread) is pinned to
+//!   CPU 0 and the node's to CPU 1, so that the node reads every frame from another core's cache
+//!   as it would a NIC's DMA buffers (unpinned, the scheduler ran the node on CPU 0 right after
+//!   the generator most of the time, which hid that cost). The sink's thread runs beside the
+//!   generator on CPU 0 (`LB_PPS_PLACEMENT=isolated`, the default: the node's CPU time is its own,
+//!   its caches are not shared with another thread) or beside the node on CPU 1
+//!   (`LB_PPS_PLACEMENT=shared`: the sink frees, on the node's CPU, what the node allocated, as a
+//!   NIC's transmit completion would, and shares the node's caches). The placement moves the
+//!   stack's cost much more than XDP's (this machine, 2026-12-07: nftables ~1,500 ns isolated,
+//!   ~800 ns shared; the XDP paths ~200 ns either way), and with it the floor's ratio (7.7x
+//!   against 3.6x): both are printed by a run of each, and neither is a NIC. When the generator
+//!   is faster than the node, the rest is dropped at the source, which costs the node nothing
+//!   ("entered pps" below "offered pps" shows it); frames the node forwarded but the backend's ring
+//!   could not take are dropped there (after the node paid for them), so delivered pps moves with
+//!   scheduling and with the sink's cost, which differs between paths (an skb the stack
+//!   forwarded is turned into an XDP buffer on the backend's veth, an XDP frame is not).
+//! - `LB_PPS_NAPI=inline`: the veths' receive processing runs in softirqs on CPU 0, where the
+//!   loop runs (its seeds are sent from there), after each batch of 64 frames: generator, node
+//!   and sink run one after the other on one CPU, nothing is dropped on the way, and
+//!   `gen ns/frame` (CPU 0's busy time per frame) is the whole chain's CPU time per packet,
 //!   so delivered pps = 1 / (generator + node + sink); the node's own cost is not separated.
 //! - Either way it is veth, not a NIC: XDP_REDIRECT between veths, their rings and the skb build
 //!   on `lb0` are cheaper or dearer than a NIC driver's, and a NIC's receive runs on its own
 //!   cores. The figures compare the paths under identical conditions here, not line rates.
 //!
 //! Knobs: `LB_PPS_WINDOW_SECS`, `LB_PPS_ROUNDS`, `LB_PPS_FLOWS` (source ports, <= 1024),
-//! `LB_PPS_MAX_PACKETS` (per flood), `LB_PPS_NAPI=threaded|inline`, `LB_PPS_BASELINE_BIN` (another
+//! `LB_PPS_MAX_PACKETS` (per flood), `LB_PPS_NAPI=threaded|inline`, `LB_PPS_PLACEMENT=isolated|shared`
+//! (threaded only, see above), `LB_PPS_BASELINE_BIN` (another
 //! `ferrule` build, absolute path, that takes a turn of its own in every round: two builds
 //! compared in one run, since figures from runs minutes apart do not compare on a noisy machine).
 //!
@@ -76,9 +90,7 @@
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -94,20 +106,12 @@ const NODE_SOURCE_SIDE: &str = "192.0.2.1";
 const NODE_BACKEND_SIDE: &str = "198.51.100.1";
 const BACKEND: &str = "198.51.100.2";
 const FIRST_SOURCE_PORT: u16 = 20_000;
-/// How long one live-frames syscall should run: long enough that its set-up (an RCU grace
-/// period, ~20 ms here) is small beside it, short enough that a stop is noticed quickly. The
-/// frame count per syscall follows from the kernel's ns/frame of the previous one.
-const CALL_TIME: Duration = Duration::from_millis(100);
-/// Frames of the first syscall, and the bounds of any.
-const CHUNK_FIRST: u32 = 65_536;
-const CHUNK_MAX: u32 = 1 << 22;
-/// Frames per kernel batch inside one syscall (the kernel's default is 64, its maximum 256).
-const GEN_BATCH: u32 = 64;
+/// Frames circulating in the generator's loop: one NAPI poll's worth, so that each poll of the
+/// loop sends a full batch (its ring holds 256).
+const GEN_SEEDS: u32 = 64;
 /// UDP payload: 18 bytes make the smallest Ethernet frame (60 bytes before the FCS).
 const PAYLOAD: usize = 18;
 const WARM_UP: Duration = Duration::from_secs(1);
-/// How long the generator keeps going after the window closes, so the window never sees it stop.
-const TAIL: Duration = Duration::from_millis(500);
 
 struct Knobs {
     window: Duration,
@@ -119,6 +123,10 @@ struct Knobs {
     /// (`LB_PPS_NAPI=threaded`, the default), or receive processing inline in the generator's
     /// softirqs (`LB_PPS_NAPI=inline`).
     threaded: bool,
+    /// Threaded NAPI only: whether the node's thread has CPU 1 to itself, the sink's sharing CPU 0
+    /// with the generator (`LB_PPS_PLACEMENT=isolated`, the default), or shares CPU 1 with the
+    /// sink's (`LB_PPS_PLACEMENT=shared`).
+    isolated: bool,
     /// Another `ferrule` build (`LB_PPS_BASELINE_BIN`, absolute path) that takes a turn of its own
     /// in every round, for comparing two builds of the load balancer in one run.
     baseline_bin: Option<PathBuf>,
@@ -144,6 +152,11 @@ impl Knobs {
                 Ok("inline") => false,
                 Ok(other) => bail!("LB_PPS_NAPI={other}: use threaded or inline"),
             },
+            isolated: match std::env::var("LB_PPS_PLACEMENT").as_deref() {
+                Ok("isolated") | Err(_) => true,
+                Ok("shared") => false,
+                Ok(other) => bail!("LB_PPS_PLACEMENT={other}: use isolated or shared"),
+            },
             baseline_bin: match std::env::var_os("LB_PPS_BASELINE_BIN") {
                 Some(bin) if Path::new(&bin).is_absolute() && Path::new(&bin).is_file() => Some(PathBuf::from(bin)),
                 Some(bin) => bail!("LB_PPS_BASELINE_BIN={}: not an absolute path to a file", bin.to_string_lossy()),
@@ -158,9 +171,13 @@ struct Lab {
     source: NetNs,
     node: NetNs,
     backend: NetNs,
-    frames: Vec<[u8; GEN_FRAME_LEN]>,
     /// Counts and drops the datagrams that reach the backend's `up0`.
     sink: XdpSink,
+    /// The traffic source's loop, in the source namespace: program on `gl1`, out of `up0`.
+    generator: Mutex<XdpTrafficGen>,
+    /// Threaded NAPI only: the loop's kernel thread(s) (`napi/gl1-*`), pinned to CPU 0, whose CPU
+    /// time is the generator's.
+    generator_napi: Option<Vec<NapiThread>>,
     /// Threaded NAPI only: the kernel threads that poll the node's `lb0` and the backend's `up0`,
     /// whose CPU time is the node's (resp. the sink's) whole receive-and-forward cost.
     napi: Option<NapiThreads>,
@@ -225,13 +242,24 @@ fn napi_threads(prefix: &str) -> Result<Vec<NapiThread>> {
     Ok(found)
 }
 
+/// Pins each of `threads` to CPU `cpu`.
+fn pin<'a>(threads: impl IntoIterator<Item = &'a NapiThread>, cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    for t in threads {
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(t.pid as i32), &set)
+            .with_context(|| format!("pinning {} to CPU {cpu}", t.comm))?;
+    }
+    Ok(())
+}
+
 /// Summed CPU time of `threads`.
 fn cpu_ns(threads: &[NapiThread]) -> Result<u64> {
     threads.iter().map(NapiThread::cpu_ns).sum()
 }
 
 impl Lab {
-    fn new(threaded: bool, flows: u16) -> Result<Lab> {
+    fn new(threaded: bool, isolated: bool, flows: u16) -> Result<Lab> {
         let source = NetNs::new("ppss")?;
         let node = NetNs::new("ppsn")?;
         let backend = NetNs::new("ppsb")?;
@@ -262,7 +290,20 @@ impl Lab {
                     Ok(())
                 })
             };
-            Some(NapiThreads { node: enable(&node, "lb0")?, sink: enable(&backend, "up0")? })
+            let threads = NapiThreads { node: enable(&node, "lb0")?, sink: enable(&backend, "up0")? };
+            // The node away from the generator (pinned to CPU 0 below), so that it reads each
+            // frame from another core's cache, as it would a NIC's DMA buffers (left to the
+            // scheduler, it ran on CPU 0 most of the time, right after the generator wrote the
+            // frame there, which hid that cost); and either on a CPU of its own, the sink with the
+            // generator (isolated: the node's cost is its own, not shared out with the sink's
+            // cache use), or sharing CPU 1 with the sink (shared: the sink then frees, on the
+            // node's CPU, the buffers the node allocated, as a NIC's transmit completion would,
+            // and it shares the node's caches).
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let node_cpu = if cpus > 1 { 1 } else { 0 };
+            pin(&threads.node, node_cpu)?;
+            pin(&threads.sink, if isolated { 0 } else { node_cpu })?;
+            Some(threads)
         } else {
             None
         };
@@ -277,7 +318,37 @@ impl Lab {
             node.run("ip", ["neigh", "replace", addr, "lladdr", &lladdr, "dev", dev, "nud", "permanent"])?;
         }
         let (dst_mac, src_mac) = (mac(&node, "lb0")?, mac(&source, "up0")?);
-        let frames = (0..flows).map(|i| udp_frame(dst_mac, src_mac, FIRST_SOURCE_PORT + i)).collect();
+        let frames: Vec<_> = (0..flows).map(|i| udp_frame(dst_mac, src_mac, FIRST_SOURCE_PORT + i)).collect();
+        // The generator's loop: a veth pair of its own that carries nothing else (no addresses,
+        // no IPv6), its program on gl1, seeds sent from gl0.
+        source.run("ip", ["link", "add", "gl0", "type", "veth", "peer", "name", "gl1"])?;
+        for dev in ["gl0", "gl1"] {
+            source.run("sysctl", ["-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")])?;
+            source.run("ip", ["link", "set", dev, "up"])?;
+        }
+        let netns = File::open(format!("/run/netns/{}", source.name()))?;
+        let generator = std::thread::scope(|s| {
+            s.spawn(|| -> Result<XdpTrafficGen> {
+                setns(netns, CloneFlags::CLONE_NEWNET).context("setns into the source namespace")?;
+                let mut generator =
+                    XdpTrafficGen::attach("gl1", "gl0", "up0").context("attaching the generator to gl1")?;
+                generator.set_frames(&frames).context("preparing the frames")?;
+                Ok(generator)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("generator thread panicked"))?
+        })?;
+        let generator_napi = if threaded {
+            // The loop polls in a kernel thread of its own, pinned to CPU 0: the generator.
+            let threads = NapiThread::created_by("gl1", || {
+                source.run("sh", ["-c", "echo 1 > /sys/class/net/gl1/threaded"])?;
+                Ok(())
+            })?;
+            pin(&threads, 0)?;
+            Some(threads)
+        } else {
+            None
+        };
         // The sink: native XDP on the backend's up0 counts and drops the datagrams before any skb
         // exists, the same little cost whichever path delivered them (ARP and ping still pass).
         let netns = File::open(format!("/run/netns/{}", backend.name()))?;
@@ -289,7 +360,21 @@ impl Lab {
             .join()
             .map_err(|_| anyhow::anyhow!("sink thread panicked"))?
         })?;
-        Ok(Lab { source, node, backend, frames, sink, napi })
+        Ok(Lab { source, node, backend, sink, generator: Mutex::new(generator), generator_napi, napi })
+    }
+
+    fn generator(&self) -> std::sync::MutexGuard<'_, XdpTrafficGen> {
+        // A panic while holding it leaves the generator as usable as before.
+        self.generator.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// CPU time so far of the generator: its loop's NAPI thread (threaded NAPI), else CPU 0's
+    /// busy time, where the loop and the receive processing it triggers all run (inline).
+    fn generator_ns(&self) -> Result<u64> {
+        match &self.generator_napi {
+            Some(threads) => cpu_ns(threads),
+            None => Cpu::busy_ns_of(0),
+        }
     }
 
     /// CPU time so far of the node's and the sink's NAPI threads (threaded NAPI only).
@@ -337,6 +422,18 @@ impl Cpu {
         let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
         let at = |i: usize| f.get(i).copied().unwrap_or(0);
         Ok(Cpu { user: at(0) + at(1), system: at(2), softirq: at(5) + at(6), total: (0..8).map(at).sum() })
+    }
+
+    /// Busy time so far (user, system, irq and softirq) of CPU `n`, in ns.
+    fn busy_ns_of(n: usize) -> Result<u64> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let prefix = format!("cpu{n} ");
+        let line = stat.lines().find(|l| l.starts_with(&prefix)).with_context(|| format!("no cpu{n} in /proc/stat"))?;
+        let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        let jiffies = at(0) + at(1) + at(2) + at(5) + at(6);
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("CLK_TCK")?.max(1) as u64;
+        Ok(jiffies * 1_000_000_000 / hz)
     }
 
     /// Shares of the time between `self` and `later`: (busy, user, system, softirq).
@@ -414,98 +511,49 @@ fn rx_packets(ns: &NetNs, dev: &str) -> Result<u64> {
     parsed[0]["stats64"]["rx"]["packets"].as_u64().with_context(|| format!("no rx packets for {dev} in {out}"))
 }
 
-/// The flood: a thread in the source namespace that runs `xdp_gen` in live-frames mode on `up0`,
-/// which sends the prepared frames (one per flow) round-robin; stopped by `stop`, at `until`, or
-/// after `max_packets`, whichever comes first. `sent` counts frames the kernel ran the generator
-/// on and handed to `up0`; `busy_ns` the kernel's time for them.
-struct Generator {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    busy_ns: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<()>>>,
+/// The flood: the lab's `XdpTrafficGen` loop (program on the source's `gl1`, seeds sent from
+/// `gl0`), which sends the prepared frames (one per flow) round-robin out of `up0` until stopped
+/// or after `max_packets`. Started from a thread in the source namespace (the seeds' packet socket
+/// is opened there), pinned to CPU 0 in inline mode so that the loop's softirq runs there.
+struct Generator<'a> {
+    lab: &'a Lab,
 }
 
-impl Generator {
-    /// `pin_to`: the only CPU the generator may run on.
-    fn start(
-        ns: &NetNs,
-        frames: &[[u8; GEN_FRAME_LEN]],
-        pin_to: Option<usize>,
-        until: Instant,
-        max_packets: u64,
-    ) -> Result<Generator> {
-        let netns = File::open(format!("/run/netns/{}", ns.name()))?;
-        let frames = frames.to_vec();
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let busy_ns = Arc::new(AtomicU64::new(0));
-        let (flag, count, busy) = (stop.clone(), sent.clone(), busy_ns.clone());
-        let thread = std::thread::spawn(move || -> Result<()> {
-            setns(&netns, CloneFlags::CLONE_NEWNET).context("setns into the source namespace")?;
-            if let Some(cpu) = pin_to {
-                let mut set = nix::sched::CpuSet::new();
-                set.set(cpu)?;
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("pinning the generator")?;
-            }
-            let ifindex = nix::net::if_::if_nametoindex("up0").context("up0 in the source namespace")?;
-            let mut generator = XdpTrafficGen::load().context("loading xdp_gen")?;
-            generator.set_frames(&frames).context("preparing the frames")?;
-            let (mut total, mut ns_total, mut chunk, mut interrupted) = (0u64, 0u64, CHUNK_FIRST, 0u32);
-            // Bounded by the deadline and the packet count (each call sends at least 1 frame).
-            while !flag.load(Ordering::Relaxed) && total < max_packets && Instant::now() < until {
-                let n = chunk.min(u32::try_from(max_packets - total).unwrap_or(u32::MAX));
-                let run = match generator.send(ifindex, n, Some(GEN_BATCH)) {
-                    Ok(run) => run,
-                    // A signal for this thread stops the kernel's loop part-way with EINTR and no
-                    // count of what it sent: those frames are not counted as offered (a slight
-                    // undercount of `offered` only), and the flood goes on.
-                    Err(ferrule_ebpf::EbpfError::Syscall { source, .. })
-                        if source.raw_os_error() == Some(nix::errno::Errno::EINTR as i32) =>
-                    {
-                        interrupted += 1;
-                        continue;
-                    }
-                    Err(e) => return Err(e).context("live-frames test run"),
-                };
-                total += u64::from(run.frames);
-                ns_total += u64::from(run.frames) * u64::from(run.ns_per_frame);
-                count.store(total, Ordering::Relaxed);
-                busy.store(ns_total, Ordering::Relaxed);
-                let per_call = CALL_TIME.as_nanos() as u64 / u64::from(run.ns_per_frame.max(1));
-                chunk = per_call.clamp(u64::from(GEN_BATCH), u64::from(CHUNK_MAX)) as u32;
-            }
-            if interrupted > 0 {
-                eprintln!(
-                    "  (generator: {interrupted} calls interrupted by a signal; their frames not counted as offered)"
-                );
-            }
-            Ok(())
-        });
-        Ok(Generator { stop, sent, busy_ns, thread: Some(thread) })
+impl<'a> Generator<'a> {
+    fn start(lab: &'a Lab, max_packets: u64, pin_to: Option<usize>) -> Result<Generator<'a>> {
+        let netns = File::open(format!("/run/netns/{}", lab.source.name()))?;
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<()> {
+                setns(netns, CloneFlags::CLONE_NEWNET).context("setns into the source namespace")?;
+                if let Some(cpu) = pin_to {
+                    let mut set = nix::sched::CpuSet::new();
+                    set.set(cpu)?;
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                        .context("pinning the seeding thread")?;
+                }
+                lab.generator().start(max_packets, GEN_SEEDS).context("starting the generator's loop")
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("generator thread panicked"))?
+        })?;
+        Ok(Generator { lab })
     }
 
-    fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
+    fn sent(&self) -> Result<u64> {
+        Ok(self.lab.generator().sent()?)
     }
 
-    fn busy_ns(&self) -> u64 {
-        self.busy_ns.load(Ordering::Relaxed)
-    }
-
-    /// Waits for the generator to reach its own end (its deadline or packet count).
-    fn finish(mut self) -> Result<u64> {
-        let thread = self.thread.take().context("generator already finished")?;
-        thread.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
-        Ok(self.sent())
+    /// Stops the loop and returns the frames it sent.
+    fn finish(self) -> Result<u64> {
+        let sent = self.lab.generator().stop()?;
+        std::mem::forget(self);
+        Ok(sent)
     }
 }
 
-impl Drop for Generator {
+impl Drop for Generator<'_> {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self.lab.generator().stop();
     }
 }
 
@@ -567,21 +615,15 @@ impl Measured {
 /// the counters at the window's edges.
 fn measure(lab: &Lab, knobs: &Knobs) -> Result<Measured> {
     let before = lab.delivered()?;
-    let pin_to = knobs.threaded.then_some(0);
-    let probe = Generator::start(&lab.source, &lab.frames, pin_to, Instant::now() + Duration::from_millis(200), 64)?;
-    probe.finish()?;
+    let pin_to = (!knobs.threaded).then_some(0);
+    let probe = Generator::start(lab, 64, pin_to)?;
     cmd::poll_until("the first datagrams at the backend", Duration::from_secs(5), Duration::from_millis(50), || {
         Ok(lab.delivered()? > before)
     })
     .with_context(|| lab.diagnostics())?;
+    probe.finish()?;
 
-    let generator = Generator::start(
-        &lab.source,
-        &lab.frames,
-        pin_to,
-        Instant::now() + WARM_UP + knobs.window + TAIL,
-        knobs.max_packets,
-    )?;
+    let generator = Generator::start(lab, knobs.max_packets, pin_to)?;
     std::thread::sleep(WARM_UP);
     let start = Reading::take(lab, &generator)?;
     std::thread::sleep(knobs.window);
@@ -613,8 +655,8 @@ impl Reading {
     fn take(lab: &Lab, generator: &Generator) -> Result<Reading> {
         Ok(Reading {
             delivered: lab.delivered()?,
-            sent: generator.sent(),
-            busy_ns: generator.busy_ns(),
+            sent: generator.sent()?,
+            busy_ns: lab.generator_ns()?,
             entered: rx_packets(&lab.node, "lb0")?,
             napi_ns: lab.napi_ns()?,
             cpu: Cpu::read()?,
@@ -772,7 +814,7 @@ fn median(values: &mut [f64]) -> f64 {
 fn run() -> Result<()> {
     let knobs = Knobs::from_env()?;
     let dir = TestDir::new("lbpps")?;
-    let lab = Lab::new(knobs.threaded, knobs.flows)?;
+    let lab = Lab::new(knobs.threaded, knobs.isolated, knobs.flows)?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("lb_pps: UDP packets per second, ferrule XDP load balancer (NAT) vs nftables DNAT");
@@ -781,9 +823,9 @@ fn run() -> Result<()> {
         "  source {SOURCE} -> VIP {VIP}:{PORT} (udp) -> node -> backend {BACKEND}:{PORT}; sink: XDP count + drop on the backend's up0"
     );
     println!(
-        "  generator: xdp_gen in BPF_PROG_TEST_RUN live-frames mode (XDP_TX out of the source's up0), 1 thread, \
-         {} flows (source ports {FIRST_SOURCE_PORT}..{}) round-robin, ~{CALL_TIME:?} per syscall, batches of \
-         {GEN_BATCH}, 60-byte frames ({PAYLOAD}-byte payload), as fast as it can (no rate limit)",
+        "  generator: xdp_gen's frame loop on the source's gl1 ({GEN_SEEDS} frames circulating, a copy of each \
+         out of up0 as an XDP frame per turn), {} flows (source ports {FIRST_SOURCE_PORT}..{}) round-robin, \
+         60-byte frames ({PAYLOAD}-byte payload), as fast as it can (no rate limit)",
         knobs.flows,
         FIRST_SOURCE_PORT + knobs.flows - 1
     );
@@ -793,12 +835,19 @@ fn run() -> Result<()> {
     );
     println!(
         "  receive processing on the veths: {}",
-        if knobs.threaded {
-            "threaded NAPI, generator pinned to CPU 0 (LB_PPS_NAPI=threaded): the generator overloads the node; node \
-         and sink share the CPU left, as the scheduler decides"
-        } else {
-            "inline in the generator's softirqs (LB_PPS_NAPI=inline): generator, node and sink run in turn on one CPU, \
-         so gen ns/frame is the whole chain's cost per packet and pps = 1 / that"
+        match (knobs.threaded, knobs.isolated) {
+            (true, true) => {
+                "threaded NAPI (LB_PPS_NAPI=threaded), LB_PPS_PLACEMENT=isolated: the node's thread alone on CPU 1, \
+                 the generator's and the sink's on CPU 0"
+            }
+            (true, false) => {
+                "threaded NAPI (LB_PPS_NAPI=threaded), LB_PPS_PLACEMENT=shared: the generator's thread on CPU 0, the \
+                 node's and the sink's sharing CPU 1"
+            }
+            (false, _) => {
+                "inline in softirqs on CPU 0 (LB_PPS_NAPI=inline): generator, node and sink run in turn on one CPU, \
+                 so gen ns/frame is the whole chain's cost per packet and pps = 1 / that"
+            }
         }
     );
     println!(
