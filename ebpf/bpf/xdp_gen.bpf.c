@@ -11,8 +11,9 @@
  * few seed frames, sent once from user space, keep circulating, and each turn sends one frame out
  * as an XDP frame (ndo_xdp_xmit): no socket, no skb, no copy on the receiver's side, as a NIC's
  * driver hands frames to XDP. (This replaced BPF_PROG_TEST_RUN in live-frames mode, which some
- * kernels refuse with EPERM even to root.) Rewriting every turn matters: the receiver of a copy
- * (an XDP NAT, the stack's DNAT) may edit it in place, and the flows have to vary.
+ * kernels refuse with EPERM even to root.) The kernel copies the frame for the interface under
+ * test (gen_out's last slot, the loop, keeps the original), so what the receiver does to its copy
+ * never comes back; the rewrite at each turn is what makes the flows vary.
  *
  * A run ends by itself: after `limit` frames sent, or once user space sets `stop`, every frame
  * that comes round is dropped, so the loop empties within one turn. It drops anything that is not

@@ -156,11 +156,9 @@ pub(crate) fn prog_test_run(
     Ok(TestRunRaw { retval: attr.retval, data_len: attr.data_size_out as usize, duration_ns: attr.duration })
 }
 
-/// Sends `count` copies of the Ethernet frame `frame` out of interface `ifindex` (in the calling
-/// thread's network namespace) through a packet socket, bypassing the qdisc: how the benchmark
-/// generator seeds its loop. Fails on the first frame the kernel does not take.
-pub(crate) fn send_raw_frames(ifindex: u32, frame: &[u8], count: u32) -> io::Result<()> {
-    let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex"))?;
+/// A packet socket (AF_PACKET, raw) that bypasses the qdisc, in the calling thread's network
+/// namespace, where it stays: the benchmark generator seeds its loop through it.
+pub(crate) fn packet_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked and owned below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -182,6 +180,14 @@ pub(crate) fn send_raw_frames(ifindex: u32, frame: &[u8], count: u32) -> io::Res
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(fd)
+}
+
+/// Sends `count` copies of the Ethernet frame `frame` out of interface `ifindex` (of the socket's
+/// network namespace) through `socket`, a [`packet_socket`]. Fails on the first frame the kernel
+/// does not take.
+pub(crate) fn send_raw_frames(socket: BorrowedFd<'_>, ifindex: u32, frame: &[u8], count: u32) -> io::Result<()> {
+    let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex"))?;
     // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
@@ -194,7 +200,7 @@ pub(crate) fn send_raw_frames(ifindex: u32, frame: &[u8], count: u32) -> io::Res
         // SAFETY: `frame` is readable for its length and `addr` is a sockaddr_ll of the size given.
         let sent = unsafe {
             libc::sendto(
-                fd.as_raw_fd(),
+                socket.as_raw_fd(),
                 frame.as_ptr() as *const libc::c_void,
                 frame.len(),
                 0,

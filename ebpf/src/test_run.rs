@@ -1,6 +1,6 @@
 //! Runs a loaded XDP program on a packet with `BPF_PROG_TEST_RUN` (no interface, no traffic) and
 //! returns the verdict and the packet the program left. Tests use it as "packet in → packet out";
-//! it must not attach anything.
+//! that part attaches nothing.
 //!
 //! For benchmarks only: [`XdpTrafficGen`], a traffic source that keeps frames circulating in the
 //! kernel (an XDP program on a veth pair of its own, sending a copy of each frame out of an
@@ -96,9 +96,10 @@ const GEN_OUT: &str = "gen_out";
 pub const GEN_FRAME_LEN: usize = 60;
 /// How many different frames it cycles through at most (`GEN_MAX_FRAMES` in `xdp_gen.bpf.c`).
 pub const GEN_MAX_FRAMES: usize = 1024;
-/// How many frames may circulate at once: a veth's ring holds 256, and the loop's frames all pass
-/// through one.
-pub const GEN_MAX_SEEDS: u32 = 256;
+/// How many frames may circulate at once: the loop's frames all pass through one veth ring of 256
+/// slots, which frees its slots in batches and so may look full with fewer frames in it; half of
+/// it leaves room for that.
+pub const GEN_MAX_SEEDS: u32 = 128;
 /// How long a stopped loop is given to empty: every frame in it is dropped at its next turn, which
 /// takes microseconds; this leaves room for a loaded machine.
 const GEN_DRAIN: std::time::Duration = std::time::Duration::from_millis(50);
@@ -128,8 +129,10 @@ use crate::abi::{FwdCtl, GenCtl, GenState};
 pub struct XdpTrafficGen {
     ebpf: Ebpf,
     frames: u32,
-    /// The loop's other end, where seed frames are sent from.
+    /// The loop's other end, where seed frames are sent from, and the packet socket (opened in
+    /// the namespace of `attach`'s caller) that sends them.
     seed_ifindex: u32,
+    seed_socket: std::os::fd::OwnedFd,
     running: bool,
 }
 
@@ -145,10 +148,11 @@ impl std::fmt::Debug for XdpTrafficGen {
 impl XdpTrafficGen {
     /// Loads `xdp_gen` and attaches it in native mode to `loop_rx`, the receiving end of a veth
     /// pair whose other end is `loop_tx`, to send out of `out`. Names are resolved in the calling
-    /// thread's network namespace (enter it with `setns` first); the pair should carry nothing
-    /// else (no addresses, IPv6 off), since the loop drops any frame that is not
-    /// [`GEN_FRAME_LEN`] bytes but sends one that is. It sends nothing until
-    /// [`start`](Self::start).
+    /// thread's network namespace (enter it with `setns` first), where the seeds' packet socket is
+    /// opened too. The pair should carry nothing else (no addresses, IPv6 off), since the loop
+    /// drops any frame that is not [`GEN_FRAME_LEN`] bytes but sends one that is, and have one
+    /// receive queue (veth's default): the program counts with plain increments, one CPU at a
+    /// time. It sends nothing until [`start`](Self::start).
     pub fn attach(loop_rx: &str, loop_tx: &str, out: &str) -> Result<XdpTrafficGen, EbpfError> {
         let index = |name: &str| {
             nix::net::if_::if_nametoindex(name)
@@ -179,7 +183,9 @@ impl XdpTrafficGen {
         let xdp: &mut Xdp = program.try_into().map_err(|e| EbpfError::program(GEN_PROGRAM, "using as XDP", e))?;
         xdp.load().map_err(|e| EbpfError::program(GEN_PROGRAM, "loading", e))?;
         xdp.attach(loop_rx, XdpMode::Driver).map_err(|e| EbpfError::program(GEN_PROGRAM, "attaching", e))?;
-        Ok(XdpTrafficGen { ebpf, frames: 0, seed_ifindex, running: false })
+        let seed_socket = sys::packet_socket()
+            .map_err(|source| EbpfError::syscall("opening the generator's packet socket", source))?;
+        Ok(XdpTrafficGen { ebpf, frames: 0, seed_ifindex, seed_socket, running: false })
     }
 
     /// Prepares the frames to send, round-robin from the first: 1 to [`GEN_MAX_FRAMES`] of
@@ -233,9 +239,11 @@ impl XdpTrafficGen {
 
     /// Starts a run that sends at most `limit` frames out of `out`, with `seeds` frames
     /// circulating (1 to [`GEN_MAX_SEEDS`]: more in flight keeps the loop busier, up to what its
-    /// ring holds), sent now from `loop_tx` by a packet socket opened in the calling thread's
-    /// network namespace. The run then goes on by itself, in the kernel, until `limit` or
-    /// [`stop`](Self::stop).
+    /// ring holds), sent now from `loop_tx` by the packet socket `attach` opened. The run then
+    /// goes on by itself, in the kernel, until `limit` or [`stop`](Self::stop). A circulating
+    /// frame whose copy the kernel cannot allocate is lost with it (the run slows, or with one
+    /// seed ends early), as is one that finds the loop's ring full: `sent` counts what the
+    /// program redirected, which the interfaces' counters may show fewer of.
     pub fn start(&mut self, limit: u64, seeds: u32) -> Result<(), EbpfError> {
         let invalid = |msg: String| Err(EbpfError::TestRunInput(msg));
         if self.frames == 0 {
@@ -261,8 +269,13 @@ impl XdpTrafficGen {
         state.set(0, GenState::default(), 0).map_err(|e| EbpfError::map(GEN_STATE, "writing", e))?;
         self.write_ctl(GenCtl { limit, frames: self.frames, stop: 0 })?;
         self.running = true;
-        sys::send_raw_frames(self.seed_ifindex, &[0u8; GEN_FRAME_LEN], seeds)
-            .map_err(|source| EbpfError::syscall("sending the generator's seed frames", source))
+        let seeded = sys::send_raw_frames(self.seed_socket.as_fd(), self.seed_ifindex, &[0u8; GEN_FRAME_LEN], seeds);
+        if let Err(source) = seeded {
+            // The seeds already sent would circulate until the limit: end the run.
+            let _ = self.stop();
+            return Err(EbpfError::syscall("sending the generator's seed frames", source));
+        }
+        Ok(())
     }
 
     /// Frames sent so far in the current (or last) run.
@@ -270,8 +283,9 @@ impl XdpTrafficGen {
         Ok(self.state()?.sent)
     }
 
-    /// Ends the run (every frame that comes round is dropped), waits for the loop to empty and
-    /// returns the frames the run sent.
+    /// Ends the run (every frame that comes round is dropped), gives the loop [`GEN_DRAIN`] to empty
+    /// (a loop starved of CPU for longer keeps frames that join the next run: more in flight, the
+    /// same limit) and returns the frames the run sent.
     pub fn stop(&mut self) -> Result<u64, EbpfError> {
         self.write_ctl(GenCtl { limit: 0, frames: self.frames, stop: 1 })?;
         std::thread::sleep(GEN_DRAIN);
@@ -513,7 +527,7 @@ mod tests {
             let mut gen = XdpTrafficGen::attach("gl1", "gl0", "gen0").expect("attaching xdp_gen");
             gen.set_frames(&[frame(dst, 1), frame(dst, 2), frame(dst, 3)]).expect("preparing frames");
             // Two runs with different numbers of frames in flight: the limit holds for each.
-            let first = run_to_limit(&mut gen, N, 1);
+            let first = run_to_limit(&mut gen, N, 2);
             let second = run_to_limit(&mut gen, N / 2, 16);
             // Stopped: nothing more goes out, whatever was still circulating.
             std::thread::sleep(std::time::Duration::from_millis(100));

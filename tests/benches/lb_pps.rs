@@ -35,8 +35,8 @@
 //! Figures, each the median of `LB_PPS_ROUNDS` rounds (default 3) in which the three paths take
 //! turns, over a fixed window (`LB_PPS_WINDOW_SECS`, default 5) after a 1 s warm-up:
 //! - **delivered pps**: the sink's count over the window, next to what the generator offered,
-//!   what entered the node (`lb0`'s rx counter), the generator's kernel time per frame and how
-//!   busy the CPUs were;
+//!   what entered the node (`lb0`'s rx counter), the generator's CPU time per frame (threaded:
+//!   its loop's NAPI thread; inline: all of CPU 0, see below) and how busy the CPUs were;
 //! - **the node's own cost per packet** (`LB_PPS_NAPI=threaded`, the default): `lb0` and the
 //!   backend's `up0` poll in NAPI kernel threads of their own, and the CPU time of `lb0`'s thread
 //!   (`/proc/PID/schedstat`) over the window, divided by the packets that entered the node, is
@@ -57,13 +57,14 @@
 //!   CPU 0 and the node's to CPU 1, so that the node reads every frame from another core's cache
 //!   as it would a NIC's DMA buffers (unpinned, the scheduler ran the node on CPU 0 right after
 //!   the generator most of the time, which hid that cost). The sink's thread runs beside the
-//!   generator on CPU 0 (`LB_PPS_PLACEMENT=isolated`, the default: the node's CPU time is its own,
-//!   its caches are not shared with another thread) or beside the node on CPU 1
-//!   (`LB_PPS_PLACEMENT=shared`: the sink frees, on the node's CPU, what the node allocated, as a
-//!   NIC's transmit completion would, and shares the node's caches). The placement moves the
-//!   stack's cost much more than XDP's (this machine, 2026-12-07: nftables ~1,500 ns isolated,
-//!   ~800 ns shared; the XDP paths ~200 ns either way), and with it the floor's ratio (7.7x
-//!   against 3.6x): both are printed by a run of each, and neither is a NIC. When the generator
+//!   node on CPU 1 (`LB_PPS_PLACEMENT=shared`, the default: the sink frees, on the node's CPU,
+//!   what the node allocated, as a NIC's transmit completion would, and shares the node's
+//!   caches) or beside the generator on CPU 0 (`LB_PPS_PLACEMENT=isolated`: the node's CPU time
+//!   is its own, but the stack's skbs are freed on another CPU than they were allocated on, a
+//!   veth artifact that costs the stack's path). The placement moves the stack's cost much more
+//!   than XDP's (this machine, 2026-12-07: nftables ~1,500 ns isolated, ~800 ns shared; the XDP
+//!   paths ~200 ns either way), and with it the floor's ratio (7.2x against 3.5x): the default is
+//!   the one that flatters the load balancer less; neither is a NIC. When the generator
 //!   is faster than the node, the rest is dropped at the source, which costs the node nothing
 //!   ("entered pps" below "offered pps" shows it); frames the node forwarded but the backend's ring
 //!   could not take are dropped there (after the node paid for them), so delivered pps moves with
@@ -71,9 +72,11 @@
 //!   forwarded is turned into an XDP buffer on the backend's veth, an XDP frame is not).
 //! - `LB_PPS_NAPI=inline`: the veths' receive processing runs in softirqs on CPU 0, where the
 //!   loop runs (its seeds are sent from there), after each batch of 64 frames: generator, node
-//!   and sink run one after the other on one CPU, nothing is dropped on the way, and
-//!   `gen ns/frame` (CPU 0's busy time per frame) is the whole chain's CPU time per packet,
-//!   so delivered pps = 1 / (generator + node + sink); the node's own cost is not separated.
+//!   and sink run one after the other on one CPU, nothing is dropped on the way, and delivered
+//!   pps is what one CPU does for the whole chain (generator + node + sink, and whatever else the
+//!   scheduler puts on CPU 0: softirqs that overflow to ksoftirqd/0 share it, with the daemon in
+//!   ferrule's turns). The loop never idles, so `gen ns/frame` (CPU 0's busy time per frame) is
+//!   1 / offered pps; the node's own cost is not separated.
 //! - Either way it is veth, not a NIC: XDP_REDIRECT between veths, their rings and the skb build
 //!   on `lb0` are cheaper or dearer than a NIC driver's, and a NIC's receive runs on its own
 //!   cores. The figures compare the paths under identical conditions here, not line rates.
@@ -123,9 +126,9 @@ struct Knobs {
     /// (`LB_PPS_NAPI=threaded`, the default), or receive processing inline in the generator's
     /// softirqs (`LB_PPS_NAPI=inline`).
     threaded: bool,
-    /// Threaded NAPI only: whether the node's thread has CPU 1 to itself, the sink's sharing CPU 0
-    /// with the generator (`LB_PPS_PLACEMENT=isolated`, the default), or shares CPU 1 with the
-    /// sink's (`LB_PPS_PLACEMENT=shared`).
+    /// Threaded NAPI only: whether the node's thread shares CPU 1 with the sink's
+    /// (`LB_PPS_PLACEMENT=shared`, the default) or has it to itself, the sink's sharing CPU 0 with
+    /// the generator (`LB_PPS_PLACEMENT=isolated`).
     isolated: bool,
     /// Another `ferrule` build (`LB_PPS_BASELINE_BIN`, absolute path) that takes a turn of its own
     /// in every round, for comparing two builds of the load balancer in one run.
@@ -153,8 +156,8 @@ impl Knobs {
                 Ok(other) => bail!("LB_PPS_NAPI={other}: use threaded or inline"),
             },
             isolated: match std::env::var("LB_PPS_PLACEMENT").as_deref() {
-                Ok("isolated") | Err(_) => true,
-                Ok("shared") => false,
+                Ok("isolated") => true,
+                Ok("shared") | Err(_) => false,
                 Ok(other) => bail!("LB_PPS_PLACEMENT={other}: use isolated or shared"),
             },
             baseline_bin: match std::env::var_os("LB_PPS_BASELINE_BIN") {
@@ -166,7 +169,7 @@ impl Knobs {
     }
 }
 
-/// The three namespaces and their links, and the generator's frames (one per flow).
+/// The three namespaces and their links, the generator (its frames one per flow) and the sink.
 struct Lab {
     source: NetNs,
     node: NetNs,
@@ -605,7 +608,7 @@ impl Measured {
         self.napi_ns.map(|(_, sink)| sink as f64 / self.delivered.max(1) as f64)
     }
 
-    /// The generator's kernel time per offered frame.
+    /// The generator's CPU time per offered frame (inline: all of CPU 0's, see the module doc).
     fn generator_ns_per_frame(&self) -> f64 {
         self.generator_ns as f64 / self.offered.max(1) as f64
     }
@@ -846,7 +849,7 @@ fn run() -> Result<()> {
             }
             (false, _) => {
                 "inline in softirqs on CPU 0 (LB_PPS_NAPI=inline): generator, node and sink run in turn on one CPU, \
-                 so gen ns/frame is the whole chain's cost per packet and pps = 1 / that"
+                 so delivered pps is the whole chain's on one CPU, and gen ns/frame CPU 0's busy time per frame"
             }
         }
     );
