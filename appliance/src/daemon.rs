@@ -83,11 +83,26 @@ async fn run(args: DaemonArgs) -> Result<()> {
     let installer = tokio::spawn(routes::run(speaker.fib(), route_table, shutdown_rx.clone()));
     let (observed_tx, observed_rx) = watch::channel(Observed::default());
     // Backend health checks follow the model's services; their verdicts drive VIP announcements.
-    let (health_tx, health_rx) = watch::channel(ferrule_xdp_lb::HealthView::default());
+    // Backends the pinned backend map marks down (unhealthy before a restart) start unhealthy.
+    let down = match datapath.lb_state().await {
+        Ok(lb) => {
+            lb.backends.values().filter(|b| b.down).map(|b| std::net::SocketAddr::new(b.address, b.port)).collect()
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "cannot read the load balancer's backends: every backend starts healthy");
+            std::collections::BTreeSet::new()
+        }
+    };
+    if !down.is_empty() {
+        info!(backends = down.len(), "backends down before the restart start unhealthy until their checks pass");
+    }
+    let first = ferrule_xdp_lb::seeded_view(&models.current().model.services, &down, tokio::time::Instant::now());
+    let (health_tx, health_rx) = watch::channel(first);
     tokio::spawn(ferrule_xdp_lb::run_health_checker(
         models.subscribe(),
         |accepted: &Arc<Accepted>| accepted.model.services.as_slice(),
         health_tx,
+        down,
     ));
     tokio::spawn(reconcile::run(
         models.subscribe(),

@@ -130,7 +130,7 @@ impl Datapath for NodeDatapath {
         let lb = self.xdp.lb();
         let mut state = LbState::default();
         for (id, b) in lb.backends()? {
-            state.backends.insert(id, BackendEntry { address: b.address, port: b.port });
+            state.backends.insert(id, BackendEntry { address: b.address, port: b.port, down: b.down });
         }
         for (key, id, mode) in lb.services()? {
             let protocol = match key.proto {
@@ -182,9 +182,10 @@ impl Datapath for NodeDatapath {
                     }
                     removals.push(ebpf_key(key))
                 }
-                LbOp::UpsertBackend { id, address, port } => {
+                LbOp::UpsertBackend { id, address, port, down } => {
                     flush(&mut lb, &mut upserts, &mut removals)?;
-                    lb.upsert_backend(*id, &ferrule_ebpf::BackendEntry { address: *address, port: *port })?
+                    let entry = ferrule_ebpf::BackendEntry { address: *address, port: *port, down: *down };
+                    lb.upsert_backend(*id, &entry)?
                 }
                 LbOp::RemoveBackend { id } => {
                     flush(&mut lb, &mut upserts, &mut removals)?;

@@ -406,8 +406,9 @@ fn main() {
         let mut lb = dp.lb();
         lb.set_node_addresses(Some(Ipv4Addr::new(198, 51, 100, 1)), "2001:db8:100::1".parse().ok()).unwrap();
         let v4 = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
-        lb.upsert_backend(1, &BackendEntry { address: v4, port: 80 }).unwrap();
-        lb.upsert_backend(2, &BackendEntry { address: "2001:db8:100::10".parse().unwrap(), port: 80 }).unwrap();
+        lb.upsert_backend(1, &BackendEntry { address: v4, port: 80, down: false }).unwrap();
+        lb.upsert_backend(2, &BackendEntry { address: "2001:db8:100::10".parse().unwrap(), port: 80, down: false })
+            .unwrap();
         if round == 0 {
             per_service = single_baseline(&mut lb, &table4);
         }

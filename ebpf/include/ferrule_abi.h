@@ -104,8 +104,19 @@ struct fr_lb_backend {
 	__u8 addr[16];
 	__be16 port; /* NAT mode: destination port after DNAT; DSR ignores it */
 	__u8 family;
-	__u8 flags; /* reserved, 0 */
+	__u8 flags; /* FR_LB_BE_* */
 };
+
+/*
+ * `fr_lb_backend.flags`. DOWN: the backend failed its health checks (for every service listing
+ * it). It is in no Maglev table then, so it gets no new flow; a UDP flow conntrack holds on it
+ * starts over through its service's table (a datagram flow has nothing to lose, and one from a
+ * fixed source port, a resolver's, would otherwise stay on the dead backend for as long as it
+ * keeps sending), while a TCP flow stays (a false alarm must not reset a live connection; a
+ * client of a dead backend reconnects from another port, a new flow). The flag lives in the
+ * pinned map, so a restarted daemon knows which backends were down. Older versions wrote 0.
+ */
+#define FR_LB_BE_DOWN 1
 
 /* `fr_lb_config.flags`. */
 #define FR_LB_CFG_HAVE_V4 1

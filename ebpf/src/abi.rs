@@ -235,6 +235,7 @@ abi_consts! {
     "FR_LB_NAT_PORT_COUNT" => pub const LB_NAT_PORT_COUNT: u16 = 22_768;
     "FR_LB_ENCAP4_OVERHEAD" => pub const LB_ENCAP4_OVERHEAD: usize = 20;
     "FR_LB_ENCAP6_OVERHEAD" => pub const LB_ENCAP6_OVERHEAD: usize = 40;
+    "FR_LB_BE_DOWN" => pub const LB_BE_DOWN: u8 = 1;
     "FR_LB_CFG_HAVE_V4" => pub const LB_CFG_HAVE_V4: u32 = 1;
     "FR_LB_CFG_HAVE_V6" => pub const LB_CFG_HAVE_V6: u32 = 2;
     "FR_LB_DROP_NO_BACKEND" => pub const LB_DROP_NO_BACKEND: usize = 0;

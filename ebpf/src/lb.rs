@@ -149,6 +149,8 @@ pub struct BackendEntry {
     pub address: IpAddr,
     /// Destination port after DNAT in NAT mode; DSR keeps the client's destination port.
     pub port: u16,
+    /// Failed its health checks (`FR_LB_BE_DOWN` in ferrule_abi.h): UDP flows on it start over.
+    pub down: bool,
 }
 
 /// Packets dropped for a service, by reason (`enum fr_lb_drop`).
@@ -429,7 +431,8 @@ impl LbMaps<'_> {
     fn upsert_backend_unbumped(&mut self, id: u32, backend: &BackendEntry) -> Result<(), EbpfError> {
         Self::check_backend_id(id)?;
         let (addr, family) = addr16(backend.address);
-        let value = LbBackend { addr, port: backend.port.to_be(), family, flags: 0 };
+        let flags = if backend.down { crate::abi::LB_BE_DOWN } else { 0 };
+        let value = LbBackend { addr, port: backend.port.to_be(), family, flags };
         self.backends_array()?.set(id, value, 0).map_err(|e| EbpfError::map(BACKENDS, "writing", e))
     }
 
@@ -458,7 +461,8 @@ impl LbMaps<'_> {
         for id in 1..array.len() {
             let b = array.get(&id, 0).map_err(|e| EbpfError::map(BACKENDS, "reading", e))?;
             if let Some(address) = addr_from(&b.addr, b.family) {
-                out.push((id, BackendEntry { address, port: u16::from_be(b.port) }));
+                let down = b.flags & crate::abi::LB_BE_DOWN != 0;
+                out.push((id, BackendEntry { address, port: u16::from_be(b.port), down }));
             }
         }
         Ok(out)

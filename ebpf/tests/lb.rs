@@ -158,7 +158,7 @@ impl Lb {
             (ID_A6, ip6(BACKEND_A6), 8080),
             (ID_B6, ip6(BACKEND_B6), 8080),
         ] {
-            lb.upsert_backend(id, &BackendEntry { address: addr, port }).unwrap();
+            lb.upsert_backend(id, &BackendEntry { address: addr, port, down: false }).unwrap();
         }
         Lb { dp, _guard: guard, ifindex, node }
     }
@@ -184,7 +184,7 @@ impl Lb {
     }
 
     fn upsert_backend_for_test(&mut self, id: u32, addr: [u8; 4]) {
-        self.dp.lb().upsert_backend(id, &BackendEntry { address: ip4(addr), port: 8080 }).unwrap();
+        self.dp.lb().upsert_backend(id, &BackendEntry { address: ip4(addr), port: 8080, down: false }).unwrap();
     }
 }
 
@@ -471,7 +471,7 @@ fn a_reused_backend_id_starts_its_old_flows_over() {
         assert_eq!(first.data[30..34], BACKEND_A4, "to A first");
 
         // The id now names another host (as after A's removal and B's addition).
-        lb.dp.lb().upsert_backend(ID_A4, &BackendEntry { address: ip4(BACKEND_B4), port: 8080 }).unwrap();
+        lb.dp.lb().upsert_backend(ID_A4, &BackendEntry { address: ip4(BACKEND_B4), port: 8080, down: false }).unwrap();
         let again = lb.run(&request);
         assert_eq!(again.retval, XDP_TX);
         assert_eq!(again.data[30..34], BACKEND_B4, "the same flow now goes to the id's new host");
@@ -486,6 +486,51 @@ fn a_reused_backend_id_starts_its_old_flows_over() {
         assert_eq!(back.retval, XDP_TX, "reply translated");
         assert_eq!((back.data[26..30].to_vec(), back.data[30..34].to_vec()), (VIP4.to_vec(), CLIENT4.to_vec()));
         assert_checksums_valid(&back.data);
+    });
+}
+
+/// A backend marked down (its health checks failed): its UDP flows start over through the
+/// service's table, its TCP flows stay (FR_LB_BE_DOWN in ferrule_abi.h). Without the mark, a
+/// table that no longer names it moves neither: conntrack keeps them.
+#[test]
+fn a_down_backend_loses_its_udp_flows_and_keeps_its_tcp_flows() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    let net = LbNet::new("dn");
+    net.run(|ifindex| {
+        stay_on_this_cpu();
+        let mut lb = Lb::open("down", ifindex);
+        let udp = lb.service(ip4(VIP4), 53, L4Proto::Udp, 31, LbMode::Nat, ID_A4);
+        let tcp = lb.service(ip4(VIP4), 80, L4Proto::Tcp, 32, LbMode::Nat, ID_A4);
+        let query = udp4(CLIENT4, 5353, VIP4, 53, b"q");
+        let request = tcp4(CLIENT4, 40001, VIP4, 80, false, b"x");
+        // Twice each: the second from the flow cache, which the mark must not get around.
+        for packet in [&query, &request, &query, &request] {
+            let out = lb.run(packet);
+            assert_eq!((out.retval, out.data[30..34].to_vec()), (XDP_TX, BACKEND_A4.to_vec()), "to A first");
+        }
+
+        // A leaves the tables (unhealthy for one service, or draining): both flows stay on A.
+        lb.dp.lb().upsert_service(&udp, 31, LbMode::Nat, &[ID_B4; TABLE_SIZE]).unwrap();
+        lb.dp.lb().upsert_service(&tcp, 32, LbMode::Nat, &[ID_B4; TABLE_SIZE]).unwrap();
+        for packet in [&query, &request] {
+            assert_eq!(lb.run(packet).data[30..34], BACKEND_A4, "conntrack keeps the flow on A");
+        }
+
+        // A is down: the UDP flow moves to B as a new flow, the TCP flow stays on A.
+        let a = BackendEntry { address: ip4(BACKEND_A4), port: 8080, down: true };
+        lb.dp.lb().upsert_backend(ID_A4, &a).unwrap();
+        assert_eq!(lb.dp.lb().backends().unwrap().iter().find(|(id, _)| *id == ID_A4).map(|(_, b)| b.down), Some(true));
+        let moved = lb.run(&query);
+        assert_eq!((moved.retval, moved.data[30..34].to_vec()), (XDP_TX, BACKEND_B4.to_vec()), "UDP starts over on B");
+        assert_eq!(moved.data[..6], MAC_B);
+        assert_checksums_valid(&moved.data);
+        assert_eq!(lb.dp.lb().service_counters(31).unwrap().new_flows, 2, "counted as a new flow");
+        assert_eq!(lb.run(&query).data[30..34], BACKEND_B4, "and stays there");
+        let kept = lb.run(&request);
+        assert_eq!((kept.retval, kept.data[30..34].to_vec()), (XDP_TX, BACKEND_A4.to_vec()), "TCP stays on A");
+        assert_eq!(lb.dp.lb().service_counters(32).unwrap().new_flows, 1);
     });
 }
 
@@ -1069,7 +1114,7 @@ fn packets_and_bytes_of_low_and_high_ids_add_up_and_clear_with_the_id() {
         // Below FR_LB_TRAFFIC_ARR_SIZE packets and bytes are counted in arrays, from it on in the
         // hashes: a service and a backend on each side of the boundary.
         let high = LB_TRAFFIC_ARR_SIZE;
-        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080 }).unwrap();
+        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080, down: false }).unwrap();
         let low_key = lb.service(ip4(VIP4), 80, L4Proto::Tcp, 7, LbMode::Dsr, ID_A4);
         let high_key = lb.service(ip4(VIP4), 81, L4Proto::Tcp, high, LbMode::Dsr, high);
         // An older build counted id 7's (and backend A's) packets in the hashes: they still count.
@@ -1095,7 +1140,7 @@ fn packets_and_bytes_of_low_and_high_ids_add_up_and_clear_with_the_id() {
         lb.dp.lb().remove_service(&low_key).unwrap();
         lb.dp.lb().remove_service(&high_key).unwrap();
         lb.dp.lb().remove_backend(high).unwrap();
-        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080 }).unwrap();
+        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080, down: false }).unwrap();
         lb.service(ip4(VIP4), 80, L4Proto::Tcp, 7, LbMode::Dsr, high);
         lb.service(ip4(VIP4), 81, L4Proto::Tcp, high, LbMode::Dsr, ID_A4);
         let lbm = lb.dp.lb();
@@ -1182,8 +1227,8 @@ fn the_vip_bitmap_covers_every_service_and_is_made_again_when_the_program_loads(
             assert_eq!(vip_bits(&pin_dir), Vec::<u32>::new(), "no service, no bit");
             let mut lb = dp.lb();
             lb.set_node_addresses(Some(NODE4.into()), Some(NODE6.into())).unwrap();
-            lb.upsert_backend(ID_A4, &BackendEntry { address: ip4(BACKEND_A4), port: 80 }).unwrap();
-            lb.upsert_backend(ID_A6, &BackendEntry { address: ip6(BACKEND_A6), port: 443 }).unwrap();
+            lb.upsert_backend(ID_A4, &BackendEntry { address: ip4(BACKEND_A4), port: 80, down: false }).unwrap();
+            lb.upsert_backend(ID_A6, &BackendEntry { address: ip6(BACKEND_A6), port: 443, down: false }).unwrap();
             lb.upsert_service(&tcp80, 61, LbMode::Dsr, &[ID_A4; 13]).unwrap();
             let one = vip_bits(&pin_dir);
             assert_eq!(one.len(), 1, "{one:?}");
@@ -1442,7 +1487,7 @@ fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
             let mut dp = Datapath::open_at(&root, &node).unwrap();
             let mut lb = dp.lb();
             lb.set_node_addresses(Some(NODE4.into()), None).unwrap();
-            lb.upsert_backend(ID_A4, &BackendEntry { address: ip4(BACKEND_A4), port: 80 }).unwrap();
+            lb.upsert_backend(ID_A4, &BackendEntry { address: ip4(BACKEND_A4), port: 80, down: false }).unwrap();
             lb.upsert_service(&key, 81, LbMode::Dsr, &[ID_A4; 13]).unwrap();
             assert_eq!(test_run_xdp(dp.xdp_program_fd().unwrap(), &syn, ifindex, 1).unwrap().retval, XDP_TX);
         } // restart: nothing unpinned
@@ -1450,7 +1495,10 @@ fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
         let mut lb = dp.lb();
         assert_eq!(lb.services().unwrap(), vec![(key, 81, LbMode::Dsr)]);
         assert_eq!(lb.service_table(81).unwrap(), vec![ID_A4; 13]);
-        assert_eq!(lb.backends().unwrap(), vec![(ID_A4, BackendEntry { address: ip4(BACKEND_A4), port: 80 })]);
+        assert_eq!(
+            lb.backends().unwrap(),
+            vec![(ID_A4, BackendEntry { address: ip4(BACKEND_A4), port: 80, down: false })]
+        );
         assert_eq!(lb.service_counters(81).unwrap().packets, 1, "counters survive");
 
         lb.upsert_service(&key, 81, LbMode::Dsr, &[]).unwrap();
@@ -1462,7 +1510,7 @@ fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
         // IPv6 VIP with no node IPv6 address: dropped and counted, not sent with a bad source.
         let mut lb = dp.lb();
         let key6 = ServiceKey { vip: ip6(VIP6), port: 80, proto: L4Proto::Tcp };
-        lb.upsert_backend(ID_A6, &BackendEntry { address: ip6(BACKEND_A6), port: 80 }).unwrap();
+        lb.upsert_backend(ID_A6, &BackendEntry { address: ip6(BACKEND_A6), port: 80, down: false }).unwrap();
         lb.upsert_service(&key6, 82, LbMode::Dsr, &[ID_A6; 13]).unwrap();
         let syn6 = tcp6(CLIENT6, 40000, VIP6, 80, true, b"");
         assert_eq!(test_run_xdp(dp.xdp_program_fd().unwrap(), &syn6, ifindex, 1).unwrap().retval, XDP_DROP);
@@ -1477,7 +1525,7 @@ fn empty_table_drops_new_flows_and_state_is_adopted_after_restart() {
         assert_eq!(lb.service_counters(81).unwrap().packets, 0, "counters go with the service");
         let out = test_run_xdp(dp.xdp_program_fd().unwrap(), &new, ifindex, 1).unwrap();
         assert_eq!(out.retval, XDP_PASS, "a removed service's traffic is the stack's");
-        assert!(dp.lb().upsert_backend(0, &BackendEntry { address: ip4(BACKEND_A4), port: 1 }).is_err());
+        assert!(dp.lb().upsert_backend(0, &BackendEntry { address: ip4(BACKEND_A4), port: 1, down: false }).is_err());
         dp.unpin_all().unwrap();
     });
 }
@@ -1706,7 +1754,10 @@ fn fib_miss_passes_the_encapsulated_packet_to_the_stack() {
     net.run(|ifindex| {
         let mut lb = Lb::open("fibmiss", ifindex);
         // 198.51.100.99 is on-link but has no neighbour entry yet.
-        lb.dp.lb().upsert_backend(9, &BackendEntry { address: ip4([198, 51, 100, 99]), port: 80 }).unwrap();
+        lb.dp
+            .lb()
+            .upsert_backend(9, &BackendEntry { address: ip4([198, 51, 100, 99]), port: 80, down: false })
+            .unwrap();
         lb.service(ip4(VIP4), 80, L4Proto::Tcp, 91, LbMode::Dsr, 9);
         let syn = tcp4(CLIENT4, 40000, VIP4, 80, true, b"");
         let out = lb.run(&syn);
@@ -1829,7 +1880,7 @@ fn dsr_packets_too_big_for_the_tunnel_are_answered_with_icmp_too_big() {
         assert_eq!((lbm.backend_counters(ID_A6).unwrap().packets, lbm.service_counters(96).unwrap().packets), (0, 1));
         // Likewise for a backend id beyond the per-CPU arrays (counted in the hash).
         let high = LB_TRAFFIC_ARR_SIZE + 10;
-        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080 }).unwrap();
+        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080, down: false }).unwrap();
         lb.service(ip4(VIP4), 82, L4Proto::Tcp, 98, LbMode::Dsr, high);
         let big_high = tcp4(CLIENT4, 40000, VIP4, 82, false, &[0x5a; 1460]);
         assert_eq!(lb.run(&big_high).retval, XDP_TX);

@@ -53,13 +53,13 @@ fn vip_follows_backend_health_on_the_tor() {
         Frr::start(&tor, dir.path(), &BgpConfig::new("192.0.2.2".parse().unwrap(), 65000).neighbor(neighbor)).unwrap();
     ferrule_tests::wait_established(&frr, "192.0.2.1".parse().unwrap(), Duration::from_secs(30)).unwrap();
 
-    let wait = |want: bool, what: &str| {
+    let wait = |ferrule: &Ferrule, want: bool, what: &str| {
         let started = Instant::now();
         cmd::poll_until(what, Duration::from_secs(15), Duration::from_millis(100), || Ok(frr_has(&frr, VIP)? == want))
             .unwrap_or_else(|e| panic!("{e:#}\nferrule log:\n{}", ferrule.log_tail()));
         started.elapsed()
     };
-    let t = wait(true, "the VIP on the ToR while the backend is healthy");
+    let t = wait(&ferrule, true, "the VIP on the ToR while the backend is healthy");
     println!("healthy backend: expected {VIP} on the ToR, saw it after {t:.1?}");
 
     // The service is in the XDP load balancer's (pinned) maps, with its backend.
@@ -70,14 +70,31 @@ fn vip_follows_backend_health_on_the_tor() {
     assert!(web["backends"][0]["id"].as_u64().is_some() && web["backends"][0]["healthy"] == true, "{web}");
 
     drop(backend);
-    let t = wait(false, "the VIP withdrawn once the backend fails");
+    let t = wait(&ferrule, false, "the VIP withdrawn once the backend fails");
     println!("backend down: expected {VIP} withdrawn (fall 2 x 200 ms), saw it gone after {t:.1?}");
     let web = ferrule.show(&["lb", "services"]).unwrap()[0].clone();
     println!("show lb services: expected the backend unhealthy and the VIP not announced, saw {web}");
     assert!(web["announced"] == false && web["backends"][0]["healthy"] == false, "{web}");
 
+    // A restart while the backend is down, its checks now 3 s apart: the backend map marks it
+    // down, so it starts unhealthy, out of the table, the VIP not announced (before, every backend
+    // started healthy: back in the table and the VIP announced until `fall` checks had failed).
+    ferrule.stop().unwrap();
+    let slow = config.replace("interval_ms = 200", "interval_ms = 3000");
+    assert_ne!(slow, config);
+    std::fs::write(dir.path().join(format!("{name}.toml")), slow).unwrap();
+    ferrule.start(&[]).unwrap();
+    let web = ferrule.show(&["lb", "services"]).unwrap()[0].clone();
+    println!("after a restart with the backend down: expected it unhealthy and nothing announced at once, saw {web}");
+    assert!(web["announced"] == false && web["backends"][0]["healthy"] == false, "{web}");
+    ferrule_tests::wait_established(&frr, "192.0.2.1".parse().unwrap(), Duration::from_secs(30)).unwrap();
+    for _ in 0..10 {
+        assert!(!frr_has(&frr, VIP).unwrap(), "the VIP of a dead backend announced after a restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let _backend = start_backend(&be).unwrap();
-    let t = wait(true, "the VIP announced again once the backend recovers");
+    let t = wait(&ferrule, true, "the VIP announced again once the backend recovers");
     println!("backend back: expected {VIP} announced again (rise 1), saw it after {t:.1?}");
     ferrule.stop().unwrap();
 }

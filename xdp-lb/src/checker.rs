@@ -2,7 +2,7 @@
 //! schedule of `health::Scheduler` in one tokio task, publishing a `HealthView` whenever it changes.
 //! It decides nothing itself (rise/fall and timing live in `health`) and connects only to backends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::pending;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -107,12 +107,19 @@ fn parse_status_line(line: &[u8]) -> Result<u16, CheckError> {
 /// changes or the set of checked backends does. A new service list keeps the state of backends
 /// whose check did not change.
 ///
+/// `down`: backends the datapath's backend map marks down at start (after a restart): their checks
+/// start unhealthy and need `rise` good results (see [`crate::health`]).
+///
 /// Returns when the service channel's sender is dropped or nobody holds a `view` receiver any more.
-pub async fn run<T, F>(mut desired: watch::Receiver<T>, services_of: F, view: watch::Sender<HealthView>)
-where
+pub async fn run<T, F>(
+    mut desired: watch::Receiver<T>,
+    services_of: F,
+    view: watch::Sender<HealthView>,
+    down: BTreeSet<SocketAddr>,
+) where
     F: Fn(&T) -> &[Service],
 {
-    let mut schedule = Scheduler::default();
+    let mut schedule = Scheduler::seeded(down);
     let services = services_of(&desired.borrow_and_update()).to_vec();
     schedule.reconfigure(&services, Instant::now());
     publish(&view, &schedule);
@@ -360,7 +367,7 @@ mod tests {
         let key = ServiceKey { vip: "192.0.2.10".parse().unwrap(), port: 80, protocol: Protocol::Tcp };
         let (services_tx, services_rx) = watch::channel(vec![service(&[live, dead], tcp(300))]);
         let (view_tx, mut view_rx) = watch::channel(HealthView::default());
-        let checker = tokio::spawn(run(services_rx, |s: &Vec<Service>| s.as_slice(), view_tx));
+        let checker = tokio::spawn(run(services_rx, |s: &Vec<Service>| s.as_slice(), view_tx, BTreeSet::new()));
 
         let view = wait_for(&mut view_rx, |v| !v.is_healthy(&key, dead)).await;
         assert_eq!(view.get(&key, live), Some(&BackendHealth::Healthy));
@@ -391,7 +398,7 @@ mod tests {
         svc.health = None;
         let (services_tx, services_rx) = watch::channel(vec![svc]);
         let (view_tx, view_rx) = watch::channel(HealthView::default());
-        let checker = tokio::spawn(run(services_rx, |s: &Vec<Service>| s.as_slice(), view_tx));
+        let checker = tokio::spawn(run(services_rx, |s: &Vec<Service>| s.as_slice(), view_tx, BTreeSet::new()));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(view_rx.borrow().is_empty());
         let key = ServiceKey { vip: "192.0.2.10".parse().unwrap(), port: 80, protocol: Protocol::Tcp };

@@ -10,10 +10,14 @@
 //! Start state: a backend the checker has not yet judged is **healthy**, and turns unhealthy only
 //! after `fall` failed checks in a row. A daemon restart or a config reload must not withdraw VIPs
 //! or empty Maglev tables while the first checks run; a backend that is really down costs at most
-//! `fall` intervals of misrouted new flows, the same as a backend that fails while running.
+//! `fall` intervals of misrouted new flows, the same as a backend that fails while running. The
+//! exception is a backend the datapath's backend map marks down when the daemon starts (it was
+//! unhealthy for every service before the restart, `plan`'s module doc): it starts **unhealthy**
+//! and needs `rise` good checks, so that a restart does not put known-dead backends back into
+//! tables, nor announce a VIP whose backends are all dead, while the first checks run.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -81,6 +85,15 @@ impl HealthView {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// The view a health checker started with `down` (see [`crate::checker::run`]) publishes first for
+/// `services`: every backend healthy but the checked ones in `down`. For the channel's initial
+/// value, so that nothing acts on an all-healthy view before the checker's first publication.
+pub fn seeded_view(services: &[Service], down: &BTreeSet<SocketAddr>, now: Instant) -> HealthView {
+    let mut scheduler = Scheduler::seeded(down.clone());
+    scheduler.reconfigure(services, now);
+    scheduler.view()
 }
 
 /// Consecutive-result counting: `fall` failures in a row turn a healthy backend unhealthy, `rise`
@@ -153,9 +166,17 @@ pub(crate) struct Scheduler {
     /// Backends of services without a check, and since when they are unchecked.
     unchecked: BTreeMap<TargetKey, Instant>,
     epochs: u64,
+    /// Backends known down at start (see the module doc), for the first `reconfigure` only.
+    seed_down: BTreeSet<SocketAddr>,
 }
 
 impl Scheduler {
+    /// A scheduler whose first service list starts the checked targets of `down` backends
+    /// unhealthy (backends the datapath marked down before a restart).
+    pub(crate) fn seeded(down: BTreeSet<SocketAddr>) -> Scheduler {
+        Scheduler { seed_down: down, ..Scheduler::default() }
+    }
+
     /// Follows a new service list. Targets whose check did not change keep their state and
     /// schedule; a changed check keeps the health state but restarts counting and is run at once;
     /// new targets start healthy with their first check spread over one interval, so a thousand
@@ -204,6 +225,10 @@ impl Scheduler {
                     let carried = known.get(&key.1).and_then(|v| v.iter().find(|(c, ..)| c == check));
                     let (state, reason, since) = match carried {
                         Some((_, state, reason, since)) => (RiseFall { streak: 0, ..*state }, reason.clone(), *since),
+                        None if self.seed_down.contains(&key.1) => {
+                            let reason = "down when the daemon started (the datapath's backend map)".to_owned();
+                            (RiseFall { healthy: false, streak: 0 }, Some(reason), now)
+                        }
                         None => (RiseFall::new(), None, now),
                     };
                     let target = Target {
@@ -219,6 +244,8 @@ impl Scheduler {
                 }
             }
         }
+        // Later lists start new targets healthy again: by then the checks speak for themselves.
+        self.seed_down.clear();
     }
 
     /// The checks due at `now`; each is in flight until `record` sees its result.
@@ -431,6 +458,36 @@ mod tests {
             view.get(&key(80, 8081).0, key(80, 8081).1),
             Some(&BackendHealth::Unhealthy { reason: "connect: refused".to_owned() })
         );
+    }
+
+    #[test]
+    fn a_backend_the_datapath_marked_down_starts_unhealthy_after_a_restart_and_needs_rise_checks() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let rise2 = HealthCheck { rise: 2, ..check(100) };
+        let mut s = Scheduler::seeded(BTreeSet::from([key(80, 8081).1]));
+        s.reconfigure(&[service(80, &[8080, 8081], Some(rise2.clone()))], t0);
+        let view = s.view();
+        assert!(view.is_healthy(&key(80, 8080).0, key(80, 8080).1), "not in the seed: healthy until checked");
+        match view.get(&key(80, 8081).0, key(80, 8081).1) {
+            Some(BackendHealth::Unhealthy { reason }) => {
+                assert!(reason.contains("when the daemon started"), "{reason}")
+            }
+            other => panic!("the seeded backend starts unhealthy: {other:?}"),
+        }
+        // One good check is not enough (rise 2), the second is.
+        run_due(&mut s, ms(100), |_| true);
+        assert!(!s.view().is_healthy(&key(80, 8081).0, key(80, 8081).1));
+        run_due(&mut s, ms(200), |_| true);
+        assert!(s.view().is_healthy(&key(80, 8081).0, key(80, 8081).1));
+        assert_eq!(
+            seeded_view(&[service(80, &[8080, 8081], Some(rise2.clone()))], &BTreeSet::from([key(80, 8081).1]), t0),
+            view,
+            "the channel's initial value is the checker's first view"
+        );
+        // The seed is for the start only: a service added later starts its targets healthy.
+        s.reconfigure(&[service(80, &[8080, 8081], Some(rise2.clone())), service(81, &[8081], Some(rise2))], ms(250));
+        assert!(s.view().is_healthy(&key(81, 8081).0, key(81, 8081).1));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use ferrule_config::{Protocol, Service};
 
 pub use announce::vips_to_announce;
 pub use checker::{check_once, run as run_health_checker, CheckError};
-pub use health::{BackendHealth, HealthView};
+pub use health::{seeded_view, BackendHealth, HealthView};
 pub use maglev::{build_table, MaglevBackend, MaglevError};
 pub use plan::{plan, plan_with, ApplyError, BackendEntry, LbOp, LbState, ServiceEntry, TableCache};
 

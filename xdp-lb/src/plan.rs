@@ -13,6 +13,11 @@
 //! keeps its entry with an **empty table**: the datapath drops its new flows and counts them (the
 //! VIP is withdrawn from BGP at the same time, see `vips_to_announce`).
 //!
+//! Down. A backend unhealthy for every service that lists it is marked down in the backend map: the
+//! datapath then starts its UDP flows over through their service's table (TCP flows stay; see
+//! `FR_LB_BE_DOWN` in ferrule_abi.h), and a restarted daemon reads which backends were down
+//! (`checker::run`'s seed). A backend unhealthy for one service and healthy for another is not.
+//!
 //! Drain. A backend of weight 0 is draining, as in IPVS: it keeps its backend entry (conntrack
 //! keeps its established flows on it) and its health checks, but gets no slot, so no new flow.
 //! Its table is the one the service would have without it, so draining and undraining rewrite
@@ -39,6 +44,8 @@ use crate::{HealthView, ServiceKey};
 pub struct BackendEntry {
     pub address: IpAddr,
     pub port: u16,
+    /// Down: unhealthy for every service that lists it (see [`plan`]'s module doc).
+    pub down: bool,
 }
 
 /// A service as the datapath holds it, under its key.
@@ -60,8 +67,9 @@ pub struct LbState {
 /// One change to the datapath's maps. Apply them in the order `plan` returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LbOp {
-    /// Create backend `id` (the plan never re-points an existing id to another address).
-    UpsertBackend { id: u32, address: IpAddr, port: u16 },
+    /// Create backend `id`, or set whether it is down (the plan never re-points an existing id
+    /// to another address).
+    UpsertBackend { id: u32, address: IpAddr, port: u16, down: bool },
     /// Create or replace a service: its id, forwarding mode and whole lookup table. Emitted only
     /// when the service is new or its mode or table changed.
     UpsertService { id: u32, key: ServiceKey, mode: Mode, table: Arc<Vec<u32>> },
@@ -85,9 +93,9 @@ impl LbState {
     /// backend. The in-memory model of the datapath maps, for tests and dry runs.
     pub fn apply(&mut self, op: &LbOp) -> Result<(), ApplyError> {
         match op {
-            LbOp::UpsertBackend { id, address, port } => {
-                let entry = BackendEntry { address: *address, port: *port };
-                if self.backends.get(id).is_some_and(|old| *old != entry) {
+            LbOp::UpsertBackend { id, address, port, down } => {
+                let entry = BackendEntry { address: *address, port: *port, down: *down };
+                if self.backends.get(id).is_some_and(|old| (old.address, old.port) != (entry.address, entry.port)) {
                     self.ensure_unused(*id)?;
                 }
                 self.backends.insert(*id, entry);
@@ -203,12 +211,29 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
             ops.push(LbOp::RemoveService { id: entry.id, key: *key });
         }
     }
+    // Down: unhealthy for every service that lists the backend (a service without a check
+    // counts it healthy), so that the one flag the backend map has never contradicts a service
+    // that still sends it new flows.
+    let down = |addr: &SocketAddr| {
+        services
+            .iter()
+            .filter(|(_, s)| s.backends.iter().any(|b| SocketAddr::new(b.address, b.port) == *addr))
+            .all(|(key, _)| !health.is_healthy(key, *addr))
+    };
     let mut free_backend_ids = FreeIds::new(observed.backends.keys().copied());
     for addr in &wanted {
-        if !backend_ids.contains_key(addr) {
-            let id = free_backend_ids.take();
-            backend_ids.insert(*addr, id);
-            ops.push(LbOp::UpsertBackend { id, address: addr.ip(), port: addr.port() });
+        let down = down(addr);
+        match backend_ids.get(addr) {
+            Some(&id) => {
+                if observed.backends.get(&id).is_some_and(|b| b.down != down) {
+                    ops.push(LbOp::UpsertBackend { id, address: addr.ip(), port: addr.port(), down });
+                }
+            }
+            None => {
+                let id = free_backend_ids.take();
+                backend_ids.insert(*addr, id);
+                ops.push(LbOp::UpsertBackend { id, address: addr.ip(), port: addr.port(), down });
+            }
         }
     }
 
@@ -360,8 +385,14 @@ mod tests {
         let s = web(&["198.51.100.1", "198.51.100.2"]);
         let ops = plan(std::slice::from_ref(&s), &HealthView::default(), &LbState::default());
         assert_eq!(ops.len(), 3);
-        assert_eq!(ops[0], LbOp::UpsertBackend { id: 1, address: "198.51.100.1".parse().unwrap(), port: 8080 });
-        assert_eq!(ops[1], LbOp::UpsertBackend { id: 2, address: "198.51.100.2".parse().unwrap(), port: 8080 });
+        assert_eq!(
+            ops[0],
+            LbOp::UpsertBackend { id: 1, address: "198.51.100.1".parse().unwrap(), port: 8080, down: false }
+        );
+        assert_eq!(
+            ops[1],
+            LbOp::UpsertBackend { id: 2, address: "198.51.100.2".parse().unwrap(), port: 8080, down: false }
+        );
         let LbOp::UpsertService { id, key, mode, table } = &ops[2] else { panic!("{:?}", ops[2]) };
         assert_eq!((*id, *key, *mode), (1, key_of(&s), Mode::Dsr));
         assert_eq!(table.len(), SIZE as usize);
@@ -385,11 +416,53 @@ mod tests {
         down(&mut health, &s, "198.51.100.2");
         let (ops, next) = converge(std::slice::from_ref(&s), &health, &state);
 
-        assert!(matches!(ops.as_slice(), [LbOp::UpsertService { .. }]), "only the table changes: {ops:?}");
         let drained = backend_id(&next, "198.51.100.2");
+        let address: IpAddr = "198.51.100.2".parse().unwrap();
+        assert!(
+            matches!(ops.as_slice(), [LbOp::UpsertBackend { id, address: a, port: 8080, down: true }, LbOp::UpsertService { .. }]
+                if *id == drained && *a == address),
+            "marked down in place, then the table changes: {ops:?}"
+        );
         assert!(next.backends.contains_key(&drained), "entry kept for conntrack to drain");
+        assert!(next.backends[&drained].down);
         assert!(!table_ids(&next, &key_of(&s)).contains(&drained));
         assert_eq!(table_ids(&next, &key_of(&s)).len(), 2);
+
+        // Healthy again: the mark goes first, then the backend is back in the table.
+        let (ops, back) = converge(std::slice::from_ref(&s), &HealthView::default(), &next);
+        assert!(
+            matches!(ops.as_slice(), [LbOp::UpsertBackend { id, down: false, .. }, LbOp::UpsertService { .. }] if *id == drained),
+            "{ops:?}"
+        );
+        assert_eq!(back, state);
+    }
+
+    #[test]
+    fn a_backend_is_down_only_while_every_service_listing_it_finds_it_unhealthy() {
+        let (a, b) = (web(&["198.51.100.1", "198.51.100.2"]), svc("192.0.2.11", 53, &["198.51.100.2"]));
+        let both = [a.clone(), b.clone()];
+        let (_, state) = converge(&both, &HealthView::default(), &LbState::default());
+        let shared = backend_id(&state, "198.51.100.2");
+
+        // Unhealthy for one service, healthy (no verdict) for the other: out of one table only.
+        let mut health = HealthView::default();
+        down(&mut health, &a, "198.51.100.2");
+        let (ops, next) = converge(&both, &health, &state);
+        assert!(!next.backends[&shared].down, "{ops:?}");
+        assert!(ops.iter().all(|op| !matches!(op, LbOp::UpsertBackend { .. })), "{ops:?}");
+        assert!(!table_ids(&next, &key_of(&a)).contains(&shared));
+        assert!(table_ids(&next, &key_of(&b)).contains(&shared));
+
+        // Unhealthy for both: down.
+        down(&mut health, &b, "198.51.100.2");
+        let (_, next) = converge(&both, &health, &next);
+        assert!(next.backends[&shared].down);
+        assert!(!next.backends[&backend_id(&next, "198.51.100.1")].down);
+
+        // A service without a check counts it healthy: listed there too, it is not down.
+        let third = svc("192.0.2.12", 80, &["198.51.100.2"]);
+        let (_, next) = converge(&[a, b, third], &health, &next);
+        assert!(!next.backends[&shared].down);
     }
 
     #[test]
@@ -410,7 +483,10 @@ mod tests {
         let before_b = table_of(&state, &b);
         let ops = plan_with(&services, &health, &state, &mut cache);
         assert_eq!(ops, plan(&services, &health, &state));
-        assert!(matches!(ops.as_slice(), [LbOp::UpsertService { key, .. }] if *key == key_of(&a)), "{ops:?}");
+        assert!(
+            matches!(ops.as_slice(), [LbOp::UpsertBackend { down: true, .. }, LbOp::UpsertService { key, .. }] if *key == key_of(&a)),
+            "{ops:?}"
+        );
         let state = applied(&state, &ops);
         assert!(Arc::ptr_eq(&cache.tables[&key_of(&b)].2, &before_b));
 
@@ -463,8 +539,8 @@ mod tests {
         // The pinned maps hold ids a previous process allocated: backends 7 and 3, service 4.
         let s = web(&["198.51.100.1", "198.51.100.2"]);
         let mut observed = LbState::default();
-        observed.backends.insert(7, BackendEntry { address: "198.51.100.1".parse().unwrap(), port: 8080 });
-        observed.backends.insert(3, BackendEntry { address: "198.51.100.2".parse().unwrap(), port: 8080 });
+        observed.backends.insert(7, BackendEntry { address: "198.51.100.1".parse().unwrap(), port: 8080, down: false });
+        observed.backends.insert(3, BackendEntry { address: "198.51.100.2".parse().unwrap(), port: 8080, down: false });
         let table = build_table(
             &[
                 MaglevBackend { id: 7, address: "198.51.100.1".parse().unwrap(), port: 8080, weight: 1 },
@@ -479,7 +555,10 @@ mod tests {
         // A new backend takes the lowest free id; the others and the service keep theirs.
         let grown = web(&["198.51.100.1", "198.51.100.2", "198.51.100.9"]);
         let (ops, next) = converge(std::slice::from_ref(&grown), &HealthView::default(), &observed);
-        assert_eq!(ops[0], LbOp::UpsertBackend { id: 1, address: "198.51.100.9".parse().unwrap(), port: 8080 });
+        assert_eq!(
+            ops[0],
+            LbOp::UpsertBackend { id: 1, address: "198.51.100.9".parse().unwrap(), port: 8080, down: false }
+        );
         assert!(matches!(ops[1], LbOp::UpsertService { id: 4, .. }));
         assert_eq!(table_ids(&next, &key_of(&grown)), BTreeSet::from([1, 3, 7]));
     }
@@ -489,7 +568,9 @@ mod tests {
         let s = web(&["198.51.100.1"]);
         let mut observed = LbState::default();
         for id in [5, 2] {
-            observed.backends.insert(id, BackendEntry { address: "198.51.100.1".parse().unwrap(), port: 8080 });
+            observed
+                .backends
+                .insert(id, BackendEntry { address: "198.51.100.1".parse().unwrap(), port: 8080, down: false });
         }
         let (ops, next) = converge(std::slice::from_ref(&s), &HealthView::default(), &observed);
         assert_eq!(ops.last(), Some(&LbOp::RemoveBackend { id: 5 }));
@@ -549,12 +630,18 @@ mod tests {
             converge(&[web(&["198.51.100.1", "198.51.100.2", "198.51.100.3"])], &health, &LbState::default());
         // 198.51.100.1 (id 1) goes and 198.51.100.4 comes in the same pass: id 1 is still in the maps.
         let (ops, state) = converge(&[web(&["198.51.100.2", "198.51.100.3", "198.51.100.4"])], &health, &state);
-        assert_eq!(ops[0], LbOp::UpsertBackend { id: 4, address: "198.51.100.4".parse().unwrap(), port: 8080 });
+        assert_eq!(
+            ops[0],
+            LbOp::UpsertBackend { id: 4, address: "198.51.100.4".parse().unwrap(), port: 8080, down: false }
+        );
         assert_eq!(ops.last(), Some(&LbOp::RemoveBackend { id: 1 }));
         // The next new backend gets the freed id 1.
         let (ops, _) =
             converge(&[web(&["198.51.100.2", "198.51.100.3", "198.51.100.4", "198.51.100.5"])], &health, &state);
-        assert_eq!(ops[0], LbOp::UpsertBackend { id: 1, address: "198.51.100.5".parse().unwrap(), port: 8080 });
+        assert_eq!(
+            ops[0],
+            LbOp::UpsertBackend { id: 1, address: "198.51.100.5".parse().unwrap(), port: 8080, down: false }
+        );
     }
 
     #[test]
@@ -643,7 +730,7 @@ mod tests {
         let (_, mut state) = converge(std::slice::from_ref(&s), &HealthView::default(), &LbState::default());
         let in_use = ApplyError::BackendInUse { id: 1, key: key_of(&s) };
         assert_eq!(state.apply(&LbOp::RemoveBackend { id: 1 }), Err(in_use.clone()));
-        let repoint = LbOp::UpsertBackend { id: 1, address: "198.51.100.9".parse().unwrap(), port: 8080 };
+        let repoint = LbOp::UpsertBackend { id: 1, address: "198.51.100.9".parse().unwrap(), port: 8080, down: false };
         assert_eq!(state.apply(&repoint), Err(in_use));
     }
 

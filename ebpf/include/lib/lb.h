@@ -1708,9 +1708,10 @@ static __attribute__((noinline)) int lb_service(struct xdp_md *ctx, struct lb_pk
 		bid = ct->backend_id;
 		be = lb_backend(bid);
 		/* A flow of a removed backend, of an id now used by another service or given to another
-		 * backend, starts over. */
+		 * backend, or a UDP flow of a backend that is down (FR_LB_BE_DOWN), starts over. */
 		if (!be || ct->service_id != sid || ct->backend_tag != lb_backend_tag_of(bid, be) ||
-		    (mode == FR_LB_MODE_NAT && ct->nat_port == 0)) {
+		    (mode == FR_LB_MODE_NAT && ct->nat_port == 0) ||
+		    ((be->flags & FR_LB_BE_DOWN) && p->flow.proto == IPPROTO_UDP)) {
 			ct = NULL;
 		} else {
 			nat_port = ct->nat_port;
