@@ -3,6 +3,7 @@
 //! plans from (desired, observed) and applies the ops. `plan` is pure; `run` is the thin part that
 //! talks to the datapath task and the BGP speaker.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -84,8 +85,8 @@ pub enum Op {
 pub struct Desired<'a> {
     pub accepted: &'a Accepted,
     pub health: &'a HealthView,
-    /// Networks directly connected to this node, for `announce = "local"` services.
-    pub connected: &'a [IpNet],
+    /// Where a backend is on this node, for `announce = "local"` services ([`local_networks_of`]).
+    pub local: &'a [IpNet],
     /// The first global IPv4 and IPv6 addresses of the uplinks, in uplink order.
     pub node_addresses: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     /// Interfaces named by BGP peers, with the neighbour discovered on each (unnumbered).
@@ -101,7 +102,7 @@ impl Desired<'_> {
     /// `pass` reads them before planning and after a failed change) nothing new is announced and
     /// nothing announced is withdrawn but by the config or health.
     pub fn vips(&self, observed: &Observed) -> std::collections::BTreeSet<IpNet> {
-        let local = |addr: std::net::IpAddr| self.connected.iter().any(|net| net.contains(&addr));
+        let local = |addr: std::net::IpAddr| self.local.iter().any(|net| net.contains(&addr));
         let installed = observed.lb.as_ref();
         let services = self.accepted.model.services.iter().filter(|s| {
             installed.is_none_or(|lb| {
@@ -213,11 +214,13 @@ pub async fn run(
             info!(generation = desired.generation, origin = %desired.origin, ?diff, "config changed");
         }
         let span = info_span!("reconcile", generation = desired.generation);
-        let connected = connected_networks();
         let node_addresses = uplink_addresses(&desired.model.node.uplinks);
         let links = unnumbered.update(&desired.model);
-        let want =
-            Desired { accepted: &desired, health: &health, connected: &connected, node_addresses, links: &links };
+        // Uplinks: the configured ones and every interface a BGP peer is reached over.
+        let uplinks: BTreeSet<&str> =
+            desired.model.node.uplinks.iter().map(String::as_str).chain(links.keys().map(String::as_str)).collect();
+        let local = local_networks(&uplinks);
+        let want = Desired { accepted: &desired, health: &health, local: &local, node_addresses, links: &links };
         pass(&want, &datapath, &speaker, &observed_tx, &metrics, &mut tables).instrument(span).await;
         previous = Some(desired);
         tokio::select! {
@@ -294,21 +297,40 @@ fn uplink_addresses(uplinks: &[String]) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) 
     found
 }
 
-/// Networks of this node's interfaces (address and prefix length), read from the kernel.
-fn connected_networks() -> Vec<IpNet> {
+/// Where a backend counts as on this node for `announce = "local"` services, from the kernel's
+/// interface addresses: see [`local_networks_of`].
+fn local_networks(uplinks: &BTreeSet<&str>) -> Vec<IpNet> {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
-    addrs
-        .filter_map(|ifa| {
-            let (addr, mask) = (ifa.address?, ifa.netmask?);
-            let (ip, len) = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
-                (std::net::IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones())
-            } else {
-                let (a, m) = (addr.as_sockaddr_in6()?, mask.as_sockaddr_in6()?);
-                (std::net::IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones())
-            };
-            IpNet::new(ip, len as u8).ok().map(|n| n.trunc())
-        })
-        .collect()
+    let addrs = addrs.filter_map(|ifa| {
+        let (addr, mask) = (ifa.address?, ifa.netmask?);
+        let (ip, len) = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            (std::net::IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones())
+        } else {
+            let (a, m) = (addr.as_sockaddr_in6()?, mask.as_sockaddr_in6()?);
+            (std::net::IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones())
+        };
+        Some((ifa.interface_name, ip, len as u8))
+    });
+    local_networks_of(addrs, uplinks)
+}
+
+/// Each of the node's own addresses (as a host prefix), and the networks of its interfaces other
+/// than `uplinks` (bridges, pod and VM networks): a backend in one of these is on this node. An
+/// uplink's network is shared with the ToR and, on a shared segment, with other servers, whose
+/// backends are not this node's. (A workload reached only through a host route, as some CNIs
+/// give each pod, with no network of the node around it, is not recognised.)
+fn local_networks_of(
+    addrs: impl IntoIterator<Item = (String, std::net::IpAddr, u8)>,
+    uplinks: &BTreeSet<&str>,
+) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (name, ip, len) in addrs {
+        out.push(IpNet::from(ip));
+        if !uplinks.contains(name.as_str()) {
+            out.extend(IpNet::new(ip, len).ok().map(|n| n.trunc()));
+        }
+    }
+    out
 }
 
 async fn pass(
@@ -507,7 +529,7 @@ mod tests {
             &Desired {
                 accepted,
                 health: &HealthView::default(),
-                connected: &[],
+                local: &[],
                 node_addresses: (None, None),
                 links: &Default::default(),
             },
@@ -698,7 +720,7 @@ mod tests {
             &Desired {
                 accepted: &a,
                 health: &healthy,
-                connected: &[],
+                local: &[],
                 node_addresses: (None, None),
                 links: &Default::default(),
             },
@@ -722,13 +744,35 @@ mod tests {
             &Desired {
                 accepted: &a,
                 health: &down,
-                connected: &[],
+                local: &[],
                 node_addresses: (None, None),
                 links: &Default::default(),
             },
             &seen,
         );
         assert_eq!(announced(&ops), Vec::<String>::new(), "withdrawn when no backend is healthy");
+    }
+
+    #[test]
+    fn local_means_a_node_address_or_a_network_of_an_interface_that_is_not_an_uplink() {
+        let addr = |name: &str, ip: &str, len: u8| (name.to_owned(), ip.parse().unwrap(), len);
+        let uplinks = BTreeSet::from(["eth0", "eth1"]);
+        let local = local_networks_of(
+            [
+                addr("eth0", "192.0.2.5", 24),
+                addr("eth1", "2001:db8:1::5", 64),
+                addr("cni0", "10.244.1.1", 24),
+                addr("lo", "127.0.0.1", 8),
+                addr("lo", "203.0.113.10", 32),
+            ],
+            &uplinks,
+        );
+        let is_local = |ip: &str| local.iter().any(|n| n.contains(&ip.parse::<std::net::IpAddr>().unwrap()));
+        assert!(is_local("192.0.2.5") && is_local("2001:db8:1::5"), "the node's own uplink addresses");
+        assert!(!is_local("192.0.2.6") && !is_local("2001:db8:1::6"), "another server on the uplink's segment");
+        assert!(is_local("10.244.1.7"), "a pod on the node's bridge");
+        assert!(is_local("127.0.0.1") && is_local("203.0.113.10"));
+        assert!(!is_local("10.244.2.7"), "a pod of another node");
     }
 
     #[test]
@@ -739,19 +783,19 @@ mod tests {
             &Desired {
                 accepted: &a,
                 health: &health,
-                connected: &[],
+                local: &[],
                 node_addresses: (None, None),
                 links: &Default::default(),
             },
             &Observed::default(),
         );
         assert!(announced(&far).is_empty());
-        let connected = ["198.51.100.0/30".parse().unwrap()];
+        let local = ["198.51.100.0/30".parse().unwrap()];
         let near = plan(
             &Desired {
                 accepted: &a,
                 health: &health,
-                connected: &connected,
+                local: &local,
                 node_addresses: (None, None),
                 links: &Default::default(),
             },
@@ -767,7 +811,7 @@ mod tests {
         let desired = Desired {
             accepted: &a,
             health: &health,
-            connected: &[],
+            local: &[],
             node_addresses: (None, None),
             links: &Default::default(),
         };
