@@ -105,8 +105,15 @@ impl Desired<'_> {
         let local = |addr: std::net::IpAddr| self.local.iter().any(|net| net.contains(&addr));
         let installed = observed.lb.as_ref();
         let services = self.accepted.model.services.iter().filter(|s| {
-            installed.is_none_or(|lb| {
-                lb.services.get(&ferrule_xdp_lb::ServiceKey::of(s)).is_some_and(|entry| !entry.table.is_empty())
+            installed.is_none_or(|lb| match lb.services.get(&ferrule_xdp_lb::ServiceKey::of(s)) {
+                Some(entry) => !entry.table.is_empty(),
+                // Not in the maps yet, and no install failing: a VIP announced now stays so while
+                // this pass installs the service, so that a service moving to another port or
+                // protocol does not withdraw its VIP and announce it again a moment later (a
+                // flap the ToRs' dampening counts).
+                None => {
+                    observed.lb_error.is_none() && observed.announced_vips.contains(&IpNet::from(s.vip).to_string())
+                }
             })
         });
         let mut vips = ferrule_xdp_lb::vips_to_announce(services, self.health, local);
@@ -208,7 +215,23 @@ pub async fn run(
     let neighbor_changed = unnumbered.changed();
     loop {
         let desired = model_rx.borrow_and_update().clone();
-        let health = health_rx.borrow_and_update().clone();
+        let mut health = health_rx.borrow_and_update().clone();
+        // A checked service the health checker has not taken in yet (new, or its VIP, port or
+        // protocol changed) would count every backend healthy, known-dead ones too: give the
+        // checker, which follows the same model, a moment to catch up, bounded.
+        if health.lags(&desired.model.services) {
+            let deadline = tokio::time::Instant::now() + HEALTH_CATCH_UP;
+            while health.lags(&desired.model.services) {
+                match tokio::time::timeout_at(deadline, health_rx.changed()).await {
+                    Ok(Ok(())) => health = health_rx.borrow_and_update().clone(),
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        warn!("the health checker has not caught up with the config; planning with what it has");
+                        break;
+                    }
+                }
+            }
+        }
         if let Some(prev) = previous.as_ref().filter(|p| p.generation != desired.generation) {
             let diff = ferrule_config::diff(&prev.model, &desired.model);
             info!(generation = desired.generation, origin = %desired.origin, ?diff, "config changed");
@@ -231,6 +254,9 @@ pub async fn run(
         }
     }
 }
+
+/// How long a pass waits for the health checker to take in a config's new checked services.
+const HEALTH_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// Reads what the load balancer's maps hold into `observed.lb` (after a restart: adopts it, does
 /// not rebuild it); false, with the error in `observed.lb_error`, if they cannot be read.
@@ -831,6 +857,37 @@ mod tests {
         }
         assert!(announced(&plan(&desired, &empty)).is_empty());
         assert_eq!(announced(&plan(&desired, &installed(&a))), ["203.0.113.10/32"]);
+    }
+
+    #[test]
+    fn a_service_moving_to_another_port_keeps_its_vip_announced_while_it_is_installed() {
+        let old = with_service(1, "healthy");
+        let text = old.text.replace("port = 80\n", "port = 81\n");
+        assert_ne!(text, old.text);
+        let moved = Accepted { model: ferrule_config::parse("t.toml", &text).unwrap(), text, ..accepted(&[], 2) };
+        let health = HealthView::default();
+        let desired = Desired {
+            accepted: &moved,
+            health: &health,
+            local: &[],
+            node_addresses: (None, None),
+            links: &Default::default(),
+        };
+        let vips = |o: &Observed| desired.vips(o).iter().map(ToString::to_string).collect::<Vec<_>>();
+        let mut observed = installed(&old);
+        observed.announced_vips = vec!["203.0.113.10/32".into()];
+        assert_eq!(vips(&observed), ["203.0.113.10/32"], "kept while the new port is installed");
+        // Once installed it stands on its own.
+        let mut done = installed(&moved);
+        done.announced_vips = observed.announced_vips.clone();
+        assert_eq!(vips(&done), ["203.0.113.10/32"]);
+        // An install that fails: withdrawn.
+        observed.lb_error = Some("ENOMEM".into());
+        assert!(vips(&observed).is_empty());
+        // Not announced before: not announced until installed.
+        observed.lb_error = None;
+        observed.announced_vips.clear();
+        assert!(vips(&observed).is_empty());
     }
 
     #[test]

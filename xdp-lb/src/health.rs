@@ -47,6 +47,8 @@ pub enum BackendHealth {
 pub struct HealthView {
     entries: BTreeMap<(ServiceKey, SocketAddr), BackendHealth>,
     since: BTreeMap<(ServiceKey, SocketAddr), Instant>,
+    /// The services with a check the checker had taken in when it made this view.
+    checked: BTreeSet<ServiceKey>,
 }
 
 impl HealthView {
@@ -70,6 +72,19 @@ impl HealthView {
 
     pub fn set_since(&mut self, service: ServiceKey, backend: SocketAddr, at: Instant) {
         self.since.insert((service, backend), at);
+    }
+
+    /// Whether the checker had taken in `service` (with a check) when it made this view: a
+    /// service it has not has no verdicts yet, so its backends would all count as healthy.
+    pub fn covers(&self, service: &ServiceKey) -> bool {
+        self.checked.contains(service)
+    }
+
+    /// Whether this view lags `services`: one of them has a check the checker has not taken in
+    /// yet (a new service, or one whose VIP, port or protocol changed), so that planning with it
+    /// now would count that service's backends healthy, known-dead ones too.
+    pub fn lags(&self, services: &[Service]) -> bool {
+        services.iter().any(|s| s.health.is_some() && !self.covers(&ServiceKey::of(s)))
     }
 
     /// Verdicts in (service, backend) order.
@@ -180,10 +195,10 @@ impl Scheduler {
     /// Follows a new service list. Targets whose check did not change keep their state and
     /// schedule; a changed check keeps the health state but restarts counting and is run at once;
     /// new targets start healthy with their first check spread over one interval, so a thousand
-    /// backends are not all probed in the same millisecond, unless another service's target
-    /// (the same service under a changed VIP, port or protocol) checked the same backend with the
-    /// same check: its verdict carries over, so a known-dead backend does not draw traffic again
-    /// for `fall` intervals. Backends of services without a check are unchecked since they first
+    /// backends are not all probed in the same millisecond, unless another target (the same
+    /// service under a changed VIP, port or protocol, or another service listing the backend)
+    /// checks the same backend with the same check: its verdict carries over, so a known-dead
+    /// backend does not draw traffic again for `fall` intervals. Backends of services without a check are unchecked since they first
     /// appear so (a backend of weight 0 is checked like any other).
     pub(crate) fn reconfigure(&mut self, services: &[Service], now: Instant) {
         let mut wanted: BTreeMap<TargetKey, &HealthCheck> = BTreeMap::new();
@@ -203,9 +218,9 @@ impl Scheduler {
             }
         }
         self.unchecked = unchecked;
-        // Verdicts by backend and check, of targets about to go, for the ones that replace them.
+        // Verdicts by backend and check, of every target so far, for the new ones.
         let mut known: HashMap<SocketAddr, Vec<Verdict>> = HashMap::new();
-        for ((_, backend), t) in self.targets.iter().filter(|(key, _)| !wanted.contains_key(key)) {
+        for ((_, backend), t) in &self.targets {
             known.entry(*backend).or_default().push((t.check.clone(), t.state, t.reason.clone(), t.since));
         }
         self.targets.retain(|key, _| wanted.contains_key(key));
@@ -302,6 +317,7 @@ impl Scheduler {
             };
             view.set(*service, *backend, health);
             view.set_since(*service, *backend, t.since);
+            view.checked.insert(*service);
         }
         for ((service, backend), since) in &self.unchecked {
             view.set_since(*service, *backend, *since);
@@ -534,6 +550,36 @@ mod tests {
         other.fall = 5;
         s.reconfigure(&[service(82, &[8081], Some(other))], t1);
         assert!(s.view().is_healthy(&key(82, 8081).0, key(82, 8081).1));
+    }
+
+    #[test]
+    fn a_view_lags_a_service_list_with_a_checked_service_it_has_not_taken_in() {
+        let mut s = Scheduler::default();
+        s.reconfigure(&[service(80, &[8080], Some(check(100)))], Instant::now());
+        let view = s.view();
+        assert!(view.covers(&key(80, 8080).0));
+        assert!(!view.lags(&[service(80, &[8080], Some(check(100)))]));
+        assert!(view.lags(&[service(80, &[8080], Some(check(100))), service(81, &[8080], Some(check(100)))]));
+        assert!(!view.lags(&[service(81, &[8080], None)]), "a service without a check has nothing to wait for");
+        assert!(HealthView::default().lags(&[service(80, &[8080], Some(check(100)))]));
+    }
+
+    #[test]
+    fn a_new_service_takes_the_verdict_another_service_has_for_its_backend_under_the_same_check() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::default();
+        s.reconfigure(&[service(80, &[8080, 8081], Some(check(100)))], t0);
+        for round in 1..=2u64 {
+            run_due(&mut s, t0 + Duration::from_millis(100 * round), |port| port == 8080);
+        }
+        // Service 80 stays; service 81 comes with the same backends and check.
+        let t1 = t0 + Duration::from_millis(250);
+        let both = [service(80, &[8080, 8081], Some(check(100))), service(81, &[8080, 8081], Some(check(100)))];
+        s.reconfigure(&both, t1);
+        let view = s.view();
+        assert!(!view.is_healthy(&key(81, 8081).0, key(81, 8081).1), "known dead through service 80's checks");
+        assert!(view.is_healthy(&key(81, 8080).0, key(81, 8080).1));
+        assert!(!view.is_healthy(&key(80, 8081).0, key(80, 8081).1), "service 80 keeps its own");
     }
 
     #[test]
