@@ -571,23 +571,9 @@ fn rejects_duplicate_backend_in_a_service() {
 }
 
 #[test]
-fn same_backend_address_on_other_port_is_allowed_in_nat_mode() {
-    let text = WEB
-        .replace("mode = \"dsr\"", "mode = \"nat\"")
-        .replace("port = 80 } ]", "port = 80 }, { address = \"2001:db8:300::21\", port = 8080 } ]");
+fn same_backend_address_on_other_port_is_allowed() {
+    let text = WEB.replace("port = 80 } ]", "port = 80 }, { address = \"2001:db8:300::21\", port = 8080 } ]");
     assert_eq!(ok(&text).services[0].backends.len(), 2);
-}
-
-#[test]
-fn rejects_one_host_twice_in_dsr_mode_whatever_the_ports() {
-    let text = WEB.replace("port = 80 } ]", "port = 80 },\n  { address = \"2001:db8:300::21\", port = 8080 } ]");
-    let e = one_error(&text);
-    assert_error(
-        &e,
-        "services[0].backends[1].address",
-        (13, 15),
-        "backend 2001:db8:300::21 is already listed at t.toml:12:26 (port 80); in mode \"dsr\"",
-    );
 }
 
 #[test]

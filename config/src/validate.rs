@@ -735,7 +735,6 @@ impl<'a> Validator<'a> {
         let mut ok = true;
         let mut backends = Vec::new();
         let mut seen: HashMap<(IpAddr, u16), FieldPath> = HashMap::new();
-        let mut hosts: HashMap<IpAddr, (u16, FieldPath)> = HashMap::new();
         for (i, b) in raw.into_iter().enumerate() {
             let p = path.index(i);
             let address_path = p.key("address");
@@ -764,17 +763,7 @@ impl<'a> Validator<'a> {
                 );
                 self.error(&address_path, message);
                 ok = false;
-            } else if let Some((other_port, first)) = hosts.get(&address).filter(|_| mode == Some(Mode::Dsr)) {
-                // DSR tunnels the client's packet unchanged to the address: the port is only what
-                // the health check connects to, and a second entry would be a second share.
-                let message = format!(
-                    "backend {address} is already listed at {} (port {other_port}); in mode \"dsr\" the packet goes to the address unchanged, whatever the port, so list each host once (use `weight` to give it a larger share)",
-                    self.loc.describe(first)
-                );
-                self.error(&address_path, message);
-                ok = false;
             } else {
-                hosts.insert(address, (port, address_path.clone()));
                 seen.insert((address, port), address_path);
             }
             backends.push(Backend { address, port, weight });
