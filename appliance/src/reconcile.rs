@@ -239,7 +239,7 @@ pub async fn run(
         let span = info_span!("reconcile", generation = desired.generation);
         let node_addresses = uplink_addresses(&desired.model.node.uplinks);
         let links = unnumbered.update(&desired.model);
-        // Uplinks: the configured ones and every interface a BGP peer is reached over.
+        // Uplinks: the configured ones and the interfaces of unnumbered BGP peers.
         let uplinks: BTreeSet<&str> =
             desired.model.node.uplinks.iter().map(String::as_str).chain(links.keys().map(String::as_str)).collect();
         let local = local_networks(&uplinks);
@@ -341,10 +341,13 @@ fn local_networks(uplinks: &BTreeSet<&str>) -> Vec<IpNet> {
 }
 
 /// Each of the node's own addresses (as a host prefix), and the networks of its interfaces other
-/// than `uplinks` (bridges, pod and VM networks): a backend in one of these is on this node. An
-/// uplink's network is shared with the ToR and, on a shared segment, with other servers, whose
-/// backends are not this node's. (A workload reached only through a host route, as some CNIs
-/// give each pod, with no network of the node around it, is not recognised.)
+/// than `uplinks` (bridges, pod and VM networks), link-local ones aside (every IPv6 interface has
+/// fe80::/64): a backend in one of these is on this node. An uplink's network is shared with the
+/// ToR and, on a shared segment, with other servers, whose backends are not this node's. Uplinks
+/// are `node.uplinks` and the interfaces of unnumbered BGP peers: another interface on a shared
+/// segment (a management NIC, a numbered peer's link not listed as an uplink) counts as local.
+/// (A workload reached only through a host route, as some CNIs give each pod, with no network
+/// of the node around it, is not recognised.)
 fn local_networks_of(
     addrs: impl IntoIterator<Item = (String, std::net::IpAddr, u8)>,
     uplinks: &BTreeSet<&str>,
@@ -352,7 +355,11 @@ fn local_networks_of(
     let mut out = Vec::new();
     for (name, ip, len) in addrs {
         out.push(IpNet::from(ip));
-        if !uplinks.contains(name.as_str()) {
+        let link_local = match ip {
+            std::net::IpAddr::V4(a) => a.is_link_local(),
+            std::net::IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        if !link_local && !uplinks.contains(name.as_str()) {
             out.extend(IpNet::new(ip, len).ok().map(|n| n.trunc()));
         }
     }
@@ -788,6 +795,7 @@ mod tests {
                 addr("eth0", "192.0.2.5", 24),
                 addr("eth1", "2001:db8:1::5", 64),
                 addr("cni0", "10.244.1.1", 24),
+                addr("cni0", "fe80::1", 64),
                 addr("lo", "127.0.0.1", 8),
                 addr("lo", "203.0.113.10", 32),
             ],
@@ -799,6 +807,7 @@ mod tests {
         assert!(is_local("10.244.1.7"), "a pod on the node's bridge");
         assert!(is_local("127.0.0.1") && is_local("203.0.113.10"));
         assert!(!is_local("10.244.2.7"), "a pod of another node");
+        assert!(is_local("fe80::1") && !is_local("fe80::2"), "link-local: the node's own address only");
     }
 
     #[test]

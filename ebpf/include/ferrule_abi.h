@@ -109,12 +109,13 @@ struct fr_lb_backend {
 
 /*
  * `fr_lb_backend.flags`. DOWN: the backend failed its health checks (for every service listing
- * it). It is in no Maglev table then, so it gets no new flow; a UDP flow conntrack holds on it
- * starts over through its service's table (a datagram flow has nothing to lose, and one from a
- * fixed source port, a resolver's, would otherwise stay on the dead backend for as long as it
- * keeps sending), while a TCP flow stays (a false alarm must not reset a live connection; a
- * client of a dead backend reconnects from another port, a new flow). The flag lives in the
- * pinned map, so a restarted daemon knows which backends were down. Older versions wrote 0.
+ * it). User space sets it only after writing tables without it, so it gets no new flow; a UDP
+ * flow conntrack holds on it starts over through its service's table (a datagram flow has
+ * nothing to lose, and one from a fixed source port, a resolver's, would otherwise stay on the
+ * dead backend for as long as it keeps sending), while a TCP flow stays (a false alarm must not
+ * reset a live connection; a client of a dead backend reconnects from another port, a new flow).
+ * The flag lives in the pinned map, so a restarted daemon knows which backends were down. Older
+ * versions wrote 0.
  */
 #define FR_LB_BE_DOWN 1
 

@@ -47,8 +47,6 @@ pub enum BackendHealth {
 pub struct HealthView {
     entries: BTreeMap<(ServiceKey, SocketAddr), BackendHealth>,
     since: BTreeMap<(ServiceKey, SocketAddr), Instant>,
-    /// The services with a check the checker had taken in when it made this view.
-    checked: BTreeSet<ServiceKey>,
 }
 
 impl HealthView {
@@ -74,17 +72,16 @@ impl HealthView {
         self.since.insert((service, backend), at);
     }
 
-    /// Whether the checker had taken in `service` (with a check) when it made this view: a
-    /// service it has not has no verdicts yet, so its backends would all count as healthy.
-    pub fn covers(&self, service: &ServiceKey) -> bool {
-        self.checked.contains(service)
-    }
-
-    /// Whether this view lags `services`: one of them has a check the checker has not taken in
-    /// yet (a new service, or one whose VIP, port or protocol changed), so that planning with it
-    /// now would count that service's backends healthy, known-dead ones too.
+    /// Whether this view lags `services`: a backend of a service with a check has no verdict in
+    /// it, because the checker has not taken it in yet (a new service or backend, or a service
+    /// whose VIP, port or protocol changed; the checker gives every target it has a verdict,
+    /// carried over where the same check of the backend has one), so that planning with it now
+    /// would count that backend healthy, a known-dead one too.
     pub fn lags(&self, services: &[Service]) -> bool {
-        services.iter().any(|s| s.health.is_some() && !self.covers(&ServiceKey::of(s)))
+        services.iter().filter(|s| s.health.is_some()).any(|s| {
+            let key = ServiceKey::of(s);
+            s.backends.iter().any(|b| self.get(&key, SocketAddr::new(b.address, b.port)).is_none())
+        })
     }
 
     /// Verdicts in (service, backend) order.
@@ -317,7 +314,6 @@ impl Scheduler {
             };
             view.set(*service, *backend, health);
             view.set_since(*service, *backend, t.since);
-            view.checked.insert(*service);
         }
         for ((service, backend), since) in &self.unchecked {
             view.set_since(*service, *backend, *since);
@@ -557,8 +553,8 @@ mod tests {
         let mut s = Scheduler::default();
         s.reconfigure(&[service(80, &[8080], Some(check(100)))], Instant::now());
         let view = s.view();
-        assert!(view.covers(&key(80, 8080).0));
         assert!(!view.lags(&[service(80, &[8080], Some(check(100)))]));
+        assert!(view.lags(&[service(80, &[8080, 8081], Some(check(100)))]), "a backend added to the service");
         assert!(view.lags(&[service(80, &[8080], Some(check(100))), service(81, &[8080], Some(check(100)))]));
         assert!(!view.lags(&[service(81, &[8080], None)]), "a service without a check has nothing to wait for");
         assert!(HealthView::default().lags(&[service(80, &[8080], Some(check(100)))]));

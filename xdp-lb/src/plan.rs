@@ -25,9 +25,10 @@
 //! all drained has an empty table, as one with no healthy backend.
 //!
 //! Order. `RemoveService`s first (their ids are free for the services added in the same pass, so
-//! any set of services up to the datapath's limit can replace any other), then `UpsertBackend`s,
-//! `UpsertService`s, and `RemoveBackend`s last, so a table never references a backend that is not
-//! in the backend map.
+//! any set of services up to the datapath's limit can replace any other), then `UpsertBackend`s
+//! (new backends, and down marks cleared), `UpsertService`s, the `UpsertBackend`s that mark
+//! backends down, and `RemoveBackend`s last, so a table never references a backend that is not
+//! in the backend map, and a backend is marked down only once no table the plan writes names it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -213,22 +214,33 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
     }
     // Down: unhealthy for every service that lists the backend (a service without a check
     // counts it healthy), so that the one flag the backend map has never contradicts a service
-    // that still sends it new flows.
-    let down = |addr: &SocketAddr| {
-        services
-            .iter()
-            .filter(|(_, s)| s.backends.iter().any(|b| SocketAddr::new(b.address, b.port) == *addr))
-            .all(|(key, _)| !health.is_healthy(key, *addr))
-    };
+    // that still sends it new flows. One walk over the services' backends.
+    let mut up: BTreeSet<SocketAddr> = BTreeSet::new();
+    for (key, service) in &services {
+        for b in &service.backends {
+            let addr = SocketAddr::new(b.address, b.port);
+            if health.is_healthy(key, addr) {
+                up.insert(addr);
+            }
+        }
+    }
+    // A backend coming up is marked so before the tables that take it in; one going down only
+    // after the tables that leave it out (at the end), so that a UDP flow the mark starts over is
+    // never sent to it again by a table that still names it.
+    let mut marked_down = Vec::new();
     let mut free_backend_ids = FreeIds::new(observed.backends.keys().copied());
     for addr in &wanted {
-        let down = down(addr);
+        let down = !up.contains(addr);
         match backend_ids.get(addr) {
-            Some(&id) => {
-                if observed.backends.get(&id).is_some_and(|b| b.down != down) {
-                    ops.push(LbOp::UpsertBackend { id, address: addr.ip(), port: addr.port(), down });
+            Some(&id) => match observed.backends.get(&id) {
+                Some(b) if b.down && !down => {
+                    ops.push(LbOp::UpsertBackend { id, address: addr.ip(), port: addr.port(), down })
                 }
-            }
+                Some(b) if !b.down && down => {
+                    marked_down.push(LbOp::UpsertBackend { id, address: addr.ip(), port: addr.port(), down })
+                }
+                _ => {}
+            },
             None => {
                 let id = free_backend_ids.take();
                 backend_ids.insert(*addr, id);
@@ -254,6 +266,7 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
         }
     }
     cache.tables.retain(|key, _| services.contains_key(key));
+    ops.extend(marked_down);
 
     let kept: BTreeSet<u32> = backend_ids.values().copied().collect();
     for &id in observed.backends.keys() {
@@ -419,9 +432,9 @@ mod tests {
         let drained = backend_id(&next, "198.51.100.2");
         let address: IpAddr = "198.51.100.2".parse().unwrap();
         assert!(
-            matches!(ops.as_slice(), [LbOp::UpsertBackend { id, address: a, port: 8080, down: true }, LbOp::UpsertService { .. }]
+            matches!(ops.as_slice(), [LbOp::UpsertService { .. }, LbOp::UpsertBackend { id, address: a, port: 8080, down: true }]
                 if *id == drained && *a == address),
-            "marked down in place, then the table changes: {ops:?}"
+            "the table changes, then the backend is marked down in place: {ops:?}"
         );
         assert!(next.backends.contains_key(&drained), "entry kept for conntrack to drain");
         assert!(next.backends[&drained].down);
@@ -484,7 +497,7 @@ mod tests {
         let ops = plan_with(&services, &health, &state, &mut cache);
         assert_eq!(ops, plan(&services, &health, &state));
         assert!(
-            matches!(ops.as_slice(), [LbOp::UpsertBackend { down: true, .. }, LbOp::UpsertService { key, .. }] if *key == key_of(&a)),
+            matches!(ops.as_slice(), [LbOp::UpsertService { key, .. }, LbOp::UpsertBackend { down: true, .. }] if *key == key_of(&a)),
             "{ops:?}"
         );
         let state = applied(&state, &ops);
