@@ -428,6 +428,17 @@ mod tests {
         probes.len()
     }
 
+    /// Service 80 checking 8080 and 8081 (`check(100)`) from `t0`, after two rounds in which 8081
+    /// failed: 8081 is unhealthy, 8080 healthy.
+    fn with_8081_dead(t0: Instant) -> Scheduler {
+        let mut s = Scheduler::default();
+        s.reconfigure(&[service(80, &[8080, 8081], Some(check(100)))], t0);
+        for round in 1..=2u64 {
+            run_due(&mut s, t0 + Duration::from_millis(100 * round), |port| port == 8080);
+        }
+        s
+    }
+
     #[test]
     fn first_checks_spread_over_one_interval() {
         let t0 = Instant::now();
@@ -459,11 +470,7 @@ mod tests {
     #[test]
     fn view_turns_unhealthy_after_fall_failed_probes_with_reason() {
         let t0 = Instant::now();
-        let mut s = Scheduler::default();
-        s.reconfigure(&[service(80, &[8080, 8081], Some(check(100)))], t0);
-        for round in 1..=2u64 {
-            run_due(&mut s, t0 + Duration::from_millis(100 * round), |port| port == 8080);
-        }
+        let s = with_8081_dead(t0);
         let view = s.view();
         assert_eq!(view.get(&key(80, 8080).0, key(80, 8080).1), Some(&BackendHealth::Healthy));
         assert_eq!(
@@ -505,11 +512,7 @@ mod tests {
     #[test]
     fn reconfigure_keeps_state_of_unchanged_backends() {
         let t0 = Instant::now();
-        let mut s = Scheduler::default();
-        s.reconfigure(&[service(80, &[8080, 8081], Some(check(100)))], t0);
-        for round in 1..=2u64 {
-            run_due(&mut s, t0 + Duration::from_millis(100 * round), |port| port == 8080);
-        }
+        let mut s = with_8081_dead(t0);
         // A backend is added and the other service appears: 8081 stays unhealthy, the new one starts healthy.
         let t1 = t0 + Duration::from_millis(250);
         s.reconfigure(&[service(80, &[8080, 8081, 8082], Some(check(100))), service(81, &[9000], None)], t1);
@@ -525,11 +528,7 @@ mod tests {
     #[test]
     fn a_service_whose_vip_or_port_changes_keeps_its_backends_verdicts() {
         let t0 = Instant::now();
-        let mut s = Scheduler::default();
-        s.reconfigure(&[service(80, &[8080, 8081], Some(check(100)))], t0);
-        for round in 1..=2u64 {
-            run_due(&mut s, t0 + Duration::from_millis(100 * round), |port| port == 8080);
-        }
+        let mut s = with_8081_dead(t0);
         assert!(!s.view().is_healthy(&key(80, 8081).0, key(80, 8081).1));
         // The service moves to port 81 (a new key): 8081 is still known dead, 8080 healthy.
         let t1 = t0 + Duration::from_millis(250);
@@ -563,11 +562,7 @@ mod tests {
     #[test]
     fn a_new_service_takes_the_verdict_another_service_has_for_its_backend_under_the_same_check() {
         let t0 = Instant::now();
-        let mut s = Scheduler::default();
-        s.reconfigure(&[service(80, &[8080, 8081], Some(check(100)))], t0);
-        for round in 1..=2u64 {
-            run_due(&mut s, t0 + Duration::from_millis(100 * round), |port| port == 8080);
-        }
+        let mut s = with_8081_dead(t0);
         // Service 80 stays; service 81 comes with the same backends and check.
         let t1 = t0 + Duration::from_millis(250);
         let both = [service(80, &[8080, 8081], Some(check(100))), service(81, &[8080, 8081], Some(check(100)))];
