@@ -365,6 +365,41 @@ fn bfd_that_could_not_start_is_retried() {
     assert!(seen.1.is_some(), "{seen:?}");
 }
 
+/// One family's BFD receive socket that cannot open (here another socket holds [::]:3784 for
+/// IPv6 only; a kernel booted with ipv6.disable=1 is the other case) leaves the other family's
+/// BFD working, and opens once it can, when a session of its family is added. Before, the BFD
+/// task did not start at all, so IPv4 peers had no BFD either.
+#[test]
+fn bfd_of_one_family_works_while_the_other_familys_port_is_held() {
+    if !ferrule_tests::privileged() {
+        return;
+    }
+    use ferrule_bgp::bfd::Bfd;
+    let (node, peer_ns) = v4_link();
+    let ifindex = ifindex(&node, NODE_IF).unwrap();
+    let peer_ll = net::link_local(&peer_ns, PEER_IF).unwrap();
+    let (v4, v6_held, v6_freed) = in_netns(&node, move || {
+        let holder = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+        holder.set_only_v6(true)?;
+        holder.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 3784)).into())?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let bfd = Bfd::spawn()?;
+            let v4 = bfd.add(BfdPeer::new(PEER_V4.parse()?, FAST, MULTIPLIER)).await.map(|_| ());
+            let v6 = || BfdPeer::new(peer_ll, FAST, MULTIPLIER).interface(ifindex);
+            let v6_held = bfd.add(v6()).await.map(|_| ());
+            drop(holder);
+            let v6_freed = bfd.add(v6()).await.map(|_| ());
+            anyhow::Ok((v4, v6_held, v6_freed))
+        })
+    })
+    .unwrap();
+    println!("IPv6 port held: expected IPv4 BFD to start and IPv6 to wait for its port, saw {v4:?}, {v6_held:?}, then {v6_freed:?}");
+    assert!(v4.is_ok(), "{v4:?}");
+    assert!(v6_held.as_ref().is_err_and(|e| e.to_string().contains("[::]:3784")), "{v6_held:?}");
+    assert!(v6_freed.is_ok(), "{v6_freed:?}");
+}
+
 /// GTSM (RFC 5881 5): the same Down packet is dropped at TTL / hop limit 254 and accepted at
 /// 255; a packet from an address without a session is dropped too.
 #[test]

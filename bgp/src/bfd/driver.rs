@@ -255,10 +255,18 @@ pub struct Bfd {
 
 impl Bfd {
     /// Opens the receive sockets (UDP 3784 on IPv4 and IPv6, in the network namespace of the
-    /// calling thread) and spawns the task. Must be called inside a tokio runtime.
+    /// calling thread) and spawns the task. Must be called inside a tokio runtime. Fails only when
+    /// neither family's socket opens: one that does not (IPv6 disabled at boot, the port held by
+    /// another daemon for one family) is tried again whenever a session of its family is added,
+    /// which fails until it opens, while the other family works.
     pub fn spawn() -> Result<Bfd, BfdError> {
-        let rx4 = rx_socket(SocketAddr::from((Ipv4Addr::UNSPECIFIED, CONTROL_PORT)))?;
-        let rx6 = rx_socket(SocketAddr::from((Ipv6Addr::UNSPECIFIED, CONTROL_PORT)))?;
+        let (rx4, rx6) = match (rx_socket(listen_addr(true)), rx_socket(listen_addr(false))) {
+            (Err(err), Err(_)) => return Err(err),
+            (rx4, rx6) => (rx4, rx6),
+        };
+        for err in [rx4.as_ref().err(), rx6.as_ref().err()].into_iter().flatten() {
+            warn!(%err, "BFD of this address family waits for its receive socket (tried again with each session added)");
+        }
         let (cmds, cmd_rx) = mpsc::channel(64);
         let task = Task {
             sessions: HashMap::new(),
@@ -266,7 +274,7 @@ impl Bfd {
             retiring: Vec::new(),
             counters: DriverCounters::default(),
         };
-        tokio::spawn(task.run(rx4, rx6, cmd_rx));
+        tokio::spawn(task.run(rx4.ok(), rx6.ok(), cmd_rx));
         Ok(Bfd { cmds })
     }
 
@@ -414,7 +422,7 @@ const RECV_BUF: usize = 512;
 const DRAIN_MAX: usize = 256;
 
 impl Task {
-    async fn run(mut self, rx4: UdpSocket, rx6: UdpSocket, mut cmds: mpsc::Receiver<Cmd>) {
+    async fn run(mut self, mut rx4: Option<UdpSocket>, mut rx6: Option<UdpSocket>, mut cmds: mpsc::Receiver<Cmd>) {
         let mut buf4 = [0u8; RECV_BUF];
         let mut buf6 = [0u8; RECV_BUF];
         let mut cmsg4 = nix::cmsg_space!(i32, nix::libc::in_pktinfo);
@@ -425,18 +433,40 @@ impl Task {
             let sleep = crate::driver::sleep_until(deadline);
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
+                    // A session of a family whose receive socket did not open: open it now, or
+                    // refuse the session (the caller retries).
+                    Some(Cmd::Add(peer, reply)) => {
+                        let slot = if peer.peer.is_ipv4() { &mut rx4 } else { &mut rx6 };
+                        if slot.is_none() {
+                            match rx_socket(listen_addr(peer.peer.is_ipv4())) {
+                                Ok(sock) => {
+                                    info!(addr = %listen_addr(peer.peer.is_ipv4()), "BFD receive socket open");
+                                    *slot = Some(sock);
+                                }
+                                Err(err) => {
+                                    let _ = reply.send(Err(err));
+                                    continue;
+                                }
+                            }
+                        }
+                        self.command(Cmd::Add(peer, reply))
+                    }
                     Some(cmd) => self.command(cmd),
                     None => break,
                 },
-                got = recv(&rx4, &mut buf4, &mut cmsg4) => self.datagram(got, &buf4),
-                got = recv(&rx6, &mut buf6, &mut cmsg6) => self.datagram(got, &buf6),
+                got = recv_opt(rx4.as_ref(), &mut buf4, &mut cmsg4) => self.datagram(got, &buf4),
+                got = recv_opt(rx6.as_ref(), &mut buf6, &mut cmsg6) => self.datagram(got, &buf6),
                 _ = sleep => {
                     // A late wake-up (the runtime is shared with BGP and the rest of the daemon)
                     // may find the peers' packets already queued beside the expired deadline:
                     // read them first, so that this task's own stall is not taken for the
                     // peers' silence. Bounded, so that a flood cannot hold the timers off.
-                    self.drain(rx4.as_raw_fd(), &mut buf4, &mut cmsg4);
-                    self.drain(rx6.as_raw_fd(), &mut buf6, &mut cmsg6);
+                    if let Some(rx4) = &rx4 {
+                        self.drain(rx4.as_raw_fd(), &mut buf4, &mut cmsg4);
+                    }
+                    if let Some(rx6) = &rx6 {
+                        self.drain(rx6.as_raw_fd(), &mut buf6, &mut cmsg6);
+                    }
                     self.tick(Instant::now())
                 }
             }
@@ -590,6 +620,23 @@ impl Task {
 
 async fn recv(sock: &UdpSocket, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Datagram> {
     sock.async_io(Interest::READABLE, || recv_now(sock.as_raw_fd(), buf, cmsg)).await
+}
+
+/// [`recv`] on a family's receive socket; never ready while that socket is not open.
+async fn recv_opt(sock: Option<&UdpSocket>, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<Datagram> {
+    match sock {
+        Some(sock) => recv(sock, buf, cmsg).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where a family's receive socket listens: the unspecified address, port 3784.
+fn listen_addr(ipv4: bool) -> SocketAddr {
+    if ipv4 {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, CONTROL_PORT))
+    } else {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, CONTROL_PORT))
+    }
 }
 
 /// One non-blocking `recvmsg` with the TTL / hop limit and the receiving interface.
