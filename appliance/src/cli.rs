@@ -14,7 +14,11 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 pub const DEFAULT_DECAP_NAME: &str = "decap";
 
 #[derive(Debug, Parser)]
-#[command(name = "ferrule", version, about = "Ferrule: BGP, XDP load balancing and egress for bare-metal nodes")]
+#[command(
+    name = "ferrule",
+    version,
+    about = "Ferrule: BGP and XDP load balancing for bare-metal nodes (the egress gateway is to come)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
