@@ -5,8 +5,9 @@
 //! Ids. A backend is identified by (address, port) and keeps its id while any service lists it; a
 //! service by (vip, port, protocol) and keeps its id while it exists. Ids come from `observed`, so a
 //! restarted daemon adopts what the pinned maps hold. New ids are the lowest ones free, from 1 (0
-//! means "none" in the datapath). An id freed in this pass is reused only in a later pass, after
-//! its removal was applied, so no op ever re-points an id that a table may still hold.
+//! means "none" in the datapath). An id a table may still hold is freed at the end of a pass and
+//! reused only in a later one, after its removal was applied, so no op ever re-points an id that
+//! a table may still hold; an id no remaining table holds is freed first and may be reused at once.
 //!
 //! Health. Only healthy backends enter a Maglev table; an unhealthy one keeps its backend entry so
 //! the datapath's conntrack can drain the flows already on it. A service with no healthy backend
@@ -25,7 +26,8 @@
 //! all drained has an empty table, as one with no healthy backend.
 //!
 //! Order. `RemoveService`s first (their ids are free for the services added in the same pass, so
-//! any set of services up to the datapath's limit can replace any other), then `UpsertBackend`s
+//! any set of services up to the datapath's limit can replace any other), the `RemoveBackend`s of
+//! backends no remaining table names, then `UpsertBackend`s
 //! (new backends, and down marks cleared), `UpsertService`s, the `UpsertBackend`s that mark
 //! backends down, and `RemoveBackend`s last, so a table never references a backend that is not
 //! in the backend map, and a backend is marked down only once no table the plan writes names it.
@@ -212,6 +214,27 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
             ops.push(LbOp::RemoveService { id: entry.id, key: *key });
         }
     }
+    // Backends no longer wanted that no remaining table names go next, and their ids are free
+    // for this pass's new backends: a conntrack entry naming such an id finds another backend's
+    // tag and starts over. Otherwise a pass that failed after adding its backends (the maps then
+    // hold the old and the new ones) could leave no id below the datapath's limit for the next
+    // config's, pass after pass. The tables are scanned only when there is such a backend.
+    let kept_ids: BTreeSet<u32> = backend_ids.values().copied().collect();
+    let mut unwanted: BTreeSet<u32> = observed.backends.keys().copied().filter(|id| !kept_ids.contains(id)).collect();
+    let mut named_by_tables = BTreeSet::new();
+    if !unwanted.is_empty() {
+        for (_, entry) in observed.services.iter().filter(|(key, _)| services.contains_key(key)) {
+            for id in entry.table.iter() {
+                if unwanted.contains(id) {
+                    named_by_tables.insert(*id);
+                }
+            }
+        }
+        for &id in unwanted.iter().filter(|id| !named_by_tables.contains(id)) {
+            ops.push(LbOp::RemoveBackend { id });
+        }
+        unwanted.retain(|id| named_by_tables.contains(id));
+    }
     // Down: unhealthy for every service that lists the backend (a service without a check
     // counts it healthy), so that the one flag the backend map has never contradicts a service
     // that still sends it new flows. One walk over the services' backends.
@@ -228,7 +251,14 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
     // after the tables that leave it out (at the end), so that a UDP flow the mark starts over is
     // never sent to it again by a table that still names it.
     let mut marked_down = Vec::new();
-    let mut free_backend_ids = FreeIds::new(observed.backends.keys().copied());
+    let removed_now: BTreeSet<u32> = ops
+        .iter()
+        .filter_map(|op| match op {
+            LbOp::RemoveBackend { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let mut free_backend_ids = FreeIds::new(observed.backends.keys().copied().filter(|id| !removed_now.contains(id)));
     for addr in &wanted {
         let down = !up.contains(addr);
         match backend_ids.get(addr) {
@@ -268,11 +298,9 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
     cache.tables.retain(|key, _| services.contains_key(key));
     ops.extend(marked_down);
 
-    let kept: BTreeSet<u32> = backend_ids.values().copied().collect();
-    for &id in observed.backends.keys() {
-        if !kept.contains(&id) {
-            ops.push(LbOp::RemoveBackend { id });
-        }
+    // The rest of the unwanted backends, once no table names them.
+    for id in unwanted {
+        ops.push(LbOp::RemoveBackend { id });
     }
     ops
 }
@@ -586,7 +614,8 @@ mod tests {
                 .insert(id, BackendEntry { address: "198.51.100.1".parse().unwrap(), port: 8080, down: false });
         }
         let (ops, next) = converge(std::slice::from_ref(&s), &HealthView::default(), &observed);
-        assert_eq!(ops.last(), Some(&LbOp::RemoveBackend { id: 5 }));
+        // No table names the duplicate: it goes first.
+        assert_eq!(ops.first(), Some(&LbOp::RemoveBackend { id: 5 }));
         assert_eq!(table_ids(&next, &key_of(&s)), BTreeSet::from([2]));
     }
 
@@ -621,19 +650,43 @@ mod tests {
             converge(&[web(&["198.51.100.1", "198.51.100.2"]), other.clone()], &health, &LbState::default());
         let ops = plan(&[web(&["198.51.100.3", "198.51.100.4"])], &health, &state);
 
+        // `other`'s backend, which no remaining table names, goes right after `other`; `web`'s
+        // old backends only after `web`'s new table.
+        let other_backend = backend_id(&state, "198.51.100.5");
         let rank = |op: &LbOp| match op {
             LbOp::RemoveService { .. } => 0,
-            LbOp::UpsertBackend { .. } => 1,
-            LbOp::UpsertService { .. } => 2,
-            LbOp::RemoveBackend { .. } => 3,
+            LbOp::RemoveBackend { id } if *id == other_backend => 1,
+            LbOp::UpsertBackend { .. } => 2,
+            LbOp::UpsertService { .. } => 3,
+            LbOp::RemoveBackend { .. } => 4,
         };
         let ranks: Vec<u8> = ops.iter().map(rank).collect();
         assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{ops:?}");
-        assert_eq!(ranks, [0, 1, 1, 2, 3, 3, 3]);
+        assert_eq!(ranks, [0, 1, 2, 2, 3, 4, 4]);
         assert!(ops.contains(&LbOp::RemoveService { id: 2, key: key_of(&other) }));
         // Applying them one at a time never leaves a table pointing at a missing backend.
         let next = applied(&state, &ops);
         assert_eq!(plan(&[web(&["198.51.100.3", "198.51.100.4"])], &health, &next), vec![]);
+    }
+
+    #[test]
+    fn ids_no_table_names_are_freed_first_and_reused_in_the_same_pass() {
+        // A pass that failed after adding its backends: the maps hold the old backends (named by
+        // the table) and the new ones (named by none), ids 1-2 and 3-4.
+        let health = HealthView::default();
+        let old = web(&["198.51.100.1", "198.51.100.2"]);
+        let (_, mut state) = converge(std::slice::from_ref(&old), &health, &LbState::default());
+        for (id, a) in [(3, "198.51.100.3"), (4, "198.51.100.4")] {
+            state.backends.insert(id, BackendEntry { address: a.parse().unwrap(), port: 8080, down: false });
+        }
+        // The next config has other backends again: 3 and 4 go first and their ids take the new
+        // backends; 1 and 2 go once the table no longer names them.
+        let third = web(&["198.51.100.5", "198.51.100.6"]);
+        let (ops, next) = converge(std::slice::from_ref(&third), &health, &state);
+        assert_eq!(&ops[..2], &[LbOp::RemoveBackend { id: 3 }, LbOp::RemoveBackend { id: 4 }], "{ops:?}");
+        assert_eq!((backend_id(&next, "198.51.100.5"), backend_id(&next, "198.51.100.6")), (3, 4));
+        assert_eq!(ops.last(), Some(&LbOp::RemoveBackend { id: 2 }), "{ops:?}");
+        assert_eq!(next.backends.keys().copied().collect::<Vec<_>>(), [3, 4]);
     }
 
     #[test]
