@@ -81,18 +81,20 @@ async fn run(args: DaemonArgs) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let route_table = NetlinkRouteTable::open().context("kernel routes (needs CAP_NET_ADMIN)")?;
     let installer = tokio::spawn(routes::run(speaker.fib(), route_table, shutdown_rx.clone()));
-    let (observed_tx, observed_rx) = watch::channel(Observed::default());
+    // The load balancer's pinned maps are read once, here: the reconciler's first pass adopts
+    // them from `observed` (it reads them itself only if this failed).
+    let mut observed = Observed::default();
+    reconcile::adopt_lb(&datapath, &mut observed).await;
     // Backend health checks follow the model's services; their verdicts drive VIP announcements.
     // Backends the pinned backend map marks down (unhealthy before a restart) start unhealthy.
-    let down = match datapath.lb_state().await {
-        Ok(lb) => {
-            lb.backends.values().filter(|b| b.down).map(|b| std::net::SocketAddr::new(b.address, b.port)).collect()
-        }
-        Err(e) => {
-            warn!(error = %format!("{e:#}"), "cannot read the load balancer's backends: every backend starts healthy");
-            std::collections::BTreeSet::new()
-        }
-    };
+    let down: std::collections::BTreeSet<_> = observed
+        .lb
+        .iter()
+        .flat_map(|lb| lb.backends.values())
+        .filter(|b| b.down)
+        .map(|b| std::net::SocketAddr::new(b.address, b.port))
+        .collect();
+    let (observed_tx, observed_rx) = watch::channel(observed);
     if !down.is_empty() {
         info!(backends = down.len(), "backends down before the restart start unhealthy until their checks pass");
     }

@@ -260,7 +260,7 @@ const HEALTH_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// Reads what the load balancer's maps hold into `observed.lb` (after a restart: adopts it, does
 /// not rebuild it); false, with the error in `observed.lb_error`, if they cannot be read.
-async fn adopt_lb(datapath: &DatapathHandle, observed: &mut Observed) -> bool {
+pub async fn adopt_lb(datapath: &DatapathHandle, observed: &mut Observed) -> bool {
     match datapath.lb_state().await {
         Ok(state) => {
             if !state.services.is_empty() {
@@ -357,7 +357,7 @@ fn local_networks_of(
         out.push(IpNet::from(ip));
         let link_local = match ip {
             std::net::IpAddr::V4(a) => a.is_link_local(),
-            std::net::IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+            std::net::IpAddr::V6(a) => a.is_unicast_link_local(),
         };
         if !link_local && !uplinks.contains(name.as_str()) {
             out.extend(IpNet::new(ip, len).ok().map(|n| n.trunc()));
