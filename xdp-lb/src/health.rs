@@ -195,8 +195,9 @@ impl Scheduler {
     /// backends are not all probed in the same millisecond, unless another target (the same
     /// service under a changed VIP, port or protocol, or another service listing the backend)
     /// checks the same backend with the same check: its verdict carries over, so a known-dead
-    /// backend does not draw traffic again for `fall` intervals. Backends of services without a check are unchecked since they first
-    /// appear so (a backend of weight 0 is checked like any other).
+    /// backend does not draw traffic again for `fall` intervals. Backends of services without a
+    /// check are unchecked since they first appear so (a backend of weight 0 is checked like any
+    /// other).
     pub(crate) fn reconfigure(&mut self, services: &[Service], now: Instant) {
         let mut wanted: BTreeMap<TargetKey, &HealthCheck> = BTreeMap::new();
         let mut unchecked: BTreeMap<TargetKey, Instant> = BTreeMap::new();

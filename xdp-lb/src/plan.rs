@@ -221,20 +221,15 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
     // config's, pass after pass. The tables are scanned only when there is such a backend.
     let kept_ids: BTreeSet<u32> = backend_ids.values().copied().collect();
     let mut unwanted: BTreeSet<u32> = observed.backends.keys().copied().filter(|id| !kept_ids.contains(id)).collect();
-    let mut named_by_tables = BTreeSet::new();
+    let mut freed_now = BTreeSet::new();
     if !unwanted.is_empty() {
-        for (_, entry) in observed.services.iter().filter(|(key, _)| services.contains_key(key)) {
-            for id in entry.table.iter() {
-                if unwanted.contains(id) {
-                    named_by_tables.insert(*id);
-                }
-            }
-        }
-        for &id in unwanted.iter().filter(|id| !named_by_tables.contains(id)) {
-            ops.push(LbOp::RemoveBackend { id });
-        }
-        unwanted.retain(|id| named_by_tables.contains(id));
+        let remaining = observed.services.iter().filter(|(key, _)| services.contains_key(key));
+        let named: BTreeSet<u32> =
+            remaining.flat_map(|(_, entry)| entry.table.iter().copied()).filter(|id| unwanted.contains(id)).collect();
+        freed_now = unwanted.difference(&named).copied().collect();
+        unwanted = named;
     }
+    ops.extend(freed_now.iter().map(|&id| LbOp::RemoveBackend { id }));
     // Down: unhealthy for every service that lists the backend (a service without a check
     // counts it healthy), so that the one flag the backend map has never contradicts a service
     // that still sends it new flows. One walk over the services' backends.
@@ -251,14 +246,7 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
     // after the tables that leave it out (at the end), so that a UDP flow the mark starts over is
     // never sent to it again by a table that still names it.
     let mut marked_down = Vec::new();
-    let removed_now: BTreeSet<u32> = ops
-        .iter()
-        .filter_map(|op| match op {
-            LbOp::RemoveBackend { id } => Some(*id),
-            _ => None,
-        })
-        .collect();
-    let mut free_backend_ids = FreeIds::new(observed.backends.keys().copied().filter(|id| !removed_now.contains(id)));
+    let mut free_backend_ids = FreeIds::new(observed.backends.keys().copied().filter(|id| !freed_now.contains(id)));
     for addr in &wanted {
         let down = !up.contains(addr);
         match backend_ids.get(addr) {
