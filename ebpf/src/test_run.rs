@@ -161,12 +161,8 @@ impl XdpTrafficGen {
         let (seed_ifindex, out_ifindex) = (index(loop_tx)?, index(out)?);
         index(loop_rx)?;
         let mut ebpf = EbpfLoader::new().load(objects::XDP_GEN).map_err(|e| EbpfError::load(GEN_OBJECT, e))?;
-        let map = ebpf.map_mut(GEN_OUT).ok_or(EbpfError::MissingFromObject {
-            object: GEN_OBJECT,
-            what: "map",
-            name: GEN_OUT,
-        })?;
-        let mut targets = DevMap::try_from(map).map_err(|e| EbpfError::map(GEN_OUT, "opening as devmap", e))?;
+        let mut targets = DevMap::try_from(gen_map_mut(&mut ebpf, GEN_OUT)?)
+            .map_err(|e| EbpfError::map(GEN_OUT, "opening as devmap", e))?;
         // Slot 0: out of `out`; slot 1: out of `loop_tx`, i.e. into `loop_rx` again.
         for (slot, ifindex) in [(0, out_ifindex), (1, seed_ifindex)] {
             targets.set(slot, ifindex, None, 0).map_err(|e| match e {
@@ -200,13 +196,8 @@ impl XdpTrafficGen {
         if self.running {
             return Err(EbpfError::TestRunInput("frames changed during a run: stop it first".to_owned()));
         }
-        let map = self.ebpf.map_mut(GEN_FRAMES).ok_or(EbpfError::MissingFromObject {
-            object: GEN_OBJECT,
-            what: "map",
-            name: GEN_FRAMES,
-        })?;
-        let mut array: Array<_, [u8; GEN_FRAME_LEN]> =
-            Array::try_from(map).map_err(|e| EbpfError::map(GEN_FRAMES, "opening as array", e))?;
+        let mut array: Array<_, [u8; GEN_FRAME_LEN]> = Array::try_from(gen_map_mut(&mut self.ebpf, GEN_FRAMES)?)
+            .map_err(|e| EbpfError::map(GEN_FRAMES, "opening as array", e))?;
         for (i, frame) in (0u32..).zip(frames) {
             array.set(i, frame, 0).map_err(|e| EbpfError::map(GEN_FRAMES, "writing", e))?;
         }
@@ -215,23 +206,8 @@ impl XdpTrafficGen {
         Ok(())
     }
 
-    fn write_ctl(&mut self, ctl: GenCtl) -> Result<(), EbpfError> {
-        let map = self.ebpf.map_mut(GEN_CTL).ok_or(EbpfError::MissingFromObject {
-            object: GEN_OBJECT,
-            what: "map",
-            name: GEN_CTL,
-        })?;
-        let mut array: Array<_, GenCtl> =
-            Array::try_from(map).map_err(|e| EbpfError::map(GEN_CTL, "opening as array", e))?;
-        array.set(0, ctl, 0).map_err(|e| EbpfError::map(GEN_CTL, "writing", e))
-    }
-
     fn state(&self) -> Result<GenState, EbpfError> {
-        let map = self.ebpf.map(GEN_STATE).ok_or(EbpfError::MissingFromObject {
-            object: GEN_OBJECT,
-            what: "map",
-            name: GEN_STATE,
-        })?;
+        let map = self.ebpf.map(GEN_STATE).ok_or(missing_map(GEN_STATE))?;
         let array: Array<_, GenState> =
             Array::try_from(map).map_err(|e| EbpfError::map(GEN_STATE, "opening as array", e))?;
         array.get(&0, 0).map_err(|e| EbpfError::map(GEN_STATE, "reading", e))
@@ -259,15 +235,8 @@ impl XdpTrafficGen {
             self.stop()?;
         }
         // The loop is empty (stopped, or never started): the program's state can be reset.
-        let map = self.ebpf.map_mut(GEN_STATE).ok_or(EbpfError::MissingFromObject {
-            object: GEN_OBJECT,
-            what: "map",
-            name: GEN_STATE,
-        })?;
-        let mut state: Array<_, GenState> =
-            Array::try_from(map).map_err(|e| EbpfError::map(GEN_STATE, "opening as array", e))?;
-        state.set(0, GenState::default(), 0).map_err(|e| EbpfError::map(GEN_STATE, "writing", e))?;
-        self.write_ctl(GenCtl { limit, frames: self.frames, stop: 0 })?;
+        set_first(&mut self.ebpf, GEN_STATE, GenState::default())?;
+        set_first(&mut self.ebpf, GEN_CTL, GenCtl { limit, frames: self.frames, stop: 0 })?;
         self.running = true;
         let seeded = sys::send_raw_frames(self.seed_socket.as_fd(), self.seed_ifindex, &[0u8; GEN_FRAME_LEN], seeds);
         if let Err(source) = seeded {
@@ -287,11 +256,27 @@ impl XdpTrafficGen {
     /// (a loop starved of CPU for longer keeps frames that join the next run: more in flight, the
     /// same limit) and returns the frames the run sent.
     pub fn stop(&mut self) -> Result<u64, EbpfError> {
-        self.write_ctl(GenCtl { limit: 0, frames: self.frames, stop: 1 })?;
+        set_first(&mut self.ebpf, GEN_CTL, GenCtl { limit: 0, frames: self.frames, stop: 1 })?;
         std::thread::sleep(GEN_DRAIN);
         self.running = false;
         self.sent()
     }
+}
+
+/// A map of the benchmark object, `xdp_gen`'s (the sink's and the forwarder's too).
+fn gen_map_mut<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut aya::maps::Map, EbpfError> {
+    ebpf.map_mut(name).ok_or(missing_map(name))
+}
+
+fn missing_map(name: &'static str) -> EbpfError {
+    EbpfError::MissingFromObject { object: GEN_OBJECT, what: "map", name }
+}
+
+/// Writes `value` as the one entry of the benchmark object's array `name`.
+fn set_first<T: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, value: T) -> Result<(), EbpfError> {
+    let mut array: Array<_, T> =
+        Array::try_from(gen_map_mut(ebpf, name)?).map_err(|e| EbpfError::map(name, "opening as array", e))?;
+    array.set(0, value, 0).map_err(|e| EbpfError::map(name, "writing", e))
 }
 
 const SINK_PROGRAM: &str = "xdp_sink";
@@ -330,11 +315,7 @@ impl XdpSink {
 
     /// Datagrams counted since the attach, summed over CPUs.
     pub fn received(&self) -> Result<u64, EbpfError> {
-        let map = self.ebpf.map(SINK_COUNT).ok_or(EbpfError::MissingFromObject {
-            object: GEN_OBJECT,
-            what: "map",
-            name: SINK_COUNT,
-        })?;
+        let map = self.ebpf.map(SINK_COUNT).ok_or(missing_map(SINK_COUNT))?;
         let counts: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|e| EbpfError::map(SINK_COUNT, "opening as per-CPU array", e))?;
         let values = counts.get(&0, 0).map_err(|e| EbpfError::map(SINK_COUNT, "reading", e))?;
@@ -370,14 +351,7 @@ impl XdpForward {
             return Err(EbpfError::TestRunInput("the forwarder needs an egress interface (ifindex 0)".to_owned()));
         }
         let mut ebpf = EbpfLoader::new().load(objects::XDP_GEN).map_err(|e| EbpfError::load(GEN_OBJECT, e))?;
-        let map = ebpf.map_mut(FWD_CTL).ok_or(EbpfError::MissingFromObject {
-            object: GEN_OBJECT,
-            what: "map",
-            name: FWD_CTL,
-        })?;
-        let mut ctl: Array<_, FwdCtl> =
-            Array::try_from(map).map_err(|e| EbpfError::map(FWD_CTL, "opening as array", e))?;
-        ctl.set(0, FwdCtl { ifindex: to_ifindex, dmac, smac }, 0).map_err(|e| EbpfError::map(FWD_CTL, "writing", e))?;
+        set_first(&mut ebpf, FWD_CTL, FwdCtl { ifindex: to_ifindex, dmac, smac })?;
         let program = ebpf.program_mut(FWD_PROGRAM).ok_or(EbpfError::MissingFromObject {
             object: GEN_OBJECT,
             what: "program",
