@@ -247,13 +247,14 @@ fn napi_threads(prefix: &str) -> Result<Vec<NapiThread>> {
 
 /// Pins each of `threads` to CPU `cpu`.
 fn pin<'a>(threads: impl IntoIterator<Item = &'a NapiThread>, cpu: usize) -> Result<()> {
+    threads.into_iter().try_for_each(|t| pin_pid(t.pid as i32, cpu).with_context(|| format!("pinning {}", t.comm)))
+}
+
+/// Pins thread `pid` (0: the calling thread) to CPU `cpu`.
+fn pin_pid(pid: i32, cpu: usize) -> Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu)?;
-    for t in threads {
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(t.pid as i32), &set)
-            .with_context(|| format!("pinning {} to CPU {cpu}", t.comm))?;
-    }
-    Ok(())
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set).with_context(|| format!("to CPU {cpu}"))
 }
 
 /// Summed CPU time of `threads`.
@@ -418,9 +419,16 @@ struct Cpu {
 }
 
 impl Cpu {
+    /// All CPUs.
     fn read() -> Result<Cpu> {
+        Cpu::read_line("cpu ")
+    }
+
+    /// The /proc/stat line starting with `prefix` (`"cpu "` for all CPUs, `"cpu3 "` for one).
+    fn read_line(prefix: &str) -> Result<Cpu> {
         let stat = std::fs::read_to_string("/proc/stat")?;
-        let line = stat.lines().next().context("empty /proc/stat")?;
+        let line =
+            stat.lines().find(|l| l.starts_with(prefix)).with_context(|| format!("no {prefix:?} in /proc/stat"))?;
         // user nice system idle iowait irq softirq steal ...
         let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
         let at = |i: usize| f.get(i).copied().unwrap_or(0);
@@ -429,14 +437,9 @@ impl Cpu {
 
     /// Busy time so far (user, system, irq and softirq) of CPU `n`, in ns.
     fn busy_ns_of(n: usize) -> Result<u64> {
-        let stat = std::fs::read_to_string("/proc/stat")?;
-        let prefix = format!("cpu{n} ");
-        let line = stat.lines().find(|l| l.starts_with(&prefix)).with_context(|| format!("no cpu{n} in /proc/stat"))?;
-        let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-        let at = |i: usize| f.get(i).copied().unwrap_or(0);
-        let jiffies = at(0) + at(1) + at(2) + at(5) + at(6);
+        let c = Cpu::read_line(&format!("cpu{n} "))?;
         let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("CLK_TCK")?.max(1) as u64;
-        Ok(jiffies * 1_000_000_000 / hz)
+        Ok((c.user + c.system + c.softirq) * 1_000_000_000 / hz)
     }
 
     /// Shares of the time between `self` and `later`: (busy, user, system, softirq).
@@ -529,10 +532,7 @@ impl<'a> Generator<'a> {
             s.spawn(|| -> Result<()> {
                 setns(netns, CloneFlags::CLONE_NEWNET).context("setns into the source namespace")?;
                 if let Some(cpu) = pin_to {
-                    let mut set = nix::sched::CpuSet::new();
-                    set.set(cpu)?;
-                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-                        .context("pinning the seeding thread")?;
+                    pin_pid(0, cpu).context("pinning the seeding thread")?;
                 }
                 lab.generator().start(max_packets, GEN_SEEDS).context("starting the generator's loop")
             })
