@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context, Result};
 use ferrule_config::{Mode, Protocol};
 use ferrule_ebpf::{DecapEvents, InterfaceStats, LbCounters, LbEvents, UplinkStatus};
-use ferrule_xdp_lb::{BackendEntry, LbOp, LbState, ServiceEntry, ServiceKey};
+use ferrule_xdp_lb::{BackendEntry, LbOp, LbState, ServiceEntry, ServiceKey, WriteStop, Written};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,8 +23,10 @@ pub trait Datapath {
     fn interface_stats(&self) -> Result<Vec<InterfaceStats>>;
     /// What the load balancer's maps hold now (after a restart: what the previous run left).
     fn lb_state(&mut self) -> Result<LbState>;
-    /// Applies load-balancer ops in order; stops at the first failure.
-    fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()>;
+    /// Writes load-balancer ops in order and stops at the first failure, saying how many ops
+    /// went in and, when one op is to blame, which ([`ferrule_xdp_lb::write_isolating`] writes
+    /// the rest without it).
+    fn write_lb(&mut self, ops: &[LbOp]) -> Result<(), WriteStop<anyhow::Error>>;
     /// Outer source addresses of DSR tunnels and NAT.
     fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<()>;
     /// The source ports NAT mode takes (`node.snat_ports`).
@@ -149,27 +151,46 @@ impl Datapath for NodeDatapath {
         Ok(state)
     }
 
-    fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()> {
+    fn write_lb(&mut self, ops: &[LbOp]) -> Result<(), WriteStop<anyhow::Error>> {
         let mut lb = self.xdp.lb();
         // Consecutive service upserts (the plan puts them together) go in as one batch, and so do
         // consecutive removals: a map of maps update waits ~16 ms in the kernel, once per batch
         // instead of once per service. A pending batch is written before any other op, so the
-        // order of the ops is kept.
-        let mut upserts: Vec<ferrule_ebpf::ServiceUpsert<'_>> = Vec::new();
-        let mut removals: Vec<ferrule_ebpf::ServiceKey> = Vec::new();
-        let flush = |lb: &mut ferrule_ebpf::LbMaps<'_>, upserts: &mut Vec<_>, removals: &mut Vec<_>| {
-            let result = lb.upsert_services(upserts).and_then(|()| lb.remove_services(removals));
-            upserts.clear();
-            removals.clear();
+        // order of the ops is kept. `start` is the index of the batch's first op: the ops before
+        // it are in.
+        struct Batch<'a> {
+            start: usize,
+            upserts: Vec<ferrule_ebpf::ServiceUpsert<'a>>,
+            removals: Vec<ferrule_ebpf::ServiceKey>,
+        }
+        let flush = |lb: &mut ferrule_ebpf::LbMaps<'_>, batch: &mut Batch<'_>, next: usize| {
+            let upserted = lb.upsert_services_blaming(&batch.upserts).map_err(|stop| {
+                // The upserts are the ops from `start` on, one each.
+                let at = stop.at.map(|i| batch.start + i);
+                WriteStop { done: batch.start, at, error: anyhow::Error::new(stop.error) }
+            });
+            let result = upserted.and_then(|()| {
+                // Not one removal to blame: a delete fails only with the map.
+                lb.remove_services(&batch.removals).map_err(|e| WriteStop {
+                    done: batch.start,
+                    at: None,
+                    error: anyhow::Error::new(e),
+                })
+            });
+            batch.upserts.clear();
+            batch.removals.clear();
+            batch.start = next;
             result
         };
-        for op in ops {
+        let single = |i: usize| move |e: ferrule_ebpf::EbpfError| WriteStop { done: i, at: Some(i), error: e.into() };
+        let mut batch = Batch { start: 0, upserts: Vec::new(), removals: Vec::new() };
+        for (i, op) in ops.iter().enumerate() {
             match op {
                 LbOp::UpsertService { id, key, mode, table } => {
-                    if !removals.is_empty() {
-                        flush(&mut lb, &mut upserts, &mut removals)?;
+                    if !batch.removals.is_empty() {
+                        flush(&mut lb, &mut batch, i)?;
                     }
-                    upserts.push(ferrule_ebpf::ServiceUpsert {
+                    batch.upserts.push(ferrule_ebpf::ServiceUpsert {
                         key: ebpf_key(key),
                         id: *id,
                         mode: ebpf_mode(*mode),
@@ -177,23 +198,25 @@ impl Datapath for NodeDatapath {
                     })
                 }
                 LbOp::RemoveService { key, .. } => {
-                    if !upserts.is_empty() {
-                        flush(&mut lb, &mut upserts, &mut removals)?;
+                    if !batch.upserts.is_empty() {
+                        flush(&mut lb, &mut batch, i)?;
                     }
-                    removals.push(ebpf_key(key))
+                    batch.removals.push(ebpf_key(key))
                 }
                 LbOp::UpsertBackend { id, address, port, down } => {
-                    flush(&mut lb, &mut upserts, &mut removals)?;
+                    flush(&mut lb, &mut batch, i)?;
                     let entry = ferrule_ebpf::BackendEntry { address: *address, port: *port, down: *down };
-                    lb.upsert_backend(*id, &entry)?
+                    lb.upsert_backend(*id, &entry).map_err(single(i))?;
+                    batch.start = i + 1;
                 }
                 LbOp::RemoveBackend { id } => {
-                    flush(&mut lb, &mut upserts, &mut removals)?;
-                    lb.remove_backend(*id)?
+                    flush(&mut lb, &mut batch, i)?;
+                    lb.remove_backend(*id).map_err(single(i))?;
+                    batch.start = i + 1;
                 }
             }
         }
-        flush(&mut lb, &mut upserts, &mut removals)?;
+        flush(&mut lb, &mut batch, ops.len())?;
         Ok(())
     }
 
@@ -276,7 +299,7 @@ enum Command {
     SetUplinks(Vec<String>, oneshot::Sender<Vec<UplinkStatus>>),
     InterfaceStats(Reply<Vec<InterfaceStats>>),
     LbState(Reply<LbState>),
-    ApplyLb(Vec<LbOp>, Reply<()>),
+    ApplyLb(LbState, Vec<LbOp>, oneshot::Sender<Written<anyhow::Error>>),
     NodeAddresses(Option<Ipv4Addr>, Option<Ipv6Addr>, Reply<()>),
     SnatPorts(ferrule_config::PortRange, Reply<()>),
     LbCounters(Vec<u32>, Vec<u32>, Reply<(Vec<LbCounters>, Vec<LbCounters>)>),
@@ -328,8 +351,9 @@ impl DatapathHandle {
                         Command::LbState(reply) => {
                             let _ = reply.send(datapath.lb_state());
                         }
-                        Command::ApplyLb(ops, reply) => {
-                            let _ = reply.send(datapath.apply_lb(&ops));
+                        Command::ApplyLb(state, ops, reply) => {
+                            let written = ferrule_xdp_lb::write_isolating(&state, &ops, |ops| datapath.write_lb(ops));
+                            let _ = reply.send(written);
                         }
                         Command::NodeAddresses(v4, v6, reply) => {
                             let _ = reply.send(datapath.set_node_addresses(v4, v6));
@@ -386,8 +410,12 @@ impl DatapathHandle {
         self.ask(Command::LbState).await
     }
 
-    pub async fn apply_lb(&self, ops: Vec<LbOp>) -> Result<()> {
-        self.ask(|reply| Command::ApplyLb(ops, reply)).await
+    /// Writes `ops`, planned for maps holding `state`, setting aside each service whose write
+    /// fails ([`ferrule_xdp_lb::write_isolating`]); `Err` only when the datapath thread is gone.
+    pub async fn apply_lb(&self, state: LbState, ops: Vec<LbOp>) -> Result<Written<anyhow::Error>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::ApplyLb(state, ops, reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
     }
 
     pub async fn set_node_addresses(&self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Result<()> {
@@ -451,6 +479,8 @@ pub struct InMemoryDatapath {
 #[derive(Debug, Default)]
 pub struct Faults {
     pub apply_lb: std::sync::atomic::AtomicBool,
+    /// Every op on this service fails, as a kernel out of memory for its table would.
+    pub refuse_service: std::sync::Mutex<Option<ServiceKey>>,
     pub lb_state: std::sync::atomic::AtomicBool,
     pub snat_ports: std::sync::atomic::AtomicBool,
 }
@@ -519,10 +549,22 @@ impl Datapath for InMemoryDatapath {
         Ok(self.lb.clone())
     }
 
-    fn apply_lb(&mut self, ops: &[LbOp]) -> Result<()> {
-        Faults::check(&self.faults.apply_lb, "writing the maps")?;
-        for op in ops {
-            self.lb.apply(op).map_err(|e| anyhow!("{e:?}"))?;
+    fn write_lb(&mut self, ops: &[LbOp]) -> Result<(), WriteStop<anyhow::Error>> {
+        Faults::check(&self.faults.apply_lb, "writing the maps").map_err(|error| WriteStop {
+            done: 0,
+            at: None,
+            error,
+        })?;
+        let refused = *self.faults.refuse_service.lock().unwrap();
+        for (i, op) in ops.iter().enumerate() {
+            let key = match op {
+                LbOp::UpsertService { key, .. } | LbOp::RemoveService { key, .. } => Some(*key),
+                _ => None,
+            };
+            if key.is_some() && key == refused {
+                return Err(WriteStop { done: i, at: Some(i), error: anyhow!("fr_lb_tables: Cannot allocate memory") });
+            }
+            self.lb.apply(op).map_err(|e| WriteStop { done: i, at: Some(i), error: anyhow!("{e:?}") })?;
         }
         Ok(())
     }

@@ -552,8 +552,8 @@ mod tests {
         fn lb_state(&mut self) -> anyhow::Result<LbState> {
             self.0.lb_state()
         }
-        fn apply_lb(&mut self, ops: &[LbOp]) -> anyhow::Result<()> {
-            self.0.apply_lb(ops)
+        fn write_lb(&mut self, ops: &[LbOp]) -> Result<(), ferrule_xdp_lb::WriteStop<anyhow::Error>> {
+            self.0.write_lb(ops)
         }
         fn set_node_addresses(&mut self, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> anyhow::Result<()> {
             self.0.set_node_addresses(v4, v6)
@@ -614,7 +614,8 @@ mod tests {
         health.set(web, "198.51.100.3:8080".parse().unwrap(), refused);
         let datapath =
             DatapathHandle::spawn("/nonexistent".into(), || Ok(Counting(InMemoryDatapath::new(&[])))).unwrap();
-        datapath.apply_lb(ferrule_xdp_lb::plan(&model.services, &health, &LbState::default())).await.unwrap();
+        let ops = ferrule_xdp_lb::plan(&model.services, &health, &LbState::default());
+        assert!(datapath.apply_lb(LbState::default(), ops).await.unwrap().is_complete());
         let lb = datapath.lb_state().await.unwrap();
         let id = |key: &ServiceKey| u64::from(lb.services[key].id);
         let backend_id = |addr: &str| {

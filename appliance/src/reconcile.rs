@@ -446,27 +446,29 @@ async fn pass(
                 },
                 Op::AdoptLb => failed |= !adopt_lb(datapath, &mut observed).await,
                 Op::ApplyLb(ops) => {
-                    let result = datapath.apply_lb(ops.clone()).await;
-                    // On a failure part of the ops may have landed: read the maps back next pass.
-                    match result {
-                        Ok(()) => {
-                            let lb = observed.lb.get_or_insert_with(LbState::default);
-                            for op in &ops {
-                                if let Err(err) = lb.apply(op) {
-                                    warn!(?err, "load balancer state out of step; re-reading the maps");
-                                    observed.lb = None;
-                                    break;
-                                }
-                            }
-                            info!(ops = ops.len(), "load balancer maps updated");
+                    let ops_len = ops.len();
+                    // One service the kernel refuses is set aside and the rest written without it
+                    // (write_isolating); it is planned, and so retried, again next pass.
+                    let state = observed.lb.clone().unwrap_or_default();
+                    match datapath.apply_lb(state, ops).await {
+                        Ok(written) if written.is_complete() => {
+                            info!(ops = ops_len, "load balancer maps updated");
+                            observed.lb = Some(written.state);
                             observed.lb_error = None;
+                        }
+                        Ok(written) => {
+                            failed = true;
+                            let error = lb_write_error(&written);
+                            warn!(%error, "load balancer maps not fully updated; retrying");
+                            observed.lb_error = Some(error);
+                            // Part of a failed batch may have landed: what the maps hold decides
+                            // what is announced, so read them back now (unread: see Desired::vips).
+                            observed.lb = datapath.lb_state().await.ok();
                         }
                         Err(err) => {
                             failed = true;
                             warn!(error = %format!("{err:#}"), "load balancer maps not updated; retrying");
                             observed.lb_error = Some(format!("{err:#}"));
-                            // Part of the ops may have landed: what the maps hold decides what is
-                            // announced, so read them back now (unread: see Desired::vips).
                             observed.lb = datapath.lb_state().await.ok();
                         }
                     }
@@ -527,6 +529,21 @@ async fn pass(
     observed.applied_generation = Some(desired.generation);
     observed.last_pass = Some(SystemTime::now());
     observed_tx.send_replace(observed);
+}
+
+/// What a write that did not complete left out, for the log and `ferrule show status`: each
+/// service the kernel refused with why, what had to wait for them, and a failure of the maps as a
+/// whole.
+fn lb_write_error(written: &ferrule_xdp_lb::Written<anyhow::Error>) -> String {
+    let mut parts: Vec<String> =
+        written.failed.iter().map(|(key, err)| format!("service {key} not installed: {err:#}")).collect();
+    if !written.held_back.is_empty() {
+        parts.push(format!("{} ops waiting for them", written.held_back.len()));
+    }
+    if let Some(err) = &written.stopped {
+        parts.push(format!("{err:#}"));
+    }
+    parts.join("; ")
 }
 
 #[cfg(test)]
@@ -1003,6 +1020,54 @@ mod tests {
         let task = tokio::spawn(run(model_rx, health_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()));
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
         assert!(seen.uplinks.is_empty() && seen.snat_ports.is_none(), "{:?}", seen.uplinks);
+        task.abort();
+    }
+
+    /// A service whose install the kernel keeps refusing holds back only itself: a service added
+    /// in the same pass is installed and announced, the refused one keeps what the maps hold
+    /// (and its VIP), the error names it, and it goes in once the kernel takes it.
+    #[tokio::test]
+    async fn a_service_the_kernel_refuses_does_not_hold_back_the_others() {
+        let (datapath, faults) = faulty_datapath();
+        let (model_tx, model_rx) = watch::channel(Arc::new(with_service(1, "healthy")));
+        let (observed_tx, mut observed_rx) = watch::channel(Observed::default());
+        let (_health_tx, health_rx) = watch::channel(HealthView::default());
+        let task = tokio::spawn(run(model_rx, health_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
+        assert_eq!(seen.announced_vips, ["203.0.113.10/32"]);
+        let web = ferrule_xdp_lb::ServiceKey::of(&with_service(1, "healthy").model.services[0]);
+        let old_web = seen.lb.as_ref().unwrap().services[&web].clone();
+
+        // web gets a second backend and api comes; every write of web fails. web's key sorts
+        // first, so its write comes first.
+        *faults.refuse_service.lock().unwrap() = Some(web);
+        let mut model = with_service(2, "healthy").model.clone();
+        model.services[0].backends.push(ferrule_config::Backend {
+            address: "198.51.100.3".parse().unwrap(),
+            port: 8080,
+            weight: 1,
+        });
+        let mut api = model.services[0].clone();
+        api.name = "api".into();
+        api.vip = "203.0.113.20".parse().unwrap();
+        model.services.push(api.clone());
+        let changed = Accepted { model, ..with_service(2, "healthy") };
+        model_tx.send_replace(Arc::new(changed.clone()));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(2)).await.unwrap().clone();
+        let lb = seen.lb.as_ref().expect("maps read back");
+        assert!(lb.services.contains_key(&ferrule_xdp_lb::ServiceKey::of(&api)), "api is installed");
+        assert_eq!(lb.services[&web], old_web, "web keeps its old table");
+        assert_eq!(seen.announced_vips, ["203.0.113.10/32", "203.0.113.20/32"]);
+        let error = seen.lb_error.as_deref().unwrap_or_default();
+        assert!(error.contains("service 203.0.113.10:80/tcp not installed") && error.contains("memory"), "{error}");
+
+        // Once the kernel takes it, web goes in.
+        *faults.refuse_service.lock().unwrap() = None;
+        model_tx.send_replace(Arc::new(Accepted { generation: 3, ..changed }));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(3)).await.unwrap().clone();
+        let lb = seen.lb.as_ref().unwrap();
+        assert_eq!(lb.services[&web].table.iter().collect::<std::collections::BTreeSet<_>>().len(), 2);
+        assert_eq!(seen.lb_error, None);
         task.abort();
     }
 }

@@ -143,6 +143,16 @@ pub struct ServiceUpsert<'a> {
     pub table: &'a [u32],
 }
 
+/// Why a batched service upsert stopped, and at which entry when one entry is to blame: a bad
+/// entry (nothing of the batch was written) or the one the kernel refused (see
+/// [`LbMaps::upsert_services`] for what went in before it). `None`: a failure of the maps as a
+/// whole.
+#[derive(Debug)]
+pub struct UpsertStop {
+    pub at: Option<usize>,
+    pub error: EbpfError,
+}
+
 /// A backend under its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendEntry {
@@ -491,50 +501,64 @@ impl LbMaps<'_> {
     ///   service is never left pointing at a table that was not written, and services not in
     ///   the batch are never touched. (Applying the batch again finishes it.)
     pub fn upsert_services(&mut self, services: &[ServiceUpsert<'_>]) -> Result<(), EbpfError> {
-        let result = self.upsert_services_unbumped(services);
-        self.bumped(result)
+        self.upsert_services_blaming(services).map_err(|stop| stop.error)
     }
 
-    fn upsert_services_unbumped(&mut self, services: &[ServiceUpsert<'_>]) -> Result<(), EbpfError> {
+    /// [`LbMaps::upsert_services`], saying on a failure which entry of `services` it stopped at
+    /// when one entry is to blame (a bad entry, or the one the kernel refused), so that a caller
+    /// can write the others without it.
+    pub fn upsert_services_blaming(&mut self, services: &[ServiceUpsert<'_>]) -> Result<(), UpsertStop> {
+        let result = self.upsert_services_unbumped(services);
+        match self.bump_generation() {
+            Err(error) if result.is_ok() => Err(UpsertStop { at: None, error }),
+            _ => result,
+        }
+    }
+
+    fn upsert_services_unbumped(&mut self, services: &[ServiceUpsert<'_>]) -> Result<(), UpsertStop> {
         check_batch(services)?;
         let per_batch = tables_per_batch();
         let mut installed = 0;
-        for chunk in services.chunks(per_batch) {
+        for (n, chunk) in services.chunks(per_batch).enumerate() {
             let done = self.upsert_chunk(chunk);
-            installed += done.as_ref().map_or_else(|(n, _)| *n, |()| chunk.len());
-            if let Err((_, e)) = done {
-                return Err(partial(installed, services.len(), e));
+            installed += done.as_ref().map_or_else(|(n, _, _)| *n, |()| chunk.len());
+            if let Err((_, at, e)) = done {
+                let at = at.map(|i| n * per_batch + i);
+                return Err(UpsertStop { at, error: partial(installed, services.len(), e) });
             }
         }
         Ok(())
     }
 
-    /// Installs `chunk`: `Ok` with all of it, or how many went in and why the rest did not.
-    fn upsert_chunk(&mut self, chunk: &[ServiceUpsert<'_>]) -> Result<(), (usize, EbpfError)> {
-        let (empty, full): (Vec<&ServiceUpsert<'_>>, Vec<&ServiceUpsert<'_>>) =
-            chunk.iter().partition(|s| s.table.is_empty());
+    /// Installs `chunk`: `Ok` with all of it, or how many went in, the entry it stopped at (when
+    /// one is to blame) and why the rest did not.
+    fn upsert_chunk(&mut self, chunk: &[ServiceUpsert<'_>]) -> Result<(), (usize, Option<usize>, EbpfError)> {
+        let (empty, full): (Vec<usize>, Vec<usize>) = (0..chunk.len()).partition(|&i| chunk[i].table.is_empty());
         // A service without backends loses its table first, as in upsert_service.
-        for s in &empty {
-            let mut tables = self.tables().map_err(|e| (0, e))?;
-            absent_ok(tables.remove(&s.id)).map_err(|e| (0, EbpfError::map(TABLES, "removing", e)))?;
+        for &i in &empty {
+            let mut tables = self.tables().map_err(|e| (0, None, e))?;
+            absent_ok(tables.remove(&chunk[i].id)).map_err(|e| (0, Some(i), EbpfError::map(TABLES, "removing", e)))?;
         }
         // Every table is built and filled before any of them is visible to a packet.
-        let inner = full.iter().map(|s| new_table(s.table)).collect::<Result<Vec<_>, _>>().map_err(|e| (0, e))?;
-        let ids: Vec<u32> = full.iter().map(|s| s.id).collect();
+        let mut inner = Vec::with_capacity(full.len());
+        for &i in &full {
+            inner.push(new_table(chunk[i].table).map_err(|e| (0, Some(i), e))?);
+        }
+        let ids: Vec<u32> = full.iter().map(|&i| chunk[i].id).collect();
         let fds: Vec<u32> = inner.iter().map(|m| m.fd().as_fd().as_raw_fd() as u32).collect();
-        let tables_fd = map_fd(self.ebpf, TABLES).map_err(|e| (0, e))?;
+        let tables_fd = map_fd(self.ebpf, TABLES).map_err(|e| (0, None, e))?;
         let tabled = sys::map_update_batch(tables_fd, &ids, &fds);
         // Only services whose table is in place get their key written.
         let with_table = tabled.as_ref().map_or_else(|e| e.done, |()| full.len());
-        let ready: Vec<&ServiceUpsert<'_>> = empty.iter().chain(&full[..with_table]).copied().collect();
-        let keys: Vec<LbServiceKey> = ready.iter().map(|s| s.key.raw()).collect();
+        let ready: Vec<usize> = empty.iter().chain(&full[..with_table]).copied().collect();
+        let keys: Vec<LbServiceKey> = ready.iter().map(|&i| chunk[i].key.raw()).collect();
         let values: Vec<LbService> =
-            ready.iter().map(|s| LbService { id: s.id, mode: s.mode.raw(), flags: 0, pad: 0 }).collect();
+            ready.iter().map(|&i| LbService { id: chunk[i].id, mode: chunk[i].mode.raw(), flags: 0, pad: 0 }).collect();
         // New VIPs go into the bitmap before their service can be looked up.
-        let new = new_keys(self.ebpf, &keys).map_err(|e| (0, e))?;
+        let new = new_keys(self.ebpf, &keys).map_err(|e| (0, None, e))?;
         let added = keys.iter().zip(&new).filter(|(_, n)| **n).map(|(k, _)| k);
-        count_vips(self.ebpf, self.vips, added, 1).map_err(|e| (0, e))?;
-        let services_fd = map_fd(self.ebpf, SERVICES).map_err(|e| (0, e))?;
+        count_vips(self.ebpf, self.vips, added, 1).map_err(|e| (0, None, e))?;
+        let services_fd = map_fd(self.ebpf, SERVICES).map_err(|e| (0, None, e))?;
         if let Err(e) = sys::map_update_batch(services_fd, &keys, &values) {
             // The new ones the kernel did not write are counted out again (if that fails too,
             // their bits may stay set for no service: packets there take the service lookup).
@@ -542,14 +566,16 @@ impl LbMaps<'_> {
             if let Err(undo) = count_vips(self.ebpf, self.vips, unwritten, -1) {
                 tracing::warn!("counting unwritten services out of fr_lb_vips: {undo}");
             }
-            let what = ready.get(e.done).map(|s| describe(s)).unwrap_or_default();
-            return Err((e.done, batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_services)", &what, e.error)));
+            let at = ready.get(e.done).copied();
+            let what = at.map(|i| describe(&chunk[i])).unwrap_or_default();
+            return Err((e.done, at, batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_services)", &what, e.error)));
         }
         match tabled {
             Ok(()) => Ok(()),
             Err(e) => {
-                let what = full.get(e.done).map(|s| describe(s)).unwrap_or_default();
-                Err((ready.len(), batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_tables)", &what, e.error)))
+                let at = full.get(e.done).copied();
+                let what = at.map(|i| describe(&chunk[i])).unwrap_or_default();
+                Err((ready.len(), at, batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_tables)", &what, e.error)))
             }
         }
     }
@@ -789,7 +815,7 @@ fn service_problem(s: &ServiceUpsert<'_>) -> Option<String> {
 
 /// Checks a whole batch before anything is written: each entry, and no key or id twice (two
 /// keys with one id would share one table).
-fn check_batch(services: &[ServiceUpsert<'_>]) -> Result<(), EbpfError> {
+fn check_batch(services: &[ServiceUpsert<'_>]) -> Result<(), UpsertStop> {
     let mut keys = HashSet::with_capacity(services.len());
     let mut ids: StdHashMap<u32, &ServiceKey> = StdHashMap::with_capacity(services.len());
     for (i, s) in services.iter().enumerate() {
@@ -804,11 +830,12 @@ fn check_batch(services: &[ServiceUpsert<'_>]) -> Result<(), EbpfError> {
                     describe_key(other)
                 ))
             });
-        match problem {
-            None => {}
-            Some(p) if services.len() == 1 => return Err(input(p)),
-            Some(p) => return Err(input(format!("batch entry {i}: {p}; nothing of the batch was written"))),
-        }
+        let error = match problem {
+            None => continue,
+            Some(p) if services.len() == 1 => input(p),
+            Some(p) => input(format!("batch entry {i}: {p}; nothing of the batch was written")),
+        };
+        return Err(UpsertStop { at: Some(i), error });
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ mod test_run;
 pub use error::EbpfError;
 pub use lb::{
     BackendEntry, Decap, DecapEvents, DecapLink, L4Proto, LbCounters, LbDrops, LbEvents, LbMaps, LbMode, ServiceKey,
-    ServiceUpsert, MAX_TABLE_SIZE,
+    ServiceUpsert, UpsertStop, MAX_TABLE_SIZE,
 };
 pub use loader::{
     ensure_bpffs, node_pin_dir, plan_uplinks, AttachMode, Datapath, InterfaceStats, LinkHealth, PinnedUplink, UplinkOp,

@@ -1723,7 +1723,9 @@ fn a_batch_with_a_bad_entry_writes_nothing_and_installed_services_keep_forwardin
             ("the same service twice", ServiceUpsert { id: 5, ..good }),
             ("another service's id", ServiceUpsert { key: ServiceKey { port: 81, ..new }, ..good }),
         ] {
-            let err = lb.dp.lb().upsert_services(&[good, bad]).unwrap_err();
+            let stop = lb.dp.lb().upsert_services_blaming(&[good, bad]).unwrap_err();
+            assert_eq!(stop.at, Some(1), "{what}: the bad entry is blamed");
+            let err = stop.error;
             println!("batch with {what}: rejected with: {err}");
             assert!(matches!(err, EbpfError::LbInput(_)), "{what}: {err:?}");
             assert!(err.to_string().contains("batch entry 1"), "{what}: the error names the entry: {err}");

@@ -11,6 +11,7 @@ pub mod checker;
 pub mod health;
 pub mod maglev;
 pub mod plan;
+pub mod write;
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -23,6 +24,7 @@ pub use checker::{check_once, run as run_health_checker, CheckError};
 pub use health::{seeded_view, BackendHealth, HealthView};
 pub use maglev::{build_table, MaglevBackend, MaglevError};
 pub use plan::{plan, plan_with, ApplyError, BackendEntry, LbOp, LbState, ServiceEntry, TableCache};
+pub use write::{write_isolating, WriteStop, Written};
 
 /// What identifies a service in the datapath: the frontend packets are matched on. Two services
 /// with the same key cannot coexist (the config validation rejects it).

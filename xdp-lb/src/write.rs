@@ -1,0 +1,334 @@
+//! Writing a plan's ops so that a service the kernel refuses holds back only itself and what
+//! depends on it, not every op after it.
+//!
+//! Without this, one service whose table the kernel will not take (out of memory in the daemon's
+//! cgroup, say) stops the ops behind it pass after pass: the other services' health changes, new
+//! services and removals wait until that one goes in. [`write_isolating`] writes the ops through
+//! the caller's `write`; when it stops at a service's op, that service is set aside and the
+//! rest is written again, without it and without what its failure would make unsafe, checked
+//! against a model of the maps ([`LbState::apply`]):
+//!
+//! - the failed service keeps what the maps hold for it (its old table, or nothing);
+//! - a backend its old table still names is neither removed nor re-pointed (the model refuses
+//!   it), and a service whose new table names a backend whose write was held back is held back
+//!   too (it would point at whatever the id holds now);
+//! - a backend its old table still names is not marked down (a down mark starts UDP flows over
+//!   through their table, which would pick it again).
+//!
+//! A failure no service is to blame for (the backend map, a map that cannot be opened) stops the
+//! writing as before. The failed services are planned again in the next pass, which retries them.
+
+use std::collections::BTreeSet;
+
+use crate::plan::{LbOp, LbState};
+use crate::ServiceKey;
+
+/// Services set aside in one write, at most: past that the kernel is refusing most of them (out
+/// of memory for the whole node, say), and retrying the rest once per failure would only cost
+/// the datapath thread time; the write stops there as it would without isolation.
+pub const MAX_SET_ASIDE: usize = 16;
+
+/// A write that stopped: the first `done` ops are in the maps, the op at `at` (when one op is to
+/// blame) failed, and what was between them may or may not have gone in (writing it again is
+/// harmless: every op is idempotent).
+#[derive(Debug)]
+pub struct WriteStop<E> {
+    pub done: usize,
+    pub at: Option<usize>,
+    pub error: E,
+}
+
+/// What [`write_isolating`] did.
+#[derive(Debug)]
+pub struct Written<E> {
+    /// What the maps hold afterwards as far as the writes tell (after any failure, read the maps
+    /// back to be sure: the failed write may have left part of a batch in).
+    pub state: LbState,
+    /// The services whose op failed, each once, with why; the maps hold for each what they held.
+    pub failed: Vec<(ServiceKey, E)>,
+    /// Ops not written because a failed service's would have had to go first.
+    pub held_back: Vec<LbOp>,
+    /// A failure no service is to blame for; the ops from there on were not written.
+    pub stopped: Option<E>,
+}
+
+impl<E> Written<E> {
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty() && self.held_back.is_empty() && self.stopped.is_none()
+    }
+}
+
+/// Writes `ops` (a plan for maps holding `state`) in order through `write`, setting aside each
+/// service whose op `write` stops at and writing the rest again without it (see the module doc).
+/// `write` is called at most once per failed service, plus once, and at most
+/// [`MAX_SET_ASIDE`] services are set aside.
+pub fn write_isolating<E>(
+    state: &LbState,
+    ops: &[LbOp],
+    mut write: impl FnMut(&[LbOp]) -> Result<(), WriteStop<E>>,
+) -> Written<E> {
+    let mut model = state.clone();
+    let mut failed: Vec<(ServiceKey, E)> = Vec::new();
+    let mut failed_keys = BTreeSet::new();
+    let mut held_back = Vec::new();
+    let mut pending = ops.to_vec();
+    loop {
+        let (sendable, after) = sendable(&model, pending, &failed_keys, &mut held_back);
+        if sendable.is_empty() {
+            return Written { state: model, failed, held_back, stopped: None };
+        }
+        let stop = match write(&sendable) {
+            Ok(()) => return Written { state: after, failed, held_back, stopped: None },
+            Err(stop) => stop,
+        };
+        let done = stop.done.min(sendable.len());
+        for op in &sendable[..done] {
+            // Accepted by the model when `sendable` was made, in this order.
+            let _ = model.apply(op);
+        }
+        let blamed = stop.at.filter(|at| (done..sendable.len()).contains(at)).and_then(|at| service_of(&sendable[at]));
+        match blamed {
+            Some(key) if failed.len() < MAX_SET_ASIDE && failed_keys.insert(key) => {
+                failed.push((key, stop.error));
+                pending = sendable[done..].to_vec();
+            }
+            _ => return Written { state: model, failed, held_back, stopped: Some(stop.error) },
+        }
+    }
+}
+
+/// The service an op writes, if it writes one.
+fn service_of(op: &LbOp) -> Option<ServiceKey> {
+    match op {
+        LbOp::UpsertService { key, .. } | LbOp::RemoveService { key, .. } => Some(*key),
+        LbOp::UpsertBackend { .. } | LbOp::RemoveBackend { .. } => None,
+    }
+}
+
+/// The ops of `pending` that are safe to write to maps holding `model` while the services in
+/// `failed` keep what they hold, and the model after them; the others (but the failed services'
+/// own) go to `held_back`.
+fn sendable(
+    model: &LbState,
+    pending: Vec<LbOp>,
+    failed: &BTreeSet<ServiceKey>,
+    held_back: &mut Vec<LbOp>,
+) -> (Vec<LbOp>, LbState) {
+    let mut after = model.clone();
+    let mut sendable = Vec::with_capacity(pending.len());
+    // Backend ids whose write was held back: they hold something else than the plan expects.
+    let mut unwritten: BTreeSet<u32> = BTreeSet::new();
+    let named_by_failed = |state: &LbState, id: u32| {
+        failed.iter().any(|key| state.services.get(key).is_some_and(|s| s.table.contains(&id)))
+    };
+    for op in pending {
+        if service_of(&op).is_some_and(|key| failed.contains(&key)) {
+            continue;
+        }
+        let safe = match &op {
+            LbOp::UpsertService { table, .. } => !table.iter().any(|id| unwritten.contains(id)),
+            LbOp::UpsertBackend { id, down: true, .. } => !named_by_failed(&after, *id),
+            _ => true,
+        };
+        if safe && after.apply(&op).is_ok() {
+            sendable.push(op);
+            continue;
+        }
+        if let LbOp::UpsertBackend { id, .. } = op {
+            unwritten.insert(id);
+        }
+        held_back.push(op);
+    }
+    (sendable, after)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+
+    use ferrule_config::{AnnounceWhen, Backend, Mode, Protocol, Service};
+
+    use super::*;
+    use crate::plan::plan;
+    use crate::HealthView;
+
+    const SIZE: u32 = 251;
+
+    fn svc(vip: &str, backends: &[&str]) -> Service {
+        Service {
+            name: vip.to_owned(),
+            vip: vip.parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            mode: Mode::Dsr,
+            backends: backends.iter().map(|a| Backend { address: a.parse().unwrap(), port: 8080, weight: 1 }).collect(),
+            health: None,
+            announce: AnnounceWhen::Healthy,
+            maglev_table_size: SIZE,
+        }
+    }
+
+    /// Maps that refuse every op on the services in `refused`, as a kernel out of memory for
+    /// their tables would, and write the others in order like the real ones.
+    struct Maps {
+        state: LbState,
+        refused: BTreeSet<ServiceKey>,
+        writes: usize,
+    }
+
+    impl Maps {
+        fn write(&mut self, ops: &[LbOp]) -> Result<(), WriteStop<String>> {
+            self.writes += 1;
+            for (i, op) in ops.iter().enumerate() {
+                if service_of(op).is_some_and(|key| self.refused.contains(&key)) {
+                    return Err(WriteStop { done: i, at: Some(i), error: format!("ENOMEM at {op:?}") });
+                }
+                // The real maps do not check this; the test does, so a wrong op fails it.
+                self.state.apply(op).unwrap_or_else(|e| panic!("unsafe op written: {op:?}: {e}"));
+            }
+            Ok(())
+        }
+    }
+
+    fn backend_id(state: &LbState, a: &str) -> u32 {
+        let addr = SocketAddr::new(a.parse().unwrap(), 8080);
+        *state.backends.iter().find(|(_, b)| SocketAddr::new(b.address, b.port) == addr).unwrap().0
+    }
+
+    #[test]
+    fn a_refused_service_holds_back_only_itself_and_keeps_its_old_table() {
+        let health = HealthView::default();
+        let (a, b) = (svc("192.0.2.1", &["198.51.100.1", "198.51.100.2"]), svc("192.0.2.2", &["198.51.100.3"]));
+        let mut maps = Maps { state: LbState::default(), refused: BTreeSet::new(), writes: 0 };
+        let first = plan(&[a.clone(), b.clone()], &health, &maps.state);
+        let written = write_isolating(&maps.state.clone(), &first, |ops| maps.write(ops));
+        assert!(written.is_complete());
+        assert_eq!(written.state, maps.state);
+        let old_a = maps.state.services[&ServiceKey::of(&a)].clone();
+        let gone = backend_id(&maps.state, "198.51.100.2");
+
+        // A moves to a new backend (its old one is to be removed, its id reused), B gets a
+        // second backend, and a new service C comes: the kernel refuses every op on A.
+        maps.refused.insert(ServiceKey::of(&a));
+        let a2 = svc("192.0.2.1", &["198.51.100.1", "198.51.100.9"]);
+        let b2 = svc("192.0.2.2", &["198.51.100.3", "198.51.100.4"]);
+        let c = svc("192.0.2.3", &["198.51.100.5"]);
+        let desired = [a2.clone(), b2.clone(), c.clone()];
+        let ops = plan(&desired, &health, &maps.state);
+        let before = maps.writes;
+        let written = write_isolating(&maps.state.clone(), &ops, |ops| maps.write(ops));
+
+        assert_eq!(written.failed.len(), 1);
+        assert_eq!(written.failed[0].0, ServiceKey::of(&a));
+        assert!(written.failed[0].1.starts_with("ENOMEM"));
+        assert!(written.stopped.is_none());
+        assert_eq!(maps.writes - before, 2, "once, then once more without A");
+        assert_eq!(written.state, maps.state, "the model is what the maps hold");
+        assert_eq!(maps.state.services[&ServiceKey::of(&a)], old_a, "A keeps its old table");
+        assert_eq!(backend_id(&maps.state, "198.51.100.2"), gone, "the backend A's old table names stays");
+        // B and C are in, each complete; planning again leaves only A's ops (and what needs them).
+        maps.refused.clear();
+        let rest = plan(&desired, &health, &maps.state);
+        assert!(rest.iter().all(|op| service_of(op).is_none_or(|k| k == ServiceKey::of(&a))), "{rest:?}");
+        let mut check = maps.state.clone();
+        for op in &rest {
+            check.apply(op).unwrap();
+        }
+        assert_eq!(plan(&desired, &health, &check), vec![]);
+    }
+
+    #[test]
+    fn a_backend_whose_id_a_refused_table_holds_is_not_reused_and_its_new_user_waits() {
+        let health = HealthView::default();
+        // A's only backend leaves A's config and a new backend takes ... but A's table is refused,
+        // so the old backend's id must keep its old address, and a service whose new table would
+        // name that id for another address must wait.
+        let a = svc("192.0.2.1", &["198.51.100.1"]);
+        let mut maps = Maps { state: LbState::default(), refused: BTreeSet::new(), writes: 0 };
+        let first = plan(std::slice::from_ref(&a), &health, &maps.state);
+        assert!(write_isolating(&maps.state.clone(), &first, |ops| maps.write(ops)).is_complete());
+        let old = backend_id(&maps.state, "198.51.100.1");
+
+        // A is removed from the config and B comes with a new backend; removing A is refused.
+        maps.refused.insert(ServiceKey::of(&a));
+        let b = svc("192.0.2.2", &["198.51.100.7"]);
+        let ops = plan(std::slice::from_ref(&b), &health, &maps.state);
+        assert!(
+            ops.iter().any(|op| matches!(op, LbOp::UpsertBackend { id, .. } if *id == old)),
+            "the plan reuses A's backend id at once: {ops:?}"
+        );
+        let written = write_isolating(&maps.state.clone(), &ops, |ops| maps.write(ops));
+        assert_eq!(written.failed.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![ServiceKey::of(&a)]);
+        assert_eq!(maps.state.backends[&old].address, "198.51.100.1".parse::<IpAddr>().unwrap(), "not re-pointed");
+        assert!(maps.state.services.contains_key(&ServiceKey::of(&a)), "A stays as it was");
+        assert!(!maps.state.services.contains_key(&ServiceKey::of(&b)), "B waits: its table would name A's backend");
+        assert_eq!(written.held_back.len(), 3, "the removal, the re-pointing and B: {:?}", written.held_back);
+        assert_eq!(written.state, maps.state);
+
+        // Once A's removal goes through, the next pass installs B.
+        maps.refused.clear();
+        let ops = plan(std::slice::from_ref(&b), &health, &maps.state);
+        assert!(write_isolating(&maps.state.clone(), &ops, |ops| maps.write(ops)).is_complete());
+        assert!(maps.state.services.contains_key(&ServiceKey::of(&b)));
+        assert!(!maps.state.services.contains_key(&ServiceKey::of(&a)));
+    }
+
+    #[test]
+    fn a_backend_a_refused_table_still_names_is_not_marked_down() {
+        let (a, b) = (svc("192.0.2.1", &["198.51.100.1", "198.51.100.2"]), svc("192.0.2.2", &["198.51.100.2"]));
+        let mut maps = Maps { state: LbState::default(), refused: BTreeSet::new(), writes: 0 };
+        let first = plan(&[a.clone(), b.clone()], &HealthView::default(), &maps.state);
+        assert!(write_isolating(&maps.state.clone(), &first, |ops| maps.write(ops)).is_complete());
+        let shared = backend_id(&maps.state, "198.51.100.2");
+
+        // .2 fails for both services: both tables leave it out, then it is marked down. A's
+        // table is refused, so A still names it: no down mark; B's table goes in.
+        let mut health = HealthView::default();
+        let addr = SocketAddr::new("198.51.100.2".parse().unwrap(), 8080);
+        for s in [&a, &b] {
+            health.set(ServiceKey::of(s), addr, crate::BackendHealth::Unhealthy { reason: "refused".into() });
+        }
+        maps.refused.insert(ServiceKey::of(&a));
+        let ops = plan(&[a.clone(), b.clone()], &health, &maps.state);
+        let written = write_isolating(&maps.state.clone(), &ops, |ops| maps.write(ops));
+        assert_eq!(written.failed.len(), 1);
+        assert!(!maps.state.backends[&shared].down, "not marked down while A's table names it");
+        assert!(maps.state.services[&ServiceKey::of(&b)].table.is_empty(), "B's table left it out");
+        assert!(matches!(written.held_back.as_slice(), [LbOp::UpsertBackend { id, down: true, .. }] if *id == shared));
+
+        // A's table goes in next pass, and then the mark.
+        maps.refused.clear();
+        let ops = plan(&[a.clone(), b.clone()], &health, &maps.state);
+        assert!(write_isolating(&maps.state.clone(), &ops, |ops| maps.write(ops)).is_complete());
+        assert!(maps.state.backends[&shared].down);
+    }
+
+    #[test]
+    fn past_the_most_services_set_aside_the_writing_stops() {
+        let services: Vec<Service> =
+            (1..=MAX_SET_ASIDE as u8 + 4).map(|i| svc(&format!("192.0.2.{i}"), &["198.51.100.1"])).collect();
+        let mut maps = Maps { state: LbState::default(), refused: BTreeSet::new(), writes: 0 };
+        maps.refused = services.iter().map(ServiceKey::of).collect();
+        let ops = plan(&services, &HealthView::default(), &maps.state);
+        let written = write_isolating(&maps.state.clone(), &ops, |ops| maps.write(ops));
+        assert_eq!(written.failed.len(), MAX_SET_ASIDE);
+        assert!(written.stopped.is_some());
+        assert_eq!(maps.writes, MAX_SET_ASIDE + 1);
+        assert_eq!(written.state, maps.state, "the backends went in");
+    }
+
+    #[test]
+    fn a_failure_no_service_is_to_blame_for_stops_the_writing() {
+        let a = svc("192.0.2.1", &["198.51.100.1"]);
+        let ops = plan(std::slice::from_ref(&a), &HealthView::default(), &LbState::default());
+        let mut calls = 0;
+        let written = write_isolating(&LbState::default(), &ops, |_| {
+            calls += 1;
+            Err(WriteStop { done: 0, at: Some(0), error: "backend map full" })
+        });
+        assert_eq!(calls, 1);
+        assert_eq!(written.stopped, Some("backend map full"));
+        assert!(written.failed.is_empty());
+        assert_eq!(written.state, LbState::default());
+    }
+}
