@@ -13,7 +13,9 @@
 //!   it), and a service whose new table names a backend whose write was held back is held back
 //!   too (it would point at whatever the id holds now);
 //! - a backend its old table still names is not marked down (a down mark starts UDP flows over
-//!   through their table, which would pick it again).
+//!   through their table, which would pick it again);
+//! - a service given the failed one's id (the plan frees a removed service's id for the same
+//!   pass) waits: the two would share one table.
 //!
 //! A failure no service is to blame for (the backend map, a map that cannot be opened) stops the
 //! writing as before. The failed services are planned again in the next pass, which retries them.
@@ -126,7 +128,10 @@ fn sendable(
             continue;
         }
         let safe = match &op {
-            LbOp::UpsertService { table, .. } => !table.iter().any(|id| unwritten.contains(id)),
+            LbOp::UpsertService { id, table, .. } => {
+                !table.iter().any(|b| unwritten.contains(b))
+                    && !failed.iter().any(|key| after.services.get(key).is_some_and(|s| s.id == *id))
+            }
             LbOp::UpsertBackend { id, down: true, .. } => !named_by_failed(&after, *id),
             _ => true,
         };
@@ -271,6 +276,26 @@ mod tests {
         assert!(write_isolating(&maps.state.clone(), &ops, |ops| maps.write(ops)).is_complete());
         assert!(maps.state.services.contains_key(&ServiceKey::of(&b)));
         assert!(!maps.state.services.contains_key(&ServiceKey::of(&a)));
+    }
+
+    #[test]
+    fn a_service_given_the_id_of_a_refused_removal_waits() {
+        let health = HealthView::default();
+        let a = svc("192.0.2.1", &["198.51.100.1"]);
+        let mut maps = Maps { state: LbState::default(), refused: BTreeSet::new(), writes: 0 };
+        let first = plan(std::slice::from_ref(&a), &health, &maps.state);
+        assert!(write_isolating(&maps.state.clone(), &first, |ops| maps.write(ops)).is_complete());
+
+        // A goes, B comes with A's backend and A's service id; removing A is refused.
+        maps.refused.insert(ServiceKey::of(&a));
+        let b = svc("192.0.2.2", &["198.51.100.1"]);
+        let ops = plan(std::slice::from_ref(&b), &health, &maps.state);
+        let a_id = maps.state.services[&ServiceKey::of(&a)].id;
+        assert!(ops.iter().any(|op| matches!(op, LbOp::UpsertService { id, .. } if *id == a_id)), "{ops:?}");
+        let written = write_isolating(&maps.state.clone(), &ops, |ops| maps.write(ops));
+        assert_eq!(written.failed.len(), 1);
+        assert!(!maps.state.services.contains_key(&ServiceKey::of(&b)), "B would share A's table");
+        assert!(matches!(written.held_back.as_slice(), [LbOp::UpsertService { id, .. }] if *id == a_id));
     }
 
     #[test]
