@@ -242,6 +242,10 @@ pub struct LbService {
     pub id: Option<u32>,
     /// The VIP is announced over BGP (it has a backend that can take new flows: healthy, weight > 0).
     pub announced: bool,
+    /// Why the kernel refused this service's last change (the maps keep what they had; retried
+    /// every pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_error: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -451,6 +455,8 @@ pub struct LbServiceView {
     /// The service's datapath id; `None` until installed.
     pub id: Option<u32>,
     pub announced: bool,
+    /// Why the kernel refused this service's last change, if it did.
+    pub install_error: Option<String>,
     /// The installed Maglev table of backend ids (empty when none is installed).
     pub table: Arc<Vec<u32>>,
     /// `None` when not installed or when the maps could not be read (then metrics leave it out).
@@ -501,6 +507,7 @@ pub async fn lb_view_of(
             LbServiceView {
                 id: installed.map(|e| e.id),
                 announced: observed.announced_vips.contains(&ipnet::IpNet::from(s.vip).to_string()),
+                install_error: observed.lb_refused.get(&key).cloned(),
                 table: installed.map(|e| e.table.clone()).unwrap_or_default(),
                 counters: None,
                 backends: s
@@ -572,6 +579,7 @@ async fn lb_services(State(state): State<AppState>) -> Response {
                 mode: s.mode.to_string(),
                 id: v.id,
                 announced: v.announced,
+                install_error: v.install_error.clone(),
                 packets: c.packets,
                 bytes: c.bytes,
                 new_flows: c.new_flows,
@@ -1022,6 +1030,7 @@ pub(crate) mod tests {
             service: web.clone(),
             id: Some(1),
             announced: true,
+            install_error: None,
             table: Arc::new(vec![1, 1, 1, 1, 1, 1, 1]),
             counters: None,
             backends: vec![

@@ -481,6 +481,8 @@ pub struct Faults {
     pub apply_lb: std::sync::atomic::AtomicBool,
     /// Every op on this service fails, as a kernel out of memory for its table would.
     pub refuse_service: std::sync::Mutex<Option<ServiceKey>>,
+    /// Calls of `write_lb` so far (not a fault: what the test counts).
+    pub lb_writes: std::sync::atomic::AtomicUsize,
     pub lb_state: std::sync::atomic::AtomicBool,
     pub snat_ports: std::sync::atomic::AtomicBool,
 }
@@ -550,6 +552,7 @@ impl Datapath for InMemoryDatapath {
     }
 
     fn write_lb(&mut self, ops: &[LbOp]) -> Result<(), WriteStop<anyhow::Error>> {
+        self.faults.lb_writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Faults::check(&self.faults.apply_lb, "writing the maps").map_err(|error| WriteStop {
             done: 0,
             at: None,

@@ -48,6 +48,10 @@ pub struct Observed {
     pub snat_ports: Option<ferrule_config::PortRange>,
     /// Why the last load-balancer change failed, if it did.
     pub lb_error: Option<String>,
+    /// The services whose install the kernel refused in the last change, with why; the maps
+    /// hold for each what they held before (see `ferrule_xdp_lb::write_isolating`).
+    #[serde(skip)]
+    pub lb_refused: std::collections::BTreeMap<ferrule_xdp_lb::ServiceKey, String>,
     /// Why the speaker refused the last `[bgp]` section (e.g. the listen port is taken).
     pub bgp_error: Option<String>,
     /// The `[decap]` section the datapath was last given, and what it made of it; `None` until
@@ -396,8 +400,14 @@ async fn pass(
     }
     // Rounds: one that changed what the load balancer's maps hold plans again at once, so that
     // the VIPs of services it installed are announced in this pass, not at the next event.
+    // A write the kernel refused part of is not tried again in the same pass (every try rewrites
+    // what follows the refused service, ~16 ms per batch): the next pass retries it.
+    let mut lb_refused_now = false;
     for _ in 0..ROUNDS {
-        let ops = plan_with(want, &observed, tables);
+        let mut ops = plan_with(want, &observed, tables);
+        if lb_refused_now {
+            ops.retain(|op| !matches!(op, Op::ApplyLb(_)));
+        }
         if ops.is_empty() {
             break;
         }
@@ -455,12 +465,16 @@ async fn pass(
                             info!(ops = ops_len, "load balancer maps updated");
                             observed.lb = Some(written.state);
                             observed.lb_error = None;
+                            observed.lb_refused.clear();
                         }
                         Ok(written) => {
                             failed = true;
+                            lb_refused_now = true;
                             let error = lb_write_error(&written);
                             warn!(%error, "load balancer maps not fully updated; retrying");
                             observed.lb_error = Some(error);
+                            observed.lb_refused =
+                                written.failed.iter().map(|(key, err)| (*key, format!("{err:#}"))).collect();
                             // Part of a failed batch may have landed: what the maps hold decides
                             // what is announced, so read them back now (unread: see Desired::vips).
                             observed.lb = datapath.lb_state().await.ok();
@@ -469,6 +483,7 @@ async fn pass(
                             failed = true;
                             warn!(error = %format!("{err:#}"), "load balancer maps not updated; retrying");
                             observed.lb_error = Some(format!("{err:#}"));
+                            observed.lb_refused.clear();
                             observed.lb = datapath.lb_state().await.ok();
                         }
                     }
@@ -537,8 +552,13 @@ async fn pass(
 fn lb_write_error(written: &ferrule_xdp_lb::Written<anyhow::Error>) -> String {
     let mut parts: Vec<String> =
         written.failed.iter().map(|(key, err)| format!("service {key} not installed: {err:#}")).collect();
-    if !written.held_back.is_empty() {
+    if !written.held_back.is_empty() && !written.failed.is_empty() {
         parts.push(format!("{} ops waiting for them", written.held_back.len()));
+    } else if !written.held_back.is_empty() {
+        parts.push(format!(
+            "{} ops not written: they contradict what the maps were taken to hold (read again)",
+            written.held_back.len()
+        ));
     }
     if let Some(err) = &written.stopped {
         parts.push(format!("{err:#}"));
@@ -602,6 +622,7 @@ mod tests {
             node_addresses: Some((None, None)),
             snat_ports: Some(accepted.model.node.snat_ports),
             lb_error: None,
+            lb_refused: Default::default(),
             bgp_error: None,
             decap_applied: Some(accepted.model.decap.clone()),
             decap: None,
@@ -1052,14 +1073,18 @@ mod tests {
         api.vip = "203.0.113.20".parse().unwrap();
         model.services.push(api.clone());
         let changed = Accepted { model, ..with_service(2, "healthy") };
+        let writes = || faults.lb_writes.load(std::sync::atomic::Ordering::SeqCst);
+        let before = writes();
         model_tx.send_replace(Arc::new(changed.clone()));
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(2)).await.unwrap().clone();
+        assert_eq!(writes() - before, 2, "web refused, the rest written without it, and not tried again this pass");
         let lb = seen.lb.as_ref().expect("maps read back");
         assert!(lb.services.contains_key(&ferrule_xdp_lb::ServiceKey::of(&api)), "api is installed");
         assert_eq!(lb.services[&web], old_web, "web keeps its old table");
         assert_eq!(seen.announced_vips, ["203.0.113.10/32", "203.0.113.20/32"]);
         let error = seen.lb_error.as_deref().unwrap_or_default();
         assert!(error.contains("service 203.0.113.10:80/tcp not installed") && error.contains("memory"), "{error}");
+        assert_eq!(seen.lb_refused.keys().collect::<Vec<_>>(), [&web]);
 
         // Once the kernel takes it, web goes in.
         *faults.refuse_service.lock().unwrap() = None;
@@ -1068,6 +1093,7 @@ mod tests {
         let lb = seen.lb.as_ref().unwrap();
         assert_eq!(lb.services[&web].table.iter().collect::<std::collections::BTreeSet<_>>().len(), 2);
         assert_eq!(seen.lb_error, None);
+        assert!(seen.lb_refused.is_empty());
         task.abort();
     }
 }

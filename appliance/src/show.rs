@@ -168,6 +168,9 @@ pub fn render_lb_services(services: &[crate::api::LbService]) -> String {
             s.bytes,
             s.new_flows
         );
+        if let Some(error) = &s.install_error {
+            let _ = writeln!(out, "  ! change not installed (the maps keep the previous state; retrying): {error}");
+        }
         for b in &s.backends {
             let _ = writeln!(
                 out,
@@ -832,15 +835,26 @@ eth7             down      interface \"eth7\": attaching tc_decap (tcx ingress):
             mode: "dsr".into(),
             id: Some(1),
             announced: true,
+            install_error: None,
             packets: 10,
             bytes: 640,
             new_flows: 2,
             backends: vec![backend("198.51.100.2", 1), backend("198.51.100.3", 0)],
         };
-        let text = render_lb_services(&[service]);
+        let text = render_lb_services(std::slice::from_ref(&service));
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].contains("198.51.100.2:80") && lines[1].ends_with("new flows 1"), "{text}");
         assert!(lines[2].contains("weight    0 healthy") && lines[2].ends_with("new flows 1 (draining)"), "{text}");
+
+        let refused =
+            crate::api::LbService { install_error: Some("fr_lb_tables: Cannot allocate memory".into()), ..service };
+        let text = render_lb_services(&[refused]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(
+            lines[1].starts_with("  ! change not installed") && lines[1].ends_with("Cannot allocate memory"),
+            "{text}"
+        );
     }
 
     /// What the daemon answers for `events`, read back as the CLI reads it.

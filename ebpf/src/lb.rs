@@ -496,10 +496,13 @@ impl LbMaps<'_> {
     /// - The whole batch is checked first (ids, table sizes, a key or id given twice); a bad
     ///   entry rejects the batch with an error naming it, and nothing is written.
     /// - If the kernel refuses a write (out of memory, say), what was written before stays: those
-    ///   services are installed, each complete with its table; the failing one and the rest are
-    ///   left as they were; the error names the failing service and says how many went in. A
-    ///   service is never left pointing at a table that was not written, and services not in
-    ///   the batch are never touched. (Applying the batch again finishes it.)
+    ///   services are installed, each complete with its table; the error names the failing
+    ///   service and says how many went in. A refused table leaves its service and the rest of
+    ///   the batch as they were. A refused service entry (the services map full, say) comes
+    ///   after its chunk's tables are in: a service already installed then forwards with its new
+    ///   table under its old mode, one not installed yet is still not looked up. A service is
+    ///   never left pointing at a table that was not written, and services not in the batch are
+    ///   never touched. (Applying the batch again finishes it.)
     pub fn upsert_services(&mut self, services: &[ServiceUpsert<'_>]) -> Result<(), EbpfError> {
         self.upsert_services_blaming(services).map_err(|stop| stop.error)
     }

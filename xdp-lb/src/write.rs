@@ -74,8 +74,14 @@ pub fn write_isolating<E>(
     let mut failed_keys = BTreeSet::new();
     let mut held_back = Vec::new();
     let mut pending = ops.to_vec();
+    // How many ops at the head of `pending` may have gone in with the failed batch (the model
+    // does not have them): if one of them would be held back, the checks after it would be made
+    // against tables the maps may no longer hold, so the write ends there.
+    let mut maybe_in = 0;
     loop {
-        let (sendable, after) = sendable(&model, pending, &failed_keys, &mut held_back);
+        let Some((sendable, after)) = sendable(&model, pending, maybe_in, &failed_keys, &mut held_back) else {
+            return Written { state: model, failed, held_back, stopped: None };
+        };
         if sendable.is_empty() {
             return Written { state: model, failed, held_back, stopped: None };
         }
@@ -92,6 +98,7 @@ pub fn write_isolating<E>(
         match blamed {
             Some(key) if failed.len() < MAX_SET_ASIDE && failed_keys.insert(key) => {
                 failed.push((key, stop.error));
+                maybe_in = stop.at.unwrap_or(done) - done;
                 pending = sendable[done..].to_vec();
             }
             _ => return Written { state: model, failed, held_back, stopped: Some(stop.error) },
@@ -109,42 +116,63 @@ fn service_of(op: &LbOp) -> Option<ServiceKey> {
 
 /// The ops of `pending` that are safe to write to maps holding `model` while the services in
 /// `failed` keep what they hold, and the model after them; the others (but the failed services'
-/// own) go to `held_back`.
+/// own) go to `held_back`. `None` (with every op from there on held back) if one of the first
+/// `maybe_in` ops would be held back.
 fn sendable(
     model: &LbState,
     pending: Vec<LbOp>,
+    maybe_in: usize,
     failed: &BTreeSet<ServiceKey>,
     held_back: &mut Vec<LbOp>,
-) -> (Vec<LbOp>, LbState) {
+) -> Option<(Vec<LbOp>, LbState)> {
     let mut after = model.clone();
     let mut sendable = Vec::with_capacity(pending.len());
     // Backend ids whose write was held back: they hold something else than the plan expects.
     let mut unwritten: BTreeSet<u32> = BTreeSet::new();
-    let named_by_failed = |state: &LbState, id: u32| {
-        failed.iter().any(|key| state.services.get(key).is_some_and(|s| s.table.contains(&id)))
-    };
-    for op in pending {
+    // Services whose entry in the maps is not what the plan expects: the failed ones and those
+    // held back (they keep their old tables and ids).
+    let mut stale: BTreeSet<ServiceKey> =
+        failed.iter().copied().chain(held_back.iter().filter_map(service_of)).collect();
+    let mut pending = pending.into_iter().enumerate();
+    while let Some((i, op)) = pending.next() {
         if service_of(&op).is_some_and(|key| failed.contains(&key)) {
             continue;
         }
+        let held_by = |key: &ServiceKey, test: &dyn Fn(&crate::plan::ServiceEntry) -> bool| {
+            after.services.get(key).is_some_and(test)
+        };
         let safe = match &op {
-            LbOp::UpsertService { id, table, .. } => {
+            LbOp::UpsertService { id, key, table, .. } => {
                 !table.iter().any(|b| unwritten.contains(b))
-                    && !failed.iter().any(|key| after.services.get(key).is_some_and(|s| s.id == *id))
+                    && !stale.iter().any(|other| other != key && held_by(other, &|s| s.id == *id))
             }
-            LbOp::UpsertBackend { id, down: true, .. } => !named_by_failed(&after, *id),
+            LbOp::UpsertBackend { id, down: true, .. } => {
+                !stale.iter().any(|key| held_by(key, &|s| s.table.contains(id)))
+            }
             _ => true,
         };
         if safe && after.apply(&op).is_ok() {
             sendable.push(op);
             continue;
         }
-        if let LbOp::UpsertBackend { id, .. } = op {
-            unwritten.insert(id);
+        if i < maybe_in {
+            held_back.push(op);
+            let rest = pending.map(|(_, op)| op);
+            held_back.extend(rest.filter(|op| service_of(op).is_none_or(|key| !failed.contains(&key))));
+            return None;
+        }
+        match &op {
+            LbOp::UpsertBackend { id, .. } => {
+                unwritten.insert(*id);
+            }
+            LbOp::UpsertService { key, .. } | LbOp::RemoveService { key, .. } => {
+                stale.insert(*key);
+            }
+            LbOp::RemoveBackend { .. } => {}
         }
         held_back.push(op);
     }
-    (sendable, after)
+    Some((sendable, after))
 }
 
 #[cfg(test)]
@@ -299,6 +327,44 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_the_old_table_of_a_held_back_service_names_is_not_marked_down() {
+        let health = HealthView::default();
+        // A (refused, then removed) holds backend .1; S lists .2 and .3.
+        let a = svc("192.0.2.1", &["198.51.100.1"]);
+        let s = svc("192.0.2.2", &["198.51.100.2", "198.51.100.3"]);
+        let mut maps = Maps { state: LbState::default(), refused: BTreeSet::new(), writes: 0 };
+        let first = plan(&[a.clone(), s.clone()], &health, &maps.state);
+        assert!(write_isolating(&maps.state.clone(), &first, |ops| maps.write(ops)).is_complete());
+        let three = backend_id(&maps.state, "198.51.100.3");
+
+        // A goes (refused) and S swaps .2 for .9, which the plan puts in A's freed backend id
+        // (held back: A still names it), and .3 fails: S's new table (naming .9's id) waits, so
+        // S's old table still names .3, which must not be marked down.
+        maps.refused.insert(ServiceKey::of(&a));
+        let s2 = svc("192.0.2.2", &["198.51.100.9", "198.51.100.3"]);
+        let mut health = HealthView::default();
+        let addr = SocketAddr::new("198.51.100.3".parse().unwrap(), 8080);
+        health.set(ServiceKey::of(&s2), addr, crate::BackendHealth::Unhealthy { reason: "refused".into() });
+        let ops = plan(std::slice::from_ref(&s2), &health, &maps.state);
+        assert!(
+            ops.iter().any(|op| matches!(op, LbOp::UpsertBackend { id, down: true, .. } if *id == three)),
+            "{ops:?}"
+        );
+        let written = write_isolating(&maps.state.clone(), &ops, |ops| maps.write(ops));
+        assert_eq!(written.failed.len(), 1);
+        assert!(
+            written
+                .held_back
+                .iter()
+                .any(|op| matches!(op, LbOp::UpsertService { key, .. } if *key == ServiceKey::of(&s2))),
+            "S waits: {:?}",
+            written.held_back
+        );
+        assert!(maps.state.services[&ServiceKey::of(&s)].table.contains(&three), "S's old table names .3");
+        assert!(!maps.state.backends[&three].down, "so .3 is not marked down");
+    }
+
+    #[test]
     fn a_backend_a_refused_table_still_names_is_not_marked_down() {
         let (a, b) = (svc("192.0.2.1", &["198.51.100.1", "198.51.100.2"]), svc("192.0.2.2", &["198.51.100.2"]));
         let mut maps = Maps { state: LbState::default(), refused: BTreeSet::new(), writes: 0 };
@@ -340,6 +406,35 @@ mod tests {
         assert!(written.stopped.is_some());
         assert_eq!(maps.writes, MAX_SET_ASIDE + 1);
         assert_eq!(written.state, maps.state, "the backends went in");
+    }
+
+    #[test]
+    fn an_op_that_may_have_gone_in_with_the_failed_batch_is_not_held_back_silently() {
+        // Synthetic order (the plan marks down after the tables): a down mark, then a table
+        // that still names the backend, written as one batch the kernel stopped in at the table.
+        let a = svc("192.0.2.1", &["198.51.100.1"]);
+        let mut state = LbState::default();
+        for op in plan(std::slice::from_ref(&a), &HealthView::default(), &state) {
+            state.apply(&op).unwrap();
+        }
+        let id = backend_id(&state, "198.51.100.1");
+        let entry = state.backends[&id];
+        let old = state.services[&ServiceKey::of(&a)].clone();
+        let ops = [
+            LbOp::UpsertBackend { id, address: entry.address, port: entry.port, down: true },
+            LbOp::UpsertService { id: old.id, key: ServiceKey::of(&a), mode: old.mode, table: old.table.clone() },
+            LbOp::UpsertBackend { id: id + 1, address: "198.51.100.2".parse().unwrap(), port: 8080, down: false },
+        ];
+        let mut calls = 0;
+        let written = write_isolating(&state, &ops, |_| {
+            calls += 1;
+            // Whether the mark went in is unknown: only the batch's start is certain.
+            Err(WriteStop { done: 0, at: Some(1), error: "ENOMEM" })
+        });
+        assert_eq!(calls, 1, "nothing written after the doubt");
+        assert_eq!(written.failed.len(), 1);
+        assert_eq!(written.held_back, [ops[0].clone(), ops[2].clone()]);
+        assert!(!written.is_complete());
     }
 
     #[test]
