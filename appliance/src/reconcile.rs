@@ -1006,18 +1006,35 @@ mod tests {
         (datapath, faults)
     }
 
+    /// The reconciler on an in-memory datapath with eth0 (and the switches of its failures),
+    /// its first pass done with `with_service(1, "healthy")` installed and announced.
+    async fn running_with_service() -> (
+        Arc<crate::datapath::Faults>,
+        watch::Sender<Arc<Accepted>>,
+        watch::Receiver<Observed>,
+        tokio::task::JoinHandle<()>,
+        Observed,
+    ) {
+        let (datapath, faults) = faulty_datapath();
+        let (model_tx, model_rx) = watch::channel(Arc::new(with_service(1, "healthy")));
+        let (observed_tx, mut observed_rx) = watch::channel(Observed::default());
+        let (health_tx, health_rx) = watch::channel(HealthView::default());
+        let task = tokio::spawn(async move {
+            // The health channel stays open while the reconciler runs.
+            let _health = health_tx;
+            run(model_rx, health_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()).await
+        });
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
+        assert_eq!(seen.announced_vips, ["203.0.113.10/32"]);
+        (faults, model_tx, observed_rx, task, seen)
+    }
+
     /// A service added while the maps can be neither written nor read back is not announced,
     /// and one announced before stays; uplinks are not attached while the SNAT ports cannot be
     /// set (the program would run with the default ones).
     #[tokio::test]
     async fn failed_map_changes_announce_nothing_new_and_unset_snat_ports_attach_nothing() {
-        let (datapath, faults) = faulty_datapath();
-        let (model_tx, model_rx) = watch::channel(Arc::new(with_service(1, "healthy")));
-        let (observed_tx, mut observed_rx) = watch::channel(Observed::default());
-        let (_health_tx, health_rx) = watch::channel(HealthView::default());
-        let task = tokio::spawn(run(model_rx, health_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()));
-        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
-        assert_eq!(seen.announced_vips, ["203.0.113.10/32"]);
+        let (faults, model_tx, mut observed_rx, task, _) = running_with_service().await;
 
         faults.apply_lb.store(true, std::sync::atomic::Ordering::SeqCst);
         faults.lb_state.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -1049,13 +1066,7 @@ mod tests {
     /// (and its VIP), the error names it, and it goes in once the kernel takes it.
     #[tokio::test]
     async fn a_service_the_kernel_refuses_does_not_hold_back_the_others() {
-        let (datapath, faults) = faulty_datapath();
-        let (model_tx, model_rx) = watch::channel(Arc::new(with_service(1, "healthy")));
-        let (observed_tx, mut observed_rx) = watch::channel(Observed::default());
-        let (_health_tx, health_rx) = watch::channel(HealthView::default());
-        let task = tokio::spawn(run(model_rx, health_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()));
-        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
-        assert_eq!(seen.announced_vips, ["203.0.113.10/32"]);
+        let (faults, model_tx, mut observed_rx, task, seen) = running_with_service().await;
         let web = ferrule_xdp_lb::ServiceKey::of(&with_service(1, "healthy").model.services[0]);
         let old_web = seen.lb.as_ref().unwrap().services[&web].clone();
 

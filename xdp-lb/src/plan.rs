@@ -343,7 +343,7 @@ impl FreeIds {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ferrule_config::{AnnounceWhen, Backend, Protocol};
 
     use super::*;
@@ -352,7 +352,7 @@ mod tests {
 
     const SIZE: u32 = 1009;
 
-    fn svc(vip: &str, port: u16, backends: &[&str]) -> Service {
+    pub(crate) fn svc(vip: &str, port: u16, backends: &[&str]) -> Service {
         Service {
             name: format!("{vip}:{port}"),
             vip: vip.parse().unwrap(),
@@ -395,7 +395,7 @@ mod tests {
         (ops, next)
     }
 
-    fn backend_id(state: &LbState, a: &str) -> u32 {
+    pub(crate) fn backend_id(state: &LbState, a: &str) -> u32 {
         let addr = sock(a);
         let found = state.backends.iter().find(|(_, b)| SocketAddr::new(b.address, b.port) == addr);
         *found.unwrap_or_else(|| panic!("no backend {a}")).0

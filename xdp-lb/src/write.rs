@@ -179,26 +179,16 @@ fn sendable(
 mod tests {
     use std::net::{IpAddr, SocketAddr};
 
-    use ferrule_config::{AnnounceWhen, Backend, Mode, Protocol, Service};
+    use ferrule_config::Service;
 
     use super::*;
     use crate::plan::plan;
+    use crate::plan::tests::backend_id;
     use crate::HealthView;
 
-    const SIZE: u32 = 251;
-
+    /// A service on port 80 (the plan's tests' helper).
     fn svc(vip: &str, backends: &[&str]) -> Service {
-        Service {
-            name: vip.to_owned(),
-            vip: vip.parse().unwrap(),
-            port: 80,
-            protocol: Protocol::Tcp,
-            mode: Mode::Dsr,
-            backends: backends.iter().map(|a| Backend { address: a.parse().unwrap(), port: 8080, weight: 1 }).collect(),
-            health: None,
-            announce: AnnounceWhen::Healthy,
-            maglev_table_size: SIZE,
-        }
+        crate::plan::tests::svc(vip, 80, backends)
     }
 
     /// Maps that refuse every op on the services in `refused`, as a kernel out of memory for
@@ -221,11 +211,6 @@ mod tests {
             }
             Ok(())
         }
-    }
-
-    fn backend_id(state: &LbState, a: &str) -> u32 {
-        let addr = SocketAddr::new(a.parse().unwrap(), 8080);
-        *state.backends.iter().find(|(_, b)| SocketAddr::new(b.address, b.port) == addr).unwrap().0
     }
 
     #[test]
