@@ -481,6 +481,8 @@ pub struct Faults {
     pub apply_lb: std::sync::atomic::AtomicBool,
     /// Every op on this service fails, as a kernel out of memory for its table would.
     pub refuse_service: std::sync::Mutex<Option<ServiceKey>>,
+    /// The next `lb_state` fails (once).
+    pub lb_state_once: std::sync::atomic::AtomicBool,
     /// Calls of `write_lb` so far (not a fault: what the test counts).
     pub lb_writes: std::sync::atomic::AtomicUsize,
     pub lb_state: std::sync::atomic::AtomicBool,
@@ -548,6 +550,9 @@ impl Datapath for InMemoryDatapath {
 
     fn lb_state(&mut self) -> Result<LbState> {
         Faults::check(&self.faults.lb_state, "reading the maps")?;
+        if self.faults.lb_state_once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(anyhow!("reading the maps: injected failure (once)"));
+        }
         Ok(self.lb.clone())
     }
 

@@ -275,7 +275,11 @@ pub async fn adopt_lb(datapath: &DatapathHandle, observed: &mut Observed) -> boo
                 );
             }
             observed.lb = Some(state);
-            observed.lb_error = None;
+            // A refusal of this pass stays reported until a write goes in whole (or nothing is
+            // left to write): reading the maps back does not undo it.
+            if observed.lb_refused.is_empty() {
+                observed.lb_error = None;
+            }
             true
         }
         Err(err) => {
@@ -405,6 +409,13 @@ async fn pass(
     let mut lb_refused_now = false;
     for _ in 0..ROUNDS {
         let mut ops = plan_with(want, &observed, tables);
+        let lb_converged = observed.lb.is_some() && !ops.iter().any(|op| matches!(op, Op::ApplyLb(_)));
+        if lb_converged && !observed.lb_refused.is_empty() {
+            // What was refused is no longer wanted (or went in some other way): nothing is left
+            // to retry.
+            observed.lb_refused.clear();
+            observed.lb_error = None;
+        }
         if lb_refused_now {
             ops.retain(|op| !matches!(op, Op::ApplyLb(_)));
         }
@@ -1086,6 +1097,8 @@ mod tests {
         let changed = Accepted { model, ..with_service(2, "healthy") };
         let writes = || faults.lb_writes.load(std::sync::atomic::Ordering::SeqCst);
         let before = writes();
+        // The maps cannot be read back after the refusal either: the next round adopts them.
+        faults.lb_state_once.store(true, std::sync::atomic::Ordering::SeqCst);
         model_tx.send_replace(Arc::new(changed.clone()));
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(2)).await.unwrap().clone();
         assert_eq!(writes() - before, 2, "web refused, the rest written without it, and not tried again this pass");
@@ -1096,11 +1109,20 @@ mod tests {
         let error = seen.lb_error.as_deref().unwrap_or_default();
         assert!(error.contains("service 203.0.113.10:80/tcp not installed") && error.contains("memory"), "{error}");
         assert_eq!(seen.lb_refused.keys().collect::<Vec<_>>(), [&web]);
+        assert!(!faults.lb_state_once.load(std::sync::atomic::Ordering::SeqCst), "the read-back failed once");
+
+        // The config takes web's change back: nothing is left to write, nothing refused.
+        let mut reverted = changed.model.clone();
+        reverted.services[0].backends.pop();
+        model_tx.send_replace(Arc::new(Accepted { model: reverted, generation: 3, ..changed.clone() }));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(3)).await.unwrap().clone();
+        assert_eq!((seen.lb_error.as_deref(), seen.lb_refused.len()), (None, 0));
+        assert_eq!(seen.lb.as_ref().unwrap().services[&web], old_web);
 
         // Once the kernel takes it, web goes in.
         *faults.refuse_service.lock().unwrap() = None;
-        model_tx.send_replace(Arc::new(Accepted { generation: 3, ..changed }));
-        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(3)).await.unwrap().clone();
+        model_tx.send_replace(Arc::new(Accepted { generation: 4, ..changed }));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(4)).await.unwrap().clone();
         let lb = seen.lb.as_ref().unwrap();
         assert_eq!(lb.services[&web].table.iter().collect::<std::collections::BTreeSet<_>>().len(), 2);
         assert_eq!(seen.lb_error, None);

@@ -18,7 +18,9 @@
 //!   pass) waits: the two would share one table.
 //!
 //! A failure no service is to blame for (the backend map, a map that cannot be opened) stops the
-//! writing as before. The failed services are planned again in the next pass, which retries them.
+//! writing as before. (The eBPF datapath blames service upserts only, the ops that allocate: a
+//! removal fails only with its map, and stops the writing; the tests also blame removals, which
+//! a datapath may.) The failed services are planned again in the next pass, which retries them.
 
 use std::collections::BTreeSet;
 
@@ -143,7 +145,7 @@ fn sendable(
         };
         let safe = match &op {
             LbOp::UpsertService { id, key, table, .. } => {
-                !table.iter().any(|b| unwritten.contains(b))
+                (unwritten.is_empty() || !table.iter().any(|b| unwritten.contains(b)))
                     && !stale.iter().any(|other| other != key && held_by(other, &|s| s.id == *id))
             }
             LbOp::UpsertBackend { id, down: true, .. } => {
