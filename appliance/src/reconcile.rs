@@ -48,8 +48,9 @@ pub struct Observed {
     pub snat_ports: Option<ferrule_config::PortRange>,
     /// Why the last load-balancer change failed, if it did.
     pub lb_error: Option<String>,
-    /// The services whose install the kernel refused in the last change, with why; the maps
-    /// hold for each what they held before (see `ferrule_xdp_lb::write_isolating`).
+    /// The services whose change the kernel refused in the last write, with why, and those whose
+    /// change waited for a refused one; the maps hold for each what they held before (see
+    /// `ferrule_xdp_lb::write_isolating`).
     #[serde(skip)]
     pub lb_refused: std::collections::BTreeMap<ferrule_xdp_lb::ServiceKey, String>,
     /// Why the speaker refused the last `[bgp]` section (e.g. the listen port is taken).
@@ -258,6 +259,10 @@ pub async fn run(
         }
     }
 }
+
+/// `install_error` of a service whose change was held back behind a refused one.
+const WAITS_FOR_REFUSED: &str =
+    "not written: it depends on a change the kernel refused (a backend id or service id that change frees)";
 
 /// How long a pass waits for the health checker to take in a config's new checked services.
 const HEALTH_CATCH_UP: Duration = Duration::from_secs(1);
@@ -486,6 +491,12 @@ async fn pass(
                             observed.lb_error = Some(error);
                             observed.lb_refused =
                                 written.failed.iter().map(|(key, err)| (*key, format!("{err:#}"))).collect();
+                            // A service whose change waits for a refused one says so too.
+                            for op in &written.held_back {
+                                if let LbOp::UpsertService { key, .. } | LbOp::RemoveService { key, .. } = op {
+                                    observed.lb_refused.entry(*key).or_insert_with(|| WAITS_FOR_REFUSED.to_owned());
+                                }
+                            }
                             // Part of a failed batch may have landed: what the maps hold decides
                             // what is announced, so read them back now (unread: see Desired::vips).
                             observed.lb = datapath.lb_state().await.ok();
@@ -1069,6 +1080,33 @@ mod tests {
         let task = tokio::spawn(run(model_rx, health_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()));
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
         assert!(seen.uplinks.is_empty() && seen.snat_ports.is_none(), "{:?}", seen.uplinks);
+        task.abort();
+    }
+
+    /// A service whose change has to wait for a refused one (here: it takes the service id the
+    /// refused removal frees) says so, and goes in with it.
+    #[tokio::test]
+    async fn a_service_waiting_for_a_refused_change_says_so() {
+        let (faults, model_tx, mut observed_rx, task, _) = running_with_service().await;
+        let web = ferrule_xdp_lb::ServiceKey::of(&with_service(1, "healthy").model.services[0]);
+        *faults.refuse_service.lock().unwrap() = Some(web);
+        let mut model = with_service(2, "healthy").model.clone();
+        model.services[0].name = "api".into();
+        model.services[0].vip = "203.0.113.20".parse().unwrap();
+        let api = ferrule_xdp_lb::ServiceKey::of(&model.services[0]);
+        let only_api = Accepted { model, ..with_service(2, "healthy") };
+        model_tx.send_replace(Arc::new(only_api.clone()));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(2)).await.unwrap().clone();
+        assert!(seen.lb.as_ref().unwrap().services.contains_key(&web), "web's removal was refused");
+        assert!(!seen.lb.as_ref().unwrap().services.contains_key(&api), "api would share web's id");
+        assert_eq!(seen.lb_refused.get(&api).map(String::as_str), Some(WAITS_FOR_REFUSED));
+        assert!(seen.lb_refused[&web].contains("memory"));
+
+        *faults.refuse_service.lock().unwrap() = None;
+        model_tx.send_replace(Arc::new(Accepted { generation: 3, ..only_api }));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(3)).await.unwrap().clone();
+        assert_eq!(seen.lb.as_ref().unwrap().services.keys().collect::<Vec<_>>(), [&api]);
+        assert!(seen.lb_refused.is_empty());
         task.abort();
     }
 

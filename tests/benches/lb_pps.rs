@@ -46,6 +46,9 @@
 //!   one CPU of the node sustains, and the ratio of the two paths' costs is the ratio of their
 //!   capacities. The floor's cost bounds that ratio on these links: no XDP program gains more over
 //!   nftables here than the floor does, and "above the floor" is the load balancer's own work.
+//!   Beside it, from the same schedstat: how many times the node's thread was put on its CPU (a
+//!   busy thread alone on its CPU runs on; one that shares it is switched away from and back) and
+//!   how long it waited runnable while another thread had its CPU, per packet.
 //! - the same ratios **within each round** (the median of the rounds' own ratios, their range,
 //!   how many rounds reach 5x; with a baseline build, in how many rounds this build was cheaper):
 //!   a round's turns run within a minute, so a drift of the machine's speed between rounds, which
@@ -222,12 +225,19 @@ impl NapiThread {
 
     /// Nanoseconds this thread has run on a CPU (`/proc/PID/schedstat`, first field).
     fn cpu_ns(&self) -> Result<u64> {
+        Ok(self.schedstat()?[0])
+    }
+
+    /// `/proc/PID/schedstat`: nanoseconds run on a CPU, nanoseconds waited runnable on a run
+    /// queue, and the times it was put on a CPU.
+    fn schedstat(&self) -> Result<[u64; 3]> {
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid)).unwrap_or_default();
         if comm.trim_end() != self.comm {
             bail!("NAPI thread {} ({}) is gone: the device's NAPI was recreated", self.pid, self.comm);
         }
         let stat = std::fs::read_to_string(format!("/proc/{}/schedstat", self.pid))?;
-        stat.split_whitespace().next().and_then(|f| f.parse().ok()).context("parsing schedstat")
+        let fields: Vec<u64> = stat.split_whitespace().map(|f| f.parse()).collect::<Result<_, _>>()?;
+        fields.get(..3).and_then(|f| f.try_into().ok()).context("parsing schedstat")
     }
 }
 
@@ -384,6 +394,18 @@ impl Lab {
     /// CPU time so far of the node's and the sink's NAPI threads (threaded NAPI only).
     fn napi_ns(&self) -> Result<Option<(u64, u64)>> {
         self.napi.as_ref().map(|n| Ok((cpu_ns(&n.node)?, cpu_ns(&n.sink)?))).transpose()
+    }
+
+    /// The node's NAPI thread(s) so far (threaded NAPI only): nanoseconds waited runnable while
+    /// another thread had its CPU, and times put on a CPU.
+    fn node_sched(&self) -> Result<Option<(u64, u64)>> {
+        let Some(napi) = &self.napi else { return Ok(None) };
+        let mut sum = (0, 0);
+        for t in &napi.node {
+            let [_, waited, slices] = t.schedstat()?;
+            sum = (sum.0 + waited, sum.1 + slices);
+        }
+        Ok(Some(sum))
     }
 
     /// Datagrams the backend's sink has counted.
@@ -575,6 +597,9 @@ struct Measured {
     elapsed: Duration,
     /// Threaded NAPI only: CPU time of the node's `lb0` thread and of the sink's thread.
     napi_ns: Option<(u64, u64)>,
+    /// Threaded NAPI only: how long the node's thread waited runnable, and how often it was put
+    /// on its CPU (each time after a switch away from it: its own sleep, or another thread).
+    node_sched: Option<(u64, u64)>,
     /// Shares of all CPUs' time in the window: busy, user, system, softirq.
     cpu: (f64, f64, f64, f64),
 }
@@ -639,6 +664,7 @@ fn measure(lab: &Lab, knobs: &Knobs) -> Result<Measured> {
         generator_ns: end.busy_ns - start.busy_ns,
         elapsed: end.at - start.at,
         napi_ns: start.napi_ns.zip(end.napi_ns).map(|((n0, s0), (n1, s1))| (n1 - n0, s1 - s0)),
+        node_sched: start.node_sched.zip(end.node_sched).map(|((w0, c0), (w1, c1))| (w1 - w0, c1 - c0)),
         cpu: start.cpu.shares(&end.cpu),
     })
 }
@@ -650,6 +676,7 @@ struct Reading {
     busy_ns: u64,
     entered: u64,
     napi_ns: Option<(u64, u64)>,
+    node_sched: Option<(u64, u64)>,
     cpu: Cpu,
     at: Instant,
 }
@@ -662,6 +689,7 @@ impl Reading {
             busy_ns: lab.generator_ns()?,
             entered: rx_packets(&lab.node, "lb0")?,
             napi_ns: lab.napi_ns()?,
+            node_sched: lab.node_sched()?,
             cpu: Cpu::read()?,
             at: Instant::now(),
         })
@@ -987,9 +1015,17 @@ fn describe(m: &Measured) -> String {
         (Some(node), Some(sink)) => format!("; node {node:.0} ns/pkt, sink {sink:.0} ns/pkt"),
         _ => String::new(),
     };
+    let sched = match m.node_sched {
+        Some((waited, slices)) => format!(
+            "; node's thread put on its CPU {slices} times ({:.0} pkts each), waited runnable {:.0} ns/pkt",
+            m.entered as f64 / slices.max(1) as f64,
+            waited as f64 / m.entered.max(1) as f64
+        ),
+        None => String::new(),
+    };
     format!(
         "delivered {} in {:.2} s = {:.0} pps (offered {} = {:.0} pps, entered the node {:.0} pps, generator \
-         {:.0} ns/frame{napi}; CPUs {:.0}% busy: user {:.0}%, system {:.0}%, softirq {:.0}%)",
+         {:.0} ns/frame{napi}{sched}; CPUs {:.0}% busy: user {:.0}%, system {:.0}%, softirq {:.0}%)",
         m.delivered,
         m.elapsed.as_secs_f64(),
         m.pps(),
