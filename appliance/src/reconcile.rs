@@ -261,8 +261,7 @@ pub async fn run(
 }
 
 /// `install_error` of a service whose change was held back behind a refused one.
-const WAITS_FOR_REFUSED: &str =
-    "not written: it depends on a change the kernel refused (a backend id or service id that change frees)";
+const WAITS_FOR_REFUSED: &str = "not written: it waits for a change the kernel refused (see lb_error)";
 
 /// How long a pass waits for the health checker to take in a config's new checked services.
 const HEALTH_CATCH_UP: Duration = Duration::from_secs(1);
@@ -415,9 +414,9 @@ async fn pass(
     for _ in 0..ROUNDS {
         let mut ops = plan_with(want, &observed, tables);
         let lb_converged = observed.lb.is_some() && !ops.iter().any(|op| matches!(op, Op::ApplyLb(_)));
-        if lb_converged && !observed.lb_refused.is_empty() {
-            // What was refused is no longer wanted (or went in some other way): nothing is left
-            // to retry.
+        if lb_converged && (!observed.lb_refused.is_empty() || observed.lb_error.is_some()) {
+            // The maps (read since any failure) hold what is wanted: what failed is no longer
+            // wanted, or went in some other way, and nothing is left to retry.
             observed.lb_refused.clear();
             observed.lb_error = None;
         }
@@ -492,7 +491,8 @@ async fn pass(
                             observed.lb_refused =
                                 written.failed.iter().map(|(key, err)| (*key, format!("{err:#}"))).collect();
                             // A service whose change waits for a refused one says so too.
-                            for op in &written.held_back {
+                            let waiting = if written.failed.is_empty() { &[][..] } else { &written.held_back[..] };
+                            for op in waiting {
                                 if let LbOp::UpsertService { key, .. } | LbOp::RemoveService { key, .. } = op {
                                     observed.lb_refused.entry(*key).or_insert_with(|| WAITS_FOR_REFUSED.to_owned());
                                 }
@@ -1080,6 +1080,28 @@ mod tests {
         let task = tokio::spawn(run(model_rx, health_rx, datapath, Speaker::spawn(), observed_tx, Metrics::new()));
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
         assert!(seen.uplinks.is_empty() && seen.snat_ports.is_none(), "{:?}", seen.uplinks);
+        task.abort();
+    }
+
+    /// A change the maps refused as a whole stays reported until nothing is left to write: here
+    /// the config takes it back.
+    #[tokio::test]
+    async fn a_failed_change_taken_back_leaves_no_error() {
+        let (faults, model_tx, mut observed_rx, task, _) = running_with_service().await;
+        faults.apply_lb.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut model = with_service(2, "healthy").model.clone();
+        let mut api = model.services[0].clone();
+        api.name = "api".into();
+        api.vip = "203.0.113.20".parse().unwrap();
+        model.services.push(api);
+        model_tx.send_replace(Arc::new(Accepted { model, ..with_service(2, "healthy") }));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(2)).await.unwrap().clone();
+        assert!(seen.lb_error.as_deref().unwrap_or_default().contains("injected failure"), "{:?}", seen.lb_error);
+        assert!(seen.lb_refused.is_empty(), "no one service to blame");
+
+        model_tx.send_replace(Arc::new(with_service(3, "healthy")));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(3)).await.unwrap().clone();
+        assert_eq!(seen.lb_error, None, "the maps hold what is wanted");
         task.abort();
     }
 

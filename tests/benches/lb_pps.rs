@@ -46,9 +46,10 @@
 //!   one CPU of the node sustains, and the ratio of the two paths' costs is the ratio of their
 //!   capacities. The floor's cost bounds that ratio on these links: no XDP program gains more over
 //!   nftables here than the floor does, and "above the floor" is the load balancer's own work.
-//!   Beside it, from the same schedstat: how many times the node's thread was put on its CPU (a
-//!   busy thread alone on its CPU runs on; one that shares it is switched away from and back) and
-//!   how long it waited runnable while another thread had its CPU, per packet.
+//!   Beside it, from the same schedstat (summed over the node's NAPI threads, usually one): how
+//!   many times the node's thread was put on a CPU, each time after it slept for want of packets
+//!   or after another thread had the CPU, and how long it waited runnable while another thread
+//!   had it, per packet (a thread that runs flat out alone on its CPU is put on it rarely).
 //! - the same ratios **within each round** (the median of the rounds' own ratios, their range,
 //!   how many rounds reach 5x; with a baseline build, in how many rounds this build was cheaper):
 //!   a round's turns run within a minute, so a drift of the machine's speed between rounds, which
