@@ -786,6 +786,16 @@ mod tests {
         Accepted { model: ferrule_config::parse("t.toml", &text).unwrap(), text, ..accepted(&[], generation) }
     }
 
+    /// `with_service`'s web, and api: the same service on 203.0.113.20.
+    fn with_api(generation: u64) -> Accepted {
+        let mut accepted = with_service(generation, "healthy");
+        let mut api = accepted.model.services[0].clone();
+        api.name = "api".into();
+        api.vip = "203.0.113.20".parse().unwrap();
+        accepted.model.services.push(api);
+        accepted
+    }
+
     fn announced(ops: &[Op]) -> Vec<String> {
         ops.iter()
             .filter_map(|op| match op {
@@ -1060,12 +1070,7 @@ mod tests {
 
         faults.apply_lb.store(true, std::sync::atomic::Ordering::SeqCst);
         faults.lb_state.store(true, std::sync::atomic::Ordering::SeqCst);
-        let mut model = with_service(2, "healthy").model.clone();
-        let mut api = model.services[0].clone();
-        api.name = "api".into();
-        api.vip = "203.0.113.20".parse().unwrap();
-        model.services.push(api);
-        model_tx.send_replace(Arc::new(Accepted { model, ..with_service(2, "healthy") }));
+        model_tx.send_replace(Arc::new(with_api(2)));
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(2)).await.unwrap().clone();
         assert_eq!(seen.announced_vips, ["203.0.113.10/32"], "the new VIP is not announced, the old one stays");
         assert!(seen.lb_error.is_some());
@@ -1089,12 +1094,7 @@ mod tests {
     async fn a_failed_change_taken_back_leaves_no_error() {
         let (faults, model_tx, mut observed_rx, task, _) = running_with_service().await;
         faults.apply_lb.store(true, std::sync::atomic::Ordering::SeqCst);
-        let mut model = with_service(2, "healthy").model.clone();
-        let mut api = model.services[0].clone();
-        api.name = "api".into();
-        api.vip = "203.0.113.20".parse().unwrap();
-        model.services.push(api);
-        model_tx.send_replace(Arc::new(Accepted { model, ..with_service(2, "healthy") }));
+        model_tx.send_replace(Arc::new(with_api(2)));
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(2)).await.unwrap().clone();
         assert!(seen.lb_error.as_deref().unwrap_or_default().contains("injected failure"), "{:?}", seen.lb_error);
         assert!(seen.lb_refused.is_empty(), "no one service to blame");
