@@ -90,6 +90,10 @@ pub struct ConfigStatus {
 pub struct DatapathStatus {
     pub pin_dir: String,
     pub applied_generation: Option<u64>,
+    /// The last pass did all its config asks (false: something failed and is retried; see the
+    /// errors beside it and the daemon's log).
+    #[serde(default)]
+    pub applied_complete: bool,
     pub uplinks: Vec<ferrule_ebpf::UplinkStatus>,
     /// Generation whose `[bgp]` section the speaker runs.
     #[serde(default)]
@@ -133,6 +137,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         datapath: DatapathStatus {
             pin_dir: state.datapath.pin_dir().display().to_string(),
             applied_generation: observed.applied_generation,
+            applied_complete: observed.applied_complete,
             uplinks: observed.uplinks,
             bgp_generation: observed.bgp_generation,
             bgp_error: observed.bgp_error,

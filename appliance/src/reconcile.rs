@@ -32,6 +32,9 @@ pub struct Observed {
     pub uplinks: Vec<UplinkStatus>,
     /// Generation of the config the last pass applied.
     pub applied_generation: Option<u64>,
+    /// Whether that pass did all the config asks without an error (false: something is retried;
+    /// the errors are beside it, or in the log).
+    pub applied_complete: bool,
     /// Generation whose `[bgp]` section the speaker runs; `None` until it accepted one.
     pub bgp_generation: Option<u64>,
     /// What the speaker runs (peers and announcements, service VIPs included).
@@ -64,6 +67,9 @@ pub struct Observed {
     pub decap_error: Option<String>,
     #[serde(skip)]
     pub last_pass: Option<SystemTime>,
+    /// Passes run so far.
+    #[serde(skip)]
+    pub passes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -564,7 +570,9 @@ async fn pass(
         metrics.reconcile_errors.inc();
     }
     observed.applied_generation = Some(desired.generation);
+    observed.applied_complete = !failed;
     observed.last_pass = Some(SystemTime::now());
+    observed.passes += 1;
     observed_tx.send_replace(observed);
 }
 
@@ -637,6 +645,7 @@ mod tests {
         Observed {
             uplinks,
             applied_generation: Some(accepted.generation),
+            applied_complete: true,
             bgp_generation: Some(accepted.generation),
             bgp_applied: Some(speaker_of(accepted)),
             announced_vips: Vec::new(),
@@ -650,6 +659,7 @@ mod tests {
             decap: None,
             decap_error: None,
             last_pass: None,
+            passes: 1,
         }
     }
 
@@ -1058,6 +1068,10 @@ mod tests {
         });
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(1)).await.unwrap().clone();
         assert_eq!(seen.announced_vips, ["203.0.113.10/32"]);
+        assert!(seen.applied_complete, "{seen:?}");
+        // The resync interval's first tick is immediate: a second pass follows the first at once.
+        // It is let end here, so that what a test counts after a change is that change's pass.
+        let seen = observed_rx.wait_for(|o| o.passes >= 2).await.unwrap().clone();
         (faults, model_tx, observed_rx, task, seen)
     }
 
@@ -1098,10 +1112,12 @@ mod tests {
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(2)).await.unwrap().clone();
         assert!(seen.lb_error.as_deref().unwrap_or_default().contains("injected failure"), "{:?}", seen.lb_error);
         assert!(seen.lb_refused.is_empty(), "no one service to blame");
+        assert!(!seen.applied_complete, "generation 2 is applied only in part");
 
         model_tx.send_replace(Arc::new(with_service(3, "healthy")));
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(3)).await.unwrap().clone();
         assert_eq!(seen.lb_error, None, "the maps hold what is wanted");
+        assert!(seen.applied_complete);
         task.abort();
     }
 

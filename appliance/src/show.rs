@@ -442,7 +442,11 @@ pub fn render_status(s: &Status) -> String {
         if s.config.resumed { " (resumed from the state store)" } else { "" }
     );
     let _ = writeln!(out, "  {}", s.config.summary);
-    let applied = s.datapath.applied_generation.map_or("none yet".to_string(), |g| g.to_string());
+    let applied = match s.datapath.applied_generation {
+        None => "none yet".to_string(),
+        Some(g) if s.datapath.applied_complete => g.to_string(),
+        Some(g) => format!("{g}, in part (retrying: see the errors below and the daemon's log)"),
+    };
     let _ = writeln!(out, "Datapath pinned at {}, applied generation {applied}", s.datapath.pin_dir);
     if s.datapath.uplinks.is_empty() {
         let _ = writeln!(out, "No uplinks configured");
@@ -518,6 +522,7 @@ mod tests {
             datapath: DatapathStatus {
                 pin_dir: "/sys/fs/bpf/ferrule/node1".into(),
                 applied_generation: Some(3),
+                applied_complete: false,
                 uplinks: vec![
                     UplinkStatus {
                         name: "eth0".into(),
@@ -594,6 +599,10 @@ eth7             down      interface \"eth7\": attaching tc_decap (tcx ingress):
             ),
             "{text}"
         );
+        assert!(text.contains("applied generation 3, in part (retrying: see the errors below"), "{text}");
+        let mut status = sample_status();
+        status.datapath.applied_complete = true;
+        assert!(render_status(&status).contains("applied generation 3\n"));
         let eth0 = text.lines().find(|l| l.starts_with("eth0")).unwrap();
         assert_eq!(eth0.split_whitespace().collect::<Vec<_>>(), ["eth0", "2", "attached", "native"]);
         let eth9 = text.lines().find(|l| l.starts_with("eth9")).unwrap();
