@@ -198,7 +198,14 @@ fn initial_config(args: &DaemonArgs, store: &Store) -> Result<Accepted> {
     };
     let (model, text) = ferrule_config::load_file(path).map_err(|err| anyhow::anyhow!("{err}"))?;
     // Generations continue from the store, so they only ever grow on this node.
-    let generation = store.load_config().ok().flatten().map_or(0, |s| s.generation) + 1;
+    // (Also past a stored config that no longer validates.)
+    let generation = match store.stored_generation() {
+        Ok(stored) => stored.unwrap_or(0) + 1,
+        Err(err) => {
+            warn!(error = %format!("{err:#}"), "the state store's config record is unreadable: generations start over at 1");
+            1
+        }
+    };
     let accepted = Accepted {
         model,
         text,
@@ -365,6 +372,43 @@ async fn reload(models: &ModelStore, config: Option<&Path>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stored config that no longer validates does not restart generations at 1: `--resume`
+    /// refuses it (naming why) and `--config` continues after its generation.
+    #[test]
+    fn a_config_file_after_a_stored_config_that_no_longer_validates_continues_its_generations() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            daemon: DaemonArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.redb");
+        let file = dir.path().join("node.toml");
+        let text = "[node]\nname = \"node1\"\nasn = 65101\nrouter_id = \"192.0.2.11\"\n";
+        std::fs::write(&file, text).unwrap();
+        let store = Store::open(&state).unwrap();
+        let old = Accepted {
+            model: ferrule_config::parse("t.toml", text).unwrap(),
+            text: "[node]\nname = \"node1\"\nasn = 0\n".into(),
+            origin: Origin::File("old.toml".into()),
+            generation: 41,
+            accepted_at: SystemTime::UNIX_EPOCH,
+            resumed: false,
+        };
+        store.save_config(&old).unwrap();
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["ferrule".to_string(), "--state".into(), state.display().to_string()];
+            argv.extend(extra.iter().map(|s| s.to_string()));
+            Cli::try_parse_from(argv).unwrap().daemon
+        };
+        let err = initial_config(&args(&["--resume"]), &store).unwrap_err();
+        assert!(format!("{err:#}").contains("no longer validates"), "{err:#}");
+        let started = initial_config(&args(&["--config", file.to_str().unwrap()]), &store).unwrap();
+        assert_eq!(started.generation, 42);
+        assert_eq!(store.load_config().unwrap().unwrap().generation, 42, "and it is the stored one now");
+    }
 
     /// A stale socket (its daemon gone) is replaced, and the new one has mode 0600; a file that
     /// is not a socket is refused and left alone.

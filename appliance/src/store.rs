@@ -92,8 +92,8 @@ impl Store {
         Ok(())
     }
 
-    /// The last accepted config, re-validated. `Ok(None)` when the store has none yet.
-    pub fn load_config(&self) -> Result<Option<Accepted>> {
+    /// The stored record of the last accepted config, not validated.
+    fn stored_config(&self) -> Result<Option<StoredConfig>> {
         let txn = self.db.begin_read()?;
         let table = match txn.open_table(CONFIG) {
             Ok(table) => table,
@@ -103,8 +103,22 @@ impl Store {
         let Some(value) = table.get(LAST_ACCEPTED)? else {
             return Ok(None);
         };
-        let stored: StoredConfig = serde_json::from_slice(value.value())
+        let stored = serde_json::from_slice(value.value())
             .context("the stored config record is unreadable (written by an incompatible version?)")?;
+        Ok(Some(stored))
+    }
+
+    /// The generation of the last accepted config, also when its text no longer validates (a
+    /// newer binary's stricter checks): generations on this node only ever grow.
+    pub fn stored_generation(&self) -> Result<Option<u64>> {
+        Ok(self.stored_config()?.map(|s| s.generation))
+    }
+
+    /// The last accepted config, re-validated. `Ok(None)` when the store has none yet.
+    pub fn load_config(&self) -> Result<Option<Accepted>> {
+        let Some(stored) = self.stored_config()? else {
+            return Ok(None);
+        };
         let source_name = format!("{} (stored config)", self.path.display());
         let model = ferrule_config::parse(&source_name, &stored.text).map_err(|errors| {
             anyhow::anyhow!(
@@ -215,6 +229,19 @@ mod tests {
         assert_eq!(loaded.origin, Origin::Api("t.toml".into()));
         assert_eq!(unix_time_ms(loaded.accepted_at), 1_700_000_000_123);
         assert!(loaded.resumed);
+    }
+
+    #[test]
+    fn a_stored_config_that_no_longer_validates_keeps_its_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        assert_eq!(store.stored_generation().unwrap(), None);
+        // As if accepted by a build whose validation was looser.
+        let old = Accepted { text: "[node]\nname = \"node1\"\nasn = 0\n".into(), ..accepted(7) };
+        store.save_config(&old).unwrap();
+        let err = store.load_config().unwrap_err();
+        assert!(format!("{err:#}").contains("no longer validates"), "{err:#}");
+        assert_eq!(store.stored_generation().unwrap(), Some(7));
     }
 
     #[test]
