@@ -91,9 +91,9 @@ pub struct DatapathStatus {
     pub pin_dir: String,
     pub applied_generation: Option<u64>,
     /// The last pass did all its config asks (false: something failed and is retried; see the
-    /// errors beside it and the daemon's log).
+    /// errors beside it and the daemon's log). `None` from a daemon older than the field.
     #[serde(default)]
-    pub applied_complete: bool,
+    pub applied_complete: Option<bool>,
     pub uplinks: Vec<ferrule_ebpf::UplinkStatus>,
     /// Generation whose `[bgp]` section the speaker runs.
     #[serde(default)]
@@ -137,7 +137,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         datapath: DatapathStatus {
             pin_dir: state.datapath.pin_dir().display().to_string(),
             applied_generation: observed.applied_generation,
-            applied_complete: observed.applied_complete,
+            applied_complete: Some(observed.applied_complete),
             uplinks: observed.uplinks,
             bgp_generation: observed.bgp_generation,
             bgp_error: observed.bgp_error,

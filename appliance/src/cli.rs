@@ -184,7 +184,8 @@ pub struct DaemonArgs {
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// Start from the last config accepted and kept in the state store (e.g. through
-    /// `PUT /v1/config`) instead of the file; falls back to --config when the store has none.
+    /// `PUT /v1/config`) instead of the file; falls back to --config when the store has none, or
+    /// one this build no longer accepts (without --config that is an error).
     #[arg(long)]
     pub resume: bool,
     /// Node-local state store (redb).

@@ -186,12 +186,20 @@ async fn run(args: DaemonArgs) -> Result<()> {
 /// (or when the store has none) the `--config` file, which is then persisted.
 fn initial_config(args: &DaemonArgs, store: &Store) -> Result<Accepted> {
     if args.resume {
-        if let Some(stored) = store.load_config()? {
-            info!(generation = stored.generation, origin = %stored.origin, state = %store.path().display(),
-                "resuming from the last accepted config in the state store");
-            return Ok(stored);
+        match store.load_config() {
+            Ok(Some(stored)) => {
+                info!(generation = stored.generation, origin = %stored.origin, state = %store.path().display(),
+                    "resuming from the last accepted config in the state store");
+                return Ok(stored);
+            }
+            Ok(None) => warn!(state = %store.path().display(), "--resume: the state store holds no config yet"),
+            // A unit started with both keeps starting after an upgrade whose stricter checks
+            // refuse the stored config, instead of failing at every restart.
+            Err(err) if args.config.is_some() => {
+                warn!(error = %format!("{err:#}"), "--resume: the stored config cannot be used; starting from --config")
+            }
+            Err(err) => return Err(err),
         }
-        warn!(state = %store.path().display(), "--resume: the state store holds no config yet");
     }
     let Some(path) = args.config.as_deref() else {
         bail!("no config: pass --config FILE (or --resume with a state store that holds one)");
@@ -374,7 +382,8 @@ mod tests {
     use super::*;
 
     /// A stored config that no longer validates does not restart generations at 1: `--resume`
-    /// refuses it (naming why) and `--config` continues after its generation.
+    /// alone refuses it (naming why), with `--config` too the file is used, continuing after
+    /// the stored generation.
     #[test]
     fn a_config_file_after_a_stored_config_that_no_longer_validates_continues_its_generations() {
         use clap::Parser;
@@ -405,8 +414,10 @@ mod tests {
         };
         let err = initial_config(&args(&["--resume"]), &store).unwrap_err();
         assert!(format!("{err:#}").contains("no longer validates"), "{err:#}");
-        let started = initial_config(&args(&["--config", file.to_str().unwrap()]), &store).unwrap();
+        // With both, the file is used (a unit started so keeps starting after such an upgrade).
+        let started = initial_config(&args(&["--resume", "--config", file.to_str().unwrap()]), &store).unwrap();
         assert_eq!(started.generation, 42);
+        assert!(!started.resumed);
         assert_eq!(store.load_config().unwrap().unwrap().generation, 42, "and it is the stored one now");
     }
 

@@ -444,7 +444,7 @@ pub fn render_status(s: &Status) -> String {
     let _ = writeln!(out, "  {}", s.config.summary);
     let applied = match s.datapath.applied_generation {
         None => "none yet".to_string(),
-        Some(g) if s.datapath.applied_complete => g.to_string(),
+        Some(g) if s.datapath.applied_complete != Some(false) => g.to_string(),
         Some(g) => format!("{g}, in part (retrying: see the errors below and the daemon's log)"),
     };
     let _ = writeln!(out, "Datapath pinned at {}, applied generation {applied}", s.datapath.pin_dir);
@@ -522,7 +522,7 @@ mod tests {
             datapath: DatapathStatus {
                 pin_dir: "/sys/fs/bpf/ferrule/node1".into(),
                 applied_generation: Some(3),
-                applied_complete: false,
+                applied_complete: Some(false),
                 uplinks: vec![
                     UplinkStatus {
                         name: "eth0".into(),
@@ -601,8 +601,10 @@ eth7             down      interface \"eth7\": attaching tc_decap (tcx ingress):
         );
         assert!(text.contains("applied generation 3, in part (retrying: see the errors below"), "{text}");
         let mut status = sample_status();
-        status.datapath.applied_complete = true;
+        status.datapath.applied_complete = Some(true);
         assert!(render_status(&status).contains("applied generation 3\n"));
+        status.datapath.applied_complete = None;
+        assert!(render_status(&status).contains("applied generation 3\n"), "a daemon older than the field");
         let eth0 = text.lines().find(|l| l.starts_with("eth0")).unwrap();
         assert_eq!(eth0.split_whitespace().collect::<Vec<_>>(), ["eth0", "2", "attached", "native"]);
         let eth9 = text.lines().find(|l| l.starts_with("eth9")).unwrap();

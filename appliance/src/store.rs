@@ -92,33 +92,36 @@ impl Store {
         Ok(())
     }
 
-    /// The stored record of the last accepted config, not validated.
-    fn stored_config(&self) -> Result<Option<StoredConfig>> {
+    /// The stored record of the last accepted config, as JSON; `None` when there is none yet.
+    fn stored_record(&self) -> Result<Option<Vec<u8>>> {
         let txn = self.db.begin_read()?;
         let table = match txn.open_table(CONFIG) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
-        let Some(value) = table.get(LAST_ACCEPTED)? else {
-            return Ok(None);
-        };
-        let stored = serde_json::from_slice(value.value())
-            .context("the stored config record is unreadable (written by an incompatible version?)")?;
-        Ok(Some(stored))
+        Ok(table.get(LAST_ACCEPTED)?.map(|value| value.value().to_vec()))
     }
 
     /// The generation of the last accepted config, also when its text no longer validates (a
-    /// newer binary's stricter checks): generations on this node only ever grow.
+    /// newer binary's stricter checks) or the rest of the record cannot be read (an origin a
+    /// newer binary wrote): generations on this node only ever grow.
     pub fn stored_generation(&self) -> Result<Option<u64>> {
-        Ok(self.stored_config()?.map(|s| s.generation))
+        #[derive(Deserialize)]
+        struct Generation {
+            generation: u64,
+        }
+        let Some(record) = self.stored_record()? else { return Ok(None) };
+        let stored: Generation =
+            serde_json::from_slice(&record).context("the stored config record has no readable generation")?;
+        Ok(Some(stored.generation))
     }
 
     /// The last accepted config, re-validated. `Ok(None)` when the store has none yet.
     pub fn load_config(&self) -> Result<Option<Accepted>> {
-        let Some(stored) = self.stored_config()? else {
-            return Ok(None);
-        };
+        let Some(record) = self.stored_record()? else { return Ok(None) };
+        let stored: StoredConfig = serde_json::from_slice(&record)
+            .context("the stored config record is unreadable (written by an incompatible version?)")?;
         let source_name = format!("{} (stored config)", self.path.display());
         let model = ferrule_config::parse(&source_name, &stored.text).map_err(|errors| {
             anyhow::anyhow!(
@@ -242,6 +245,17 @@ mod tests {
         let err = store.load_config().unwrap_err();
         assert!(format!("{err:#}").contains("no longer validates"), "{err:#}");
         assert_eq!(store.stored_generation().unwrap(), Some(7));
+
+        // A record a newer build wrote, with an origin this one does not know.
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(CONFIG).unwrap();
+            let record = br#"{"text":"x","origin":{"kind":"operator-portal"},"generation":9,"accepted_at_unix_ms":0}"#;
+            table.insert(LAST_ACCEPTED, record.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        assert!(format!("{:#}", store.load_config().unwrap_err()).contains("unreadable"));
+        assert_eq!(store.stored_generation().unwrap(), Some(9));
     }
 
     #[test]
