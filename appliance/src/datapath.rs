@@ -487,6 +487,7 @@ pub struct Faults {
     pub lb_writes: std::sync::atomic::AtomicUsize,
     pub lb_state: std::sync::atomic::AtomicBool,
     pub snat_ports: std::sync::atomic::AtomicBool,
+    pub attached: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
@@ -614,6 +615,7 @@ impl Datapath for InMemoryDatapath {
 
     /// What was attached and is still in `existing` (a test removes a name to delete it).
     fn attached(&self) -> Result<Attached> {
+        Faults::check(&self.faults.attached, "reading which interfaces carry our programs")?;
         let live = |names: &[String]| names.iter().filter(|n| self.existing.contains(n)).cloned().collect();
         Ok(Attached { uplinks: live(&self.attached), decap: live(&self.decap_attached) })
     }

@@ -404,7 +404,11 @@ async fn pass(
                 warn!(interface = %gone, "program no longer attached (interface deleted or re-created); re-attaching");
             }
         }
-        Err(err) => warn!(error = %format!("{err:#}"), "cannot read which interfaces carry our programs"),
+        Err(err) => {
+            // Unchecked: a link that lost its interface would go unnoticed this pass.
+            failed = true;
+            warn!(error = %format!("{err:#}"), "cannot read which interfaces carry our programs")
+        }
     }
     // What the maps hold is read before the first plan: after a restart the VIPs they serve go
     // into the speaker's first configuration, so that the End-of-RIB a graceful restart waits
@@ -1118,6 +1122,12 @@ mod tests {
         let seen = observed_rx.wait_for(|o| o.applied_generation == Some(3)).await.unwrap().clone();
         assert_eq!(seen.lb_error, None, "the maps hold what is wanted");
         assert!(seen.applied_complete);
+
+        // A pass that cannot check which interfaces carry the programs is not complete.
+        faults.attached.store(true, std::sync::atomic::Ordering::SeqCst);
+        model_tx.send_replace(Arc::new(with_service(4, "healthy")));
+        let seen = observed_rx.wait_for(|o| o.applied_generation == Some(4)).await.unwrap().clone();
+        assert!(!seen.applied_complete);
         task.abort();
     }
 
