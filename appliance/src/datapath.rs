@@ -566,11 +566,7 @@ impl Datapath for InMemoryDatapath {
         })?;
         let refused = *self.faults.refuse_service.lock().unwrap();
         for (i, op) in ops.iter().enumerate() {
-            let key = match op {
-                LbOp::UpsertService { key, .. } | LbOp::RemoveService { key, .. } => Some(*key),
-                _ => None,
-            };
-            if key.is_some() && key == refused {
+            if op.service().is_some() && op.service() == refused {
                 return Err(WriteStop { done: i, at: Some(i), error: anyhow!("fr_lb_tables: Cannot allocate memory") });
             }
             self.lb.apply(op).map_err(|e| WriteStop { done: i, at: Some(i), error: anyhow!("{e:?}") })?;

@@ -502,10 +502,8 @@ async fn pass(
                                 written.failed.iter().map(|(key, err)| (*key, format!("{err:#}"))).collect();
                             // A service whose change waits for a refused one says so too.
                             let waiting = if written.failed.is_empty() { &[][..] } else { &written.held_back[..] };
-                            for op in waiting {
-                                if let LbOp::UpsertService { key, .. } | LbOp::RemoveService { key, .. } = op {
-                                    observed.lb_refused.entry(*key).or_insert_with(|| WAITS_FOR_REFUSED.to_owned());
-                                }
+                            for key in waiting.iter().filter_map(LbOp::service) {
+                                observed.lb_refused.entry(key).or_insert_with(|| WAITS_FOR_REFUSED.to_owned());
                             }
                             // Part of a failed batch may have landed: what the maps hold decides
                             // what is announced, so read them back now (unread: see Desired::vips).

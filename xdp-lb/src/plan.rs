@@ -82,6 +82,16 @@ pub enum LbOp {
     RemoveBackend { id: u32 },
 }
 
+impl LbOp {
+    /// The service this op writes, if it writes one.
+    pub fn service(&self) -> Option<ServiceKey> {
+        match self {
+            LbOp::UpsertService { key, .. } | LbOp::RemoveService { key, .. } => Some(*key),
+            LbOp::UpsertBackend { .. } | LbOp::RemoveBackend { .. } => None,
+        }
+    }
+}
+
 /// An op that would break the datapath's invariants; `plan` never produces one.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ApplyError {

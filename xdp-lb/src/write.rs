@@ -96,7 +96,7 @@ pub fn write_isolating<E>(
             // Accepted by the model when `sendable` was made, in this order.
             let _ = model.apply(op);
         }
-        let blamed = stop.at.filter(|at| (done..sendable.len()).contains(at)).and_then(|at| service_of(&sendable[at]));
+        let blamed = stop.at.filter(|at| (done..sendable.len()).contains(at)).and_then(|at| sendable[at].service());
         match blamed {
             Some(key) if failed.len() < MAX_SET_ASIDE && failed_keys.insert(key) => {
                 failed.push((key, stop.error));
@@ -105,14 +105,6 @@ pub fn write_isolating<E>(
             }
             _ => return Written { state: model, failed, held_back, stopped: Some(stop.error) },
         }
-    }
-}
-
-/// The service an op writes, if it writes one.
-fn service_of(op: &LbOp) -> Option<ServiceKey> {
-    match op {
-        LbOp::UpsertService { key, .. } | LbOp::RemoveService { key, .. } => Some(*key),
-        LbOp::UpsertBackend { .. } | LbOp::RemoveBackend { .. } => None,
     }
 }
 
@@ -134,10 +126,10 @@ fn sendable(
     // Services whose entry in the maps is not what the plan expects: the failed ones and those
     // held back (they keep their old tables and ids).
     let mut stale: BTreeSet<ServiceKey> =
-        failed.iter().copied().chain(held_back.iter().filter_map(service_of)).collect();
+        failed.iter().copied().chain(held_back.iter().filter_map(LbOp::service)).collect();
     let mut pending = pending.into_iter().enumerate();
     while let Some((i, op)) = pending.next() {
-        if service_of(&op).is_some_and(|key| failed.contains(&key)) {
+        if op.service().is_some_and(|key| failed.contains(&key)) {
             continue;
         }
         let held_by = |key: &ServiceKey, test: &dyn Fn(&crate::plan::ServiceEntry) -> bool| {
@@ -160,18 +152,13 @@ fn sendable(
         if i < maybe_in {
             held_back.push(op);
             let rest = pending.map(|(_, op)| op);
-            held_back.extend(rest.filter(|op| service_of(op).is_none_or(|key| !failed.contains(&key))));
+            held_back.extend(rest.filter(|op| op.service().is_none_or(|key| !failed.contains(&key))));
             return None;
         }
-        match &op {
-            LbOp::UpsertBackend { id, .. } => {
-                unwritten.insert(*id);
-            }
-            LbOp::UpsertService { key, .. } | LbOp::RemoveService { key, .. } => {
-                stale.insert(*key);
-            }
-            LbOp::RemoveBackend { .. } => {}
+        if let LbOp::UpsertBackend { id, .. } = op {
+            unwritten.insert(id);
         }
+        stale.extend(op.service());
         held_back.push(op);
     }
     Some((sendable, after))
@@ -205,7 +192,7 @@ mod tests {
         fn write(&mut self, ops: &[LbOp]) -> Result<(), WriteStop<String>> {
             self.writes += 1;
             for (i, op) in ops.iter().enumerate() {
-                if service_of(op).is_some_and(|key| self.refused.contains(&key)) {
+                if op.service().is_some_and(|key| self.refused.contains(&key)) {
                     return Err(WriteStop { done: i, at: Some(i), error: format!("ENOMEM at {op:?}") });
                 }
                 // The real maps do not check this; the test does, so a wrong op fails it.
@@ -249,7 +236,7 @@ mod tests {
         // B and C are in, each complete; planning again leaves only A's ops (and what needs them).
         maps.refused.clear();
         let rest = plan(&desired, &health, &maps.state);
-        assert!(rest.iter().all(|op| service_of(op).is_none_or(|k| k == ServiceKey::of(&a))), "{rest:?}");
+        assert!(rest.iter().all(|op| op.service().is_none_or(|k| k == ServiceKey::of(&a))), "{rest:?}");
         let mut check = maps.state.clone();
         for op in &rest {
             check.apply(op).unwrap();
