@@ -153,6 +153,27 @@ pub struct UpsertStop {
     pub error: EbpfError,
 }
 
+/// A failure of the maps as a whole: no entry to blame.
+impl From<EbpfError> for UpsertStop {
+    fn from(error: EbpfError) -> UpsertStop {
+        UpsertStop { at: None, error }
+    }
+}
+
+/// Where one chunk of a batched upsert stopped: how many of its services went in, the entry (of
+/// the chunk) to blame if one is, and why.
+struct ChunkStop {
+    installed: usize,
+    at: Option<usize>,
+    error: EbpfError,
+}
+
+impl From<EbpfError> for ChunkStop {
+    fn from(error: EbpfError) -> ChunkStop {
+        ChunkStop { installed: 0, at: None, error }
+    }
+}
+
 /// A backend under its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendEntry {
@@ -401,7 +422,7 @@ impl LbMaps<'_> {
     /// per-CPU flow cache of the fast path then stops using what it remembered, so every packet
     /// sees the change as if it had no cache. Returns `result`, or the bump's error if the change
     /// itself succeeded.
-    fn bumped<T>(&mut self, result: Result<T, EbpfError>) -> Result<T, EbpfError> {
+    fn bumped<T, E: From<EbpfError>>(&mut self, result: Result<T, E>) -> Result<T, E> {
         let bump = self.bump_generation();
         let value = result?;
         bump?;
@@ -512,10 +533,7 @@ impl LbMaps<'_> {
     /// can write the others without it.
     pub fn upsert_services_blaming(&mut self, services: &[ServiceUpsert<'_>]) -> Result<(), UpsertStop> {
         let result = self.upsert_services_unbumped(services);
-        match self.bump_generation() {
-            Err(error) if result.is_ok() => Err(UpsertStop { at: None, error }),
-            _ => result,
-        }
+        self.bumped(result)
     }
 
     fn upsert_services_unbumped(&mut self, services: &[ServiceUpsert<'_>]) -> Result<(), UpsertStop> {
@@ -524,10 +542,10 @@ impl LbMaps<'_> {
         let mut installed = 0;
         for (n, chunk) in services.chunks(per_batch).enumerate() {
             let done = self.upsert_chunk(chunk);
-            installed += done.as_ref().map_or_else(|(n, _, _)| *n, |()| chunk.len());
-            if let Err((_, at, e)) = done {
-                let at = at.map(|i| n * per_batch + i);
-                return Err(UpsertStop { at, error: partial(installed, services.len(), e) });
+            installed += done.as_ref().map_or_else(|stop| stop.installed, |()| chunk.len());
+            if let Err(stop) = done {
+                let at = stop.at.map(|i| n * per_batch + i);
+                return Err(UpsertStop { at, error: partial(installed, services.len(), stop.error) });
             }
         }
         Ok(())
@@ -535,21 +553,22 @@ impl LbMaps<'_> {
 
     /// Installs `chunk`: `Ok` with all of it, or how many went in, the entry it stopped at (when
     /// one is to blame) and why the rest did not.
-    fn upsert_chunk(&mut self, chunk: &[ServiceUpsert<'_>]) -> Result<(), (usize, Option<usize>, EbpfError)> {
+    fn upsert_chunk(&mut self, chunk: &[ServiceUpsert<'_>]) -> Result<(), ChunkStop> {
+        let blame = |i: usize| move |error| ChunkStop { installed: 0, at: Some(i), error };
         let (empty, full): (Vec<usize>, Vec<usize>) = (0..chunk.len()).partition(|&i| chunk[i].table.is_empty());
         // A service without backends loses its table first, as in upsert_service.
         for &i in &empty {
-            let mut tables = self.tables().map_err(|e| (0, None, e))?;
-            absent_ok(tables.remove(&chunk[i].id)).map_err(|e| (0, Some(i), EbpfError::map(TABLES, "removing", e)))?;
+            let mut tables = self.tables()?;
+            absent_ok(tables.remove(&chunk[i].id)).map_err(|e| blame(i)(EbpfError::map(TABLES, "removing", e)))?;
         }
         // Every table is built and filled before any of them is visible to a packet.
         let mut inner = Vec::with_capacity(full.len());
         for &i in &full {
-            inner.push(new_table(chunk[i].table).map_err(|e| (0, Some(i), e))?);
+            inner.push(new_table(chunk[i].table).map_err(blame(i))?);
         }
         let ids: Vec<u32> = full.iter().map(|&i| chunk[i].id).collect();
         let fds: Vec<u32> = inner.iter().map(|m| m.fd().as_fd().as_raw_fd() as u32).collect();
-        let tables_fd = map_fd(self.ebpf, TABLES).map_err(|e| (0, None, e))?;
+        let tables_fd = map_fd(self.ebpf, TABLES)?;
         let tabled = sys::map_update_batch(tables_fd, &ids, &fds);
         // Only services whose table is in place get their key written.
         let with_table = tabled.as_ref().map_or_else(|e| e.done, |()| full.len());
@@ -558,10 +577,10 @@ impl LbMaps<'_> {
         let values: Vec<LbService> =
             ready.iter().map(|&i| LbService { id: chunk[i].id, mode: chunk[i].mode.raw(), flags: 0, pad: 0 }).collect();
         // New VIPs go into the bitmap before their service can be looked up.
-        let new = new_keys(self.ebpf, &keys).map_err(|e| (0, None, e))?;
+        let new = new_keys(self.ebpf, &keys)?;
         let added = keys.iter().zip(&new).filter(|(_, n)| **n).map(|(k, _)| k);
-        count_vips(self.ebpf, self.vips, added, 1).map_err(|e| (0, None, e))?;
-        let services_fd = map_fd(self.ebpf, SERVICES).map_err(|e| (0, None, e))?;
+        count_vips(self.ebpf, self.vips, added, 1)?;
+        let services_fd = map_fd(self.ebpf, SERVICES)?;
         if let Err(e) = sys::map_update_batch(services_fd, &keys, &values) {
             // The new ones the kernel did not write are counted out again (if that fails too,
             // their bits may stay set for no service: packets there take the service lookup).
@@ -571,14 +590,16 @@ impl LbMaps<'_> {
             }
             let at = ready.get(e.done).copied();
             let what = at.map(|i| describe(&chunk[i])).unwrap_or_default();
-            return Err((e.done, at, batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_services)", &what, e.error)));
+            let error = batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_services)", &what, e.error);
+            return Err(ChunkStop { installed: e.done, at, error });
         }
         match tabled {
             Ok(()) => Ok(()),
             Err(e) => {
                 let at = full.get(e.done).copied();
                 let what = at.map(|i| describe(&chunk[i])).unwrap_or_default();
-                Err((ready.len(), at, batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_tables)", &what, e.error)))
+                let error = batch_error("BPF_MAP_UPDATE_BATCH (fr_lb_tables)", &what, e.error);
+                Err(ChunkStop { installed: ready.len(), at, error })
             }
         }
     }

@@ -471,7 +471,7 @@ fn a_reused_backend_id_starts_its_old_flows_over() {
         assert_eq!(first.data[30..34], BACKEND_A4, "to A first");
 
         // The id now names another host (as after A's removal and B's addition).
-        lb.dp.lb().upsert_backend(ID_A4, &BackendEntry { address: ip4(BACKEND_B4), port: 8080, down: false }).unwrap();
+        lb.upsert_backend_for_test(ID_A4, BACKEND_B4);
         let again = lb.run(&request);
         assert_eq!(again.retval, XDP_TX);
         assert_eq!(again.data[30..34], BACKEND_B4, "the same flow now goes to the id's new host");
@@ -1114,7 +1114,7 @@ fn packets_and_bytes_of_low_and_high_ids_add_up_and_clear_with_the_id() {
         // Below FR_LB_TRAFFIC_ARR_SIZE packets and bytes are counted in arrays, from it on in the
         // hashes: a service and a backend on each side of the boundary.
         let high = LB_TRAFFIC_ARR_SIZE;
-        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080, down: false }).unwrap();
+        lb.upsert_backend_for_test(high, BACKEND_B4);
         let low_key = lb.service(ip4(VIP4), 80, L4Proto::Tcp, 7, LbMode::Dsr, ID_A4);
         let high_key = lb.service(ip4(VIP4), 81, L4Proto::Tcp, high, LbMode::Dsr, high);
         // An older build counted id 7's (and backend A's) packets in the hashes: they still count.
@@ -1140,7 +1140,7 @@ fn packets_and_bytes_of_low_and_high_ids_add_up_and_clear_with_the_id() {
         lb.dp.lb().remove_service(&low_key).unwrap();
         lb.dp.lb().remove_service(&high_key).unwrap();
         lb.dp.lb().remove_backend(high).unwrap();
-        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080, down: false }).unwrap();
+        lb.upsert_backend_for_test(high, BACKEND_B4);
         lb.service(ip4(VIP4), 80, L4Proto::Tcp, 7, LbMode::Dsr, high);
         lb.service(ip4(VIP4), 81, L4Proto::Tcp, high, LbMode::Dsr, ID_A4);
         let lbm = lb.dp.lb();
@@ -1882,7 +1882,7 @@ fn dsr_packets_too_big_for_the_tunnel_are_answered_with_icmp_too_big() {
         assert_eq!((lbm.backend_counters(ID_A6).unwrap().packets, lbm.service_counters(96).unwrap().packets), (0, 1));
         // Likewise for a backend id beyond the per-CPU arrays (counted in the hash).
         let high = LB_TRAFFIC_ARR_SIZE + 10;
-        lb.dp.lb().upsert_backend(high, &BackendEntry { address: ip4(BACKEND_B4), port: 8080, down: false }).unwrap();
+        lb.upsert_backend_for_test(high, BACKEND_B4);
         lb.service(ip4(VIP4), 82, L4Proto::Tcp, 98, LbMode::Dsr, high);
         let big_high = tcp4(CLIENT4, 40000, VIP4, 82, false, &[0x5a; 1460]);
         assert_eq!(lb.run(&big_high).retval, XDP_TX);
