@@ -204,8 +204,19 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
         services.entry(ServiceKey::of(service)).or_insert(service);
     }
 
-    let wanted: BTreeSet<SocketAddr> =
-        services.values().flat_map(|s| s.backends.iter().map(|b| SocketAddr::new(b.address, b.port))).collect();
+    // The backends listed, and those up: healthy for some service that lists them (a service
+    // without a check counts them healthy). One walk over the services' backends.
+    let mut wanted: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut up: BTreeSet<SocketAddr> = BTreeSet::new();
+    for (key, service) in &services {
+        for b in &service.backends {
+            let addr = SocketAddr::new(b.address, b.port);
+            if health.is_healthy(key, addr) {
+                up.insert(addr);
+            }
+            wanted.insert(addr);
+        }
+    }
     let mut backend_ids: BTreeMap<SocketAddr, u32> = BTreeMap::new();
     // Ascending ids: if the maps hold one backend twice, the lower id is adopted, the other removed.
     for (&id, entry) in &observed.backends {
@@ -240,18 +251,8 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
         unwanted = named;
     }
     ops.extend(freed_now.iter().map(|&id| LbOp::RemoveBackend { id }));
-    // Down: unhealthy for every service that lists the backend (a service without a check
-    // counts it healthy), so that the one flag the backend map has never contradicts a service
-    // that still sends it new flows. One walk over the services' backends.
-    let mut up: BTreeSet<SocketAddr> = BTreeSet::new();
-    for (key, service) in &services {
-        for b in &service.backends {
-            let addr = SocketAddr::new(b.address, b.port);
-            if health.is_healthy(key, addr) {
-                up.insert(addr);
-            }
-        }
-    }
+    // Down: not up, i.e. unhealthy for every service that lists the backend, so that the one
+    // flag the backend map has never contradicts a service that still sends it new flows.
     // A backend coming up is marked so before the tables that take it in; one going down only
     // after the tables that leave it out (at the end), so that a UDP flow the mark starts over is
     // never sent to it again by a table that still names it.
@@ -261,11 +262,13 @@ pub fn plan_with(desired: &[Service], health: &HealthView, observed: &LbState, c
         let down = !up.contains(addr);
         match backend_ids.get(addr) {
             Some(&id) => match observed.backends.get(&id) {
-                Some(b) if b.down && !down => {
-                    ops.push(LbOp::UpsertBackend { id, address: addr.ip(), port: addr.port(), down })
-                }
-                Some(b) if !b.down && down => {
-                    marked_down.push(LbOp::UpsertBackend { id, address: addr.ip(), port: addr.port(), down })
+                Some(b) if b.down != down => {
+                    let op = LbOp::UpsertBackend { id, address: addr.ip(), port: addr.port(), down };
+                    if down {
+                        marked_down.push(op)
+                    } else {
+                        ops.push(op)
+                    }
                 }
                 _ => {}
             },

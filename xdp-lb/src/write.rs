@@ -81,12 +81,10 @@ pub fn write_isolating<E>(
     // against tables the maps may no longer hold, so the write ends there.
     let mut maybe_in = 0;
     loop {
-        let Some((sendable, after)) = sendable(&model, pending, maybe_in, &failed_keys, &mut held_back) else {
+        let next = sendable(&model, pending, maybe_in, &failed_keys, &mut held_back);
+        let Some((sendable, after)) = next.filter(|(sendable, _)| !sendable.is_empty()) else {
             return Written { state: model, failed, held_back, stopped: None };
         };
-        if sendable.is_empty() {
-            return Written { state: model, failed, held_back, stopped: None };
-        }
         let stop = match write(&sendable) {
             Ok(()) => return Written { state: after, failed, held_back, stopped: None },
             Err(stop) => stop,
@@ -96,11 +94,11 @@ pub fn write_isolating<E>(
             // Accepted by the model when `sendable` was made, in this order.
             let _ = model.apply(op);
         }
-        let blamed = stop.at.filter(|at| (done..sendable.len()).contains(at)).and_then(|at| sendable[at].service());
-        match blamed {
-            Some(key) if failed.len() < MAX_SET_ASIDE && failed_keys.insert(key) => {
+        let blamed = stop.at.filter(|at| (done..sendable.len()).contains(at));
+        match blamed.and_then(|at| Some((at, sendable[at].service()?))) {
+            Some((at, key)) if failed.len() < MAX_SET_ASIDE && failed_keys.insert(key) => {
                 failed.push((key, stop.error));
-                maybe_in = stop.at.unwrap_or(done) - done;
+                maybe_in = at - done;
                 pending = sendable[done..].to_vec();
             }
             _ => return Written { state: model, failed, held_back, stopped: Some(stop.error) },
@@ -140,6 +138,8 @@ fn sendable(
                 (unwritten.is_empty() || !table.iter().any(|b| unwritten.contains(b)))
                     && !stale.iter().any(|other| other != key && held_by(other, &|s| s.id == *id))
             }
+            // Checked here, against the few stale tables, not in `LbState::apply`: that would scan
+            // every table at every down mark, a health event marking many.
             LbOp::UpsertBackend { id, down: true, .. } => {
                 !stale.iter().any(|key| held_by(key, &|s| s.table.contains(id)))
             }
