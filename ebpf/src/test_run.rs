@@ -171,14 +171,7 @@ impl XdpTrafficGen {
                 other => EbpfError::TestRunInput(format!("map `{GEN_OUT}`: {other}")),
             })?;
         }
-        let program = ebpf.program_mut(GEN_PROGRAM).ok_or(EbpfError::MissingFromObject {
-            object: GEN_OBJECT,
-            what: "program",
-            name: GEN_PROGRAM,
-        })?;
-        let xdp: &mut Xdp = program.try_into().map_err(|e| EbpfError::program(GEN_PROGRAM, "using as XDP", e))?;
-        xdp.load().map_err(|e| EbpfError::program(GEN_PROGRAM, "loading", e))?;
-        xdp.attach(loop_rx, XdpMode::Driver).map_err(|e| EbpfError::program(GEN_PROGRAM, "attaching", e))?;
+        attach_native(&mut ebpf, GEN_PROGRAM, loop_rx)?;
         let seed_socket = sys::packet_socket()
             .map_err(|source| EbpfError::syscall("opening the generator's packet socket", source))?;
         Ok(XdpTrafficGen { ebpf, frames: 0, seed_ifindex, seed_socket, running: false })
@@ -296,20 +289,23 @@ impl std::fmt::Debug for XdpSink {
     }
 }
 
+/// Loads program `name` of the generator's object and attaches it in native mode to `ifname`.
+fn attach_native(ebpf: &mut Ebpf, name: &'static str, ifname: &str) -> Result<(), EbpfError> {
+    let program =
+        ebpf.program_mut(name).ok_or(EbpfError::MissingFromObject { object: GEN_OBJECT, what: "program", name })?;
+    let xdp: &mut Xdp = program.try_into().map_err(|e| EbpfError::program(name, "using as XDP", e))?;
+    xdp.load().map_err(|e| EbpfError::program(name, "loading", e))?;
+    xdp.attach(ifname, XdpMode::Driver).map_err(|e| EbpfError::program(name, "attaching", e))?;
+    Ok(())
+}
+
 impl XdpSink {
     /// Loads `xdp_sink` and attaches it in native mode to `ifname`, which is resolved in the
     /// calling thread's network namespace (enter it with `setns` first). The value may then move
     /// to any thread.
     pub fn attach(ifname: &str) -> Result<XdpSink, EbpfError> {
         let mut ebpf = EbpfLoader::new().load(objects::XDP_GEN).map_err(|e| EbpfError::load(GEN_OBJECT, e))?;
-        let program = ebpf.program_mut(SINK_PROGRAM).ok_or(EbpfError::MissingFromObject {
-            object: GEN_OBJECT,
-            what: "program",
-            name: SINK_PROGRAM,
-        })?;
-        let xdp: &mut Xdp = program.try_into().map_err(|e| EbpfError::program(SINK_PROGRAM, "using as XDP", e))?;
-        xdp.load().map_err(|e| EbpfError::program(SINK_PROGRAM, "loading", e))?;
-        xdp.attach(ifname, XdpMode::Driver).map_err(|e| EbpfError::program(SINK_PROGRAM, "attaching", e))?;
+        attach_native(&mut ebpf, SINK_PROGRAM, ifname)?;
         Ok(XdpSink { ebpf })
     }
 
@@ -352,14 +348,7 @@ impl XdpForward {
         }
         let mut ebpf = EbpfLoader::new().load(objects::XDP_GEN).map_err(|e| EbpfError::load(GEN_OBJECT, e))?;
         set_first(&mut ebpf, FWD_CTL, FwdCtl { ifindex: to_ifindex, dmac, smac })?;
-        let program = ebpf.program_mut(FWD_PROGRAM).ok_or(EbpfError::MissingFromObject {
-            object: GEN_OBJECT,
-            what: "program",
-            name: FWD_PROGRAM,
-        })?;
-        let xdp: &mut Xdp = program.try_into().map_err(|e| EbpfError::program(FWD_PROGRAM, "using as XDP", e))?;
-        xdp.load().map_err(|e| EbpfError::program(FWD_PROGRAM, "loading", e))?;
-        xdp.attach(ifname, XdpMode::Driver).map_err(|e| EbpfError::program(FWD_PROGRAM, "attaching", e))?;
+        attach_native(&mut ebpf, FWD_PROGRAM, ifname)?;
         Ok(XdpForward { ebpf })
     }
 
