@@ -224,11 +224,6 @@ impl NapiThread {
         Ok(found)
     }
 
-    /// Nanoseconds this thread has run on a CPU (`/proc/PID/schedstat`, first field).
-    fn cpu_ns(&self) -> Result<u64> {
-        Ok(self.schedstat()?[0])
-    }
-
     /// `/proc/PID/schedstat`: nanoseconds run on a CPU, nanoseconds waited runnable on a run
     /// queue, and the times it was put on a CPU.
     fn schedstat(&self) -> Result<[u64; 3]> {
@@ -268,9 +263,19 @@ fn pin_pid(pid: i32, cpu: usize) -> Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set).with_context(|| format!("to CPU {cpu}"))
 }
 
+/// `threads`' schedstat fields, each summed: CPU time (ns), time waited runnable (ns), times put
+/// on a CPU.
+fn schedstat(threads: &[NapiThread]) -> Result<[u64; 3]> {
+    let mut sum = [0; 3];
+    for t in threads {
+        sum.iter_mut().zip(t.schedstat()?).for_each(|(s, f)| *s += f);
+    }
+    Ok(sum)
+}
+
 /// Summed CPU time of `threads`.
 fn cpu_ns(threads: &[NapiThread]) -> Result<u64> {
-    threads.iter().map(NapiThread::cpu_ns).sum()
+    Ok(schedstat(threads)?[0])
 }
 
 impl Lab {
@@ -392,21 +397,10 @@ impl Lab {
         }
     }
 
-    /// CPU time so far of the node's and the sink's NAPI threads (threaded NAPI only).
-    fn napi_ns(&self) -> Result<Option<(u64, u64)>> {
-        self.napi.as_ref().map(|n| Ok((cpu_ns(&n.node)?, cpu_ns(&n.sink)?))).transpose()
-    }
-
-    /// The node's NAPI thread(s) so far (threaded NAPI only): nanoseconds waited runnable while
-    /// another thread had its CPU, and times put on a CPU.
-    fn node_sched(&self) -> Result<Option<(u64, u64)>> {
-        let Some(napi) = &self.napi else { return Ok(None) };
-        let mut sum = (0, 0);
-        for t in &napi.node {
-            let [_, waited, slices] = t.schedstat()?;
-            sum = (sum.0 + waited, sum.1 + slices);
-        }
-        Ok(Some(sum))
+    /// Threaded NAPI only: the node's NAPI thread(s)' schedstat so far ([`schedstat`]) and the
+    /// sink's CPU time.
+    fn napi_sched(&self) -> Result<Option<([u64; 3], u64)>> {
+        self.napi.as_ref().map(|n| Ok((schedstat(&n.node)?, cpu_ns(&n.sink)?))).transpose()
     }
 
     /// Datagrams the backend's sink has counted.
@@ -684,13 +678,14 @@ struct Reading {
 
 impl Reading {
     fn take(lab: &Lab, generator: &Generator) -> Result<Reading> {
+        let napi = lab.napi_sched()?;
         Ok(Reading {
             delivered: lab.delivered()?,
             sent: generator.sent()?,
             busy_ns: lab.generator_ns()?,
             entered: rx_packets(&lab.node, "lb0")?,
-            napi_ns: lab.napi_ns()?,
-            node_sched: lab.node_sched()?,
+            napi_ns: napi.map(|([node, ..], sink)| (node, sink)),
+            node_sched: napi.map(|([_, waited, slices], _)| (waited, slices)),
             cpu: Cpu::read()?,
             at: Instant::now(),
         })
