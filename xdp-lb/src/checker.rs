@@ -119,9 +119,8 @@ pub async fn run<T, F>(
 ) where
     F: Fn(&T) -> &[Service],
 {
-    let mut schedule = Scheduler::seeded(down);
     let services = services_of(&desired.borrow_and_update()).to_vec();
-    schedule.reconfigure(&services, Instant::now());
+    let mut schedule = Scheduler::seeded(&services, &down, Instant::now());
     publish(&view, &schedule);
 
     let mut probes: JoinSet<Result<(), CheckError>> = JoinSet::new();

@@ -103,9 +103,7 @@ impl HealthView {
 /// `services`: every backend healthy but the checked ones in `down`. For the channel's initial
 /// value, so that nothing acts on an all-healthy view before the checker's first publication.
 pub fn seeded_view(services: &[Service], down: &BTreeSet<SocketAddr>, now: Instant) -> HealthView {
-    let mut scheduler = Scheduler::seeded(down.clone());
-    scheduler.reconfigure(services, now);
-    scheduler.view()
+    Scheduler::seeded(services, down, now).view()
 }
 
 /// Consecutive-result counting: `fall` failures in a row turn a healthy backend unhealthy, `rise`
@@ -178,15 +176,16 @@ pub(crate) struct Scheduler {
     /// Backends of services without a check, and since when they are unchecked.
     unchecked: BTreeMap<TargetKey, Instant>,
     epochs: u64,
-    /// Backends known down at start (see the module doc), for the first `reconfigure` only.
-    seed_down: BTreeSet<SocketAddr>,
 }
 
 impl Scheduler {
-    /// A scheduler whose first service list starts the checked targets of `down` backends
-    /// unhealthy (backends the datapath marked down before a restart).
-    pub(crate) fn seeded(down: BTreeSet<SocketAddr>) -> Scheduler {
-        Scheduler { seed_down: down, ..Scheduler::default() }
+    /// A scheduler following `services` whose checked targets of `down` backends start
+    /// unhealthy (backends the datapath marked down before a restart). Later service lists start
+    /// new targets healthy again: by then the checks speak for themselves.
+    pub(crate) fn seeded(services: &[Service], down: &BTreeSet<SocketAddr>, now: Instant) -> Scheduler {
+        let mut scheduler = Scheduler::default();
+        scheduler.follow(services, now, down);
+        scheduler
     }
 
     /// Follows a new service list. Targets whose check did not change keep their state and
@@ -199,6 +198,12 @@ impl Scheduler {
     /// check are unchecked since they first appear so (a backend of weight 0 is checked like any
     /// other).
     pub(crate) fn reconfigure(&mut self, services: &[Service], now: Instant) {
+        self.follow(services, now, &BTreeSet::new())
+    }
+
+    /// [`Scheduler::reconfigure`], new targets of `down` backends (without a verdict to carry)
+    /// starting unhealthy.
+    fn follow(&mut self, services: &[Service], now: Instant, down: &BTreeSet<SocketAddr>) {
         let mut wanted: BTreeMap<TargetKey, &HealthCheck> = BTreeMap::new();
         let mut unchecked: BTreeMap<TargetKey, Instant> = BTreeMap::new();
         for service in services {
@@ -238,7 +243,7 @@ impl Scheduler {
                     let carried = known.get(&key.1).and_then(|v| v.iter().find(|(c, ..)| c == check));
                     let (state, reason, since) = match carried {
                         Some((_, state, reason, since)) => (RiseFall { streak: 0, ..*state }, reason.clone(), *since),
-                        None if self.seed_down.contains(&key.1) => {
+                        None if down.contains(&key.1) => {
                             let reason = "down when the daemon started (the datapath's backend map)".to_owned();
                             (RiseFall { healthy: false, streak: 0 }, Some(reason), now)
                         }
@@ -257,8 +262,6 @@ impl Scheduler {
                 }
             }
         }
-        // Later lists start new targets healthy again: by then the checks speak for themselves.
-        self.seed_down.clear();
     }
 
     /// The checks due at `now`; each is in flight until `record` sees its result.
@@ -485,8 +488,8 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let rise2 = HealthCheck { rise: 2, ..check(100) };
-        let mut s = Scheduler::seeded(BTreeSet::from([key(80, 8081).1]));
-        s.reconfigure(&[service(80, &[8080, 8081], Some(rise2.clone()))], t0);
+        let services = [service(80, &[8080, 8081], Some(rise2.clone()))];
+        let mut s = Scheduler::seeded(&services, &BTreeSet::from([key(80, 8081).1]), t0);
         let view = s.view();
         assert!(view.is_healthy(&key(80, 8080).0, key(80, 8080).1), "not in the seed: healthy until checked");
         match view.get(&key(80, 8081).0, key(80, 8081).1) {
