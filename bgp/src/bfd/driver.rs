@@ -437,19 +437,12 @@ impl Task {
                     // refuse the session (the caller retries).
                     Some(Cmd::Add(peer, reply)) => {
                         let slot = if peer.peer.is_ipv4() { &mut rx4 } else { &mut rx6 };
-                        if slot.is_none() {
-                            match rx_socket(listen_addr(peer.peer.is_ipv4())) {
-                                Ok(sock) => {
-                                    info!(addr = %listen_addr(peer.peer.is_ipv4()), "BFD receive socket open");
-                                    *slot = Some(sock);
-                                }
-                                Err(err) => {
-                                    let _ = reply.send(Err(err));
-                                    continue;
-                                }
+                        match open_rx(slot, peer.peer.is_ipv4()) {
+                            Ok(()) => self.command(Cmd::Add(peer, reply)),
+                            Err(err) => {
+                                let _ = reply.send(Err(err));
                             }
                         }
-                        self.command(Cmd::Add(peer, reply))
                     }
                     Some(cmd) => self.command(cmd),
                     None => break,
@@ -684,6 +677,16 @@ fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
     match addr {
         SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
         SocketAddr::V6(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
+    }
+    Ok(())
+}
+
+/// Opens `slot`'s receive socket (of the IPv4 or IPv6 family) unless it is open already.
+fn open_rx(slot: &mut Option<UdpSocket>, ipv4: bool) -> Result<(), BfdError> {
+    if slot.is_none() {
+        let addr = listen_addr(ipv4);
+        *slot = Some(rx_socket(addr)?);
+        info!(%addr, "BFD receive socket open");
     }
     Ok(())
 }
