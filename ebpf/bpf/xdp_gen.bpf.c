@@ -15,9 +15,10 @@
  * test (gen_out's last slot, the loop, keeps the original), so what the receiver does to its copy
  * never comes back; the rewrite at each turn is what makes the flows vary.
  *
- * A run ends by itself: after `limit` frames sent, or once user space sets `stop`, every frame
- * that comes round is dropped, so the loop empties within one turn. It drops anything that is not
- * a GEN_FRAME_LEN frame too (nothing else should be on the pair: no addresses, no IPv6).
+ * A run ends by itself: after `limit` frames sent (user space ends one early by setting it to 0),
+ * every frame that comes round is dropped, so the loop empties within one turn. It drops anything
+ * that is not a GEN_FRAME_LEN frame too (nothing else should be on the pair: no addresses, no
+ * IPv6).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -42,7 +43,7 @@ struct gen_frame {
 struct fr_gen_ctl {
 	__u64 limit;  /* frames this run may send */
 	__u32 frames; /* how many of gen_frames are prepared */
-	__u32 stop;   /* end the run now */
+	__u32 pad;
 };
 
 /* Written by the program only (user space resets it between runs, when the loop is empty). */
@@ -92,7 +93,7 @@ int xdp_gen(struct xdp_md *ctx)
 	/* Exactly one frame's length; the verifier learns the bound from the first test only. */
 	if (data + GEN_FRAME_LEN > data_end || data_end - data != GEN_FRAME_LEN)
 		return XDP_DROP;
-	if (!ctl || !st || ctl->frames == 0 || ctl->stop || st->sent >= ctl->limit)
+	if (!ctl || !st || ctl->frames == 0 || st->sent >= ctl->limit)
 		return XDP_DROP;
 	__u32 i = st->next;
 	if (i >= ctl->frames)

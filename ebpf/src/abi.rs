@@ -186,12 +186,12 @@ abi_structs! {
     }
 
     /// Value of the benchmark generator's `gen_ctl` (`bpf/xdp_gen.bpf.c`, not the datapath),
-    /// written by user space only: how many frames a run may send, how many are prepared, and
-    /// whether to stop now.
+    /// written by user space only: how many frames a run may send (0 stops it) and how many
+    /// are prepared.
     "fr_gen_ctl" => pub struct GenCtl {
         pub limit: u64,
         pub frames: u32,
-        pub stop: u32,
+        pub pad: u32,
     }
 
     /// Value of the benchmark generator's `gen_state`, written by the program only: frames sent in

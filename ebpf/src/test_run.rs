@@ -229,7 +229,7 @@ impl XdpTrafficGen {
         }
         // The loop is empty (stopped, or never started): the program's state can be reset.
         set_first(&mut self.ebpf, GEN_STATE, GenState::default())?;
-        set_first(&mut self.ebpf, GEN_CTL, GenCtl { limit, frames: self.frames, stop: 0 })?;
+        set_first(&mut self.ebpf, GEN_CTL, GenCtl { limit, frames: self.frames, pad: 0 })?;
         self.running = true;
         let seeded = sys::send_raw_frames(self.seed_socket.as_fd(), self.seed_ifindex, &[0u8; GEN_FRAME_LEN], seeds);
         if let Err(source) = seeded {
@@ -249,7 +249,7 @@ impl XdpTrafficGen {
     /// (a loop starved of CPU for longer keeps frames that join the next run: more in flight, the
     /// same limit) and returns the frames the run sent.
     pub fn stop(&mut self) -> Result<u64, EbpfError> {
-        set_first(&mut self.ebpf, GEN_CTL, GenCtl { limit: 0, frames: self.frames, stop: 1 })?;
+        set_first(&mut self.ebpf, GEN_CTL, GenCtl { limit: 0, frames: self.frames, pad: 0 })?;
         std::thread::sleep(GEN_DRAIN);
         self.running = false;
         self.sent()
