@@ -94,7 +94,6 @@
 //! Run as root: `cargo build -p ferrule && cargo bench -p ferrule-tests --bench lb_pps`
 //! (`FERRULE_BIN` picks another daemon binary).
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -102,8 +101,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ferrule_ebpf::{XdpForward, XdpSink, XdpTrafficGen, GEN_FRAME_LEN};
+use ferrule_tests::server::in_netns;
 use ferrule_tests::{cmd, net, Ferrule, NetNs, TestDir};
-use nix::sched::{setns, CloneFlags};
 use serde_json::Value;
 
 const VIP: &str = "203.0.113.10";
@@ -273,6 +272,14 @@ fn schedstat(threads: &[NapiThread]) -> Result<[u64; 3]> {
     Ok(sum)
 }
 
+/// Turns threaded NAPI on for `dev` in `ns` and returns the kernel thread(s) it makes.
+fn threaded_napi(ns: &NetNs, dev: &str) -> Result<Vec<NapiThread>> {
+    NapiThread::created_by(dev, || {
+        ns.run("sh", ["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])?;
+        Ok(())
+    })
+}
+
 /// Summed CPU time of `threads`.
 fn cpu_ns(threads: &[NapiThread]) -> Result<u64> {
     Ok(schedstat(threads)?[0])
@@ -304,13 +311,7 @@ impl Lab {
             // Each receiving veth end polls in a kernel thread of its own (threaded NAPI), which
             // the scheduler can run on another CPU than the generator, as a NIC's receive
             // processing runs apart from the remote sender.
-            let enable = |ns: &NetNs, dev: &str| -> Result<Vec<NapiThread>> {
-                NapiThread::created_by(dev, || {
-                    ns.run("sh", ["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")])?;
-                    Ok(())
-                })
-            };
-            let threads = NapiThreads { node: enable(&node, "lb0")?, sink: enable(&backend, "up0")? };
+            let threads = NapiThreads { node: threaded_napi(&node, "lb0")?, sink: threaded_napi(&backend, "up0")? };
             // The node away from the generator (pinned to CPU 0 below), so that it reads each
             // frame from another core's cache, as it would a NIC's DMA buffers (left to the
             // scheduler, it ran on CPU 0 most of the time, right after the generator wrote the
@@ -343,27 +344,17 @@ impl Lab {
         // no IPv6), its program on gl1, seeds sent from gl0.
         source.run("ip", ["link", "add", "gl0", "type", "veth", "peer", "name", "gl1"])?;
         for dev in ["gl0", "gl1"] {
-            source.run("sysctl", ["-qw", &format!("net.ipv6.conf.{dev}.disable_ipv6=1")])?;
-            source.run("ip", ["link", "set", dev, "up"])?;
+            net::sysctl(&source, &format!("net.ipv6.conf.{dev}.disable_ipv6"), "1")?;
+            net::link_up(&source, dev)?;
         }
-        let netns = File::open(format!("/run/netns/{}", source.name()))?;
-        let generator = std::thread::scope(|s| {
-            s.spawn(|| -> Result<XdpTrafficGen> {
-                setns(netns, CloneFlags::CLONE_NEWNET).context("setns into the source namespace")?;
-                let mut generator =
-                    XdpTrafficGen::attach("gl1", "gl0", "up0").context("attaching the generator to gl1")?;
-                generator.set_frames(&frames).context("preparing the frames")?;
-                Ok(generator)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("generator thread panicked"))?
+        let generator = in_netns(&source, || {
+            let mut generator = XdpTrafficGen::attach("gl1", "gl0", "up0").context("attaching the generator to gl1")?;
+            generator.set_frames(&frames).context("preparing the frames")?;
+            Ok(generator)
         })?;
         let generator_napi = if threaded {
             // The loop polls in a kernel thread of its own, pinned to CPU 0: the generator.
-            let threads = NapiThread::created_by("gl1", || {
-                source.run("sh", ["-c", "echo 1 > /sys/class/net/gl1/threaded"])?;
-                Ok(())
-            })?;
+            let threads = threaded_napi(&source, "gl1")?;
             pin(&threads, 0)?;
             Some(threads)
         } else {
@@ -371,15 +362,7 @@ impl Lab {
         };
         // The sink: native XDP on the backend's up0 counts and drops the datagrams before any skb
         // exists, the same little cost whichever path delivered them (ARP and ping still pass).
-        let netns = File::open(format!("/run/netns/{}", backend.name()))?;
-        let sink = std::thread::scope(|s| {
-            s.spawn(|| -> Result<XdpSink> {
-                setns(netns, CloneFlags::CLONE_NEWNET).context("setns into the backend namespace")?;
-                XdpSink::attach("up0").context("attaching the sink to the backend's up0")
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("sink thread panicked"))?
-        })?;
+        let sink = in_netns(&backend, || XdpSink::attach("up0").context("attaching the sink to the backend's up0"))?;
         Ok(Lab { source, node, backend, sink, generator: Mutex::new(generator), generator_napi, napi })
     }
 
@@ -544,17 +527,11 @@ struct Generator<'a> {
 
 impl<'a> Generator<'a> {
     fn start(lab: &'a Lab, max_packets: u64, pin_to: Option<usize>) -> Result<Generator<'a>> {
-        let netns = File::open(format!("/run/netns/{}", lab.source.name()))?;
-        std::thread::scope(|s| {
-            s.spawn(|| -> Result<()> {
-                setns(netns, CloneFlags::CLONE_NEWNET).context("setns into the source namespace")?;
-                if let Some(cpu) = pin_to {
-                    pin_pid(0, cpu).context("pinning the seeding thread")?;
-                }
-                lab.generator().start(max_packets, GEN_SEEDS).context("starting the generator's loop")
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("generator thread panicked"))?
+        in_netns(&lab.source, || {
+            if let Some(cpu) = pin_to {
+                pin_pid(0, cpu).context("pinning the seeding thread")?;
+            }
+            lab.generator().start(max_packets, GEN_SEEDS).context("starting the generator's loop")
         })?;
         Ok(Generator { lab })
     }
@@ -804,15 +781,9 @@ fn floor_round(lab: &Lab, knobs: &Knobs) -> Result<Measured> {
         bail!("lb0 has an XDP program: the forwarding floor needs it detached");
     }
     let (dmac, smac) = (mac(&lab.backend, "up0")?, mac(&lab.node, "be0")?);
-    let netns = File::open(format!("/run/netns/{}", lab.node.name()))?;
-    let forward = std::thread::scope(|s| {
-        s.spawn(|| -> Result<XdpForward> {
-            setns(netns, CloneFlags::CLONE_NEWNET).context("setns into the node namespace")?;
-            let be0 = nix::net::if_::if_nametoindex("be0").context("be0 in the node namespace")?;
-            XdpForward::attach("lb0", be0, dmac, smac).context("attaching xdp_fwd to lb0")
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("forwarder thread panicked"))?
+    let forward = in_netns(&lab.node, || {
+        let be0 = nix::net::if_::if_nametoindex("be0").context("be0 in the node namespace")?;
+        XdpForward::attach("lb0", be0, dmac, smac).context("attaching xdp_fwd to lb0")
     })?;
     let measured = measure(lab, knobs);
     drop(forward);

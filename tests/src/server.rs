@@ -15,14 +15,16 @@ use nix::sched::{setns, CloneFlags};
 use crate::NetNs;
 
 /// Runs `f` on a thread that has moved into `ns` and returns its result.
-pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub fn in_netns<T: Send>(ns: &NetNs, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     let netns = File::open(format!("/run/netns/{}", ns.name()))?;
-    std::thread::spawn(move || {
-        setns(&netns, CloneFlags::CLONE_NEWNET).context("setns into the test namespace")?;
-        f()
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(&netns, CloneFlags::CLONE_NEWNET).context("setns into the test namespace")?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread inside the namespace panicked"))?
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("thread inside the namespace panicked"))?
 }
 
 /// A TCP server on `addr` inside a namespace: each accepted connection goes to `handle`. Stops
